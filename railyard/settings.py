@@ -1,0 +1,112 @@
+"""The one settings object: env vars with a ``RAILYARD_`` prefix, an optional ``.env``.
+
+Every embedded default lives under ``home`` (``RAILYARD_HOME``, default ``.railyard/``), so
+pointing ``RAILYARD_HOME`` elsewhere gives a fully separate world: MLflow DB, model store,
+serving model root, data cache, reports.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Model names become path components and S3 key prefixes: keep them to a safe alphabet.
+MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def validate_model_name(name: str) -> str:
+    if not MODEL_NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"invalid model name {name!r}: use letters, digits, '_', '-', '.' "
+            "(no '/', no '..', not empty, at most 100 characters)"
+        )
+    return name
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RAILYARD_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    home: Path = Field(default=Path(".railyard"), description="State folder for embedded defaults.")
+    model_name: str = "recmodel"
+
+    # Data: None means "the generated default data set under home".
+    data_dir: Path | None = None
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+
+    # Tracking and storage; None means the embedded default under home.
+    mlflow_tracking_uri: str | None = None
+    mlflow_experiment: str = "railyard"
+    store_uri: str | None = None
+    s3_endpoint_url: str | None = None
+
+    # Serving: None means the local TF-Serving-compatible server.
+    serving_grpc: str | None = None  # host:port
+    serving_rest: str | None = None  # http://host:port
+    serving_model_root: Path | None = None
+
+    # Evaluation gate (absolute thresholds); None disables a check.
+    min_auc: float | None = 0.6
+    max_logloss: float | None = 0.69
+
+    # Data validation bounds.
+    min_rows: int = 1_000
+    max_rows: int = 100_000_000
+    min_positive_rate: float = 0.05
+    max_positive_rate: float = 0.95
+
+    # Training.
+    seed: int = 42
+    epochs: int = 8
+    batch_size: int = 1024
+    embedding_dim: int = 16
+    learning_rate: float = 0.003
+    early_stopping_patience: int = 2
+
+    @field_validator("model_name")
+    @classmethod
+    def _check_model_name(cls, value: str) -> str:
+        return validate_model_name(value)
+
+    @model_validator(mode="after")
+    def _absolute_home(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        return self
+
+    @cached_property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir or self.home / "data" / "default"
+
+    @cached_property
+    def resolved_tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @cached_property
+    def mlflow_artifacts_dir(self) -> Path:
+        return self.home / "mlartifacts"
+
+    @cached_property
+    def resolved_store_uri(self) -> str:
+        return self.store_uri or (self.home / "store").as_uri()
+
+    @cached_property
+    def resolved_serving_model_root(self) -> Path:
+        return self.serving_model_root or self.home / "serving" / "models"
+
+    @cached_property
+    def work_dir(self) -> Path:
+        """Per-run scratch output (features, exports, reports)."""
+        return self.home / "runs"
+
+    @cached_property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+
+def get_settings(**overrides) -> Settings:
+    return Settings(**overrides)
