@@ -1,0 +1,282 @@
+"""A synthetic MovieLens-format data set with structure a recommender can learn.
+
+Every rating comes from a small hidden world: users and movies have latent factors, users have
+tastes for genres and a bias, movies have a bias and Zipf-like popularity (which decides how often
+they are rated), and a few users rate far more than the rest. A rating is the sum of those parts
+plus noise, clipped to 0.5–5.0 and rounded to half stars, so personal taste matters and a
+per-movie popularity baseline cannot explain it all.
+
+The output has the MovieLens layout (``ratings.csv`` + ``movies.csv``, as in ``ml-25m``) or
+date-partitioned Parquet (``ratings/date=YYYY-MM-DD/part-0.parquet`` + ``movies.csv``). The same
+arguments always give byte-identical files. Work is vectorized and written one day at a time, so
+the ml-25m scale (25 million ratings) fits in a few minutes and well under 4 GiB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import polars as pl
+
+from railyard.fsutil import atomic_write_text
+from railyard.loaders import RATINGS_SCHEMA
+
+# The MovieLens genre list, alphabetical as MovieLens writes them, with rough relative frequencies
+# from ml-25m (Drama and Comedy dominate, IMAX and Film-Noir are rare).
+GENRE_WEIGHTS = {
+    "Action": 7.0, "Adventure": 4.5, "Animation": 2.5, "Children": 2.5, "Comedy": 16.0,
+    "Crime": 5.5, "Documentary": 5.5, "Drama": 25.0, "Fantasy": 2.8, "Film-Noir": 0.4,
+    "Horror": 5.5, "IMAX": 0.3, "Musical": 1.0, "Mystery": 2.6, "Romance": 9.0,
+    "Sci-Fi": 3.8, "Thriller": 8.5, "War": 1.7, "Western": 1.0,
+}  # fmt: skip
+GENRES = tuple(GENRE_WEIGHTS)
+NO_GENRES = "(no genres listed)"
+
+# The hidden world. Spreads are chosen so that personal parts (user bias, taste, genre affinity)
+# outweigh the movie bias, and the global mean gives a positive rate (rating >= 3.5) near 55%.
+_FACTORS = 8
+_FACTOR_SCALE = 0.46  # dot product of two factor vectors: sd ≈ 0.6
+_GENRE_TASTE_SD = 0.6
+_USER_BIAS_SD = 0.4
+_MOVIE_BIAS_SD = 0.3
+_NOISE_SD = 0.6
+_GLOBAL_MEAN = 3.4
+_ZIPF_EXPONENT = 0.9  # popularity of the movie at rank r ∝ r^-0.9
+_ACTIVITY_SIGMA = 1.2  # lognormal user activity: a few users rate a lot
+_NO_GENRE_SHARE = 0.01
+_GENRE_COUNT_P = (0.45, 0.35, 0.20)  # a movie has 1, 2 or 3 genres
+
+_SECONDS_PER_DAY = 86_400
+_SCORE_CHUNK = 1_000_000  # rows scored at once: bounds the memory of the factor gathers
+_MAX_SAMPLING_ROUNDS = 200
+
+
+@dataclass(frozen=True)
+class GenerationSummary:
+    out_dir: Path
+    n_ratings: int
+    n_users: int  # users with at least one rating
+    n_movies: int  # movies with at least one rating
+    first_ts: int
+    last_ts: int
+    positive_rate: float  # share of ratings >= 3.5
+
+
+@dataclass(frozen=True)
+class _World:
+    user_vectors: np.ndarray  # (users, factors + genres): latent factors, then genre tastes
+    user_bias: np.ndarray
+    user_p: np.ndarray  # probability that a rating is by this user
+    movie_vectors: np.ndarray  # (movies, factors + genres): latent factors, then genre shares
+    movie_bias: np.ndarray
+    movie_p: np.ndarray  # probability that a rating is of this movie
+    movies: pl.DataFrame  # movies.csv
+
+
+def generate_movielens(
+    out_dir: Path,
+    *,
+    users: int,
+    movies: int,
+    days: int,
+    ratings_per_day: int,
+    seed: int,
+    start_date: date = date(2026, 1, 1),
+    fmt: Literal["csv", "parquet"] = "csv",
+) -> GenerationSummary:
+    """Write ``days * ratings_per_day`` ratings over consecutive UTC days from ``start_date``.
+
+    A user rates a movie at most once per day, so (userId, movieId, timestamp) is unique. Refuses to
+    overwrite existing ratings in ``out_dir``.
+    """
+    _check_arguments(users=users, movies=movies, days=days, ratings_per_day=ratings_per_day, fmt=fmt)
+    out_dir = Path(out_dir)
+    for existing in (out_dir / "ratings.csv", out_dir / "ratings"):
+        if existing.exists():
+            raise FileExistsError(f"{existing} already exists: choose another output folder or delete it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    rng = np.random.default_rng(seed)
+    world = _make_world(rng, users, movies)
+    atomic_write_text(out_dir / "movies.csv", world.movies.write_csv())
+
+    users_seen = np.zeros(users, dtype=bool)
+    movies_seen = np.zeros(movies, dtype=bool)
+    positives = 0
+    first_ts = last_ts = 0
+    target = out_dir / ("ratings.csv" if fmt == "csv" else "ratings")
+    with _atomic_output(target) as tmp_target:
+        for day in range(days):
+            day_date = start_date + timedelta(days=day)
+            chunk = _generate_day(rng, world, day_date, ratings_per_day)
+            _write_day(chunk, tmp_target, fmt, day_date, first=day == 0)
+            users_seen[chunk["userId"].to_numpy() - 1] = True
+            movies_seen[chunk["movieId"].to_numpy() - 1] = True
+            positives += int((chunk["rating"] >= 3.5).sum())
+            if day == 0:
+                first_ts = int(chunk["timestamp"][0])
+            last_ts = int(chunk["timestamp"][-1])
+
+    n_ratings = days * ratings_per_day
+    return GenerationSummary(
+        out_dir=out_dir,
+        n_ratings=n_ratings,
+        n_users=int(users_seen.sum()),
+        n_movies=int(movies_seen.sum()),
+        first_ts=first_ts,
+        last_ts=last_ts,
+        positive_rate=positives / n_ratings,
+    )
+
+
+def _write_day(chunk: pl.DataFrame, target: Path, fmt: str, day: date, *, first: bool) -> None:
+    if fmt == "csv":
+        with open(target, "ab") as handle:
+            chunk.write_csv(handle, include_header=first, float_precision=1)
+    else:
+        partition = target / f"date={day.isoformat()}"
+        partition.mkdir(parents=True)
+        chunk.write_parquet(partition / "part-0.parquet")
+
+
+def _check_arguments(*, users: int, movies: int, days: int, ratings_per_day: int, fmt: str) -> None:
+    counts = {"users": users, "movies": movies, "days": days, "ratings_per_day": ratings_per_day}
+    for name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    if ratings_per_day > users * movies // 2:
+        raise ValueError(
+            f"ratings_per_day={ratings_per_day:,} is too many for {users:,} users x {movies:,} movies: "
+            f"a user rates a movie at most once per day (use at most half of the {users * movies:,} pairs)"
+        )
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"fmt must be 'csv' or 'parquet', not {fmt!r}")
+
+
+def _make_world(rng: np.random.Generator, n_users: int, n_movies: int) -> _World:
+    genre_share, genre_names = _assign_genres(rng, n_movies)
+    movie_vectors = np.hstack(
+        [rng.normal(0.0, _FACTOR_SCALE, (n_movies, _FACTORS)), genre_share]
+    ).astype(np.float32)
+    user_vectors = np.hstack(
+        [
+            rng.normal(0.0, _FACTOR_SCALE, (n_users, _FACTORS)),
+            rng.normal(0.0, _GENRE_TASTE_SD, (n_users, len(GENRES))),
+        ]
+    ).astype(np.float32)
+    # Popularity ranks are shuffled over ids, so movieId says nothing about popularity.
+    popularity = rng.permutation(n_movies) + 1.0
+    movie_p = popularity**-_ZIPF_EXPONENT
+    user_p = rng.lognormal(0.0, _ACTIVITY_SIGMA, n_users)
+    years = rng.integers(1920, 2026, n_movies)
+    movies = pl.DataFrame(
+        {
+            "movieId": np.arange(1, n_movies + 1, dtype=np.int64),
+            "title": [f"Movie {i} ({year})" for i, year in enumerate(years.tolist(), start=1)],
+            "genres": genre_names,
+        }
+    )
+    return _World(
+        user_vectors=user_vectors,
+        user_bias=rng.normal(0.0, _USER_BIAS_SD, n_users).astype(np.float32),
+        user_p=user_p / user_p.sum(),
+        movie_vectors=movie_vectors,
+        movie_bias=rng.normal(0.0, _MOVIE_BIAS_SD, n_movies).astype(np.float32),
+        movie_p=movie_p / movie_p.sum(),
+        movies=movies,
+    )
+
+
+def _assign_genres(rng: np.random.Generator, n_movies: int) -> tuple[np.ndarray, list[str]]:
+    """1–3 distinct genres per movie (a few have none): each genre's share, and the MovieLens string."""
+    weights = np.array(list(GENRE_WEIGHTS.values()))
+    counts = rng.choice([1, 2, 3], size=n_movies, p=_GENRE_COUNT_P)
+    counts[rng.random(n_movies) < _NO_GENRE_SHARE] = 0
+    # Weighted sampling without replacement, all movies at once (Gumbel top-k).
+    keys = np.log(weights) + rng.gumbel(size=(n_movies, len(GENRES)))
+    rank = np.argsort(np.argsort(-keys, axis=1), axis=1)
+    member = rank < counts[:, None]
+    share = member / np.maximum(counts, 1)[:, None]
+    names = ["|".join(GENRES[j] for j in np.flatnonzero(row)) or NO_GENRES for row in member]
+    return share, names
+
+
+def _generate_day(rng: np.random.Generator, world: _World, day: date, n: int) -> pl.DataFrame:
+    user_idx, movie_idx = _sample_distinct_pairs(rng, world.user_p, world.movie_p, n)
+    day_start = int(datetime.combine(day, datetime.min.time(), tzinfo=UTC).timestamp())
+    timestamps = day_start + rng.integers(0, _SECONDS_PER_DAY, n)
+    ratings = np.concatenate(
+        [
+            _rate(rng, world, user_idx[start : start + _SCORE_CHUNK], movie_idx[start : start + _SCORE_CHUNK])
+            for start in range(0, n, _SCORE_CHUNK)
+        ]
+    )
+    order = np.lexsort((movie_idx, user_idx, timestamps))
+    return pl.DataFrame(
+        {
+            "userId": user_idx[order] + 1,
+            "movieId": movie_idx[order] + 1,
+            "rating": ratings[order].astype(np.float64),
+            "timestamp": timestamps[order],
+        },
+        schema=RATINGS_SCHEMA,
+    )
+
+
+def _sample_distinct_pairs(
+    rng: np.random.Generator, user_p: np.ndarray, movie_p: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` distinct (user, movie) index pairs drawn by activity x popularity (rejection sampling)."""
+    n_movies = len(movie_p)
+    keys = np.empty(0, dtype=np.int64)
+    for _ in range(_MAX_SAMPLING_ROUNDS):
+        missing = n - len(keys)
+        if missing == 0:
+            return keys // n_movies, keys % n_movies
+        draws = missing + missing // 4 + 16  # a little extra: some draws repeat a pair
+        candidates = rng.choice(len(user_p), draws, p=user_p) * n_movies + rng.choice(n_movies, draws, p=movie_p)
+        keys = np.concatenate([keys, candidates])
+        _, first = np.unique(keys, return_index=True)
+        keys = keys[np.sort(first)][:n]  # keep the first draw of each pair, in draw order
+    raise ValueError(
+        f"could not draw {n:,} distinct (user, movie) pairs for one day: "
+        "the most active users and most popular movies are saturated; lower ratings_per_day"
+    )
+
+
+def _rate(rng: np.random.Generator, world: _World, user_idx: np.ndarray, movie_idx: np.ndarray) -> np.ndarray:
+    affinity = np.einsum("ij,ij->i", world.user_vectors[user_idx], world.movie_vectors[movie_idx])
+    score = (
+        _GLOBAL_MEAN
+        + world.user_bias[user_idx]
+        + world.movie_bias[movie_idx]
+        + affinity
+        + rng.normal(0.0, _NOISE_SD, len(user_idx)).astype(np.float32)
+    )
+    return np.clip(np.round(score * 2) / 2, 0.5, 5.0)
+
+
+@contextlib.contextmanager
+def _atomic_output(target: Path) -> Iterator[Path]:
+    """Yield a temp path next to ``target`` and rename it into place only on success.
+
+    Readers (and ``railyard run``, which generates data when ``ratings.csv`` is missing) never see
+    half a data set.
+    """
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp)
+        else:
+            tmp.unlink(missing_ok=True)
