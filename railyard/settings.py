@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path(".railyard"), description="State folder for embedded defaults.")
     model_name: str = "recmodel"
 
-    # Data: None means "the generated default data set under home".
+    # Data: None means the generated default data set under home (data/default).
     data_dir: Path | None = None
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
 
@@ -77,10 +77,6 @@ class Settings(BaseSettings):
     def _absolute_home(self) -> Settings:
         self.home = self.home.expanduser().resolve()
         return self
-
-    @cached_property
-    def resolved_data_dir(self) -> Path:
-        return self.data_dir or self.home / "data" / "default"
 
     @cached_property
     def resolved_tracking_uri(self) -> str:

@@ -1,0 +1,20 @@
+# Two commands for a fresh machine: `make run` (the daily retraining flow on embedded
+# defaults) and `make test` (the test suite). Each sets up the environment itself.
+UV_VERSION := 0.13.8
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+PYTEST_ARGS ?=
+
+.PHONY: setup run test bench clean
+
+setup:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	$(UV) sync --frozen
+
+run: setup
+	$(UV) run --frozen railyard run
+
+test: setup
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf .railyard .pytest_cache

@@ -1,0 +1,3 @@
+from railyard.cli import app
+
+app(prog_name="railyard")

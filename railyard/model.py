@@ -1,0 +1,363 @@
+"""NeuralCF-style recommender: raw ids + point-in-time history features -> P(rating >= 3.5).
+
+Two Keras graphs share one transformation path:
+- the *core* model takes ids plus the feature vectors that `railyard.features` builds per row
+  (point-in-time for training rows, the cut-off snapshot for holdout rows);
+- the *serving* export wraps the core with lookup tables holding the snapshot as of the training
+  cut-off, so TF Serving needs only ``userId`` and ``movieId`` and no feature store.
+Unknown ids map to the out-of-vocabulary row: cold-start feature values and a learned OOV
+embedding (trained by randomly dropping ids to OOV, so it is not left at its random init).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from railyard import features as F
+
+SCORE_OUTPUT = "score"
+SIGNATURE_NAME = "serving_default"
+GOLDEN_FILE = "assets.extra/railyard_golden.json"
+ID_DROPOUT_RATE = 0.05
+_LOG_COUNT_SCALE = 5.0  # log1p(counts) reach ~5-10 on MovieLens; keep inputs near unit scale
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 1024
+    embedding_dim: int = 16
+    learning_rate: float = 0.003
+    seed: int = 42
+    early_stopping_patience: int = 2
+
+
+@dataclass
+class TrainResult:
+    model: object  # keras.Model (typed loosely: keras is imported lazily)
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int = 0
+    train_rows: int = 0
+
+
+def user_feature_matrix(frame: pl.DataFrame) -> np.ndarray:
+    return _feature_matrix(frame, F.USER_FEATURES)
+
+
+def movie_feature_matrix(frame: pl.DataFrame) -> np.ndarray:
+    return _feature_matrix(frame, F.MOVIE_FEATURES)
+
+
+def _feature_matrix(frame: pl.DataFrame, names: tuple[str, ...]) -> np.ndarray:
+    """Scalar columns and fixed-size vector columns, side by side, as one float32 matrix."""
+    parts = []
+    for name in names:
+        column = frame.get_column(name)
+        values = column.to_numpy()
+        parts.append(values.reshape(len(frame), -1).astype(np.float32, copy=False))
+    return np.concatenate(parts, axis=1)
+
+
+def _arrow_to_inputs(table) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    frame = pl.from_arrow(table)
+    inputs = {
+        "userId": frame.get_column("userId").to_numpy().astype(np.int64, copy=False),
+        "movieId": frame.get_column("movieId").to_numpy().astype(np.int64, copy=False),
+        "user_features": user_feature_matrix(frame),
+        "movie_features": movie_feature_matrix(frame),
+    }
+    labels = frame.get_column("label").to_numpy().astype(np.float32, copy=False).reshape(-1, 1)
+    return inputs, labels
+
+
+def _batches(path: Path, batch_size: int, rng: np.random.Generator | None) -> Iterator:
+    """Stream a feature Parquet file in batches.
+
+    With ``rng``: row groups in random order and rows permuted within each group, so the
+    time-sorted file is not fed in time order, without loading the whole file at once.
+    """
+    parquet = pq.ParquetFile(path)
+    groups = np.arange(parquet.num_row_groups)
+    if rng is not None:
+        rng.shuffle(groups)
+    for group in groups:
+        inputs, labels = _arrow_to_inputs(parquet.read_row_group(int(group)))
+        order = rng.permutation(len(labels)) if rng is not None else np.arange(len(labels))
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            yield {key: value[index] for key, value in inputs.items()}, labels[index]
+
+
+def make_dataset(path: Path, batch_size: int, *, shuffle_seed: int | None):
+    """tf.data pipeline over a feature Parquet file (re-shuffled every epoch when seeded)."""
+    import tensorflow as tf
+
+    width = 3 + len(F.GENRES)
+    epoch_counter = iter(range(1_000_000))
+
+    def generator():
+        rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed + next(epoch_counter))
+        yield from _batches(path, batch_size, rng)
+
+    signature = (
+        {
+            "userId": tf.TensorSpec((None,), tf.int64),
+            "movieId": tf.TensorSpec((None,), tf.int64),
+            "user_features": tf.TensorSpec((None, width), tf.float32),
+            "movie_features": tf.TensorSpec((None, width), tf.float32),
+        },
+        tf.TensorSpec((None, 1), tf.float32),
+    )
+    dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _layers():
+    """Custom layers, defined lazily so importing this module does not import Keras/TF."""
+    import keras
+    from keras import ops
+
+    class FeatureTransform(keras.layers.Layer):
+        """Puts raw history statistics on a common scale: the one transform both graphs use."""
+
+        def call(self, x):
+            count = ops.log1p(x[:, 0:1]) / _LOG_COUNT_SCALE
+            mean = x[:, 1:2] - 3.0
+            rate = x[:, 2:3] - 0.5
+            return ops.concatenate([count, mean, rate, x[:, 3:]], axis=1)
+
+    class GenreAffinity(keras.layers.Layer):
+        """How much the user liked the movie's genres so far (mean over the movie's genres)."""
+
+        def call(self, user_features, movie_features):
+            taste = user_features[:, 3:] - user_features[:, 2:3]  # genre rates relative to the user's own rate
+            genres = movie_features[:, 3:]
+            total = ops.maximum(ops.sum(genres, axis=1, keepdims=True), 1.0)
+            return ops.sum(taste * genres, axis=1, keepdims=True) / total
+
+    class IdDropout(keras.layers.Layer):
+        """In training, sends a few ids to the OOV index 0 so the OOV embedding learns cold start."""
+
+        def __init__(self, rate: float, seed: int, **kwargs):
+            super().__init__(**kwargs)
+            self.rate = rate
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+        def call(self, index, training=None):
+            if not training:
+                return index
+            drop = keras.random.uniform(ops.shape(index), seed=self.seed_generator) < self.rate
+            return ops.where(drop, ops.zeros_like(index), index)
+
+    class SnapshotLookup(keras.layers.Layer):
+        """Maps raw ids to the feature rows frozen at the training cut-off (row 0: cold start)."""
+
+        def __init__(self, ids: np.ndarray, table: np.ndarray, **kwargs):
+            super().__init__(**kwargs)
+            self.index = keras.layers.IntegerLookup(
+                vocabulary=ids.astype(np.int64), num_oov_indices=1, mask_token=None, output_mode="int"
+            )
+            self.table = self.add_weight(
+                shape=table.shape,
+                initializer=keras.initializers.Constant(table),
+                trainable=False,
+                name="table",
+            )
+
+        def call(self, ids):
+            return ops.take(self.table, self.index(ids), axis=0)
+
+    return FeatureTransform, GenreAffinity, IdDropout, SnapshotLookup
+
+
+def build_model(user_ids: np.ndarray, movie_ids: np.ndarray, config: TrainConfig):
+    """The core NeuralCF model (GMF + MLP towers) over ids and feature vectors."""
+    import keras
+
+    FeatureTransform, GenreAffinity, IdDropout, _ = _layers()
+    width = 3 + len(F.GENRES)
+    dim = config.embedding_dim
+    user_id = keras.Input(shape=(), dtype="int64", name="userId")
+    movie_id = keras.Input(shape=(), dtype="int64", name="movieId")
+    user_features = keras.Input(shape=(width,), dtype="float32", name="user_features")
+    movie_features = keras.Input(shape=(width,), dtype="float32", name="movie_features")
+
+    def id_tower(ids, vocabulary, name):
+        index = keras.layers.IntegerLookup(
+            vocabulary=vocabulary.astype(np.int64), num_oov_indices=1, mask_token=None, name=f"{name}_lookup"
+        )(ids)
+        index = IdDropout(ID_DROPOUT_RATE, seed=config.seed, name=f"{name}_id_dropout")(index)
+        regularizer = keras.regularizers.L2(1e-6)
+        size = len(vocabulary) + 1
+        gmf = keras.layers.Embedding(size, dim, embeddings_regularizer=regularizer, name=f"{name}_gmf")(index)
+        mlp = keras.layers.Embedding(size, dim, embeddings_regularizer=regularizer, name=f"{name}_mlp")(index)
+        return gmf, mlp
+
+    user_gmf, user_mlp = id_tower(user_id, user_ids, "user")
+    movie_gmf, movie_mlp = id_tower(movie_id, movie_ids, "movie")
+    user_x = FeatureTransform(name="user_transform")(user_features)
+    movie_x = FeatureTransform(name="movie_transform")(movie_features)
+    affinity = GenreAffinity(name="genre_affinity")(user_features, movie_features)
+
+    gmf = keras.layers.Multiply(name="gmf")([user_gmf, movie_gmf])
+    mlp = keras.layers.Concatenate(name="mlp_input")([user_mlp, movie_mlp, user_x, movie_x, affinity])
+    mlp = keras.layers.Dense(64, activation="relu", name="mlp_1")(mlp)
+    mlp = keras.layers.Dense(32, activation="relu", name="mlp_2")(mlp)
+    joined = keras.layers.Concatenate(name="neumf")([gmf, mlp])
+    score = keras.layers.Dense(1, activation="sigmoid", name=SCORE_OUTPUT)(joined)
+    model = keras.Model(
+        inputs={"userId": user_id, "movieId": movie_id, "user_features": user_features, "movie_features": movie_features},
+        outputs=score,
+        name="neumf",
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(config.learning_rate),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+    )
+    return model
+
+
+def train_model(
+    feature_dir: Path,
+    config: TrainConfig,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Fit the core model on train.parquet, early-stopping on holdout AUC."""
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    train = pl.read_parquet(feature_dir / "train.parquet", columns=["userId", "movieId"])
+    user_ids = np.sort(train.get_column("userId").unique().to_numpy())
+    movie_ids = np.sort(train.get_column("movieId").unique().to_numpy())
+    model = build_model(user_ids, movie_ids, config)
+
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=config.early_stopping_patience, restore_best_weights=True
+        )
+    ]
+    if on_epoch_end is not None:
+        callbacks.append(
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: on_epoch_end(epoch, {k: float(v) for k, v in logs.items()})
+            )
+        )
+    history = model.fit(
+        make_dataset(feature_dir / "train.parquet", config.batch_size, shuffle_seed=config.seed),
+        validation_data=make_dataset(feature_dir / "holdout.parquet", 8192, shuffle_seed=None),
+        epochs=config.epochs,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    val_auc = history.history.get("val_auc", [0.0])
+    return TrainResult(
+        model=model,
+        history={k: [float(v) for v in values] for k, values in history.history.items()},
+        best_epoch=int(np.argmax(val_auc)),
+        train_rows=len(train),
+    )
+
+
+def predict_core(model, frame: pl.DataFrame, batch_size: int = 65536) -> np.ndarray:
+    """Scores of the core model for a feature frame (one score per row)."""
+    inputs, _ = _arrow_to_inputs(frame.to_arrow())
+    return model.predict(inputs, batch_size=batch_size, verbose=0).reshape(-1)
+
+
+def _snapshot_table(snapshot: pl.DataFrame, id_column: str, cold: dict, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and their feature rows; row 0 holds the cold-start values for unknown ids."""
+    ids = snapshot.get_column(id_column).to_numpy().astype(np.int64)
+    cold_row = np.concatenate([np.atleast_1d(np.asarray(cold[name], dtype=np.float32)) for name in names])
+    return ids, np.concatenate([cold_row[None, :], _feature_matrix(snapshot, names)], axis=0)
+
+
+def export_serving_model(model, feature_set: F.FeatureSet, out_dir: Path) -> Path:
+    """Write a SavedModel whose ``serving_default`` takes userId/movieId (int64) -> ``score`` [N, 1]."""
+    import keras
+    import tensorflow as tf
+
+    *_, SnapshotLookup = _layers()
+    user_ids, user_table = _snapshot_table(
+        feature_set.user_snapshot, "userId", feature_set.cold_user(), F.USER_FEATURES
+    )
+    movie_ids, movie_table = _snapshot_table(
+        feature_set.movie_snapshot, "movieId", feature_set.cold_movie(), F.MOVIE_FEATURES
+    )
+    users = SnapshotLookup(user_ids, user_table, name="user_snapshot")
+    movies = SnapshotLookup(movie_ids, movie_table, name="movie_snapshot")
+
+    @tf.function(
+        input_signature=[tf.TensorSpec((None,), tf.int64, name="userId"), tf.TensorSpec((None,), tf.int64, name="movieId")]
+    )
+    def serve(userId, movieId):  # noqa: N803 - the names are the signature's input keys
+        inputs = {"userId": userId, "movieId": movieId, "user_features": users(userId), "movie_features": movies(movieId)}
+        return {SCORE_OUTPUT: model(inputs, training=False)}
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(users)
+    archive.track(movies)
+    archive.add_endpoint(name=SIGNATURE_NAME, fn=serve)
+    out_dir = Path(out_dir)
+    archive.write_out(str(out_dir), verbose=False)
+    return out_dir
+
+
+def load_signature(saved_model_dir: Path):
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(saved_model_dir)).signatures[SIGNATURE_NAME]
+
+
+def predict_saved_model(saved_model_dir: Path, user_ids, movie_ids, batch_size: int = 65536) -> np.ndarray:
+    """Scores from the exported signature, exactly as a server would compute them."""
+    import tensorflow as tf
+
+    signature = load_signature(saved_model_dir)
+    user_ids = np.asarray(user_ids, dtype=np.int64)
+    movie_ids = np.asarray(movie_ids, dtype=np.int64)
+    scores = [
+        signature(
+            userId=tf.constant(user_ids[start : start + batch_size]),
+            movieId=tf.constant(movie_ids[start : start + batch_size]),
+        )[SCORE_OUTPUT].numpy()
+        for start in range(0, len(user_ids), batch_size)
+    ]
+    return np.concatenate(scores).reshape(-1) if scores else np.zeros(0, dtype=np.float32)
+
+
+def golden_instances(feature_set: F.FeatureSet, count: int = 12, seed: int = 0) -> list[dict[str, int]]:
+    """Fixed request set for post-deploy checks: holdout pairs plus unseen user and movie ids."""
+    holdout = feature_set.holdout.select("userId", "movieId").unique(maintain_order=True)
+    picked = holdout.sample(n=min(count, len(holdout)), seed=seed, shuffle=True) if len(holdout) else holdout
+    unseen_user = int(feature_set.user_snapshot.get_column("userId").max()) + 1_000_000
+    unseen_movie = int(feature_set.movie_snapshot.get_column("movieId").max()) + 1_000_000
+    known_user = int(feature_set.user_snapshot.get_column("userId")[0])
+    known_movie = int(feature_set.movie_snapshot.get_column("movieId")[0])
+    rows = [{"userId": int(u), "movieId": int(m)} for u, m in picked.iter_rows()]
+    rows += [
+        {"userId": unseen_user, "movieId": known_movie},
+        {"userId": known_user, "movieId": unseen_movie},
+        {"userId": unseen_user, "movieId": unseen_movie},
+    ]
+    return rows
+
+
+def write_golden_requests(saved_model_dir: Path, instances: list[dict[str, int]]) -> dict:
+    """Store the golden requests and the offline SavedModel's answers beside the model."""
+    scores = predict_saved_model(
+        saved_model_dir, [row["userId"] for row in instances], [row["movieId"] for row in instances]
+    )
+    golden = {"instances": instances, "predictions": [[float(score)] for score in scores]}
+    path = Path(saved_model_dir) / GOLDEN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(golden, indent=1))
+    return golden

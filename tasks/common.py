@@ -1,0 +1,12 @@
+"""Defaults shared by every Railyard task."""
+
+from functools import partial
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+# Inputs are data frames and models: hashing them for Prefect's cache would cost more than the
+# work, and a retraining run must never be skipped by a cache hit.
+railyard_task = partial(task, cache_policy=NO_CACHE, persist_result=False)
+
+MINUTES = 60

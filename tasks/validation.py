@@ -1,0 +1,42 @@
+from pathlib import Path
+
+from prefect.artifacts import create_markdown_artifact
+
+from railyard import validation
+from railyard.features import FeatureSet
+from railyard.settings import Settings
+from tasks.common import MINUTES, railyard_task
+
+
+def _bounds(settings: Settings) -> validation.ValidationBounds:
+    return validation.ValidationBounds(
+        min_rows=settings.min_rows,
+        max_rows=settings.max_rows,
+        min_positive_rate=settings.min_positive_rate,
+        max_positive_rate=settings.max_positive_rate,
+    )
+
+
+def _publish(reports: tuple[validation.ValidationReport, ...]) -> None:
+    """Show every suite's outcome in the Prefect UI, then stop the flow if any failed."""
+    for report in reports:
+        create_markdown_artifact(
+            key=f"validation-{report.suite.replace('_', '-')}",
+            markdown=f"```\n{report.summary()}\n```\n\nHTML report: `{report.html_report}`",
+            description=f"Great Expectations suite {report.suite}",
+        )
+    validation.raise_for_failures(*reports)
+
+
+@railyard_task(name="validate-raw-data", timeout_seconds=30 * MINUTES)
+def validate_raw(dataset_ratings, settings: Settings, report_dir: Path) -> None:
+    _publish((validation.validate_ratings(dataset_ratings, _bounds(settings), report_dir),))
+
+
+@railyard_task(name="validate-features", timeout_seconds=30 * MINUTES)
+def validate_features(feature_set: FeatureSet, settings: Settings, report_dir: Path) -> None:
+    _publish(
+        validation.validate_features(
+            feature_set.train, feature_set.holdout, feature_set.cutoff_ts, _bounds(settings), report_dir
+        )
+    )

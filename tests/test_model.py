@@ -1,0 +1,73 @@
+"""Training and the SavedModel export: signature, parity with Keras, cold start, golden requests."""
+
+import json
+
+import numpy as np
+import pytest
+
+from railyard import features, model
+from railyard.loaders import load_dataset
+from railyard.synthetic import generate_movielens
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("model")
+    generate_movielens(root / "data", users=120, movies=200, days=6, ratings_per_day=600, seed=3)
+    feature_set = features.build_feature_set(load_dataset(root / "data"), holdout_fraction=0.2)
+    features.write_feature_set(feature_set, root / "features")
+    config = model.TrainConfig(epochs=2, batch_size=256, embedding_dim=8, seed=1)
+    result = model.train_model(root / "features", config)
+    export_dir = model.export_serving_model(result.model, feature_set, root / "export")
+    return feature_set, result, export_dir
+
+
+def test_signature_takes_ids_and_returns_one_score(trained):
+    import tensorflow as tf
+
+    _, _, export_dir = trained
+    signature = model.load_signature(export_dir)
+    _, inputs = signature.structured_input_signature
+    assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in inputs.items()} == {
+        "userId": (tf.int64, [None]),
+        "movieId": (tf.int64, [None]),
+    }
+    outputs = signature.structured_outputs
+    assert list(outputs) == ["score"]
+    assert outputs["score"].dtype == tf.float32 and outputs["score"].shape.as_list() == [None, 1]
+
+
+def test_saved_model_reproduces_keras_predictions_on_the_holdout(trained):
+    feature_set, result, export_dir = trained
+    holdout = feature_set.holdout
+    keras_scores = model.predict_core(result.model, holdout)
+    served = model.predict_saved_model(export_dir, holdout["userId"], holdout["movieId"])
+    np.testing.assert_allclose(served, keras_scores, atol=1e-5)
+
+
+def test_unseen_ids_get_a_score_not_an_error(trained):
+    feature_set, _, export_dir = trained
+    unseen = int(feature_set.user_snapshot["userId"].max()) + 10_000
+    movies = feature_set.movie_snapshot["movieId"].head(5).to_numpy()
+    scores = model.predict_saved_model(export_dir, [unseen] * 5 + [1], list(movies) + [10**9])
+    assert np.all(np.isfinite(scores)) and np.all((scores > 0) & (scores < 1))
+    # A cold user still gets movie-dependent scores: the movie's features and embedding count.
+    assert np.ptp(scores[:5]) > 0
+
+
+def test_golden_requests_hold_the_offline_predictions(trained):
+    feature_set, _, export_dir = trained
+    instances = model.golden_instances(feature_set, count=5)
+    golden = model.write_golden_requests(export_dir, instances)
+    stored = json.loads((export_dir / model.GOLDEN_FILE).read_text())
+    assert stored == golden and len(stored["instances"]) == 8  # 5 holdout pairs + 3 cold-start pairs
+    expected = model.predict_saved_model(
+        export_dir, [i["userId"] for i in instances], [i["movieId"] for i in instances]
+    )
+    np.testing.assert_allclose([p[0] for p in stored["predictions"]], expected, atol=1e-6)
+
+
+def test_training_history_has_holdout_auc_per_epoch(trained):
+    _, result, _ = trained
+    assert len(result.history["val_auc"]) == len(result.history["loss"]) >= 1
+    assert 0 <= result.best_epoch < len(result.history["loss"])

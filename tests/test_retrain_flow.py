@@ -1,0 +1,121 @@
+"""The retraining flow end to end: the real CLI in a fresh world, and bad input that must stop it."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from railyard.synthetic import generate_movielens
+
+pytestmark = pytest.mark.slow
+
+
+def _store_versions(home: Path, model: str = "recmodel") -> list[str]:
+    root = home / "store" / model
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+def _write_ratings(path: Path, text: str) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "ratings.csv").write_text(text)
+    return path
+
+
+def test_cli_run_trains_publishes_and_tracks(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    home = tmp_path / "home"
+    data = tmp_path / "movielens"
+    generate_movielens(data, users=300, movies=600, days=12, ratings_per_day=2500, seed=11)
+    env = os.environ | {"RAILYARD_HOME": str(home), "RAILYARD_EPOCHS": "4"}
+    env.pop("PREFECT_HOME")  # the CLI must set up its own Prefect world under RAILYARD_HOME
+    completed = subprocess.run(
+        [sys.executable, "-m", "railyard", "run", "--data", str(data), "--json"],
+        env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    summary = json.loads(completed.stdout.strip().splitlines()[-1])
+
+    assert summary["model_name"] == "recmodel" and summary["model_version"] == 1
+    metrics = summary["metrics"]
+    assert set(metrics) == {"auc", "pr_auc", "logloss", "accuracy", "baseline_auc"}
+    assert metrics["auc"] > metrics["baseline_auc"], metrics  # personal taste beats popularity
+    version_dir = home / "store" / "recmodel" / "1"
+    assert summary["store_uri"].rstrip("/").endswith("recmodel/1")
+    assert (version_dir / "saved_model.pb").is_file() and (version_dir / "railyard.json").is_file()
+    assert len(summary["data_fingerprint"]) == 64
+    assert (home / "prefect").is_dir()  # Prefect's state stayed inside this world
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["auc"] == pytest.approx(metrics["auc"])
+    assert run.data.params["epochs"] == "4"
+    assert len(client.get_metric_history(run.info.run_id, "epoch_val_auc")) >= 1
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"saved_model", "evaluation"} <= artifacts
+    registered = client.get_model_version("recmodel", summary["mlflow_model_version"])
+    assert registered.tags["railyard.store_version"] == "1"
+
+
+@pytest.fixture
+def flow_home(railyard_home, monkeypatch):
+    monkeypatch.setenv("RAILYARD_EPOCHS", "1")
+    monkeypatch.setenv("RAILYARD_MIN_ROWS", "50")
+    return railyard_home
+
+
+BAD_INPUTS = {
+    "missing_column": ("userId,movieId,timestamp\n1,1,100\n", "rating"),
+    "non_numeric_rating": ("userId,movieId,rating,timestamp\n1,1,4.0,100\n2,1,good,101\n", "good"),
+    "empty_file": ("", "empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_unreadable_input_stops_the_flow_with_a_clear_error(case, flow_home, tmp_path):
+    from flows.retrain import retrain
+    from railyard.loaders import DataLoadError
+
+    text, expected = BAD_INPUTS[case]
+    data = _write_ratings(tmp_path / case, text)
+    with pytest.raises(DataLoadError, match=expected):
+        retrain(data_dir=str(data))
+    assert _store_versions(flow_home) == []
+
+
+def _valid_rows(count: int = 400) -> list[str]:
+    return [f"{1 + i % 40},{1 + i % 37},{[2.0, 4.5][i % 2]},{1_000_000 + i * 60}" for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("case", "mutate", "expected"),
+    [
+        ("rating_out_of_range", lambda rows: rows + ["3,3,7.0,1099999"], "rating"),
+        ("duplicate_rows", lambda rows: rows + [rows[5]], "duplicate"),
+    ],
+)
+def test_invalid_data_fails_validation_before_training(case, mutate, expected, flow_home, tmp_path):
+    from flows.retrain import retrain
+    from railyard.validation import DataValidationError
+
+    data = _write_ratings(tmp_path / case, "userId,movieId,rating,timestamp\n" + "\n".join(mutate(_valid_rows())) + "\n")
+    with pytest.raises(DataValidationError, match=expected) as raised:
+        retrain(data_dir=str(data))
+    assert "unexpected" in str(raised.value).lower() or any(f.unexpected_count for r in raised.value.reports for f in r.failures)
+    assert _store_versions(flow_home) == []
+    assert list((flow_home / "reports").rglob("*.html")), "an HTML report is written"
+
+
+def test_unblessed_model_is_not_published(flow_home, tmp_path, monkeypatch):
+    from flows.retrain import ModelRejected, retrain
+
+    monkeypatch.setenv("RAILYARD_MIN_AUC", "0.9999")
+    data = tmp_path / "data"
+    generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=200, seed=5)
+    with pytest.raises(ModelRejected, match="auc=.* fails >= 0.9999"):
+        retrain(data_dir=str(data))
+    assert _store_versions(flow_home) == []
