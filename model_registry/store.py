@@ -1,0 +1,304 @@
+"""The versioned model store: ``<root>/<model>/<version>/`` as TF Serving expects, plus ``railyard.json``.
+
+Two backends share the rules below; they differ only in the primitives at the end of
+``ModelStore`` (``local.py``: a folder, the embedded default; ``s3.py``: any S3 endpoint).
+
+- A publisher first takes its version number exclusively (the local backend creates the
+  folder, S3 creates a claim object with ``If-None-Match: *``), so two publishers never write
+  into the same version; the loser of a race takes the next number.
+- Files first, the manifest last, created only if absent. A version without a manifest does
+  not exist for readers, but its number stays taken (a crashed publication is never reused).
+- Downloads check every size and sha256 against the manifest before anything becomes visible.
+- A number is never reused, not even after deletion: a tombstone remembers it, because TF
+  Serving never reloads a version directory it has already loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+from model_registry.manifest import (
+    MANIFEST_NAME,
+    FileEntry,
+    Manifest,
+    SourceTree,
+    check_metadata,
+    collect_source,
+)
+from railyard.fsutil import sha256_file
+from railyard.settings import validate_model_name
+
+if TYPE_CHECKING:
+    from model_registry.s3 import S3Options
+
+logger = logging.getLogger("railyard.store")
+
+# Folder (local) or key prefix (S3) under <model>/ holding one empty marker per deleted version.
+TOMBSTONE_DIR = ".railyard-deleted"
+# How many successive numbers a publisher tries before giving up on a crowd of racing publishers.
+MAX_CLAIM_ATTEMPTS = 20
+_VERSION_NAME = re.compile(r"^[1-9][0-9]*$")
+
+
+class StoreError(Exception):
+    """A model store operation failed."""
+
+
+class VersionConflictError(StoreError):
+    """Another publisher owns the version this one tried to write."""
+
+
+class IntegrityError(StoreError):
+    """A stored version does not match its manifest (corrupted, incomplete or tampered with)."""
+
+
+class VersionNotFoundError(StoreError):
+    """No complete version (one with a manifest) with that number exists."""
+
+
+class ProtectedVersionError(StoreError):
+    """The version is protected (in production or staging) and may not be deleted."""
+
+
+@dataclass(frozen=True)
+class PublishedVersion:
+    model: str
+    version: int
+    uri: str  # the version folder, e.g. s3://bucket/prefix/recmodel/3/
+    manifest: Manifest
+    reused: bool = False  # True: the same model (data fingerprint + code version) was already published
+
+
+@dataclass(frozen=True)
+class VersionScan:
+    taken: frozenset[int]  # every number in use: complete, half-published or deleted
+    complete: frozenset[int]  # versions with a manifest: the only ones readers see
+
+
+def parse_version_name(name: str) -> int | None:
+    """The version number a folder/key name stands for, or None (TF Serving's numeric names only)."""
+    return int(name) if _VERSION_NAME.fullmatch(name) else None
+
+
+def utc_timestamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def check_version(version: Any) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"invalid version {version!r}: versions are integers >= 1")
+    return version
+
+
+class ModelStore(ABC):
+    uri: str
+
+    def publish(self, model: str, source_dir: Path, *, metadata: dict[str, Any]) -> PublishedVersion:
+        """Publish a SavedModel folder as the next version, or return the version already holding it.
+
+        ``metadata`` must hold ``data_fingerprint`` and ``code_version`` (the model's identity)
+        and may hold ``mlflow_run_id``, ``metrics`` and anything else that is plain JSON.
+        """
+        validate_model_name(model)
+        metadata = check_metadata(metadata)
+        tree = collect_source(source_dir)
+        scan = self._scan(model)
+        existing = self._find_published(model, scan, (metadata["data_fingerprint"], metadata["code_version"]))
+        if existing is not None:
+            logger.info("%s version %d already holds this model; not publishing again", model, existing.version)
+            return PublishedVersion(model, existing.version, self.version_uri(model, existing.version), existing, True)
+
+        version = self._claim_next_version(model, scan)
+        location = self.version_uri(model, version)
+        logger.info("publishing %s (%d files) to %s", source_dir, len(tree.files), location)
+        files = self._upload(model, version, tree)
+        manifest = Manifest(
+            model=model,
+            version=version,
+            created_at=utc_timestamp(),
+            files=files,
+            metadata=metadata,
+            empty_dirs=tree.empty_dirs,
+        )
+        if not self._create_manifest(model, version, manifest.to_json()):
+            raise VersionConflictError(
+                f"{location} already has a manifest: another publisher completed this version "
+                "(nothing of it was overwritten)"
+            )
+        logger.info("published %s version %d: %d bytes at %s", model, version, manifest.total_size, location)
+        return PublishedVersion(model, version, location, manifest)
+
+    def list_versions(self, model: str) -> list[int]:
+        """Complete versions only (manifest present), ascending."""
+        validate_model_name(model)
+        return sorted(self._scan(model).complete)
+
+    def latest_version(self, model: str) -> int | None:
+        versions = self.list_versions(model)
+        return versions[-1] if versions else None
+
+    def get_manifest(self, model: str, version: int) -> Manifest:
+        validate_model_name(model)
+        check_version(version)
+        data = self._read_manifest(model, version)
+        if data is None:
+            raise VersionNotFoundError(f"{model} version {version} does not exist in {self.uri}")
+        where = f"{self.version_uri(model, version)}{MANIFEST_NAME}"
+        try:
+            manifest = Manifest.from_json(data)
+        except ValueError as error:
+            raise IntegrityError(f"manifest {where} is invalid: {error}") from None
+        if (manifest.model, manifest.version) != (model, version):
+            raise IntegrityError(f"manifest {where} describes {manifest.model} version {manifest.version}")
+        return manifest
+
+    def download(self, model: str, version: int, dest: Path) -> Path:
+        """Download a verified copy of a version to ``dest`` (absent or an empty folder).
+
+        Everything lands in a hidden staging folder beside ``dest`` first, is checked against
+        the manifest, and then appears at once by renaming the folder, so TF Serving never sees
+        a partial version (not even ``saved_model.pb`` before the variables).
+        """
+        manifest = self.get_manifest(model, version)
+        dest = Path(dest)
+        if dest.exists() and not (dest.is_dir() and not any(dest.iterdir())):
+            raise StoreError(f"refusing to download into {dest}: it exists and is not an empty folder")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+        try:
+            self._download(model, version, sorted(manifest.files), staging)
+            for path, entry in sorted(manifest.files.items()):
+                self._verify(model, version, staging / path, path, entry)
+            for path in manifest.empty_dirs:
+                (staging / path).mkdir(parents=True, exist_ok=True)
+            staging.chmod(0o755)  # mkdtemp's 0700 would hide the model from a serving user
+            os.rename(staging, dest)  # replaces an empty dest folder atomically
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        logger.info("downloaded %s version %d (%d bytes, verified) to %s", model, version, manifest.total_size, dest)
+        return dest
+
+    def delete_version(self, model: str, version: int, *, protected: Collection[int] = ()) -> None:
+        validate_model_name(model)
+        check_version(version)
+        if version in set(protected):
+            raise ProtectedVersionError(f"refusing to delete {model} version {version}: it is in production or staging")
+        if version not in self._scan(model).complete:
+            raise VersionNotFoundError(f"{model} version {version} does not exist in {self.uri}")
+        self._delete(model, version)
+        logger.info("deleted %s version %d from %s", model, version, self.uri)
+
+    def apply_retention(self, model: str, keep_last: int, *, protected: Collection[int] = ()) -> list[int]:
+        """Delete all complete versions except the newest ``keep_last`` and the protected ones."""
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 1:
+            raise ValueError(f"keep_last must be an integer >= 1, got {keep_last!r}")
+        versions = self.list_versions(model)
+        keep = set(versions[-keep_last:]) | set(protected)
+        doomed = [version for version in versions if version not in keep]
+        for version in doomed:
+            self.delete_version(model, version, protected=protected)
+        return doomed
+
+    def _find_published(self, model: str, scan: VersionScan, identity: tuple[str, str]) -> Manifest | None:
+        for version in sorted(scan.complete, reverse=True):
+            manifest = self.get_manifest(model, version)
+            if manifest.identity == identity:
+                return manifest
+        return None
+
+    def _claim_next_version(self, model: str, scan: VersionScan) -> int:
+        candidate = max(scan.taken, default=0) + 1
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            if self._claim(model, candidate):
+                return candidate
+            logger.info("%s version %d was taken by another publisher; trying the next number", model, candidate)
+            candidate += 1
+        raise VersionConflictError(
+            f"could not take a version number for {model} in {self.uri} after {MAX_CLAIM_ATTEMPTS} tries: "
+            "too many publishers at once"
+        )
+
+    def _verify(self, model: str, version: int, local: Path, path: str, entry: FileEntry) -> None:
+        where = f"{self.version_uri(model, version)}{path}"
+        size = local.stat().st_size
+        if size != entry.size:
+            raise IntegrityError(f"{where} has {size} bytes but its manifest says {entry.size}: refusing the version")
+        if sha256_file(local) != entry.sha256:
+            raise IntegrityError(f"{where} does not match the sha256 in its manifest: refusing the corrupted version")
+
+    def _missing(self, model: str, version: int, path: str) -> IntegrityError:
+        return IntegrityError(
+            f"{self.version_uri(model, version)}{path} is listed in the manifest but missing: "
+            "refusing the incomplete version"
+        )
+
+    # Backend primitives. Model names and versions are validated before any of these is called.
+
+    @abstractmethod
+    def version_uri(self, model: str, version: int) -> str:
+        """The URI of a version folder, ending in '/'."""
+
+    @abstractmethod
+    def _scan(self, model: str) -> VersionScan: ...
+
+    @abstractmethod
+    def _claim(self, model: str, version: int) -> bool:
+        """Take a version number exclusively; False if it is already taken."""
+
+    @abstractmethod
+    def _upload(self, model: str, version: int, tree: SourceTree) -> dict[str, FileEntry]:
+        """Write every file of the tree into the claimed version; return what was written."""
+
+    @abstractmethod
+    def _create_manifest(self, model: str, version: int, data: bytes) -> bool:
+        """Create the manifest atomically, only if absent; False if one exists."""
+
+    @abstractmethod
+    def _read_manifest(self, model: str, version: int) -> bytes | None: ...
+
+    @abstractmethod
+    def _download(self, model: str, version: int, paths: list[str], dest_dir: Path) -> None:
+        """Copy the files into dest_dir; raise ``self._missing(...)`` for a file the store lacks."""
+
+    @abstractmethod
+    def _delete(self, model: str, version: int) -> None:
+        """Tombstone first, then the manifest (the version disappears at once), then the files."""
+
+
+def open_store(uri: str, *, s3_endpoint_url: str | None = None, s3_options: S3Options | None = None) -> ModelStore:
+    """Open the store a URI names: ``file:///abs/path``, a plain path, or ``s3://bucket/prefix``.
+
+    ``s3_options`` tunes S3 retries, timeouts and transfers; credentials come from boto3's chain.
+    """
+    if not isinstance(uri, str) or not uri.strip():
+        raise ValueError(f"the model store URI is empty ({uri!r})")
+    parsed = urlsplit(uri)
+    if parsed.scheme == "s3":
+        if parsed.query or parsed.fragment:
+            raise ValueError(f"store URI {uri!r} has a query or fragment: use s3://bucket/prefix")
+        from model_registry.s3 import S3Store
+
+        return S3Store(parsed.netloc, parsed.path, endpoint_url=s3_endpoint_url, options=s3_options)
+
+    from model_registry.local import LocalStore
+
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"store URI {uri!r} names host {parsed.netloc!r}: file URIs must be local")
+        return LocalStore(Path(url2pathname(parsed.path)))
+    if parsed.scheme:
+        raise ValueError(f"unsupported store URI {uri!r}: use file:///path, a plain path or s3://bucket/prefix")
+    return LocalStore(Path(uri))
