@@ -1,0 +1,123 @@
+"""TF Serving's gRPC services on the generated servicers of the tensorflow-serving-api wheel.
+
+``PredictionService``: Predict and GetModelMetadata (Classify, Regress and MultiInference
+answer UNIMPLEMENTED); ``ModelService``: GetModelStatus and HandleReloadConfigRequest
+(model_servers/model_service_impl.cc, prediction_service_impl.cc).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+from tensorflow_serving.apis import (
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from infra.local_server.core import ServerCore
+from infra.local_server.errors import StatusError
+from infra.local_server.protos import SIGNATURE_DEF_FIELD, metadata_response, model_spec, status_response, tensor_proto
+from infra.serving_client import SIGNATURE_NAME
+
+log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+
+def _answer(context: grpc.ServicerContext, method: str, produce: Callable[[], _T]) -> _T:
+    try:
+        return produce()
+    except StatusError as exc:
+        context.abort(grpc.StatusCode[exc.code], exc.message)
+    except Exception as exc:  # a bug here must reach the caller as an error, not a hang
+        log.exception("gRPC %s failed", method)
+        context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+    raise AssertionError("context.abort raises")
+
+
+def _version_choice(spec) -> tuple[int | None, str | None]:
+    choice = spec.WhichOneof("version_choice")
+    version = spec.version.value if choice == "version" else None
+    return version, spec.version_label if choice == "version_label" else None
+
+
+def _require_model_spec(request) -> None:
+    if not request.HasField("model_spec"):
+        raise StatusError("INVALID_ARGUMENT", "Missing ModelSpec")
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, core: ServerCore) -> None:
+        self._core = core
+
+    def Predict(self, request, context):  # noqa: N802 - the generated servicer's names
+        def predict():
+            import tensorflow as tf
+
+            spec = request.model_spec
+            number, servable = self._core.servable(spec.name, *_version_choice(spec))
+            inputs = {name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
+            outputs = servable.predict(spec.signature_name, inputs, list(request.output_filter))
+            response = predict_pb2.PredictResponse(
+                model_spec=model_spec(spec.name, number, spec.signature_name or SIGNATURE_NAME)
+            )
+            for alias, array in outputs.items():
+                response.outputs[alias].CopyFrom(tensor_proto(array))
+            return response
+
+        return _answer(context, "Predict", predict)
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        def metadata():
+            # get_model_metadata_impl.cc
+            _require_model_spec(request)
+            if not request.metadata_field:
+                raise StatusError(
+                    "INVALID_ARGUMENT", "GetModelMetadataRequest must specify at least one metadata_field"
+                )
+            for field in request.metadata_field:
+                if field != SIGNATURE_DEF_FIELD:
+                    raise StatusError("INVALID_ARGUMENT", f"Metadata field {field} is not supported")
+            spec = request.model_spec
+            number, servable = self._core.servable(spec.name, *_version_choice(spec))
+            return metadata_response(spec.name, number, servable)
+
+        return _answer(context, "GetModelMetadata", metadata)
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, core: ServerCore) -> None:
+        self._core = core
+
+    def GetModelStatus(self, request, context):  # noqa: N802
+        def status():
+            _require_model_spec(request)
+            spec = request.model_spec
+            version = spec.version.value if spec.HasField("version") else None
+            return status_response(self._core.model_status(spec.name, version))
+
+        return _answer(context, "GetModelStatus", status)
+
+    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        def reload():
+            if request.config.WhichOneof("config") != "model_config_list":
+                raise StatusError(
+                    "INVALID_ARGUMENT",
+                    "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                    "Only ModelConfigList is currently supported",
+                )
+            self._core.reload_config(request.config)
+            response = model_management_pb2.ReloadConfigResponse()
+            response.status.SetInParent()
+            return response
+
+        return _answer(context, "HandleReloadConfigRequest", reload)
+
+
+def add_services(server: grpc.Server, core: ServerCore) -> None:
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)

@@ -1,0 +1,97 @@
+"""One loaded SavedModel version: its SignatureDefs and a thread-safe ``predict``."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from infra.local_server.errors import StatusError, status_from_exception
+from infra.serving_client import SIGNATURE_NAME
+from infra.warmup import read_warmup_requests
+
+SERVE_TAG = "serve"
+
+
+class Servable:
+    def __init__(self, path: Path) -> None:
+        """Load like TF Serving's SavedModel loader: the ``serve`` meta graph, then the warmup replay."""
+        import tensorflow as tf
+        from tensorflow.core.protobuf import saved_model_pb2
+
+        path = Path(path)
+        graph_file = path / "saved_model.pb"
+        if not graph_file.is_file():
+            raise StatusError(
+                "NOT_FOUND", f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}"
+            )
+        try:
+            saved_model = saved_model_pb2.SavedModel.FromString(graph_file.read_bytes())
+            graphs = [graph for graph in saved_model.meta_graphs if SERVE_TAG in graph.meta_info_def.tags]
+            if not graphs:
+                message = f"Could not find meta graph def matching supplied tags: {{ {SERVE_TAG} }}"
+                raise StatusError("NOT_FOUND", message)
+            self.signature_defs = dict(graphs[0].signature_def)
+            self._functions = tf.saved_model.load(str(path), tags=[SERVE_TAG]).signatures
+            for request in read_warmup_requests(path):
+                inputs = {name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
+                self.predict(request.model_spec.signature_name, inputs, request.output_filter)
+        except Exception as exc:
+            raise status_from_exception(exc) from exc
+
+    def input_dtypes(self, signature_name: str) -> dict:
+        """Input name -> tf.DType; REST requests are parsed against these."""
+        import tensorflow as tf
+
+        name = signature_name or SIGNATURE_NAME
+        if name not in self.signature_defs:
+            # http_rest_api_handler.cc GetInfoMap (the gRPC path says FAILED_PRECONDITION instead).
+            raise StatusError("INVALID_ARGUMENT", f'Serving signature name: "{name}" not found in signature def')
+        inputs = self.signature_defs[name].inputs
+        return {key: tf.dtypes.as_dtype(info.dtype) for key, info in inputs.items()}
+
+    def predict(
+        self, signature_name: str, inputs: Mapping[str, np.ndarray], output_filter: Collection[str] = ()
+    ) -> dict[str, np.ndarray]:
+        import tensorflow as tf
+
+        name = signature_name or SIGNATURE_NAME
+        signature = self.signature_defs.get(name)
+        if signature is None or name not in self._functions:
+            raise StatusError("FAILED_PRECONDITION", f'Serving signature key "{name}" not found.')
+        _check_input_names(set(inputs), set(signature.inputs))
+        for alias in output_filter:
+            if alias not in signature.outputs:
+                raise StatusError(
+                    "INVALID_ARGUMENT",
+                    f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+                    f"{{{','.join(sorted(signature.outputs))}}}.",
+                )
+        arguments = {}
+        for index, key in enumerate(sorted(inputs)):
+            expected = tf.dtypes.as_dtype(signature.inputs[key].dtype)
+            given = tf.string if inputs[key].dtype == object else tf.dtypes.as_dtype(inputs[key].dtype)
+            if given != expected:
+                raise StatusError(
+                    "INVALID_ARGUMENT", f"Expects arg[{index}] to be {expected.name} but {given.name} is provided"
+                )
+            arguments[key] = tf.convert_to_tensor(inputs[key], dtype=expected)
+        try:
+            outputs = self._functions[name](**arguments)
+        except Exception as exc:
+            raise status_from_exception(exc) from exc
+        wanted = output_filter or signature.outputs
+        return {alias: outputs[alias].numpy() for alias in wanted}
+
+
+def _check_input_names(sent: set[str], expected: set[str]) -> None:
+    # predict_util.cc VerifyRequestInputsSize.
+    if sent != expected:
+        raise StatusError(
+            "INVALID_ARGUMENT",
+            f"input size does not match signature: {len(sent)}!={len(expected)} "
+            f"len({{{','.join(sorted(sent))}}}) != len({{{','.join(sorted(expected))}}}). "
+            f"Sent extra: {{{','.join(sorted(sent - expected))}}}. "
+            f"Missing but required: {{{','.join(sorted(expected - sent))}}}.",
+        )

@@ -1,0 +1,147 @@
+"""The local TF-Serving-compatible server: gRPC and REST ports around one ServerCore.
+
+It loads exactly what its config file names, reading the file at start (so a restart serves
+the same versions); every RPC reload replaces the config in memory and rewrites the file
+atomically. A stand-in for development and tests: production runs the tensorflow/serving image.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+
+from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+
+from infra.local_server.core import ServerCore
+from infra.local_server.grpc_service import add_services
+from infra.local_server.rest import make_handler
+from infra.tfserving_config import read_config, write_config_atomically
+
+log = logging.getLogger(__name__)
+
+
+class LocalServingServer:
+    """``with LocalServingServer(config_path).start() as server: ...`` (ports 0 pick free ones).
+
+    ``allow_version_labels_for_unavailable_models`` mirrors TF Serving's flag of that name and
+    defaults to True as in our compose stack: without it TF Serving refuses to start with any
+    label in its config, because no version is AVAILABLE when labels are first checked.
+    ``max_num_load_retries`` / ``load_retry_interval_s`` are TF Serving's defaults (5 x 60 s).
+    """
+
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        rest_port: int = 0,
+        grpc_port: int = 0,
+        host: str = "127.0.0.1",
+        allow_version_labels_for_unavailable_models: bool = True,
+        max_num_load_retries: int = 5,
+        load_retry_interval_s: float = 60.0,
+    ) -> None:
+        self.config_path = Path(config_path)
+        self.host = host
+        self._requested_ports = (rest_port, grpc_port)
+        self.rest_port = rest_port
+        self.grpc_port = grpc_port
+        self.core = ServerCore(
+            allow_version_labels_for_unavailable_models=allow_version_labels_for_unavailable_models,
+            max_num_load_retries=max_num_load_retries,
+            load_retry_interval_s=load_retry_interval_s,
+            on_config_stored=lambda config: write_config_atomically(self.config_path, config),
+        )
+        self._grpc_server = None
+        self._http_server: ThreadingHTTPServer | None = None
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self._client_host}:{self.rest_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self._client_host}:{self.grpc_port}"
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+
+    def start(self) -> LocalServingServer:
+        """Load the config file's models (waiting for them, like TF Serving), then open both ports."""
+        import grpc
+
+        try:
+            self.core.start(self._initial_config())
+        except BaseException:
+            self.core.stop()
+            raise
+        rest_port, grpc_port = self._requested_ports
+        workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="local-serving-grpc")
+        # Without so_reuseport=0 gRPC would silently share a port another server already uses.
+        self._grpc_server = grpc.server(workers, options=[("grpc.so_reuseport", 0)])
+        add_services(self._grpc_server, self.core)
+        try:
+            self.grpc_port = self._grpc_server.add_insecure_port(f"{self.host}:{grpc_port}")
+        except RuntimeError as exc:
+            self.stop()
+            raise OSError(f"cannot listen for gRPC on {self.host}:{grpc_port}: {exc}") from exc
+        self._grpc_server.start()
+        try:
+            self._http_server = ThreadingHTTPServer((self.host, rest_port), make_handler(self.core))
+        except OSError as exc:
+            self.stop()
+            raise OSError(f"cannot listen for REST on {self.host}:{rest_port}: {exc}") from exc
+        self._http_server.daemon_threads = True
+        self.rest_port = self._http_server.server_address[1]
+        threading.Thread(target=self._http_server.serve_forever, name="local-serving-rest", daemon=True).start()
+        log.info("Local TF Serving: gRPC %s, REST %s, config %s", self.grpc_target, self.rest_url, self.config_path)
+        return self
+
+    def _initial_config(self) -> ModelServerConfig:
+        if not self.config_path.exists():
+            log.info("No model config at %s yet: serving nothing until a config reload", self.config_path)
+            return ModelServerConfig()
+        return read_config(self.config_path)
+
+    def stop(self) -> None:
+        if self._http_server is not None:
+            self._http_server.shutdown()
+            self._http_server.server_close()
+            self._http_server = None
+        if self._grpc_server is not None:
+            self._grpc_server.stop(grace=1).wait()
+            self._grpc_server = None
+        self.core.stop()
+
+    def __enter__(self) -> LocalServingServer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def serve(
+    config_path: Path,
+    rest_port: int = 8501,
+    grpc_port: int = 8500,
+    host: str = "127.0.0.1",
+    **options,
+) -> None:
+    """Run the local server until SIGINT/SIGTERM (``options`` go to LocalServingServer).
+
+    Raises StatusError (e.g. "UNKNOWN: 1 model(s) did not become available: ...") when the
+    config's models cannot be loaded, as TF Serving fails to start in that case.
+    """
+    server = LocalServingServer(config_path, rest_port=rest_port, grpc_port=grpc_port, host=host, **options).start()
+    stopped = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    finally:
+        server.stop()

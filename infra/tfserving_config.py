@@ -1,0 +1,156 @@
+"""TF Serving config files, built with TF Serving's own protos (not string templates).
+
+``ModelServerConfig`` comes from the ``tensorflow-serving-api`` wheel (a light import: it does
+not pull in TensorFlow). The wheel does not ship ``BatchingParameters``
+(tensorflow_serving/servables/tensorflow/session_bundle_config.proto) nor ``MonitoringConfig``
+(tensorflow_serving/config/monitoring_config.proto), so those two are rendered in their
+documented text format by hand.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+from google.protobuf import text_format
+from tensorflow_serving.config.model_server_config_pb2 import ModelConfig, ModelServerConfig
+
+from railyard.fsutil import atomic_write_text
+from railyard.settings import validate_model_name
+
+STABLE = "stable"
+CANARY = "canary"
+LABEL_PATTERN = re.compile(r"[a-zA-Z0-9_]+")
+MODEL_PLATFORM = "tensorflow"
+
+
+def render_model_config(
+    model_name: str,
+    base_path: str | Path,
+    versions: Collection[int],
+    labels: Mapping[str, int],
+    *,
+    base: ModelServerConfig | None = None,
+) -> ModelServerConfig:
+    """One model served with ``specific`` versions and ``version_labels``.
+
+    A reload replaces TF Serving's whole model list, so pass the config the server holds as
+    ``base`` to keep its other models: this model's entry is replaced (or appended).
+    An empty ``versions`` is valid and means "serve nothing" (TF Serving unloads them all).
+    """
+    validate_model_name(model_name)
+    base_path = str(base_path)
+    if not posixpath.isabs(base_path) and not re.match(r"[a-z][a-z0-9+.-]*://", base_path):
+        # server_core.cc ValidateModelConfigList rejects relative base paths (URIs are fine).
+        raise ValueError(f"base_path for model {model_name!r} must be absolute, got {base_path!r}")
+    checked = sorted({_check_version(version) for version in versions})
+    for label, version in labels.items():
+        if not LABEL_PATTERN.fullmatch(label):
+            raise ValueError(f"invalid version label {label!r} for model {model_name!r}: use [a-zA-Z0-9_]+")
+        if version not in checked:
+            raise ValueError(
+                f"label {label!r} points at version {version} of model {model_name!r}, "
+                f"which is not among the served versions {checked}"
+            )
+
+    entry = ModelConfig(name=model_name, base_path=base_path, model_platform=MODEL_PLATFORM)
+    entry.model_version_policy.specific.versions.extend(checked)
+    for label in sorted(labels):
+        entry.version_labels[label] = labels[label]
+
+    config = ModelServerConfig()
+    if base is not None:
+        for other in base.model_config_list.config:
+            config.model_config_list.config.add().CopyFrom(entry if other.name == model_name else other)
+    if model_name not in model_names(config):
+        config.model_config_list.config.add().CopyFrom(entry)
+    return config
+
+
+def _check_version(version: int) -> int:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise ValueError(f"model versions are non-negative integers, got {version!r}")
+    return version
+
+
+def model_names(config: ModelServerConfig) -> list[str]:
+    return [entry.name for entry in config.model_config_list.config]
+
+
+def served_versions(config: ModelServerConfig, model_name: str) -> tuple[set[int], dict[str, int]]:
+    """The ``specific`` versions and the labels a config gives one model (empty if absent)."""
+    for entry in config.model_config_list.config:
+        if entry.name == model_name:
+            return set(entry.model_version_policy.specific.versions), dict(entry.version_labels)
+    return set(), {}
+
+
+def to_text(config: ModelServerConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse_text(text: str, *, source: str = "model config") -> ModelServerConfig:
+    try:
+        return text_format.Parse(text, ModelServerConfig())
+    except text_format.ParseError as exc:
+        raise ValueError(f"{source} is not a valid TF Serving ModelServerConfig: {exc}") from exc
+
+
+def read_config(path: Path) -> ModelServerConfig:
+    return parse_text(Path(path).read_text(encoding="utf-8"), source=str(path))
+
+
+def write_config_atomically(path: Path, config: ModelServerConfig) -> None:
+    """Temp file + rename: TF Serving's file poll never reads half a config."""
+    atomic_write_text(Path(path), to_text(config))
+
+
+def render_batching_parameters(
+    *,
+    max_batch_size: int = 128,
+    batch_timeout_micros: int = 0,
+    max_enqueued_batches: int = 1_000_000,
+    num_batch_threads: int = 8,
+    allowed_batch_sizes: Collection[int] = (),
+    pad_variable_length_inputs: bool = False,
+) -> str:
+    """Text ``BatchingParameters`` for ``--batching_parameters_file`` (defaults: TF Serving's batching guide).
+
+    Rendered by hand: the proto is not in the tensorflow-serving-api wheel.
+    """
+    for name, value, minimum in (
+        ("max_batch_size", max_batch_size, 1),
+        ("batch_timeout_micros", batch_timeout_micros, 0),
+        ("max_enqueued_batches", max_enqueued_batches, 1),
+        ("num_batch_threads", num_batch_threads, 1),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    sizes = list(allowed_batch_sizes)
+    # session_bundle_config.proto: increasing entries, the last one equal to max_batch_size.
+    if sizes and (sizes != sorted(set(sizes)) or sizes[-1] != max_batch_size):
+        raise ValueError(
+            f"allowed_batch_sizes {sizes} must be strictly increasing and end at max_batch_size {max_batch_size}"
+        )
+    lines = [
+        f"max_batch_size {{ value: {max_batch_size} }}",
+        f"batch_timeout_micros {{ value: {batch_timeout_micros} }}",
+        f"max_enqueued_batches {{ value: {max_enqueued_batches} }}",
+        f"num_batch_threads {{ value: {num_batch_threads} }}",
+    ]
+    lines += [f"allowed_batch_sizes: {size}" for size in sizes]
+    if pad_variable_length_inputs:
+        lines.append("pad_variable_length_inputs: true")
+    return "\n".join(lines) + "\n"
+
+
+def render_monitoring_config(path: str = "/monitoring/prometheus/metrics") -> str:
+    """Text ``MonitoringConfig`` for ``--monitoring_config_file`` (Prometheus metrics on the REST port).
+
+    Rendered by hand: the proto is not in the tensorflow-serving-api wheel.
+    """
+    if not re.fullmatch(r"/[A-Za-z0-9_./-]*", path):
+        raise ValueError(f"monitoring path must be an absolute URL path such as /metrics, got {path!r}")
+    return f'prometheus_config {{\n  enable: true\n  path: "{path}"\n}}\n'

@@ -1,0 +1,322 @@
+"""The local server against TF Serving's contract: REST/gRPC formats, errors, reload semantics."""
+
+import json
+import logging
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+
+# The fixtures module is also a plugin (shared session fixtures): rewrite it before importing it.
+pytest.register_assert_rewrite("tests.serving_fixtures")
+pytest_plugins = ["tests.serving_fixtures"]
+
+from infra.local_server import StatusError  # noqa: E402
+from infra.serving_client import ServingError, build_predict_request  # noqa: E402
+from infra.tfserving_config import read_config  # noqa: E402
+from tests.serving_fixtures import (  # noqa: E402
+    CORRUPT_VERSION,
+    GOLDEN_INSTANCES,
+    MODEL_NAME,
+    assert_scores_of,
+    client_for,
+    golden,
+    model_config,
+)
+
+MODEL_PATH = f"/v1/models/{MODEL_NAME}"
+
+
+def rest(server, method, path, body=None):
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(server.rest_url + path, data=data, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def predict(server, selector=""):
+    """POST the golden instances to <model><selector>:predict; the predictions."""
+    status, answer = rest(server, "POST", f"{MODEL_PATH}{selector}:predict", {"instances": GOLDEN_INSTANCES})
+    assert status == 200, answer
+    return answer["predictions"]
+
+
+def ok(version, state):
+    return {"version": str(version), "state": state, "status": {"error_code": "OK", "error_message": ""}}
+
+
+def states(client, model=MODEL_NAME):
+    return [(status.version, status.state) for status in client.model_status(model)]
+
+
+# -- REST and gRPC contract (read-only server: stable -> 1, canary -> 2) --------------------------
+
+
+def test_status_json_is_tf_servings(contract_server):
+    both = {"model_version_status": [ok(1, "AVAILABLE"), ok(2, "AVAILABLE")]}
+    assert rest(contract_server, "GET", MODEL_PATH) == (200, both)
+    one = {"model_version_status": [ok(2, "AVAILABLE")]}
+    assert rest(contract_server, "GET", f"{MODEL_PATH}/versions/2") == (200, one)
+
+
+def test_status_of_unknown_versions_and_models_is_not_found(contract_server):
+    missing_version = {"error": "Could not find version 9 of model recmodel"}
+    assert rest(contract_server, "GET", f"{MODEL_PATH}/versions/9") == (404, missing_version)
+    missing_model = {"error": "Could not find any versions of model nope"}
+    assert rest(contract_server, "GET", "/v1/models/nope") == (404, missing_model)
+
+
+def test_metadata_nests_signature_def_twice(contract_server):
+    status, answer = rest(contract_server, "GET", f"{MODEL_PATH}/versions/1/metadata")
+    assert status == 200
+    assert answer["model_spec"] == {"name": MODEL_NAME, "signature_name": "", "version": "1"}
+    signature = answer["metadata"]["signature_def"]["signature_def"]["serving_default"]
+    assert signature["method_name"] == "tensorflow/serving/predict"
+
+    def described(tensors):
+        return {name: (t["dtype"], [d["size"] for d in t["tensor_shape"]["dim"]]) for name, t in tensors.items()}
+
+    assert described(signature["inputs"]) == {"userId": ("DT_INT64", ["-1"]), "movieId": ("DT_INT64", ["-1"])}
+    assert described(signature["outputs"]) == {"score": ("DT_FLOAT", ["-1", "1"])}
+    # Without a version, the latest AVAILABLE version answers.
+    assert rest(contract_server, "GET", f"{MODEL_PATH}/metadata")[1]["model_spec"]["version"] == "2"
+
+
+def test_sparrowrecsys_style_request_returns_row_predictions(contract_server, model_root):
+    body = {"instances": [{"userId": 6, "movieId": 1}]}
+    status, answer = rest(contract_server, "POST", f"{MODEL_PATH}:predict", body)
+    assert status == 200 and list(answer) == ["predictions"]
+    ((score,),) = answer["predictions"]
+    assert isinstance(score, float)
+    assert score == pytest.approx(golden(model_root, 2)["predictions"][0][0], abs=1e-5)  # latest: version 2
+
+
+@pytest.mark.parametrize(
+    ("selector", "version"),
+    [("/versions/1", 1), ("/versions/2", 2), ("/labels/stable", 1), ("/labels/canary", 2)],
+)
+def test_predict_by_version_and_label_matches_the_offline_model(contract_server, model_root, selector, version):
+    assert_scores_of(version, predict(contract_server, selector), model_root)
+
+
+def test_versions_really_differ(model_root):
+    """Guards the routing tests: they could not tell versions apart otherwise."""
+    first, second = (np.asarray(golden(model_root, version)["predictions"]) for version in (1, 2))
+    assert np.max(np.abs(first - second)) > 1e-2
+
+
+def test_columnar_request_returns_outputs(contract_server, model_root):
+    columns = {key: [row[key] for row in GOLDEN_INSTANCES] for key in ("userId", "movieId")}
+    status, answer = rest(contract_server, "POST", f"{MODEL_PATH}/versions/1:predict", {"inputs": columns})
+    assert status == 200 and list(answer) == ["outputs"]
+    assert_scores_of(1, answer["outputs"], model_root)
+
+
+@pytest.mark.parametrize(
+    ("selector", "body", "status", "message"),
+    [
+        ("/labels/nope", {"instances": GOLDEN_INSTANCES}, 400, "Unrecognized servable version label: nope"),
+        ("/versions/9", {"instances": GOLDEN_INSTANCES}, 404, "Servable not found for request: Specific(recmodel, 9)"),
+        ("", b"", 400, "JSON Parse error: The document is empty"),
+        ("", {"signature_name": "serving_default"}, 400, "Missing 'inputs' or 'instances' key"),
+        ("", {"instances": [{"userId": 6}]}, 400, "keys must be equal to: movieId,userId"),
+        (
+            "",
+            {"instances": [{"userId": "6", "movieId": 1}]},
+            400,
+            'JSON Value: "6" Type: String is not of expected type: int64',
+        ),
+        (
+            "",
+            {"signature_name": "nope", "instances": GOLDEN_INSTANCES},
+            400,
+            'Serving signature name: "nope" not found in signature def',
+        ),
+    ],
+)
+def test_predict_errors_use_tf_servings_codes_and_messages(contract_server, selector, body, status, message):
+    answer_status, answer = rest(contract_server, "POST", f"{MODEL_PATH}{selector}:predict", body)
+    assert answer_status == status
+    assert list(answer) == ["error"] and message in answer["error"]
+
+
+def test_unknown_model_is_not_found(contract_server):
+    assert rest(contract_server, "POST", "/v1/models/nope:predict", {"instances": GOLDEN_INSTANCES}) == (
+        404,
+        {"error": "Servable not found for request: Latest(nope)"},
+    )
+
+
+def test_grpc_predict_answers_like_tf_serving(contract_server, model_root):
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    with grpc.insecure_channel(contract_server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        response = stub.Predict(build_predict_request(MODEL_NAME, GOLDEN_INSTANCES, label="canary"), timeout=30)
+        assert (response.model_spec.name, response.model_spec.version.value) == (MODEL_NAME, 2)
+        assert response.model_spec.signature_name == "serving_default"
+        score = response.outputs["score"]
+        assert [dim.size for dim in score.tensor_shape.dim] == [len(GOLDEN_INSTANCES), 1]
+        # Typed value fields, as Tensor::AsProtoField writes them: clients read float_val.
+        assert_scores_of(2, np.reshape(score.float_val, (-1, 1)), model_root)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Predict(build_predict_request(MODEL_NAME, GOLDEN_INSTANCES, label="nope"), timeout=30)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.value.details() == "Unrecognized servable version label: nope"
+
+
+# -- reload semantics (a fresh server per test) ----------------------------------------------------
+
+
+def test_label_on_a_version_that_is_not_loaded_fails_but_the_config_is_stored(start_server, model_root):
+    server = start_server(model_config(model_root, {1}, {"stable": 1}))
+    client = client_for(server)
+    rejected = model_config(model_root, {1, 2}, {"stable": 2})
+    with pytest.raises(ServingError) as error:
+        client.reload_config(rejected)
+    assert error.value.code == "FAILED_PRECONDITION"
+    assert error.value.details == (
+        "Request to assign label to version 2 of model recmodel, which is not currently available for inference"
+    )
+    assert read_config(server.config_path) == rejected  # TF Serving keeps the new config anyway
+    assert states(client) == [(1, "AVAILABLE")]  # version 2 was never loaded
+    assert_scores_of(1, predict(server, "/labels/stable"), model_root)
+
+
+def test_corrupted_version_ends_with_its_error_and_the_old_one_keeps_serving(start_server, model_root, caplog):
+    server = start_server(model_config(model_root, {1}, {"stable": 1}))
+    client = client_for(server)
+    with_corrupt = model_config(model_root, {1, CORRUPT_VERSION}, {"stable": 1})
+    with caplog.at_level(logging.WARNING, logger="infra.local_server.core"):
+        client.reload_config(with_corrupt)
+        assert server.core.wait_until_settled(timeout_s=60)
+        (status,) = client.model_status(MODEL_NAME, CORRUPT_VERSION)
+        assert (status.state, status.error_code) == ("END", "OUT_OF_RANGE")
+        assert "Read less bytes than requested" in status.error_message
+        client.reload_config(with_corrupt)  # a failed version number is not loaded again
+        assert server.core.wait_until_settled(timeout_s=60)
+    assert len([r for r in caplog.records if f"version: {CORRUPT_VERSION}}} failed" in r.getMessage()]) == 1
+    (rest_status,) = rest(server, "GET", f"{MODEL_PATH}/versions/{CORRUPT_VERSION}")[1]["model_version_status"]
+    assert rest_status["state"] == "END" and rest_status["status"]["error_code"] == "OUT_OF_RANGE"
+    assert_scores_of(1, predict(server), model_root)
+
+
+def test_failed_loads_are_retried_before_ending(start_server, model_root, caplog):
+    server = start_server(model_config(model_root, {1}, {}), max_num_load_retries=2, load_retry_interval_s=0.01)
+    with caplog.at_level(logging.WARNING, logger="infra.local_server.core"):
+        client_for(server).reload_config(model_config(model_root, {1, CORRUPT_VERSION}, {}))
+        assert server.core.wait_until_settled(timeout_s=60)
+    assert len([r for r in caplog.records if "failed: OUT_OF_RANGE" in r.getMessage()]) == 3
+
+
+def test_a_replaced_version_keeps_serving_while_its_replacement_fails(start_server, model_root):
+    server = start_server(model_config(model_root, {1}, {}))
+    client = client_for(server)
+    client.reload_config(model_config(model_root, {CORRUPT_VERSION}, {}))
+    assert server.core.wait_until_settled(timeout_s=60)
+    assert states(client) == [(1, "AVAILABLE"), (CORRUPT_VERSION, "END")]  # availability-preserving policy
+    assert_scores_of(1, predict(server), model_root)
+    client.reload_config(model_config(model_root, {2}, {}))
+    assert server.core.wait_until_settled(timeout_s=60)
+    assert states(client) == [(1, "END"), (2, "AVAILABLE"), (CORRUPT_VERSION, "END")]
+
+
+def test_a_reload_that_omits_a_model_unloads_it(start_server, model_root):
+    config = model_config(model_root, {1}, {"stable": 1})
+    other = config.model_config_list.config.add()
+    other.CopyFrom(model_config(model_root, {2}, {}).model_config_list.config[0])
+    other.name = "other"
+    server = start_server(config)
+    client = client_for(server)
+    assert states(client, "other") == [(2, "AVAILABLE")]
+    client.reload_config(model_config(model_root, {1}, {"stable": 1}))
+    assert server.core.wait_until_settled(timeout_s=60)
+    assert states(client, "other") == [(2, "END")]
+    assert rest(server, "POST", "/v1/models/other:predict", {"instances": GOLDEN_INSTANCES}) == (
+        404,
+        {"error": "Servable not found for request: Latest(other)"},
+    )
+
+
+def test_versions_dropped_from_the_config_end_and_labels_move(start_server, model_root):
+    server = start_server(model_config(model_root, {1, 2}, {"stable": 1, "canary": 2}))
+    client = client_for(server)
+    client.reload_config(model_config(model_root, {2}, {"stable": 2}))
+    assert server.core.wait_until_settled(timeout_s=60)
+    assert [(s.version, s.state, s.error_code) for s in client.model_status(MODEL_NAME)] == [
+        (1, "END", "OK"),
+        (2, "AVAILABLE", "OK"),
+    ]
+    assert_scores_of(2, predict(server, "/labels/stable"), model_root)
+    assert rest(server, "POST", f"{MODEL_PATH}/labels/canary:predict", {"instances": GOLDEN_INSTANCES})[0] == 400
+
+
+def test_a_missing_specific_version_is_only_a_warning(start_server, model_root, caplog):
+    server = start_server(model_config(model_root, {1}, {"stable": 1}))
+    client = client_for(server)
+    with caplog.at_level(logging.WARNING, logger="infra.local_server.core"):
+        client.reload_config(model_config(model_root, {1, 7}, {"stable": 1}))
+    assert "Version 7 of servable recmodel" in caplog.text and "was not found in the file system" in caplog.text
+    assert states(client) == [(1, "AVAILABLE")]
+    # If none of the listed versions exists, every version of the model is unloaded.
+    client.reload_config(model_config(model_root, {7}, {}))
+    assert server.core.wait_until_settled(timeout_s=60)
+    assert states(client) == [(1, "END")]
+
+
+def test_a_restart_serves_the_persisted_config(start_server, model_root):
+    first = start_server(model_config(model_root, {1}, {"stable": 1}))
+    client = client_for(first)
+    # With --allow_version_labels_for_unavailable_models a *new* label may name a loading version.
+    client.reload_config(model_config(model_root, {1, 2}, {"stable": 1, "canary": 2}))
+    client.wait_until_available(MODEL_NAME, 2, timeout_s=60)
+    first.stop()
+
+    second = start_server(config_path=first.config_path)
+    assert states(client_for(second)) == [(1, "AVAILABLE"), (2, "AVAILABLE")]
+    assert_scores_of(2, predict(second, "/labels/canary"), model_root)
+
+
+def test_without_the_flag_labels_stop_the_start_like_tf_serving(start_server, model_root):
+    with pytest.raises(StatusError) as error:
+        start_server(model_config(model_root, {1}, {"stable": 1}), allow_version_labels_for_unavailable_models=False)
+    assert str(error.value) == (
+        "FAILED_PRECONDITION: Request to assign label to version 1 of model recmodel, "
+        "which is not currently available for inference"
+    )
+
+
+def test_start_fails_when_a_model_does_not_load(start_server, model_root):
+    with pytest.raises(StatusError) as error:
+        start_server(model_config(model_root, {CORRUPT_VERSION}, {}))
+    assert error.value.code == "UNKNOWN"
+    assert error.value.message.startswith(
+        "1 model(s) did not become available: {{{name: recmodel version: 4} due to error: OUT_OF_RANGE: "
+    )
+
+
+def test_a_server_without_a_config_file_starts_empty_and_persists_reloads(start_server, model_root, tmp_path):
+    path = tmp_path / "new" / "models.config"
+    server = start_server(config_path=path)
+    assert rest(server, "GET", MODEL_PATH) == (404, {"error": "Could not find any versions of model recmodel"})
+    config = model_config(model_root, {1}, {"stable": 1})
+    client_for(server).reload_config(config)  # a new model name: the reload waits for it
+    assert read_config(path) == config
+    assert rest(server, "GET", MODEL_PATH)[1] == {"model_version_status": [ok(1, "AVAILABLE")]}
+
+
+def test_bad_config_files_and_busy_ports_are_named(start_server, model_root, tmp_path):
+    broken = tmp_path / "broken.config"
+    broken.write_text("model_config_list { nonsense: 1 }")
+    with pytest.raises(ValueError, match=f"{broken} is not a valid TF Serving ModelServerConfig"):
+        start_server(config_path=broken)
+    first = start_server(model_config(model_root, {1}, {}))
+    with pytest.raises(OSError, match=f"cannot listen for gRPC on 127.0.0.1:{first.grpc_port}"):
+        start_server(config_path=first.config_path, grpc_port=first.grpc_port)
+    with pytest.raises(OSError, match=f"cannot listen for REST on 127.0.0.1:{first.rest_port}"):
+        start_server(config_path=first.config_path, rest_port=first.rest_port)
