@@ -21,6 +21,12 @@ from railyard.fsutil import sha256_file
 RATINGS_SCHEMA = {"userId": pl.Int64, "movieId": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}
 MOVIES_SCHEMA = {"movieId": pl.Int64, "title": pl.String, "genres": pl.String}
 PARTITION_PREFIX = "date="
+# The genres MovieLens writes in movies.csv (pipe-separated), and its marker for none.
+MOVIELENS_GENRES = (
+    "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
+    "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
+)  # fmt: skip
+NO_GENRES = "(no genres listed)"
 _LISTED_ENTRIES = 10
 
 

@@ -116,7 +116,14 @@ def make_dataset(path: Path, batch_size: int, *, shuffle_seed: int | None):
         tf.TensorSpec((None, 1), tf.float32),
     )
     dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
+    # A known epoch length lets Keras end epochs without hitting (and warning about) the end of data.
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(_batch_count(path, batch_size)))
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _batch_count(path: Path, batch_size: int) -> int:
+    metadata = pq.ParquetFile(path).metadata
+    return sum(-(-metadata.row_group(i).num_rows // batch_size) for i in range(metadata.num_row_groups))
 
 
 def _layers():
@@ -293,6 +300,8 @@ def export_serving_model(model, feature_set: F.FeatureSet, out_dir: Path) -> Pat
     )
     users = SnapshotLookup(user_ids, user_table, name="user_snapshot")
     movies = SnapshotLookup(movie_ids, movie_table, name="movie_snapshot")
+    for lookup in (users, movies):  # ExportArchive tracks built layers only
+        lookup(tf.constant([0], tf.int64))
 
     @tf.function(
         input_signature=[tf.TensorSpec((None,), tf.int64, name="userId"), tf.TensorSpec((None,), tf.int64, name="movieId")]

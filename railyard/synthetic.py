@@ -27,18 +27,13 @@ import numpy as np
 import polars as pl
 
 from railyard.fsutil import atomic_write_text
-from railyard.loaders import RATINGS_SCHEMA
+from railyard.loaders import MOVIELENS_GENRES, NO_GENRES, RATINGS_SCHEMA
 
-# The MovieLens genre list, alphabetical as MovieLens writes them, with rough relative frequencies
-# from ml-25m (Drama and Comedy dominate, IMAX and Film-Noir are rare).
-GENRE_WEIGHTS = {
-    "Action": 7.0, "Adventure": 4.5, "Animation": 2.5, "Children": 2.5, "Comedy": 16.0,
-    "Crime": 5.5, "Documentary": 5.5, "Drama": 25.0, "Fantasy": 2.8, "Film-Noir": 0.4,
-    "Horror": 5.5, "IMAX": 0.3, "Musical": 1.0, "Mystery": 2.6, "Romance": 9.0,
-    "Sci-Fi": 3.8, "Thriller": 8.5, "War": 1.7, "Western": 1.0,
-}  # fmt: skip
-GENRES = tuple(GENRE_WEIGHTS)
-NO_GENRES = "(no genres listed)"
+# Rough relative frequencies of the MovieLens genres in ml-25m (Drama and Comedy dominate, IMAX and
+# Film-Noir are rare), in the order of MOVIELENS_GENRES.
+GENRE_WEIGHTS = dict(
+    zip(MOVIELENS_GENRES, (7.0, 4.5, 2.5, 2.5, 16.0, 5.5, 5.5, 25.0, 2.8, 0.4, 5.5, 0.3, 1.0, 2.6, 9.0, 3.8, 8.5, 1.7, 1.0), strict=True)
+)
 
 # The hidden world. Spreads are chosen so that personal parts (user bias, taste, genre affinity)
 # outweigh the movie bias, and the global mean gives a positive rate (rating >= 3.5) near 55%.
@@ -169,7 +164,7 @@ def _make_world(rng: np.random.Generator, n_users: int, n_movies: int) -> _World
     user_vectors = np.hstack(
         [
             rng.normal(0.0, _FACTOR_SCALE, (n_users, _FACTORS)),
-            rng.normal(0.0, _GENRE_TASTE_SD, (n_users, len(GENRES))),
+            rng.normal(0.0, _GENRE_TASTE_SD, (n_users, len(MOVIELENS_GENRES))),
         ]
     ).astype(np.float32)
     # Popularity ranks are shuffled over ids, so movieId says nothing about popularity.
@@ -201,11 +196,11 @@ def _assign_genres(rng: np.random.Generator, n_movies: int) -> tuple[np.ndarray,
     counts = rng.choice([1, 2, 3], size=n_movies, p=_GENRE_COUNT_P)
     counts[rng.random(n_movies) < _NO_GENRE_SHARE] = 0
     # Weighted sampling without replacement, all movies at once (Gumbel top-k).
-    keys = np.log(weights) + rng.gumbel(size=(n_movies, len(GENRES)))
+    keys = np.log(weights) + rng.gumbel(size=(n_movies, len(MOVIELENS_GENRES)))
     rank = np.argsort(np.argsort(-keys, axis=1), axis=1)
     member = rank < counts[:, None]
     share = member / np.maximum(counts, 1)[:, None]
-    names = ["|".join(GENRES[j] for j in np.flatnonzero(row)) or NO_GENRES for row in member]
+    names = ["|".join(MOVIELENS_GENRES[j] for j in np.flatnonzero(row)) or NO_GENRES for row in member]
     return share, names
 
 

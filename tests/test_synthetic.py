@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from railyard.synthetic import GENRES, NO_GENRES, generate_movielens
+from railyard.loaders import MOVIELENS_GENRES as GENRES, NO_GENRES
+from railyard.synthetic import generate_movielens
 
 SMALL = dict(users=80, movies=120, days=4, ratings_per_day=300)
 START = date(2026, 3, 1)

@@ -1,0 +1,208 @@
+"""Great Expectations 1.x suites on the raw ratings and on the built features.
+
+Each suite runs in an ephemeral GX context (no project folder to manage) and yields a
+`ValidationReport`: what failed, with its unexpected count and examples, plus an HTML report
+rendered by GX's own renderer. `raise_for_failures` turns failed reports into one readable error.
+
+Array feature columns are checked through per-row min/max columns derived first, because GX's
+pandas engine compares scalars only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from railyard.features import MOVIE_FEATURES, USER_FEATURES
+from railyard.fsutil import atomic_write_text
+
+RATING_VALUES = [step / 2 for step in range(1, 11)]  # 0.5, 1.0, ..., 5.0
+_FUTURE_SLACK_S = 86_400  # clocks differ: tolerate a day, not more
+_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class ValidationBounds:
+    min_rows: int
+    max_rows: int
+    min_positive_rate: float
+    max_positive_rate: float
+
+
+@dataclass(frozen=True)
+class ExpectationFailure:
+    expectation: str  # GX expectation type, e.g. expect_column_values_to_be_between
+    description: str  # what was expected, in words
+    column: str | None
+    unexpected_count: int | None  # rows that broke it (None for table-level expectations)
+    observed: object  # the observed value for aggregate expectations (mean, row count, ...)
+    examples: list = field(default_factory=list)
+
+    def line(self) -> str:
+        target = f"(column={self.column})" if self.column else ""
+        if self.unexpected_count is not None:
+            outcome = f"{self.unexpected_count} unexpected rows"
+            if self.examples:
+                outcome += f", e.g. {self.examples}"
+        else:
+            outcome = f"observed {self.observed!r}"
+        return f"{self.expectation}{target}: {self.description}: {outcome}"
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    suite: str
+    success: bool
+    evaluated: int  # expectations run
+    rows: int
+    failures: list[ExpectationFailure]
+    html_report: Path
+
+    def summary(self) -> str:
+        head = f"suite {self.suite}: {self.evaluated - len(self.failures)}/{self.evaluated} expectations passed on {self.rows} rows"
+        return "\n".join([head, *(f"  FAILED {failure.line()}" for failure in self.failures)])
+
+
+class DataValidationError(ValueError):
+    """One or more suites failed: the message names every failed expectation."""
+
+    def __init__(self, reports: list[ValidationReport]):
+        self.reports = reports
+        failed = [report for report in reports if not report.success]
+        lines = [f"data validation failed in {len(failed)} suite(s):"]
+        for report in failed:
+            lines.append(report.summary())
+            lines.append(f"  HTML report: {report.html_report}")
+        super().__init__("\n".join(lines))
+
+
+def raise_for_failures(*reports: ValidationReport) -> None:
+    if not all(report.success for report in reports):
+        raise DataValidationError(list(reports))
+
+
+def ratings_expectations(bounds: ValidationBounds, now_ts: int) -> list:
+    import great_expectations.expectations as gxe
+
+    columns = ["userId", "movieId", "rating", "timestamp"]
+    return [
+        gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True, description="exactly the rating columns"),
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=bounds.min_rows, max_value=bounds.max_rows,
+            description=f"between {bounds.min_rows} and {bounds.max_rows} ratings",
+        ),
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c, description="no missing values") for c in columns),
+        *(
+            gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=["int64", "Int64"], description="integer values")
+            for c in ("userId", "movieId", "timestamp")
+        ),
+        gxe.ExpectColumnValuesToBeInTypeList(column="rating", type_list=["float64", "Float64"], description="numeric ratings"),
+        gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=0.5, max_value=5.0, description="rating within 0.5..5.0"),
+        gxe.ExpectColumnValuesToBeInSet(column="rating", value_set=RATING_VALUES, description="rating in half-star steps"),
+        *(gxe.ExpectColumnValuesToBeBetween(column=c, min_value=1, description="positive ids") for c in ("userId", "movieId")),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="timestamp", min_value=0, max_value=now_ts + _FUTURE_SLACK_S, description="timestamp not in the future"
+        ),
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=["userId", "movieId", "timestamp"], description="no duplicate (userId, movieId, timestamp) ratings"
+        ),
+    ]  # fmt: skip
+
+
+def feature_expectations(bounds: ValidationBounds, side: str, cutoff_ts: int) -> list:
+    import great_expectations.expectations as gxe
+
+    unit = ("user_pos", "movie_pos", "user_genre_pos_min", "user_genre_pos_max", "movie_genres_min", "movie_genres_max")
+    scalars = ("user_n", "user_mean", "user_pos", "movie_n", "movie_mean", "movie_pos")
+    if side == "train":
+        split = gxe.ExpectColumnMaxToBeBetween(
+            column="timestamp", max_value=cutoff_ts - 1, description=f"training rows before the cut-off {cutoff_ts}"
+        )
+    else:
+        split = gxe.ExpectColumnMinToBeBetween(
+            column="timestamp", min_value=cutoff_ts, description=f"holdout rows at or after the cut-off {cutoff_ts}"
+        )
+    return [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=bounds.max_rows, description=f"a non-empty {side} split"),
+        split,
+        *(gxe.ExpectColumnValuesToNotBeNull(column=c, description="no missing values") for c in ("label", *scalars)),
+        gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[0.0, 1.0], description="binary label"),
+        gxe.ExpectColumnMeanToBeBetween(
+            column="label", min_value=bounds.min_positive_rate, max_value=bounds.max_positive_rate,
+            description=f"label balance between {bounds.min_positive_rate} and {bounds.max_positive_rate}",
+        ),
+        *(gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, description="counts >= 0") for c in ("user_n", "movie_n")),
+        *(
+            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0.5, max_value=5.0, description="mean rating within 0.5..5.0")
+            for c in ("user_mean", "movie_mean")
+        ),
+        *(gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=1, description="a rate in [0, 1]") for c in unit),
+    ]  # fmt: skip
+
+
+def validate_ratings(ratings: pl.DataFrame, bounds: ValidationBounds, report_dir: Path) -> ValidationReport:
+    return run_suite("raw_ratings", ratings, ratings_expectations(bounds, now_ts=int(time.time())), report_dir)
+
+
+def validate_features(
+    train: pl.DataFrame, holdout: pl.DataFrame, cutoff_ts: int, bounds: ValidationBounds, report_dir: Path
+) -> tuple[ValidationReport, ValidationReport]:
+    return tuple(
+        run_suite(f"features_{side}", _scalar_view(frame), feature_expectations(bounds, side, cutoff_ts), report_dir)
+        for side, frame in (("train", train), ("holdout", holdout))
+    )
+
+
+def _scalar_view(frame: pl.DataFrame) -> pl.DataFrame:
+    """Array features replaced by their per-row min and max, which GX can check."""
+    arrays = [name for name in (*USER_FEATURES, *MOVIE_FEATURES) if isinstance(frame.schema[name], pl.Array)]
+    return frame.with_columns(
+        *(pl.col(name).arr.min().alias(f"{name}_min") for name in arrays),
+        *(pl.col(name).arr.max().alias(f"{name}_max") for name in arrays),
+    ).drop(arrays)
+
+
+def run_suite(name: str, frame: pl.DataFrame, expectations: list, report_dir: Path) -> ValidationReport:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    batch_definition = (
+        context.data_sources.add_pandas(name).add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+    )
+    suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
+    batch = batch_definition.get_batch(batch_parameters={"dataframe": frame.to_pandas()})
+    outcome = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": _EXAMPLES})
+    results = outcome.results
+    report_dir = Path(report_dir)
+    html_path = report_dir / f"{name}.html"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(html_path, _render_html(outcome))
+    failures = [_failure(result) for result in results if not result.success]
+    return ValidationReport(name, not failures, len(results), len(frame), failures, html_path)
+
+
+def _failure(result) -> ExpectationFailure:
+    config = result.expectation_config
+    outcome = result.result or {}
+    if result.exception_info and result.exception_info.get("raised_exception"):
+        outcome = {"observed_value": f"error: {result.exception_info.get('exception_message')}"}
+    return ExpectationFailure(
+        expectation=config.type,
+        description=config.description or "",
+        column=config.kwargs.get("column"),
+        unexpected_count=outcome.get("unexpected_count"),
+        observed=outcome.get("observed_value"),
+        examples=list(outcome.get("partial_unexpected_list") or [])[:_EXAMPLES],
+    )
+
+
+def _render_html(outcome) -> str:
+    from great_expectations.render.renderer import ValidationResultsPageRenderer
+    from great_expectations.render.view import DefaultJinjaPageView
+
+    return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(outcome))

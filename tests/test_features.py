@@ -1,0 +1,148 @@
+"""Point-in-time features: no leakage (ties included), a time split, holdout = snapshot, cold start."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from railyard import features
+from railyard.features import GENRES, SMOOTHING
+from railyard.loaders import RATINGS_SCHEMA, load_dataset
+from railyard.synthetic import generate_movielens
+
+
+def _ratings(rows: list[tuple[int, int, float, int]]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=RATINGS_SCHEMA, orient="row")
+
+
+MOVIES = pl.DataFrame(
+    {"movieId": [1, 2, 3, 9], "title": ["a", "b", "c", "z"], "genres": ["Comedy|Drama", "Drama", "(no genres listed)", "Western"]}
+)
+# User 1 rates movies 1 and 2 in the same second (a tie), then more; the last rows are the holdout.
+TIED = _ratings(
+    [
+        (1, 1, 4.0, 100), (1, 2, 2.0, 100), (2, 1, 5.0, 100), (1, 3, 4.5, 200),
+        (2, 2, 3.0, 200), (1, 1, 1.0, 300), (3, 1, 4.0, 300), (2, 3, 4.0, 400),
+        (1, 2, 5.0, 500), (3, 3, 0.5, 500),
+    ]
+)  # fmt: skip
+
+
+def _row(frame: pl.DataFrame, user: int, movie: int, ts: int) -> dict:
+    matches = frame.filter((pl.col("userId") == user) & (pl.col("movieId") == movie) & (pl.col("timestamp") == ts))
+    assert len(matches) == 1
+    return matches.row(0, named=True)
+
+
+def test_ties_at_one_timestamp_do_not_see_each_other():
+    built = features.build_features(TIED, MOVIES, holdout_fraction=0.2)
+    first, tied = _row(built.train, 1, 1, 100), _row(built.train, 1, 2, 100)
+    assert first["user_n"] == tied["user_n"] == 0.0
+    assert first["user_pos"] == pytest.approx(built.priors["pos"])
+    later = _row(built.train, 1, 3, 200)
+    assert later["user_n"] == 2.0  # both ratings at t=100, neither of its own second
+    assert later["user_mean"] == pytest.approx((4.0 + 2.0 + SMOOTHING * built.priors["mean"]) / (2 + SMOOTHING))
+    # Movie 1 at t=300 sees the two ratings at t=100, not user 3's at the same second.
+    assert _row(built.train, 1, 1, 300)["movie_n"] == 2.0
+
+
+def test_time_split_keeps_the_newest_ratings_out_of_training():
+    built = features.build_features(TIED, MOVIES, holdout_fraction=0.2)
+    assert built.cutoff_ts == 500
+    assert built.train["timestamp"].max() < built.cutoff_ts <= built.holdout["timestamp"].min()
+    assert len(built.train) + len(built.holdout) == len(TIED)
+    assert built.train["label"].to_list() == [float(r >= 3.5) for r in built.train["rating"]]
+
+
+def test_a_tied_cutoff_is_never_split_across_train_and_holdout():
+    ratings = _ratings([(1, 1, 4.0, 10), (1, 2, 4.0, 20), (2, 1, 2.0, 20), (2, 2, 2.0, 20), (3, 1, 4.0, 20)])
+    built = features.build_features(ratings, None, holdout_fraction=0.5)
+    assert built.cutoff_ts == 20 and len(built.train) == 1 and len(built.holdout) == 4
+
+
+def test_single_timestamp_cannot_be_split():
+    with pytest.raises(ValueError, match="two distinct timestamps"):
+        features.build_features(_ratings([(1, 1, 4.0, 10), (2, 1, 2.0, 10)]), None, holdout_fraction=0.5)
+
+
+def test_holdout_rows_carry_the_cutoff_snapshot_and_never_their_labels():
+    built = features.build_features(TIED, MOVIES, holdout_fraction=0.2)
+    flipped = TIED.with_columns(
+        pl.when(pl.col("timestamp") >= 500).then(5.5 - pl.col("rating")).otherwise(pl.col("rating")).alias("rating")
+    )
+    rebuilt = features.build_features(flipped, MOVIES, holdout_fraction=0.2)
+    feature_columns = [*features.USER_FEATURES, *features.MOVIE_FEATURES]
+    assert rebuilt.train.equals(built.train)
+    assert rebuilt.holdout.select(feature_columns).equals(built.holdout.select(feature_columns))
+
+    snapshot = built.user_snapshot.filter(pl.col("userId") == 1).row(0, named=True)
+    holdout_row = _row(built.holdout, 1, 2, 500)
+    assert holdout_row["user_n"] == snapshot["user_n"] == 4.0
+    assert holdout_row["user_genre_pos"] == snapshot["user_genre_pos"]
+
+
+def test_cold_users_and_catalogue_only_movies_in_the_holdout():
+    ratings = TIED.vstack(_ratings([(7, 9, 4.0, 500)]))  # a new user rating a movie nobody rated before
+    built = features.build_features(ratings, MOVIES, holdout_fraction=0.2)
+    row = _row(built.holdout, 7, 9, 500)
+    cold_user, cold_movie = built.cold_user(), built.cold_movie()
+    assert row["user_n"] == 0.0 and row["user_pos"] == pytest.approx(cold_user["user_pos"])
+    assert row["movie_n"] == 0.0 and row["movie_mean"] == pytest.approx(cold_movie["movie_mean"])
+    assert row["movie_genres"][GENRES.index("Western")] == 1.0  # genres come from movies.csv
+    assert 9 in built.movie_snapshot["movieId"].to_list()
+    assert 7 not in built.user_snapshot["userId"].to_list()
+
+
+def _reference_features(ratings: pl.DataFrame, movies: pl.DataFrame, cutoff: int, priors: dict) -> dict:
+    """Row-by-row reference: for every training row, recompute the history from scratch."""
+    genre_of = {
+        m: [float(g in str(names).split("|")) for g in GENRES] for m, names in movies.select("movieId", "genres").iter_rows()
+    }
+    train = [r for r in ratings.iter_rows(named=True) if r["timestamp"] < cutoff]
+    expected = {}
+    for row in train:
+        mine = [r for r in train if r["userId"] == row["userId"] and r["timestamp"] < row["timestamp"]]
+        theirs = [r for r in train if r["movieId"] == row["movieId"] and r["timestamp"] < row["timestamp"]]
+        labels = [float(r["rating"] >= 3.5) for r in mine]
+        user_pos = (sum(labels) + SMOOTHING * priors["pos"]) / (len(mine) + SMOOTHING)
+        genre_pos = []
+        for g in range(len(GENRES)):
+            seen = [r for r in mine if genre_of.get(r["movieId"], [0.0] * len(GENRES))[g]]
+            liked = sum(float(r["rating"] >= 3.5) for r in seen)
+            genre_pos.append((liked + SMOOTHING * user_pos) / (len(seen) + SMOOTHING))
+        expected[(row["userId"], row["movieId"], row["timestamp"])] = {
+            "user_n": len(mine),
+            "user_mean": (sum(r["rating"] for r in mine) + SMOOTHING * priors["mean"]) / (len(mine) + SMOOTHING),
+            "user_pos": user_pos,
+            "user_genre_pos": genre_pos,
+            "movie_n": len(theirs),
+            "movie_pos": (sum(float(r["rating"] >= 3.5) for r in theirs) + SMOOTHING * priors["pos"]) / (len(theirs) + SMOOTHING),
+            "movie_genres": genre_of.get(row["movieId"], [0.0] * len(GENRES)),
+        }
+    return expected
+
+
+def test_matches_a_row_by_row_reference_on_generated_data(tmp_path):
+    generate_movielens(tmp_path / "data", users=25, movies=30, days=3, ratings_per_day=120, seed=4)
+    dataset = load_dataset(tmp_path / "data")
+    built = features.build_features(dataset.ratings, dataset.movies, holdout_fraction=0.25)
+    expected = _reference_features(dataset.ratings, dataset.movies, built.cutoff_ts, built.priors)
+    assert len(expected) == len(built.train) > 200
+    for row in built.train.iter_rows(named=True):
+        want = expected[(row["userId"], row["movieId"], row["timestamp"])]
+        for name, value in want.items():
+            np.testing.assert_allclose(row[name], value, rtol=1e-5, err_msg=name)
+
+
+def test_write_and_read_round_trip_with_fingerprint(tmp_path):
+    generate_movielens(tmp_path / "data", users=20, movies=25, days=2, ratings_per_day=100, seed=2)
+    dataset = load_dataset(tmp_path / "data")
+    built = features.build_feature_set(dataset, holdout_fraction=0.2)
+    features.write_feature_set(built, tmp_path / "features")
+    loaded = features.read_feature_set(tmp_path / "features")
+    assert loaded.train.equals(built.train) and loaded.holdout.equals(built.holdout)
+    assert loaded.movie_snapshot.equals(built.movie_snapshot) and loaded.cutoff_ts == built.cutoff_ts
+    assert loaded.fingerprint == built.fingerprint and len(built.fingerprint) == 64
+    assert features.build_feature_set(dataset, holdout_fraction=0.3).fingerprint != built.fingerprint
+    (tmp_path / "features" / "meta.json").unlink()
+    with pytest.raises(FileNotFoundError, match="meta.json"):
+        features.read_feature_set(tmp_path / "features")

@@ -1,0 +1,105 @@
+"""Great Expectations suites: clean data passes; every kind of bad data is named with its count."""
+
+import time
+
+import polars as pl
+import pytest
+
+from railyard import features, validation
+from railyard.loaders import RATINGS_SCHEMA
+
+BOUNDS = validation.ValidationBounds(min_rows=20, max_rows=10_000, min_positive_rate=0.1, max_positive_rate=0.9)
+
+
+def _clean(count: int = 200) -> pl.DataFrame:
+    rows = [(1 + i % 17, 1 + i % 23, [1.5, 4.0, 3.0, 5.0][i % 4], 1_600_000_000 + i * 60) for i in range(count)]
+    return pl.DataFrame(rows, schema=RATINGS_SCHEMA, orient="row")
+
+
+def _replace_row(frame: pl.DataFrame, index: int, **values) -> pl.DataFrame:
+    row = frame.row(index, named=True) | values
+    return pl.concat([frame.slice(0, index), pl.DataFrame([row], schema=frame.schema), frame.slice(index + 1)])
+
+
+def test_clean_ratings_pass_and_get_an_html_report(tmp_path):
+    report = validation.validate_ratings(_clean(), BOUNDS, tmp_path)
+    assert report.success and report.failures == [] and report.rows == 200
+    assert report.evaluated >= 12
+    html = report.html_report.read_text()
+    assert report.html_report == tmp_path / "raw_ratings.html"
+    assert "no duplicate (userId, movieId, timestamp) ratings" in html and "Succeeded" in html
+    assert f"{report.evaluated}/{report.evaluated} expectations passed" in report.summary()
+
+
+BAD_RATINGS = {
+    "rating_out_of_range": (lambda f: _replace_row(f, 3, rating=7.0), "expect_column_values_to_be_between", "rating", 1),
+    "rating_not_half_star": (lambda f: _replace_row(f, 4, rating=3.3), "expect_column_values_to_be_in_set", "rating", 1),
+    "null_rating": (lambda f: _replace_row(f, 5, rating=None), "expect_column_values_to_not_be_null", "rating", 1),
+    "duplicate_rows": (lambda f: pl.concat([f, f.slice(7, 2)]), "expect_compound_columns_to_be_unique", None, 4),
+    "non_positive_user": (lambda f: _replace_row(f, 8, userId=0), "expect_column_values_to_be_between", "userId", 1),
+    "future_timestamp": (
+        lambda f: _replace_row(f, 9, timestamp=int(time.time()) + 30 * 86_400),
+        "expect_column_values_to_be_between", "timestamp", 1,
+    ),
+    "too_few_rows": (lambda f: f.head(10), "expect_table_row_count_to_be_between", None, None),
+    "extra_column": (lambda f: f.with_columns(pl.lit("x").alias("comment")), "expect_table_columns_to_match_set", None, None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RATINGS))
+def test_each_kind_of_bad_ratings_is_named_with_its_count(case, tmp_path):
+    mutate, expectation, column, unexpected = BAD_RATINGS[case]
+    report = validation.validate_ratings(mutate(_clean()), BOUNDS, tmp_path)
+    assert not report.success
+    matching = [f for f in report.failures if f.expectation == expectation and f.column == column]
+    assert len(matching) == 1, report.summary()
+    assert matching[0].unexpected_count == unexpected
+    assert expectation in report.summary()
+
+
+def test_error_message_names_each_failed_expectation_and_the_report(tmp_path):
+    bad = _replace_row(pl.concat([_clean(), _clean().slice(0, 1)]), 2, rating=9.5)
+    report = validation.validate_ratings(bad, BOUNDS, tmp_path)
+    with pytest.raises(validation.DataValidationError) as raised:
+        validation.raise_for_failures(report)
+    message = str(raised.value)
+    assert "no duplicate (userId, movieId, timestamp) ratings: 2 unexpected rows" in message
+    assert "rating within 0.5..5.0: 1 unexpected rows, e.g. [9.5]" in message
+    assert str(tmp_path / "raw_ratings.html") in message
+    assert raised.value.reports == [report]
+
+
+def _feature_set() -> features.FeatureSet:
+    ratings = _clean(400)
+    return features.build_features(ratings, None, holdout_fraction=0.25)
+
+
+def test_built_features_pass_both_suites(tmp_path):
+    built = _feature_set()
+    train, holdout = validation.validate_features(built.train, built.holdout, built.cutoff_ts, BOUNDS, tmp_path)
+    assert train.success and holdout.success, train.summary() + holdout.summary()
+    assert {p.name for p in tmp_path.iterdir()} == {"features_train.html", "features_holdout.html"}
+
+
+def test_label_balance_outside_bounds_fails(tmp_path):
+    built = _feature_set()
+    skewed = built.train.with_columns(pl.lit(1.0, pl.Float32).alias("label"))
+    report, _ = validation.validate_features(skewed, built.holdout, built.cutoff_ts, BOUNDS, tmp_path)
+    (failure,) = report.failures
+    assert failure.expectation == "expect_column_mean_to_be_between" and failure.observed == 1.0
+
+
+def test_a_training_row_after_the_cutoff_fails_the_split_check(tmp_path):
+    built = _feature_set()
+    leaked = built.train.vstack(built.holdout.head(1))
+    report, _ = validation.validate_features(leaked, built.holdout, built.cutoff_ts, BOUNDS, tmp_path)
+    assert [f.expectation for f in report.failures] == ["expect_column_max_to_be_between"]
+
+
+def test_genre_vectors_outside_zero_one_fail(tmp_path):
+    built = _feature_set()
+    width = len(features.GENRES)
+    broken = built.holdout.with_columns(pl.lit([2.0] * width, pl.Array(pl.Float32, width)).alias("movie_genres"))
+    _, report = validation.validate_features(built.train, broken, built.cutoff_ts, BOUNDS, tmp_path)
+    assert {f.column for f in report.failures} == {"movie_genres_min", "movie_genres_max"}
+    assert all(f.unexpected_count == len(broken) for f in report.failures)
