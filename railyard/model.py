@@ -261,6 +261,7 @@ def train_model(
         make_dataset(feature_dir / "train.parquet", config.batch_size, shuffle_seed=config.seed),
         validation_data=make_dataset(feature_dir / "holdout.parquet", 8192, shuffle_seed=None),
         epochs=config.epochs,
+        shuffle=False,  # make_dataset shuffles row groups and rows itself
         callbacks=callbacks,
         verbose=0,
     )
