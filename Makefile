@@ -11,7 +11,7 @@ setup:
 	$(UV) sync --frozen
 
 run: setup
-	$(UV) run --frozen railyard run
+	$(UV) run --frozen railyard run --auto-approve
 
 test: setup
 	$(UV) run --frozen pytest $(PYTEST_ARGS)

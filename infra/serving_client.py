@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from infra.tfserving_config import CANARY, STABLE, render_model_config, served_versions
+from railyard.model import SIGNATURE_NAME
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_NAME = "serving_default"
 # ModelVersionStatus.State names (get_model_status.proto).
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 _T = TypeVar("_T")
@@ -187,6 +187,19 @@ class ServingClient:
     def metadata_rest(self, model: str, version: int | None = None) -> dict:
         """``GET /v1/models/<m>[/versions/<v>]/metadata`` as TF Serving returns it."""
         return self._rest("GET", f"{_model_path(model, version, None)}/metadata")
+
+    def label_version(self, model: str, label: str) -> int | None:
+        """The version a label points at, as the server resolves it (None: the label is not served).
+
+        Model status ignores labels (get_model_status_impl.cc), but metadata resolves them.
+        """
+        try:
+            metadata = self._rest("GET", f"{_model_path(model, None, label)}/metadata")
+        except ServingError as exc:
+            if exc.code in ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION"):
+                return None
+            raise
+        return int(metadata["model_spec"]["version"])
 
     def close(self) -> None:
         if self._channel is not None:

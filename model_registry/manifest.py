@@ -65,6 +65,11 @@ class Manifest:
     def total_size(self) -> int:
         return sum(entry.size for entry in self.files.values())
 
+    @property
+    def checksum(self) -> str:
+        """sha256 of the manifest document: one value that pins every file of the version."""
+        return hashlib.sha256(self.to_json()).hexdigest()
+
     def to_json(self) -> bytes:
         document = {
             "format": MANIFEST_FORMAT,

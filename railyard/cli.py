@@ -76,24 +76,36 @@ def generate_data(
     )
 
 
-@app.command()
-def run(
-    data: Annotated[Path | None, typer.Option("--data", help="MovieLens-format folder or date-partitioned Parquet.")] = None,
-    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum training epochs.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as one JSON line at the end.")] = False,
-) -> None:
-    """Run the daily retraining flow once, now (generates a small data set on first use)."""
+def _settings():
     from railyard.settings import Settings
 
     settings = Settings()
     prepare_environment(settings.home)
-    from flows.retrain import ModelRejected, retrain
+    return settings
+
+
+@app.command()
+def run(
+    data: Annotated[Path | None, typer.Option("--data", help="MovieLens-format folder or date-partitioned Parquet.")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Maximum training epochs.")] = None,
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Promote without a reviewer when every check passes.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as one JSON line at the end.")] = False,
+) -> None:
+    """Run the daily retraining flow once, now (generates a small data set on first use).
+
+    Without --auto-approve the run pauses after the smoke tests until a reviewer answers
+    (`railyard approve|reject VERSION` from another shell, or the Prefect UI).
+    """
+    _settings()
+    from flows.retrain import ModelRejected, SmokeTestsFailed, retrain
     from railyard.loaders import DataLoadError
     from railyard.validation import DataValidationError
 
     try:
-        summary = retrain(data_dir=str(data.resolve()) if data else None, epochs=epochs)
-    except (DataLoadError, DataValidationError, ModelRejected) as error:
+        summary = retrain(data_dir=str(data.resolve()) if data else None, epochs=epochs, auto_approve=auto_approve)
+    except (DataLoadError, DataValidationError, ModelRejected, SmokeTestsFailed) as error:
         _fail(str(error), code=2)
     if as_json:
         print(json.dumps(summary, sort_keys=True), flush=True)
@@ -108,6 +120,122 @@ def _print_summary(summary: dict) -> None:
         "holdout: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()),
         f"MLflow run {summary['mlflow_run_id']} ({summary['mlflow_tracking_uri']})",
         f"data fingerprint {summary['data_fingerprint'][:16]}…",
+        f"stage: {summary['stage']}",
     ]
+    if summary.get("serving"):
+        lines.append(f"serving labels: {summary['serving']['labels']} at {summary['serving']['rest']}")
+    if summary.get("curl"):
+        lines.append(f"try it: {summary['curl']}")
     typer.echo("\n".join(lines))
 
+
+@app.command()
+def serve(
+    rest_port: Annotated[int | None, typer.Option(help="REST port (default 8501; 0 = any free port).")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 8500; 0 = any free port).")] = None,
+    background: Annotated[bool, typer.Option("--background", help="Start detached (or reuse) and return.")] = False,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the background server.")] = False,
+) -> None:
+    """The local TF-Serving-compatible server over RAILYARD_HOME's model root (foreground by default)."""
+    settings = _settings()
+    from infra.deploy import CONFIG_FILE
+    from infra.local_server import background as local
+
+    state_dir = settings.local_serving_dir
+    if stop:
+        state = local.stop(state_dir)
+        typer.echo(f"stopped the local server (pid {state.pid})" if state else "no local server is running")
+        return
+    config_path = settings.resolved_serving_model_root / CONFIG_FILE
+    rest = settings.local_serving_rest_port if rest_port is None else rest_port
+    grpc = settings.local_serving_grpc_port if grpc_port is None else grpc_port
+    try:
+        if background:
+            state = local.ensure_running(state_dir, config_path, rest, grpc)
+            typer.echo(f"local server pid {state.pid}: REST {state.rest_url}, gRPC {state.grpc_target}")
+        else:
+            settings.resolved_serving_model_root.mkdir(parents=True, exist_ok=True)
+            local.serve_foreground(state_dir, config_path, rest, grpc)
+    except (RuntimeError, OSError, TimeoutError) as error:
+        _fail(str(error))
+
+
+def _decide(version: int, approve: bool, reviewer: str, comment: str) -> None:
+    settings = _settings()
+    from tasks.approval import ApprovalDecision, answer
+    from tasks.release import registry
+
+    flow_run_id = registry(settings).lineage(version).get("prefect_flow_run_id")
+    if not flow_run_id or flow_run_id == "None":
+        _fail(f"{settings.model_name} version {version} has no retrain flow run on record")
+    try:
+        answer(flow_run_id, ApprovalDecision(approve=approve, reviewer=reviewer, comment=comment))
+    except Exception as error:  # NotPausedError, a rejected input, an unreachable API: all end here
+        _fail(f"could not resume flow run {flow_run_id} for version {version}: {error}")
+    verb = "approved" if approve else "rejected"
+    typer.echo(f"{verb} {settings.model_name} version {version}; flow run {flow_run_id} resumes")
+
+
+Reviewer = Annotated[str, typer.Option(help="Who decides (recorded in the audit trail).")]
+Comment = Annotated[str, typer.Option(help="Why (recorded with the stage change).")]
+
+
+@app.command()
+def approve(version: int, reviewer: Reviewer, comment: Comment = "") -> None:
+    """Approve a canary awaiting review: its paused retrain run promotes it to production."""
+    _decide(version, True, reviewer, comment)
+
+
+@app.command()
+def reject(version: int, reviewer: Reviewer, comment: Comment = "") -> None:
+    """Reject a canary awaiting review: its paused retrain run unloads it."""
+    _decide(version, False, reviewer, comment)
+
+
+@app.command()
+def rollback(
+    to: Annotated[int | None, typer.Option("--to", help="Version to restore (default: the previous production).")] = None,
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit trail).")] = "manual rollback",
+    actor: Annotated[str, typer.Option(help="Who asks.")] = "operator",
+) -> None:
+    """Put an earlier production version back on `stable`."""
+    _settings()
+    from flows.rollback import rollback as rollback_flow
+    from model_registry.stages import IllegalTransition
+    from model_registry.store import StoreError
+
+    try:
+        result = rollback_flow(to_version=to, reason=reason, actor=actor)
+    except (IllegalTransition, StoreError, RuntimeError) as error:
+        _fail(str(error), code=2)
+    typer.echo(f"{result['model_name']} version {result['version']} is stable again; labels {result['serving']}")
+
+
+@app.command()
+def status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
+    """Model versions with stage, metrics and approver, and what each serving label points at."""
+    settings = _settings()
+    from infra.deploy import resolve_target
+    from infra.tfserving_config import CANARY, STABLE
+    from tasks.release import registry
+
+    versions = [
+        {key: entry[key] for key in ("version", "stage", "metrics", "approved_by")}
+        for entry in registry(settings).versions()
+    ]
+    target = resolve_target(settings, start_local=False)
+    serving: dict[str, int | None] = {}
+    if target is not None:
+        with target.client(attempts=1) as client:
+            serving = {label: client.label_version(settings.model_name, label) for label in (STABLE, CANARY)}
+    if as_json:
+        print(json.dumps({"model_name": settings.model_name, "versions": versions, "serving": serving}, sort_keys=True))
+        return
+    for entry in versions:
+        auc = entry["metrics"].get("auc")
+        approved = f", approved by {entry['approved_by']}" if entry["approved_by"] else ""
+        typer.echo(f"v{entry['version']:<4} {entry['stage']:<11} auc {auc if auc is None else f'{auc:.4f}'}{approved}")
+    if target is None:
+        typer.echo("serving: the local server is not running (`railyard serve --background`)")
+    else:
+        typer.echo("serving: " + ", ".join(f"{label} -> {version}" for label, version in serving.items()))

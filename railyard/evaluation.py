@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -85,33 +86,64 @@ class ThresholdCheck:
 
 
 @dataclass(frozen=True)
+class GateThresholds:
+    """Absolute bounds, and change bounds against the production model (None: not checked)."""
+
+    min_auc: float | None = None
+    max_logloss: float | None = None
+    min_auc_change: float | None = None  # challenger AUC - production AUC must be >= this
+    max_logloss_change_relative: float | None = None  # (challenger - production) / production <= this
+
+
+@dataclass(frozen=True)
 class GateDecision:
     blessed: bool
     checks: tuple[ThresholdCheck, ...]
     reason: str
+    baseline_version: int | None = None  # the production version scored beside the challenger
+    baseline_metrics: dict[str, float] | None = None
 
     def as_dict(self) -> dict:
-        return {"blessed": self.blessed, "reason": self.reason, "checks": [asdict(c) for c in self.checks]}
+        return asdict(self)
 
 
-def absolute_gate(metrics: dict[str, float], *, min_auc: float | None, max_logloss: float | None) -> GateDecision:
-    """Bless only when thresholds exist and all pass (never bless by accident)."""
-    wanted = [("auc", min_auc, ">="), ("logloss", max_logloss, "<=")]
-    checks = tuple(
-        ThresholdCheck(
-            name=name,
-            value=metrics[name],
-            threshold=threshold,
-            direction=direction,
-            passed=metrics[name] >= threshold if direction == ">=" else metrics[name] <= threshold,
-        )
-        for name, threshold, direction in wanted
-        if threshold is not None
-    )
+def _check(name: str, value: float, threshold: float | None, direction: str) -> ThresholdCheck | None:
+    if threshold is None:
+        return None
+    passed = value >= threshold if direction == ">=" else value <= threshold
+    return ThresholdCheck(name=name, value=float(value), threshold=threshold, direction=direction, passed=passed)
+
+
+def gate(
+    metrics: dict[str, float],
+    thresholds: GateThresholds,
+    *,
+    baseline_metrics: dict[str, float] | None = None,
+    baseline_version: int | None = None,
+) -> GateDecision:
+    """TFX-style blessing: absolute thresholds, plus change thresholds when a production model
+    was scored on the same holdout. Without any threshold, refuse (never bless by accident)."""
+    candidates = [
+        _check("auc", metrics["auc"], thresholds.min_auc, ">="),
+        _check("logloss", metrics["logloss"], thresholds.max_logloss, "<="),
+    ]
+    if baseline_metrics is not None:
+        candidates += [
+            _check("auc_change_vs_production", metrics["auc"] - baseline_metrics["auc"], thresholds.min_auc_change, ">="),
+            _check(
+                "logloss_relative_change_vs_production",
+                (metrics["logloss"] - baseline_metrics["logloss"]) / baseline_metrics["logloss"],
+                thresholds.max_logloss_change_relative,
+                "<=",
+            ),
+        ]
+    checks = tuple(check for check in candidates if check is not None)
+    decide = partial(GateDecision, checks=checks, baseline_version=baseline_version, baseline_metrics=baseline_metrics)
     if not checks:
-        return GateDecision(False, (), "no thresholds configured: refusing to bless")
+        return decide(blessed=False, reason="no thresholds configured: refusing to bless")
     failed = [c for c in checks if not c.passed]
     if failed:
-        reason = "; ".join(f"{c.name}={c.value:.4f} fails {c.direction} {c.threshold}" for c in failed)
-        return GateDecision(False, checks, reason)
-    return GateDecision(True, checks, "all absolute thresholds passed (no production model compared yet)")
+        return decide(blessed=False, reason="; ".join(f"{c.name}={c.value:.4f} fails {c.direction} {c.threshold}" for c in failed))
+    if baseline_metrics is None:
+        return decide(blessed=True, reason="no production model yet: only absolute thresholds applied, all passed")
+    return decide(blessed=True, reason=f"all thresholds passed, including against production version {baseline_version}")

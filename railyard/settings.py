@@ -45,14 +45,29 @@ class Settings(BaseSettings):
     store_uri: str | None = None
     s3_endpoint_url: str | None = None
 
-    # Serving: None means the local TF-Serving-compatible server.
+    # Serving: no endpoints means the local TF-Serving-compatible server, started in the background.
     serving_grpc: str | None = None  # host:port
     serving_rest: str | None = None  # http://host:port
-    serving_model_root: Path | None = None
+    serving_model_root: Path | None = None  # where versions are written for the server
+    serving_server_model_root: str | None = None  # the same folder as the server sees it (/models in compose)
+    local_serving_rest_port: int = Field(default=8501, ge=0, le=65535)  # 0: any free port
+    local_serving_grpc_port: int = Field(default=8500, ge=0, le=65535)
+    serving_load_timeout_s: float = Field(default=360.0, gt=0)  # TF Serving retries failed loads 5 x 60 s
 
-    # Evaluation gate (absolute thresholds); None disables a check.
+    # Post-deploy smoke tests.
+    smoke_p95_ms: float = Field(default=250.0, gt=0)
+    smoke_requests: int = Field(default=200, ge=1)
+    smoke_concurrency: int = Field(default=4, ge=1)
+
+    # Evaluation gate; None disables a check (with none at all, nothing is ever blessed).
     min_auc: float | None = 0.6
     max_logloss: float | None = 0.69
+    # Against the production model, both scored on the same fresh holdout in the same run.
+    min_auc_change: float | None = -0.01  # challenger AUC may be at most 0.01 below production
+    max_logloss_change_relative: float | None = 0.02  # and its log loss at most 2% above
+
+    # Human approval of a smoke-tested canary (seconds; timeout = rejected).
+    approval_timeout_s: int = Field(default=86_400, gt=0)
 
     # Data validation bounds.
     min_rows: int = 1_000
@@ -76,6 +91,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _absolute_home(self) -> Settings:
         self.home = self.home.expanduser().resolve()
+        if (self.serving_grpc is None) != (self.serving_rest is None):
+            raise ValueError("set both RAILYARD_SERVING_GRPC and RAILYARD_SERVING_REST, or neither (local server)")
         return self
 
     @cached_property
@@ -93,6 +110,11 @@ class Settings(BaseSettings):
     @cached_property
     def resolved_serving_model_root(self) -> Path:
         return self.serving_model_root or self.home / "serving" / "models"
+
+    @cached_property
+    def local_serving_dir(self) -> Path:
+        """State file and log of the background local server."""
+        return self.home / "serving"
 
     @cached_property
     def work_dir(self) -> Path:

@@ -72,20 +72,3 @@ def set_tags(settings: Settings, run_id: str, tags: dict[str, str]) -> None:
 def end_run(settings: Settings, run_id: str, *, failed: bool) -> None:
     client(settings).set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
-
-def register_model_version(
-    settings: Settings, *, source: str, run_id: str, tags: dict[str, str], description: str = ""
-) -> str:
-    """Register a published store version in the MLflow model registry; returns MLflow's version."""
-    from mlflow.exceptions import MlflowException
-
-    mlflow_client = client(settings)
-    try:
-        mlflow_client.create_registered_model(settings.model_name)
-    except MlflowException as error:
-        if error.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    version = mlflow_client.create_model_version(
-        settings.model_name, source=source, run_id=run_id, tags=tags, description=description
-    )
-    return str(version.version)

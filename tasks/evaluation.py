@@ -3,9 +3,19 @@ from pathlib import Path
 import polars as pl
 from prefect.artifacts import create_table_artifact
 
+from model_registry import open_store
 from railyard import evaluation, model, tracking
 from railyard.settings import Settings
 from tasks.common import MINUTES, railyard_task
+
+
+def thresholds(settings: Settings) -> evaluation.GateThresholds:
+    return evaluation.GateThresholds(
+        min_auc=settings.min_auc,
+        max_logloss=settings.max_logloss,
+        min_auc_change=settings.min_auc_change,
+        max_logloss_change_relative=settings.max_logloss_change_relative,
+    )
 
 
 @railyard_task(name="evaluate", timeout_seconds=60 * MINUTES)
@@ -19,9 +29,24 @@ def evaluate(export_dir: Path, holdout: pl.DataFrame, settings: Settings, run_id
     return result.metrics
 
 
+@railyard_task(name="evaluate-production", timeout_seconds=60 * MINUTES, retries=2, retry_delay_seconds=[10, 60])
+def evaluate_production(version: int, holdout: pl.DataFrame, settings: Settings, run_id: str, work_dir: Path) -> dict:
+    """The production model, fetched verified from the store, scored on the same fresh holdout."""
+    store = open_store(settings.resolved_store_uri, s3_endpoint_url=settings.s3_endpoint_url)
+    local = store.download(settings.model_name, version, work_dir / f"production-{version}")
+    scores = model.predict_saved_model(local, holdout.get_column("userId"), holdout.get_column("movieId"))
+    metrics = evaluation.evaluate_scores(holdout, scores).metrics
+    tracking.log_metrics(settings, run_id, {f"production_{name}": value for name, value in metrics.items()})
+    return metrics
+
+
 @railyard_task(name="evaluation-gate", timeout_seconds=5 * MINUTES)
-def gate(metrics: dict, settings: Settings, run_id: str) -> evaluation.GateDecision:
-    decision = evaluation.absolute_gate(metrics, min_auc=settings.min_auc, max_logloss=settings.max_logloss)
+def gate(
+    metrics: dict, settings: Settings, run_id: str, production_metrics: dict | None, production_version: int | None
+) -> evaluation.GateDecision:
+    decision = evaluation.gate(
+        metrics, thresholds(settings), baseline_metrics=production_metrics, baseline_version=production_version
+    )
     tracking.log_dict(settings, run_id, decision.as_dict(), "evaluation/gate_decision.json")
     tracking.set_tags(settings, run_id, {"railyard.blessed": str(decision.blessed).lower()})
     create_table_artifact(
@@ -30,6 +55,6 @@ def gate(metrics: dict, settings: Settings, run_id: str) -> evaluation.GateDecis
             {"check": c.name, "value": round(c.value, 5), "threshold": f"{c.direction} {c.threshold}", "passed": c.passed}
             for c in decision.checks
         ],
-        description=f"blessed={decision.blessed}: {decision.reason}",
+        description=f"blessed={decision.blessed} (baseline: production version {production_version}): {decision.reason}",
     )
     return decision

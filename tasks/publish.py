@@ -27,17 +27,3 @@ def publish(
     )
     return published
 
-
-@railyard_task(name="register-model-version", timeout_seconds=5 * MINUTES, retries=2, retry_delay_seconds=10)
-def register(published: PublishedVersion, settings: Settings, run_id: str, data_fingerprint: str) -> str:
-    return tracking.register_model_version(
-        settings,
-        source=published.uri,
-        run_id=run_id,
-        tags={
-            "railyard.stage": "candidate",
-            "railyard.store_version": str(published.version),
-            "railyard.data_fingerprint": data_fingerprint,
-        },
-        description=f"store version {published.version} at {published.uri}",
-    )

@@ -22,9 +22,9 @@ import pytest
 from infra.local_server import LocalServingServer
 from infra.serving_client import ServingClient
 from infra.tfserving_config import render_model_config, write_config_atomically
+from railyard.model import GOLDEN_FILE
 
 MODEL_NAME = "recmodel"
-GOLDEN_FILE = "assets.extra/railyard_golden.json"  # as railyard.model writes it
 GOOD_VERSIONS = (1, 2, 3)  # same architecture, different weights
 CORRUPT_VERSION = 4  # a copy of version 1 with a truncated variables file
 # Known ids, plus an unseen user and an unseen movie (they hit the OOV embedding rows).

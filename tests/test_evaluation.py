@@ -3,7 +3,7 @@ import polars as pl
 import pytest
 from sklearn.metrics import log_loss
 
-from railyard.evaluation import absolute_gate, classification_metrics, evaluate_scores, plot_roc
+from railyard.evaluation import GateThresholds, classification_metrics, evaluate_scores, gate, plot_roc
 
 
 def test_metrics_match_reference_definitions():
@@ -40,15 +40,38 @@ def test_roc_plot_is_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+ABSOLUTE = GateThresholds(min_auc=0.7, max_logloss=0.6)
+WITH_CHANGE = GateThresholds(min_auc=0.7, max_logloss=0.6, min_auc_change=-0.01, max_logloss_change_relative=0.02)
+
+
 def test_gate_blesses_only_when_every_threshold_passes():
     good = {"auc": 0.8, "logloss": 0.5}
-    assert absolute_gate(good, min_auc=0.7, max_logloss=0.6).blessed
-    decision = absolute_gate({"auc": 0.65, "logloss": 0.5}, min_auc=0.7, max_logloss=0.6)
+    decision = gate(good, ABSOLUTE)
+    assert decision.blessed and "no production model yet: only absolute thresholds" in decision.reason
+    decision = gate({"auc": 0.65, "logloss": 0.5}, ABSOLUTE)
     assert not decision.blessed
     assert "auc=0.6500 fails >= 0.7" in decision.reason
     assert [c.passed for c in decision.checks] == [False, True]
 
 
 def test_gate_without_thresholds_refuses_to_bless():
-    decision = absolute_gate({"auc": 0.99, "logloss": 0.01}, min_auc=None, max_logloss=None)
+    decision = gate({"auc": 0.99, "logloss": 0.01}, GateThresholds())
     assert not decision.blessed and "no thresholds" in decision.reason
+
+
+def test_change_thresholds_compare_with_the_production_model():
+    production = {"auc": 0.80, "logloss": 0.50}
+    better = gate({"auc": 0.805, "logloss": 0.49}, WITH_CHANGE, baseline_metrics=production, baseline_version=3)
+    assert better.blessed and better.baseline_version == 3 and "production version 3" in better.reason
+    assert {c.name for c in better.checks} == {"auc", "logloss", "auc_change_vs_production", "logloss_relative_change_vs_production"}
+
+    worse = gate({"auc": 0.78, "logloss": 0.52}, WITH_CHANGE, baseline_metrics=production, baseline_version=3)
+    assert not worse.blessed  # absolute bounds pass, the regression against production does not
+    failed = {c.name: round(c.value, 4) for c in worse.checks if not c.passed}
+    assert failed == {"auc_change_vs_production": -0.02, "logloss_relative_change_vs_production": 0.04}
+
+
+def test_change_thresholds_alone_still_gate_when_production_exists():
+    only_change = GateThresholds(min_auc_change=0.0)
+    assert not gate({"auc": 0.9, "logloss": 0.3}, only_change).blessed  # nothing to compare: no thresholds apply
+    assert gate({"auc": 0.9, "logloss": 0.3}, only_change, baseline_metrics={"auc": 0.85, "logloss": 0.3}).blessed

@@ -8,7 +8,6 @@ atomically. A stand-in for development and tests: production runs the tensorflow
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from http.server import ThreadingHTTPServer
@@ -123,25 +122,3 @@ class LocalServingServer:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
-
-def serve(
-    config_path: Path,
-    rest_port: int = 8501,
-    grpc_port: int = 8500,
-    host: str = "127.0.0.1",
-    **options,
-) -> None:
-    """Run the local server until SIGINT/SIGTERM (``options`` go to LocalServingServer).
-
-    Raises StatusError (e.g. "UNKNOWN: 1 model(s) did not become available: ...") when the
-    config's models cannot be loaded, as TF Serving fails to start in that case.
-    """
-    server = LocalServingServer(config_path, rest_port=rest_port, grpc_port=grpc_port, host=host, **options).start()
-    stopped = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stopped.set())
-    try:
-        stopped.wait()
-    finally:
-        server.stop()

@@ -1,0 +1,34 @@
+"""Put an earlier production version back on `stable`, recording why."""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from railyard.settings import Settings
+from tasks import deploy, release
+
+
+class RollbackRefused(RuntimeError):
+    """There is nothing legal to roll back to."""
+
+
+@flow(name="rollback", log_prints=True)
+def rollback(to_version: int | None = None, reason: str = "manual rollback", actor: str = "operator") -> dict:
+    """Serve an earlier production version as ``stable`` again and make it MLflow's production version.
+
+    Args:
+        to_version: the version to restore; empty = the production version before the current one.
+            It must have been in production before and must still be in the model store.
+        reason: why, recorded in the audit trail.
+        actor: who asks for the rollback.
+    """
+    settings = Settings()
+    version = to_version if to_version is not None else release.previous_production_version(settings)
+    if version is None:
+        raise RollbackRefused(f"{settings.model_name} has no earlier production version to roll back to")
+    target = deploy.serving_target(settings)
+    run_id = str(flow_run.get_id()) if flow_run.get_id() else None
+    labels = release.promote(target, settings, version, actor=actor, reason=f"rollback: {reason}", flow_run_id=run_id)
+    print(f"rolled {settings.model_name} back to version {version}; serving labels {labels}")
+    return {"model_name": settings.model_name, "version": version, "serving": labels}

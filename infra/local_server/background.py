@@ -1,0 +1,169 @@
+"""The local server as a background process that outlives one `railyard run`.
+
+``railyard serve`` (foreground) writes a state file (pid, ports, config) once both ports listen
+and removes it when it stops. ``ensure_running`` reuses a live server found through that file
+or starts ``railyard serve`` detached, with its log beside the state file; ``stop`` ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from railyard.fsutil import atomic_write_text
+
+STATE_FILE = "server.json"
+LOG_FILE = "server.log"
+START_TIMEOUT_S = 240.0  # the child imports TensorFlow (~20 s here) and loads the served versions
+
+
+@dataclass(frozen=True)
+class ServerState:
+    pid: int
+    rest_port: int
+    grpc_port: int
+    config_path: str
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+
+def write_state(state_dir: Path, state: ServerState) -> None:
+    atomic_write_text(Path(state_dir) / STATE_FILE, json.dumps(state.__dict__))
+
+
+def clear_state(state_dir: Path, pid: int) -> None:
+    """Remove the state file if it still describes this process."""
+    current = read_state(state_dir)
+    if current is not None and current.pid == pid:
+        (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
+
+
+def read_state(state_dir: Path) -> ServerState | None:
+    path = Path(state_dir) / STATE_FILE
+    try:
+        return ServerState(**json.loads(path.read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def running(state_dir: Path) -> ServerState | None:
+    """The live server of this state folder, or None (a stale state file is removed)."""
+    state = read_state(state_dir)
+    if state is None:
+        return None
+    if _alive(state.pid) and _answers(state.rest_url):
+        return state
+    (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
+    return None
+
+
+def ensure_running(state_dir: Path, config_path: Path, rest_port: int, grpc_port: int) -> ServerState:
+    """A live local server for ``config_path``: the one already running, or a new one."""
+    state_dir = Path(state_dir)
+    state = running(state_dir)
+    if state is not None:
+        if Path(state.config_path) != Path(config_path):
+            raise RuntimeError(
+                f"the local server (pid {state.pid}) serves {state.config_path}, not {config_path}; "
+                "stop it with `railyard serve --stop`"
+            )
+        return state
+    state_dir.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "railyard", "serve", "--rest-port", str(rest_port), "--grpc-port", str(grpc_port)]
+    with open(state_dir / LOG_FILE, "ab") as log:
+        child = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        state = read_state(state_dir)
+        if state is not None and state.pid == child.pid:
+            return state
+        if child.poll() is not None:
+            raise RuntimeError(
+                f"the local serving process exited with code {child.returncode}; see {state_dir / LOG_FILE}"
+            )
+        time.sleep(0.2)
+    child.terminate()
+    raise TimeoutError(f"the local server did not start within {START_TIMEOUT_S:g} s; see {state_dir / LOG_FILE}")
+
+
+def serve_foreground(state_dir: Path, config_path: Path, rest_port: int, grpc_port: int, host: str = "127.0.0.1") -> None:
+    """Serve until SIGINT/SIGTERM, announcing the server in the state folder while it runs.
+
+    Fails (like TF Serving) when the config's models cannot be loaded, or when this state
+    folder already has a live server.
+    """
+    from infra.local_server.server import LocalServingServer
+
+    state_dir = Path(state_dir)
+    other = running(state_dir)
+    if other is not None:
+        raise RuntimeError(f"a local server already runs for {state_dir} (pid {other.pid}, REST {other.rest_url})")
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    server = LocalServingServer(config_path, rest_port=rest_port, grpc_port=grpc_port, host=host).start()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_state(state_dir, ServerState(os.getpid(), server.rest_port, server.grpc_port, str(config_path)))
+    try:
+        stopped.wait()
+    finally:
+        clear_state(state_dir, os.getpid())
+        server.stop()
+
+
+def stop(state_dir: Path, timeout_s: float = 30.0) -> ServerState | None:
+    """Stop the background server (SIGTERM, then SIGKILL); the state it had, or None."""
+    state = read_state(state_dir)
+    if state is None:
+        return None
+    if _alive(state.pid):
+        os.kill(state.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(state.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(state.pid):
+            os.kill(state.pid, signal.SIGKILL)
+    (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
+    return state
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of this process still "exists": reap it if it is ours.
+    try:
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return reaped == 0
+
+
+def _answers(rest_url: str) -> bool:
+    try:
+        urllib.request.urlopen(f"{rest_url}/v1/models/_", timeout=2)
+    except urllib.error.HTTPError:
+        return True  # an error status is still the server answering
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,161 @@
+"""Post-deploy smoke tests against a served version, through TF Serving's real protocols.
+
+Like TFX's InfraValidator, but after the push and on the live server: the version is
+AVAILABLE, its metadata has the serving signature, the golden requests stored with the model
+at training time get the offline SavedModel's answers (REST and gRPC, by version and by
+label), and a short bounded burst of requests stays within a latency budget with no errors.
+A check that raises is a failed check with the error as its detail: the report is always whole.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from infra.serving_client import AVAILABLE, SIGNATURE_NAME, ServingClient
+from railyard.model import GOLDEN_FILE
+
+INPUT_DTYPES = {"userId": "DT_INT64", "movieId": "DT_INT64"}
+OUTPUT_DTYPES = {"score": "DT_FLOAT"}
+
+
+@dataclass(frozen=True)
+class SmokeBudget:
+    p95_ms: float = 250.0
+    requests: int = 200  # the burst: single-instance REST predictions
+    concurrency: int = 4
+    tolerance: float = 1e-5  # served vs. offline predictions
+
+
+@dataclass(frozen=True)
+class SmokeCheck:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class SmokeReport:
+    model: str
+    version: int
+    label: str
+    checks: list[SmokeCheck] = field(default_factory=list)
+    latency_ms: dict[str, float] = field(default_factory=dict)  # p50, p95, p99, max
+    requests: int = 0
+    errors: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(check.passed for check in self.checks)
+
+    def failures(self) -> list[SmokeCheck]:
+        return [check for check in self.checks if not check.passed]
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {"passed": self.passed}
+
+    def summary(self) -> str:
+        head = f"smoke tests of {self.model} version {self.version} ({self.label}): " + (
+            "passed" if self.passed else f"{len(self.failures())} of {len(self.checks)} checks failed"
+        )
+        lines = [f"  {'ok  ' if c.passed else 'FAIL'} {c.name}: {c.detail}" for c in self.checks]
+        return "\n".join([head, *lines])
+
+
+def read_golden(version_dir: Path) -> dict:
+    """``{"instances": [...], "predictions": [[score], ...]}`` as exported with the model."""
+    path = Path(version_dir) / GOLDEN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: the model was exported without golden requests")
+    return json.loads(path.read_text())
+
+
+def run_smoke_tests(
+    client: ServingClient, model: str, version: int, golden: dict, budget: SmokeBudget, label: str
+) -> SmokeReport:
+    report = SmokeReport(model=model, version=version, label=label)
+    expected = np.asarray(golden["predictions"], dtype=np.float64).reshape(-1)
+    instances = golden["instances"]
+
+    def check(name: str, run: Callable[[], str]) -> None:
+        try:
+            report.checks.append(SmokeCheck(name, True, run()))
+        except Exception as exc:  # noqa: BLE001 - any failure is this check's verdict
+            report.checks.append(SmokeCheck(name, False, f"{type(exc).__name__}: {exc}"))
+
+    check("status", lambda: _status(client, model, version))
+    check("metadata", lambda: _signature(client.metadata_rest(model, version), version))
+    for protocol in ("rest", "grpc"):
+        for target in ({"version": version}, {"label": label}):
+            where = f"version {version}" if "version" in target else f"label {label}"
+            check(
+                f"golden_{protocol}_{next(iter(target))}",
+                lambda p=protocol, t=target, w=where: _golden(client, model, instances, expected, budget, p, t, w),
+            )
+    check("latency_burst", lambda: _burst(client, model, version, instances, budget, report))
+    return report
+
+
+def _status(client: ServingClient, model: str, version: int) -> str:
+    (status,) = client.model_status(model, version)
+    if status.state != AVAILABLE:
+        raise AssertionError(f"state {status.state} ({status.error_code}: {status.error_message})")
+    return "AVAILABLE"
+
+
+def _signature(metadata: dict, version: int) -> str:
+    served = str(metadata["model_spec"]["version"])
+    if served != str(version):
+        raise AssertionError(f"metadata is for version {served}, not {version}")
+    signature = metadata["metadata"]["signature_def"]["signature_def"][SIGNATURE_NAME]
+    inputs = {name: spec["dtype"] for name, spec in signature["inputs"].items()}
+    outputs = {name: spec["dtype"] for name, spec in signature["outputs"].items()}
+    if inputs != INPUT_DTYPES or outputs != OUTPUT_DTYPES:
+        raise AssertionError(f"signature {SIGNATURE_NAME} has inputs {inputs}, outputs {outputs}; "
+                             f"expected {INPUT_DTYPES} -> {OUTPUT_DTYPES}")  # fmt: skip
+    return f"{SIGNATURE_NAME}: userId, movieId (int64) -> score (float)"
+
+
+def _golden(client, model, instances, expected, budget, protocol, target, where) -> str:
+    if protocol == "rest":
+        served = np.asarray(client.predict_rest(model, instances, **target), dtype=np.float64).reshape(-1)
+    else:
+        served = np.asarray(client.predict_grpc(model, instances, **target)["score"], dtype=np.float64).reshape(-1)
+    if served.shape != expected.shape:
+        raise AssertionError(f"{len(served)} predictions for {len(expected)} golden requests at {where}")
+    worst = float(np.max(np.abs(served - expected))) if len(expected) else 0.0
+    if not worst <= budget.tolerance:
+        raise AssertionError(f"served scores differ from the offline model by up to {worst:.3g} at {where}")
+    return f"{len(expected)} golden predictions at {where} within {worst:.2g} of offline"
+
+
+def _burst(client, model, version, instances, budget: SmokeBudget, report: SmokeReport) -> str:
+    def one(index: int) -> float | None:
+        started = time.perf_counter()
+        try:
+            client.predict_rest(model, [instances[index % len(instances)]], version=version)
+        except Exception:  # noqa: BLE001 - counted, reported as the error rate
+            return None
+        return (time.perf_counter() - started) * 1000
+
+    with ThreadPoolExecutor(max_workers=budget.concurrency) as pool:
+        timings = list(pool.map(one, range(budget.requests)))
+    ok = np.array([t for t in timings if t is not None])
+    report.requests = len(timings)
+    report.errors = len(timings) - len(ok)
+    if len(ok):
+        report.latency_ms = {
+            name: round(float(np.percentile(ok, q)), 3) for name, q in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
+        }
+    detail = f"{report.requests} requests x{budget.concurrency}: {report.errors} errors, latency {report.latency_ms} ms"
+    if report.errors:
+        raise AssertionError(detail)
+    if report.latency_ms["p95"] > budget.p95_ms:
+        raise AssertionError(f"{detail}; p95 over the {budget.p95_ms:g} ms budget")
+    return detail
