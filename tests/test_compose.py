@@ -1,16 +1,40 @@
-"""The production stack files: compose invariants and TF Serving's static config files.
+"""The production stack files: the compose file, the images it builds, TF Serving's static configs.
 
-The `docker compose` plugin is not installed on our machines, so the compose file is checked
-by a YAML load plus the invariants below; `docker compose config` runs too where the plugin exists.
+No Docker engine and no compose plugin run on our machines or on CI, so ``load_compose`` does
+what ``docker compose config`` does before it needs an engine:
+
+1. parse the YAML (PyYAML reads YAML 1.1: quote ports and ``"no"``, as compose's docs advise);
+2. interpolate ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}``, ... and ``$$`` from an env file;
+3. validate against the compose-spec JSON schema that Docker Compose v2.40.3 embeds
+   (``infra/compose-schema/``, checked with the ``jsonschema`` package Prefect already depends on);
+4. make the checks compose makes after the schema (port and duration syntax, undefined services
+   and volumes, dependency cycles) plus a few that only ``build``/``up`` would catch (restart
+   policies, image references, build contexts and targets).
+
+When this was written, a real ``docker-compose config`` (v2.40.3) accepted the file, printed
+the same interpolated values, and rejected the malformed variants below that it checks itself
+(the others fail later, at ``build`` or ``up``). The remaining tests check Railyard's own
+conventions.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import hashlib
+import http.server
+import ipaddress
+import os
 import re
-import shutil
 import subprocess
+import sys
+import threading
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import jsonschema
 import pytest
 import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
@@ -37,19 +61,367 @@ from infra.docker_launcher import (
     tfserving_healthcheck_test,
 )
 
-INFRA = Path(__file__).resolve().parents[1] / "infra"
+REPO = Path(__file__).resolve().parents[1]
+INFRA = REPO / "infra"
 COMPOSE_FILE = INFRA / "docker-compose.yml"
 ENV_EXAMPLE = INFRA / ".env.example"
+DOCKERFILE = INFRA / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+SCHEMA_DIR = INFRA / "compose-schema"
+SCHEMA_FILE = SCHEMA_DIR / "compose-spec.json"
 
 LOOPBACK_HOST = re.compile(r"127\.0\.0\.1|\$\{[A-Z][A-Z0-9_]*:-127\.0\.0\.1\}")
 SECRET_KEY = re.compile(r"password|secret|token|access_key|api_key|credential|private_key", re.IGNORECASE)
-SECRET_VALUE = re.compile(r"AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----")
-ENV_REFERENCE = re.compile(r"^\$\{[A-Z][A-Z0-9_]*(:?[-?][^}]*)?\}$")
+# AWS key ids, PEM private keys, and URLs whose password is not exactly a ${VAR} reference
+# (matched after every reference without a default is shortened to `${}`).
+SECRET_VALUE = re.compile(r"AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|://[^/\s:@]+:(?!\$\{\}@)[^/\s@]+@")
+# A secret's value: ${VAR} or ${VAR:?message}; a ${VAR:-default} would put a secret in the file.
+ENV_REFERENCE = re.compile(r"^\$\{[A-Z][A-Z0-9_]*(:?\?[^}]*)?\}$")
+REQUIRED_REFERENCE = re.compile(r"\$\{([A-Z][A-Z0-9_]*):?\?")
+VERSION_TAG = re.compile(r"\d+\.\d+|RELEASE\.\d{4}-\d{2}-\d{2}T")
+
+
+# --- what `docker compose config` does, without an engine ------------------------------------
+
+
+class ComposeError(ValueError):
+    """The compose file would be refused; the message names every problem found."""
+
+
+NAME = re.compile(r"[_A-Za-z][_A-Za-z0-9]*")
+BRACED = re.compile(r"([_A-Za-z][_A-Za-z0-9]*)(?:(:?[-+?])(.*))?", re.DOTALL)
+
+
+class Interpolator:
+    """compose-spec interpolation: ``$$``, ``$VAR``, ``${VAR}``, ``${VAR[:]-|?|+...}``, nested."""
+
+    def __init__(self, env: Mapping[str, str]):
+        self.env = env
+        self.errors: list[str] = []
+        self.unset: set[str] = set()  # compose warns and substitutes "" for these
+
+    def value(self, name: str) -> str | None:
+        return self.env.get(name)
+
+    def string(self, text: str, where: str) -> str:
+        out, i = [], 0
+        while i < len(text):
+            if text[i] != "$":
+                out.append(text[i])
+                i += 1
+            elif text.startswith("$$", i):
+                out.append("$")
+                i += 2
+            elif text.startswith("${", i):
+                end = self._closing_brace(text, i + 2)
+                if end is None:
+                    self.errors.append(f"{where}: invalid interpolation format (unclosed '${{'): {text!r}")
+                    return text
+                out.append(self._braced(text[i + 2 : end], text, where))
+                i = end + 1
+            elif match := NAME.match(text, i + 1):
+                out.append(self._lookup(match.group(), where))
+                i = match.end()
+            else:  # a lone `$` (e.g. "$@") stays as it is, as compose leaves it
+                out.append("$")
+                i += 1
+        return "".join(out)
+
+    @staticmethod
+    def _closing_brace(text: str, start: int) -> int | None:
+        depth, i = 1, start
+        while i < len(text):
+            if text.startswith("${", i):
+                depth, i = depth + 1, i + 2
+                continue
+            if text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    return i
+            i += 1
+        return None
+
+    def _lookup(self, name: str, where: str) -> str:
+        value = self.value(name)
+        if value is None:
+            self.unset.add(name)
+            return ""
+        return value
+
+    def _braced(self, body: str, text: str, where: str) -> str:
+        match = BRACED.fullmatch(body)
+        if not match:
+            self.errors.append(f"{where}: invalid interpolation format: {text!r} (escape a literal $ as $$)")
+            return ""
+        name, operator, argument = match.groups()
+        value = self.value(name)
+        is_set, non_empty = value is not None, bool(value)
+        if operator is None:
+            return self._lookup(name, where)
+        present = non_empty if operator.startswith(":") else is_set
+        kind = operator[-1]
+        if kind == "-":
+            return value if present else self.string(argument, where)
+        if kind == "+":
+            return self.string(argument, where) if present else ""
+        if not present:  # "?": required
+            message = self.string(argument, where)
+            self.errors.append(f"{where}: required variable {name} is missing a value: {message}")
+            return ""
+        return value
+
+    def walk(self, node, where: str = ""):
+        if isinstance(node, dict):
+            return {key: self.walk(value, f"{where}.{key}" if where else str(key)) for key, value in node.items()}
+        if isinstance(node, list):
+            return [self.walk(item, f"{where}[{index}]") for index, item in enumerate(node)]
+        if isinstance(node, str):
+            return self.string(node, where)
+        return node
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """A compose env file: KEY=VALUE lines, `#` comments, optional quotes and `export`."""
+    env = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        else:
+            value = value.split(" #", 1)[0].rstrip()
+        env[key.strip()] = value
+    return env
+
+
+@functools.cache
+def schema_validator() -> jsonschema.Draft7Validator:
+    schema = yaml.safe_load(SCHEMA_FILE.read_text())  # JSON is YAML
+    jsonschema.Draft7Validator.check_schema(schema)
+    return jsonschema.Draft7Validator(schema)
+
+
+def schema_errors(model: dict) -> list[str]:
+    errors = []
+    for error in schema_validator().iter_errors(model):
+        while error.context:  # oneOf/anyOf: report the branch that got furthest into the value
+            error = max(error.context, key=lambda branch: (len(branch.absolute_path), branch.validator != "type"))
+        path = ".".join(str(part) for part in error.absolute_path) or "(top level)"
+        errors.append(f"{path}: {error.message}")
+    return sorted(errors)
+
+
+PORT_SPEC = re.compile(
+    r"(?:(?:(?P<ip>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):)?(?P<published>\d+(?:-\d+)?)?:)?"
+    r"(?P<target>\d+(?:-\d+)?)(?:/(?P<protocol>tcp|udp|sctp))?"
+)
+DURATION = re.compile(r"0|(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+")
+RESTART = re.compile(r"no|always|unless-stopped|on-failure(?::\d+)?")
+IMAGE_REFERENCE = re.compile(
+    r"(?:(?:[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+(?::\d+)?|[a-zA-Z0-9-]+:\d+|localhost)/)?"  # registry: a dot or a port
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"  # path
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"  # tag, digest
+)
+MOUNT_MODES = {"ro", "rw", "z", "Z", "nocopy", "cached", "delegated", "consistent"} | {
+    f"{prefix}{kind}" for prefix in ("", "r") for kind in ("shared", "slave", "private")
+}
+
+
+def port_range(text: str, allow_zero: bool) -> tuple[int, int] | None:
+    low, _, high = text.partition("-")
+    start, end = int(low), int(high or low)
+    if start > end or end > 65535 or start < (0 if allow_zero else 1):
+        return None
+    return start, end
+
+
+def port_errors(where: str, port) -> list[str]:
+    if isinstance(port, dict):
+        problems = []
+        if not isinstance(port.get("target"), int) or not 1 <= port["target"] <= 65535:
+            problems.append(f"{where}: target must be a port number, got {port.get('target')!r}")
+        if "host_ip" in port:
+            problems += ip_errors(where, port["host_ip"])
+        if "published" in port and not re.fullmatch(r"\d+(-\d+)?", str(port["published"])):
+            problems.append(f"{where}: invalid published port {port['published']!r}")
+        return problems
+    if isinstance(port, int):
+        return [] if 1 <= port <= 65535 else [f"{where}: invalid port {port}"]
+    match = PORT_SPEC.fullmatch(port)
+    if not match:
+        return [f"{where}: invalid port specification {port!r}"]
+    problems = ip_errors(where, match["ip"].strip("[]")) if match["ip"] else []
+    target = port_range(match["target"], allow_zero=False)
+    published = port_range(match["published"], allow_zero=True) if match["published"] else None
+    if target is None or (match["published"] and published is None):
+        problems.append(f"{where}: port number out of range in {port!r}")
+    elif published and published[1] - published[0] not in (0, target[1] - target[0]):
+        problems.append(f"{where}: published and target port ranges differ in size in {port!r}")
+    return problems
+
+
+def ip_errors(where: str, host: str) -> list[str]:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return [f"{where}: invalid IP address {host!r} (compose binds to addresses, not names)"]
+    return []
+
+
+def mount_errors(where: str, mount, declared_volumes: set[str]) -> list[str]:
+    if isinstance(mount, dict):
+        if mount.get("type") == "volume" and mount.get("source") and mount["source"] not in declared_volumes:
+            return [f"{where}: refers to undefined volume {mount['source']}"]
+        return []
+    parts = mount.split(":")
+    if len(parts) == 1:
+        source, target, modes = None, parts[0], []
+    else:
+        source, target, modes = parts[0], parts[1], parts[2].split(",") if len(parts) > 2 else []
+    problems = []
+    if len(parts) > 3 or not target.startswith("/"):
+        problems.append(f"{where}: invalid mount {mount!r} (SOURCE:/absolute/target[:MODE])")
+    if source and not source.startswith((".", "/", "~")) and source not in declared_volumes:
+        problems.append(f"{where}: refers to undefined volume {source}")
+    problems += [f"{where}: unknown mount mode {mode!r}" for mode in modes if mode not in MOUNT_MODES]
+    return problems
+
+
+def dockerfile_stages(path: Path) -> list[str]:
+    return [
+        match.group(1)
+        for line in path.read_text().splitlines()
+        if (match := re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line.strip(), re.IGNORECASE))
+    ]
+
+
+def build_errors(where: str, build, compose_dir: Path) -> list[str]:
+    build = {"context": build} if isinstance(build, str) else build
+    context = (compose_dir / build.get("context", ".")).resolve()
+    if not context.is_dir():
+        return [f"{where}: build context {context} does not exist"]
+    dockerfile = context / build.get("dockerfile", "Dockerfile")
+    if not dockerfile.is_file():
+        return [f"{where}: Dockerfile {dockerfile} does not exist"]
+    if "target" in build and build["target"] not in dockerfile_stages(dockerfile):
+        return [f"{where}: {dockerfile.name} has no stage named {build['target']!r}"]
+    return []
+
+
+def dependency_cycle(services: dict) -> list[str] | None:
+    state: dict[str, str] = {}
+
+    def visit(name: str, trail: list[str]) -> list[str] | None:
+        if state.get(name) == "done":
+            return None
+        if state.get(name) == "active":
+            return trail[trail.index(name) :] + [name]
+        state[name] = "active"
+        for dependency in depends_on(services.get(name, {})):
+            if cycle := visit(dependency, trail + [name]):
+                return cycle
+        state[name] = "done"
+        return None
+
+    for service in services:
+        if cycle := visit(service, []):
+            return cycle
+    return None
+
+
+def depends_on(service: dict) -> dict[str, dict]:
+    deps = service.get("depends_on", {})
+    return {name: {"condition": "service_started"} for name in deps} if isinstance(deps, list) else deps
+
+
+def semantic_errors(model: dict, compose_dir: Path) -> list[str]:
+    services = model.get("services") or {}
+    declared_volumes = set(model.get("volumes") or {})
+    problems = []
+    for name, service in services.items():
+        where = f"services.{name}"
+        if "image" not in service and "build" not in service:
+            problems.append(f"{where}: has neither an image nor a build context")
+        if "image" in service and not IMAGE_REFERENCE.fullmatch(service["image"]):
+            problems.append(f"{where}.image: invalid reference format {service['image']!r}")
+        if "build" in service:
+            problems += build_errors(f"{where}.build", service["build"], compose_dir)
+        for index, port in enumerate(service.get("ports", [])):
+            problems += port_errors(f"{where}.ports[{index}]", port)
+        for index, mount in enumerate(service.get("volumes", [])):
+            problems += mount_errors(f"{where}.volumes[{index}]", mount, declared_volumes)
+        for key in ("interval", "timeout", "start_period", "start_interval"):
+            value = service.get("healthcheck", {}).get(key)
+            if value is not None and not DURATION.fullmatch(str(value)):
+                problems.append(f"{where}.healthcheck.{key}: invalid duration {value!r} (e.g. 10s, 1m30s)")
+        if "stop_grace_period" in service and not DURATION.fullmatch(str(service["stop_grace_period"])):
+            problems.append(f"{where}.stop_grace_period: invalid duration {service['stop_grace_period']!r}")
+        if "restart" in service and not RESTART.fullmatch(str(service["restart"])):
+            problems.append(f"{where}.restart: invalid restart policy {service['restart']!r}")
+        for dependency in depends_on(service):
+            if dependency not in services:
+                problems.append(f"{where}.depends_on: depends on undefined service {dependency!r}")
+            elif dependency == name:
+                problems.append(f"{where}.depends_on: a service cannot depend on itself")
+    if not problems and (cycle := dependency_cycle(services)):
+        problems.append(f"dependency cycle detected: {' -> '.join(cycle)}")
+    return problems
+
+
+def load_compose(
+    source: str | dict, env: Mapping[str, str], compose_dir: Path = INFRA, unset: set[str] | None = None
+) -> dict:
+    """The compose model as `docker compose config` would print it, or ComposeError.
+
+    Variables used without a default and absent from ``env`` (compose warns and uses "") are
+    added to ``unset``.
+    """
+    raw = yaml.safe_load(source) if isinstance(source, str) else copy.deepcopy(source)
+    if not isinstance(raw, dict):
+        raise ComposeError("top level: a compose file is a mapping")
+    interpolator = Interpolator(env)
+    model = interpolator.walk(raw)
+    if interpolator.errors:
+        raise ComposeError("\n".join(interpolator.errors))
+    if problems := schema_errors(model) or semantic_errors(model, compose_dir):
+        raise ComposeError("\n".join(problems))
+    if unset is not None:
+        unset |= interpolator.unset
+    return model
+
+
+# --- fixtures and helpers ----------------------------------------------------------------------
+
+
+def required_variables(text: str) -> set[str]:
+    """Variables referenced as ${VAR:?...} (or ${VAR?...}) in the file's values."""
+    return {name for value in strings_in(yaml.safe_load(text)) for name in REQUIRED_REFERENCE.findall(value)}
+
+
+def example_env() -> dict[str, str]:
+    return read_env_file(ENV_EXAMPLE)
+
+
+def filled_env() -> dict[str, str]:
+    """infra/.env as a user makes it: the example with every empty (secret) value filled in."""
+    env = example_env()
+    fill = {"AWS_ACCESS_KEY_ID": "railyard-worker"}
+    return {key: value or fill.get(key, f"test-{key.lower().replace('_', '-')}-0123") for key, value in env.items()}
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
+    """The file as written (before interpolation)."""
     return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    """The file after interpolation with a filled-in infra/.env, validated."""
+    return load_compose(COMPOSE_FILE.read_text(), filled_env())
 
 
 def unescape(value: str) -> str:
@@ -63,40 +435,173 @@ def seconds(duration: str) -> int:
     return int(match.group(1))
 
 
-def non_loopback_ports(compose: dict) -> list[str]:
-    bad = []
-    for name, service in compose["services"].items():
-        for port in service.get("ports", []):
-            if isinstance(port, dict):
-                host = port.get("host_ip", "")
-            else:
-                parts = re.findall(r"\$\{[^}]*\}|[^:]+", str(port))  # a ${VAR:-x} holds colons
-                host = parts[0] if len(parts) == 3 else ""
-            if not LOOPBACK_HOST.fullmatch(host):
-                bad.append(f"{name}: {port}")
-    return bad
-
-
-def secret_literals(node, path: str = "") -> list[str]:
-    """Secret-looking keys with literal values, and values that look like keys themselves."""
-    found = []
+def strings_in(node) -> list[str]:
     if isinstance(node, dict):
-        for key, value in node.items():
-            where = f"{path}.{key}"
-            literal = isinstance(value, str | int) and not ENV_REFERENCE.match(str(value))
-            if SECRET_KEY.search(str(key)) and literal:
-                found.append(where)
-            found += secret_literals(value, where)
-    elif isinstance(node, list):
-        for index, item in enumerate(node):
-            if isinstance(item, str) and "=" in item:  # environment in list form: KEY=value
-                key, value = item.split("=", 1)
-                if SECRET_KEY.search(key) and not ENV_REFERENCE.match(value):
-                    found.append(f"{path}[{index}]")
-            found += secret_literals(item, f"{path}[{index}]")
-    elif isinstance(node, str) and SECRET_VALUE.search(node):
-        found.append(path)
-    return found
+        return [text for key, value in node.items() for text in strings_in(key) + strings_in(value)]
+    if isinstance(node, list):
+        return [text for item in node for text in strings_in(item)]
+    return [node] if isinstance(node, str) else []
+
+
+def one_shot(service: dict) -> bool:
+    return service.get("restart") == "no"
+
+
+def environment(service: dict) -> dict[str, str]:
+    env = service.get("environment", {})
+    return dict(item.split("=", 1) for item in env) if isinstance(env, list) else dict(env)
+
+
+def locked_version(package: str) -> str:
+    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    return next(entry["version"] for entry in lock["package"] if entry["name"] == package)
+
+
+# --- the compose file is valid, and invalid files are refused -------------------------------
+
+
+def test_schema_fixture_is_the_recorded_one():
+    digest = hashlib.sha256(SCHEMA_FILE.read_bytes()).hexdigest()
+    assert digest in (SCHEMA_DIR / "README.md").read_text(), "update infra/compose-schema/README.md"
+    validator = schema_validator()
+    assert validator.schema["title"] == "Compose Specification"
+
+
+def test_compose_file_is_valid(config):
+    assert set(config["services"]) == {
+        "postgres",
+        "postgres-init",
+        "minio",
+        "minio-init",
+        "prefect-server",
+        "mlflow",
+        "tfserving",
+        "volume-init",
+        "worker",
+    }
+    unset: set[str] = set()
+    load_compose(COMPOSE_FILE.read_text(), filled_env(), unset=unset)
+    assert unset == set()
+
+
+def test_env_example_as_copied_is_refused_until_the_secrets_are_set():
+    """`cp .env.example .env` alone must not start a stack with empty or well-known passwords."""
+    with pytest.raises(ComposeError) as refused:
+        load_compose(COMPOSE_FILE.read_text(), example_env())
+    blank = {key for key, value in example_env().items() if not value}
+    assert blank == {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    for name in blank:
+        assert f"required variable {name} is missing a value: set it in infra/.env" in str(refused.value)
+
+
+def test_only_required_variables_need_a_value():
+    """Everything but the `${VAR:?...}` variables has a default: a minimal infra/.env works."""
+    text = COMPOSE_FILE.read_text()
+    required = required_variables(text)
+    assert required == {
+        "POSTGRES_USER",
+        "POSTGRES_PASSWORD",
+        "MINIO_ROOT_USER",
+        "MINIO_ROOT_PASSWORD",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    }
+    minimal = {name: value for name, value in filled_env().items() if name in required}
+    unset: set[str] = set()
+    model = load_compose(text, minimal, unset=unset)
+    assert unset == set()
+    assert model == load_compose(text, filled_env()), "the defaults in the compose file and in .env.example differ"
+
+
+def mutate(path: str, value):
+    """The parsed file with `value` at a dotted path (`~` deletes the key)."""
+
+    def change(text: str) -> dict:
+        raw = yaml.safe_load(text)
+        *parents, last = [int(part) if part.isdigit() else part for part in path.split(".")]
+        node = raw
+        for part in parents:
+            node = node[part]
+        if value == "~":
+            del node[last]
+        else:
+            node[last] = value
+        return raw
+
+    return change
+
+
+def replace_text(old: str, new: str):
+    def change(text: str) -> str:
+        assert old in text
+        return text.replace(old, new, 1)
+
+    return change
+
+
+MALFORMED = {
+    "unknown service key": (mutate("services.worker.healtcheck", {"test": ["CMD", "true"]}), "healtcheck"),
+    "unknown top-level key": (mutate("service", {}), "(top level): 'service' does not match"),
+    "wrong type": (mutate("services.minio.healthcheck.retries", [3]), "retries: [3] is not of type"),
+    "unknown depends_on condition": (
+        mutate("services.worker.depends_on.mlflow.condition", "service_ready"),
+        "'service_ready' is not one of",
+    ),
+    "bad port syntax": (mutate("services.tfserving.ports.0", "127.0.0.1:8500:85OO"), "invalid port specification"),
+    "port out of range": (mutate("services.mlflow.ports.0", "127.0.0.1:70000:5000"), "out of range"),
+    "host name as bind address": (mutate("services.minio.ports.0", "localhost:9000:9000"), "invalid IP address"),
+    "bad duration": (mutate("services.postgres.healthcheck.interval", "5 seconds"), "invalid duration"),
+    "undefined dependency": (
+        mutate("services.worker.depends_on.mlfow", {"condition": "service_healthy"}),
+        "undefined service 'mlfow'",
+    ),
+    "dependency cycle": (
+        mutate("services.postgres.depends_on", {"worker": {"condition": "service_healthy"}}),
+        "dependency cycle detected",
+    ),
+    "undefined named volume": (mutate("services.worker.volumes.0", "railyard-modls:/models"), "undefined volume"),
+    "no image and no build": (mutate("services.minio.image", "~"), "neither an image nor a build"),
+    # `docker compose config` lets these four through; `build` or `up` fails on them.
+    "relative mount target": (mutate("services.tfserving.volumes.0", "railyard-models:models"), "invalid mount"),
+    "invalid image reference": (mutate("services.minio.image", "MinIO/minio:2025"), "invalid reference format"),
+    "bad restart policy": (mutate("services.mlflow.restart", "sometimes"), "invalid restart policy"),
+    "missing build target": (mutate("services.worker.build.target", "wroker"), "no stage named 'wroker'"),
+    "unclosed variable": (replace_text("${MLFLOW_PORT:-5000}", "${MLFLOW_PORT:-5000"), "invalid interpolation"),
+    "bad variable syntax": (replace_text("${MLFLOW_PORT:-5000}", "${MLFLOW_PORT:5000}"), "invalid interpolation"),
+}
+
+
+@pytest.mark.parametrize("change, problem", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_compose_files_are_refused(change, problem):
+    with pytest.raises(ComposeError, match=re.escape(problem)):
+        load_compose(change(COMPOSE_FILE.read_text()), filled_env())
+
+
+def test_interpolation_follows_compose():
+    env = {"SET": "v", "EMPTY": ""}
+    cases = {
+        "a $$b": "a $b",
+        "echo $@": "echo $@",
+        "x $SET y": "x v y",
+        "${SET:-d} ${EMPTY:-d} ${UNSET:-d}": "v d d",
+        "${SET-d} ${EMPTY-d} ${UNSET-d}": "v  d",
+        "${SET:+a} ${EMPTY:+a} ${EMPTY+a} ${UNSET+a}": "a  a ",
+        "${EMPTY?boom}": "",
+        "${UNSET:-${SET}}": "v",
+        "${UNSET:-${ALSO_UNSET:-deep}}": "deep",
+        "${SET:-a}b}": "vb}",
+    }
+    for template, expected in cases.items():
+        interpolator = Interpolator(env)
+        assert interpolator.string(template, "t") == expected, template
+        assert interpolator.errors == [], template
+    for template in ("${EMPTY:?boom}", "${UNSET?boom}", "${", "${9X}", "${SET:x}"):
+        interpolator = Interpolator(env)
+        interpolator.string(template, "t")
+        assert interpolator.errors, template
+
+
+# --- conventions -------------------------------------------------------------------------------
 
 
 def test_tfserving_service_is_the_launchers_container(compose):
@@ -115,16 +620,32 @@ def test_tfserving_service_is_the_launchers_container(compose):
     assert targets == [GRPC_PORT, REST_PORT]
 
 
-def test_no_stray_dollar_for_compose_to_interpolate(compose):
-    """An unescaped `$@` would reach the container as an empty string."""
-    service = compose["services"]["tfserving"]
-    for part in service["entrypoint"] + service["command"] + service["healthcheck"]["test"]:
-        assert "$" not in part.replace("$$", ""), part
+def test_every_dollar_is_escaped_or_a_compose_variable(compose):
+    """An unescaped `$@` or `$VAR` meant for a container's shell would be eaten or misread by compose."""
+    for text in strings_in(compose["services"]):
+        stripped = re.sub(r"\$\{[A-Z][A-Z0-9_]*(:?[-?+][^}]*)?\}", "", text.replace("$$", ""))
+        assert "$" not in stripped, text
 
 
-def test_published_ports_bind_to_loopback(compose):
+def non_loopback_ports(compose: dict) -> list[str]:
+    bad = []
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            if isinstance(port, dict):
+                host = port.get("host_ip", "")
+            else:
+                parts = re.findall(r"\$\{[^}]*\}|[^:]+", str(port))  # a ${VAR:-x} holds colons
+                host = parts[0] if len(parts) == 3 else ""
+            if not LOOPBACK_HOST.fullmatch(host):
+                bad.append(f"{name}: {port}")
+    return bad
+
+
+def test_published_ports_bind_to_loopback(compose, config):
     assert non_loopback_ports(compose) == []
-    assert any(service.get("ports") for service in compose["services"].values())
+    published = [port for service in config["services"].values() for port in service.get("ports", [])]
+    assert len(published) == 6  # Prefect UI/API, MLflow, MinIO API + console, TF Serving gRPC + REST
+    assert {PORT_SPEC.fullmatch(port)["ip"] for port in published} == {"127.0.0.1"}
 
 
 def test_port_check_catches_open_bindings():
@@ -132,24 +653,77 @@ def test_port_check_catches_open_bindings():
     assert non_loopback_ports(exposed) == ["x: 8500:8500", "x: 0.0.0.0:9000:9000", "x: ${BIND:-0.0.0.0}:1:1"]
 
 
-def test_every_service_has_a_health_check_and_a_restart_policy(compose):
+def test_long_running_services_have_health_checks_and_restart_policies(compose):
     for name, service in compose["services"].items():
+        if one_shot(service):
+            continue
         assert service.get("healthcheck", {}).get("test"), f"{name} has no health check"
-        restart = service.get("restart")
-        assert restart in {"unless-stopped", "always", "on-failure"}, f"{name} has no restart policy"
+        assert service.get("restart") in {"unless-stopped", "always"}, f"{name} has no restart policy"
+
+
+def test_dependencies_wait_for_health_or_completion(compose):
+    services = compose["services"]
+    awaited = set()
+    for name, service in services.items():
+        for dependency, spec in depends_on(service).items():
+            expected = "service_completed_successfully" if one_shot(services[dependency]) else "service_healthy"
+            assert spec.get("condition") == expected, f"{name} -> {dependency}"
+            awaited.add(dependency)
+    for name, service in services.items():
+        if one_shot(service):
+            assert name in awaited, f"nothing waits for the one-shot service {name}"
+            assert not service.get("ports"), f"one-shot {name} publishes ports"
+    expected_order = {
+        "worker": {"prefect-server", "mlflow", "tfserving", "minio-init", "volume-init"},
+        "mlflow": {"postgres", "postgres-init", "minio-init"},
+        "prefect-server": {"postgres"},
+        "tfserving": {"volume-init"},
+    }
+    for name, dependencies in expected_order.items():
+        assert set(depends_on(services[name])) == dependencies, name
+
+
+def image_problems(image: str) -> list[str]:
+    repository, _, tag = image.rpartition(":")
+    if not repository or "/" in tag:
+        return [f"{image!r} has no tag"]
+    if tag == "latest" or not VERSION_TAG.search(tag):
+        return [f"{image!r} is not pinned to a version tag"]
+    return []
+
+
+def dockerfile_from_images() -> list[str]:
+    return re.findall(r"^FROM\s+(\S+)", DOCKERFILE.read_text(), re.MULTILINE)
 
 
 def test_images_are_pinned_to_a_version(compose):
-    for name, service in compose["services"].items():
-        image = service["image"]
-        repository, _, tag = image.rpartition(":")
-        assert repository and "/" not in tag, f"{name}: image {image!r} has no tag"
-        assert tag != "latest" and re.search(r"\d+\.\d+", tag), f"{name}: {image!r} is not a version tag"
+    images = [service["image"] for service in compose["services"].values()] + dockerfile_from_images()
+    assert len(images) >= 10
+    assert [problem for image in images for problem in image_problems(image)] == []
+    assert image_problems("postgres") and image_problems("minio/minio:latest") and image_problems("x:main")
+
+
+def test_images_match_the_locked_versions(compose):
+    services = compose["services"]
+    prefect, mlflow = locked_version("prefect"), locked_version("mlflow")
+    assert services["prefect-server"]["image"] == f"prefecthq/prefect:{prefect}-python3.11"
+    assert f"ghcr.io/mlflow/mlflow:v{mlflow}" in dockerfile_from_images()
+    assert services["mlflow"]["image"] == f"railyard-mlflow:{mlflow}"
+    project_version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert services["worker"]["image"] == services["volume-init"]["image"] == f"railyard-worker:{project_version}"
+    assert f"boto3=={locked_version('boto3')}" in DOCKERFILE.read_text()
 
 
 def test_model_root_volume_is_shared_and_mounted(compose):
+    services = compose["services"]
     assert compose["volumes"][MODEL_ROOT_VOLUME] == {"name": MODEL_ROOT_VOLUME}  # no project prefix
-    assert f"{MODEL_ROOT_VOLUME}:{MODEL_ROOT}" in compose["services"]["tfserving"]["volumes"]
+    model_root = f"{MODEL_ROOT_VOLUME}:{MODEL_ROOT}"
+    for name in ("tfserving", "worker", "volume-init"):
+        assert model_root in services[name]["volumes"], name
+    worker_env = environment(services["worker"])
+    assert worker_env["RAILYARD_SERVING_MODEL_ROOT"] == MODEL_ROOT  # where the worker writes
+    assert worker_env["RAILYARD_SERVING_SERVER_MODEL_ROOT"] == MODEL_ROOT  # where TF Serving reads
+    assert MODEL_ROOT in services["volume-init"]["command"]
 
 
 def test_config_mount_holds_every_file_the_server_reads(compose):
@@ -167,6 +741,28 @@ def test_config_mount_holds_every_file_the_server_reads(compose):
     assert all((DEFAULT_CONFIG_DIR / name).is_file() for name in CONFIG_FILES)
 
 
+def secret_literals(node, path: str = "") -> list[str]:
+    """Secret-looking keys with literal values, and values that look like secrets themselves."""
+    found = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            where = f"{path}.{key}"
+            literal = isinstance(value, str | int) and not ENV_REFERENCE.match(str(value))
+            if SECRET_KEY.search(str(key)) and literal:
+                found.append(where)
+            found += secret_literals(value, where)
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            if isinstance(item, str) and "=" in item and not item.startswith("-"):  # KEY=value
+                key, value = item.split("=", 1)
+                if SECRET_KEY.search(key) and not ENV_REFERENCE.match(value):
+                    found.append(f"{path}[{index}]")
+            found += secret_literals(item, f"{path}[{index}]")
+    elif isinstance(node, str) and SECRET_VALUE.search(re.sub(r"\$\{[A-Z][A-Z0-9_]*(:?\?[^}]*)?\}", "${}", node)):
+        found.append(path)
+    return found
+
+
 def test_no_secret_looking_literals(compose):
     assert secret_literals(compose) == []
     assert secret_literals(yaml.safe_load(ENV_EXAMPLE.read_text().replace("=", ": ")) or {}) == []
@@ -179,44 +775,298 @@ def test_secret_check_catches_literals():
                 "environment": {"MINIO_ROOT_PASSWORD": "hunter2", "MINIO_ROOT_USER": "${MINIO_ROOT_USER:?}"}
             },
             "mlflow": {"environment": ["AWS_SECRET_ACCESS_KEY=abc", "AWS_ACCESS_KEY_ID=${KEY}"]},
+            "postgres": {"environment": {"POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:-hunter2}"}},
             "worker": {"command": ["--key=AKIAABCDEFGHIJKLMNOP"]},
+            "prefect": {
+                "environment": {
+                    "DB_URL": "postgresql+asyncpg://railyard:hunter2@postgres:5432/prefect",
+                    "OK_URL": "postgresql://${USER:?x}:${PASSWORD:?set it}@postgres:5432/mlflow",
+                    "DEFAULT_URL": "postgresql://${USER:?x}:${PASSWORD:-hunter2}@postgres:5432/mlflow",
+                }
+            },
         }
     }
     assert secret_literals(leaky) == [
         ".services.minio.environment.MINIO_ROOT_PASSWORD",
         ".services.mlflow.environment[0]",
+        ".services.postgres.environment.POSTGRES_PASSWORD",
         ".services.worker.command[0]",
+        ".services.prefect.environment.DB_URL",
+        ".services.prefect.environment.DEFAULT_URL",
     ]
-
-
-def strings_in(node) -> list[str]:
-    if isinstance(node, dict):
-        return [text for key, value in node.items() for text in strings_in(key) + strings_in(value)]
-    if isinstance(node, list):
-        return [text for item in node for text in strings_in(item)]
-    return [node] if isinstance(node, str) else []
 
 
 def test_env_example_lists_every_variable_the_compose_file_reads(compose):
     used = {name for text in strings_in(compose) for name in re.findall(r"\$\{([A-Z][A-Z0-9_]*)", text)}
-    listed = {
-        line.split("=", 1)[0]
-        for line in ENV_EXAMPLE.read_text().splitlines()
-        if line.strip() and not line.startswith("#")
+    assert used and used == set(example_env())
+
+
+def test_secrets_are_required_and_blank_in_the_example():
+    required = required_variables(COMPOSE_FILE.read_text())
+    for name, value in example_env().items():
+        if SECRET_KEY.search(name):
+            assert name in required, f"{name} must be ${{{name}:?...}}: no default for a secret"
+            assert value == "", f".env.example must not suggest a value for {name}"
+
+
+def test_worker_settings_point_at_the_stack(config, monkeypatch):
+    from railyard.settings import Settings
+
+    services = config["services"]
+    env = environment(services["worker"])
+    for name in (
+        "PREFECT_API_URL",
+        "RAILYARD_MLFLOW_TRACKING_URI",
+        "RAILYARD_STORE_URI",
+        "RAILYARD_S3_ENDPOINT_URL",
+        "RAILYARD_SERVING_GRPC",
+        "RAILYARD_SERVING_REST",
+        "RAILYARD_SERVING_MODEL_ROOT",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    ):
+        assert env.get(name), name
+    fields = {name.upper() for name in Settings.model_fields}
+    unknown = [name for name in env if name.startswith("RAILYARD_") and name.removeprefix("RAILYARD_") not in fields]
+    assert unknown == [], "not a setting in railyard/settings.py"
+
+    # Each address names a service of this file and a port its server listens on.
+    listens = {
+        "prefect-server": "4200",
+        "mlflow": "5000",
+        "minio": "9000",
+        "tfserving": str(REST_PORT),
     }
-    assert used and used == listed
+    prefect_command = services["prefect-server"]["command"]
+    assert prefect_command[prefect_command.index("--port") + 1] == "4200"
+    assert "--port=5000" in services["mlflow"]["command"]
+    for name in ("PREFECT_API_URL", "RAILYARD_MLFLOW_TRACKING_URI", "RAILYARD_S3_ENDPOINT_URL", "RAILYARD_SERVING_REST"):
+        url = urlsplit(env[name])
+        assert listens.get(url.hostname) == str(url.port), f"{name}={env[name]}"
+    assert env["RAILYARD_SERVING_GRPC"] == f"tfserving:{GRPC_PORT}"
+    assert urlsplit(env["PREFECT_API_URL"]).path == "/api"
+
+    # The store bucket is the one minio-init creates, and the credentials are the service account's.
+    bucket = environment(services["minio-init"])["RAILYARD_S3_BUCKET"]
+    assert urlsplit(env["RAILYARD_STORE_URI"]).netloc == bucket
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key] == environment(services["minio-init"])[key] == environment(services["mlflow"])[key]
+
+    for key in list(os.environ):
+        if key.startswith("RAILYARD_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings(_env_file=None)
+    assert settings.resolved_store_uri == env["RAILYARD_STORE_URI"]
+    assert str(settings.resolved_serving_model_root) == MODEL_ROOT
 
 
-def test_docker_compose_config_accepts_the_file():
-    """Only where the compose plugin exists (not on our machines); the checks above always run."""
-    docker_cli = shutil.which("docker")
-    plugin = docker_cli and subprocess.run([docker_cli, "compose", "version"], capture_output=True)
-    if not plugin or plugin.returncode:
-        pytest.skip("docker compose plugin not installed: compose file checked by YAML + invariants only")
-    result = subprocess.run(
-        [docker_cli, "compose", "-f", str(COMPOSE_FILE), "config", "--quiet"], capture_output=True, text=True
+def test_worker_runs_the_work_pool_of_the_deployments(compose):
+    worker = compose["services"]["worker"]
+    command = worker["command"]
+    assert command[:3] == ["prefect", "worker", "start"]
+    pool = command[command.index("--pool") + 1]
+    assert command[command.index("--type") + 1] == "process"
+    assert "--with-healthcheck" in command  # serves the /health the health check reads
+    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    assert deployments and {deployment["work_pool"]["name"] for deployment in deployments} == {pool}
+
+
+def test_worker_is_built_from_infra_dockerfile(compose):
+    for name in ("worker", "volume-init"):
+        build = compose["services"][name]["build"]
+        assert (INFRA / build["context"]).resolve() == REPO
+        assert (REPO / build["dockerfile"]).resolve() == DOCKERFILE
+        assert build["target"] == "worker"
+    assert compose["services"]["mlflow"]["build"]["target"] == "mlflow"
+    assert dockerfile_stages(DOCKERFILE)[-1] == "worker"  # the default target of a plain `docker build`
+
+
+def stage_lines(stage: str) -> list[str]:
+    """The instructions of one Dockerfile stage, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", DOCKERFILE.read_text())
+    lines, current = [], None
+    for line in text.splitlines():
+        line = line.strip()
+        if match := re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line, re.IGNORECASE):
+            current = match.group(1)
+        if current == stage and line and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+def test_dockerfile_installs_exactly_the_lock():
+    lines = stage_lines("worker")
+    assert lines[0].startswith("FROM python:3.11")
+    copies = [line for line in lines if line.startswith("COPY")]
+    syncs = [line for line in lines if line.startswith("RUN") and "uv sync" in line]
+    assert any("uv.lock" in line.split() for line in copies)
+    assert syncs and all("--frozen" in line and "--no-dev" in line for line in syncs)
+    installs = [line for line in lines if re.search(r"pip install|uv pip|uv add|poetry", line)]
+    makefile_uv = re.search(r"UV_VERSION\s*:=\s*(\S+)", (REPO / "Makefile").read_text()).group(1)
+    assert installs == [f"RUN pip install --no-cache-dir uv=={makefile_uv}"]
+    assert "UV_PYTHON_DOWNLOADS=never" in " ".join(lines)  # the image's Python 3.11, nothing fetched
+
+    # Every package the wheel builds, and the deployments, are in the image.
+    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
+    copied = {word.rstrip("/") for line in copies for word in line.split()[1:-1] if not word.startswith("--")}
+    assert set(packages["packages"]) | {"prefect.yaml", "pyproject.toml", "uv.lock", "README.md"} <= copied
+
+    # A non-root user, the one volume-init hands the volumes to.
+    users = [line.split()[1] for line in lines if line.startswith("USER")]
+    owner = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["volume-init"]["command"][1].split(":")[0]
+    assert users and users[-1] == owner and owner not in {"root", "0"}
+    assert any(re.search(rf"useradd\b.*\b{owner}\b", line) for line in lines)
+
+
+def test_mlflow_image_adds_the_drivers_it_needs():
+    lines = " ".join(stage_lines("mlflow"))
+    assert re.search(r"psycopg2(-binary)?==\d", lines) and re.search(r"boto3==\d", lines)
+    users = [line.split()[1] for line in stage_lines("mlflow") if line.startswith("USER")]
+    assert users and users[-1] not in {"root", "0"}
+
+
+def dockerignore_patterns() -> list[str]:
+    return [
+        line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
+
+
+def glob_regex(pattern: str) -> re.Pattern:
+    """A .dockerignore pattern: `*` and `?` within one path segment, `**` across segments."""
+    out, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        else:
+            out += {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i]))
+            i += 1
+    return re.compile(out)
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last matching pattern wins; a match on a folder covers its contents."""
+    parts = path.strip("/").split("/")
+    prefixes = ["/".join(parts[: index + 1]) for index in range(len(parts))]
+    result = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        regex = glob_regex(pattern.removeprefix("!").strip("/"))
+        if any(regex.fullmatch(prefix) for prefix in prefixes):
+            result = not negate
+    return result
+
+
+def test_dockerignore_keeps_secrets_and_bulk_out_but_not_what_the_image_copies():
+    patterns = dockerignore_patterns()
+    for path in (".venv/bin/python", ".railyard/mlflow.db", ".git/HEAD", "infra/.env", ".env", "tests/test_x.py"):
+        assert ignored(path, patterns), path
+    copies = [line for line in stage_lines("worker") if line.startswith("COPY")]
+    for source in {word for line in copies for word in line.split()[1:-1]}:
+        assert not ignored(source, patterns), f".dockerignore drops {source}, which the Dockerfile copies"
+    assert not ignored("infra/.env.example", patterns)
+    assert not ignored("infra/tfserving/models.config", patterns)
+
+
+# --- the scripts the one-shot services run, run here with fake tools ------------------------
+
+
+def fake_tool(bin_dir: Path, name: str, body: str) -> None:
+    tool = bin_dir / name
+    tool.write_text("#!/bin/bash\n" + body)
+    tool.chmod(0o755)
+
+
+def test_postgres_init_creates_the_mlflow_database_once(config, tmp_path):
+    service = config["services"]["postgres-init"]
+    shell, flags, script = service["command"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    state = tmp_path / "databases"
+    # `psql -tAc <query>` answers 1 once the database exists; `psql -c CREATE...` creates it.
+    fake_tool(
+        bin_dir,
+        "psql",
+        'echo "psql $*" >> "$LOG"\n'
+        'if [ "$1" = -tAc ]; then grep -qx mlflow "$STATE" 2>/dev/null && echo 1; exit 0; fi\n'
+        'if [ "$2" = "CREATE DATABASE mlflow" ]; then echo mlflow >> "$STATE"; fi\n',
     )
-    assert result.returncode == 0, result.stderr
+    env = {**os.environ, **environment(service), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env |= {"LOG": str(tmp_path / "log"), "STATE": str(state)}
+    for _ in range(2):
+        subprocess.run([shell, flags, script], env=env, check=True, timeout=20, capture_output=True)
+    assert state.read_text() == "mlflow\n"  # created once, not twice
+    assert environment(service)["PGHOST"] == "postgres"
+
+
+def test_minio_init_creates_bucket_and_service_account(config, tmp_path):
+    service = config["services"]["minio-init"]
+    shell, flags = service["entrypoint"]
+    (script,) = service["command"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_tool(bin_dir, "mc", 'echo "$*" >> "$LOG"\n[ "$1 $2" != "$FAIL_ON" ]\n')
+    env = {**os.environ, **environment(service), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env |= {"LOG": str(tmp_path / "log"), "FAIL_ON": "none"}
+    subprocess.run([shell, flags, script], env=env, check=True, timeout=20)
+    calls = (tmp_path / "log").read_text().splitlines()
+    root_user, root_password = env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"]
+    access_key, secret_key = env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    assert calls == [
+        f"alias set railyard http://minio:9000 {root_user} {root_password}",
+        f"mb --ignore-existing railyard/{env['RAILYARD_S3_BUCKET']}",
+        f"admin user add railyard {access_key} {secret_key}",
+        f"admin policy attach railyard readwrite --user {access_key}",
+    ]
+    env["FAIL_ON"] = "mb --ignore-existing"  # a failing step fails the service (sh -e)
+    assert subprocess.run([shell, flags, script], env=env, timeout=20).returncode != 0
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    status = 200
+
+    def do_GET(self):
+        self.send_response(self.status if self.path in ("/api/health", "/health") else 404)
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def health_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("name, port", [("prefect-server", 4200), ("mlflow", 5000), ("worker", 8080)])
+def test_python_health_checks_need_a_200(compose, health_server, name, port):
+    cmd, *argv = compose["services"][name]["healthcheck"]["test"]
+    assert cmd == "CMD" and argv[:2] == ["python", "-c"]
+    probe = argv[2].replace(f"127.0.0.1:{port}/", f"127.0.0.1:{health_server.server_address[1]}/")
+    assert probe != argv[2]
+
+    def run() -> int:
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=20).returncode
+
+    _Health.status = 200
+    assert run() == 0
+    _Health.status = 503
+    assert run() != 0
+
+
+def test_worker_health_port_is_prefects_default():
+    from prefect.settings import PREFECT_WORKER_WEBSERVER_PORT
+
+    assert PREFECT_WORKER_WEBSERVER_PORT.value() == 8080
 
 
 # --- TF Serving's static config files -------------------------------------------------------
