@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow
+from pydantic import Field
 from prefect.runtime import flow_run
 
 from railyard.settings import Settings
@@ -10,7 +13,11 @@ from tasks import deploy, release
 
 
 @flow(name="promote", log_prints=True)
-def promote(version: int, reviewer: str, comment: str = "") -> dict:
+def promote(
+    version: Annotated[int, Field(ge=1, description="Version to promote (must be in staging).")],
+    reviewer: Annotated[str, Field(min_length=1, description="Who approves.")],
+    comment: Annotated[str, Field(description="Why.")] = "",
+) -> dict:
     """Serve ``version`` as ``stable`` (load, then relabel) and make it the MLflow production version.
 
     Args:

@@ -8,8 +8,10 @@ and against the production model on the same holdout â†’ publish to the store â†
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 from prefect import flow
+from pydantic import Field
 from prefect.runtime import flow_run
 
 from railyard import tracking
@@ -40,10 +42,10 @@ def curl_line(rest_url: str, model: str, label: str) -> str:
 
 @flow(name="retrain", log_prints=True)
 def retrain(
-    data_dir: str | None = None,
-    holdout_fraction: float | None = None,
-    epochs: int | None = None,
-    auto_approve: bool = False,
+    data_dir: Annotated[str | None, Field(description="Ratings folder; empty = RAILYARD_DATA_DIR or generated data.")] = None,
+    holdout_fraction: Annotated[float | None, Field(gt=0, lt=1, description="Newest share held out.")] = None,
+    epochs: Annotated[int | None, Field(ge=1, le=200, description="Maximum training epochs.")] = None,
+    auto_approve: Annotated[bool, Field(description="Promote without a reviewer when every check passes.")] = False,
 ) -> dict:
     """Retrain the recommender on fresh data and release it through canary, smoke tests and approval.
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from prefect import flow
+from pydantic import Field
 from prefect.runtime import flow_run
 
 from railyard.settings import Settings
@@ -14,7 +17,11 @@ class RollbackRefused(RuntimeError):
 
 
 @flow(name="rollback", log_prints=True)
-def rollback(to_version: int | None = None, reason: str = "manual rollback", actor: str = "operator") -> dict:
+def rollback(
+    to_version: Annotated[int | None, Field(ge=1, description="Version to restore; empty = the previous production.")] = None,
+    reason: Annotated[str, Field(min_length=1, description="Why (recorded).")] = "manual rollback",
+    actor: Annotated[str, Field(min_length=1, description="Who asks (recorded).")] = "operator",
+) -> dict:
     """Serve an earlier production version as ``stable`` again and make it MLflow's production version.
 
     Args:

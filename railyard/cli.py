@@ -239,3 +239,36 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object
         typer.echo("serving: the local server is not running (`railyard serve --background`)")
     else:
         typer.echo("serving: " + ", ".join(f"{label} -> {version}" for label, version in serving.items()))
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+WORK_POOL = "railyard"
+
+
+def _prefect(*args: str, check: bool = True):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO_ROOT, check=check)
+
+
+@app.command()
+def deploy() -> None:
+    """Register the deployments of prefect.yaml (daily retrain, promote, rollback) with the Prefect API."""
+    _settings()
+    if "PREFECT_API_URL" not in os.environ:
+        _fail("set PREFECT_API_URL to your Prefect server (deployments need a server, not the ephemeral API)")
+    if _prefect("work-pool", "inspect", WORK_POOL, check=False).returncode != 0:
+        _prefect("work-pool", "create", WORK_POOL, "--type", "process")
+    _prefect("--no-prompt", "deploy", "--all")
+
+
+@app.command()
+def worker(
+    run_once: Annotated[bool, typer.Option("--run-once", help="Exit after the runs scheduled now.")] = False,
+) -> None:
+    """Start a process worker on the `railyard` work pool (runs scheduled and UI-started flow runs)."""
+    _settings()
+    args = ["worker", "start", "--pool", WORK_POOL, "--type", "process"] + (["--run-once"] if run_once else [])
+    raise typer.Exit(_prefect(*args, check=False).returncode)
+

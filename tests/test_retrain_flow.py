@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from railyard.synthetic import generate_movielens
+from tests.s3_server import s3_bucket, s3_server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow
 
@@ -24,18 +25,28 @@ def _write_ratings(path: Path, text: str) -> Path:
     return path
 
 
-def test_cli_run_trains_publishes_and_tracks(tmp_path):
+def test_cli_run_trains_publishes_to_s3_deploys_and_tracks(tmp_path, s3_bucket):
     from mlflow.tracking import MlflowClient
 
     home = tmp_path / "home"
     data = tmp_path / "movielens"
     generate_movielens(data, users=300, movies=600, days=12, ratings_per_day=2500, seed=11)
-    env = os.environ | {"RAILYARD_HOME": str(home), "RAILYARD_EPOCHS": "4"}
+    env = os.environ | {
+        "RAILYARD_HOME": str(home),
+        "RAILYARD_EPOCHS": "4",
+        "RAILYARD_STORE_URI": s3_bucket.uri("models"),  # s3_bucket also set RAILYARD_S3_ENDPOINT_URL
+        "RAILYARD_LOCAL_SERVING_REST_PORT": "0",
+        "RAILYARD_LOCAL_SERVING_GRPC_PORT": "0",
+    }
     env.pop("PREFECT_HOME")  # the CLI must set up its own Prefect world under RAILYARD_HOME
-    completed = subprocess.run(
-        [sys.executable, "-m", "railyard", "run", "--data", str(data), "--json"],
-        env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path,
-    )
+    command = [sys.executable, "-m", "railyard"]
+    try:
+        completed = subprocess.run(
+            [*command, "run", "--data", str(data), "--auto-approve", "--json"],
+            env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path,
+        )  # fmt: skip
+    finally:
+        subprocess.run([*command, "serve", "--stop"], env=env, capture_output=True, timeout=120, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
 
@@ -43,11 +54,18 @@ def test_cli_run_trains_publishes_and_tracks(tmp_path):
     metrics = summary["metrics"]
     assert set(metrics) == {"auc", "pr_auc", "logloss", "accuracy", "baseline_auc"}
     assert metrics["auc"] > metrics["baseline_auc"], metrics  # personal taste beats popularity
-    version_dir = home / "store" / "recmodel" / "1"
-    assert summary["store_uri"].rstrip("/").endswith("recmodel/1")
-    assert (version_dir / "saved_model.pb").is_file() and (version_dir / "railyard.json").is_file()
+    assert summary["store_uri"] == s3_bucket.uri("models") + "/recmodel/1/"
+    keys = {item["Key"] for item in s3_bucket.client().list_objects_v2(Bucket=s3_bucket.name)["Contents"]}
+    assert {"models/recmodel/1/saved_model.pb", "models/recmodel/1/railyard.json"} <= keys
     assert len(summary["data_fingerprint"]) == 64
     assert (home / "prefect").is_dir()  # Prefect's state stayed inside this world
+    # Deployed from S3 into the serving root, verified, and promoted.
+    assert (home / "serving" / "models" / "recmodel" / "1" / "saved_model.pb").is_file()
+    assert summary["stage"] == "production" and summary["serving"]["labels"] == {"stable": 1, "canary": 1}
+    assert summary["curl"] == (
+        "curl -s -d '{\"instances\": [{\"userId\": 6, \"movieId\": 1}]}' "
+        f"{summary['serving']['rest']}/v1/models/recmodel/labels/stable:predict"
+    )
 
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     run = client.get_run(summary["mlflow_run_id"])
@@ -56,9 +74,9 @@ def test_cli_run_trains_publishes_and_tracks(tmp_path):
     assert run.data.params["epochs"] == "4"
     assert len(client.get_metric_history(run.info.run_id, "epoch_val_auc")) >= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"saved_model", "evaluation"} <= artifacts
-    registered = client.get_model_version("recmodel", summary["mlflow_model_version"])
-    assert registered.tags["railyard.store_version"] == "1"
+    assert {"saved_model", "evaluation", "smoke"} <= artifacts
+    registered = client.get_model_version("recmodel", "1")
+    assert registered.tags["railyard.store_uri"] == summary["store_uri"]
 
 
 @pytest.fixture

@@ -1,0 +1,255 @@
+"""Promotion stages of model versions in the MLflow registry, with an audit trail.
+
+MLflow's own stages are deprecated and keep no history; here a version's stage is a tag
+(``railyard.stage``), the current holders of ``staging`` and ``production`` are aliases
+(``champion`` follows production), and every change is its own tag
+``railyard.transition.<seq>`` holding {stage, from, actor, time, reason, flow_run_id}, so the
+history of what was in production, who put it there and why is never overwritten.
+
+One number everywhere: MLflow version N is store version N (and TF Serving version N).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from enum import Enum
+
+TAG_PREFIX = "railyard."
+STAGE_TAG = "railyard.stage"
+SMOKE_TAG = "railyard.smoke_passed"
+TRANSITION_PREFIX = "railyard.transition."
+_REASON_LIMIT = 2_000  # MLflow caps tag values (8000 chars); keep each entry well inside
+
+
+class Stage(str, Enum):
+    CANDIDATE = "candidate"
+    STAGING = "staging"
+    PRODUCTION = "production"
+    ARCHIVED = "archived"
+    REJECTED = "rejected"
+
+
+LEGAL = {
+    Stage.CANDIDATE: {Stage.STAGING, Stage.REJECTED},
+    Stage.STAGING: {Stage.PRODUCTION, Stage.REJECTED},
+    Stage.PRODUCTION: {Stage.ARCHIVED},
+    Stage.ARCHIVED: {Stage.PRODUCTION},  # a rollback
+    Stage.REJECTED: set(),
+}
+ALIASES = {Stage.STAGING: ("staging",), Stage.PRODUCTION: ("production", "champion")}
+
+
+class IllegalTransition(ValueError):
+    """A stage change the release process does not allow."""
+
+
+class RegistryOutOfSync(RuntimeError):
+    """MLflow's version numbers no longer match the store's."""
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class StageRegistry:
+    def __init__(self, tracking_uri: str, model_name: str):
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.model = model_name
+
+    # -- registration ------------------------------------------------------------------
+
+    def register(self, version: int, source: str, run_id: str, tags: dict[str, str], description: str) -> int:
+        """Register store version N as MLflow version N, a candidate.
+
+        Numbers the store skipped (an interrupted publication) become rejected filler versions,
+        so the numbering stays aligned and the gap is explained. A re-run for the same run id
+        returns the existing version.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(self.model)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        latest = self._latest_number()
+        if latest >= version:
+            existing = self.client.get_model_version(self.model, str(version))
+            if existing.run_id == run_id:
+                return version
+            raise RegistryOutOfSync(
+                f"MLflow already has {self.model} version {version} (run {existing.run_id}), but the store "
+                f"published version {version} for run {run_id}: the registry and the store disagree"
+            )
+        for gap in range(latest + 1, version):
+            filler = self.client.create_model_version(
+                self.model, source=source, description=f"store version {gap} was never completed"
+            )
+            self._check_number(filler.version, gap)
+            self._record(gap, None, Stage.REJECTED, actor="railyard",
+                         reason=f"store version {gap} was never completed (interrupted publication)", flow_run_id=None)  # fmt: skip
+        created = self.client.create_model_version(
+            self.model, source=source, run_id=run_id, tags=tags, description=description
+        )
+        self._check_number(created.version, version)
+        self._record(version, None, Stage.CANDIDATE, actor="railyard", reason="published and registered", flow_run_id=None)
+        return version
+
+    def _latest_number(self) -> int:
+        versions = self.client.search_model_versions(f"name = '{self.model}'")
+        return max((int(v.version) for v in versions), default=0)
+
+    def _check_number(self, created, expected: int) -> None:
+        if int(created) != expected:
+            raise RegistryOutOfSync(f"MLflow created {self.model} version {created}, expected {expected}")
+
+    # -- stages ------------------------------------------------------------------------
+
+    def stage(self, version: int) -> Stage:
+        return Stage(self._tags(version)[STAGE_TAG])
+
+    def history(self, version: int) -> list[dict]:
+        tags = self._tags(version)
+        return [json.loads(tags[key]) for key in sorted(tags) if key.startswith(TRANSITION_PREFIX)]
+
+    def lineage(self, version: int) -> dict[str, str]:
+        """The railyard.* tags other than stage bookkeeping, without the prefix."""
+        return {
+            key.removeprefix(TAG_PREFIX): value
+            for key, value in self._tags(version).items()
+            if key.startswith(TAG_PREFIX) and not key.startswith(TRANSITION_PREFIX) and key not in (STAGE_TAG, SMOKE_TAG)
+        }
+
+    def set_lineage(self, version: int, **values: str) -> None:
+        for key, value in values.items():
+            self.client.set_model_version_tag(self.model, str(version), f"{TAG_PREFIX}{key}", str(value))
+
+    def check_transition(self, version: int, to_stage: Stage) -> Stage:
+        """The current stage, if moving to ``to_stage`` is legal; IllegalTransition otherwise."""
+        current = self._current(version)
+        if to_stage not in LEGAL[current]:
+            legal = ", ".join(sorted(stage.value for stage in LEGAL[current])) or "none: it is final"
+            raise IllegalTransition(
+                f"{self.model} version {version} is {current.value}: it cannot move to {to_stage.value} "
+                f"(legal next stages: {legal})"
+            )
+        tags = self._tags(version)
+        if current is Stage.STAGING and to_stage is Stage.PRODUCTION and tags.get(SMOKE_TAG) != "true":
+            raise IllegalTransition(f"{self.model} version {version} has no passed smoke tests on record")
+        if current is Stage.ARCHIVED and to_stage is Stage.PRODUCTION:
+            if not any(entry["stage"] == Stage.PRODUCTION.value for entry in self.history(version)):
+                raise IllegalTransition(f"{self.model} version {version} was never in production: no rollback to it")
+        return current
+
+    def transition(
+        self,
+        version: int,
+        to_stage: Stage,
+        *,
+        actor: str,
+        reason: str,
+        flow_run_id: str | None = None,
+        smoke_passed: bool | None = None,
+    ) -> dict:
+        """Move a version to ``to_stage``, recording who, when and why; aliases follow."""
+        to_stage = Stage(to_stage)
+        if to_stage is Stage.STAGING and smoke_passed is not True:
+            raise IllegalTransition(f"{self.model} version {version} needs passed smoke tests to enter staging")
+        current = self.check_transition(version, to_stage)
+        if smoke_passed is not None:
+            self.client.set_model_version_tag(self.model, str(version), SMOKE_TAG, str(smoke_passed).lower())
+        if to_stage is Stage.PRODUCTION:
+            previous = self.production_version()
+            if previous is not None and previous != version:
+                self._record(previous, Stage.PRODUCTION, Stage.ARCHIVED, actor=actor,
+                             reason=f"replaced by version {version}", flow_run_id=flow_run_id)  # fmt: skip
+        entry = self._record(version, current, to_stage, actor=actor, reason=reason, flow_run_id=flow_run_id)
+        for alias in ALIASES.get(current, ()):
+            self._drop_alias(alias, version)
+        for alias in ALIASES.get(to_stage, ()):
+            self.client.set_registered_model_alias(self.model, alias, str(version))
+        return entry
+
+    def production_version(self) -> int | None:
+        return self._alias_holder("production")
+
+    def staging_version(self) -> int | None:
+        return self._alias_holder("staging")
+
+    def previous_production(self) -> int | None:
+        """The newest version other than the current production one that was once in production."""
+        current = self.production_version()
+        for version in sorted(self._numbers(), reverse=True):
+            if version != current and any(e["stage"] == Stage.PRODUCTION.value for e in self.history(version)):
+                return version
+        return None
+
+    def versions(self) -> list[dict]:
+        """Every version: stage, the metrics of its run, who approved its production, its history."""
+        result = []
+        for version in sorted(self._numbers()):
+            details = self.client.get_model_version(self.model, str(version))
+            history = self.history(version)
+            approvals = [entry["actor"] for entry in history if entry["stage"] == Stage.PRODUCTION.value]
+            metrics = self.client.get_run(details.run_id).data.metrics if details.run_id else {}
+            result.append(
+                {
+                    "version": version,
+                    "stage": details.tags.get(STAGE_TAG),
+                    "metrics": dict(metrics),
+                    "approved_by": approvals[-1] if approvals else None,
+                    "history": history,
+                }
+            )
+        return result
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _tags(self, version: int) -> dict[str, str]:
+        return self.client.get_model_version(self.model, str(version)).tags
+
+    def _numbers(self) -> list[int]:
+        return [int(v.version) for v in self.client.search_model_versions(f"name = '{self.model}'")]
+
+    def _current(self, version: int) -> Stage:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.stage(version)
+        except MlflowException as error:
+            raise IllegalTransition(f"{self.model} version {version} is not registered") from error
+
+    def _record(self, version: int, current: Stage | None, to_stage: Stage, *, actor, reason, flow_run_id) -> dict:
+        sequence = sum(1 for key in self._tags(version) if key.startswith(TRANSITION_PREFIX))
+        entry = {
+            "stage": to_stage.value,
+            "from": current.value if current else None,
+            "actor": actor,
+            "time": utc_now(),
+            "reason": reason[:_REASON_LIMIT],
+            "flow_run_id": flow_run_id,
+        }
+        key = f"{TRANSITION_PREFIX}{sequence:04d}"
+        self.client.set_model_version_tag(self.model, str(version), key, json.dumps(entry))
+        self.client.set_model_version_tag(self.model, str(version), STAGE_TAG, to_stage.value)
+        return entry
+
+    def _alias_holder(self, alias: str) -> int | None:
+        holder = self.client.get_registered_model(self.model).aliases.get(alias) if self._exists() else None
+        return int(holder) if holder is not None else None
+
+    def _drop_alias(self, alias: str, version: int) -> None:
+        if self._alias_holder(alias) == version:
+            self.client.delete_registered_model_alias(self.model, alias)
+
+    def _exists(self) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.model)
+        except MlflowException:
+            return False
+        return True

@@ -1,0 +1,120 @@
+"""MLflow promotion stages: legal moves only, aliases follow, every change audited."""
+
+import itertools
+
+import pytest
+
+from model_registry.stages import IllegalTransition, RegistryOutOfSync, Stage, StageRegistry
+
+_names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture
+def registry(tracking_uri):
+    return StageRegistry(tracking_uri, f"model{next(_names)}")
+
+
+def _run(registry: StageRegistry, auc: float) -> str:
+    experiment = registry.client.get_experiment_by_name("stages") or registry.client.get_experiment(
+        registry.client.create_experiment("stages")
+    )
+    run = registry.client.create_run(experiment.experiment_id)
+    registry.client.log_metric(run.info.run_id, "auc", auc)
+    return run.info.run_id
+
+
+def _register(registry: StageRegistry, version: int, auc: float = 0.8) -> str:
+    run_id = _run(registry, auc)
+    registry.register(version, f"file:///store/{version}", run_id, tags={}, description="")
+    return run_id
+
+
+def _release(registry: StageRegistry, version: int, actor: str = "alice") -> None:
+    registry.transition(version, Stage.STAGING, actor="railyard", reason="smoke tests passed", smoke_passed=True)
+    registry.transition(version, Stage.PRODUCTION, actor=actor, reason="looks good", flow_run_id="run-9")
+
+
+def _aliases(registry: StageRegistry) -> dict[str, int]:
+    return {k: int(v) for k, v in registry.client.get_registered_model(registry.model).aliases.items()}
+
+
+def test_release_path_moves_aliases_archives_the_previous_and_keeps_history(registry):
+    _register(registry, 1)
+    _release(registry, 1)
+    assert _aliases(registry) == {"production": 1, "champion": 1}
+    _register(registry, 2)
+    registry.transition(2, Stage.STAGING, actor="railyard", reason="smoke tests passed", smoke_passed=True)
+    assert _aliases(registry) == {"production": 1, "champion": 1, "staging": 2}
+    registry.transition(2, Stage.PRODUCTION, actor="bob", reason="better AUC", flow_run_id="run-2")
+
+    assert _aliases(registry) == {"production": 2, "champion": 2}
+    assert registry.stage(1) is Stage.ARCHIVED and registry.stage(2) is Stage.PRODUCTION
+    assert [(e["from"], e["stage"]) for e in registry.history(2)] == [
+        (None, "candidate"), ("candidate", "staging"), ("staging", "production"),
+    ]  # fmt: skip
+    last = registry.history(2)[-1]
+    assert (last["actor"], last["reason"], last["flow_run_id"]) == ("bob", "better AUC", "run-2")
+    assert last["time"].endswith("Z")
+    archived = registry.history(1)[-1]
+    assert (archived["stage"], archived["actor"], archived["reason"]) == ("archived", "bob", "replaced by version 2")
+    assert registry.production_version() == 2 and registry.previous_production() == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "target", "message"),
+    [
+        ([], Stage.PRODUCTION, "candidate: it cannot move to production"),
+        ([Stage.REJECTED], Stage.PRODUCTION, "rejected: it cannot move to production"),
+        ([Stage.REJECTED], Stage.STAGING, "legal next stages: none"),
+        ([], Stage.ARCHIVED, "candidate: it cannot move to archived"),
+    ],
+)
+def test_illegal_transitions_are_refused(registry, setup, target, message):
+    _register(registry, 1)
+    for stage in setup:
+        registry.transition(1, stage, actor="x", reason="setup")
+    with pytest.raises(IllegalTransition, match=message):
+        registry.transition(1, target, actor="x", reason="try", smoke_passed=True)
+
+
+def test_staging_needs_passed_smoke_tests(registry):
+    _register(registry, 1)
+    with pytest.raises(IllegalTransition, match="needs passed smoke tests"):
+        registry.transition(1, Stage.STAGING, actor="railyard", reason="no evidence")
+    assert registry.stage(1) is Stage.CANDIDATE
+
+
+def test_rollback_only_to_a_version_that_was_in_production(registry):
+    for version in (1, 2, 3):
+        _register(registry, version)
+    _release(registry, 1)
+    _release(registry, 2)
+    with pytest.raises(IllegalTransition, match="candidate"):
+        registry.check_transition(3, Stage.PRODUCTION)
+    registry.transition(1, Stage.PRODUCTION, actor="carol", reason="rollback: v2 misbehaves")
+    assert registry.production_version() == 1 and registry.stage(2) is Stage.ARCHIVED
+    assert registry.previous_production() == 2
+
+
+def test_store_gaps_become_rejected_fillers_and_reregistering_is_idempotent(registry):
+    run_id = _register(registry, 3)
+    assert [registry.stage(v) for v in (1, 2, 3)] == [Stage.REJECTED, Stage.REJECTED, Stage.CANDIDATE]
+    assert "interrupted publication" in registry.history(1)[0]["reason"]
+    assert registry.register(3, "file:///store/3", run_id, tags={}, description="") == 3
+    with pytest.raises(RegistryOutOfSync, match="version 3"):
+        registry.register(3, "file:///store/3", _run(registry, 0.7), tags={}, description="")
+
+
+def test_versions_lists_stage_metrics_approver_and_lineage(registry):
+    run_id = _register(registry, 1, auc=0.81)
+    registry.set_lineage(1, mlflow_run_id=run_id, data_fingerprint="abc", serving_label="stable")
+    _release(registry, 1, actor="dana")
+    (entry,) = registry.versions()
+    assert (entry["version"], entry["stage"], entry["approved_by"]) == (1, "production", "dana")
+    assert entry["metrics"] == {"auc": 0.81}
+    assert registry.lineage(1) == {"mlflow_run_id": run_id, "data_fingerprint": "abc", "serving_label": "stable"}
