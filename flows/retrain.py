@@ -11,10 +11,12 @@ import time
 from typing import Annotated
 
 from prefect import flow
+from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 from prefect.runtime import flow_run
 
 from railyard import tracking
+from railyard.notify import notify
 from railyard.settings import Settings
 from tasks import approval, data, deploy, evaluation, features, publish, release, smoke, training, validation
 
@@ -40,7 +42,27 @@ def curl_line(rest_url: str, model: str, label: str) -> str:
     return f"curl -s -d '{body}' {rest_url}/v1/models/{model}/labels/{label}:predict"
 
 
-@flow(name="retrain", log_prints=True)
+NEXT_STEPS = {
+    "DataLoadError": "fix the input data named in the message and start the run again",
+    "DataValidationError": "read the HTML report under RAILYARD_HOME/reports, fix or accept the data, start again",
+    "ModelRejected": "see the evaluation-gate table; nothing was published and production is unchanged",
+    "SmokeTestsFailed": "see the smoke-tests artifact; the canary was unloaded and stable is unchanged",
+}
+
+
+def report_failure(flow, flow_run, state) -> None:
+    """Failure hook: an artifact and a notification saying what happened and what to do next."""
+    error = state.result(raise_on_failure=False)
+    kind = type(error).__name__ if isinstance(error, BaseException) else "failure"
+    next_step = NEXT_STEPS.get(kind, "read the flow run's logs; production keeps serving the last approved version")
+    message = f"retrain run {flow_run.name} failed ({kind}): {state.message}"
+    create_markdown_artifact(
+        key="run-failed", markdown=f"## What happened\n\n{message}\n\n## What to do\n\n{next_step}", description=kind
+    )
+    notify(Settings(), "run_failed", message, next_step=next_step, flow_run_id=str(flow_run.id))
+
+
+@flow(name="retrain", log_prints=True, on_failure=[report_failure])
 def retrain(
     data_dir: Annotated[str | None, Field(description="Ratings folder; empty = RAILYARD_DATA_DIR or generated data.")] = None,
     holdout_fraction: Annotated[float | None, Field(gt=0, lt=1, description="Newest share held out.")] = None,
@@ -156,9 +178,7 @@ def release_version(
     if auto_approve:
         decision = approval.ApprovalDecision(approve=True, reviewer=f"{SYSTEM_ACTOR} (auto_approve)", comment=gate_reason)
     else:
-        decision = approval.request_approval(
-            settings.model_name, version, f"```\n{report.summary()}\n```\n\nGate: {gate_reason}", settings.approval_timeout_s
-        )
+        decision = approval.request_approval(settings, version, f"```\n{report.summary()}\n```\n\nGate: {gate_reason}")
     if decision is None or not decision.approve:
         deploy.remove_canary(target, settings, version)
         actor, reason = (

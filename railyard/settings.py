@@ -68,6 +68,8 @@ class Settings(BaseSettings):
 
     # Human approval of a smoke-tested canary (seconds; timeout = rejected).
     approval_timeout_s: int = Field(default=86_400, gt=0)
+    # Optional: a URL that receives a short JSON message on failure, approval needed, promotion.
+    webhook_url: str | None = None
 
     # Data validation bounds.
     min_rows: int = 1_000

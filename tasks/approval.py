@@ -8,6 +8,9 @@ from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
+from railyard.notify import notify
+from railyard.settings import Settings
+
 
 class ApprovalDecision(RunInput):
     """The reviewer's answer (the Prefect UI renders these fields as the Resume form)."""
@@ -21,11 +24,12 @@ def pause_key(model: str, version: int) -> str:
     return f"approve-{model}-v{version}"
 
 
-def request_approval(model: str, version: int, summary: str, timeout_s: int) -> ApprovalDecision | None:
+def request_approval(settings: Settings, version: int, summary: str) -> ApprovalDecision | None:
     """Pause the flow run until a reviewer answers; None when nobody did within the timeout.
 
     Must be called from the flow itself (Prefect pauses flow runs, not task runs).
     """
+    model, timeout_s = settings.model_name, settings.approval_timeout_s
     instructions = (
         f"## {model} version {version} is serving as `canary` and awaits approval\n\n{summary}\n\n"
         "Approve or reject with the **Resume** button of this flow run, or from a shell:\n\n"
@@ -34,6 +38,7 @@ def request_approval(model: str, version: int, summary: str, timeout_s: int) -> 
         f"Without an answer within {timeout_s} s the canary is unloaded and the version rejected."
     )
     create_markdown_artifact(key="approval-needed", markdown=instructions, description=f"{model} v{version}: approval needed")
+    notify(settings, "approval_needed", f"{model} version {version} awaits approval", version=version)
     try:
         return pause_flow_run(
             wait_for_input=ApprovalDecision.with_initial_data(description=instructions),

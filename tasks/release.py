@@ -3,6 +3,7 @@
 from infra import deploy
 from model_registry import open_store
 from model_registry.stages import Stage, StageRegistry
+from railyard.notify import notify
 from railyard.settings import Settings
 from tasks.common import MINUTES, railyard_task
 
@@ -47,6 +48,7 @@ def promote(
         labels = deploy.make_stable(client, target, settings.model_name, version, settings.serving_load_timeout_s)
     stages.transition(version, Stage.PRODUCTION, actor=actor, reason=reason, flow_run_id=flow_run_id)
     stages.set_lineage(version, serving_label="stable")
+    notify(settings, "promoted", f"{settings.model_name} version {version} is in production ({reason})", version=version, actor=actor)
     return labels
 
 

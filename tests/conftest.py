@@ -1,4 +1,5 @@
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -21,3 +22,39 @@ def railyard_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("RAILYARD_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def webhook(monkeypatch: pytest.MonkeyPatch):
+    """A local HTTP endpoint set as RAILYARD_WEBHOOK_URL; yields the list of JSON bodies it got."""
+    import json
+
+    from tests.local_http import QuietHandler, serve_http
+
+    received: list[dict] = []
+
+    class Capture(QuietHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+    with serve_http(Capture) as server:
+        monkeypatch.setenv("RAILYARD_WEBHOOK_URL", f"http://127.0.0.1:{server.server_address[1]}/hook")
+        yield received
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop Prefect's ephemeral API server while pytest's streams are still open.
+
+    Left to its atexit hook it logs to a stream pytest has already closed.
+    """
+    server = sys.modules.get("prefect.server.api.server")
+    if server is not None:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        APILogWorker.drain_all(timeout=10)  # what is queued reaches the API before it stops
+        EventsWorker.drain_all(timeout=10)
+        for instance in list(server.SubprocessASGIServer._instances.values()):
+            instance.stop()

@@ -22,13 +22,11 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
-import http.server
 import ipaddress
 import os
 import re
 import subprocess
 import sys
-import threading
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -60,6 +58,7 @@ from infra.docker_launcher import (
     tfserving_entrypoint,
     tfserving_healthcheck_test,
 )
+from tests.local_http import QuietHandler, serve_http
 
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
@@ -1025,7 +1024,7 @@ def test_minio_init_creates_bucket_and_service_account(config, tmp_path):
     assert subprocess.run([shell, flags, script], env=env, timeout=20).returncode != 0
 
 
-class _Health(http.server.BaseHTTPRequestHandler):
+class _Health(QuietHandler):
     status = 200
 
     def do_GET(self):
@@ -1033,18 +1032,11 @@ class _Health(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(b"{}")
 
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture
 def health_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serve_http(_Health) as server:
+        yield server
 
 
 @pytest.mark.parametrize("name, port", [("prefect-server", 4200), ("mlflow", 5000), ("worker", 8080)])

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import http.server
 import os
 import socket
 import subprocess
-import threading
 from pathlib import Path
 from unittest import mock
 
@@ -29,6 +27,7 @@ from infra.docker_launcher import (
     tfserving_entrypoint,
     tfserving_healthcheck_test,
 )
+from tests.local_http import QuietHandler, serve_http
 
 
 def make_container(status: str, health: str | None = None, *, image=TFSERVING_IMAGE, cmd=None):
@@ -245,24 +244,17 @@ def test_config_dir_must_hold_the_server_files(tmp_path: Path):
 # --- the container's shell snippets, run with bash on this machine ---------------------------
 
 
-class _Metrics(http.server.BaseHTTPRequestHandler):
+class _Metrics(QuietHandler):
     def do_GET(self):
         self.send_response(200 if self.path == PROMETHEUS_METRICS_PATH else 404)
         self.end_headers()
         self.wfile.write(b"# metrics\n")
 
-    def log_message(self, *args):
-        pass
-
 
 @pytest.fixture
 def metrics_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Metrics)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with serve_http(_Metrics) as server:
+        yield server.server_address[1]
 
 
 def run_probe(port: int, path: str = PROMETHEUS_METRICS_PATH) -> int:

@@ -137,7 +137,8 @@ def test_deploy_registers_every_deployment_with_schedule_and_typed_parameters(wo
     assert status == 200
     (schedule,) = daily["schedules"]
     assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("0 3 * * *", "Europe/Berlin")
-    assert daily["enforce_parameter_schema"] is True and daily["concurrency_limit"] == 1
+    assert daily["enforce_parameter_schema"] is True and daily["global_concurrency_limit"]["limit"] == 1
+    assert daily["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     properties = daily["parameter_openapi_schema"]["properties"]
     assert set(properties) == {"data_dir", "holdout_fraction", "epochs", "auto_approve"}
     assert properties["auto_approve"]["default"] is False and "reviewer" in properties["auto_approve"]["description"]

@@ -94,7 +94,7 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_unreadable_input_stops_the_flow_with_a_clear_error(case, flow_home, tmp_path):
+def test_unreadable_input_stops_the_flow_with_a_clear_error(case, flow_home, tmp_path, webhook):
     from flows.retrain import retrain
     from railyard.loaders import DataLoadError
 
@@ -103,6 +103,9 @@ def test_unreadable_input_stops_the_flow_with_a_clear_error(case, flow_home, tmp
     with pytest.raises(DataLoadError, match=expected):
         retrain(data_dir=str(data))
     assert _store_versions(flow_home) == []
+    (message,) = webhook  # the failure hook says what happened and what to do
+    assert message["event"] == "run_failed" and "DataLoadError" in message["message"]
+    assert message["next_step"].startswith("fix the input data")
 
 
 def _valid_rows(count: int = 400) -> list[str]:

@@ -88,38 +88,3 @@ def test_parse_error_names_the_source():
     with pytest.raises(ValueError, match=r"/etc/models.config is not a valid TF Serving ModelServerConfig"):
         C.parse_text("model_config_list { nonsense: 1 }", source="/etc/models.config")
 
-
-def test_batching_parameters_text():
-    text = C.render_batching_parameters(
-        max_batch_size=64, batch_timeout_micros=2000, num_batch_threads=2, allowed_batch_sizes=[16, 32, 64]
-    )
-    assert text == (
-        "max_batch_size { value: 64 }\n"
-        "batch_timeout_micros { value: 2000 }\n"
-        "max_enqueued_batches { value: 1000000 }\n"
-        "num_batch_threads { value: 2 }\n"
-        "allowed_batch_sizes: 16\n"
-        "allowed_batch_sizes: 32\n"
-        "allowed_batch_sizes: 64\n"
-    )
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"allowed_batch_sizes": [16, 32]}, "end at max_batch_size 128"),
-        ({"allowed_batch_sizes": [64, 32, 128]}, "strictly increasing"),
-        ({"num_batch_threads": 0}, "num_batch_threads must be an integer >= 1"),
-    ],
-)
-def test_bad_batching_parameters_are_rejected(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        C.render_batching_parameters(**kwargs)
-
-
-def test_monitoring_config_text():
-    assert C.render_monitoring_config() == (
-        'prometheus_config {\n  enable: true\n  path: "/monitoring/prometheus/metrics"\n}\n'
-    )
-    with pytest.raises(ValueError, match="absolute URL path"):
-        C.render_monitoring_config("metrics")
