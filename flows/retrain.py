@@ -15,6 +15,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 from prefect.runtime import flow_run
 
+from infra.serving_client import ModelLoadError
 from railyard import tracking
 from railyard.notify import notify
 from railyard.settings import Settings
@@ -164,9 +165,10 @@ def release_version(
     record = dict(actor=SYSTEM_ACTOR, flow_run_id=prefect_run_id)
     try:
         deploy.deploy_canary(target, settings, version)
-    except Exception as error:
-        release.record_stage(settings, version, "rejected", reason=f"deploy failed: {error}", **record)
+    except ModelLoadError as error:  # the model itself is broken: it never becomes servable
+        release.record_stage(settings, version, "rejected", reason=f"TF Serving could not load it: {error}", **record)
         raise
+    # Anything else (serving down, a timeout) leaves the version a candidate, to deploy again later.
     report = smoke.smoke_tests(target, settings, version, run_id)
     if not report.passed:
         deploy.remove_canary(target, settings, version)

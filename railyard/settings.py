@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     local_serving_rest_port: int = Field(default=8501, ge=0, le=65535)  # 0: any free port
     local_serving_grpc_port: int = Field(default=8500, ge=0, le=65535)
     serving_load_timeout_s: float = Field(default=360.0, gt=0)  # TF Serving retries failed loads 5 x 60 s
+    serving_attempts: int = Field(default=5, ge=1)  # per call, with exponential backoff, when serving is down
 
     # Post-deploy smoke tests.
     smoke_p95_ms: float = Field(default=250.0, gt=0)

@@ -1,4 +1,5 @@
 from infra import deploy
+from infra.serving_client import ModelLoadError
 from model_registry import open_store
 from railyard.settings import Settings
 from tasks.common import MINUTES, railyard_task
@@ -9,24 +10,31 @@ def serving_target(settings: Settings) -> deploy.ServingTarget:
     return deploy.resolve_target(settings)
 
 
-@railyard_task(name="deploy-canary", timeout_seconds=15 * MINUTES, retries=2, retry_delay_seconds=[5, 30])
+def _worth_retrying(task, task_run, state) -> bool:
+    """A version TF Serving failed to load stays broken (it never retries that number): no retry."""
+    return not isinstance(state.result(raise_on_failure=False), ModelLoadError)
+
+
+@railyard_task(
+    name="deploy-canary", timeout_seconds=15 * MINUTES, retries=1, retry_delay_seconds=10, retry_condition_fn=_worth_retrying
+)
 def deploy_canary(target: deploy.ServingTarget, settings: Settings, version: int) -> dict:
     """Verified copy into the model root, then TF Serving loads it as ``canary`` next to ``stable``."""
     store = open_store(settings.resolved_store_uri, s3_endpoint_url=settings.s3_endpoint_url)
     deploy.materialize(store, settings.model_name, version, target)
-    with target.client() as client:
+    with target.client(attempts=settings.serving_attempts) as client:
         return deploy.deploy_canary(client, target, settings.model_name, version, settings.serving_load_timeout_s)
 
 
-@railyard_task(name="remove-canary", timeout_seconds=5 * MINUTES, retries=2, retry_delay_seconds=[5, 30])
+@railyard_task(name="remove-canary", timeout_seconds=5 * MINUTES, retries=1, retry_delay_seconds=10)
 def remove_canary(target: deploy.ServingTarget, settings: Settings, version: int) -> dict:
-    with target.client() as client:
+    with target.client(attempts=settings.serving_attempts) as client:
         return deploy.remove_canary(client, target, settings.model_name, version)
 
 
-@railyard_task(name="make-stable", timeout_seconds=15 * MINUTES, retries=2, retry_delay_seconds=[5, 30])
+@railyard_task(name="make-stable", timeout_seconds=15 * MINUTES, retries=1, retry_delay_seconds=10)
 def make_stable(target: deploy.ServingTarget, settings: Settings, version: int) -> dict:
-    with target.client() as client:
+    with target.client(attempts=settings.serving_attempts) as client:
         return deploy.make_stable(client, target, settings.model_name, version, settings.serving_load_timeout_s)
 
 

@@ -44,7 +44,7 @@ def promote(
     stages.check_transition(version, Stage.PRODUCTION)
     store = open_store(settings.resolved_store_uri, s3_endpoint_url=settings.s3_endpoint_url)
     deploy.materialize(store, settings.model_name, version, target)
-    with target.client() as client:
+    with target.client(attempts=settings.serving_attempts) as client:
         labels = deploy.make_stable(client, target, settings.model_name, version, settings.serving_load_timeout_s)
     stages.transition(version, Stage.PRODUCTION, actor=actor, reason=reason, flow_run_id=flow_run_id)
     stages.set_lineage(version, serving_label="stable")

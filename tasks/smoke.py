@@ -17,7 +17,7 @@ def budget(settings: Settings) -> smoke.SmokeBudget:
 def smoke_tests(target: deploy.ServingTarget, settings: Settings, version: int, run_id: str) -> smoke.SmokeReport:
     """Check the canary through REST and gRPC; record the outcome in MLflow and the Prefect UI."""
     golden = smoke.read_golden(target.model_root / settings.model_name / str(version))
-    with target.client() as client:
+    with target.client(attempts=settings.serving_attempts) as client:
         report = smoke.run_smoke_tests(client, settings.model_name, version, golden, budget(settings), label=CANARY)
     tracking.log_metrics(
         settings,

@@ -101,6 +101,17 @@ class World:
         assert run.returncode == 0, stderr[-4000:]
         return json.loads(stdout.strip().splitlines()[-1])
 
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{json.loads((self.home / 'serving' / 'server.json').read_text())['rest_port']}"
+
+    def model_dir(self, version: int) -> Path:
+        return self.home / "serving" / "models" / MODEL / str(version)
+
+    def served_versions(self) -> set[int]:
+        from infra.tfserving_config import read_config, served_versions
+
+        return served_versions(read_config(self.home / "serving" / "models" / "models.config"), MODEL)[0]
+
     def status(self) -> dict:
         return json.loads(self.railyard("status", "--json").stdout.strip().splitlines()[-1])
 
@@ -112,9 +123,10 @@ def world(tmp_path_factory, prefect_server):  # noqa: F811 - the imported fixtur
     world.railyard("serve", "--stop", check=False)
 
 
-def _predict(rest_url: str, label: str) -> list:
-    body = json.dumps({"instances": [{"userId": 6, "movieId": 1}, {"userId": 10**9, "movieId": 1}]}).encode()
-    url = f"{rest_url}/v1/models/{MODEL}/labels/{label}:predict"
+def _predict(rest_url: str, label: str | None, instances: list[dict] | None = None) -> list:
+    instances = instances or [{"userId": 6, "movieId": 1}, {"userId": 10**9, "movieId": 1}]
+    body = json.dumps({"instances": instances}).encode()
+    url = f"{rest_url}/v1/models/{MODEL}" + (f"/labels/{label}" if label else "") + ":predict"
     with urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"), timeout=30) as response:
         return json.loads(response.read())["predictions"]
 
@@ -168,8 +180,7 @@ def test_a_ui_started_run_is_picked_up_by_a_worker_and_reaches_production(world)
     run = world.mlflow().get_run(tags["railyard.mlflow_run_id"])
     assert run.data.metrics["smoke_passed"] == 1.0 and "smoke_latency_p95_ms" in run.data.metrics
 
-    rest_url = json.loads((world.home / "serving" / "server.json").read_text())["rest_port"]
-    scores = _predict(f"http://127.0.0.1:{rest_url}", "stable")  # what the run's curl line does
+    scores = _predict(world.rest_url(), "stable")  # what the run's curl line does
     assert len(scores) == 2 and all(0 < score[0] < 1 for score in scores)
 
 
@@ -181,6 +192,13 @@ def test_second_run_pauses_for_approval_and_the_cli_approves_it(world):
         time.sleep(1)
     assert world.flow_run_state(2) == "PAUSED"
     assert world.status()["serving"] == {"stable": 1, "canary": 2}  # the canary serves beside stable
+    rest_url = world.rest_url()
+    for label, version in (("stable", 1), ("canary", 2)):  # by label, each version's own answers
+        golden = json.loads((world.model_dir(version) / "assets.extra" / "railyard_golden.json").read_text())
+        served = _predict(rest_url, label, golden["instances"])
+        assert max(abs(a[0] - b[0]) for a, b in zip(served, golden["predictions"], strict=True)) < 1e-5
+    # A SparrowRecSys-style client names no version: TF Serving answers with the newest served one.
+    assert len(_predict(rest_url, None, [{"userId": 6, "movieId": 1}, {"userId": 7, "movieId": 2}])) == 2
 
     world.railyard("approve", "2", "--reviewer", "alice", "--comment", "looks good")
     summary = world.finish(run)
@@ -205,6 +223,7 @@ def test_a_rejected_canary_is_unloaded_and_stable_keeps_serving(world):
     rejected = world.history(3)[-1]
     assert (rejected["stage"], rejected["actor"], rejected["reason"]) == ("rejected", "bob", "odd scores for new users")
     assert world.aliases()["production"] == 2
+    assert world.served_versions() == {2}  # the rejected canary is unloaded
     assert len(_predict(summary["serving"]["rest"], "stable")) == 2
 
 
@@ -213,6 +232,7 @@ def test_no_answer_within_the_timeout_rejects_the_canary(world):
     summary = world.finish(run)
     assert summary["stage"] == "rejected" and summary["serving"]["labels"] == {"stable": 2, "canary": 2}
     assert world.history(4)[-1]["reason"] == "no approval within 5 s"
+    assert world.served_versions() == {2}
 
 
 def test_rollback_restores_the_previous_production_version_and_refuses_others(world):

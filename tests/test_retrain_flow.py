@@ -140,3 +140,23 @@ def test_unblessed_model_is_not_published(flow_home, tmp_path, monkeypatch):
     with pytest.raises(ModelRejected, match="auc=.* fails >= 0.9999"):
         retrain(data_dir=str(data))
     assert _store_versions(flow_home) == []
+
+
+def test_serving_down_fails_clearly_and_leaves_a_candidate(flow_home, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from flows.retrain import retrain
+    from infra.serving_client import ServingUnavailableError
+    from tests.s3_server import free_port
+
+    monkeypatch.setenv("RAILYARD_SERVING_GRPC", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("RAILYARD_SERVING_REST", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("RAILYARD_SERVING_ATTEMPTS", "2")
+    data = tmp_path / "data"
+    generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=300, seed=6)
+    with pytest.raises(ServingUnavailableError, match="unavailable after 2 attempt"):
+        retrain(data_dir=str(data), auto_approve=True)
+    assert _store_versions(flow_home) == ["1"]  # published, verified, waiting to be deployed again
+    version = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}").get_model_version("recmodel", "1")
+    assert version.tags["railyard.stage"] == "candidate"
+    assert not (flow_home / "serving" / "models" / "models.config").exists()  # nothing else changed
