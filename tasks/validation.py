@@ -8,7 +8,7 @@ from railyard.settings import Settings
 from tasks.common import MINUTES, railyard_task
 
 
-def _bounds(settings: Settings) -> validation.ValidationBounds:
+def bounds(settings: Settings) -> validation.ValidationBounds:
     return validation.ValidationBounds(
         min_rows=settings.min_rows,
         max_rows=settings.max_rows,
@@ -30,13 +30,13 @@ def _publish(reports: tuple[validation.ValidationReport, ...]) -> None:
 
 @railyard_task(name="validate-raw-data", timeout_seconds=30 * MINUTES)
 def validate_raw(dataset_ratings, settings: Settings, report_dir: Path) -> None:
-    _publish((validation.validate_ratings(dataset_ratings, _bounds(settings), report_dir),))
+    _publish((validation.validate_ratings(dataset_ratings, bounds(settings), report_dir),))
 
 
 @railyard_task(name="validate-features", timeout_seconds=30 * MINUTES)
 def validate_features(feature_set: FeatureSet, settings: Settings, report_dir: Path) -> None:
     _publish(
         validation.validate_features(
-            feature_set.train, feature_set.holdout, feature_set.cutoff_ts, _bounds(settings), report_dir
+            feature_set.train, feature_set.holdout, feature_set.cutoff_ts, bounds(settings), report_dir
         )
     )

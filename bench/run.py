@@ -1,0 +1,265 @@
+"""The pipeline at scale: every stage timed, side by side with plain baselines, in one run.
+
+    uv run python -m bench.run --size 1m [--epochs 2]        (make bench SIZE=1m)
+
+1. The plain pipeline: the same library functions the flow's tasks call, in sequence, without
+   Prefect and MLflow; per stage wall time, rows/s and peak RSS (the kernel's high-water mark,
+   reset before each stage).
+2. The whole retrain flow (Prefect + MLflow, auto-approved) on the same data in a fresh state
+   folder; orchestration overhead = flow / plain pipeline (MLflow logging is timed on its own).
+3. Feature build: Polars (ours) vs. a straightforward pandas implementation, checked equal.
+4. Validation's share of the flow.
+
+Data sets are generated once and cached under RAILYARD_HOME/bench-data/<size>. Results go to
+stdout as a table and to bench/results/<size>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+SIZES = {  # ratings = days x ratings_per_day
+    "100k": dict(users=1_000, movies=1_500, days=10, ratings_per_day=10_000),
+    "1m": dict(users=8_000, movies=6_000, days=20, ratings_per_day=50_000),
+    "5m": dict(users=40_000, movies=20_000, days=25, ratings_per_day=200_000),
+    "25m": dict(users=160_000, movies=60_000, days=50, ratings_per_day=500_000),
+}
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+MODEL = "recmodel"
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets VmHWM, so each stage gets its own peak."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+class Stages:
+    def __init__(self) -> None:
+        self.rows: dict[str, dict] = {}
+
+    @contextmanager
+    def stage(self, name: str, rows: int | None = None):
+        reset_peak_rss()
+        started = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - started
+        self.rows[name] = {
+            "seconds": round(seconds, 3),
+            "rows_per_s": round(rows / seconds) if rows else None,
+            "peak_rss_mib": round(peak_rss_mib(), 1),
+        }
+
+
+def dataset(size: str, home: Path) -> Path:
+    from railyard.synthetic import generate_movielens
+
+    path = home / "bench-data" / size
+    if not (path / "ratings.csv").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        generate_movielens(path, **SIZES[size], seed=7)
+    return path
+
+
+def plain_pipeline(data_dir: Path, work: Path, settings) -> tuple[Stages, int]:
+    """The flow's work as plain calls: what the orchestration overhead is measured against."""
+    from infra import deploy, smoke
+    from infra.local_server import LocalServingServer
+    from model_registry import open_store
+    from railyard import evaluation, features, loaders, model, validation
+    from tasks.smoke import budget
+    from tasks.training import code_version, train_config
+    from tasks.validation import bounds
+
+    stages = Stages()
+    with stages.stage("load"):
+        data = loaders.load_dataset(data_dir)
+    rows = len(data.ratings)
+    stages.rows["load"]["rows_per_s"] = round(rows / stages.rows["load"]["seconds"])
+    with stages.stage("validate_raw", rows):
+        validation.raise_for_failures(validation.validate_ratings(data.ratings, bounds(settings), work / "reports"))
+    with stages.stage("features", rows):
+        feature_set = features.build_feature_set(data, settings.holdout_fraction)
+        features.write_feature_set(feature_set, work / "features")
+    with stages.stage("validate_features", rows):
+        validation.raise_for_failures(
+            *validation.validate_features(
+                feature_set.train, feature_set.holdout, feature_set.cutoff_ts, bounds(settings), work / "reports"
+            )
+        )
+    with stages.stage("training", len(feature_set.train) * settings.epochs):
+        trained = model.train_model(work / "features", train_config(settings))
+    with stages.stage("export"):
+        export_dir = model.export_serving_model(trained.model, feature_set, work / "export")
+        model.write_golden_requests(export_dir, model.golden_instances(feature_set, seed=settings.seed))
+    holdout = feature_set.holdout
+    with stages.stage("evaluation", len(holdout)):
+        scores = model.predict_saved_model(export_dir, holdout.get_column("userId"), holdout.get_column("movieId"))
+        metrics = evaluation.evaluate_scores(holdout, scores).metrics
+    store = open_store((work / "store").as_uri())
+    with stages.stage("publish"):
+        published = store.publish(
+            MODEL, export_dir, metadata={"metrics": metrics, "data_fingerprint": feature_set.fingerprint,
+                                          "code_version": code_version(settings)},
+        )  # fmt: skip
+    model_root = work / "serving"
+    model_root.mkdir()
+    with LocalServingServer(model_root / deploy.CONFIG_FILE, max_num_load_retries=0).start() as server:
+        target = deploy.ServingTarget(server.grpc_target, server.rest_url, model_root, str(model_root))
+        with target.client() as client:
+            with stages.stage("deploy_to_available"):
+                deploy.materialize(store, MODEL, published.version, target)
+                deploy.deploy_canary(client, target, MODEL, published.version, timeout_s=600)
+            with stages.stage("smoke_tests"):
+                golden = smoke.read_golden(model_root / MODEL / str(published.version))
+                report = smoke.run_smoke_tests(client, MODEL, published.version, golden, budget(settings), "canary")
+    if not report.passed:
+        raise RuntimeError(report.summary())
+    return stages, rows
+
+
+def mlflow_logging(export_dir_parent: Path, settings) -> float:
+    """What the flow adds through MLflow: a run, params, metrics, the SavedModel, a registration."""
+    from railyard import tracking
+    from tasks.release import registry
+
+    tracking.ensure_experiment(settings)  # a daily run finds its database migrated already
+    started = time.perf_counter()
+    run_id = tracking.start_run(settings, "bench", tags={})
+    tracking.log_params(settings, run_id, {"epochs": settings.epochs, "batch_size": settings.batch_size})
+    tracking.log_metrics(settings, run_id, {"auc": 0.5, "logloss": 0.69})
+    tracking.log_artifact(settings, run_id, export_dir_parent / "export", "saved_model")
+    registry(settings).register(1, "file:///bench", run_id, tags={}, description="bench")
+    tracking.end_run(settings, run_id, failed=False)
+    return time.perf_counter() - started
+
+
+def whole_flow(data_dir: Path, epochs: int, settings) -> tuple[float, float]:
+    """Wall time and peak RSS of the retrain flow, with what a daily run finds already running
+    (the Prefect API, the serving process, a migrated MLflow database) started first."""
+    from prefect import flow
+
+    from flows.retrain import retrain
+    from infra.deploy import resolve_target
+    from railyard import tracking
+
+    @flow
+    def warm_up() -> None:
+        return None
+
+    warm_up()
+    resolve_target(settings)
+    tracking.ensure_experiment(settings)
+    reset_peak_rss()
+    started = time.perf_counter()
+    summary = retrain(data_dir=str(data_dir), epochs=epochs, auto_approve=True)
+    seconds = time.perf_counter() - started
+    if summary["stage"] != "production":
+        raise RuntimeError(f"the benchmark flow ended in {summary['stage']}")
+    return seconds, peak_rss_mib()
+
+
+def feature_baseline(data_dir: Path, holdout_fraction: float) -> dict:
+    from bench.pandas_features import build_features_pandas, compare
+    from railyard import features, loaders
+
+    data = loaders.load_dataset(data_dir)
+    started = time.perf_counter()
+    ours = features.build_features(data.ratings, data.movies, holdout_fraction)
+    polars_s = time.perf_counter() - started
+    ratings, movies = data.ratings.to_pandas(), data.movies.to_pandas() if data.movies is not None else None
+    started = time.perf_counter()
+    theirs = build_features_pandas(ratings, movies, holdout_fraction)
+    pandas_s = time.perf_counter() - started
+    compare(ours, theirs)  # raises when any row differs: equal work or no ratio
+    return {"polars_s": round(polars_s, 3), "pandas_s": round(pandas_s, 3), "speedup": round(pandas_s / polars_s, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="1m")
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="railyard-bench-"))
+    os.environ.update(
+        RAILYARD_HOME=str(scratch / "home"),
+        RAILYARD_EPOCHS=str(args.epochs),
+        RAILYARD_LOCAL_SERVING_REST_PORT="0",
+        RAILYARD_LOCAL_SERVING_GRPC_PORT="0",
+        RAILYARD_MAX_ROWS=str(10**9),
+    )
+    from railyard.cli import prepare_environment
+    from railyard.settings import Settings
+
+    cache_home = Settings(home=os.environ.get("RAILYARD_BENCH_CACHE", ".railyard")).home
+    settings = Settings()
+    prepare_environment(settings.home)
+    data_dir = dataset(args.size, cache_home)
+    import great_expectations  # noqa: F401 - imports are paid once, before any timing
+    import tensorflow  # noqa: F401
+
+    try:
+        stages, rows = plain_pipeline(data_dir, scratch / "plain", settings)
+        plain_s = sum(row["seconds"] for row in stages.rows.values())
+        mlflow_s = mlflow_logging(scratch / "plain", Settings(home=scratch / "mlflow-only"))
+        flow_s, flow_rss = whole_flow(data_dir, args.epochs, settings)
+        features_vs_pandas = feature_baseline(data_dir, settings.holdout_fraction)
+    finally:
+        from infra.local_server import background
+
+        background.stop(settings.local_serving_dir)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    validation_s = stages.rows["validate_raw"]["seconds"] + stages.rows["validate_features"]["seconds"]
+    result = {
+        "size": args.size,
+        "ratings": rows,
+        "epochs": args.epochs,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "stages": stages.rows | {
+            "mlflow_logging": {"seconds": round(mlflow_s, 3), "rows_per_s": None, "peak_rss_mib": None},
+            "whole_flow": {"seconds": round(flow_s, 3), "rows_per_s": round(rows / flow_s), "peak_rss_mib": round(flow_rss, 1)},
+        },
+        "ratios": {
+            "orchestration_overhead": round(flow_s / plain_s, 3),
+            "feature_speedup_vs_pandas": features_vs_pandas["speedup"],
+            "validation_share_of_flow": round(validation_s / flow_s, 3),
+        },
+        "feature_build": features_vs_pandas,
+    }
+    RESULTS_DIR.mkdir(exist_ok=True)
+    (RESULTS_DIR / f"{args.size}.json").write_text(json.dumps(result, indent=1))
+    print(format_table(result))
+
+
+def format_table(result: dict) -> str:
+    lines = [
+        f"{result['size']}: {result['ratings']:,} ratings, {result['epochs']} epochs, {result['machine']}",
+        f"{'stage':<22}{'seconds':>10}{'rows/s':>14}{'peak RSS MiB':>14}",
+    ]
+    for name, row in result["stages"].items():
+        rate = f"{row['rows_per_s']:,}" if row["rows_per_s"] else "-"
+        rss = f"{row['peak_rss_mib']:,.0f}" if row["peak_rss_mib"] else "-"
+        lines.append(f"{name:<22}{row['seconds']:>10.2f}{rate:>14}{rss:>14}")
+    lines.append("ratios: " + ", ".join(f"{k} {v}" for k, v in result["ratios"].items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""The benchmark's two feature implementations agree row for row, so the speed-up compares equal work."""
+
+import numpy as np
+import polars as pl
+import pytest
+
+from bench.pandas_features import build_features_pandas, compare
+from railyard import features
+from railyard.loaders import load_dataset
+from railyard.synthetic import generate_movielens
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "data"
+    generate_movielens(path, users=300, movies=400, days=5, ratings_per_day=1_500, seed=12)
+    loaded = load_dataset(path)
+    # Coarse seconds force many ties: several ratings of one user or movie at the same timestamp.
+    ratings = loaded.ratings.with_columns((pl.col("timestamp") // 600 * 600).alias("timestamp")).unique(
+        ["userId", "movieId", "timestamp"], keep="first", maintain_order=True
+    )
+    return ratings, loaded.movies
+
+
+def test_polars_and_pandas_features_agree_row_for_row(data):
+    ratings, movies = data
+    ours = features.build_features(ratings, movies, holdout_fraction=0.2)
+    theirs = build_features_pandas(ratings.to_pandas(), movies.to_pandas(), holdout_fraction=0.2)
+    compare(ours, theirs)
+    assert len(ours.train) > 5_000 and len(ours.holdout) > 1_000
+    assert ours.train["user_n"].max() > 10 and np.ptp(np.stack(ours.holdout["user_genre_pos"].to_numpy())) > 0.1
+
+
+def test_compare_catches_a_single_differing_value(data):
+    ratings, movies = data
+    ours = features.build_features(ratings, movies, holdout_fraction=0.2)
+    train, holdout = build_features_pandas(ratings.to_pandas(), movies.to_pandas(), holdout_fraction=0.2)
+    train.loc[17, "user_genre_pos_3"] += 0.01
+    with pytest.raises(AssertionError, match="train.user_genre_pos"):
+        compare(ours, (train, holdout))
