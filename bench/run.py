@@ -110,7 +110,9 @@ def plain_pipeline(data_dir: Path, work: Path, settings) -> tuple[Stages, int]:
     holdout = feature_set.holdout
     with stages.stage("evaluation", len(holdout)):
         scores = model.predict_saved_model(export_dir, holdout.get_column("userId"), holdout.get_column("movieId"))
-        metrics = evaluation.evaluate_scores(holdout, scores).metrics
+        evaluated = evaluation.evaluate_scores(holdout, scores)
+        evaluation.plot_roc(evaluated, work / "roc.png", title="bench")
+        metrics = evaluated.metrics
     store = open_store((work / "store").as_uri())
     with stages.stage("publish"):
         published = store.publish(

@@ -127,19 +127,19 @@ def build_features(
 
     user_sums = ("rating", "label", *_GENRE_COLUMNS, *_GENRE_POS_COLUMNS)
     movie_sums = ("rating", "label")
-    user_before = _sums_before(train, "userId", user_sums)
-    movie_before = _sums_before(train, "movieId", movie_sums)
     user_snapshot = _user_features(_sums_total(train, "userId", user_sums), priors)
     movie_snapshot = _movie_snapshot(train, genres, movie_sums, priors)
 
     labelled = ("userId", "movieId", "timestamp", "rating", "label")
-    train_features = (
-        train.select(*labelled, *_GENRE_COLUMNS)
-        .join(_user_features(user_before, priors), on=["userId", "timestamp"], how="left")
-        .join(_movie_history(movie_before, priors), on=["movieId", "timestamp"], how="left")
-        .with_columns(_genre_array(_GENRE_COLUMNS).alias("movie_genres"))
-        .select(*labelled, *USER_FEATURES, *MOVIE_FEATURES)
-    )
+    train_features = pl.concat(
+        [
+            train.select(*labelled),
+            _user_features(_sums_before(train, "userId", user_sums), priors),
+            _movie_history(_sums_before(train, "movieId", movie_sums), priors),
+            train.select(_genre_array(_GENRE_COLUMNS).alias("movie_genres")),
+        ],
+        how="horizontal",
+    ).select(*labelled, *USER_FEATURES, *MOVIE_FEATURES)
     holdout_features = (
         holdout.select(*labelled)
         .join(user_snapshot, on="userId", how="left")
@@ -157,14 +157,27 @@ def build_feature_set(dataset: RawDataset, holdout_fraction: float) -> FeatureSe
 
 
 def _sums_before(rows: pl.DataFrame, key: str, columns: tuple[str, ...]) -> pl.DataFrame:
-    """Per (key, timestamp): count and sums of ``columns`` over the key's rows strictly earlier."""
-    per_second = (
-        rows.group_by(key, "timestamp")
-        .agg(pl.len().cast(pl.Float32).alias("n"), *(pl.col(c).sum().cast(pl.Float32) for c in columns))
-        .sort(key, "timestamp")
+    """Per row, in the rows' order: count and sums of ``columns`` over the key's rows with an
+    earlier timestamp (ratings at the same second never see each other)."""
+    order = rows.select(pl.arg_sort_by(key, "timestamp")).to_series()
+    ordered = rows.select(key, "timestamp", *columns)[order]
+    new_key = (pl.col(key) != pl.col(key).shift(1)).fill_null(True)
+    new_second = new_key | (pl.col("timestamp") != pl.col("timestamp").shift(1))
+    ordered = ordered.with_columns(
+        new_key.alias("_new_key"), new_second.alias("_new_second"), pl.lit(1.0, pl.Float32).alias("n")
     )
-    # Inclusive running sum minus the second's own sums: ties at one timestamp stay invisible.
-    return per_second.with_columns((pl.col(c).cum_sum() - pl.col(c)).over(key) for c in ("n", *columns))
+
+    def before(column: str) -> pl.Expr:
+        # With rows sorted by key, a global running sum minus its value where the key's rows begin
+        # is the key's own running sum (no per-key window needed); Float64 keeps it exact.
+        earlier = pl.col(column).cast(pl.Float64).cum_sum() - pl.col(column)
+        within_key = earlier - pl.when(pl.col("_new_key")).then(earlier).forward_fill()
+        # Taken at the first row of each second and carried over its ties.
+        return pl.when(pl.col("_new_second")).then(within_key).forward_fill().cast(pl.Float32).alias(column)
+
+    summed = ordered.select(*(before(c) for c in ("n", *columns)))
+    # Back to the rows' own order: scatter by the sort permutation.
+    return summed[order.arg_sort()]
 
 
 def _sums_total(rows: pl.DataFrame, key: str, columns: tuple[str, ...]) -> pl.DataFrame:
