@@ -61,6 +61,9 @@ def tfserving_command_args() -> list[str]:
         # was checksum-verified before deploy, so retry once after 5 s and let smoke tests fail fast.
         "--max_num_load_retries=1",
         "--load_retry_interval_micros=5000000",
+        # At start-up labels are checked before any version is loaded: without this a restart
+        # with a labelled models.config (stable/canary) fails (server_core.cc).
+        "--allow_version_labels_for_unavailable_models=true",
     ]
 
 

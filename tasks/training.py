@@ -3,6 +3,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from infra.warmup import write_warmup_requests
 from railyard import __version__, model, tracking
 from railyard.features import FEATURE_CODE_VERSION, FeatureSet
 from railyard.settings import Settings
@@ -38,7 +39,10 @@ def train(feature_dir: Path, settings: Settings, run_id: str) -> model.TrainResu
 @railyard_task(name="export-saved-model", timeout_seconds=30 * MINUTES)
 def export(result: model.TrainResult, feature_set: FeatureSet, out_dir: Path, settings: Settings, run_id: str) -> Path:
     export_dir = model.export_serving_model(result.model, feature_set, out_dir)
-    model.write_golden_requests(export_dir, model.golden_instances(feature_set, seed=settings.seed))
+    instances = model.golden_instances(feature_set, seed=settings.seed)
+    model.write_golden_requests(export_dir, instances)
+    # TF Serving replays these while loading, so the first real request does not pay for warm-up.
+    write_warmup_requests(export_dir, settings.model_name, instances)
     tracking.log_artifact(settings, run_id, export_dir, "saved_model")
     return export_dir
 
