@@ -157,12 +157,21 @@ def validate_features(
 
 
 def _scalar_view(frame: pl.DataFrame) -> pl.DataFrame:
-    """Array features replaced by their per-row min and max, which GX can check."""
+    """Array features replaced by their per-row min and max, which GX can check; Float32 widened
+    to Float64 (exactly), because GX's pandas engine compares only int64/float64 columns
+    vectorized and every other dtype one Python call per row
+    (great_expectations/expectations/metrics/column_map_metrics/column_values_between.py).
+    The label stays Float32: it has no range check, and GX's HTML renderer cannot print a
+    float64 column mean (render/util.py num_to_str uses repr(np.float64))."""
     arrays = [name for name in (*USER_FEATURES, *MOVIE_FEATURES) if isinstance(frame.schema[name], pl.Array)]
-    return frame.with_columns(
-        *(pl.col(name).arr.min().alias(f"{name}_min") for name in arrays),
-        *(pl.col(name).arr.max().alias(f"{name}_max") for name in arrays),
-    ).drop(arrays)
+    return (
+        frame.with_columns(
+            *(pl.col(name).arr.min().alias(f"{name}_min") for name in arrays),
+            *(pl.col(name).arr.max().alias(f"{name}_max") for name in arrays),
+        )
+        .drop(arrays)
+        .with_columns(pl.col(pl.Float32).exclude("label").cast(pl.Float64))
+    )
 
 
 def run_suite(name: str, frame: pl.DataFrame, expectations: list, report_dir: Path) -> ValidationReport:
