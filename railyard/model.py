@@ -240,12 +240,8 @@ def train_model(
     """Fit the core model on train.parquet, early-stopping on holdout AUC."""
     import keras
 
-    keras.utils.set_random_seed(config.seed)
-    train = pl.read_parquet(feature_dir / "train.parquet", columns=["userId", "movieId"])
-    user_ids = np.sort(train.get_column("userId").unique().to_numpy())
-    movie_ids = np.sort(train.get_column("movieId").unique().to_numpy())
-    model = build_model(user_ids, movie_ids, config)
-
+    train_path = feature_dir / "train.parquet"
+    model = new_model(train_path, config)
     callbacks = [
         keras.callbacks.EarlyStopping(
             monitor="val_auc", mode="max", patience=config.early_stopping_patience, restore_best_weights=True
@@ -258,7 +254,7 @@ def train_model(
             )
         )
     history = model.fit(
-        make_dataset(feature_dir / "train.parquet", config.batch_size, shuffle_seed=config.seed),
+        make_dataset(train_path, config.batch_size, shuffle_seed=config.seed),
         validation_data=make_dataset(feature_dir / "holdout.parquet", 8192, shuffle_seed=None),
         epochs=config.epochs,
         shuffle=False,  # make_dataset shuffles row groups and rows itself
@@ -270,8 +266,24 @@ def train_model(
         model=model,
         history={k: [float(v) for v in values] for k, values in history.history.items()},
         best_epoch=int(np.argmax(val_auc)),
-        train_rows=len(train),
+        train_rows=pq.ParquetFile(train_path).metadata.num_rows,
     )
+
+
+def new_model(train_path: Path, config: TrainConfig):
+    """A freshly seeded, untrained model whose id vocabularies are the ids of the training file."""
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    ids = pl.read_parquet(train_path, columns=["userId", "movieId"])
+    user_ids = np.sort(ids.get_column("userId").unique().to_numpy())
+    movie_ids = np.sort(ids.get_column("movieId").unique().to_numpy())
+    return build_model(user_ids, movie_ids, config)
+
+
+def read_inputs(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A whole feature Parquet file as in-memory model inputs and labels."""
+    return _arrow_to_inputs(pq.read_table(path))
 
 
 def predict_core(model, frame: pl.DataFrame, batch_size: int = 65536) -> np.ndarray:
