@@ -15,9 +15,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from railyard.fsutil import atomic_write_text
@@ -31,6 +33,7 @@ GENRES = (*MOVIELENS_GENRES, NO_GENRES)
 USER_FEATURES = ("user_n", "user_mean", "user_pos", "user_genre_pos")
 MOVIE_FEATURES = ("movie_n", "movie_mean", "movie_pos", "movie_genres")
 FEATURE_FILES = ("train.parquet", "holdout.parquet", "user_snapshot.parquet", "movie_snapshot.parquet")
+HISTORY_SLICE_ROWS = 1_000_000  # bounds the memory of the per-user genre sums
 PARQUET_ROW_GROUP = 65_536  # the training input shuffles row groups: keep them small enough to mix
 
 _GENRE_COLUMNS = tuple(f"genre_{i}" for i in range(len(GENRES)))
@@ -111,12 +114,8 @@ def build_features(
 ) -> FeatureSet:
     cutoff = split_cutoff(ratings.get_column("timestamp"), holdout_fraction)
     genres = movie_genres(movies)
-    rows = (
-        ratings.select("userId", "movieId", "timestamp", "rating")
-        .with_columns((pl.col("rating") >= POSITIVE_RATING).cast(pl.Float32).alias("label"))
-        .join(genres, on="movieId", how="left")
-        .with_columns(pl.col(_GENRE_COLUMNS).fill_null(0.0))
-        .with_columns((pl.col(g) * pl.col("label")).alias(p) for g, p in zip(_GENRE_COLUMNS, _GENRE_POS_COLUMNS))
+    rows = ratings.select(
+        "userId", "movieId", "timestamp", "rating", (pl.col("rating") >= POSITIVE_RATING).cast(pl.Float32).alias("label")
     )
     train = rows.filter(pl.col("timestamp") < cutoff).sort("timestamp", "userId", "movieId")
     holdout = rows.filter(pl.col("timestamp") >= cutoff).sort("timestamp", "userId", "movieId")
@@ -125,18 +124,32 @@ def build_features(
         "pos": float(train.get_column("label").mean()),
     }
 
+    def with_genres(chunk: pl.DataFrame) -> pl.DataFrame:
+        """Per rating: the movie's genres (0/1) and the same again where the rating is positive."""
+        return (
+            chunk.join(genres, on="movieId", how="left", maintain_order="left")
+            .with_columns(pl.col(_GENRE_COLUMNS).fill_null(0.0))
+            .with_columns((pl.col(g) * pl.col("label")).alias(p) for g, p in zip(_GENRE_COLUMNS, _GENRE_POS_COLUMNS))
+        )
+
     user_sums = ("rating", "label", *_GENRE_COLUMNS, *_GENRE_POS_COLUMNS)
-    movie_sums = ("rating", "label")
-    user_snapshot = _user_features(_sums_total(train, "userId", user_sums), priors)
-    movie_snapshot = _movie_snapshot(train, genres, movie_sums, priors)
+    user_history, user_snapshot = _history(
+        train, "userId", user_sums, lambda sums: _user_features(sums, priors), add_columns=with_genres
+    )
+    movie_history, movie_totals = _history(
+        train, "movieId", ("rating", "label"), lambda sums: _movie_history(sums, priors)
+    )
+    movie_snapshot = _movie_snapshot(movie_totals, genres, priors)
+    genre_arrays = genres.select("movieId", _genre_array(_GENRE_COLUMNS).alias("movie_genres"))
+    train_genres = train.select("movieId").join(genre_arrays, on="movieId", how="left", maintain_order="left")
 
     labelled = ("userId", "movieId", "timestamp", "rating", "label")
     train_features = pl.concat(
         [
             train.select(*labelled),
-            _user_features(_sums_before(train, "userId", user_sums), priors),
-            _movie_history(_sums_before(train, "movieId", movie_sums), priors),
-            train.select(_genre_array(_GENRE_COLUMNS).alias("movie_genres")),
+            user_history,
+            movie_history,
+            train_genres.select(_fill_cold({"movie_genres": cold_movie(priors)["movie_genres"]})),
         ],
         how="horizontal",
     ).select(*labelled, *USER_FEATURES, *MOVIE_FEATURES)
@@ -156,11 +169,42 @@ def build_feature_set(dataset: RawDataset, holdout_fraction: float) -> FeatureSe
     return build_features(dataset.ratings, dataset.movies, holdout_fraction, fingerprint)
 
 
-def _sums_before(rows: pl.DataFrame, key: str, columns: tuple[str, ...]) -> pl.DataFrame:
-    """Per row, in the rows' order: count and sums of ``columns`` over the key's rows with an
-    earlier timestamp (ratings at the same second never see each other)."""
+def _history(
+    rows: pl.DataFrame,
+    key: str,
+    columns: tuple[str, ...],
+    features: Callable[[pl.DataFrame], pl.DataFrame],
+    add_columns: Callable[[pl.DataFrame], pl.DataFrame] = lambda chunk: chunk,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``features`` of each key's history, per row of ``rows`` (in their order, over the key's rows
+    with an earlier timestamp) and per key (over all its rows, the snapshot).
+
+    Works through the rows in key order, a slice of whole keys at a time, so ``add_columns``
+    (the user's 40 genre columns) never exists for all rows at once.
+    """
     order = rows.select(pl.arg_sort_by(key, "timestamp")).to_series()
-    ordered = rows.select(key, "timestamp", *columns)[order]
+    ordered = rows.select(*dict.fromkeys((key, "timestamp", "movieId", "rating", "label")))[order]
+    per_row, per_key = [], []
+    for start, length in _whole_key_slices(ordered.get_column(key), HISTORY_SLICE_ROWS):
+        chunk = add_columns(ordered.slice(start, length))
+        per_row.append(features(_sums_before(chunk, key, columns)))
+        per_key.append(features(_sums_total(chunk, key, columns)))
+    # Back to the rows' own order: scatter by the sort permutation.
+    return pl.concat(per_row, rechunk=True)[order.arg_sort()], pl.concat(per_key)
+
+
+def _whole_key_slices(keys: pl.Series, rows_per_slice: int) -> list[tuple[int, int]]:
+    """(start, length) slices of about ``rows_per_slice`` rows of sorted ``keys``, never splitting a key."""
+    key_ends = keys.rle().struct.field("len").cum_sum().to_numpy().astype(np.int64)
+    targets = np.arange(rows_per_slice, len(keys), rows_per_slice)
+    cuts = np.unique(key_ends[np.searchsorted(key_ends, targets)])  # the first key end at or past each target
+    bounds = [0, *cuts[cuts < len(keys)].tolist(), len(keys)]
+    return [(start, end - start) for start, end in zip(bounds, bounds[1:])]
+
+
+def _sums_before(ordered: pl.DataFrame, key: str, columns: tuple[str, ...]) -> pl.DataFrame:
+    """Per row of ``ordered`` (sorted by key and timestamp): count and sums of ``columns`` over the
+    key's rows with an earlier timestamp (ratings at the same second never see each other)."""
     new_key = (pl.col(key) != pl.col(key).shift(1)).fill_null(True)
     new_second = new_key | (pl.col("timestamp") != pl.col("timestamp").shift(1))
     ordered = ordered.with_columns(
@@ -175,9 +219,7 @@ def _sums_before(rows: pl.DataFrame, key: str, columns: tuple[str, ...]) -> pl.D
         # Taken at the first row of each second and carried over its ties.
         return pl.when(pl.col("_new_second")).then(within_key).forward_fill().cast(pl.Float32).alias(column)
 
-    summed = ordered.select(*(before(c) for c in ("n", *columns)))
-    # Back to the rows' own order: scatter by the sort permutation.
-    return summed[order.arg_sort()]
+    return ordered.select(*(before(c) for c in ("n", *columns)))
 
 
 def _sums_total(rows: pl.DataFrame, key: str, columns: tuple[str, ...]) -> pl.DataFrame:
@@ -221,13 +263,12 @@ def _movie_history(sums: pl.DataFrame, priors: dict[str, float]) -> pl.DataFrame
     )
 
 
-def _movie_snapshot(train: pl.DataFrame, genres: pl.DataFrame, columns: tuple[str, ...], priors) -> pl.DataFrame:
-    """Every movie rated in training or listed in the catalogue, with its genres."""
-    totals = _sums_total(train, "movieId", columns)
-    catalogue = genres.select("movieId").join(totals.select("movieId"), on="movieId", how="anti")
-    totals = pl.concat([totals, catalogue.with_columns(pl.lit(0.0, pl.Float32).alias(c) for c in ("n", *columns))])
+def _movie_snapshot(history: pl.DataFrame, genres: pl.DataFrame, priors: dict[str, float]) -> pl.DataFrame:
+    """Every movie rated in training (its ``history``) or listed in the catalogue, with its genres."""
+    catalogue = genres.select("movieId").join(history.select("movieId"), on="movieId", how="anti")
+    unrated = _movie_history(catalogue.with_columns(pl.lit(0.0, pl.Float32).alias(c) for c in ("n", "rating", "label")), priors)
     return (
-        _movie_history(totals, priors)
+        pl.concat([history, unrated])
         .join(genres, on="movieId", how="left")
         .with_columns(_genre_array(_GENRE_COLUMNS).fill_null(pl.lit([0.0] * len(GENRES), _GENRE_ARRAY)).alias("movie_genres"))
         .select("movieId", *MOVIE_FEATURES)

@@ -121,7 +121,9 @@ def _reference_features(ratings: pl.DataFrame, movies: pl.DataFrame, cutoff: int
     return expected
 
 
-def test_matches_a_row_by_row_reference_on_generated_data(tmp_path):
+@pytest.mark.parametrize("slice_rows", [features.HISTORY_SLICE_ROWS, 50])
+def test_matches_a_row_by_row_reference_on_generated_data(tmp_path, monkeypatch, slice_rows):
+    monkeypatch.setattr(features, "HISTORY_SLICE_ROWS", slice_rows)  # 50: histories built many users at a time
     generate_movielens(tmp_path / "data", users=25, movies=30, days=3, ratings_per_day=120, seed=4)
     dataset = load_dataset(tmp_path / "data")
     built = features.build_features(dataset.ratings, dataset.movies, holdout_fraction=0.25)
@@ -146,3 +148,13 @@ def test_write_and_read_round_trip_with_fingerprint(tmp_path):
     (tmp_path / "features" / "meta.json").unlink()
     with pytest.raises(FileNotFoundError, match="meta.json"):
         features.read_feature_set(tmp_path / "features")
+
+
+def test_building_histories_in_slices_changes_nothing(tmp_path, monkeypatch):
+    generate_movielens(tmp_path / "data", users=40, movies=30, days=3, ratings_per_day=150, seed=6)
+    dataset = load_dataset(tmp_path / "data")
+    whole = features.build_features(dataset.ratings, dataset.movies, holdout_fraction=0.25)
+    monkeypatch.setattr(features, "HISTORY_SLICE_ROWS", 7)
+    sliced = features.build_features(dataset.ratings, dataset.movies, holdout_fraction=0.25)
+    for part in ("train", "holdout", "user_snapshot", "movie_snapshot"):
+        assert getattr(sliced, part).equals(getattr(whole, part)), part
