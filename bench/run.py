@@ -105,13 +105,16 @@ def plain_pipeline(data_dir: Path, work: Path, settings) -> tuple[Stages, int]:
     with stages.stage("features", rows):
         feature_set = features.build_feature_set(data, settings.holdout_fraction)
         features.write_feature_set(feature_set, work / "features")
+    del data  # as the flow does
     with stages.stage("validate_features", rows):
         validation.raise_for_failures(
             *validation.validate_features(
                 feature_set.train, feature_set.holdout, feature_set.cutoff_ts, bounds(settings), work / "reports"
             )
         )
-    with stages.stage("training", len(feature_set.train) * settings.epochs):
+    training_rows = len(feature_set.train)
+    feature_set = feature_set.without_training_rows()
+    with stages.stage("training", training_rows * settings.epochs):
         trained = model.train_model(work / "features", train_config(settings))
     with stages.stage("export"):
         export_dir = model.export_serving_model(trained.model, feature_set, work / "export")

@@ -95,7 +95,9 @@ def retrain(
         dataset = data.load_data(source)
         validation.validate_raw(dataset.ratings, settings, report_dir)
         feature_set = features.build_features(dataset, settings.holdout_fraction, run_dir / "features")
+        del dataset  # from here on the features are the data: let the raw ratings go
         validation.validate_features(feature_set, settings, report_dir)
+        feature_set = feature_set.without_training_rows()  # training streams them from the Parquet
         tracking.set_tags(settings, run_id, {"railyard.data_fingerprint": feature_set.fingerprint})
 
         trained = training.train(run_dir / "features", settings, run_id)

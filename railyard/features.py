@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,10 @@ class FeatureSet:
     movie_snapshot: pl.DataFrame  # movieId + MOVIE_FEATURES (training movies and every catalogue movie)
     priors: dict[str, float]  # mean rating and positive rate of the training rows
     fingerprint: str
+
+    def without_training_rows(self) -> FeatureSet:
+        """The same set with an empty ``train`` (same schema), for steps that need only the rest."""
+        return replace(self, train=self.train.clear())
 
     def cold_user(self) -> dict:
         return cold_user(self.priors)

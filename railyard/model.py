@@ -77,8 +77,8 @@ def _arrow_to_inputs(table) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return inputs, labels
 
 
-def _batches(path: Path, batch_size: int, rng: np.random.Generator | None) -> Iterator:
-    """Stream a feature Parquet file in batches.
+def _row_groups(path: Path, rng: np.random.Generator | None) -> Iterator:
+    """Stream a feature Parquet file a row group at a time.
 
     With ``rng``: row groups in random order and rows permuted within each group, so the
     time-sorted file is not fed in time order, without loading the whole file at once.
@@ -89,14 +89,18 @@ def _batches(path: Path, batch_size: int, rng: np.random.Generator | None) -> It
         rng.shuffle(groups)
     for group in groups:
         inputs, labels = _arrow_to_inputs(parquet.read_row_group(int(group)))
-        order = rng.permutation(len(labels)) if rng is not None else np.arange(len(labels))
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            yield {key: value[index] for key, value in inputs.items()}, labels[index]
+        if rng is not None:
+            order = rng.permutation(len(labels))
+            inputs, labels = {key: value[order] for key, value in inputs.items()}, labels[order]
+        yield inputs, labels
 
 
 def make_dataset(path: Path, batch_size: int, *, shuffle_seed: int | None):
-    """tf.data pipeline over a feature Parquet file (re-shuffled every epoch when seeded)."""
+    """tf.data pipeline over a feature Parquet file (re-shuffled every epoch when seeded).
+
+    Python hands over whole row groups; tf.data cuts them into batches in C++ (``rebatch``), so
+    no Python runs per training step beside Keras' own loop.
+    """
     import tensorflow as tf
 
     width = 3 + len(F.GENRES)
@@ -104,7 +108,7 @@ def make_dataset(path: Path, batch_size: int, *, shuffle_seed: int | None):
 
     def generator():
         rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed + next(epoch_counter))
-        yield from _batches(path, batch_size, rng)
+        yield from _row_groups(path, rng)
 
     signature = (
         {
@@ -115,15 +119,11 @@ def make_dataset(path: Path, batch_size: int, *, shuffle_seed: int | None):
         },
         tf.TensorSpec((None, 1), tf.float32),
     )
-    dataset = tf.data.Dataset.from_generator(generator, output_signature=signature)
+    dataset = tf.data.Dataset.from_generator(generator, output_signature=signature).rebatch(batch_size)
     # A known epoch length lets Keras end epochs without hitting (and warning about) the end of data.
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(_batch_count(path, batch_size)))
+    rows = pq.ParquetFile(path).metadata.num_rows
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-rows // batch_size)))
     return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def _batch_count(path: Path, batch_size: int) -> int:
-    metadata = pq.ParquetFile(path).metadata
-    return sum(-(-metadata.row_group(i).num_rows // batch_size) for i in range(metadata.num_row_groups))
 
 
 def _layers():

@@ -11,17 +11,20 @@ pandas engine compares scalars only.
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
-from railyard.features import MOVIE_FEATURES, USER_FEATURES
 from railyard.fsutil import atomic_write_text
 
 RATING_VALUES = [step / 2 for step in range(1, 11)]  # 0.5, 1.0, ..., 5.0
 _FUTURE_SLACK_S = 86_400  # clocks differ: tolerate a day, not more
 _EXAMPLES = 5
+SLICE_ROWS = 2_000_000  # rows GX's pandas engine holds at a time
+_STATISTICS = ("evaluated_expectations", "successful_expectations", "unsuccessful_expectations", "success_percent")
 
 
 @dataclass(frozen=True)
@@ -40,11 +43,14 @@ class ExpectationFailure:
     unexpected_count: int | None  # rows that broke it (None for table-level expectations)
     observed: object  # the observed value for aggregate expectations (mean, row count, ...)
     examples: list = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)  # row numbers (from 0) of the first unexpected rows
 
     def line(self) -> str:
         target = f"(column={self.column})" if self.column else ""
         if self.unexpected_count is not None:
             outcome = f"{self.unexpected_count} unexpected rows"
+            if self.rows:
+                outcome += f" (rows {', '.join(map(str, self.rows))})"
             if self.examples:
                 outcome += f", e.g. {self.examples}"
         else:
@@ -151,7 +157,7 @@ def validate_features(
     train: pl.DataFrame, holdout: pl.DataFrame, cutoff_ts: int, bounds: ValidationBounds, report_dir: Path
 ) -> tuple[ValidationReport, ValidationReport]:
     return tuple(
-        run_suite(f"features_{side}", _scalar_view(frame), feature_expectations(bounds, side, cutoff_ts), report_dir)
+        run_suite(f"features_{side}", frame, feature_expectations(bounds, side, cutoff_ts), report_dir, view=_scalar_view)
         for side, frame in (("train", train), ("holdout", holdout))
     )
 
@@ -163,7 +169,7 @@ def _scalar_view(frame: pl.DataFrame) -> pl.DataFrame:
     (great_expectations/expectations/metrics/column_map_metrics/column_values_between.py).
     The label stays Float32: it has no range check, and GX's HTML renderer cannot print a
     float64 column mean (render/util.py num_to_str uses repr(np.float64))."""
-    arrays = [name for name in (*USER_FEATURES, *MOVIE_FEATURES) if isinstance(frame.schema[name], pl.Array)]
+    arrays = [name for name, dtype in frame.schema.items() if isinstance(dtype, pl.Array)]
     return (
         frame.with_columns(
             *(pl.col(name).arr.min().alias(f"{name}_min") for name in arrays),
@@ -174,25 +180,136 @@ def _scalar_view(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def run_suite(name: str, frame: pl.DataFrame, expectations: list, report_dir: Path) -> ValidationReport:
+def run_suite(
+    name: str, frame: pl.DataFrame, expectations: list, report_dir: Path, view=lambda frame: frame
+) -> ValidationReport:
+    """Every expectation over every row of ``frame`` (seen through ``view``), with GX's pandas
+    engine never holding more than ``SLICE_ROWS`` rows of it at once.
+
+    Row-level expectations (GX's column and multicolumn map expectations) and the column set run
+    slice by slice and their results are merged: counts added up, examples kept, row numbers
+    those of ``frame``. Rows a compound-uniqueness check compares are hashed into the same slice,
+    so duplicates are found across the whole table. Whole-table expectations (row count, column
+    mean/min/max) run once, on only the columns they name.
+    """
     import great_expectations as gx
+    import pandas as pd
+    from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
     from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.validator.validation_statistics import calc_validation_statistics
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
-    batch_definition = (
-        context.data_sources.add_pandas(name).add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
-    )
-    suite = context.suites.add(gx.ExpectationSuite(name=name, expectations=expectations))
-    batch = batch_definition.get_batch(batch_parameters={"dataframe": frame.to_pandas()})
-    outcome = batch.validate(suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": _EXAMPLES})
-    results = outcome.results
+    batches = context.data_sources.add_pandas(name).add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)
+    per_slice = [e for e in expectations if _row_level(e)]
+    whole_table = [e for e in expectations if not _row_level(e)]
+    result_format = {"result_format": "SUMMARY", "partial_unexpected_count": _EXAMPLES}
+
+    def checker(expectations: list, suite_name: str):
+        """Validates a pandas frame against these expectations: their results by ``id``."""
+        suite = context.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations))
+
+        def check(data: pd.DataFrame) -> dict:
+            outcome = batches.get_batch(batch_parameters={"dataframe": data}).validate(suite, result_format=result_format)
+            return dict(zip(map(id, expectations), outcome.results, strict=True))
+
+        return check
+
+    outcomes = {}
+    if whole_table:
+        columns = list(dict.fromkeys(e.column for e in whole_table if getattr(e, "column", None)))
+        # With no column named (the row count alone), rows without columns cost nothing.
+        data = view(frame.select(columns)).to_pandas() if columns else pd.DataFrame(index=pd.RangeIndex(len(frame)))
+        outcomes |= checker(whole_table, f"{name}.table")(data)
+    if per_slice:
+        check = checker(per_slice, f"{name}.rows")
+        # GX reports unexpected rows by index: make it the row's number in ``frame``.
+        sliced = [check(view(rows).to_pandas().set_index("_row").rename_axis(None)) for rows in _row_slices(frame, per_slice)]
+        outcomes |= {key: _merged([outcome[key] for outcome in sliced]) for key in map(id, per_slice)}
+    results = [outcomes[id(expectation)] for expectation in expectations]
+    statistics = calc_validation_statistics(results)
+    outcome = ExpectationSuiteValidationResult(
+        success=statistics.success, results=results, suite_name=name, meta={"great_expectations_version": gx.__version__},
+        statistics={key: getattr(statistics, key) for key in _STATISTICS},
+    )  # fmt: skip
     report_dir = Path(report_dir)
     html_path = report_dir / f"{name}.html"
     report_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(html_path, _render_html(outcome))
     failures = [_failure(result) for result in results if not result.success]
     return ValidationReport(name, not failures, len(results), len(frame), failures, html_path)
+
+
+def _row_level(expectation) -> bool:
+    """Decided row by row (or from the schema), so any slice of rows can be checked on its own."""
+    from great_expectations.expectations.expectation import ColumnMapExpectation, MulticolumnMapExpectation
+
+    return isinstance(expectation, ColumnMapExpectation | MulticolumnMapExpectation) or (
+        type(expectation).__name__ == "ExpectTableColumnsToMatchSet"
+    )
+
+
+def _row_slices(frame: pl.DataFrame, expectations: list) -> Iterator[pl.DataFrame]:
+    """``frame`` with its row numbers (``_row``), in slices of about ``SLICE_ROWS`` rows."""
+    numbered = frame.with_row_index("_row")
+    count = -(-len(frame) // SLICE_ROWS)
+    if count <= 1:
+        yield numbered
+        return
+    compared = [set(e.column_list) for e in expectations if hasattr(e, "column_list")]
+    if not compared:
+        for start in range(0, len(frame), SLICE_ROWS):
+            yield numbered.slice(start, SLICE_ROWS)
+        return
+    # Equal values of the columns every uniqueness check compares hash alike: same slice.
+    keys = sorted(set.intersection(*compared))
+    buckets = numbered.select(pl.struct(keys).hash(seed=0) % count).to_series()
+    for bucket in range(count):
+        yield numbered.filter(buckets == bucket)
+
+
+def _merged(results: list):
+    """One GX result for an expectation checked slice by slice: as if checked on all rows at once."""
+    from great_expectations.core.expectation_validation_result import ExpectationValidationResult
+
+    first = results[0]
+    merged = dict(first.result or {})
+    if "element_count" in merged:  # a map expectation: add up its counts (schema results are alike in every slice)
+        total = {key: sum((r.result or {}).get(key) or 0 for r in results) for key in ("element_count", "unexpected_count", "missing_count")}
+        elements, unexpected, missing = total["element_count"], total["unexpected_count"], total["missing_count"]
+        checked = elements - missing
+        merged |= {"element_count": elements, "unexpected_count": unexpected}
+        merged["unexpected_percent"] = unexpected / checked * 100 if checked else None
+        if "missing_count" in merged:
+            merged |= {
+                "missing_count": missing,
+                "missing_percent": missing / elements * 100 if elements else None,
+                "unexpected_percent_total": unexpected / elements * 100 if elements else None,
+                "unexpected_percent_nonmissing": merged["unexpected_percent"],
+            }
+        if "partial_unexpected_index_list" in merged:  # the first unexpected rows of the table, with their values
+            pairs = sorted(
+                (pair for r in results for pair in zip(r.result["partial_unexpected_index_list"], r.result["partial_unexpected_list"])),
+                key=lambda pair: pair[0],
+            )[:_EXAMPLES]
+            merged["partial_unexpected_index_list"] = [row for row, _ in pairs]
+            merged["partial_unexpected_list"] = [value for _, value in pairs]
+        if "partial_unexpected_counts" in merged:
+            counts = Counter()
+            for r in results:
+                for item in (r.result or {}).get("partial_unexpected_counts") or []:
+                    if "value" in item:
+                        counts[_hashable(item["value"])] += item["count"]
+            merged["partial_unexpected_counts"] = [{"value": v, "count": c} for v, c in counts.most_common(_EXAMPLES)]
+    raised = [r.exception_info for r in results if (r.exception_info or {}).get("raised_exception")]
+    return ExpectationValidationResult(
+        success=all(r.success for r in results), expectation_config=first.expectation_config, result=merged,
+        meta=first.meta, exception_info=raised[0] if raised else first.exception_info,
+    )  # fmt: skip
+
+
+def _hashable(value):
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _failure(result) -> ExpectationFailure:
@@ -207,6 +324,7 @@ def _failure(result) -> ExpectationFailure:
         unexpected_count=outcome.get("unexpected_count"),
         observed=outcome.get("observed_value"),
         examples=list(outcome.get("partial_unexpected_list") or [])[:_EXAMPLES],
+        rows=[int(row) for row in outcome.get("partial_unexpected_index_list") or []][:_EXAMPLES],
     )
 
 

@@ -235,6 +235,23 @@ def test_no_answer_within_the_timeout_rejects_the_canary(world):
     assert world.served_versions() == {2}
 
 
+def test_a_canary_failing_its_smoke_tests_is_rolled_back_by_the_flow(world):
+    # A latency budget no server can meet: every other check passes, the burst fails.
+    run = world.start_run(5, env={"RAILYARD_SMOKE_P95_MS": "0.001"})
+    _, stderr = run.communicate(timeout=600)
+    assert run.returncode == 2 and "FAIL latency_burst" in stderr and "FAIL golden" not in stderr
+    rejected = world.history(5)[-1]
+    assert rejected["stage"] == "rejected" and rejected["actor"] == "railyard"
+    assert rejected["reason"].startswith("smoke tests failed: latency_burst:") and "golden" not in rejected["reason"]
+    assert world.flow_run_state(5) == "FAILED"
+    assert world.served_versions() == {2}  # the canary is unloaded
+    assert world.aliases()["production"] == 2
+    assert world.status()["serving"] == {"stable": 2, "canary": 2}
+    golden = json.loads((world.model_dir(2) / "assets.extra" / "railyard_golden.json").read_text())
+    served = _predict(world.rest_url(), "stable", golden["instances"])
+    assert max(abs(a[0] - b[0]) for a, b in zip(served, golden["predictions"], strict=True)) < 1e-5
+
+
 def test_rollback_restores_the_previous_production_version_and_refuses_others(world):
     refused = world.railyard("rollback", "--to", "3", check=False)
     assert refused.returncode == 2 and "rejected" in refused.stderr

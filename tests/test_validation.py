@@ -11,6 +11,14 @@ from railyard.loaders import RATINGS_SCHEMA
 BOUNDS = validation.ValidationBounds(min_rows=20, max_rows=10_000, min_positive_rate=0.1, max_positive_rate=0.9)
 
 
+@pytest.fixture(params=[None, 37], ids=["whole", "sliced"])
+def slice_rows(request, monkeypatch):
+    """Both ways GX sees the rows: all at once, and in slices merged afterwards (37 rows each here)."""
+    if request.param:
+        monkeypatch.setattr(validation, "SLICE_ROWS", request.param)
+    return request.param
+
+
 def _clean(count: int = 200) -> pl.DataFrame:
     rows = [(1 + i % 17, 1 + i % 23, [1.5, 4.0, 3.0, 5.0][i % 4], 1_600_000_000 + i * 60) for i in range(count)]
     return pl.DataFrame(rows, schema=RATINGS_SCHEMA, orient="row")
@@ -47,7 +55,7 @@ BAD_RATINGS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_RATINGS))
-def test_each_kind_of_bad_ratings_is_named_with_its_count(case, tmp_path):
+def test_each_kind_of_bad_ratings_is_named_with_its_count(case, tmp_path, slice_rows):
     mutate, expectation, column, unexpected = BAD_RATINGS[case]
     report = validation.validate_ratings(mutate(_clean()), BOUNDS, tmp_path)
     assert not report.success
@@ -57,14 +65,14 @@ def test_each_kind_of_bad_ratings_is_named_with_its_count(case, tmp_path):
     assert expectation in report.summary()
 
 
-def test_error_message_names_each_failed_expectation_and_the_report(tmp_path):
+def test_error_message_names_each_failed_expectation_and_the_report(tmp_path, slice_rows):
     bad = _replace_row(pl.concat([_clean(), _clean().slice(0, 1)]), 2, rating=9.5)
     report = validation.validate_ratings(bad, BOUNDS, tmp_path)
     with pytest.raises(validation.DataValidationError) as raised:
         validation.raise_for_failures(report)
     message = str(raised.value)
-    assert "no duplicate (userId, movieId, timestamp) ratings: 2 unexpected rows" in message
-    assert "rating within 0.5..5.0: 1 unexpected rows, e.g. [9.5]" in message
+    assert "no duplicate (userId, movieId, timestamp) ratings: 2 unexpected rows (rows 0, 200)" in message
+    assert "rating within 0.5..5.0: 1 unexpected rows (rows 2), e.g. [9.5]" in message
     assert str(tmp_path / "raw_ratings.html") in message
     assert raised.value.reports == [report]
 
@@ -74,14 +82,14 @@ def _feature_set() -> features.FeatureSet:
     return features.build_features(ratings, None, holdout_fraction=0.25)
 
 
-def test_built_features_pass_both_suites(tmp_path):
+def test_built_features_pass_both_suites(tmp_path, slice_rows):
     built = _feature_set()
     train, holdout = validation.validate_features(built.train, built.holdout, built.cutoff_ts, BOUNDS, tmp_path)
     assert train.success and holdout.success, train.summary() + holdout.summary()
     assert {p.name for p in tmp_path.iterdir()} == {"features_train.html", "features_holdout.html"}
 
 
-def test_label_balance_outside_bounds_fails(tmp_path):
+def test_label_balance_outside_bounds_fails(tmp_path, slice_rows):
     built = _feature_set()
     skewed = built.train.with_columns(pl.lit(1.0, pl.Float32).alias("label"))
     report, _ = validation.validate_features(skewed, built.holdout, built.cutoff_ts, BOUNDS, tmp_path)
@@ -89,17 +97,34 @@ def test_label_balance_outside_bounds_fails(tmp_path):
     assert failure.expectation == "expect_column_mean_to_be_between" and failure.observed == 1.0
 
 
-def test_a_training_row_after_the_cutoff_fails_the_split_check(tmp_path):
+def test_a_training_row_after_the_cutoff_fails_the_split_check(tmp_path, slice_rows):
     built = _feature_set()
     leaked = built.train.vstack(built.holdout.head(1))
     report, _ = validation.validate_features(leaked, built.holdout, built.cutoff_ts, BOUNDS, tmp_path)
     assert [f.expectation for f in report.failures] == ["expect_column_max_to_be_between"]
 
 
-def test_genre_vectors_outside_zero_one_fail(tmp_path):
+def test_genre_vectors_outside_zero_one_fail(tmp_path, slice_rows):
     built = _feature_set()
     width = len(features.GENRES)
     broken = built.holdout.with_columns(pl.lit([2.0] * width, pl.Array(pl.Float32, width)).alias("movie_genres"))
     _, report = validation.validate_features(built.train, broken, built.cutoff_ts, BOUNDS, tmp_path)
     assert {f.column for f in report.failures} == {"movie_genres_min", "movie_genres_max"}
     assert all(f.unexpected_count == len(broken) for f in report.failures)
+
+
+def test_slices_report_what_the_whole_table_reports(tmp_path, monkeypatch):
+    # Duplicates 180 rows apart land in one slice; counts, rows and examples add up over slices.
+    bad = pl.concat([_clean(), _clean().slice(10, 1)])
+    for row in (20, 60, 150):
+        bad = _replace_row(bad, row, rating=9.5)
+    bad = _replace_row(bad, 100, rating=None)
+    whole = validation.validate_ratings(bad, BOUNDS, tmp_path / "whole")
+    monkeypatch.setattr(validation, "SLICE_ROWS", 30)
+    sliced = validation.validate_ratings(bad, BOUNDS, tmp_path / "sliced")
+    assert [f.line() for f in sliced.failures] == [f.line() for f in whole.failures]  # (a null example is nan)
+    assert len(whole.failures) == 4, whole.summary()
+    out_of_range = next(f for f in sliced.failures if f.expectation == "expect_column_values_to_be_between")
+    assert (out_of_range.unexpected_count, out_of_range.rows, out_of_range.examples) == (3, [20, 60, 150], [9.5] * 3)
+    assert "(rows 10, 200)" in sliced.summary()
+    assert sliced.html_report.read_text().count("Failed") == whole.html_report.read_text().count("Failed")
