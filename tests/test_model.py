@@ -71,3 +71,27 @@ def test_training_history_has_holdout_auc_per_epoch(trained):
     _, result, _ = trained
     assert len(result.history["val_auc"]) == len(result.history["loss"]) >= 1
     assert 0 <= result.best_epoch < len(result.history["loss"])
+
+
+def test_row_sparse_adam_updates_only_the_rows_a_batch_used():
+    import keras
+    import tensorflow as tf
+
+    start = np.arange(12, dtype=np.float32).reshape(6, 2) / 10
+    sparse_table, dense_table = keras.Variable(start), keras.Variable(start)
+    sparse, dense = model._row_sparse_adam()(0.1), keras.optimizers.Adam(0.1)
+    # Row 1 looked up twice: its two gradients are summed, as a dense gradient would hold them.
+    first = tf.IndexedSlices(tf.constant([[1.0, -2.0], [0.5, 0.5], [3.0, 1.0]]), tf.constant([1, 4, 1]), tf.constant([6, 2]))
+    sparse.apply([first], [sparse_table])
+    dense.apply([tf.convert_to_tensor(first)], [dense_table])
+    np.testing.assert_allclose(sparse_table.numpy(), dense_table.numpy(), rtol=1e-6)  # same first step
+    assert not np.allclose(sparse_table.numpy()[[1, 4]], start[[1, 4]])
+
+    after_first = sparse_table.numpy()
+    second = tf.IndexedSlices(tf.constant([[1.0, 1.0]]), tf.constant([2]), tf.constant([6, 2]))
+    sparse.apply([second], [sparse_table])
+    dense.apply([tf.convert_to_tensor(second)], [dense_table])
+    untouched = [0, 1, 3, 4, 5]
+    np.testing.assert_array_equal(sparse_table.numpy()[untouched], after_first[untouched])
+    # Keras' Adam keeps moving rows 1 and 4 on their momentum, and pays for every row to do so.
+    assert not np.allclose(dense_table.numpy()[[1, 4]], after_first[[1, 4]])
