@@ -193,8 +193,10 @@ def _history(
         chunk = add_columns(ordered.slice(start, length))
         per_row.append(features(_sums_before(chunk, key, columns)))
         per_key.append(features(_sums_total(chunk, key, columns)))
+    history = pl.concat(per_row, rechunk=True)
+    del per_row  # copied into one chunk: let the slices go before the scatter copies it again
     # Back to the rows' own order: scatter by the sort permutation.
-    return pl.concat(per_row, rechunk=True)[order.arg_sort()], pl.concat(per_key)
+    return history[order.arg_sort()], pl.concat(per_key)
 
 
 def _whole_key_slices(keys: pl.Series, rows_per_slice: int) -> list[tuple[int, int]]:
