@@ -265,3 +265,7 @@ def test_rollback_restores_the_previous_production_version_and_refuses_others(wo
     assert (restored["stage"], restored["actor"]) == ("production", "carol")
     assert "complaints about v2" in restored["reason"]
     assert world.status()["serving"]["stable"] == 1
+    # The whole story, on both versions' transition histories.
+    assert [entry["stage"] for entry in world.history(1)] == ["candidate", "staging", "production", "archived", "production"]
+    assert [entry["stage"] for entry in world.history(2)] == ["candidate", "staging", "production", "archived"]
+    assert world.history(2)[-1]["actor"] == "carol"
