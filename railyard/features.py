@@ -337,7 +337,7 @@ def write_feature_set(feature_set: FeatureSet, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = (feature_set.train, feature_set.holdout, feature_set.user_snapshot, feature_set.movie_snapshot)
     for name, frame in zip(FEATURE_FILES, frames):
-        frame.write_parquet(out_dir / name, row_group_size=PARQUET_ROW_GROUP)
+        frame.write_parquet(out_dir / name, compression="lz4", row_group_size=PARQUET_ROW_GROUP)
     meta = {
         "feature_code_version": FEATURE_CODE_VERSION,
         "cutoff_ts": feature_set.cutoff_ts,
