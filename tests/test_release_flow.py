@@ -12,7 +12,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -159,6 +161,30 @@ def test_deploy_registers_every_deployment_with_schedule_and_typed_parameters(wo
 
     status, error = api(world, "POST", f"/deployments/{daily['id']}/create_flow_run", {"parameters": {"holdout_fraction": 2}})
     assert status == 409 and "holdout_fraction" in json.dumps(error)
+
+    # The server's scheduler turns the cron into runs: the daily retraining really happens.
+    # (Only a test starting within the worker's 10 s prefetch of 03:00 Berlin would meet one.)
+    scheduled = _scheduled_runs(world, daily["id"])
+    starts = [datetime.fromisoformat(run["expected_start_time"]).astimezone(ZoneInfo("Europe/Berlin")) for run in scheduled]
+    assert starts and all((start.hour, start.minute) == (3, 0) for start in starts)
+    assert all(run["auto_scheduled"] and run["parameters"] == {"auto_approve": False} for run in scheduled)
+
+
+def _scheduled_runs(world: World, deployment_id: str, timeout_s: float = 120) -> list[dict]:
+    """The deployment's SCHEDULED runs once the scheduler service has made some (it runs on
+    every deployment change and then once a minute)."""
+    query = {
+        "deployments": {"id": {"any_": [deployment_id]}},
+        "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+    }
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status, runs = api(world, "POST", "/flow_runs/filter", query)
+        assert status == 200, runs
+        if runs:
+            return runs
+        time.sleep(2)
+    return []
 
 
 def test_a_ui_started_run_is_picked_up_by_a_worker_and_reaches_production(world):
