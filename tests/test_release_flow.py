@@ -163,28 +163,31 @@ def test_deploy_registers_every_deployment_with_schedule_and_typed_parameters(wo
     assert status == 409 and "holdout_fraction" in json.dumps(error)
 
     # The server's scheduler turns the cron into runs: the daily retraining really happens.
-    # (Only a test starting within the worker's 10 s prefetch of 03:00 Berlin would meet one.)
-    scheduled = _scheduled_runs(world, daily["id"])
+    scheduled = _scheduled_runs(world, daily["id"], wait_s=120)
     starts = [datetime.fromisoformat(run["expected_start_time"]).astimezone(ZoneInfo("Europe/Berlin")) for run in scheduled]
     assert starts and all((start.hour, start.minute) == (3, 0) for start in starts)
     assert all(run["auto_scheduled"] and run["parameters"] == {"auto_approve": False} for run in scheduled)
 
+    # Switched off (the UI's schedule toggle), the coming runs go: none can reach the worker that
+    # the next test starts, whatever the time of day.
+    assert api(world, "PATCH", f"/deployments/{daily['id']}/schedules/{schedule['id']}", {"active": False})[0] == 204
+    assert _scheduled_runs(world, daily["id"]) == []
 
-def _scheduled_runs(world: World, deployment_id: str, timeout_s: float = 120) -> list[dict]:
-    """The deployment's SCHEDULED runs once the scheduler service has made some (it runs on
-    every deployment change and then once a minute)."""
+
+def _scheduled_runs(world: World, deployment_id: str, wait_s: float = 0) -> list[dict]:
+    """The deployment's SCHEDULED runs, waiting up to ``wait_s`` for the scheduler service to
+    make some (it runs on every deployment change and then once a minute)."""
     query = {
         "deployments": {"id": {"any_": [deployment_id]}},
         "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
     }
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + wait_s
+    while True:
         status, runs = api(world, "POST", "/flow_runs/filter", query)
         assert status == 200, runs
-        if runs:
+        if runs or time.monotonic() >= deadline:
             return runs
         time.sleep(2)
-    return []
 
 
 def test_a_ui_started_run_is_picked_up_by_a_worker_and_reaches_production(world):
