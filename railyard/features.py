@@ -202,14 +202,18 @@ def _history(
     """
     ordered = train.select(key, "timestamp").with_row_index("row").sort(key, maintain_order=True)
     order, keys, timestamps = (ordered.get_column(column).to_numpy() for column in ("row", key, "timestamp"))
-    no_rows = features(sums_of(order[:0]) | {"n": np.ones(0, np.int32)})  # each output's dtype and shape
+
+    def sums_with_count(rows: np.ndarray) -> Sums:
+        return sums_of(rows) | {"n": np.ones(len(rows), np.int32)}
+
+    no_rows = features(sums_with_count(order[:0]))  # each output's dtype and shape
     per_row = {name: np.empty((len(train), *values.shape[1:]), values.dtype) for name, values in no_rows.items()}
 
     def slice_features(bounds: tuple[int, int]) -> pl.DataFrame:
         part = slice(bounds[0], sum(bounds))
         runs = _KeyRuns.of(keys[part], timestamps[part])
         sums_before, sums_total = {}, {}
-        for name, values in (sums_of(order[part]) | {"n": np.ones(bounds[1], np.int32)}).items():
+        for name, values in sums_with_count(order[part]).items():
             sums_before[name], sums_total[name] = runs.sums(values)
         for name, values in features(sums_before).items():
             _put_rows(per_row[name], order[part], values)  # slices hold disjoint rows: safe across threads
