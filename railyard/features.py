@@ -134,13 +134,7 @@ def build_features(
     # Each training row's movie as a row of the genre table; the extra last row (no genres) stands
     # for movies missing from the catalogue.
     genre_table = np.vstack([genres.select(_GENRE_COLUMNS).to_numpy(), np.zeros((1, len(GENRES)), np.float32)])
-    genre_rows = (
-        train.select("movieId")
-        .join(genres.select("movieId").with_row_index("row"), on="movieId", how="left", maintain_order="left")
-        .get_column("row")
-        .fill_null(len(genres))
-        .to_numpy()
-    )
+    genre_rows = _row_numbers(train.get_column("movieId"), genres.get_column("movieId"))
     ratings_f64 = train.get_column("rating").to_numpy()
     labels = train.get_column("label").to_numpy().astype(np.int32)
     genres_by_column = np.ascontiguousarray(genre_table.T, dtype=np.int32)  # (genre, movie): a slice's genres come out row-contiguous
@@ -167,12 +161,13 @@ def build_features(
         ],
         how="horizontal",
     ).select(*labelled, *USER_FEATURES, *MOVIE_FEATURES)
-    holdout_features = (
-        holdout.select(*labelled)
-        .join(user_snapshot, on="userId", how="left")
-        .join(movie_snapshot, on="movieId", how="left")
-        .with_columns(_fill_cold(cold_user(priors)) + _fill_cold(cold_movie(priors)))
-        .select(*labelled, *USER_FEATURES, *MOVIE_FEATURES)
+    holdout_features = pl.concat(
+        [
+            holdout.select(*labelled),
+            _snapshot_rows(holdout.get_column("userId"), user_snapshot, cold_user(priors)),
+            _snapshot_rows(holdout.get_column("movieId"), movie_snapshot, cold_movie(priors)),
+        ],
+        how="horizontal",
     )
     return FeatureSet(train_features, holdout_features, cutoff, user_snapshot, movie_snapshot, priors, fingerprint)
 
@@ -324,15 +319,24 @@ def _movie_snapshot(history: pl.DataFrame, genres: pl.DataFrame, priors: dict[st
     )
 
 
-def _fill_cold(values: dict) -> list[pl.Expr]:
-    """Cold-start values for rows whose id is missing from a snapshot."""
-    filled = []
-    for name, value in values.items():
-        if isinstance(value, list):
-            filled.append(pl.col(name).fill_null(pl.lit(value, _GENRE_ARRAY)))
-        else:
-            filled.append(pl.col(name).fill_null(pl.lit(value, pl.Float32)))
-    return filled
+def _row_numbers(ids: pl.Series, table_ids: pl.Series) -> np.ndarray:
+    """Each id's row in ``table_ids`` (unique ids), or ``len(table_ids)`` where it is missing: the
+    index of a fallback row appended to the table."""
+    table = table_ids.rename(ids.name).to_frame().with_row_index("row")
+    joined = ids.to_frame().join(table, on=ids.name, how="left", maintain_order="left")
+    return joined.get_column("row").fill_null(len(table_ids)).to_numpy()
+
+
+def _snapshot_rows(ids: pl.Series, snapshot: pl.DataFrame, cold: dict) -> pl.DataFrame:
+    """The ``cold`` features' columns for each id: its snapshot row, or the cold values for ids the
+    snapshot lacks. Gathered in NumPy: Polars' left joins plus fill_null on the array columns
+    wrote the holdout's features twice and took 3-4x as long (5M: 0.42-0.5 s vs. 0.13 s)."""
+    rows = _row_numbers(ids, snapshot.get_column(ids.name))
+    columns = {}
+    for name, value in cold.items():
+        table = snapshot.get_column(name).to_numpy()
+        columns[name] = np.concatenate([table, np.asarray(value, table.dtype)[None]]).take(rows, axis=0)
+    return pl.DataFrame(columns)
 
 
 def write_feature_set(feature_set: FeatureSet, out_dir: Path) -> Path:
