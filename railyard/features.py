@@ -195,8 +195,8 @@ def _history(
     of whole keys at a time, on every core, so the user's 40 genre sums never exist for all rows
     at once, and each slice's features are written straight to their rows' places.
     """
-    ordered = train.select(key, "timestamp").with_row_index("row").sort(key, maintain_order=True)
-    order, keys, timestamps = (ordered.get_column(column).to_numpy() for column in ("row", key, "timestamp"))
+    order = _stable_order(train.get_column(key).to_numpy())
+    keys, timestamps = (train.get_column(column).to_numpy().take(order) for column in (key, "timestamp"))
 
     def sums_with_count(rows: np.ndarray) -> Sums:
         return sums_of(rows) | {"n": np.ones(len(rows), np.int32)}
@@ -218,6 +218,21 @@ def _history(
     with ThreadPoolExecutor(HISTORY_THREADS) as pool:
         per_key = list(pool.map(slice_features, _whole_key_slices(keys, HISTORY_SLICE_ROWS)))
     return pl.DataFrame(per_row), pl.concat(per_key)
+
+
+def _stable_order(keys: np.ndarray) -> np.ndarray:
+    """Row numbers that sort ``keys``, each key's rows in their original order.
+
+    Key and row number packed into one unsigned 64-bit value sort unstably to the same order,
+    3x faster than a stable sort (5M: Polars 0.09 s vs. 0.27 s with ``maintain_order``). Keys
+    spread too far apart to share 64 bits with the row number (hashed ids) take NumPy's stable sort.
+    """
+    row_bits = max(len(keys).bit_length(), 1)
+    low, high = (int(keys.min()), int(keys.max())) if len(keys) else (0, 0)
+    if (high - low) >> (64 - row_bits):
+        return np.argsort(keys, kind="stable")
+    packed = (keys - low).astype(np.uint64) << np.uint64(row_bits) | np.arange(len(keys), dtype=np.uint64)
+    return (pl.Series(packed).sort().to_numpy() & np.uint64((1 << row_bits) - 1)).astype(np.int64)
 
 
 def _put_rows(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:

@@ -158,3 +158,19 @@ def test_building_histories_in_slices_changes_nothing(tmp_path, monkeypatch):
     sliced = features.build_features(dataset.ratings, dataset.movies, holdout_fraction=0.25)
     for part in ("train", "holdout", "user_snapshot", "movie_snapshot"):
         assert getattr(sliced, part).equals(getattr(whole, part)), part
+
+
+def test_ids_spread_over_all_of_int64_give_the_same_features(tmp_path):
+    """Hashed ids are too far apart to pack with a row number into one sort key: the stable-sort
+    path must give what small ids give."""
+    generate_movielens(tmp_path / "data", users=40, movies=30, days=3, ratings_per_day=150, seed=6)
+    dataset = load_dataset(tmp_path / "data")
+    spread = (pl.col("userId") - 20) * 2**57, (pl.col("movieId") - 20) * 2**57  # same order, span ~2^62
+    hashed_ratings = dataset.ratings.with_columns(spread[0].alias("userId"), spread[1].alias("movieId"))
+    hashed_movies = dataset.movies.with_columns(spread[1].alias("movieId"))
+    small = features.build_features(dataset.ratings, dataset.movies, holdout_fraction=0.25)
+    hashed = features.build_features(hashed_ratings, hashed_movies, holdout_fraction=0.25)
+    assert hashed.train["userId"].min() < 0 < hashed.train["userId"].max()
+    for part in ("train", "holdout", "user_snapshot", "movie_snapshot"):
+        ids = [c for c in ("userId", "movieId") if c in getattr(small, part).columns]
+        assert getattr(hashed, part).drop(ids).equals(getattr(small, part).drop(ids)), part
