@@ -5,10 +5,11 @@
 1. The plain pipeline: the same library functions the flow's tasks call, in sequence, without
    Prefect and MLflow; per stage wall time, rows/s and peak RSS (the kernel's high-water mark,
    reset before each stage).
-2. The whole retrain flow (Prefect + MLflow, auto-approved) on the same data in a fresh state
-   folder; orchestration overhead = flow / plain pipeline (MLflow logging is timed on its own),
-   and the flow's wall time over the run time Prefect recorded for its tasks. An untimed
-   plain pass runs first, so one-time costs land on neither side.
+2. The whole retrain flow (Prefect + MLflow, auto-approved) on the same data, each run in a fresh
+   state folder; orchestration overhead = flow / plain pipeline (MLflow logging is timed on its
+   own), and the flow's wall time over the run time Prefect recorded for its tasks. An untimed
+   plain pass runs first, so one-time costs land on neither side; up to 5M the flow and the plain
+   pipeline alternate twice each and each side keeps its best run (the table shows those runs).
 3. Feature build: ours (Polars + NumPy) vs. a straightforward pandas implementation of the same
    features, checked equal row for row.
 4. Training input: the tf.data pipeline streaming the feature Parquet (what training uses) vs.
@@ -148,6 +149,11 @@ def plain_pipeline(data_dir: Path, work: Path, settings) -> tuple[Stages, int]:
     if not report.passed:
         raise RuntimeError(report.summary())
     return stages, rows
+
+
+def plain_seconds(run: tuple[Stages, int]) -> float:
+    """The plain pipeline's time: the sum of its stages."""
+    return sum(row["seconds"] for row in run[0].rows.values())
 
 
 def mlflow_logging(export_dir_parent: Path, settings) -> float:
@@ -317,14 +323,32 @@ def main() -> None:
         # process, so neither side shares the cores with their background work.
         training_input = training_input_baseline(scratch / "warm-up" / "features", settings) if baselines else None
         features_vs_pandas = feature_baseline(data_dir, settings.holdout_fraction) if baselines else None
-        flow_s, flow_rss, flow_tasks = whole_flow(data_dir, args.epochs, settings)
-        stages, rows = plain_pipeline(data_dir, scratch / "plain", settings)
-        plain_s = sum(row["seconds"] for row in stages.rows.values())
-        mlflow_s = mlflow_logging(scratch / "plain", Settings(home=scratch / "mlflow-only"))
+        flows, plains, worlds = [], [], [settings]
+
+        def timed_flow() -> float:
+            # Each flow in a fresh state folder: a second run in the same one would find the first
+            # one's production model and do different work.
+            os.environ["RAILYARD_HOME"] = str(scratch / f"home-{len(flows)}")
+            worlds.append(Settings())
+            flows.append(whole_flow(data_dir, args.epochs, worlds[-1]))
+            return flows[-1][0]
+
+        def timed_plain() -> float:
+            plains.append(plain_pipeline(data_dir, scratch / f"plain-{len(plains)}", settings))
+            return plain_seconds(plains[-1])
+
+        # Training is most of both sides and varies by a third here from fit to fit: up to 5M the
+        # two sides alternate twice and each keeps its best, as the library baselines do.
+        best_of_alternating(timed_flow, timed_plain, rounds=2 if baselines else 1)
+        flow_s, flow_rss, flow_tasks = min(flows, key=lambda run: run[0])
+        stages, rows = min(plains, key=plain_seconds)
+        plain_s = plain_seconds((stages, rows))
+        mlflow_s = mlflow_logging(scratch / "plain-0", Settings(home=scratch / "mlflow-only"))
     finally:
         from infra.local_server import background
 
-        background.stop(settings.local_serving_dir)
+        for world in worlds:
+            background.stop(world.local_serving_dir)
         shutil.rmtree(scratch, ignore_errors=True)
 
     validation_s = stages.rows["validate_raw"]["seconds"] + stages.rows["validate_features"]["seconds"]
