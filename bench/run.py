@@ -312,6 +312,7 @@ def main() -> None:
     import tensorflow  # noqa: F401
 
     baselines = args.size in BASELINE_SIZES
+    worlds = [settings]  # every state folder whose serving process the end must stop
     try:
         # An untimed pass first pays the one-time costs (graph tracing, GX and server start-up,
         # the allocator growing to size; seen here: the first 1M fit took 21.9 s, the same fit
@@ -323,7 +324,7 @@ def main() -> None:
         # process, so neither side shares the cores with their background work.
         training_input = training_input_baseline(scratch / "warm-up" / "features", settings) if baselines else None
         features_vs_pandas = feature_baseline(data_dir, settings.holdout_fraction) if baselines else None
-        flows, plains, worlds = [], [], [settings]
+        flows, plains = [], []
 
         def timed_flow() -> float:
             # Each flow in a fresh state folder: a second run in the same one would find the first
