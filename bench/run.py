@@ -312,7 +312,7 @@ def main() -> None:
     import tensorflow  # noqa: F401
 
     baselines = args.size in BASELINE_SIZES
-    worlds = [settings]  # every state folder whose serving process the end must stop
+    worlds: list[Settings] = []  # the flows' state folders, whose serving processes the end stops
     try:
         # An untimed pass first pays the one-time costs (graph tracing, GX and server start-up,
         # the allocator growing to size; seen here: the first 1M fit took 21.9 s, the same fit
@@ -342,8 +342,9 @@ def main() -> None:
         # two sides alternate twice and each keeps its best, as the library baselines do.
         best_of_alternating(timed_flow, timed_plain, rounds=2 if baselines else 1)
         flow_s, flow_rss, flow_tasks = min(flows, key=lambda run: run[0])
-        stages, rows = min(plains, key=plain_seconds)
-        plain_s = plain_seconds((stages, rows))
+        best_plain = min(plains, key=plain_seconds)
+        stages, rows = best_plain
+        plain_s = plain_seconds(best_plain)
         mlflow_s = mlflow_logging(scratch / "plain-0", Settings(home=scratch / "mlflow-only"))
     finally:
         from infra.local_server import background
