@@ -3,8 +3,8 @@
     uv run python -m bench.run --size 1m [--epochs 2]        (make bench SIZE=1m)
 
 1. The plain pipeline: the same library functions the flow's tasks call, in sequence, without
-   Prefect and MLflow; per stage wall time, rows/s and peak RSS (the kernel's high-water mark,
-   reset before each stage).
+   Prefect and MLflow, deploying to a serving process of its own as the flow does; per stage wall
+   time, rows/s and peak RSS (the kernel's high-water mark, reset before each stage).
 2. The whole retrain flow (Prefect + MLflow, auto-approved) on the same data, each run in a fresh
    state folder; orchestration overhead = flow / plain pipeline (MLflow logging is timed on its
    own), and the flow's wall time over the run time Prefect recorded for its tasks. An untimed
@@ -90,9 +90,26 @@ def dataset(size: str, home: Path) -> Path:
 
 
 def plain_pipeline(data_dir: Path, work: Path, settings) -> tuple[Stages, int]:
-    """The flow's work as plain calls: what the orchestration overhead is measured against."""
+    """The flow's work as plain calls: what the orchestration overhead is measured against.
+
+    It deploys, as the flow does, to a serving process of its own that is already running when
+    the clock starts and has loaded nothing yet.
+    """
+    from infra import deploy
+    from infra.local_server import background
+
+    model_root = work / "serving" / "models"
+    model_root.mkdir(parents=True)
+    server = background.ensure_running(work / "serving", model_root / deploy.CONFIG_FILE, rest_port=0, grpc_port=0)
+    try:
+        target = deploy.ServingTarget(server.grpc_target, server.rest_url, model_root, str(model_root))
+        return plain_stages(data_dir, work, settings, target)
+    finally:
+        background.stop(work / "serving")
+
+
+def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, int]:
     from infra import deploy, smoke
-    from infra.local_server import LocalServingServer
     from model_registry import open_store
     from railyard import evaluation, features, loaders, model, validation
     from tasks.smoke import budget
@@ -135,17 +152,13 @@ def plain_pipeline(data_dir: Path, work: Path, settings) -> tuple[Stages, int]:
             MODEL, export_dir, metadata={"metrics": metrics, "data_fingerprint": feature_set.fingerprint,
                                           "code_version": code_version(settings)},
         )  # fmt: skip
-    model_root = work / "serving"
-    model_root.mkdir()
-    with LocalServingServer(model_root / deploy.CONFIG_FILE, max_num_load_retries=0).start() as server:
-        target = deploy.ServingTarget(server.grpc_target, server.rest_url, model_root, str(model_root))
-        with target.client() as client:
-            with stages.stage("deploy_to_available"):
-                deploy.materialize(store, MODEL, published.version, target)
-                deploy.deploy_canary(client, target, MODEL, published.version, timeout_s=600)
-            with stages.stage("smoke_tests"):
-                golden = smoke.read_golden(model_root / MODEL / str(published.version))
-                report = smoke.run_smoke_tests(client, MODEL, published.version, golden, budget(settings), "canary")
+    with target.client() as client:
+        with stages.stage("deploy_to_available"):
+            deploy.materialize(store, MODEL, published.version, target)
+            deploy.deploy_canary(client, target, MODEL, published.version, timeout_s=600)
+        with stages.stage("smoke_tests"):
+            golden = smoke.read_golden(target.model_root / MODEL / str(published.version))
+            report = smoke.run_smoke_tests(client, MODEL, published.version, golden, budget(settings), "canary")
     if not report.passed:
         raise RuntimeError(report.summary())
     return stages, rows

@@ -37,6 +37,10 @@ START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UN
 _T = TypeVar("_T")
 
 
+# server_core.cc's UNAVAILABLE answer to a label before any config has set labels.
+NO_LABELS_YET = "Model labels does not init yet."
+
+
 class ServingError(RuntimeError):
     """TF Serving answered with an error; ``code`` is its status code name when known."""
 
@@ -197,6 +201,8 @@ class ServingClient:
             metadata = self._rest("GET", f"{_model_path(model, None, label)}/metadata")
         except ServingError as exc:
             if exc.code in ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION"):
+                return None
+            if exc.details.startswith(NO_LABELS_YET):  # a server that has loaded no config with labels
                 return None
             raise
         return int(metadata["model_spec"]["version"])

@@ -102,6 +102,11 @@ def test_a_version_that_fails_to_load_leaves_stable_serving_and_the_config_known
     np.testing.assert_allclose(served, golden(model_root, 1)["predictions"], atol=1e-5)
 
 
+def test_no_label_is_served_before_the_first_deploy(world):
+    _, _, client = world  # its server started without a config: TF Serving has no label map yet
+    assert client.label_version(MODEL_NAME, "stable") is None
+
+
 def test_make_stable_loads_an_unserved_version_first(world):
     store, target, client = world
     _stable_release(store, target, client, 1)

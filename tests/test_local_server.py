@@ -4,6 +4,8 @@ import json
 import logging
 import urllib.error
 import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -13,9 +15,9 @@ import pytest
 pytest.register_assert_rewrite("tests.serving_fixtures")
 pytest_plugins = ["tests.serving_fixtures"]
 
-from infra.local_server import StatusError  # noqa: E402
+from infra.local_server import StatusError, background  # noqa: E402
 from infra.serving_client import ServingError, build_predict_request  # noqa: E402
-from infra.tfserving_config import read_config  # noqa: E402
+from infra.tfserving_config import read_config, write_config_atomically  # noqa: E402
 from tests.serving_fixtures import (  # noqa: E402
     CORRUPT_VERSION,
     GOLDEN_INSTANCES,
@@ -320,3 +322,27 @@ def test_bad_config_files_and_busy_ports_are_named(start_server, model_root, tmp
         start_server(config_path=first.config_path, grpc_port=first.grpc_port)
     with pytest.raises(OSError, match=f"cannot listen for REST on 127.0.0.1:{first.rest_port}"):
         start_server(config_path=first.config_path, rest_port=first.rest_port)
+
+
+# -- the background process (what `railyard run` starts and later runs reuse) ----------------------
+
+
+def test_a_background_server_serves_the_config_it_was_given_and_is_reused_then_stopped(model_root, tmp_path, monkeypatch):
+    # The child's own settings point elsewhere: what it serves must come from its caller.
+    monkeypatch.setenv("RAILYARD_HOME", str(tmp_path / "elsewhere"))
+    config_path = tmp_path / "configs" / "models.config"
+    write_config_atomically(config_path, model_config(model_root, {1}, {}))
+    state_dir = tmp_path / "state"
+    state = background.ensure_running(state_dir, config_path, rest_port=0, grpc_port=0)
+    try:
+        assert Path(state.config_path) == config_path
+        served = SimpleNamespace(rest_url=state.rest_url)
+        assert rest(served, "GET", MODEL_PATH) == (200, {"model_version_status": [ok(1, "AVAILABLE")]})
+        assert background.ensure_running(state_dir, config_path, rest_port=0, grpc_port=0) == state
+        with pytest.raises(RuntimeError, match="stop it with `railyard serve --stop`"):
+            background.ensure_running(state_dir, tmp_path / "other.config", rest_port=0, grpc_port=0)
+    finally:
+        stopped = background.stop(state_dir)
+    assert stopped == state
+    assert background.running(state_dir) is None and not (state_dir / background.STATE_FILE).exists()
+    assert "Traceback" not in (state_dir / background.LOG_FILE).read_text()

@@ -1,8 +1,9 @@
 """The local server as a background process that outlives one `railyard run`.
 
-``railyard serve`` (foreground) writes a state file (pid, ports, config) once both ports listen
-and removes it when it stops. ``ensure_running`` reuses a live server found through that file
-or starts ``railyard serve`` detached, with its log beside the state file; ``stop`` ends it.
+The foreground server (``railyard serve``, or ``python -m infra.local_server``) writes a state
+file (pid, ports, config) once both ports listen and removes it when it stops. ``ensure_running``
+reuses a live server found through that file or starts ``python -m infra.local_server`` detached
+with the config and state folder it was given, its log beside the state file; ``stop`` ends it.
 """
 
 from __future__ import annotations
@@ -84,7 +85,10 @@ def ensure_running(state_dir: Path, config_path: Path, rest_port: int, grpc_port
             )
         return state
     state_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "railyard", "serve", "--rest-port", str(rest_port), "--grpc-port", str(grpc_port)]
+    command = [
+        sys.executable, "-m", "infra.local_server", "--model_config_file", str(config_path),
+        "--state_dir", str(state_dir), "--port", str(grpc_port), "--rest_api_port", str(rest_port),
+    ]  # fmt: skip
     with open(state_dir / LOG_FILE, "ab") as log:
         child = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True

@@ -26,7 +26,7 @@ from tensorflow_serving.config.model_server_config_pb2 import ModelConfig, Model
 
 from infra.local_server.errors import StatusError, status_from_exception
 from infra.local_server.servable import Servable
-from infra.serving_client import AVAILABLE, END, LOADING, START, UNLOADING, VersionStatus
+from infra.serving_client import AVAILABLE, END, LOADING, NO_LABELS_YET, START, UNLOADING, VersionStatus
 from infra.tfserving_config import MODEL_PLATFORM
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ class ServerCore:
         with self._lock:
             if label is not None:
                 if self._labels is None:
-                    raise StatusError("UNAVAILABLE", f"Model labels does not init yet.{label}")
+                    raise StatusError("UNAVAILABLE", f"{NO_LABELS_YET}{label}")
                 version = self._labels.get(name, {}).get(label)
                 if version is None:
                     raise StatusError("INVALID_ARGUMENT", f"Unrecognized servable version label: {label}")

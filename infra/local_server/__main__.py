@@ -1,0 +1,26 @@
+"""The local server in the foreground, told exactly what to serve (TF Serving's flag names).
+
+    python -m infra.local_server --model_config_file PATH --state_dir DIR [--port N] [--rest_api_port N]
+
+``background.ensure_running`` starts this detached. Every path comes from the command line, not
+from the child's own settings, so the server serves the config its caller asked for.
+"""
+
+import argparse
+from pathlib import Path
+
+from infra.local_server.background import serve_foreground
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m infra.local_server", description=__doc__.splitlines()[0])
+    parser.add_argument("--model_config_file", type=Path, required=True)
+    parser.add_argument("--state_dir", type=Path, required=True, help="where the state file (pid, ports) goes")
+    parser.add_argument("--port", type=int, default=8500, help="gRPC port (0 = any free port)")
+    parser.add_argument("--rest_api_port", type=int, default=8501, help="REST port (0 = any free port)")
+    args = parser.parse_args(argv)
+    serve_foreground(args.state_dir, args.model_config_file, args.rest_api_port, args.port)
+
+
+if __name__ == "__main__":
+    main()
