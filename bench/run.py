@@ -8,7 +8,7 @@
 2. The whole retrain flow (Prefect + MLflow, auto-approved) on the same data, each run in a fresh
    state folder; orchestration overhead = flow / plain pipeline (MLflow logging is timed on its
    own), and the flow's wall time over the run time Prefect recorded for its tasks. An untimed
-   plain pass runs first, so one-time costs land on neither side; up to 5M the flow and the plain
+   plain pass runs first, so one-time costs land on neither side; the flow and the plain
    pipeline alternate twice each and each side keeps its best run (the table shows those runs).
 3. Feature build: ours (Polars + NumPy) vs. a straightforward pandas implementation of the same
    features, checked equal row for row.
@@ -351,9 +351,9 @@ def main() -> None:
             plains.append(plain_pipeline(data_dir, scratch / f"plain-{len(plains)}", settings))
             return plain_seconds(plains[-1])
 
-        # Training is most of both sides and varies by a third here from fit to fit: up to 5M the
-        # two sides alternate twice and each keeps its best, as the library baselines do.
-        best_of_alternating(timed_flow, timed_plain, rounds=2 if baselines else 1)
+        # Training is most of both sides and varies by a third here from fit to fit: the two
+        # sides alternate twice and each keeps its best, as the library baselines do.
+        best_of_alternating(timed_flow, timed_plain)
         flow_s, flow_rss, flow_tasks = min(flows, key=lambda run: run[0])
         best_plain = min(plains, key=plain_seconds)
         stages, rows = best_plain
