@@ -113,7 +113,7 @@ def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, 
     from model_registry import open_store
     from railyard import evaluation, features, loaders, model, validation
     from tasks.smoke import budget
-    from tasks.training import code_version, train_config
+    from tasks.training import code_version, export_for_serving, train_config
     from tasks.validation import bounds
 
     stages = Stages()
@@ -138,8 +138,7 @@ def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, 
     with stages.stage("training", training_rows * settings.epochs):
         trained = model.train_model(work / "features", train_config(settings))
     with stages.stage("export"):
-        export_dir = model.export_serving_model(trained.model, feature_set, work / "export")
-        model.write_golden_requests(export_dir, model.golden_instances(feature_set, seed=settings.seed))
+        export_dir = export_for_serving(trained.model, feature_set, work / "export", settings)
     holdout = feature_set.holdout
     with stages.stage("evaluation", len(holdout)):
         scores = model.predict_saved_model(export_dir, holdout.get_column("userId"), holdout.get_column("movieId"))
@@ -159,8 +158,10 @@ def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, 
         with stages.stage("smoke_tests"):
             golden = smoke.read_golden(target.model_root / MODEL / str(published.version))
             report = smoke.run_smoke_tests(client, MODEL, published.version, golden, budget(settings), "canary")
-    if not report.passed:
-        raise RuntimeError(report.summary())
+        if not report.passed:
+            raise RuntimeError(report.summary())
+        with stages.stage("promote"):  # auto-approved, as the flow's run is
+            deploy.make_stable(client, target, MODEL, published.version, timeout_s=600)
     return stages, rows
 
 

@@ -36,13 +36,19 @@ def train(feature_dir: Path, settings: Settings, run_id: str) -> model.TrainResu
     return result
 
 
-@railyard_task(name="export-saved-model", timeout_seconds=30 * MINUTES)
-def export(result: model.TrainResult, feature_set: FeatureSet, out_dir: Path, settings: Settings, run_id: str) -> Path:
-    export_dir = model.export_serving_model(result.model, feature_set, out_dir)
+def export_for_serving(trained_model, feature_set: FeatureSet, out_dir: Path, settings: Settings) -> Path:
+    """The SavedModel with its golden requests (for the smoke tests) and warm-up requests."""
+    export_dir = model.export_serving_model(trained_model, feature_set, out_dir)
     instances = model.golden_instances(feature_set, seed=settings.seed)
     model.write_golden_requests(export_dir, instances)
     # TF Serving replays these while loading, so the first real request does not pay for warm-up.
     write_warmup_requests(export_dir, settings.model_name, instances)
+    return export_dir
+
+
+@railyard_task(name="export-saved-model", timeout_seconds=30 * MINUTES)
+def export(result: model.TrainResult, feature_set: FeatureSet, out_dir: Path, settings: Settings, run_id: str) -> Path:
+    export_dir = export_for_serving(result.model, feature_set, out_dir, settings)
     tracking.log_artifact(settings, run_id, export_dir, "saved_model")
     return export_dir
 
