@@ -388,6 +388,13 @@ def main() -> None:
         "feature_build": features_vs_pandas,
         "training_input": training_input,
         "flow_task_seconds": flow_tasks,
+        # Every run of each side in the order they ran (flow, plain, plain, flow): the spread.
+        "runs": {
+            "flow_s": [round(run[0], 3) for run in flows],
+            "plain_s": [round(plain_seconds(run), 3) for run in plains],
+            "flow_train_s": [run[2].get("train") for run in flows],
+            "plain_train_s": [run[0].rows["training"]["seconds"] for run in plains],
+        },
     }
     RESULTS_DIR.mkdir(exist_ok=True)
     (RESULTS_DIR / f"{args.size}.json").write_text(json.dumps(result, indent=1))
@@ -410,6 +417,12 @@ def format_table(result: dict) -> str:
             f"in-memory NumPy {feeding['in_memory_examples_per_s']:,} examples/s"
         )
     lines.append("flow tasks (s): " + ", ".join(f"{k} {v}" for k, v in result["flow_task_seconds"].items()))
+    runs = result["runs"]
+    each = {
+        side: ", ".join(f"{whole:g} / {train:g}" for whole, train in zip(runs[f"{side}_s"], runs[f"{side}_train_s"]))
+        for side in ("flow", "plain")
+    }
+    lines.append(f"every run, whole / training (s): flow {each['flow']}; plain {each['plain']}")
     return "\n".join(lines)
 
 
