@@ -328,7 +328,7 @@ def main() -> None:
     baselines = args.size in BASELINE_SIZES
     worlds: list[Settings] = []  # the flows' state folders, whose serving processes the end stops
     try:
-        # An untimed pass first pays the one-time costs (graph tracing, GX and server start-up,
+        # An untimed pass first pays the one-time costs (graph tracing, GX start-up,
         # the allocator growing to size; seen here: the first 1M fit took 21.9 s, the same fit
         # later 13.7 s), so neither side of the comparison carries them. Full size where the
         # baselines reuse its features; at 25M, 1M is enough and saves a quarter of an hour.
