@@ -130,10 +130,11 @@ def make_dataset(path: Path, batch_size: int, *, shuffle_seed: int | None):
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-# glibc's ceilings for its dynamic thresholds (mallopt(3)): blocks up to 32 MiB come from the heap,
-# and up to twice that may stay free at its top instead of going back to the kernel.
-_MMAP_THRESHOLD = 32 << 20
-_TRIM_THRESHOLD = 64 << 20
+# Blocks under 8 MiB (a streamed row group's arrays, every step's tensors) come from the heap and
+# are reused; up to 16 MiB may stay free at its top instead of going back to the kernel. Measured at
+# 1M: 125-130k faults per fit (70-110k at glibc's own ceilings, 32/64 MiB, which let the heap keep 4x more).
+_MMAP_THRESHOLD = 8 << 20
+_TRIM_THRESHOLD = 16 << 20
 
 
 def _reuse_freed_memory() -> None:
@@ -141,8 +142,10 @@ def _reuse_freed_memory() -> None:
 
     A generator dataset's iterator sets M_TRIM_THRESHOLD to 128 KiB, which also freezes glibc's
     mmap threshold at 128 KiB: every tensor of 128 KiB or more a training step allocates is then
-    mapped and unmapped, and its pages faulted in again, step after step. At 1M ratings that was
-    about 1M page faults per epoch and a quarter of training's CPU time (bench/README.md).
+    mapped and unmapped, and its pages faulted in again, step after step: where training is the
+    first big work of a process, about 1M page faults per epoch at 1M ratings and a quarter of
+    training's CPU time (bench/README.md). Where earlier work already raised glibc's dynamic
+    threshold (the flow's feature build), it is frozen higher and this changes less.
     """
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is not None:
