@@ -130,27 +130,25 @@ def make_dataset(path: Path, batch_size: int, *, shuffle_seed: int | None):
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-# Blocks under 8 MiB (a streamed row group's arrays, every step's tensors) come from the heap and
-# are reused; up to 16 MiB may stay free at its top instead of going back to the kernel. Measured at
-# 1M: 125-130k faults per fit (70-110k at glibc's own ceilings, 32/64 MiB, which let the heap keep 4x more).
-_MMAP_THRESHOLD = 8 << 20
-_TRIM_THRESHOLD = 16 << 20
+# glibc's ceiling for its dynamic mmap threshold (mallopt(3)). Blocks under it come from the heap
+# and are reused; one of 8 MiB (1/2 of it at 1M) made a 25M fit fault ~290k pages/s: some of
+# its steps' tensors are that large.
+_MMAP_THRESHOLD = 32 << 20
 
 
 def _reuse_freed_memory() -> None:
-    """Undo TensorFlow's malloc tuning for ``from_generator`` (glibc only).
+    """Undo the side effect of TensorFlow's malloc tuning for ``from_generator`` (glibc only).
 
     A generator dataset's iterator sets M_TRIM_THRESHOLD to 128 KiB, which also freezes glibc's
-    mmap threshold at 128 KiB: every tensor of 128 KiB or more a training step allocates is then
-    mapped and unmapped, and its pages faulted in again, step after step: where training is the
-    first big work of a process, about 1M page faults per epoch at 1M ratings and a quarter of
-    training's CPU time (bench/README.md). Where earlier work already raised glibc's dynamic
-    threshold (the flow's feature build), it is frozen higher and this changes less.
+    mmap threshold where it stands: at 128 KiB in a process that trains first, so every tensor
+    of 128 KiB or more a training step allocates was mapped, faulted in and unmapped again, step
+    after step (about 1M page faults per epoch at 1M ratings). Where earlier work had already
+    raised the dynamic threshold (the flow's feature build), it froze higher, by chance. This
+    sets it to glibc's ceiling every time; the trim threshold stays as TensorFlow set it.
     """
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is not None:
         mallopt(-3, _MMAP_THRESHOLD)  # M_MMAP_THRESHOLD
-        mallopt(-1, _TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
 
 
 def _layers():
