@@ -131,8 +131,8 @@ def make_dataset(path: Path, batch_size: int, *, shuffle_seed: int | None):
 
 
 # glibc's ceiling for its dynamic mmap threshold (mallopt(3)). Blocks under it come from the heap
-# and are reused; one of 8 MiB (1/2 of it at 1M) made a 25M fit fault ~290k pages/s: some of
-# its steps' tensors are that large.
+# and are reused. 8 MiB was too low: some of a 25M fit's step tensors are larger, and it faulted
+# ~290k pages/s.
 _MMAP_THRESHOLD = 32 << 20
 
 
