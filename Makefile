@@ -4,6 +4,7 @@ UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 SIZE ?= 1m 5m
+ROUNDS ?= 2
 
 .PHONY: setup run test bench clean
 
@@ -20,7 +21,7 @@ test: setup
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 bench: setup
-	for size in $(SIZE); do $(UV) run --frozen python -m bench.run --size $$size || exit 1; done
+	for size in $(SIZE); do $(UV) run --frozen python -m bench.run --size $$size --rounds $(ROUNDS) || exit 1; done
 
 clean:
 	rm -rf .railyard .pytest_cache

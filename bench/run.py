@@ -1,6 +1,6 @@
 """The pipeline at scale: every stage timed, side by side with plain baselines, in one run.
 
-    uv run python -m bench.run --size 1m [--epochs 2]        (make bench SIZE=1m)
+    uv run python -m bench.run --size 1m [--epochs 2] [--rounds 2]     (make bench SIZE=1m ROUNDS=2)
 
 1. The plain pipeline: the same library functions the flow's tasks call, in sequence, without
    Prefect and MLflow, deploying to a serving process of its own as the flow does; per stage wall
@@ -9,7 +9,8 @@
    state folder; orchestration overhead = flow / plain pipeline (MLflow logging is timed on its
    own), and the flow's wall time over the run time Prefect recorded for its tasks. An untimed
    plain pass runs first, so one-time costs land on neither side; the flow and the plain
-   pipeline alternate twice each and each side keeps its best run (the table shows those runs).
+   pipeline alternate (``--rounds`` runs each, 2 by default) and each side keeps its best run
+   (the table shows those runs).
 3. Feature build: ours (Polars + NumPy) vs. a straightforward pandas implementation of the same
    features, checked equal row for row.
 4. Training input: the tf.data pipeline streaming the feature Parquet (what training uses) vs.
@@ -181,7 +182,7 @@ def mlflow_logging(export_dir_parent: Path, settings) -> float:
     tracking.log_params(settings, run_id, {"epochs": settings.epochs, "batch_size": settings.batch_size})
     tracking.log_metrics(settings, run_id, {"auc": 0.5, "logloss": 0.69})
     tracking.log_artifact(settings, run_id, export_dir_parent / "export", "saved_model")
-    registry(settings).register(1, "file:///bench", run_id, tags={}, description="bench")
+    registry(settings).register(1, "file:///bench", run_id, lineage={}, description="bench")
     tracking.end_run(settings, run_id, failed=False)
     return time.perf_counter() - started
 
@@ -305,6 +306,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="1m")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="flow and plain runs per side, alternating; each side keeps its best"
+    )
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="railyard-bench-"))
@@ -353,8 +357,8 @@ def main() -> None:
             return plain_seconds(plains[-1])
 
         # Training is most of both sides and varies by a third here from fit to fit: the two
-        # sides alternate twice and each keeps its best, as the library baselines do.
-        best_of_alternating(timed_flow, timed_plain)
+        # sides alternate and each keeps its best, as the library baselines do.
+        best_of_alternating(timed_flow, timed_plain, rounds=args.rounds)
         flow_s, flow_rss, flow_tasks = min(flows, key=lambda run: run[0])
         best_plain = min(plains, key=plain_seconds)
         stages, rows = best_plain
@@ -393,7 +397,7 @@ def main() -> None:
         "feature_build": features_vs_pandas,
         "training_input": training_input,
         "flow_task_seconds": flow_tasks,
-        # Every run of each side in the order they ran (flow, plain, plain, flow): the spread.
+        # Every run of each side in the order they ran (flow, plain, plain, flow, ...): the spread.
         "runs": {
             "flow_s": [round(run[0], 3) for run in flows],
             "plain_s": [round(plain_seconds(run), 3) for run in plains],

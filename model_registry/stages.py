@@ -61,12 +61,13 @@ class StageRegistry:
 
     # -- registration ------------------------------------------------------------------
 
-    def register(self, version: int, source: str, run_id: str, tags: dict[str, str], description: str) -> int:
-        """Register store version N as MLflow version N, a candidate.
+    def register(self, version: int, source: str, run_id: str, lineage: dict[str, str], description: str) -> int:
+        """Register store version N as MLflow version N, a candidate with its lineage tags.
 
         Numbers the store skipped (an interrupted publication) become rejected filler versions,
         so the numbering stays aligned and the gap is explained. A re-run for the same run id
-        returns the existing version.
+        returns the existing version. Stage, first history entry and lineage are written with
+        the version itself, so a version is never visible without them.
         """
         from mlflow.exceptions import MlflowException
 
@@ -85,17 +86,18 @@ class StageRegistry:
                 f"published version {version} for run {run_id}: the registry and the store disagree"
             )
         for gap in range(latest + 1, version):
+            reason = f"store version {gap} was never completed (interrupted publication)"
             filler = self.client.create_model_version(
-                self.model, source=source, description=f"store version {gap} was never completed"
-            )
+                self.model, source=source, description=f"store version {gap} was never completed",
+                tags=_first_record(Stage.REJECTED, reason),
+            )  # fmt: skip
             self._check_number(filler.version, gap)
-            self._record(gap, None, Stage.REJECTED, actor="railyard",
-                         reason=f"store version {gap} was never completed (interrupted publication)", flow_run_id=None)  # fmt: skip
+        tags = _first_record(Stage.CANDIDATE, "published and registered")
+        tags |= {f"{TAG_PREFIX}{key}": str(value) for key, value in lineage.items()}
         created = self.client.create_model_version(
             self.model, source=source, run_id=run_id, tags=tags, description=description
         )
         self._check_number(created.version, version)
-        self._record(version, None, Stage.CANDIDATE, actor="railyard", reason="published and registered", flow_run_id=None)
         return version
 
     def _latest_number(self) -> int:
@@ -112,8 +114,7 @@ class StageRegistry:
         return Stage(self._tags(version)[STAGE_TAG])
 
     def history(self, version: int) -> list[dict]:
-        tags = self._tags(version)
-        return [json.loads(tags[key]) for key in sorted(tags) if key.startswith(TRANSITION_PREFIX)]
+        return _history(self._tags(version))
 
     def lineage(self, version: int) -> dict[str, str]:
         """The railyard.* tags other than stage bookkeeping, without the prefix."""
@@ -129,18 +130,20 @@ class StageRegistry:
 
     def check_transition(self, version: int, to_stage: Stage) -> Stage:
         """The current stage, if moving to ``to_stage`` is legal; IllegalTransition otherwise."""
-        current = self._current(version)
+        return self._check(version, self._version_tags(version), to_stage)
+
+    def _check(self, version: int, tags: dict[str, str], to_stage: Stage) -> Stage:
+        current = Stage(tags[STAGE_TAG])
         if to_stage not in LEGAL[current]:
             legal = ", ".join(sorted(stage.value for stage in LEGAL[current])) or "none: it is final"
             raise IllegalTransition(
                 f"{self.model} version {version} is {current.value}: it cannot move to {to_stage.value} "
                 f"(legal next stages: {legal})"
             )
-        tags = self._tags(version)
         if current is Stage.STAGING and to_stage is Stage.PRODUCTION and tags.get(SMOKE_TAG) != "true":
             raise IllegalTransition(f"{self.model} version {version} has no passed smoke tests on record")
         if current is Stage.ARCHIVED and to_stage is Stage.PRODUCTION:
-            if not any(entry["stage"] == Stage.PRODUCTION.value for entry in self.history(version)):
+            if not any(entry["stage"] == Stage.PRODUCTION.value for entry in _history(tags)):
                 raise IllegalTransition(f"{self.model} version {version} was never in production: no rollback to it")
         return current
 
@@ -158,26 +161,29 @@ class StageRegistry:
         to_stage = Stage(to_stage)
         if to_stage is Stage.STAGING and smoke_passed is not True:
             raise IllegalTransition(f"{self.model} version {version} needs passed smoke tests to enter staging")
-        current = self.check_transition(version, to_stage)
+        tags = self._version_tags(version)
+        current = self._check(version, tags, to_stage)
         if smoke_passed is not None:
             self.client.set_model_version_tag(self.model, str(version), SMOKE_TAG, str(smoke_passed).lower())
+        aliases = self._aliases()
         if to_stage is Stage.PRODUCTION:
-            previous = self.production_version()
+            previous = _holder(aliases, "production")
             if previous is not None and previous != version:
-                self._record(previous, Stage.PRODUCTION, Stage.ARCHIVED, actor=actor,
+                self._record(previous, self._version_tags(previous), Stage.ARCHIVED, actor=actor,
                              reason=f"replaced by version {version}", flow_run_id=flow_run_id)  # fmt: skip
-        entry = self._record(version, current, to_stage, actor=actor, reason=reason, flow_run_id=flow_run_id)
+        entry = self._record(version, tags, to_stage, actor=actor, reason=reason, flow_run_id=flow_run_id)
         for alias in ALIASES.get(current, ()):
-            self._drop_alias(alias, version)
+            if _holder(aliases, alias) == version:
+                self.client.delete_registered_model_alias(self.model, alias)
         for alias in ALIASES.get(to_stage, ()):
             self.client.set_registered_model_alias(self.model, alias, str(version))
         return entry
 
     def production_version(self) -> int | None:
-        return self._alias_holder("production")
+        return _holder(self._aliases(), "production")
 
     def staging_version(self) -> int | None:
-        return self._alias_holder("staging")
+        return _holder(self._aliases(), "staging")
 
     def previous_production(self) -> int | None:
         """The newest version other than the current production one that was once in production."""
@@ -211,45 +217,63 @@ class StageRegistry:
     def _tags(self, version: int) -> dict[str, str]:
         return self.client.get_model_version(self.model, str(version)).tags
 
-    def _numbers(self) -> list[int]:
-        return [int(v.version) for v in self.client.search_model_versions(f"name = '{self.model}'")]
-
-    def _current(self, version: int) -> Stage:
+    def _version_tags(self, version: int) -> dict[str, str]:
+        """Tags of a version that must exist for a stage change."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.stage(version)
+            return self._tags(version)
         except MlflowException as error:
             raise IllegalTransition(f"{self.model} version {version} is not registered") from error
 
-    def _record(self, version: int, current: Stage | None, to_stage: Stage, *, actor, reason, flow_run_id) -> dict:
-        sequence = sum(1 for key in self._tags(version) if key.startswith(TRANSITION_PREFIX))
-        entry = {
-            "stage": to_stage.value,
-            "from": current.value if current else None,
-            "actor": actor,
-            "time": utc_now(),
-            "reason": reason[:_REASON_LIMIT],
-            "flow_run_id": flow_run_id,
-        }
-        key = f"{TRANSITION_PREFIX}{sequence:04d}"
-        self.client.set_model_version_tag(self.model, str(version), key, json.dumps(entry))
+    def _numbers(self) -> list[int]:
+        return [int(v.version) for v in self.client.search_model_versions(f"name = '{self.model}'")]
+
+    def _record(self, version: int, tags: dict[str, str], to_stage: Stage, *, actor, reason, flow_run_id) -> dict:
+        """Append a history entry to a version whose current tags are ``tags``, and set its stage."""
+        sequence = sum(1 for key in tags if key.startswith(TRANSITION_PREFIX))
+        entry = _entry(Stage(tags[STAGE_TAG]), to_stage, actor=actor, reason=reason, flow_run_id=flow_run_id)
+        self.client.set_model_version_tag(self.model, str(version), _transition_key(sequence), json.dumps(entry))
         self.client.set_model_version_tag(self.model, str(version), STAGE_TAG, to_stage.value)
         return entry
 
-    def _alias_holder(self, alias: str) -> int | None:
-        holder = self.client.get_registered_model(self.model).aliases.get(alias) if self._exists() else None
-        return int(holder) if holder is not None else None
-
-    def _drop_alias(self, alias: str, version: int) -> None:
-        if self._alias_holder(alias) == version:
-            self.client.delete_registered_model_alias(self.model, alias)
-
-    def _exists(self) -> bool:
+    def _aliases(self) -> dict[str, str]:
+        """The registered model's aliases; none before its first registration."""
         from mlflow.exceptions import MlflowException
 
         try:
-            self.client.get_registered_model(self.model)
-        except MlflowException:
-            return False
-        return True
+            return self.client.get_registered_model(self.model).aliases
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            return {}
+
+
+def _holder(aliases: dict[str, str], alias: str) -> int | None:
+    holder = aliases.get(alias)
+    return int(holder) if holder is not None else None
+
+
+def _history(tags: dict[str, str]) -> list[dict]:
+    return [json.loads(tags[key]) for key in sorted(tags) if key.startswith(TRANSITION_PREFIX)]
+
+
+def _transition_key(sequence: int) -> str:
+    return f"{TRANSITION_PREFIX}{sequence:04d}"
+
+
+def _entry(current: Stage | None, to_stage: Stage, *, actor: str, reason: str, flow_run_id: str | None) -> dict:
+    return {
+        "stage": to_stage.value,
+        "from": current.value if current else None,
+        "actor": actor,
+        "time": utc_now(),
+        "reason": reason[:_REASON_LIMIT],
+        "flow_run_id": flow_run_id,
+    }
+
+
+def _first_record(stage: Stage, reason: str) -> dict[str, str]:
+    """Stage tag and first history entry of a version being created by Railyard itself."""
+    entry = _entry(None, stage, actor="railyard", reason=reason, flow_run_id=None)
+    return {_transition_key(0): json.dumps(entry), STAGE_TAG: stage.value}

@@ -64,9 +64,9 @@ def log_artifact(settings: Settings, run_id: str, path: Path, artifact_path: str
 
 
 def set_tags(settings: Settings, run_id: str, tags: dict[str, str]) -> None:
-    mlflow_client = client(settings)
-    for key, value in tags.items():
-        mlflow_client.set_tag(run_id, key, str(value))
+    from mlflow.entities import RunTag
+
+    client(settings).log_batch(run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()])
 
 
 def end_run(settings: Settings, run_id: str, *, failed: bool) -> None:

@@ -15,10 +15,8 @@ def registry(settings: Settings) -> StageRegistry:
 @railyard_task(name="register-model-version", timeout_seconds=5 * MINUTES, retries=2, retry_delay_seconds=10)
 def register(settings: Settings, version: int, source: str, run_id: str, lineage: dict[str, str]) -> int:
     """Store version N becomes MLflow version N, a candidate with its lineage."""
-    stages = registry(settings)
-    stages.register(version, source, run_id, tags={}, description=f"store version {version} at {source}")
-    stages.set_lineage(version, **lineage)
-    return version
+    description = f"store version {version} at {source}"
+    return registry(settings).register(version, source, run_id, lineage, description=description)
 
 
 @railyard_task(name="record-stage", timeout_seconds=5 * MINUTES, retries=2, retry_delay_seconds=10)

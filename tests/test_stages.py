@@ -28,9 +28,9 @@ def _run(registry: StageRegistry, auc: float) -> str:
     return run.info.run_id
 
 
-def _register(registry: StageRegistry, version: int, auc: float = 0.8) -> str:
+def _register(registry: StageRegistry, version: int, auc: float = 0.8, **lineage: str) -> str:
     run_id = _run(registry, auc)
-    registry.register(version, f"file:///store/{version}", run_id, tags={}, description="")
+    registry.register(version, f"file:///store/{version}", run_id, lineage=lineage, description="")
     return run_id
 
 
@@ -82,6 +82,12 @@ def test_illegal_transitions_are_refused(registry, setup, target, message):
         registry.transition(1, target, actor="x", reason="try", smoke_passed=True)
 
 
+def test_a_version_that_is_not_registered_cannot_move(registry):
+    _register(registry, 1)
+    with pytest.raises(IllegalTransition, match="version 2 is not registered"):
+        registry.transition(2, Stage.STAGING, actor="railyard", reason="smoke tests passed", smoke_passed=True)
+
+
 def test_staging_needs_passed_smoke_tests(registry):
     _register(registry, 1)
     with pytest.raises(IllegalTransition, match="needs passed smoke tests"):
@@ -105,14 +111,17 @@ def test_store_gaps_become_rejected_fillers_and_reregistering_is_idempotent(regi
     run_id = _register(registry, 3)
     assert [registry.stage(v) for v in (1, 2, 3)] == [Stage.REJECTED, Stage.REJECTED, Stage.CANDIDATE]
     assert "interrupted publication" in registry.history(1)[0]["reason"]
-    assert registry.register(3, "file:///store/3", run_id, tags={}, description="") == 3
+    assert registry.register(3, "file:///store/3", run_id, lineage={}, description="") == 3
     with pytest.raises(RegistryOutOfSync, match="version 3"):
-        registry.register(3, "file:///store/3", _run(registry, 0.7), tags={}, description="")
+        registry.register(3, "file:///store/3", _run(registry, 0.7), lineage={}, description="")
 
 
 def test_versions_lists_stage_metrics_approver_and_lineage(registry):
-    run_id = _register(registry, 1, auc=0.81)
-    registry.set_lineage(1, mlflow_run_id=run_id, data_fingerprint="abc", serving_label="stable")
+    run_id = _register(registry, 1, auc=0.81, data_fingerprint="abc")
+    # Registered with its lineage, stage and first history entry in one call: never seen without them.
+    assert registry.lineage(1) == {"data_fingerprint": "abc"}
+    assert [(e["from"], e["stage"], e["actor"]) for e in registry.history(1)] == [(None, "candidate", "railyard")]
+    registry.set_lineage(1, mlflow_run_id=run_id, serving_label="stable")
     _release(registry, 1, actor="dana")
     (entry,) = registry.versions()
     assert (entry["version"], entry["stage"], entry["approved_by"]) == (1, "production", "dana")
