@@ -5,17 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 from prefect import flow
-from pydantic import Field
 from prefect.runtime import flow_run
+from pydantic import Field
 
 from railyard.settings import Settings
-from tasks import deploy, release
+from tasks import approval, deploy, release
 
 
 @flow(name="promote", log_prints=True)
 def promote(
     version: Annotated[int, Field(ge=1, description="Version to promote (must be in staging).")],
-    reviewer: Annotated[str, Field(min_length=1, description="Who approves.")],
+    reviewer: Annotated[str, Field(pattern=r"\S", description="Who approves (recorded in the audit trail).")],
     comment: Annotated[str, Field(description="Why.")] = "",
 ) -> dict:
     """Serve ``version`` as ``stable`` (load, then relabel) and make it the MLflow production version.
@@ -28,6 +28,13 @@ def promote(
     settings = Settings()
     target = deploy.serving_target(settings)
     run_id = str(flow_run.get_id()) if flow_run.get_id() else None
-    labels = release.promote(target, settings, version, actor=reviewer, reason=comment or "approved", flow_run_id=run_id)
-    print(f"{settings.model_name} version {version} is in production; serving labels {labels}")
+    with release.release_lock(settings, f"promote run {run_id}"):
+        labels = release.promote(target, settings, version, actor=reviewer, reason=comment or "approved", flow_run_id=run_id)
+    # The retrain run waiting for this review wakes up, finds the decision made and ends with it.
+    waiting = release.registry(settings).lineage(version).get("review_run")
+    if waiting:
+        try:
+            approval.answer(waiting, approval.ApprovalDecision(decision=approval.APPROVE, reviewer=reviewer, comment=comment))
+        except Exception as error:  # noqa: BLE001 - it is not waiting any more: nothing to wake
+            print(f"the retrain run {waiting} was not waiting for this review ({error})")
     return {"model_name": settings.model_name, "version": version, "serving": labels}

@@ -1,28 +1,36 @@
 """The daily retraining flow, from raw ratings to a reviewed production release.
 
-data → validation → features → validation → training → export → evaluation against thresholds
-and against the production model on the same holdout → publish to the store → MLflow candidate
-→ TF Serving canary → smoke tests (rollback on failure) → approval → production (or rejection).
+data → validation → features → validation → training (or the stored version, when this data
+and code were released before) → evaluation against thresholds and against the production model
+on the same holdout → under the release lock: publish, register, canary, smoke tests (rollback
+on failure) → review (suspended or paused) → under the lock again: production or rejection.
+docs/release.md tells how a release ends in every case.
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
 from typing import Annotated
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import deployment, flow_run
+from prefect.states import Completed, State
 from pydantic import Field
-from prefect.runtime import flow_run
 
 from infra.serving_client import ModelLoadError
+from model_registry.reconcile import Ending
 from railyard import tracking
 from railyard.notify import notify
 from railyard.settings import Settings
 from tasks import approval, data, deploy, evaluation, features, publish, release, smoke, training, validation
 
 SUMMARY_METRICS = ("auc", "pr_auc", "logloss", "accuracy", "baseline_auc")
-SYSTEM_ACTOR = "railyard"
+SYSTEM_ACTOR = release.SYSTEM_ACTOR
+# The Custom run form shows these (the settings where the deployment was registered): an empty
+# field falls back to the settings where the run runs.
+_DEFAULTS = Settings()
 
 
 class ModelRejected(RuntimeError):
@@ -35,7 +43,7 @@ class SmokeTestsFailed(RuntimeError):
 
 def settings_for_run(**overrides) -> Settings:
     """Environment settings, with the flow's non-empty parameters on top."""
-    return Settings(**{key: value for key, value in overrides.items() if value is not None})
+    return Settings(**{key: value for key, value in overrides.items() if value not in (None, "")})
 
 
 def curl_line(rest_url: str, model: str, label: str) -> str:
@@ -48,7 +56,9 @@ NEXT_STEPS = {
     "DataValidationError": "read the HTML report under RAILYARD_HOME/reports, fix or accept the data, start again",
     "ModelRejected": "see the evaluation-gate table; nothing was published and production is unchanged",
     "SmokeTestsFailed": "see the smoke-tests artifact; the canary was unloaded and stable is unchanged",
+    "RegistryLost": "restore the MLflow database, or run `railyard restore-registry`; nothing was changed",
 }
+INTERRUPTED_NEXT_STEP = "its release was concluded (see the MLflow history); production keeps the last approved version"
 
 
 def report_failure(flow, flow_run, state) -> None:
@@ -56,42 +66,66 @@ def report_failure(flow, flow_run, state) -> None:
     error = state.result(raise_on_failure=False)
     kind = type(error).__name__ if isinstance(error, BaseException) else "failure"
     next_step = NEXT_STEPS.get(kind, "read the flow run's logs; production keeps serving the last approved version")
-    message = f"retrain run {flow_run.name} failed ({kind}): {state.message}"
-    create_markdown_artifact(
-        key="run-failed", markdown=f"## What happened\n\n{message}\n\n## What to do\n\n{next_step}", description=kind
-    )
+    _announce_failure(flow_run, f"retrain run {flow_run.name} failed ({kind}): {state.message}", kind, next_step)
+
+
+def report_interruption(flow, flow_run, state) -> None:
+    """Crash and cancellation hook (also run by the worker when the run's process died): the
+    run's release is concluded as crashed or cancelled, then announced like a failure."""
+    kind = "cancelled" if state.is_cancelled() else "crashed"
+    settings = Settings()
+    ending = Ending(kind, f"its run {flow_run.name} {kind}: {state.message}")
+    try:
+        with release.release_lock(settings, f"{kind} hook of retrain run {flow_run.id}"):
+            said = release.reconcile(settings, start_serving=False, ended_run=(str(flow_run.id), ending))
+    except Exception as error:  # noqa: BLE001 - announce the interruption even so
+        said = [f"its release could not be concluded now ({error}); the next run or `railyard status` will"]
+    details = "\n".join(f"- {line}" for line in said)
+    _announce_failure(flow_run, f"retrain run {flow_run.name} {kind}: {state.message}\n\n{details}", kind, INTERRUPTED_NEXT_STEP)
+
+
+def _announce_failure(flow_run, message: str, kind: str, next_step: str) -> None:
+    markdown = f"## What happened\n\n{message}\n\n## What to do\n\n{next_step}"
+    approval.post_artifact(str(flow_run.id), "run-failed", markdown, description=kind)
     notify(Settings(), "run_failed", message, next_step=next_step, flow_run_id=str(flow_run.id))
 
 
-@flow(name="retrain", log_prints=True, on_failure=[report_failure])
+@flow(
+    name="retrain", log_prints=True,
+    on_failure=[report_failure], on_crashed=[report_interruption], on_cancellation=[report_interruption],
+)  # fmt: skip
 def retrain(
-    data_dir: Annotated[str | None, Field(description="Ratings folder; empty = RAILYARD_DATA_DIR or generated data.")] = None,
-    holdout_fraction: Annotated[float | None, Field(gt=0, lt=1, description="Newest share held out.")] = None,
-    epochs: Annotated[int | None, Field(ge=1, le=200, description="Maximum training epochs.")] = None,
-    auto_approve: Annotated[bool, Field(description="Promote without a reviewer when every check passes.")] = False,
-) -> dict:
-    """Retrain the recommender on fresh data and release it through canary, smoke tests and approval.
+    data_dir: Annotated[str | None, Field(json_schema_extra={"default": str(_DEFAULTS.data_dir or "")})] = None,
+    holdout_fraction: Annotated[float | None, Field(gt=0, lt=1, json_schema_extra={"default": _DEFAULTS.holdout_fraction})] = None,
+    epochs: Annotated[int | None, Field(ge=1, le=200, json_schema_extra={"default": _DEFAULTS.epochs})] = None,
+    auto_approve: bool = False,
+) -> State:
+    """Retrain the recommender on fresh data and release it through canary, smoke tests and review.
 
     Args:
-        data_dir: MovieLens-format folder (ratings.csv [+ movies.csv]) or date-partitioned Parquet;
-            empty = the generated default data set under RAILYARD_HOME.
-        holdout_fraction: share of the newest ratings (by time) held out for evaluation.
-        epochs: maximum training epochs (early stopping may end sooner).
-        auto_approve: promote without a reviewer when every check passed (off for the schedule).
+        data_dir: MovieLens-format folder (ratings.csv [+ movies.csv]) or date-partitioned Parquet.
+            Empty: RAILYARD_DATA_DIR, or the generated sample data set when that is not set either.
+        holdout_fraction: Newest share of ratings (by time) held out for evaluation (RAILYARD_HOLDOUT_FRACTION).
+        epochs: Maximum training epochs; early stopping may end sooner (RAILYARD_EPOCHS).
+        auto_approve: Promote without a reviewer when every check passes (off for the schedule).
     """
     settings = settings_for_run(data_dir=data_dir, holdout_fraction=holdout_fraction, epochs=epochs)
     prefect_run_id = str(flow_run.get_id()) if flow_run.get_id() else None
-    run_key = prefect_run_id or time.strftime("%Y%m%dT%H%M%S")
-    run_dir = settings.work_dir / run_key
-    report_dir = settings.reports_dir / run_key
-    source = settings.data_dir or data.ensure_default_data(settings)
+    holder = f"retrain run {prefect_run_id}"
+    resumed = release.version_in_review_by(settings, prefect_run_id)
+    if resumed is not None:  # the run was suspended for its review and now starts again
+        summary = {"model_name": settings.model_name, "model_version": resumed}
+        return finish_review(settings, resumed, prefect_run_id, summary, suspend=True)
+    for line in release.reconcile_task(settings, holder):
+        print(f"repaired: {line}")
 
-    run_id = tracking.start_run(
-        settings,
-        run_name=f"retrain-{settings.model_name}",
-        tags={"railyard.model": settings.model_name, "prefect.flow_run_id": str(prefect_run_id), "railyard.data": str(source)},
-    )
-    try:
+    run_key = prefect_run_id or time.strftime("%Y%m%dT%H%M%S")
+    run_dir, report_dir = settings.work_dir / run_key, settings.reports_dir / run_key
+    source = settings.data_dir or data.ensure_default_data(settings)
+    code_version = training.code_version(settings)
+    model = settings.model_name
+    tags = {"railyard.model": model, "prefect.flow_run_id": str(prefect_run_id), "railyard.data": str(source)}
+    with tracking.mlflow_run(settings, f"{model}-training", tags, finished_on=(ModelRejected, SmokeTestsFailed)) as run_id:
         dataset = data.load_data(source)
         validation.validate_raw(dataset.ratings, settings, report_dir)
         feature_set = features.build_features(dataset, settings.holdout_fraction, run_dir / "features")
@@ -99,9 +133,22 @@ def retrain(
         validation.validate_features(feature_set, settings, report_dir)
         feature_set = feature_set.without_training_rows()  # training streams them from the Parquet
         tracking.set_tags(settings, run_id, {"railyard.data_fingerprint": feature_set.fingerprint})
+        summary = {
+            "model_name": model, "mlflow_run_id": run_id, "mlflow_tracking_uri": settings.resolved_tracking_uri,
+            "data_fingerprint": feature_set.fingerprint,
+        }  # fmt: skip
 
-        trained = training.train(run_dir / "features", settings, run_id)
-        export_dir = training.export(trained, feature_set, run_dir / "export", settings, run_id)
+        # The same data and code as a stored version: that version is the model (no new training).
+        existing = publish.find_published(settings, feature_set.fingerprint, code_version)
+        if existing is not None and (stage := release.stage_of(settings, existing.version)) != "candidate":
+            tracking.rename_run(settings, run_id, f"{model}-unchanged-v{existing.version}")
+            return nothing_new(settings, existing.version, stage, summary)
+        if existing is None:
+            trained = training.train(run_dir / "features", settings, run_id)
+            export_dir = training.export(trained, feature_set, run_dir / "export", settings, run_id)
+        else:
+            print(f"version {existing.version} holds a model of this data and code that was never released: releasing it")
+            export_dir = publish.fetch(settings, existing.version, run_dir / "stored")
         metrics = evaluation.evaluate(export_dir, feature_set.holdout, settings, run_id, report_dir / "roc.png")
         production_version = release.production_version(settings)
         production_metrics = (
@@ -110,98 +157,134 @@ def retrain(
             else None
         )
         decision = evaluation.gate(metrics, settings, run_id, production_metrics, production_version)
+        summary |= {"metrics": {name: metrics[name] for name in SUMMARY_METRICS}, "gate": decision.as_dict(),
+                    "holdout_rows": int(metrics["rows"])}  # fmt: skip
         if not decision.blessed:
             tracking.set_tags(settings, run_id, {"railyard.stage": "rejected", "railyard.rejected_reason": decision.reason})
+            tracking.rename_run(settings, run_id, f"{model}-not-blessed")
+            if existing is not None:
+                with release.release_lock(settings, holder):
+                    release.reject(deploy.serving_target(settings), settings, existing.version, actor=SYSTEM_ACTOR,
+                                   reason=f"not blessed: {decision.reason}", ending="not blessed", flow_run_id=prefect_run_id)  # fmt: skip
             raise ModelRejected(f"model not blessed, nothing published: {decision.reason}")
 
-        published = publish.publish(
-            export_dir, settings, run_id, metrics, feature_set.fingerprint, training.code_version(settings)
-        )
-        version = published.version
-        release.register(
-            settings,
-            version,
-            published.uri,
-            run_id,
-            lineage={
-                "mlflow_run_id": run_id,
-                "data_fingerprint": feature_set.fingerprint,
-                "store_uri": published.uri,
-                "manifest_sha256": published.manifest.checksum,
-                "prefect_flow_run_id": str(prefect_run_id),
-            },
-        )
-    except ModelRejected:
-        tracking.end_run(settings, run_id, failed=False)  # the run itself worked; its model did not pass
-        raise
-    except BaseException:
-        tracking.end_run(settings, run_id, failed=True)
-        raise
-    tracking.end_run(settings, run_id, failed=False)
+        with release.release_lock(settings, holder):
+            if existing is None:
+                published = publish.publish(export_dir, settings, run_id, metrics, feature_set.fingerprint, code_version)
+                version, store_uri, manifest = published.version, published.uri, published.manifest
+            else:
+                version, store_uri, manifest = existing.version, publish.version_uri(settings, existing.version), existing
+            # The run that published the version is its MLflow run (this run's, or an earlier one's).
+            release.register(settings, version, store_uri, manifest.metadata["mlflow_run_id"], lineage={
+                "mlflow_run_id": manifest.metadata["mlflow_run_id"], "data_fingerprint": feature_set.fingerprint,
+                "store_uri": store_uri, "manifest_sha256": manifest.checksum, "prefect_flow_run_id": str(prefect_run_id),
+            })  # fmt: skip
+            tracking.rename_run(settings, run_id, f"{model}-v{version}")
+            summary |= {"model_version": version, "store_uri": store_uri, "mlflow_model_version": str(version)}
+            if (stage := release.stage_of(settings, version)) != "candidate":  # another run released it meanwhile
+                return nothing_new(settings, version, stage, summary)
+            target, report = canary_release(settings, version, run_id, prefect_run_id, auto_approve, decision.reason)
+    summary |= {"smoke": {"passed": report.passed, "latency_ms": report.latency_ms, "requests": report.requests}}
+    if auto_approve:
+        return ending_state(settings, version, release.registry(settings).history(version)[-1], summary | serving_summary(target, settings))
 
-    summary = {
-        "model_name": settings.model_name,
-        "model_version": version,
-        "store_uri": published.uri,
-        "reused_existing_version": published.reused,
-        "mlflow_run_id": run_id,
-        "mlflow_tracking_uri": settings.resolved_tracking_uri,
-        "mlflow_model_version": str(version),
-        "metrics": {name: metrics[name] for name in SUMMARY_METRICS},
-        "gate": decision.as_dict(),
-        "data_fingerprint": feature_set.fingerprint,
-        "holdout_rows": int(metrics["rows"]),
-    }
-    if published.reused:
-        # Same data and code as an existing version: that version already went through its release.
-        print(f"version {version} already holds this model (same data and code); nothing new to release")
-        return summary | {"stage": release.stage_of(settings, version)}
-    return summary | release_version(settings, version, run_id, prefect_run_id, auto_approve, decision.reason)
+    suspend = deployment.get_id() is not None  # only a deployment's run can be rescheduled
+    instructions = request_review(settings, version, prefect_run_id, f"```\n{report.summary()}\n```\n\nGate: {decision.reason}", suspend)
+    return finish_review(settings, version, prefect_run_id, summary, suspend=suspend, instructions=instructions)
 
 
-def release_version(
-    settings: Settings, version: int, run_id: str, prefect_run_id: str | None, auto_approve: bool, gate_reason: str
-) -> dict:
-    """Canary → smoke tests → approval → production; the stage and what serving looks like after."""
-    target = deploy.serving_target(settings)
+def canary_release(settings: Settings, version: int, run_id: str, prefect_run_id: str | None, auto_approve: bool, gate_reason: str):
+    """Under the release lock: older pending releases give way, canary, smoke tests, staging (and
+    production at once with ``auto_approve``). The serving target and the smoke report."""
+    target = deploy.serving_target(settings)  # serving down: the version stays a candidate for a re-run
+    stages = release.registry(settings)
+    stages.set_release_run(version, release.release_owner(prefect_run_id, "run"))
+    for other in release.supersede(target, settings, version, prefect_run_id):
+        print(f"version {other} was superseded by version {version}")
     record = dict(actor=SYSTEM_ACTOR, flow_run_id=prefect_run_id)
     try:
         deploy.deploy_canary(target, settings, version)
     except ModelLoadError as error:  # the model itself is broken: it never becomes servable
-        release.record_stage(settings, version, "rejected", reason=f"TF Serving could not load it: {error}", **record)
+        release.reject(target, settings, version, reason=f"TF Serving could not load it: {error}", ending="load failed", **record)
         raise
-    # Anything else (serving down, a timeout) leaves the version a candidate, to deploy again later.
+    except BaseException:  # serving down, a timeout: the version stays a candidate for a re-run
+        stages.set_release_run(version, None)
+        raise
     report = smoke.smoke_tests(target, settings, version, run_id)
     if not report.passed:
-        deploy.remove_canary(target, settings, version)
         failed = "; ".join(f"{c.name}: {c.detail}" for c in report.failures())
-        release.record_stage(settings, version, "rejected", reason=f"smoke tests failed: {failed}", **record)
+        release.reject(target, settings, version, reason=f"smoke tests failed: {failed}", ending="smoke tests failed", **record)
         raise SmokeTestsFailed(report.summary())
     release.record_stage(settings, version, "staging", reason="smoke tests passed", smoke_passed=True, **record)
-
     if auto_approve:
-        decision = approval.ApprovalDecision(approve=True, reviewer=f"{SYSTEM_ACTOR} (auto_approve)", comment=gate_reason)
-    else:
-        decision = approval.request_approval(settings, version, f"```\n{report.summary()}\n```\n\nGate: {gate_reason}")
-    if decision is None or not decision.approve:
-        deploy.remove_canary(target, settings, version)
-        actor, reason = (
-            (SYSTEM_ACTOR, f"no approval within {settings.approval_timeout_s} s")
-            if decision is None
-            else (decision.reviewer, decision.comment or "rejected by the reviewer")
-        )
-        release.record_stage(settings, version, "rejected", reason=reason, actor=actor, flow_run_id=prefect_run_id)
-        stage = "rejected"
-        print(f"version {version} rejected ({reason}); stable is unchanged")
-    else:
-        reason = decision.comment or "approved"
-        release.promote(target, settings, version, actor=decision.reviewer, reason=reason, flow_run_id=prefect_run_id)
-        stage = "production"
+        release.promote(target, settings, version, actor=f"{SYSTEM_ACTOR} (auto_approve)", reason=gate_reason,
+                        flow_run_id=prefect_run_id)  # fmt: skip
+    return target, report
+
+
+def request_review(settings: Settings, version: int, prefect_run_id: str | None, evidence: str, suspend: bool) -> str:
+    """Record how this run waits, ask for a review; the instructions shown with the form."""
+    model, timeout_s = settings.model_name, settings.approval_timeout_s
+    deadline = time.time() + timeout_s
+    stages = release.registry(settings)
+    stages.set_release_run(version, release.release_owner(prefect_run_id, "suspend" if suspend else "pause", deadline))
+    stages.set_lineage(version, review_run=str(prefect_run_id))
+    instructions = (
+        f"## {model} version {version} is serving as `canary` and awaits approval\n\n{evidence}\n\n"
+        "Choose **approve** or **reject** in the **Resume** form of this flow run (a rejection needs a "
+        "comment), or from a shell:\n\n"
+        f"`railyard approve {version} --reviewer NAME --comment TEXT` / "
+        f"`railyard reject {version} --reviewer NAME --comment TEXT`\n\n"
+        f"Without an answer within {timeout_s} s the canary is unloaded and the version rejected."
+    )
+    create_markdown_artifact(key=approval.APPROVAL_ARTIFACT, markdown=instructions, description=f"{model} v{version}: approval needed")
+    notify(settings, "approval_needed", f"{model} version {version} awaits approval", version=version)
+    if suspend:
+        approval.schedule_deadline_check(deadline)
+    return instructions
+
+
+def finish_review(
+    settings: Settings, version: int, prefect_run_id: str | None, summary: dict, *, suspend: bool, instructions: str = ""
+) -> State:
+    """Wait for the decision (a suspended run ends here and starts again once answered), then
+    apply it under the release lock unless someone decided meanwhile."""
+    decision = approval.await_decision(settings.model_name, version, instructions, settings.approval_timeout_s, suspend=suspend)
+    target = deploy.serving_target(settings)
+    with release.release_lock(settings, f"retrain run {prefect_run_id}"):
+        last = release.conclude_review(target, settings, version, decision, prefect_run_id)
+    state = ending_state(settings, version, last, summary | serving_summary(target, settings))
+    create_markdown_artifact(key=approval.APPROVAL_ARTIFACT, markdown=f"## Decided\n\n{state.message}")
+    return state
+
+
+def ending_state(settings: Settings, version: int, last: dict, summary: dict) -> State:
+    """The run's final state says how the release ended: promoted, or rejected by whom and why."""
+    stage, actor, reason = last["stage"], last["actor"], last["reason"]
+    summary = summary | {"stage": stage, "decided_by": actor, "reason": reason}
+    if stage == "production":
+        return _ended(Completed, f"version {version} promoted to production by {actor}: {reason}", summary)
+    if stage == "rejected":
+        return _ended(partial(Completed, name="Rejected"), f"version {version} rejected by {actor}: {reason}", summary)
+    return _ended(Completed, f"version {version} is {stage}", summary)
+
+
+def nothing_new(settings: Settings, version: int, stage: str, summary: dict) -> State:
+    message = f"nothing new to release: version {version} already holds this model (same data and code) and is {stage}"
+    print(message)
+    target = deploy.serving_target(settings)
+    return _ended(Completed, message, summary | {"model_version": version, "stage": stage} | serving_summary(target, settings))
+
+
+def _ended(state, message: str, summary: dict) -> State:
+    """A final state whose message is also the summary's ``outcome`` (the CLI prints it)."""
+    return state(message=message, data=summary | {"outcome": message})
+
+
+def serving_summary(target: deploy.ServingTarget, settings: Settings) -> dict:
     labels = deploy.serving_labels(target, settings)
     served_label = "stable" if "stable" in labels else "canary"
     return {
-        "stage": stage,
-        "smoke": {"passed": report.passed, "latency_ms": report.latency_ms, "requests": report.requests},
         "serving": {"rest": target.rest, "grpc": target.grpc, "labels": labels},
         "curl": curl_line(target.rest, settings.model_name, served_label) if labels else None,
     }

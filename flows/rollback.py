@@ -31,11 +31,14 @@ def rollback(
         actor: who asks for the rollback.
     """
     settings = Settings()
-    version = to_version if to_version is not None else release.previous_production_version(settings)
-    if version is None:
-        raise RollbackRefused(f"{settings.model_name} has no earlier production version to roll back to")
     target = deploy.serving_target(settings)
     run_id = str(flow_run.get_id()) if flow_run.get_id() else None
-    labels = release.promote(target, settings, version, actor=actor, reason=f"rollback: {reason}", flow_run_id=run_id)
+    with release.release_lock(settings, f"rollback run {run_id}"):
+        version = to_version if to_version is not None else release.previous_production_version(settings)
+        if version is None:
+            raise RollbackRefused(f"{settings.model_name} has no earlier production version to roll back to")
+        release.promote(target, settings, version, actor=actor, reason=f"rollback: {reason}", flow_run_id=run_id)
+        release.reconcile(settings)  # a version still under review gets its canary back
+    labels = deploy.serving_labels(target, settings)
     print(f"rolled {settings.model_name} back to version {version}; serving labels {labels}")
     return {"model_name": settings.model_name, "version": version, "serving": labels}

@@ -53,6 +53,16 @@ def serving_labels(target: ServingTarget, model: str) -> dict[str, int]:
     return served_versions(known_good_config(target), model)[1]
 
 
+def served_version_numbers(target: ServingTarget, model: str) -> set[int]:
+    return served_versions(known_good_config(target), model)[0]
+
+
+def serving_labels_on_file(settings: Settings) -> dict[str, int]:
+    """The labels the model root's config gives the model, without asking any server."""
+    path = settings.resolved_serving_model_root / CONFIG_FILE
+    return served_versions(read_config(path), settings.model_name)[1] if path.exists() else {}
+
+
 def materialize(store: ModelStore, model: str, version: int, target: ServingTarget) -> Path:
     """A verified copy of the version under ``<model_root>/<model>/<version>/``.
 
@@ -105,7 +115,6 @@ def make_stable(client: ServingClient, target: ServingTarget, model: str, versio
     config = promote_version(client, model, target.base_path(model), version, known_good_config(target))
     write_config_atomically(target.config_path, config)
     return served_versions(config, model)[1]
-
 
 
 def resolve_target(settings: Settings, *, start_local: bool = True) -> ServingTarget | None:

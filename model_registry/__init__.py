@@ -3,9 +3,12 @@
 from model_registry.manifest import FileEntry, Manifest
 from model_registry.store import (
     IntegrityError,
+    LockLostError,
+    LockTimeoutError,
     ModelStore,
     ProtectedVersionError,
     PublishedVersion,
+    ReleaseLease,
     StoreError,
     VersionConflictError,
     VersionNotFoundError,
@@ -15,10 +18,13 @@ from model_registry.store import (
 __all__ = [
     "FileEntry",
     "IntegrityError",
+    "LockLostError",
+    "LockTimeoutError",
     "Manifest",
     "ModelStore",
     "ProtectedVersionError",
     "PublishedVersion",
+    "ReleaseLease",
     "StoreError",
     "VersionConflictError",
     "VersionNotFoundError",

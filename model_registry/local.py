@@ -2,18 +2,29 @@
 
 Exclusivity comes from the file system: ``mkdir`` takes a version number, files are created
 with ``O_EXCL``, and the manifest is written to a temp file and hard-linked into place, which
-fails if it exists — the local twin of S3's ``If-None-Match: *``.
+fails if it exists — the local twin of S3's ``If-None-Match: *``. The release lock is an
+``flock`` on ``<model>/.railyard-lock``, which the kernel drops when its holder dies.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from model_registry.manifest import MANIFEST_NAME, FileEntry, HashingReader, SourceTree
-from model_registry.store import TOMBSTONE_DIR, ModelStore, VersionScan, parse_version_name
+from model_registry.store import (
+    LOCK_NAME,
+    TOMBSTONE_DIR,
+    ModelStore,
+    ReleaseLease,
+    VersionScan,
+    parse_version_name,
+)
 
 _COPY_CHUNK = 1 << 20
 
@@ -96,6 +107,45 @@ class LocalStore(ModelStore):
         version_dir = self._version_dir(model, version)
         (version_dir / MANIFEST_NAME).unlink(missing_ok=True)
         shutil.rmtree(version_dir)
+
+    def _try_lock(self, model: str, owner: str, lease_s: float) -> ReleaseLease | None:
+        # lease_s is not needed here: the kernel drops a holder's flock when it dies, even by kill -9.
+        path = self.root / model / LOCK_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The file is never deleted: a waiter that opened it before would lock the deleted file
+        # while a newcomer locks a new one at the same path, and both would hold "the" lock.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        acquired_at = time.time()
+        try:
+            os.ftruncate(fd, 0)  # only now that it is ours: waiters read its holder from it
+            os.pwrite(fd, json.dumps({"owner": owner, "acquired_at": acquired_at}).encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return _FileLease(model, owner, acquired_at, fd)
+
+    def _read_lock(self, model: str) -> bytes | None:
+        try:
+            return (self.root / model / LOCK_NAME).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _unlock(self, lease: _FileLease) -> None:
+        try:
+            os.ftruncate(lease.fd, 0)  # no waiter should be told of a holder that is gone
+        finally:
+            os.close(lease.fd)  # closing the file drops the flock
+
+
+class _FileLease(ReleaseLease):
+    def __init__(self, model: str, owner: str, acquired_at: float, fd: int):
+        super().__init__(model, owner, acquired_at)
+        self.fd = fd  # the open lock file: its flock lasts as long as it stays open
 
 
 def _copy_hashing(source: Path, target: Path) -> FileEntry:

@@ -3,6 +3,9 @@
 - A version number is taken by creating ``<version>/railyard.claim.json`` with
   ``If-None-Match: *`` before any file is written, so racing publishers never write into the
   same version; the manifest is created the same way, last.
+- The release lock is a lease object ``<model>/.railyard-lock`` created with ``If-None-Match:
+  *``, renewed by its holder with ``If-Match`` while held, and taken over with ``If-Match`` by
+  a waiter once it has expired (the holder died): S3 decides every race between them.
 - Files go through one boto3 transfer manager: parallel across files, multipart for large
   ones, each file read once while its sha256 is computed (``HashingReader``).
 - Every request is retried by botocore's "standard" mode on throttling, 5xx and connection
@@ -14,9 +17,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,19 +38,24 @@ from s3transfer.exceptions import RetriesExceededError
 
 from model_registry.manifest import CLAIM_NAME, MANIFEST_NAME, FileEntry, HashingReader, SourceTree
 from model_registry.store import (
+    LOCK_NAME,
     TOMBSTONE_DIR,
     ModelStore,
+    ReleaseLease,
     StoreError,
     VersionScan,
+    parse_lock_record,
     parse_version_name,
     utc_timestamp,
 )
+
+logger = logging.getLogger("railyard.store")
 
 MB = 1024 * 1024
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 # S3 answers 412 when If-None-Match fails, 409 when another conditional write is in flight.
 _ALREADY_EXISTS = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}  # also what If-Match meets when the object is gone
 
 
 @dataclass(frozen=True)
@@ -176,32 +187,110 @@ class S3Store(ModelStore):
                     first = response["Errors"][0]
                     raise StoreError(f"could not delete s3://{self.bucket}/{first['Key']}: {first.get('Message')}")
 
+    def _try_lock(self, model: str, owner: str, lease_s: float) -> ReleaseLease | None:
+        key = self._model_prefix(model) + LOCK_NAME
+        # Wall-clock time: expires_at is compared by other machines, whose clocks are assumed to
+        # agree within a small part of lease_s (NTP).
+        now = time.time()
+        record = {"owner": owner, "token": uuid.uuid4().hex, "acquired_at": now, "expires_at": now + lease_s}
+        etag = self._put_conditional(key, json.dumps(record).encode(), IfNoneMatch="*")
+        if etag is None:
+            found = self._get_object(key)
+            held = parse_lock_record(found[0]) if found else None
+            now = time.time()
+            if held is None or now < held["expires_at"]:
+                return None  # held (or released just now: the next try takes it)
+            # Expired: take it over. Of racing takers, If-Match lets S3 accept only one.
+            record |= {"acquired_at": now, "expires_at": now + lease_s}
+            etag = self._put_conditional(key, json.dumps(record).encode(), IfMatch=found[1])
+            if etag is None:
+                return None
+            logger.warning(
+                "took over %s's release lock from %s: its lease expired at %s",
+                model, held["owner"], utc_timestamp(held["expires_at"]),
+            )
+        lease = _S3Lease(model, key, record, etag)
+        lease.renewal = threading.Thread(
+            target=self._renew, args=(lease, lease_s), name=f"{model} release lock", daemon=True
+        )
+        lease.renewal.start()
+        return lease
+
+    def _renew(self, lease: _S3Lease, lease_s: float) -> None:
+        """Push the lease on every lease_s / 3 until released; mark it lost once that cannot work."""
+        while not lease.released.wait(lease_s / 3):
+            record = lease.record | {"expires_at": time.time() + lease_s}
+            try:
+                etag = self._put_conditional(lease.key, json.dumps(record).encode(), IfMatch=lease.etag)
+            except StoreError as error:
+                if time.time() < lease.expires_at:
+                    logger.warning("could not renew %s's release lock (trying again): %s", lease.model, error)
+                    continue
+                lease.lost = f"it expired while renewing it failed: {error}"
+            else:
+                if etag is not None:
+                    lease.record, lease.etag, lease.expires_at = record, etag, record["expires_at"]
+                    continue
+                lease.lost = "another holder took it over after it had expired"
+            logger.error("lost %s's release lock, taken as %s: %s", lease.model, lease.owner, lease.lost)
+            return
+
+    def _read_lock(self, model: str) -> bytes | None:
+        return self._get_bytes(self._model_prefix(model) + LOCK_NAME)
+
+    def _unlock(self, lease: _S3Lease) -> None:
+        lease.released.set()
+        lease.renewal.join()
+        try:
+            with self._errors(f"releasing s3://{self.bucket}/{lease.key}"):
+                try:
+                    self.client.delete_object(Bucket=self.bucket, Key=lease.key, IfMatch=lease.etag)
+                except ClientError as error:
+                    if _error_code(error) in _ALREADY_EXISTS:  # 412: it is another holder's now
+                        logger.warning("%s's release lock was taken over from %s: leaving it", lease.model, lease.owner)
+                    elif _error_code(error) not in _NOT_FOUND:  # 404: a retry of our own delete
+                        raise
+        except StoreError as error:
+            # Not raised: it would hide how the block ended, and the lease runs out by itself.
+            logger.error("%s; it stays locked until %s", error, utc_timestamp(lease.expires_at))
+
     def _keys(self, prefix: str) -> Iterator[str]:
         with self._errors(f"listing s3://{self.bucket}/{prefix}"):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
                 yield from (item["Key"] for item in page.get("Contents", []))
 
     def _get_bytes(self, key: str) -> bytes | None:
+        found = self._get_object(key)
+        return found[0] if found else None
+
+    def _get_object(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and ETag, or None."""
         with self._errors(f"reading s3://{self.bucket}/{key}"):
             try:
-                return self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+                response = self.client.get_object(Bucket=self.bucket, Key=key)
             except ClientError as error:
                 if _error_code(error) in _NOT_FOUND:
                     return None
                 raise
+            return response["Body"].read(), response["ETag"]
 
     def _put_if_absent(self, key: str, data: bytes) -> bool:
+        return self._put_conditional(key, data, IfNoneMatch="*") is not None
+
+    def _put_conditional(self, key: str, data: bytes, **condition: str) -> str | None:
+        """Write the object if the condition (IfNoneMatch or IfMatch) holds: its new ETag, else None."""
         with self._errors(f"writing s3://{self.bucket}/{key}"):
             try:
-                self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=data, IfNoneMatch="*", ContentType="application/json"
+                response = self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=data, ContentType="application/json", **condition
                 )
-                return True
+                return response["ETag"]
             except ClientError as error:
-                if _error_code(error) not in _ALREADY_EXISTS:
+                if _error_code(error) not in _ALREADY_EXISTS | _NOT_FOUND:
                     raise
         # If a retry of our own request met the object we had just written, it is still ours.
-        return self._get_bytes(key) == data
+        found = self._get_object(key)
+        return found[1] if found and found[0] == data else None
 
     def _transfer_manager(self):
         return create_transfer_manager(self.client, self.options.transfer_config())
@@ -215,6 +304,16 @@ class S3Store(ModelStore):
             raise StoreError(
                 f"{action} failed (up to {self.options.max_attempts} attempts per request): {error}"
             ) from error
+
+
+class _S3Lease(ReleaseLease):
+    def __init__(self, model: str, key: str, record: dict, etag: str):
+        super().__init__(model, record["owner"], record["acquired_at"], record["expires_at"])
+        self.key = key
+        self.record = record  # what the lease object holds now, renewals included
+        self.etag = etag  # of our latest write: every renewal and the release are conditional on it
+        self.released = threading.Event()
+        self.renewal: threading.Thread | None = None
 
 
 def _error_code(error: ClientError) -> str | None:

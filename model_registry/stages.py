@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from collections.abc import Collection
 from enum import Enum
 
 TAG_PREFIX = "railyard."
 STAGE_TAG = "railyard.stage"
 SMOKE_TAG = "railyard.smoke_passed"
 TRANSITION_PREFIX = "railyard.transition."
+# JSON: the run carrying a version through its release (flow run, process, how it waits), so
+# that a later process can tell when that run is gone (model_registry/reconcile.py).
+RELEASE_RUN_TAG = "railyard.release_run"
+SERVING_LABEL_TAG = "railyard.serving_label"  # mirrors the serving label for the MLflow UI
+_BOOKKEEPING = (STAGE_TAG, SMOKE_TAG, RELEASE_RUN_TAG)
 _REASON_LIMIT = 2_000  # MLflow caps tag values (8000 chars); keep each entry well inside
 
 
@@ -69,13 +75,7 @@ class StageRegistry:
         returns the existing version. Stage, first history entry and lineage are written with
         the version itself, so a version is never visible without them.
         """
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.create_registered_model(self.model)
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
+        self._ensure_registered_model()
         latest = self._latest_number()
         if latest >= version:
             existing = self.client.get_model_version(self.model, str(version))
@@ -85,13 +85,7 @@ class StageRegistry:
                 f"MLflow already has {self.model} version {version} (run {existing.run_id}), but the store "
                 f"published version {version} for run {run_id}: the registry and the store disagree"
             )
-        for gap in range(latest + 1, version):
-            reason = f"store version {gap} was never completed (interrupted publication)"
-            filler = self.client.create_model_version(
-                self.model, source=source, description=f"store version {gap} was never completed",
-                tags=_first_record(Stage.REJECTED, reason),
-            )  # fmt: skip
-            self._check_number(filler.version, gap)
+        self._fill_gaps(latest, version, source)
         tags = _first_record(Stage.CANDIDATE, "published and registered")
         tags |= {f"{TAG_PREFIX}{key}": str(value) for key, value in lineage.items()}
         created = self.client.create_model_version(
@@ -99,6 +93,50 @@ class StageRegistry:
         )
         self._check_number(created.version, version)
         return version
+
+    def restore(self, sources: dict[int, str], production: int | None, actor: str) -> None:
+        """Rebuild a lost registry from the store: version N (``sources``: number → store URI).
+
+        Their release history went with the tracking database, so nothing is guessed: the
+        version `stable` serves becomes production again, every other one is archived without
+        a production entry (no rollback to it) and says why.
+        """
+        if self._numbers():
+            raise RegistryOutOfSync(f"MLflow already has versions of {self.model}: restore only into an empty registry")
+        self._ensure_registered_model()
+        latest = 0
+        for version in sorted(sources):
+            self._fill_gaps(latest, version, sources[version])
+            stage = Stage.PRODUCTION if version == production else Stage.ARCHIVED
+            reason = f"restored from the store by {actor} after the tracking database was lost; earlier history unknown"
+            created = self.client.create_model_version(
+                self.model, source=sources[version], tags=_first_record(stage, reason), description=reason
+            )
+            self._check_number(created.version, version)
+            latest = version
+        if production is not None:
+            for alias in ALIASES[Stage.PRODUCTION]:
+                self.client.set_registered_model_alias(self.model, alias, str(production))
+            self.client.set_model_version_tag(self.model, str(production), SERVING_LABEL_TAG, "stable")
+
+    def _ensure_registered_model(self) -> None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(self.model)
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    def _fill_gaps(self, latest: int, version: int, source: str) -> None:
+        """Numbers the store skipped (an interrupted publication) become rejected fillers."""
+        for gap in range(latest + 1, version):
+            reason = f"store version {gap} was never completed (interrupted publication)"
+            filler = self.client.create_model_version(
+                self.model, source=source, description=f"store version {gap} was never completed",
+                tags=_first_record(Stage.REJECTED, reason),
+            )  # fmt: skip
+            self._check_number(filler.version, gap)
 
     def _latest_number(self) -> int:
         versions = self.client.search_model_versions(f"name = '{self.model}'")
@@ -121,12 +159,42 @@ class StageRegistry:
         return {
             key.removeprefix(TAG_PREFIX): value
             for key, value in self._tags(version).items()
-            if key.startswith(TAG_PREFIX) and not key.startswith(TRANSITION_PREFIX) and key not in (STAGE_TAG, SMOKE_TAG)
+            if key.startswith(TAG_PREFIX) and not key.startswith(TRANSITION_PREFIX) and key not in _BOOKKEEPING
         }
 
     def set_lineage(self, version: int, **values: str) -> None:
         for key, value in values.items():
             self.client.set_model_version_tag(self.model, str(version), f"{TAG_PREFIX}{key}", str(value))
+
+    def release_run(self, version: int) -> dict | None:
+        value = self._tags(version).get(RELEASE_RUN_TAG)
+        return json.loads(value) if value else None
+
+    def set_release_run(self, version: int, owner: dict | None) -> None:
+        """Record (or, with None, forget) the run carrying the version through its release."""
+        if owner is None:
+            self.client.delete_model_version_tag(self.model, str(version), RELEASE_RUN_TAG)
+        else:
+            self.client.set_model_version_tag(self.model, str(version), RELEASE_RUN_TAG, json.dumps(owner))
+
+    def all_tags(self) -> dict[int, dict[str, str]]:
+        """Every version's tags, in one query."""
+        return {int(v.version): dict(v.tags) for v in self.client.search_model_versions(f"name = '{self.model}'")}
+
+    def known_runs(self, run_ids: Collection[str]) -> set[str]:
+        """The run ids MLflow knows (a lost or replaced tracking database knows none)."""
+        from mlflow.exceptions import MlflowException
+
+        known = set()
+        for run_id in set(run_ids):
+            try:
+                self.client.get_run(run_id)
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+            else:
+                known.add(run_id)
+        return known
 
     def check_transition(self, version: int, to_stage: Stage) -> Stage:
         """The current stage, if moving to ``to_stage`` is legal; IllegalTransition otherwise."""
@@ -171,12 +239,15 @@ class StageRegistry:
             if previous is not None and previous != version:
                 self._record(previous, self._version_tags(previous), Stage.ARCHIVED, actor=actor,
                              reason=f"replaced by version {version}", flow_run_id=flow_run_id)  # fmt: skip
+                self.client.delete_model_version_tag(self.model, str(previous), SERVING_LABEL_TAG)
         entry = self._record(version, tags, to_stage, actor=actor, reason=reason, flow_run_id=flow_run_id)
         for alias in ALIASES.get(current, ()):
             if _holder(aliases, alias) == version:
                 self.client.delete_registered_model_alias(self.model, alias)
         for alias in ALIASES.get(to_stage, ()):
             self.client.set_registered_model_alias(self.model, alias, str(version))
+        if to_stage is Stage.PRODUCTION:
+            self.client.set_model_version_tag(self.model, str(version), SERVING_LABEL_TAG, "stable")
         return entry
 
     def production_version(self) -> int | None:

@@ -11,17 +11,24 @@ Two backends share the rules below; they differ only in the primitives at the en
 - Downloads check every size and sha256 against the manifest before anything becomes visible.
 - A number is never reused, not even after deletion: a tombstone remembers it, because TF
   Serving never reloads a version directory it has already loaded.
+- One release at a time per model: ``release_lock`` is held in the store, the one place that
+  every run, worker and CLI shares (local: ``flock`` on a file; S3: a lease object renewed
+  while held). Its file/object sits beside the versions and is never one (not a number).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import re
 import shutil
 import tempfile
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +56,8 @@ logger = logging.getLogger("railyard.store")
 TOMBSTONE_DIR = ".railyard-deleted"
 # How many successive numbers a publisher tries before giving up on a crowd of racing publishers.
 MAX_CLAIM_ATTEMPTS = 20
+# The release lock's file (local) or lease object (S3) under <model>/, holding its holder as JSON.
+LOCK_NAME = ".railyard-lock"
 _VERSION_NAME = re.compile(r"^[1-9][0-9]*$")
 
 
@@ -72,6 +81,32 @@ class ProtectedVersionError(StoreError):
     """The version is protected (in production or staging) and may not be deleted."""
 
 
+class LockTimeoutError(StoreError):
+    """Another holder kept the model's release lock for longer than we were willing to wait."""
+
+
+class LockLostError(StoreError):
+    """The release lock is no longer ours (S3 only): its lease ran out unrenewed, or was taken over."""
+
+
+class ReleaseLease:
+    """A held release lock. Call ``check()`` between critical steps: it raises once the lock is lost."""
+
+    def __init__(self, model: str, owner: str, acquired_at: float, expires_at: float = math.inf):
+        self.model = model
+        self.owner = owner
+        self.acquired_at = acquired_at  # epoch seconds
+        self.expires_at = expires_at  # pushed on by the S3 renewal; a local lock never expires
+        self.lost: str | None = None  # why it was lost, set by the S3 renewal
+
+    def check(self) -> None:
+        lost = self.lost
+        if lost is None and time.time() >= self.expires_at:  # the renewal may be stuck in a request
+            lost = f"its lease expired at {utc_timestamp(self.expires_at)} before it could be renewed"
+        if lost is not None:
+            raise LockLostError(f"{self.model}'s release lock, taken as {self.owner}, was lost: {lost}")
+
+
 @dataclass(frozen=True)
 class PublishedVersion:
     model: str
@@ -92,8 +127,19 @@ def parse_version_name(name: str) -> int | None:
     return int(name) if _VERSION_NAME.fullmatch(name) else None
 
 
-def utc_timestamp() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def utc_timestamp(at: float | None = None) -> str:
+    """Now, or the epoch seconds ``at``, as an ISO 8601 UTC timestamp."""
+    moment = datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_lock_record(data: bytes | None) -> dict | None:
+    """The holder a lock file/object names, or None if it is absent or not (yet) complete JSON."""
+    try:
+        record = json.loads(data) if data else None
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and {"owner", "acquired_at"} <= record.keys() else None
 
 
 def check_version(version: Any) -> int:
@@ -139,6 +185,11 @@ class ModelStore(ABC):
             )
         logger.info("published %s version %d: %d bytes at %s", model, version, manifest.total_size, location)
         return PublishedVersion(model, version, location, manifest)
+
+    def find(self, model: str, data_fingerprint: str, code_version: str) -> Manifest | None:
+        """The manifest of the complete version holding this model (same data and code), if any."""
+        validate_model_name(model)
+        return self._find_published(model, self._scan(model), (data_fingerprint, code_version))
 
     def list_versions(self, model: str) -> list[int]:
         """Complete versions only (manifest present), ascending."""
@@ -212,6 +263,42 @@ class ModelStore(ABC):
             self.delete_version(model, version, protected=protected)
         return doomed
 
+    @contextmanager
+    def release_lock(
+        self, model: str, *, owner: str, lease_s: float, wait_s: float, poll_s: float = 0.5
+    ) -> Iterator[ReleaseLease]:
+        """Hold the model's release lock for the block; released on leaving it, also on errors.
+
+        ``owner`` says who holds it (shown to waiters). Waits up to ``wait_s`` seconds, then
+        raises ``LockTimeoutError``. ``lease_s`` (S3 only) is how long the lock outlives a holder
+        that dies without releasing it; the holder renews it every ``lease_s / 3`` meanwhile.
+        Not re-entrant: a nested ``release_lock`` on the same model waits for itself and times out.
+        """
+        validate_model_name(model)
+        deadline = time.monotonic() + wait_s
+        lease = self._try_lock(model, owner, lease_s)
+        if lease is None and wait_s > 0:
+            logger.info("waiting up to %g s for %s's release lock, held by %s", wait_s, model, self._lock_holder(model))
+        while lease is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockTimeoutError(
+                    f"{model}'s release lock in {self.uri} is held by {self._lock_holder(model)} "
+                    f"(waited {wait_s:g} s)"
+                )
+            time.sleep(min(poll_s, remaining))
+            lease = self._try_lock(model, owner, lease_s)
+        try:
+            yield lease
+        finally:
+            self._unlock(lease)
+
+    def _lock_holder(self, model: str) -> str:
+        record = parse_lock_record(self._read_lock(model))
+        if record is None:  # released meanwhile, or caught between taking and naming it
+            return "an unknown holder"
+        return f"{record['owner']} since {utc_timestamp(record['acquired_at'])}"
+
     def _find_published(self, model: str, scan: VersionScan, identity: tuple[str, str]) -> Manifest | None:
         for version in sorted(scan.complete, reverse=True):
             manifest = self.get_manifest(model, version)
@@ -276,6 +363,18 @@ class ModelStore(ABC):
     @abstractmethod
     def _delete(self, model: str, version: int) -> None:
         """Tombstone first, then the manifest (the version disappears at once), then the files."""
+
+    @abstractmethod
+    def _try_lock(self, model: str, owner: str, lease_s: float) -> ReleaseLease | None:
+        """Take the release lock if it is free (S3: or its lease expired); None if it is held."""
+
+    @abstractmethod
+    def _read_lock(self, model: str) -> bytes | None:
+        """The lock file/object's content (its holder as JSON), or None."""
+
+    @abstractmethod
+    def _unlock(self, lease: ReleaseLease) -> None:
+        """Release a lock ``_try_lock`` took; never one that another holder took over."""
 
 
 def open_store(uri: str, *, s3_endpoint_url: str | None = None, s3_options: S3Options | None = None) -> ModelStore:

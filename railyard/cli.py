@@ -102,11 +102,17 @@ def run(
     from flows.retrain import ModelRejected, SmokeTestsFailed, retrain
     from railyard.loaders import DataLoadError
     from railyard.validation import DataValidationError
+    from infra.local_server.background import LocalServerError
+    from infra.serving_client import ServingError
+    from tasks.release import RegistryLost
 
+    parameters = {"data_dir": str(data.resolve()) if data else None, "epochs": epochs}
     try:
-        summary = retrain(data_dir=str(data.resolve()) if data else None, epochs=epochs, auto_approve=auto_approve)
-    except (DataLoadError, DataValidationError, ModelRejected, SmokeTestsFailed) as error:
+        summary = retrain(**{k: v for k, v in parameters.items() if v is not None}, auto_approve=auto_approve)
+    except (DataLoadError, DataValidationError, ModelRejected, SmokeTestsFailed, RegistryLost) as error:
         _fail(str(error), code=2)
+    except (ServingError, LocalServerError) as error:  # the version waits as a candidate for a re-run
+        _fail(f"{error}\nproduction is unchanged; run again once serving is back (a published version is picked up)", code=1)
     if as_json:
         print(json.dumps(summary, sort_keys=True), flush=True)
     else:
@@ -114,14 +120,13 @@ def run(
 
 
 def _print_summary(summary: dict) -> None:
-    metrics = summary["metrics"]
-    lines = [
-        f"model {summary['model_name']} version {summary['model_version']} published to {summary['store_uri']}",
-        "holdout: " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()),
-        f"MLflow run {summary['mlflow_run_id']} ({summary['mlflow_tracking_uri']})",
-        f"data fingerprint {summary['data_fingerprint'][:16]}…",
-        f"stage: {summary['stage']}",
-    ]
+    lines = [f"model {summary['model_name']} version {summary['model_version']}: {summary['outcome']}"]
+    if summary.get("store_uri"):
+        lines.append(f"stored at {summary['store_uri']}")
+    if summary.get("metrics"):
+        lines.append("holdout: " + ", ".join(f"{name} {value:.4f}" for name, value in summary["metrics"].items()))
+    lines.append(f"MLflow run {summary['mlflow_run_id']} ({summary['mlflow_tracking_uri']})")
+    lines.append(f"data fingerprint {summary['data_fingerprint'][:16]}…")
     if summary.get("serving"):
         lines.append(f"serving labels: {summary['serving']['labels']} at {summary['serving']['rest']}")
     if summary.get("curl"):
@@ -160,36 +165,54 @@ def serve(
         _fail(str(error))
 
 
-def _decide(version: int, approve: bool, reviewer: str, comment: str) -> None:
+def _decide(version: int, decision: str, reviewer: str, comment: str) -> None:
     settings = _settings()
-    from tasks.approval import ApprovalDecision, answer
-    from tasks.release import registry
+    from pydantic import ValidationError
 
-    flow_run_id = registry(settings).lineage(version).get("prefect_flow_run_id")
-    if not flow_run_id or flow_run_id == "None":
-        _fail(f"{settings.model_name} version {version} has no retrain flow run on record")
+    from model_registry.stages import Stage
+    from tasks import approval, release
+
     try:
-        answer(flow_run_id, ApprovalDecision(approve=approve, reviewer=reviewer, comment=comment))
-    except Exception as error:  # NotPausedError, a rejected input, an unreachable API: all end here
+        answer = approval.ApprovalDecision(decision=decision, reviewer=reviewer, comment=comment)
+    except ValidationError as error:
+        _fail("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors()), code=2)
+    with release.release_lock(settings, f"railyard {decision}"):
+        repaired = release.reconcile(settings, start_serving=False)
+    for line in repaired:
+        typer.echo(f"repaired: {line}")
+    stages = release.registry(settings)
+    if version not in stages.all_tags():
+        _fail(f"{settings.model_name} version {version} is not registered", code=2)
+    if (stage := stages.stage(version)) is not Stage.STAGING:
+        last = stages.history(version)[-1]
+        _fail(
+            f"{settings.model_name} version {version} is {stage.value} ({last['actor']}: {last['reason']}): "
+            "there is no review to answer", code=2,
+        )  # fmt: skip
+    flow_run_id = stages.lineage(version).get("review_run")
+    if not flow_run_id:
+        _fail(f"{settings.model_name} version {version} has no retrain run waiting for a review", code=2)
+    try:
+        approval.answer(flow_run_id, answer)
+    except Exception as error:  # noqa: BLE001 - NotPausedError, a refused answer, an unreachable API
         _fail(f"could not resume flow run {flow_run_id} for version {version}: {error}")
-    verb = "approved" if approve else "rejected"
-    typer.echo(f"{verb} {settings.model_name} version {version}; flow run {flow_run_id} resumes")
+    typer.echo(f"{decision}d {settings.model_name} version {version}; flow run {flow_run_id} resumes and applies it")
 
 
 Reviewer = Annotated[str, typer.Option(help="Who decides (recorded in the audit trail).")]
-Comment = Annotated[str, typer.Option(help="Why (recorded with the stage change).")]
+Comment = Annotated[str, typer.Option(help="Why (recorded with the stage change; required to reject).")]
 
 
 @app.command()
 def approve(version: int, reviewer: Reviewer, comment: Comment = "") -> None:
-    """Approve a canary awaiting review: its paused retrain run promotes it to production."""
-    _decide(version, True, reviewer, comment)
+    """Approve a canary awaiting review: its retrain run promotes it to production."""
+    _decide(version, "approve", reviewer, comment)
 
 
 @app.command()
 def reject(version: int, reviewer: Reviewer, comment: Comment = "") -> None:
-    """Reject a canary awaiting review: its paused retrain run unloads it."""
-    _decide(version, False, reviewer, comment)
+    """Reject a canary awaiting review: its retrain run unloads it."""
+    _decide(version, "reject", reviewer, comment)
 
 
 @app.command()
@@ -213,12 +236,24 @@ def rollback(
 
 @app.command()
 def status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
-    """Model versions with stage, metrics and approver, and what each serving label points at."""
+    """Model versions with stage, metrics and approver, and what each serving label points at.
+
+    Concludes first what can be concluded: reviews that timed out, runs that crashed (see
+    docs/release.md); each repair is listed.
+    """
     settings = _settings()
     from infra.deploy import resolve_target
     from infra.tfserving_config import CANARY, STABLE
-    from tasks.release import registry
+    from model_registry import LockTimeoutError
+    from tasks.release import RegistryLost, reconcile, registry, release_lock
 
+    try:
+        with release_lock(settings, "railyard status", wait_s=0):
+            repaired = reconcile(settings, start_serving=False)
+    except LockTimeoutError as busy:
+        repaired = [f"not reconciled: a release is in progress ({busy})"]
+    except RegistryLost as error:
+        _fail(str(error), code=2)
     versions = [
         {key: entry[key] for key in ("version", "stage", "metrics", "approved_by")}
         for entry in registry(settings).versions()
@@ -229,8 +264,11 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object
         with target.client(attempts=1) as client:
             serving = {label: client.label_version(settings.model_name, label) for label in (STABLE, CANARY)}
     if as_json:
-        print(json.dumps({"model_name": settings.model_name, "versions": versions, "serving": serving}, sort_keys=True))
+        print(json.dumps({"model_name": settings.model_name, "versions": versions, "serving": serving,
+                          "repaired": repaired}, sort_keys=True))  # fmt: skip
         return
+    for line in repaired:
+        typer.echo(f"repaired: {line}")
     for entry in versions:
         auc = entry["metrics"].get("auc")
         approved = f", approved by {entry['approved_by']}" if entry["approved_by"] else ""
@@ -239,6 +277,31 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object
         typer.echo("serving: the local server is not running (`railyard serve --background`)")
     else:
         typer.echo("serving: " + ", ".join(f"{label} -> {version}" for label, version in serving.items()))
+
+
+@app.command("restore-registry")
+def restore_registry() -> None:
+    """Rebuild a lost MLflow registry from the model store's versions (only into an empty one).
+
+    The version `stable` serves becomes production again; the others are archived with a note
+    that their earlier history was lost (no rollback to them).
+    """
+    settings = _settings()
+    from model_registry.stages import RegistryOutOfSync
+    from tasks.release import release_lock, restore_registry as restore
+
+    try:
+        with release_lock(settings, "railyard restore-registry"):
+            versions, production = restore(settings, actor=_os_user())
+    except RegistryOutOfSync as error:
+        _fail(str(error), code=2)
+    typer.echo(f"registered {settings.model_name} versions {versions}; production: {production}")
+
+
+def _os_user() -> str:
+    import getpass
+
+    return getpass.getuser()
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
 
     # Human approval of a smoke-tested canary (seconds; timeout = rejected).
     approval_timeout_s: int = Field(default=86_400, gt=0)
+    # One release at a time per model, through a lock in the model store. An S3 lock is a lease
+    # renewed every lease/3 while held, so a crashed holder frees it after at most one lease.
+    release_lock_lease_s: float = Field(default=120.0, gt=0)
+    release_lock_wait_s: float = Field(default=3_600.0, ge=0)  # another release may be deploying
     # Optional: a URL that receives a short JSON message on failure, approval needed, promotion.
     webhook_url: str | None = None
 

@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from railyard.processes import current_process
 from railyard.settings import Settings
+
+# MLflow 3's UI opens an experiment without this tag in its GenAI (traces) view.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+PROCESS_TAG = "railyard.process"  # which process runs it: a run left RUNNING by a killed one is found
+FAILURE_TAG = "railyard.failure"
+_TAG_LIMIT = 5_000  # MLflow caps run tag values at 8,000 characters
 
 
 def client(settings: Settings):
@@ -25,15 +34,64 @@ def ensure_experiment(settings: Settings) -> str:
     mlflow_client = client(settings)
     experiment = mlflow_client.get_experiment_by_name(settings.mlflow_experiment)
     if experiment is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if key not in experiment.tags:  # an experiment made before Railyard set it
+                mlflow_client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     return mlflow_client.create_experiment(
-        settings.mlflow_experiment, artifact_location=settings.mlflow_artifacts_dir.as_uri()
+        settings.mlflow_experiment, artifact_location=settings.mlflow_artifacts_dir.as_uri(), tags=EXPERIMENT_KIND
     )
 
 
 def start_run(settings: Settings, run_name: str, tags: dict[str, str]) -> str:
+    tags = tags | {PROCESS_TAG: json.dumps(current_process())}
     run = client(settings).create_run(ensure_experiment(settings), run_name=run_name, tags=tags)
     return run.info.run_id
+
+
+@contextmanager
+def mlflow_run(settings: Settings, run_name: str, tags: dict[str, str], *, finished_on: tuple = ()) -> Iterator[str]:
+    """An MLflow run that ends FINISHED, or FAILED with its cause in a tag when the block raises
+    (``finished_on``: exceptions that end a run that worked, e.g. a model the gate refused).
+
+    A failure to end the run (a full disk, a lost database) never hides the block's own error.
+    """
+    run_id = start_run(settings, run_name, tags)
+    try:
+        yield run_id
+    except finished_on:
+        end_run(settings, run_id, failed=False)
+        raise
+    except BaseException as error:
+        try:
+            set_tags(settings, run_id, {FAILURE_TAG: f"{type(error).__name__}: {error}"[:_TAG_LIMIT]})
+            end_run(settings, run_id, failed=True)
+        except Exception as ending:  # noqa: BLE001 - the block's error is the one to report
+            error.add_note(f"the MLflow run {run_id} could not be ended FAILED either: {ending}")
+        raise
+    end_run(settings, run_id, failed=False)
+
+
+def rename_run(settings: Settings, run_id: str, name: str) -> None:
+    """Name the run after what it produced (e.g. ``recmodel-v3``)."""
+    client(settings).update_run(run_id, name=name)
+
+
+def fail_run(settings: Settings, run_id: str, cause: str) -> None:
+    set_tags(settings, run_id, {FAILURE_TAG: cause[:_TAG_LIMIT]})
+    end_run(settings, run_id, failed=True)
+
+
+def running_runs(settings: Settings) -> list:
+    """The experiment's runs still marked RUNNING (each with its tags)."""
+    from mlflow.entities import ViewType
+
+    experiment = client(settings).get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        return []
+    return client(settings).search_runs(
+        [experiment.experiment_id], "attributes.status = 'RUNNING'", run_view_type=ViewType.ACTIVE_ONLY
+    )
 
 
 def log_params(settings: Settings, run_id: str, params: dict) -> None:

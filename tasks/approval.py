@@ -1,54 +1,168 @@
-"""The human approval step: a typed Prefect pause, answered in the UI's Resume form or the CLI."""
+"""The human approval step: a typed Prefect pause, answered in the UI's Resume form or the CLI.
+
+A run of a deployment *suspends*: its process exits and holds no worker, concurrency slot or
+lease while the reviewer takes their time; the answer reschedules the run, which starts again
+and finds its decision waiting (see docs/release.md). A run without a deployment (`railyard run`
+in a terminal) cannot be rescheduled, so it *pauses* in its own process.
+"""
 
 from __future__ import annotations
 
-from prefect.artifacts import create_markdown_artifact
-from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run, resume_flow_run
-from prefect.input import RunInput
-from pydantic import Field
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Literal
+from uuid import UUID
 
-from railyard.notify import notify
-from railyard.settings import Settings
+from prefect.client.orchestration import get_client
+from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
+from prefect.flow_runs import pause_flow_run, resume_flow_run, suspend_flow_run
+from prefect.input import RunInput
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from model_registry.reconcile import RunView
+
+log = logging.getLogger("railyard.approval")
+APPROVAL_ARTIFACT = "approval-needed"
+# The flow that rejects a review nobody answered in time (prefect.yaml); a run of it is
+# scheduled at every suspended review's deadline.
+DEADLINE_DEPLOYMENT = "reconcile/reconcile"
+DEADLINE_MARGIN_S = 10  # Prefect's server fails an expired pause within 5 s (its loop)
+RESUME_ATTEMPTS = 3
+
+APPROVE, REJECT = "approve", "reject"
+# Prefect's server checks the answer against this JSON schema before it resumes a run, so a
+# rejection without a comment never reaches the flow (pydantic repeats the check in Python).
+_COMMENT_REQUIRED_FOR_REJECT = {
+    "if": {"properties": {"decision": {"const": REJECT}}, "required": ["decision"]},
+    "then": {"properties": {"comment": {"pattern": r"\S"}}, "required": ["comment"]},
+}
 
 
 class ApprovalDecision(RunInput):
     """The reviewer's answer (the Prefect UI renders these fields as the Resume form)."""
 
-    approve: bool = Field(description="Tick to promote the canary to production (stable); leave unticked to reject.")
-    reviewer: str = Field(min_length=1, description="Who decides: a name or e-mail, recorded in the audit trail.")
-    comment: str = Field(default="", description="Why: recorded with the stage change.")
+    model_config = ConfigDict(json_schema_extra=_COMMENT_REQUIRED_FOR_REJECT)
+
+    # No default: submitting the form without choosing is refused, never read as a rejection.
+    decision: Literal["approve", "reject"] = Field(
+        description="approve: the canary becomes production (stable). reject: the canary is unloaded."
+    )
+    # The pattern is for the server's check of the form; Python's check below says it in words.
+    reviewer: str = Field(
+        description="Who decides: a name or e-mail, recorded in the audit trail.", json_schema_extra={"pattern": r"\S"}
+    )
+    comment: str = Field(default="", description="Why, recorded with the stage change. Required for a rejection.")
+
+    @field_validator("reviewer", "comment")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _reason_for_rejection(self) -> ApprovalDecision:
+        if not self.reviewer:
+            raise ValueError("reviewer must not be blank")
+        if self.decision == REJECT and not self.comment:
+            raise ValueError("a rejection needs a comment saying why")
+        return self
+
+    @property
+    def approve(self) -> bool:
+        return self.decision == APPROVE
 
 
 def pause_key(model: str, version: int) -> str:
     return f"approve-{model}-v{version}"
 
 
-def request_approval(settings: Settings, version: int, summary: str) -> ApprovalDecision | None:
-    """Pause the flow run until a reviewer answers; None when nobody did within the timeout.
+def await_decision(model: str, version: int, instructions: str, timeout_s: int, *, suspend: bool) -> ApprovalDecision | None:
+    """The reviewer's decision; None when nobody answered within ``timeout_s``.
 
-    Must be called from the flow itself (Prefect pauses flow runs, not task runs).
+    Must be called from the flow itself (Prefect pauses flow runs, not task runs). With
+    ``suspend`` the first call ends the process (Prefect's ``Pause``); when the run starts again
+    after the answer, the same call returns the decision at once.
     """
-    model, timeout_s = settings.model_name, settings.approval_timeout_s
-    instructions = (
-        f"## {model} version {version} is serving as `canary` and awaits approval\n\n{summary}\n\n"
-        "Approve or reject with the **Resume** button of this flow run, or from a shell:\n\n"
-        f"`railyard approve {version} --reviewer NAME --comment TEXT` / "
-        f"`railyard reject {version} --reviewer NAME --comment TEXT`\n\n"
-        f"Without an answer within {timeout_s} s the canary is unloaded and the version rejected."
-    )
-    create_markdown_artifact(key="approval-needed", markdown=instructions, description=f"{model} v{version}: approval needed")
-    notify(settings, "approval_needed", f"{model} version {version} awaits approval", version=version)
+    form = ApprovalDecision.with_initial_data(description=instructions)
+    key = pause_key(model, version)
+    if suspend:
+        return suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
     try:
-        return pause_flow_run(
-            wait_for_input=ApprovalDecision.with_initial_data(description=instructions),
-            timeout=timeout_s,
-            key=pause_key(model, version),
-        )
+        return pause_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
     except FlowPauseTimeout:
         return None
 
 
-def answer(flow_run_id: str, decision: ApprovalDecision) -> None:
-    """Resume a paused retrain run with a decision, through the Prefect API (the CLI's path)."""
-    resume_flow_run(flow_run_id, run_input=decision.model_dump(include={"approve", "reviewer", "comment"}))
+def answer(flow_run_id: str, decision: ApprovalDecision, *, attempts: int = RESUME_ATTEMPTS) -> None:
+    """Resume a waiting retrain run with a decision, through the Prefect API.
+
+    A refusal (the run is not waiting, the answer does not fit the form) is final; anything else
+    (an API that is restarting, SQLite's "database is locked") is tried again before it is raised.
+    """
+    run_input = decision.model_dump(include={"decision", "reviewer", "comment"})
+    for attempt in range(1, attempts + 1):
+        try:
+            return resume_flow_run(flow_run_id, run_input=run_input)
+        except (RuntimeError, FlowPauseTimeout, ObjectNotFound):  # NotPausedError is a RuntimeError
+            raise
+        except Exception as error:  # noqa: BLE001 - transport and server errors: try again
+            if attempt == attempts:
+                raise
+            log.warning("resuming flow run %s failed (attempt %d/%d): %s", flow_run_id, attempt, attempts, error)
+            time.sleep(2.0 * attempt)
+
+
+def run_view(flow_run_id: str) -> RunView | None:
+    """The run's state as Prefect reports it; None when the API cannot be asked."""
+    try:
+        with get_client(sync_client=True) as client:
+            state = client.read_flow_run(UUID(flow_run_id)).state
+    except ObjectNotFound:
+        return RunView(None)
+    except Exception as error:  # noqa: BLE001 - an unreachable API: nothing can be concluded from it
+        log.warning("could not read flow run %s from Prefect: %s", flow_run_id, error)
+        return None
+    if state is None:
+        return RunView("SCHEDULED")
+    return RunView(state.type.value, state.name or "", state.message or "")
+
+
+def close_review(flow_run_id: str, outcome: str) -> None:
+    """Fail a run that still waits for a decision that no longer matters, so the UI offers no
+    Resume form, and leave the outcome beside the approval request."""
+    from prefect.states import Failed
+
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(flow_run_id))
+            if run.state is not None and run.state.is_paused():
+                client.set_flow_run_state(run.id, Failed(message=outcome), force=True)
+    except Exception as error:  # noqa: BLE001 - the release state is already recorded in MLflow
+        log.warning("could not close the review of flow run %s in Prefect: %s", flow_run_id, error)
+    post_artifact(flow_run_id, APPROVAL_ARTIFACT, f"## Closed\n\n{outcome}")
+
+
+def post_artifact(flow_run_id: str, key: str, markdown: str, description: str | None = None) -> None:
+    """A markdown artifact on a flow run, also from outside it (hooks, other processes)."""
+    from prefect.client.schemas.actions import ArtifactCreate
+
+    artifact = ArtifactCreate(key=key, type="markdown", data=markdown, description=description, flow_run_id=UUID(flow_run_id))
+    try:
+        with get_client(sync_client=True) as client:
+            client.create_artifact(artifact)
+    except Exception as error:  # noqa: BLE001 - the log and the webhook still say it
+        log.warning("could not post the %s artifact on flow run %s: %s", key, flow_run_id, error)
+
+
+def schedule_deadline_check(deadline: float) -> None:
+    """A run of the reconcile deployment at the review's deadline rejects it if nobody answered."""
+    from prefect.deployments import run_deployment
+
+    try:
+        when = datetime.fromtimestamp(deadline + DEADLINE_MARGIN_S, UTC)
+        run_deployment(DEADLINE_DEPLOYMENT, scheduled_time=when, timeout=0, as_subflow=False)
+    except Exception as error:  # noqa: BLE001 - without it the next run or `railyard status` rejects it
+        log.warning(
+            "could not schedule %s at the review deadline (%s); the next run or `railyard status` will close "
+            "an unanswered review", DEADLINE_DEPLOYMENT, error,
+        )  # fmt: skip

@@ -5,8 +5,15 @@ from functools import partial
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from model_registry import ModelStore, open_store
+from railyard.settings import Settings
+
 # Inputs are data frames and models: hashing them for Prefect's cache would cost more than the
 # work, and a retraining run must never be skipped by a cache hit.
 railyard_task = partial(task, cache_policy=NO_CACHE, persist_result=False)
 
 MINUTES = 60
+
+
+def model_store(settings: Settings) -> ModelStore:
+    return open_store(settings.resolved_store_uri, s3_endpoint_url=settings.s3_endpoint_url)

@@ -1,8 +1,7 @@
 from infra import deploy
 from infra.serving_client import ModelLoadError
-from model_registry import open_store
 from railyard.settings import Settings
-from tasks.common import MINUTES, railyard_task
+from tasks.common import MINUTES, model_store, railyard_task
 
 
 @railyard_task(name="resolve-serving", timeout_seconds=5 * MINUTES)
@@ -20,7 +19,7 @@ def _worth_retrying(task, task_run, state) -> bool:
 )
 def deploy_canary(target: deploy.ServingTarget, settings: Settings, version: int) -> dict:
     """Verified copy into the model root, then TF Serving loads it as ``canary`` next to ``stable``."""
-    store = open_store(settings.resolved_store_uri, s3_endpoint_url=settings.s3_endpoint_url)
+    store = model_store(settings)
     deploy.materialize(store, settings.model_name, version, target)
     with target.client(attempts=settings.serving_attempts) as client:
         return deploy.deploy_canary(client, target, settings.model_name, version, settings.serving_load_timeout_s)

@@ -3,10 +3,13 @@ from pathlib import Path
 import polars as pl
 from prefect.artifacts import create_table_artifact
 
-from model_registry import open_store
 from railyard import evaluation, model, tracking
 from railyard.settings import Settings
-from tasks.common import MINUTES, railyard_task
+from tasks.common import MINUTES, model_store, railyard_task
+
+
+# The UI renders table cells as markdown, where a leading ">" starts a quote.
+SYMBOLS = {">=": "≥", "<=": "≤"}
 
 
 def thresholds(settings: Settings) -> evaluation.GateThresholds:
@@ -32,7 +35,7 @@ def evaluate(export_dir: Path, holdout: pl.DataFrame, settings: Settings, run_id
 @railyard_task(name="evaluate-production", timeout_seconds=60 * MINUTES, retries=2, retry_delay_seconds=[10, 60])
 def evaluate_production(version: int, holdout: pl.DataFrame, settings: Settings, run_id: str, work_dir: Path) -> dict:
     """The production model, fetched verified from the store, scored on the same fresh holdout."""
-    store = open_store(settings.resolved_store_uri, s3_endpoint_url=settings.s3_endpoint_url)
+    store = model_store(settings)
     local = store.download(settings.model_name, version, work_dir / f"production-{version}")
     scores = model.predict_saved_model(local, holdout.get_column("userId"), holdout.get_column("movieId"))
     metrics = evaluation.evaluate_scores(holdout, scores).metrics
@@ -52,7 +55,7 @@ def gate(
     create_table_artifact(
         key="evaluation-gate",
         table=[
-            {"check": c.name, "value": round(c.value, 5), "threshold": f"{c.direction} {c.threshold}", "passed": c.passed}
+            {"check": c.name, "value": round(c.value, 5), "threshold": f"{SYMBOLS[c.direction]} {c.threshold}", "passed": c.passed}
             for c in decision.checks
         ],
         description=f"blessed={decision.blessed} (baseline: production version {production_version}): {decision.reason}",

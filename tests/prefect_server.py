@@ -20,6 +20,9 @@ import pytest
 from tests.s3_server import free_port
 
 STARTUP_TIMEOUT_S = 180  # a fresh database migrates first (~20-30 s on these machines)
+# A deployment run's concurrency lease, shortened to the server's minimum: a design that held
+# a lease across a long wait would lose it within the tests' time.
+LEASE_S = 30
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +35,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION": str(LEASE_S),
     }
     env.pop("PREFECT_API_URL", None)
     log_path = Path(home) / "server.log"

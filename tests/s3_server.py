@@ -43,9 +43,9 @@ def free_port() -> int:
 class _AtomicConditionalWrites:
     """WSGI middleware: one conditional request at a time.
 
-    moto checks ``If-None-Match`` and then writes, unlocked, on parallel request threads, so two
-    racing creates can both succeed; S3 and MinIO decide them atomically. Serializing the
-    (rare, small) conditional requests gives the tests S3's semantics.
+    moto checks ``If-None-Match`` / ``If-Match`` and then writes, unlocked, on parallel request
+    threads, so two racing creates (or lock takeovers) can both succeed; S3 and MinIO decide them
+    atomically. Serializing the (rare, small) conditional requests gives the tests S3's semantics.
     """
 
     def __init__(self, app):
@@ -53,7 +53,7 @@ class _AtomicConditionalWrites:
         self.lock = threading.Lock()
 
     def __call__(self, environ, start_response):
-        if "HTTP_IF_NONE_MATCH" not in environ:
+        if "HTTP_IF_NONE_MATCH" not in environ and "HTTP_IF_MATCH" not in environ:
             return self.app(environ, start_response)
         with self.lock:
             return list(self.app(environ, start_response))

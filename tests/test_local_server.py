@@ -175,8 +175,9 @@ def test_grpc_predict_answers_like_tf_serving(contract_server, model_root):
 # -- reload semantics (a fresh server per test) ----------------------------------------------------
 
 
-def test_label_on_a_version_that_is_not_loaded_fails_but_the_config_is_stored(start_server, model_root):
-    server = start_server(model_config(model_root, {1}, {"stable": 1}))
+def test_label_on_a_version_that_is_not_loaded_fails_and_the_config_file_keeps_the_applied_one(start_server, model_root):
+    applied = model_config(model_root, {1}, {"stable": 1})
+    server = start_server(applied)
     client = client_for(server)
     rejected = model_config(model_root, {1, 2}, {"stable": 2})
     with pytest.raises(ServingError) as error:
@@ -185,7 +186,7 @@ def test_label_on_a_version_that_is_not_loaded_fails_but_the_config_is_stored(st
     assert error.value.details == (
         "Request to assign label to version 2 of model recmodel, which is not currently available for inference"
     )
-    assert read_config(server.config_path) == rejected  # TF Serving keeps the new config anyway
+    assert read_config(server.config_path) == applied  # a refused config is never persisted
     assert states(client) == [(1, "AVAILABLE")]  # version 2 was never loaded
     assert_scores_of(1, predict(server, "/labels/stable"), model_root)
 

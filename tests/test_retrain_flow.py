@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 def _store_versions(home: Path, model: str = "recmodel") -> list[str]:
     root = home / "store" / model
-    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+    return sorted(p.name for p in root.iterdir() if p.name.isdigit()) if root.exists() else []
 
 
 def _write_ratings(path: Path, text: str) -> Path:

@@ -127,3 +127,38 @@ def test_versions_lists_stage_metrics_approver_and_lineage(registry):
     assert (entry["version"], entry["stage"], entry["approved_by"]) == (1, "production", "dana")
     assert entry["metrics"] == {"auc": 0.81}
     assert registry.lineage(1) == {"mlflow_run_id": run_id, "data_fingerprint": "abc", "serving_label": "stable"}
+
+
+def test_the_serving_label_tag_follows_production(registry):
+    for version in (1, 2):
+        _register(registry, version)
+        _release(registry, version)
+    assert registry.lineage(2)["serving_label"] == "stable"
+    assert "serving_label" not in registry.lineage(1)  # archived: it no longer serves
+
+
+def test_the_run_carrying_a_release_is_recorded_apart_from_lineage(registry):
+    _register(registry, 1, data_fingerprint="abc")
+    owner = {"flow_run_id": "run-1", "mode": "pause", "process": {"host": "h", "pid": 1, "start": 2}, "deadline": 9.0}
+    registry.set_release_run(1, owner)
+    assert registry.release_run(1) == owner and registry.lineage(1) == {"data_fingerprint": "abc"}
+    registry.set_release_run(1, None)
+    assert registry.release_run(1) is None
+    assert registry.all_tags()[1]["railyard.stage"] == "candidate"
+
+
+def test_known_runs_tells_which_runs_mlflow_has(registry):
+    run_id = _register(registry, 1)
+    assert registry.known_runs([run_id, "0" * 32]) == {run_id}
+
+
+def test_a_lost_registry_is_restored_from_the_store_without_inventing_history(registry):
+    sources = {1: "file:///store/1", 3: "file:///store/3", 4: "file:///store/4"}
+    registry.restore(sources, production=3, actor="ops")
+    assert [registry.stage(v) for v in (1, 2, 3, 4)] == [Stage.ARCHIVED, Stage.REJECTED, Stage.PRODUCTION, Stage.ARCHIVED]
+    assert registry.production_version() == 3 and registry.lineage(3)["serving_label"] == "stable"
+    assert "restored from the store by ops" in registry.history(4)[0]["reason"]
+    with pytest.raises(IllegalTransition, match="never in production"):  # its history is unknown
+        registry.check_transition(4, Stage.PRODUCTION)
+    with pytest.raises(RegistryOutOfSync, match="empty registry"):
+        registry.restore(sources, production=3, actor="ops")

@@ -539,3 +539,11 @@ def test_no_secret_reaches_the_logs(s3_bucket, tmp_path, caplog):
 
     assert "published recmodel version 1" in caplog.text
     assert DUMMY_AWS_ENV["AWS_SECRET_ACCESS_KEY"] not in caplog.text
+
+
+def test_find_names_the_version_holding_a_model_of_this_data_and_code(store, tmp_path):
+    published = store.publish("recmodel", make_saved_model(tmp_path / "export", 1), metadata=metadata(1))
+    found = store.find("recmodel", "fingerprint-1", "commit-abc")
+    assert found is not None and found.version == published.version == 1
+    assert store.find("recmodel", "fingerprint-2", "commit-abc") is None
+    assert store.find("recmodel", "fingerprint-1", "commit-def") is None

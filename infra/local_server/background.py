@@ -27,6 +27,10 @@ LOG_FILE = "server.log"
 START_TIMEOUT_S = 240.0  # the child imports TensorFlow (~20 s here) and loads the served versions
 
 
+class LocalServerError(RuntimeError):
+    """The local server could not be started (or another one holds its state folder)."""
+
+
 @dataclass(frozen=True)
 class ServerState:
     pid: int
@@ -79,7 +83,7 @@ def ensure_running(state_dir: Path, config_path: Path, rest_port: int, grpc_port
     state = running(state_dir)
     if state is not None:
         if Path(state.config_path) != Path(config_path):
-            raise RuntimeError(
+            raise LocalServerError(
                 f"the local server (pid {state.pid}) serves {state.config_path}, not {config_path}; "
                 "stop it with `railyard serve --stop`"
             )
@@ -99,7 +103,7 @@ def ensure_running(state_dir: Path, config_path: Path, rest_port: int, grpc_port
         if state is not None and state.pid == child.pid:
             return state
         if child.poll() is not None:
-            raise RuntimeError(
+            raise LocalServerError(
                 f"the local serving process exited with code {child.returncode}; see {state_dir / LOG_FILE}"
             )
         time.sleep(0.2)
@@ -118,7 +122,7 @@ def serve_foreground(state_dir: Path, config_path: Path, rest_port: int, grpc_po
     state_dir = Path(state_dir)
     other = running(state_dir)
     if other is not None:
-        raise RuntimeError(f"a local server already runs for {state_dir} (pid {other.pid}, REST {other.rest_url})")
+        raise LocalServerError(f"a local server already runs for {state_dir} (pid {other.pid}, REST {other.rest_url})")
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())

@@ -1,8 +1,10 @@
 """The local server's model manager: TF Serving's ServerCore semantics, in Python.
 
 Mirrors, from tensorflow/serving:
-- model_servers/server_core.cc ``ReloadConfig``: validate, *store* the config, check the labels
-  (``UpdateModelVersionLabelMap``), then apply the model list; wait only for new model names;
+- model_servers/server_core.cc ``ReloadConfig``: validate, check the labels
+  (``UpdateModelVersionLabelMap``), then apply the model list; wait only for new model names
+  (TF Serving also keeps a refused config in memory; this server writes only applied ones to
+  its config file, so a restart never brings a refused config back);
 - sources/storage_path/file_system_storage_path_source.cc: version directories are read when a
   config is applied (this server never polls on its own); a missing ``specific`` version is a
   warning; if none exists, every version of the model is unloaded;
@@ -49,12 +51,12 @@ class ServerCore:
         max_num_load_retries: int = 5,
         load_retry_interval_s: float = 60.0,
         num_load_threads: int = 2,
-        on_config_stored: Callable[[ModelServerConfig], None] | None = None,
+        on_config_applied: Callable[[ModelServerConfig], None] | None = None,
     ) -> None:
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._max_retries = max_num_load_retries
         self._retry_interval_s = load_retry_interval_s
-        self._on_config_stored = on_config_stored
+        self._on_config_applied = on_config_applied
         self._reload_lock = threading.Lock()  # one reload at a time, like ServerCore's config_mu_
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -87,12 +89,12 @@ class ServerCore:
                     "from one ModelConfigList to another.",
                 )
             _validate_model_list(new_config)
-            # TF Serving stores the new config first: it stays even when the label check fails.
-            if store and self._on_config_stored is not None:
-                self._on_config_stored(new_config)
             with self._lock:
                 self._labels = self._checked_labels(new_config)
             self._apply_model_list(new_config)
+            # Persisted only once applied: a refused config never comes back after a restart.
+            if store and self._on_config_applied is not None:
+                self._on_config_applied(new_config)
 
     def _checked_labels(self, config: ModelServerConfig) -> dict[str, dict[str, int]]:
         """server_core.cc UpdateModelVersionLabelMap (runs *before* new versions load)."""

@@ -52,7 +52,7 @@ class LocalServingServer:
             allow_version_labels_for_unavailable_models=allow_version_labels_for_unavailable_models,
             max_num_load_retries=max_num_load_retries,
             load_retry_interval_s=load_retry_interval_s,
-            on_config_stored=lambda config: write_config_atomically(self.config_path, config),
+            on_config_applied=lambda config: write_config_atomically(self.config_path, config),
         )
         self._grpc_server = None
         self._http_server: ThreadingHTTPServer | None = None

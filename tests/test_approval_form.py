@@ -1,0 +1,118 @@
+"""The review form: an explicit decision, a reviewer, a reason for a rejection; checked by
+pydantic in Python and by a real Prefect server before it resumes a run."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from pydantic import ValidationError
+
+from tasks.approval import ApprovalDecision
+from tests.prefect_server import prefect_server  # noqa: F401 - session fixture
+
+WAITING_FLOW = """
+from prefect import flow
+from tasks.approval import await_decision
+
+@flow
+def waits():
+    decision = await_decision("recmodel", 1, "review me", 300, suspend=False)
+    print("DECISION", decision.model_dump_json(include={"decision", "reviewer", "comment"}), flush=True)
+
+waits()
+"""
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        ({"reviewer": "alice"}, "decision"),  # no default: not choosing is not a rejection
+        ({"decision": "approve", "reviewer": "   "}, "reviewer must not be blank"),
+        ({"decision": "reject", "reviewer": "bob"}, "a rejection needs a comment"),
+        ({"decision": "reject", "reviewer": "bob", "comment": "  "}, "a rejection needs a comment"),
+        ({"decision": "maybe", "reviewer": "bob"}, "decision"),
+    ],
+)
+def test_the_form_refuses_an_answer_that_is_not_a_clear_decision(answer, message):
+    with pytest.raises(ValidationError, match=message):
+        ApprovalDecision(**answer)
+
+
+def test_a_decision_is_trimmed_and_approve_needs_no_comment():
+    decision = ApprovalDecision(decision="approve", reviewer="  alice ", comment=" fine ")
+    assert decision.approve and (decision.reviewer, decision.comment) == ("alice", "fine")
+    assert not ApprovalDecision(decision="reject", reviewer="bob", comment="odd").approve
+
+
+def _flow_run(api_url: str, run_id: str) -> dict:
+    with urllib.request.urlopen(f"{api_url}/flow_runs/{run_id}", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def test_a_real_prefect_server_refuses_bad_answers_and_resumes_with_a_good_one(prefect_server, tmp_path):  # noqa: F811
+    env = os.environ | {"PREFECT_API_URL": prefect_server}
+    env.pop("PREFECT_HOME", None)
+    waiting = subprocess.Popen(
+        [sys.executable, "-c", WAITING_FLOW], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=os.getcwd(),
+    )  # fmt: skip
+    try:
+        run_id = _wait_for_paused_run(prefect_server)
+        schema = _saved_schema(prefect_server, run_id)
+        assert "default" not in schema["properties"]["decision"] and "decision" in schema["required"]
+
+        bad = [
+            {"reviewer": "alice", "comment": ""},
+            {"decision": "approve", "reviewer": "   ", "comment": ""},
+            {"decision": "reject", "reviewer": "bob", "comment": ""},
+        ]
+        client_env = {"PREFECT_API_URL": prefect_server}
+        for answer in bad:
+            result = subprocess.run(
+                [sys.executable, "-c", f"from prefect.flow_runs import resume_flow_run; resume_flow_run({run_id!r}, run_input={answer!r})"],
+                env=os.environ | client_env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert result.returncode != 0 and "Validation failed" in result.stderr, result.stderr[-2000:]
+            assert _flow_run(prefect_server, run_id)["state"]["type"] == "PAUSED"
+
+        good = subprocess.run(
+            [sys.executable, "-c", "from tasks.approval import ApprovalDecision, answer; "
+             f"answer({run_id!r}, ApprovalDecision(decision='reject', reviewer='bob', comment='odd scores'))"],
+            env=os.environ | client_env, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert good.returncode == 0, good.stderr[-2000:]
+        output, _ = waiting.communicate(timeout=120)
+        assert 'DECISION {"decision":"reject","reviewer":"bob","comment":"odd scores"}' in output
+    finally:
+        waiting.kill()
+        waiting.wait()
+
+
+def _wait_for_paused_run(api_url: str, timeout_s: float = 180) -> str:
+    deadline = time.monotonic() + timeout_s
+    query = json.dumps({"flows": {"name": {"any_": ["waits"]}}, "flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}})
+    while time.monotonic() < deadline:
+        request = urllib.request.Request(
+            f"{api_url}/flow_runs/filter", data=query.encode(), headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            runs = json.loads(response.read())
+        if runs:
+            return runs[0]["id"]
+        time.sleep(1)
+    raise TimeoutError("no flow run paused")
+
+
+def _saved_schema(api_url: str, run_id: str) -> dict:
+    request = urllib.request.Request(
+        f"{api_url}/flow_runs/{run_id}/input/filter", data=json.dumps({"prefix": "paused-"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as response:
+        inputs = json.loads(response.read())
+    (schema,) = [json.loads(item["value"]) for item in inputs if item["key"].endswith("schema")]
+    return schema

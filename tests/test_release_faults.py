@@ -1,0 +1,128 @@
+"""Releases under faults, through the real CLI, a real Prefect server and the local TF Serving:
+a run killed while it waits for its review, a newer model while one awaits review, a run killed
+between publication and registration, a serving port taken by someone else, two runs at once on
+one home, and a lost MLflow database. Each ends recorded, announced and consistent.
+"""
+
+import json
+import os
+import socket
+import sqlite3
+
+import pytest
+
+from tests.prefect_server import prefect_server  # noqa: F401 - session fixture
+from tests.release_world import World, assert_serves_its_golden_answers, kill
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, prefect_server):  # noqa: F811 - the imported fixture
+    world = World(tmp_path_factory.mktemp("faults"), prefect_server)
+    world.finish(world.start_run(1, "--auto-approve"))  # version 1 in production
+    yield world
+    world.railyard("serve", "--stop", check=False)
+
+
+def test_a_run_killed_while_awaiting_approval_is_rejected_as_crashed_and_announced(world, webhook):
+    run = world.start_run(2)
+    flow_run = world.wait_until_waiting(2, run)
+    assert world.served_versions() == {1, 2}
+    kill(run)
+
+    status = world.status(env={"RAILYARD_WEBHOOK_URL": os.environ["RAILYARD_WEBHOOK_URL"]})
+    assert any(line.startswith("version 2 was rejected: crashed:") for line in status["repaired"]), status
+    assert status["serving"] == {"stable": 1, "canary": 1} and world.served_versions() == {1}  # canary unloaded
+    rejected = world.history(2)[-1]
+    assert (rejected["stage"], rejected["actor"]) == ("rejected", "railyard")
+    assert rejected["reason"].startswith("crashed:") and "is gone" in rejected["reason"]
+    assert [(m["event"], m["version"], m["ending"]) for m in webhook] == [("rejected", 2, "crashed")]
+    # Its Resume form is gone: the run that can never resume is failed, saying why.
+    state = world.flow_run(flow_run["id"])["state"]
+    assert state["type"] == "FAILED" and "rejected (crashed" in state["message"]
+    assert world.status()["repaired"] == []  # concluded once
+    assert_serves_its_golden_answers(world, "stable", 1)
+
+
+def test_a_newer_model_supersedes_a_version_still_awaiting_review(world):
+    waiting = world.start_run(3)
+    world.wait_until_waiting(3, waiting)
+    newer = world.finish(world.start_run(4, "--auto-approve"))
+    assert (newer["model_version"], newer["stage"]) == (4, "production")
+
+    superseded = world.finish(waiting)  # the waiting run was answered by Railyard and ended
+    assert (superseded["model_version"], superseded["stage"], superseded["decided_by"]) == (3, "rejected", "railyard")
+    assert superseded["reason"].startswith("superseded by version 4")
+    state = world.review_run(3)["state"]
+    assert (state["type"], state["name"]) == ("COMPLETED", "Rejected")
+    assert world.aliases()["production"] == 4 and world.served_versions() == {4}
+
+
+def test_a_run_killed_between_publication_and_registration_is_released_by_the_rerun(world):
+    killed = world.start_run(5, "--auto-approve", fault="model_registry.stages:StageRegistry.register")
+    killed.communicate(timeout=900)
+    assert killed.returncode == -9
+    manifest = json.loads((world.home / "store" / "recmodel" / "5" / "railyard.json").read_text())
+    assert 5 not in world.versions()  # published, never registered
+    interrupted = manifest["mlflow_run_id"]
+    assert world.mlflow().get_run(interrupted).info.status == "RUNNING"
+
+    summary = world.finish(world.start_run(5, "--auto-approve"))
+    assert (summary["model_version"], summary["stage"]) == (5, "production")
+    assert [entry["stage"] for entry in world.history(5)] == ["candidate", "staging", "production"]
+    assert world.tags(5)["railyard.mlflow_run_id"] == interrupted  # the run that trained it
+    ended = world.mlflow().get_run(interrupted)
+    assert ended.info.status == "FAILED" and "is gone" in ended.data.tags["railyard.failure"]
+    assert world.status()["serving"]["stable"] == 5
+
+
+def test_a_serving_port_taken_strands_the_version_and_the_rerun_releases_it(world):
+    world.railyard("serve", "--stop")
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = {"RAILYARD_LOCAL_SERVING_REST_PORT": str(squatter.getsockname()[1])}
+        failed = world.finish(world.start_run(6, "--auto-approve", env=port), code=1)
+        assert "local serving process exited" in failed["stderr"]
+    assert world.stage(6) == "candidate" and world.aliases()["production"] == 5
+
+    summary = world.finish(world.start_run(6, "--auto-approve", env=port))
+    assert (summary["model_version"], summary["stage"]) == (6, "production")
+    assert summary["serving"]["rest"].endswith(port["RAILYARD_LOCAL_SERVING_REST_PORT"])
+    assert_serves_its_golden_answers(world, "stable", 6)
+
+
+def test_two_runs_at_once_on_one_home_agree_on_production(world):
+    first, second = world.start_run(7, "--auto-approve"), world.start_run(8, "--auto-approve")
+    summaries = [world.finish(first), world.finish(second)]
+    assert sorted(s["model_version"] for s in summaries) == [7, 8]
+    production = world.aliases()["production"]
+    assert production in (7, 8) and {world.stage(7), world.stage(8)} == {"production", "archived"}
+    status = world.status()
+    assert status["serving"]["stable"] == production
+    assert [v["version"] for v in status["versions"] if v["stage"] == "production"] == [production]
+    assert world.served_versions() == {production}
+
+    world.railyard("serve", "--stop")  # after a restart, serving comes back from its config file
+    world.railyard("serve", "--background")
+    assert world.status()["serving"]["stable"] == production
+    assert_serves_its_golden_answers(world, "stable", production)
+
+
+def test_a_lost_tracking_database_is_refused_and_the_registry_can_be_restored(world):
+    production = world.aliases()["production"]
+    (world.home / "mlflow.db").unlink()
+    # This process's MLflow client still reads the deleted file: look through new processes and SQL.
+    refused = world.finish(world.start_run(9, "--auto-approve"), code=2)
+    assert "the tracking database was lost or replaced" in refused["stderr"]
+    assert "railyard restore-registry" in refused["stderr"]
+    with sqlite3.connect(world.home / "mlflow.db") as database:  # nothing recorded, least of all as rejected
+        assert database.execute("SELECT COUNT(*) FROM model_versions").fetchone() == (0,)
+    assert world.railyard("status", check=False).returncode == 2
+
+    world.railyard("restore-registry")
+    status = world.status()
+    stages = {entry["version"]: entry["stage"] for entry in status["versions"]}
+    assert [v for v, stage in stages.items() if stage == "production"] == [production]
+    assert stages[1] == "archived" and status["serving"]["stable"] == production
