@@ -110,6 +110,7 @@ def test_a_ui_started_run_is_picked_up_by_a_worker_and_reaches_production(world)
 def test_a_rerun_on_unchanged_data_has_nothing_new_to_release(world):
     summary = world.finish(world.start_run(1, "--auto-approve"))
     assert (summary["model_version"], summary["stage"]) == (1, "production")
+    assert summary["outcome"].startswith("nothing new to release: version 1 already holds this model")
     assert world.versions() == [1] and world.aliases()["production"] == 1
     assert world.mlflow().get_run(summary["mlflow_run_id"]).info.run_name == "recmodel-unchanged-v1"
 
