@@ -2,7 +2,9 @@
 # defaults) and `make test` (the test suite). Each sets up the environment itself.
 UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
-PYTEST_ARGS ?=
+# Two workers, one test file each at a time: the end-to-end files mostly wait on servers and
+# subprocesses, so they overlap well on two cores.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 SIZE ?= 1m 5m
 ROUNDS ?= 2
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from functools import partial
+from pathlib import Path
 from typing import Annotated
 
 from prefect import flow
@@ -20,8 +21,11 @@ from prefect.states import Completed, State
 from pydantic import Field
 
 from infra.serving_client import ModelLoadError
+from model_registry import Manifest
 from model_registry.reconcile import Ending
 from railyard import tracking
+from railyard.evaluation import GateDecision
+from railyard.features import FeatureSet
 from railyard.notify import notify
 from railyard.settings import Settings
 from tasks import approval, data, deploy, evaluation, features, publish, release, smoke, training, validation
@@ -126,18 +130,11 @@ def retrain(
     model = settings.model_name
     tags = {"railyard.model": model, "prefect.flow_run_id": str(prefect_run_id), "railyard.data": str(source)}
     with tracking.mlflow_run(settings, f"{model}-training", tags, finished_on=(ModelRejected, SmokeTestsFailed)) as run_id:
-        dataset = data.load_data(source)
-        validation.validate_raw(dataset.ratings, settings, report_dir)
-        feature_set = features.build_features(dataset, settings.holdout_fraction, run_dir / "features")
-        del dataset  # from here on the features are the data: let the raw ratings go
-        validation.validate_features(feature_set, settings, report_dir)
-        feature_set = feature_set.without_training_rows()  # training streams them from the Parquet
-        tracking.set_tags(settings, run_id, {"railyard.data_fingerprint": feature_set.fingerprint})
+        feature_set = validated_features(settings, source, run_dir, report_dir, run_id)
         summary = {
             "model_name": model, "mlflow_run_id": run_id, "mlflow_tracking_uri": settings.resolved_tracking_uri,
             "data_fingerprint": feature_set.fingerprint,
         }  # fmt: skip
-
         # The same data and code as a stored version: that version is the model (no new training).
         existing = publish.find_published(settings, feature_set.fingerprint, code_version)
         if existing is not None and (stage := release.stage_of(settings, existing.version)) != "candidate":
@@ -149,35 +146,20 @@ def retrain(
         else:
             print(f"version {existing.version} holds a model of this data and code that was never released: releasing it")
             export_dir = publish.fetch(settings, existing.version, run_dir / "stored")
-        metrics = evaluation.evaluate(export_dir, feature_set.holdout, settings, run_id, report_dir / "roc.png")
-        production_version = release.production_version(settings)
-        production_metrics = (
-            evaluation.evaluate_production(production_version, feature_set.holdout, settings, run_id, run_dir)
-            if production_version is not None
-            else None
-        )
-        decision = evaluation.gate(metrics, settings, run_id, production_metrics, production_version)
+        metrics, decision = evaluate_against_production(settings, export_dir, feature_set, run_id, run_dir, report_dir)
         summary |= {"metrics": {name: metrics[name] for name in SUMMARY_METRICS}, "gate": decision.as_dict(),
                     "holdout_rows": int(metrics["rows"])}  # fmt: skip
         if not decision.blessed:
-            tracking.set_tags(settings, run_id, {"railyard.stage": "rejected", "railyard.rejected_reason": decision.reason})
-            tracking.rename_run(settings, run_id, f"{model}-not-blessed")
-            if existing is not None:
-                with release.release_lock(settings, holder):
-                    release.reject(deploy.serving_target(settings), settings, existing.version, actor=SYSTEM_ACTOR,
-                                   reason=f"not blessed: {decision.reason}", ending="not blessed", flow_run_id=prefect_run_id)  # fmt: skip
-            raise ModelRejected(f"model not blessed, nothing published: {decision.reason}")
+            refuse(settings, decision.reason, existing, run_id, prefect_run_id)
 
         with release.release_lock(settings, holder):
             if existing is None:
-                published = publish.publish(export_dir, settings, run_id, metrics, feature_set.fingerprint, code_version)
-                version, store_uri, manifest = published.version, published.uri, published.manifest
-            else:
-                version, store_uri, manifest = existing.version, publish.version_uri(settings, existing.version), existing
-            # The run that published the version is its MLflow run (this run's, or an earlier one's).
-            release.register(settings, version, store_uri, manifest.metadata["mlflow_run_id"], lineage={
-                "mlflow_run_id": manifest.metadata["mlflow_run_id"], "data_fingerprint": feature_set.fingerprint,
-                "store_uri": store_uri, "manifest_sha256": manifest.checksum, "prefect_flow_run_id": str(prefect_run_id),
+                existing = publish.publish(export_dir, settings, run_id, metrics, feature_set.fingerprint, code_version).manifest
+            version, store_uri = existing.version, publish.version_uri(settings, existing.version)
+            # The version's MLflow run is the one that trained and published it (maybe an earlier run).
+            release.register(settings, version, store_uri, existing.metadata["mlflow_run_id"], lineage={
+                "mlflow_run_id": existing.metadata["mlflow_run_id"], "data_fingerprint": feature_set.fingerprint,
+                "store_uri": store_uri, "manifest_sha256": existing.checksum, "prefect_flow_run_id": str(prefect_run_id),
             })  # fmt: skip
             tracking.rename_run(settings, run_id, f"{model}-v{version}")
             summary |= {"model_version": version, "store_uri": store_uri, "mlflow_model_version": str(version)}
@@ -191,6 +173,43 @@ def retrain(
     suspend = deployment.get_id() is not None  # only a deployment's run can be rescheduled
     instructions = request_review(settings, version, prefect_run_id, f"```\n{report.summary()}\n```\n\nGate: {decision.reason}", suspend)
     return finish_review(settings, version, prefect_run_id, summary, suspend=suspend, instructions=instructions)
+
+
+def validated_features(settings: Settings, source: Path, run_dir: Path, report_dir: Path, run_id: str) -> FeatureSet:
+    """Raw data → validation → point-in-time features → validation; the features without the
+    training rows (training streams them from the Parquet written under ``run_dir``)."""
+    dataset = data.load_data(source)
+    validation.validate_raw(dataset.ratings, settings, report_dir)
+    feature_set = features.build_features(dataset, settings.holdout_fraction, run_dir / "features")
+    del dataset  # from here on the features are the data: let the raw ratings go
+    validation.validate_features(feature_set, settings, report_dir)
+    tracking.set_tags(settings, run_id, {"railyard.data_fingerprint": feature_set.fingerprint})
+    return feature_set.without_training_rows()
+
+
+def evaluate_against_production(
+    settings: Settings, export_dir: Path, feature_set: FeatureSet, run_id: str, run_dir: Path, report_dir: Path
+) -> tuple[dict, GateDecision]:
+    """The SavedModel that would ship and the production model, on the same holdout; the gate."""
+    metrics = evaluation.evaluate(export_dir, feature_set.holdout, settings, run_id, report_dir / "roc.png")
+    production_version = release.production_version(settings)
+    production_metrics = (
+        evaluation.evaluate_production(production_version, feature_set.holdout, settings, run_id, run_dir)
+        if production_version is not None
+        else None
+    )
+    return metrics, evaluation.gate(metrics, settings, run_id, production_metrics, production_version)
+
+
+def refuse(settings: Settings, reason: str, existing: Manifest | None, run_id: str, prefect_run_id: str | None) -> None:
+    """The gate said no: nothing is published (a stored, never released version is rejected)."""
+    tracking.set_tags(settings, run_id, {"railyard.stage": "rejected", "railyard.rejected_reason": reason})
+    tracking.rename_run(settings, run_id, f"{settings.model_name}-not-blessed")
+    if existing is not None:
+        with release.release_lock(settings, f"retrain run {prefect_run_id}"):
+            release.reject(deploy.serving_target(settings), settings, existing.version, actor=SYSTEM_ACTOR,
+                           reason=f"not blessed: {reason}", ending="not blessed", flow_run_id=prefect_run_id)  # fmt: skip
+    raise ModelRejected(f"model not blessed, nothing published: {reason}")
 
 
 def canary_release(settings: Settings, version: int, run_id: str, prefect_run_id: str | None, auto_approve: bool, gate_reason: str):
