@@ -25,17 +25,5 @@ def deploy_canary(target: deploy.ServingTarget, settings: Settings, version: int
         return deploy.deploy_canary(client, target, settings.model_name, version, settings.serving_load_timeout_s)
 
 
-@railyard_task(name="remove-canary", timeout_seconds=5 * MINUTES, retries=1, retry_delay_seconds=10)
-def remove_canary(target: deploy.ServingTarget, settings: Settings, version: int) -> dict:
-    with target.client(attempts=settings.serving_attempts) as client:
-        return deploy.remove_canary(client, target, settings.model_name, version)
-
-
-@railyard_task(name="make-stable", timeout_seconds=15 * MINUTES, retries=1, retry_delay_seconds=10)
-def make_stable(target: deploy.ServingTarget, settings: Settings, version: int) -> dict:
-    with target.client(attempts=settings.serving_attempts) as client:
-        return deploy.make_stable(client, target, settings.model_name, version, settings.serving_load_timeout_s)
-
-
 def serving_labels(target: deploy.ServingTarget, settings: Settings) -> dict[str, int]:
     return deploy.serving_labels(target, settings.model_name)
