@@ -130,9 +130,8 @@ def register_stranded(settings: Settings, stages: StageRegistry) -> list[str]:
 
 def end_release(settings: Settings, version: int, stage: Stage, ending: Ending, owner: dict) -> str:
     """Conclude the release of a version whose run is gone (its canary goes with the serving repair)."""
-    stages = registry(settings)
-    stages.set_release_run(version, None)
     if stage is Stage.CANDIDATE:
+        registry(settings).set_release_run(version, None)
         return f"version {version} stays a candidate ({ending.kind}: {ending.reason}); a re-run on the same data releases it"
     reason = f"{ending.kind}: {ending.reason}"
     record_rejection(settings, version, actor=SYSTEM_ACTOR, reason=reason, ending=ending.kind, flow_run_id=owner.get("flow_run_id"))
