@@ -90,7 +90,22 @@ def await_decision(model: str, version: int, instructions: str, timeout_s: int, 
     try:
         return pause_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
     except FlowPauseTimeout:
+        _conclude_here()
         return None
+
+
+def _conclude_here() -> None:
+    """Take a run whose pause ran out back to RUNNING, so that it records its own ending.
+
+    Prefect refuses any next state of a paused run past its deadline (the run would end
+    "Failed: … never resumed", and its server may already have failed it): forced, as a
+    run that is still alive and concludes the timeout itself.
+    """
+    from prefect.runtime import flow_run
+    from prefect.states import Running
+
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(UUID(flow_run.get_id()), Running(message="no decision in time: concluding"), force=True)
 
 
 def answer(flow_run_id: str, decision: ApprovalDecision, *, attempts: int = RESUME_ATTEMPTS) -> None:
