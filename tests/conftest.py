@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures that start servers (moto S3, a Prefect server) and build stores, for every test module.
+pytest_plugins = ["tests.support.s3_server", "tests.support.prefect_server", "tests.support.stores"]
+
 # Quiet, offline-friendly defaults for every test process.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -29,7 +32,7 @@ def webhook(monkeypatch: pytest.MonkeyPatch):
     """A local HTTP endpoint set as RAILYARD_WEBHOOK_URL; yields the list of JSON bodies it got."""
     import json
 
-    from tests.local_http import QuietHandler, serve_http
+    from tests.support.local_http import QuietHandler, serve_http
 
     received: list[dict] = []
 

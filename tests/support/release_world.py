@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from railyard.synthetic import generate_movielens
+from tests.support import REPO_ROOT
 
 MODEL = "recmodel"
-REPO = Path(__file__).resolve().parent.parent
 
 
 class World:
@@ -37,7 +37,7 @@ class World:
             "RAILYARD_MIN_AUC_CHANGE": "-0.2",
             "RAILYARD_MAX_LOGLOSS_CHANGE_RELATIVE": "0.5",
             "PREFECT_API_URL": api_url,
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": str(REPO_ROOT),
         }
         self.env.pop("PREFECT_HOME", None)
         self.api_url = api_url
@@ -59,7 +59,7 @@ class World:
 
     def start_run(self, seed: int, *extra: str, env: dict | None = None, fault: str | None = None) -> subprocess.Popen:
         """``railyard run --data <seed> --json``; with ``fault``, through tests/faults.py."""
-        command = [sys.executable, "-m", "tests.faults", fault] if fault else [sys.executable, "-m", "railyard"]
+        command = [sys.executable, "-m", "tests.support.faults", fault] if fault else [sys.executable, "-m", "railyard"]
         return subprocess.Popen(
             [*command, "run", "--data", str(self.data(seed)), "--json", *extra],
             env=self.env | (env or {}), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.root,

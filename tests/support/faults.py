@@ -1,7 +1,7 @@
 """Run the real ``railyard`` CLI with one fault: the process kills itself (SIGKILL, no cleanup,
 no hooks) the moment it reaches a named function, as a power cut or the OOM killer would.
 
-    python -m tests.faults model_registry.stages:StageRegistry.register run --data ...
+    python -m tests.support.faults model_registry.stages:StageRegistry.register run --data ...
 """
 
 from __future__ import annotations

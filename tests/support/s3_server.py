@@ -1,6 +1,6 @@
 """A real S3 API over HTTP on 127.0.0.1 for tests: moto's server, no in-process patching of boto.
 
-Use it with ``from tests.s3_server import s3_server, s3_bucket`` in a test module (or list it
+Use it with ``from tests.support.s3_server import s3_server, s3_bucket`` in a test module (or list it
 in ``pytest_plugins`` of the root conftest). Fixtures:
 
 - ``s3_server``: one ``MotoS3Server`` per test session (``.endpoint_url``).

@@ -20,14 +20,13 @@ import pytest
 from model_registry import LockLostError, LockTimeoutError, open_store
 from model_registry.s3 import S3Options
 from model_registry.store import LOCK_NAME, parse_lock_record, parse_version_name
-from tests.s3_server import s3_bucket, s3_server  # noqa: F401
-from tests.test_store import (  # noqa: F401
+from tests.support import REPO_ROOT
+from tests.support.stores import (
     FAST,
     MODEL,
-    _fail_requests,
+    fail_requests,
     make_saved_model,
     metadata,
-    store,
     stored_paths,
 )
 
@@ -35,7 +34,6 @@ pytestmark = pytest.mark.timeout(120)
 
 LEASE = 1.0  # seconds
 POLL = 0.05
-REPO = Path(__file__).resolve().parents[1]
 
 # A holder in its own process: takes the lock, says "locked", then either appends "start/end
 # <pid>" lines to a log around a short sleep, or holds the lock until its stdin is closed.
@@ -60,7 +58,7 @@ with store.release_lock("recmodel", owner=owner, lease_s=float(lease_s), wait_s=
 def spawn(store, owner: str, *, lease_s: float = LEASE, wait_s: float = 0, log: Path | str = "") -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", HOLDER, store.uri, owner, str(lease_s), str(wait_s), str(log)],
-        cwd=REPO,
+        cwd=REPO_ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -227,7 +225,7 @@ def test_s3_a_lease_whose_renewals_fail_is_lost_once_it_expires(s3_bucket):
     store = s3_store(s3_bucket, S3Options(max_attempts=1, connect_timeout=1, read_timeout=2))
 
     with take(store) as lease:
-        _fail_requests(store, "PutObject", failures=1000, failure="server_error")  # every renewal fails
+        fail_requests(store, "PutObject", failures=1000, failure="server_error")  # every renewal fails
         holder = hold(store, "next holder", wait_s=LEASE * 5)  # takes it over once it expired
         with pytest.raises(LockLostError, match="was lost"):
             lease.check()

@@ -12,7 +12,7 @@ def test_posts_a_short_json_message(webhook):
 
 
 def test_an_unreachable_webhook_is_logged_not_raised(monkeypatch, caplog):
-    from tests.s3_server import free_port
+    from tests.support.s3_server import free_port
 
     monkeypatch.setenv("RAILYARD_WEBHOOK_URL", f"http://127.0.0.1:{free_port()}/hook")
     payload = notify(Settings(), "run_failed", "boom")

@@ -12,7 +12,6 @@ import pytest
 from pydantic import ValidationError
 
 from tasks.approval import ApprovalDecision
-from tests.prefect_server import prefect_server  # noqa: F401 - session fixture
 
 WAITING_FLOW = """
 from prefect import flow

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 # The fixtures module is also a plugin (shared session fixtures): rewrite it before importing it.
-pytest.register_assert_rewrite("tests.serving_fixtures")
-pytest_plugins = ["tests.serving_fixtures"]
+pytest.register_assert_rewrite("tests.support.serving_fixtures")
+pytest_plugins = ["tests.support.serving_fixtures"]
 
 from infra.local_server import StatusError, background  # noqa: E402
 from infra.serving_client import ServingError, build_predict_request  # noqa: E402
 from infra.tfserving_config import read_config, write_config_atomically  # noqa: E402
-from tests.serving_fixtures import (  # noqa: E402
+from tests.support.serving_fixtures import (  # noqa: E402
     CORRUPT_VERSION,
     GOLDEN_INSTANCES,
     MODEL_NAME,

@@ -27,7 +27,7 @@ from infra.docker_launcher import (
     tfserving_entrypoint,
     tfserving_healthcheck_test,
 )
-from tests.local_http import QuietHandler, serve_http
+from tests.support.local_http import QuietHandler, serve_http
 
 
 def make_container(status: str, health: str | None = None, *, image=TFSERVING_IMAGE, cmd=None):

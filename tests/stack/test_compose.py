@@ -58,14 +58,14 @@ from infra.docker_launcher import (
     tfserving_entrypoint,
     tfserving_healthcheck_test,
 )
-from tests.local_http import QuietHandler, serve_http
+from tests.support.local_http import QuietHandler, serve_http
+from tests.support import REPO_ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-INFRA = REPO / "infra"
+INFRA = REPO_ROOT / "infra"
 COMPOSE_FILE = INFRA / "docker-compose.yml"
 ENV_EXAMPLE = INFRA / ".env.example"
 DOCKERFILE = INFRA / "Dockerfile"
-DOCKERIGNORE = REPO / ".dockerignore"
+DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 SCHEMA_DIR = INFRA / "compose-schema"
 SCHEMA_FILE = SCHEMA_DIR / "compose-spec.json"
 
@@ -452,7 +452,7 @@ def environment(service: dict) -> dict[str, str]:
 
 
 def locked_version(package: str) -> str:
-    lock = tomllib.loads((REPO / "uv.lock").read_text())
+    lock = tomllib.loads((REPO_ROOT / "uv.lock").read_text())
     return next(entry["version"] for entry in lock["package"] if entry["name"] == package)
 
 
@@ -708,7 +708,7 @@ def test_images_match_the_locked_versions(compose):
     assert services["prefect-server"]["image"] == f"prefecthq/prefect:{prefect}-python3.11"
     assert f"ghcr.io/mlflow/mlflow:v{mlflow}" in dockerfile_from_images()
     assert services["mlflow"]["image"] == f"railyard-mlflow:{mlflow}"
-    project_version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    project_version = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert services["worker"]["image"] == services["volume-init"]["image"] == f"railyard-worker:{project_version}"
     assert f"boto3=={locked_version('boto3')}" in DOCKERFILE.read_text()
 
@@ -868,15 +868,15 @@ def test_worker_runs_the_work_pool_of_the_deployments(compose):
     pool = command[command.index("--pool") + 1]
     assert command[command.index("--type") + 1] == "process"
     assert "--with-healthcheck" in command  # serves the /health the health check reads
-    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    deployments = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())["deployments"]
     assert deployments and {deployment["work_pool"]["name"] for deployment in deployments} == {pool}
 
 
 def test_worker_is_built_from_infra_dockerfile(compose):
     for name in ("worker", "volume-init"):
         build = compose["services"][name]["build"]
-        assert (INFRA / build["context"]).resolve() == REPO
-        assert (REPO / build["dockerfile"]).resolve() == DOCKERFILE
+        assert (INFRA / build["context"]).resolve() == REPO_ROOT
+        assert (REPO_ROOT / build["dockerfile"]).resolve() == DOCKERFILE
         assert build["target"] == "worker"
     assert compose["services"]["mlflow"]["build"]["target"] == "mlflow"
     assert dockerfile_stages(DOCKERFILE)[-1] == "worker"  # the default target of a plain `docker build`
@@ -903,12 +903,12 @@ def test_dockerfile_installs_exactly_the_lock():
     assert any("uv.lock" in line.split() for line in copies)
     assert syncs and all("--frozen" in line and "--no-dev" in line for line in syncs)
     installs = [line for line in lines if re.search(r"pip install|uv pip|uv add|poetry", line)]
-    makefile_uv = re.search(r"UV_VERSION\s*:=\s*(\S+)", (REPO / "Makefile").read_text()).group(1)
+    makefile_uv = re.search(r"UV_VERSION\s*:=\s*(\S+)", (REPO_ROOT / "Makefile").read_text()).group(1)
     assert installs == [f"RUN pip install --no-cache-dir uv=={makefile_uv}"]
     assert "UV_PYTHON_DOWNLOADS=never" in " ".join(lines)  # the image's Python 3.11, nothing fetched
 
     # Every package the wheel builds, and the deployments, are in the image.
-    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
+    packages = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
     copied = {word.rstrip("/") for line in copies for word in line.split()[1:-1] if not word.startswith("--")}
     assert set(packages["packages"]) | {"prefect.yaml", "pyproject.toml", "uv.lock", "README.md"} <= copied
 

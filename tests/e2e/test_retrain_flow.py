@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from railyard.synthetic import generate_movielens
-from tests.s3_server import s3_bucket, s3_server  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.slow
 
@@ -147,7 +146,7 @@ def test_serving_down_fails_clearly_and_leaves_a_candidate(flow_home, tmp_path, 
 
     from flows.retrain import retrain
     from infra.serving_client import ServingUnavailableError
-    from tests.s3_server import free_port
+    from tests.support.s3_server import free_port
 
     monkeypatch.setenv("RAILYARD_SERVING_GRPC", f"127.0.0.1:{free_port()}")
     monkeypatch.setenv("RAILYARD_SERVING_REST", f"http://127.0.0.1:{free_port()}")

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 # The fixtures module is also a plugin (shared session fixtures): rewrite it before importing it.
-pytest.register_assert_rewrite("tests.serving_fixtures")
-pytest_plugins = ["tests.serving_fixtures"]
+pytest.register_assert_rewrite("tests.support.serving_fixtures")
+pytest_plugins = ["tests.support.serving_fixtures"]
 
 from infra import serving_client as S  # noqa: E402
 from infra.tfserving_config import read_config, served_versions  # noqa: E402
 from infra.warmup import WARMUP_FILE, read_warmup_requests, write_warmup_requests  # noqa: E402
-from tests.serving_fixtures import (  # noqa: E402
+from tests.support.serving_fixtures import (  # noqa: E402
     CORRUPT_VERSION,
     GOLDEN_INSTANCES,
     MODEL_NAME,

@@ -11,8 +11,7 @@ import sqlite3
 
 import pytest
 
-from tests.prefect_server import prefect_server  # noqa: F401 - session fixture
-from tests.release_world import World, assert_serves_its_golden_answers, kill
+from tests.support.release_world import World, assert_serves_its_golden_answers, kill
 
 pytestmark = pytest.mark.slow
 

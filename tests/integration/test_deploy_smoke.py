@@ -6,15 +6,15 @@ import shutil
 import numpy as np
 import pytest
 
-pytest.register_assert_rewrite("tests.serving_fixtures")
-pytest_plugins = ["tests.serving_fixtures"]
+pytest.register_assert_rewrite("tests.support.serving_fixtures")
+pytest_plugins = ["tests.support.serving_fixtures"]
 
 from infra import deploy, smoke  # noqa: E402
 from infra.serving_client import ModelLoadError  # noqa: E402
 from infra.tfserving_config import read_config, served_versions  # noqa: E402
 from model_registry import open_store  # noqa: E402
 from model_registry.store import StoreError  # noqa: E402
-from tests.serving_fixtures import CORRUPT_VERSION, GOLDEN_INSTANCES, MODEL_NAME, golden  # noqa: E402
+from tests.support.serving_fixtures import CORRUPT_VERSION, GOLDEN_INSTANCES, MODEL_NAME, golden  # noqa: E402
 
 FAST = smoke.SmokeBudget(p95_ms=5_000, requests=20, concurrency=2)
 

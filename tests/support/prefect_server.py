@@ -1,6 +1,6 @@
 """A real Prefect API server (``prefect server start``, SQLite) on 127.0.0.1 for one test session.
 
-Use ``from tests.prefect_server import prefect_server`` in a test module. The fixture yields the
+Registered for every test module by tests/conftest.py. The fixture yields the
 API URL; processes started with ``PREFECT_API_URL`` set to it (the CLI, workers) talk to it.
 In-process code keeps the settings it imported with, so drive the server from subprocesses.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.s3_server import free_port
+from tests.support.s3_server import free_port
 
 STARTUP_TIMEOUT_S = 180  # a fresh database migrates first (~20-30 s on these machines)
 # A deployment run's concurrency lease, shortened to the server's minimum: a design that held

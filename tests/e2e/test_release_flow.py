@@ -15,8 +15,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tests.prefect_server import LEASE_S, prefect_server  # noqa: F401 - session fixture
-from tests.release_world import World, assert_serves_its_golden_answers, predict
+from tests.support.prefect_server import LEASE_S
+from tests.support.release_world import World, assert_serves_its_golden_answers, predict
 
 pytestmark = pytest.mark.slow
 

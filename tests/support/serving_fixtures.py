@@ -1,8 +1,8 @@
 """Serving fixtures: tiny real SavedModels with the production signature, and local servers.
 
 Register it as a plugin so the session fixtures are shared: ``pytest_plugins =
-["tests.serving_fixtures"]`` (in a test module, after
-``pytest.register_assert_rewrite("tests.serving_fixtures")``).
+["tests.support.serving_fixtures"]`` (in a test module, after
+``pytest.register_assert_rewrite("tests.support.serving_fixtures")``).
 
 The model has the trainer's contract: ``serving_default`` takes ``userId`` and ``movieId``
 (int64, [None]) and returns ``score`` (float32, [None, 1]); lookups send unseen ids to the
