@@ -8,7 +8,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 SIZE ?= 1m 5m
 ROUNDS ?= 2
 
-.PHONY: setup run test bench clean
+.PHONY: setup run lint test test-unit bench clean
 
 # Bytecode compiled at install: where PYTHONDONTWRITEBYTECODE is set (as on our CI machines) every
 # process would otherwise recompile TensorFlow's sources on import (15.6 s -> 4.6 s measured).
@@ -19,8 +19,16 @@ setup:
 run: setup
 	$(UV) run --frozen railyard run --auto-approve
 
-test: setup
+lint: setup
+	$(UV) run --frozen ruff check
+	$(UV) run --frozen ruff format --check
+
+test: lint
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+# The fast layer only: pure logic, no servers (about half a minute).
+test-unit: setup
+	$(UV) run --frozen pytest $(PYTEST_ARGS) tests/unit
 
 bench: setup
 	for size in $(SIZE); do $(UV) run --frozen python -m bench.run --size $$size --rounds $(ROUNDS) || exit 1; done

@@ -118,8 +118,10 @@ def bench(endpoint_url: str, bucket: str, size_mb: float, repeats: int) -> float
         median = statistics.median(times)
         runs = ", ".join(f"{t:.2f}" for t in times)
         print(f"  {label:30s} median {median:5.2f} s  {total / MB / median:6.1f} MB/s   runs: {runs}")
-    print(f"  throughput ratio store/plain: {ratio:.2f}x median of paired runs, "
-          f"{min(plain) / min(stored):.2f}x best of each (target >= 0.90x)")
+    print(
+        f"  throughput ratio store/plain: {ratio:.2f}x median of paired runs, "
+        f"{min(plain) / min(stored):.2f}x best of each (target >= 0.90x)"
+    )
     return ratio
 
 

@@ -11,7 +11,15 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from railyard.features import GENRES, MOVIE_FEATURES, POSITIVE_RATING, SMOOTHING, USER_FEATURES, FeatureSet, split_cutoff
+from railyard.features import (
+    GENRES,
+    MOVIE_FEATURES,
+    POSITIVE_RATING,
+    SMOOTHING,
+    USER_FEATURES,
+    FeatureSet,
+    split_cutoff,
+)
 
 GENRE = [f"g{i}" for i in range(len(GENRES))]
 LIKED = [f"liked{i}" for i in range(len(GENRES))]
@@ -93,8 +101,14 @@ def build_features_pandas(
         .merge(movie_snapshot, on="movieId", how="left")
         .rename(columns=dict(zip(GENRE, (f"movie_genres_{i}" for i in range(len(GENRES))))))
     )
-    cold = {"user_n": 0.0, "user_mean": priors["mean"], "user_pos": priors["pos"],
-            "movie_n": 0.0, "movie_mean": priors["mean"], "movie_pos": priors["pos"]}  # fmt: skip
+    cold = {
+        "user_n": 0.0,
+        "user_mean": priors["mean"],
+        "user_pos": priors["pos"],
+        "movie_n": 0.0,
+        "movie_mean": priors["mean"],
+        "movie_pos": priors["pos"],
+    }
     cold |= {f"user_genre_pos_{i}": priors["pos"] for i in range(len(GENRES))}
     cold |= {f"movie_genres_{i}": 0.0 for i in range(len(GENRES))}
     holdout_out = holdout_out.fillna(cold)

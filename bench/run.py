@@ -99,26 +99,25 @@ def plain_pipeline(data_dir: Path, work: Path, settings) -> tuple[Stages, int]:
     It deploys, as the flow does, to a serving process of its own that is already running when
     the clock starts and has loaded nothing yet.
     """
-    from infra import deploy
     from infra.local_server import background
+    from infra.tfserving.protocol import CONFIG_FILE
+    from infra.tfserving.target import ServingTarget
 
     model_root = work / "serving" / "models"
     model_root.mkdir(parents=True)
-    server = background.ensure_running(work / "serving", model_root / deploy.CONFIG_FILE, rest_port=0, grpc_port=0)
+    server = background.ensure_running(work / "serving", model_root / CONFIG_FILE, rest_port=0, grpc_port=0)
     try:
-        target = deploy.ServingTarget(server.grpc_target, server.rest_url, model_root, str(model_root))
+        target = ServingTarget(server.grpc_target, server.rest_url, model_root, str(model_root))
         return plain_stages(data_dir, work, settings, target)
     finally:
         background.stop(work / "serving")
 
 
 def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, int]:
-    from infra import deploy, smoke
+    from infra.rollout import deploy, smoke
+    from infra.tfserving.export import export_for_serving
     from model_registry import open_store
-    from railyard import evaluation, features, loaders, model, validation
-    from tasks.smoke import budget
-    from tasks.training import code_version, export_for_serving, train_config
-    from tasks.validation import bounds
+    from railyard import contract, evaluation, features, loaders, model, validation
 
     stages = Stages()
     with stages.stage("load"):
@@ -126,7 +125,9 @@ def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, 
     rows = len(data.ratings)
     stages.rows["load"]["rows_per_s"] = round(rows / stages.rows["load"]["seconds"])
     with stages.stage("validate_raw", rows):
-        validation.raise_for_failures(validation.validate_ratings(data.ratings, bounds(settings), work / "reports"))
+        validation.raise_for_failures(
+            validation.validate_ratings(data.ratings, settings.validation_bounds(), work / "reports")
+        )
     with stages.stage("features", rows):
         feature_set = features.build_feature_set(data, settings.holdout_fraction)
         features.write_feature_set(feature_set, work / "features")
@@ -134,34 +135,42 @@ def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, 
     with stages.stage("validate_features", rows):
         validation.raise_for_failures(
             *validation.validate_features(
-                feature_set.train, feature_set.holdout, feature_set.cutoff_ts, bounds(settings), work / "reports"
+                feature_set.train,
+                feature_set.holdout,
+                feature_set.cutoff_ts,
+                settings.validation_bounds(),
+                work / "reports",
             )
         )
     training_rows = len(feature_set.train)
     feature_set = feature_set.without_training_rows()
     with stages.stage("training", training_rows * settings.epochs):
-        trained = model.train_model(work / "features", train_config(settings))
+        trained = model.train_model(work / "features", settings.train_config())
     with stages.stage("export"):
-        export_dir = export_for_serving(trained.model, feature_set, work / "export", settings)
+        export_dir = export_for_serving(trained.model, feature_set, work / "export", MODEL, settings.seed)
     holdout = feature_set.holdout
     with stages.stage("evaluation", len(holdout)):
-        scores = model.predict_saved_model(export_dir, holdout.get_column("userId"), holdout.get_column("movieId"))
-        evaluated = evaluation.evaluate_scores(holdout, scores)
+        evaluated = evaluation.evaluate_saved_model(export_dir, holdout)
         evaluation.plot_roc(evaluated, work / "roc.png", title="bench")
         metrics = evaluated.metrics
     store = open_store((work / "store").as_uri())
     with stages.stage("publish"):
         published = store.publish(
-            MODEL, export_dir, metadata={"metrics": metrics, "data_fingerprint": feature_set.fingerprint,
-                                          "code_version": code_version(settings)},
-        )  # fmt: skip
+            MODEL,
+            export_dir,
+            metadata={
+                "metrics": metrics,
+                "data_fingerprint": feature_set.fingerprint,
+                "code_version": model.code_version(settings.train_config()),
+            },
+        )
     with target.client() as client:
         with stages.stage("deploy_to_available"):
             deploy.materialize(store, MODEL, published.version, target)
             deploy.deploy_canary(client, target, MODEL, published.version, timeout_s=600)
         with stages.stage("smoke_tests"):
-            golden = smoke.read_golden(target.model_root / MODEL / str(published.version))
-            report = smoke.run_smoke_tests(client, MODEL, published.version, golden, budget(settings), "canary")
+            golden = contract.read_golden(target.model_root / MODEL / str(published.version))
+            report = smoke.run_smoke_tests(client, MODEL, published.version, golden, settings.smoke_budget(), "canary")
         if not report.passed:
             raise RuntimeError(report.summary())
         with stages.stage("promote"):  # auto-approved, as the flow's run is
@@ -183,7 +192,9 @@ def timed_calls(cls: type):
     """
     spent = {"seconds": 0.0, "calls": 0}
     inside = threading.local()
-    originals = {name: method for name, method in vars(cls).items() if inspect.isfunction(method) and not name.startswith("_")}
+    originals = {
+        name: method for name, method in vars(cls).items() if inspect.isfunction(method) and not name.startswith("_")
+    }
 
     def timed(method):
         @functools.wraps(method)
@@ -221,7 +232,7 @@ def whole_flow(data_dir: Path, epochs: int, settings) -> tuple[float, float, dic
     from prefect import flow
 
     from flows.retrain import retrain
-    from infra.deploy import resolve_target
+    from infra.rollout.deploy import resolve_target
     from railyard import tracking
 
     @flow
@@ -249,9 +260,8 @@ def training_input_baseline(feature_dir: Path, settings) -> dict:
     Fits alternate and each side keeps its best (``best_of_alternating``).
     """
     from railyard import model
-    from tasks.training import train_config
 
-    config = train_config(settings)
+    config = settings.train_config()
     path = feature_dir / "train.parquet"
     inputs, labels = model.read_inputs(path)
 
@@ -260,9 +270,11 @@ def training_input_baseline(feature_dir: Path, settings) -> dict:
         return timed_fit(lambda fitted: fitted.fit(dataset, shuffle=False, epochs=config.epochs, verbose=0))
 
     def in_memory() -> float:
-        return timed_fit(lambda fitted: fitted.fit(
-            inputs, labels, batch_size=config.batch_size, shuffle=True, epochs=config.epochs, verbose=0
-        ))  # fmt: skip
+        return timed_fit(
+            lambda fitted: fitted.fit(
+                inputs, labels, batch_size=config.batch_size, shuffle=True, epochs=config.epochs, verbose=0
+            )
+        )
 
     def timed_fit(fit) -> float:
         fitted = model.new_model(path, config)
@@ -294,7 +306,9 @@ def flow_task_seconds(flow_run_id) -> dict[str, float]:
     return dict(sorted(seconds.items(), key=lambda item: -item[1]))
 
 
-def best_of_alternating(first: Callable[[], float], second: Callable[[], float], rounds: int = 2) -> tuple[float, float]:
+def best_of_alternating(
+    first: Callable[[], float], second: Callable[[], float], rounds: int = 2
+) -> tuple[float, float]:
     """Each side's best time over ``rounds`` runs each, in the order A B, B A, A B, ...
 
     On this VM the same work varies by a third from run to run, mostly with how much of the memory
@@ -348,7 +362,7 @@ def main() -> None:
         RAILYARD_LOCAL_SERVING_GRPC_PORT="0",
         RAILYARD_MAX_ROWS=str(10**9),
     )
-    from railyard.cli import prepare_environment
+    from railyard.runtime import prepare_environment
     from railyard.settings import Settings
 
     cache_home = Settings(home=os.environ.get("RAILYARD_BENCH_CACHE", ".railyard")).home
@@ -405,9 +419,14 @@ def main() -> None:
         "ratings": rows,
         "epochs": args.epochs,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "stages": stages.rows | {
+        "stages": stages.rows
+        | {
             "mlflow_logging": {"seconds": round(mlflow_s, 3), "rows_per_s": None, "peak_rss_mib": None},
-            "whole_flow": {"seconds": round(flow_s, 3), "rows_per_s": round(rows / flow_s), "peak_rss_mib": round(flow_rss, 1)},
+            "whole_flow": {
+                "seconds": round(flow_s, 3),
+                "rows_per_s": round(rows / flow_s),
+                "peak_rss_mib": round(flow_rss, 1),
+            },
         },
         "ratios": {
             "orchestration_overhead": round(flow_s / plain_s, 3),

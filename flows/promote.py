@@ -29,12 +29,16 @@ def promote(
     target = deploy.serving_target(settings)
     run_id = str(flow_run.get_id()) if flow_run.get_id() else None
     with release.release_lock(settings, f"promote run {run_id}"):
-        labels = release.promote(target, settings, version, actor=reviewer, reason=comment or "approved", flow_run_id=run_id)
+        labels = release.promote(
+            target, settings, version, actor=reviewer, reason=comment or "approved", flow_run_id=run_id
+        )
     # The retrain run waiting for this review wakes up, finds the decision made and ends with it.
     waiting = release.registry(settings).lineage(version).get("review_run")
     if waiting:
         try:
-            approval.answer(waiting, approval.ApprovalDecision(decision=approval.APPROVE, reviewer=reviewer, comment=comment))
+            approval.answer(
+                waiting, approval.ApprovalDecision(decision=approval.APPROVE, reviewer=reviewer, comment=comment)
+            )
         except Exception as error:  # noqa: BLE001 - it is not waiting any more: nothing to wake
             print(f"the retrain run {waiting} was not waiting for this review ({error})")
     return {"model_name": settings.model_name, "version": version, "serving": labels}

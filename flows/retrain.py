@@ -20,29 +20,23 @@ from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, State
 from pydantic import Field
 
-from infra.serving_client import ModelLoadError
+from infra.tfserving.client import ModelLoadError
+from infra.tfserving.target import ServingTarget
 from model_registry import Manifest
-from model_registry.reconcile import Ending
-from railyard import tracking
+from model_registry.release_rules import SYSTEM_ACTOR, Ending, Outcome, release_verdict
+from railyard import contract, errors, tracking
+from railyard.errors import ModelRejected, SmokeTestsFailed
 from railyard.evaluation import GateDecision
 from railyard.features import FeatureSet
+from railyard.model import code_version as model_code_version
 from railyard.notify import notify
 from railyard.settings import Settings
 from tasks import approval, data, deploy, evaluation, features, publish, release, smoke, training, validation
 
 SUMMARY_METRICS = ("auc", "pr_auc", "logloss", "accuracy", "baseline_auc")
-SYSTEM_ACTOR = release.SYSTEM_ACTOR
 # The Custom run form shows these (the settings where the deployment was registered): an empty
 # field falls back to the settings where the run runs.
 _DEFAULTS = Settings()
-
-
-class ModelRejected(RuntimeError):
-    """The evaluation gate did not bless the model: nothing was published."""
-
-
-class SmokeTestsFailed(RuntimeError):
-    """The canary failed its smoke tests: it was unloaded and the version rejected."""
 
 
 def settings_for_run(**overrides) -> Settings:
@@ -50,18 +44,6 @@ def settings_for_run(**overrides) -> Settings:
     return Settings(**{key: value for key, value in overrides.items() if value not in (None, "")})
 
 
-def curl_line(rest_url: str, model: str, label: str) -> str:
-    body = '{"instances": [{"userId": 6, "movieId": 1}]}'
-    return f"curl -s -d '{body}' {rest_url}/v1/models/{model}/labels/{label}:predict"
-
-
-NEXT_STEPS = {
-    "DataLoadError": "fix the input data named in the message and start the run again",
-    "DataValidationError": "read the HTML report under RAILYARD_HOME/reports, fix or accept the data, start again",
-    "ModelRejected": "see the evaluation-gate table; nothing was published and production is unchanged",
-    "SmokeTestsFailed": "see the smoke-tests artifact; the canary was unloaded and stable is unchanged",
-    "RegistryLost": "restore the MLflow database, or run `railyard restore-registry`; nothing was changed",
-}
 INTERRUPTED_NEXT_STEP = "its release was concluded (see the MLflow history); production keeps the last approved version"
 
 
@@ -69,8 +51,8 @@ def report_failure(flow, flow_run, state) -> None:
     """Failure hook: an artifact and a notification saying what happened and what to do next."""
     error = state.result(raise_on_failure=False)
     kind = type(error).__name__ if isinstance(error, BaseException) else "failure"
-    next_step = NEXT_STEPS.get(kind, "read the flow run's logs; production keeps serving the last approved version")
-    _announce_failure(flow_run, f"retrain run {flow_run.name} failed ({kind}): {state.message}", kind, next_step)
+    message = f"retrain run {flow_run.name} failed ({kind}): {state.message}"
+    _announce_failure(flow_run, message, kind, errors.next_step(error))
 
 
 def report_interruption(flow, flow_run, state) -> None:
@@ -85,7 +67,9 @@ def report_interruption(flow, flow_run, state) -> None:
     except Exception as error:  # noqa: BLE001 - announce the interruption even so
         said = [f"its release could not be concluded now ({error}); the next run or `railyard status` will"]
     details = "\n".join(f"- {line}" for line in said)
-    _announce_failure(flow_run, f"retrain run {flow_run.name} {kind}: {state.message}\n\n{details}", kind, INTERRUPTED_NEXT_STEP)
+    _announce_failure(
+        flow_run, f"retrain run {flow_run.name} {kind}: {state.message}\n\n{details}", kind, INTERRUPTED_NEXT_STEP
+    )
 
 
 def _announce_failure(flow_run, message: str, kind: str, next_step: str) -> None:
@@ -95,12 +79,17 @@ def _announce_failure(flow_run, message: str, kind: str, next_step: str) -> None
 
 
 @flow(
-    name="retrain", log_prints=True,
-    on_failure=[report_failure], on_crashed=[report_interruption], on_cancellation=[report_interruption],
-)  # fmt: skip
+    name="retrain",
+    log_prints=True,
+    on_failure=[report_failure],
+    on_crashed=[report_interruption],
+    on_cancellation=[report_interruption],
+)
 def retrain(
     data_dir: Annotated[str | None, Field(json_schema_extra={"default": str(_DEFAULTS.data_dir or "")})] = None,
-    holdout_fraction: Annotated[float | None, Field(gt=0, lt=1, json_schema_extra={"default": _DEFAULTS.holdout_fraction})] = None,
+    holdout_fraction: Annotated[
+        float | None, Field(gt=0, lt=1, json_schema_extra={"default": _DEFAULTS.holdout_fraction})
+    ] = None,
     epochs: Annotated[int | None, Field(ge=1, le=200, json_schema_extra={"default": _DEFAULTS.epochs})] = None,
     auto_approve: bool = False,
 ) -> State:
@@ -126,15 +115,19 @@ def retrain(
     run_key = prefect_run_id or time.strftime("%Y%m%dT%H%M%S")
     run_dir, report_dir = settings.work_dir / run_key, settings.reports_dir / run_key
     source = settings.data_dir or data.ensure_default_data(settings)
-    code_version = training.code_version(settings)
+    code_version = model_code_version(settings.train_config())
     model = settings.model_name
     tags = {"railyard.model": model, "prefect.flow_run_id": str(prefect_run_id), "railyard.data": str(source)}
-    with tracking.mlflow_run(settings, f"{model}-training", tags, finished_on=(ModelRejected, SmokeTestsFailed)) as run_id:
+    with tracking.mlflow_run(
+        settings, f"{model}-training", tags, finished_on=(ModelRejected, SmokeTestsFailed)
+    ) as run_id:
         feature_set = validated_features(settings, source, run_dir, report_dir, run_id)
         summary = {
-            "model_name": model, "mlflow_run_id": run_id, "mlflow_tracking_uri": settings.resolved_tracking_uri,
+            "model_name": model,
+            "mlflow_run_id": run_id,
+            "mlflow_tracking_uri": settings.resolved_tracking_uri,
             "data_fingerprint": feature_set.fingerprint,
-        }  # fmt: skip
+        }
         # The same data and code as a stored version: that version is the model (no new training).
         existing = publish.find_published(settings, feature_set.fingerprint, code_version)
         if existing is not None and (stage := release.stage_of(settings, existing.version)) != "candidate":
@@ -144,23 +137,39 @@ def retrain(
             trained = training.train(run_dir / "features", settings, run_id)
             export_dir = training.export(trained, feature_set, run_dir / "export", settings, run_id)
         else:
-            print(f"version {existing.version} holds a model of this data and code that was never released: releasing it")
+            print(
+                f"version {existing.version} holds a model of this data and code that was never released: releasing it"
+            )
             export_dir = publish.fetch(settings, existing.version, run_dir / "stored")
         metrics, decision = evaluate_against_production(settings, export_dir, feature_set, run_id, run_dir, report_dir)
-        summary |= {"metrics": {name: metrics[name] for name in SUMMARY_METRICS}, "gate": decision.as_dict(),
-                    "holdout_rows": int(metrics["rows"])}  # fmt: skip
+        summary |= {
+            "metrics": {name: metrics[name] for name in SUMMARY_METRICS},
+            "gate": decision.as_dict(),
+            "holdout_rows": int(metrics["rows"]),
+        }
         if not decision.blessed:
             refuse(settings, decision.reason, existing, run_id, prefect_run_id)
 
         with release.release_lock(settings, holder):
             if existing is None:
-                existing = publish.publish(export_dir, settings, run_id, metrics, feature_set.fingerprint, code_version).manifest
+                existing = publish.publish(
+                    export_dir, settings, run_id, metrics, feature_set.fingerprint, code_version
+                ).manifest
             version, store_uri = existing.version, publish.version_uri(settings, existing.version)
             # The version's MLflow run is the one that trained and published it (maybe an earlier run).
-            release.register(settings, version, store_uri, existing.metadata["mlflow_run_id"], lineage={
-                "mlflow_run_id": existing.metadata["mlflow_run_id"], "data_fingerprint": feature_set.fingerprint,
-                "store_uri": store_uri, "manifest_sha256": existing.checksum, "prefect_flow_run_id": str(prefect_run_id),
-            })  # fmt: skip
+            release.register(
+                settings,
+                version,
+                store_uri,
+                existing.metadata["mlflow_run_id"],
+                lineage={
+                    "mlflow_run_id": existing.metadata["mlflow_run_id"],
+                    "data_fingerprint": feature_set.fingerprint,
+                    "store_uri": store_uri,
+                    "manifest_sha256": existing.checksum,
+                    "prefect_flow_run_id": str(prefect_run_id),
+                },
+            )
             tracking.rename_run(settings, run_id, f"{model}-v{version}")
             summary |= {"model_version": version, "store_uri": store_uri, "mlflow_model_version": str(version)}
             if (stage := release.stage_of(settings, version)) != "candidate":  # another run released it meanwhile
@@ -168,10 +177,17 @@ def retrain(
             target, report = canary_release(settings, version, run_id, prefect_run_id, auto_approve, decision.reason)
     summary |= {"smoke": {"passed": report.passed, "latency_ms": report.latency_ms, "requests": report.requests}}
     if auto_approve:
-        return ending_state(settings, version, release.registry(settings).history(version)[-1], summary | serving_summary(target, settings))
+        return ending_state(
+            settings,
+            version,
+            release.registry(settings).history(version)[-1],
+            summary | serving_summary(target, settings),
+        )
 
     suspend = deployment.get_id() is not None  # only a deployment's run can be rescheduled
-    instructions = request_review(settings, version, prefect_run_id, f"```\n{report.summary()}\n```\n\nGate: {decision.reason}", suspend)
+    instructions = request_review(
+        settings, version, prefect_run_id, f"```\n{report.summary()}\n```\n\nGate: {decision.reason}", suspend
+    )
     return finish_review(settings, version, prefect_run_id, summary, suspend=suspend, instructions=instructions)
 
 
@@ -206,13 +222,15 @@ def refuse(settings: Settings, reason: str, existing: Manifest | None, run_id: s
     tracking.set_tags(settings, run_id, {"railyard.stage": "rejected", "railyard.rejected_reason": reason})
     tracking.rename_run(settings, run_id, f"{settings.model_name}-not-blessed")
     if existing is not None:
+        verdict = release_verdict(Outcome.NOT_BLESSED, reason)
         with release.release_lock(settings, f"retrain run {prefect_run_id}"):
-            release.reject(deploy.serving_target(settings), settings, existing.version, actor=SYSTEM_ACTOR,
-                           reason=f"not blessed: {reason}", ending="not blessed", flow_run_id=prefect_run_id)  # fmt: skip
+            release.apply_verdict(deploy.serving_target(settings), settings, existing.version, verdict, prefect_run_id)
     raise ModelRejected(f"model not blessed, nothing published: {reason}")
 
 
-def canary_release(settings: Settings, version: int, run_id: str, prefect_run_id: str | None, auto_approve: bool, gate_reason: str):
+def canary_release(
+    settings: Settings, version: int, run_id: str, prefect_run_id: str | None, auto_approve: bool, gate_reason: str
+):
     """Under the release lock: older pending releases give way, canary, smoke tests, staging (and
     production at once with ``auto_approve``). The serving target and the smoke report."""
     target = deploy.serving_target(settings)  # serving down: the version stays a candidate for a re-run
@@ -220,24 +238,27 @@ def canary_release(settings: Settings, version: int, run_id: str, prefect_run_id
     stages.set_release_run(version, release.release_owner(prefect_run_id, "run"))
     for other in release.supersede(target, settings, version, prefect_run_id):
         print(f"version {other} was superseded by version {version}")
-    record = dict(actor=SYSTEM_ACTOR, flow_run_id=prefect_run_id)
     try:
         deploy.deploy_canary(target, settings, version)
     except ModelLoadError as error:  # the model itself is broken: it never becomes servable
-        release.reject(target, settings, version, reason=f"TF Serving could not load it: {error}", ending="load failed", **record)
+        release.apply_verdict(
+            target, settings, version, release_verdict(Outcome.LOAD_FAILED, str(error)), prefect_run_id
+        )
         raise
-    except BaseException:  # serving down, a timeout: the version stays a candidate for a re-run
-        stages.set_release_run(version, None)
+    except BaseException as error:  # serving down, a timeout: the version stays a candidate for a re-run
+        release.apply_verdict(
+            target, settings, version, release_verdict(Outcome.SERVING_DOWN, str(error)), prefect_run_id
+        )
         raise
     report = smoke.smoke_tests(target, settings, version, run_id)
+    failed = "; ".join(f"{c.name}: {c.detail}" for c in report.failures())
+    outcome = Outcome.SMOKE_PASSED if report.passed else Outcome.SMOKE_FAILED
+    release.apply_verdict(target, settings, version, release_verdict(outcome, failed), prefect_run_id)
     if not report.passed:
-        failed = "; ".join(f"{c.name}: {c.detail}" for c in report.failures())
-        release.reject(target, settings, version, reason=f"smoke tests failed: {failed}", ending="smoke tests failed", **record)
         raise SmokeTestsFailed(report.summary())
-    release.record_stage(settings, version, "staging", reason="smoke tests passed", smoke_passed=True, **record)
     if auto_approve:
-        release.promote(target, settings, version, actor=f"{SYSTEM_ACTOR} (auto_approve)", reason=gate_reason,
-                        flow_run_id=prefect_run_id)  # fmt: skip
+        approved = release_verdict(Outcome.APPROVED, gate_reason, actor=f"{SYSTEM_ACTOR} (auto_approve)")
+        release.apply_verdict(target, settings, version, approved, prefect_run_id)
     return target, report
 
 
@@ -256,7 +277,9 @@ def request_review(settings: Settings, version: int, prefect_run_id: str | None,
         f"`railyard reject {version} --reviewer NAME --comment TEXT`\n\n"
         f"Without an answer within {timeout_s} s the canary is unloaded and the version rejected."
     )
-    create_markdown_artifact(key=approval.APPROVAL_ARTIFACT, markdown=instructions, description=f"{model} v{version}: approval needed")
+    create_markdown_artifact(
+        key=approval.APPROVAL_ARTIFACT, markdown=instructions, description=f"{model} v{version}: approval needed"
+    )
     notify(settings, "approval_needed", f"{model} version {version} awaits approval", version=version)
     if suspend:
         approval.schedule_deadline_check(deadline)
@@ -264,11 +287,19 @@ def request_review(settings: Settings, version: int, prefect_run_id: str | None,
 
 
 def finish_review(
-    settings: Settings, version: int, prefect_run_id: str | None, summary: dict, *, suspend: bool, instructions: str = ""
+    settings: Settings,
+    version: int,
+    prefect_run_id: str | None,
+    summary: dict,
+    *,
+    suspend: bool,
+    instructions: str = "",
 ) -> State:
     """Wait for the decision (a suspended run ends here and starts again once answered), then
     apply it under the release lock unless someone decided meanwhile."""
-    decision = approval.await_decision(settings.model_name, version, instructions, settings.approval_timeout_s, suspend=suspend)
+    decision = approval.await_decision(
+        settings.model_name, version, instructions, settings.approval_timeout_s, suspend=suspend
+    )
     target = deploy.serving_target(settings)
     with release.release_lock(settings, f"retrain run {prefect_run_id}"):
         last = release.conclude_review(target, settings, version, decision, prefect_run_id)
@@ -292,7 +323,9 @@ def nothing_new(settings: Settings, version: int, stage: str, summary: dict) -> 
     message = f"nothing new to release: version {version} already holds this model (same data and code) and is {stage}"
     print(message)
     target = deploy.serving_target(settings)
-    return _ended(Completed, message, summary | {"model_version": version, "stage": stage} | serving_summary(target, settings))
+    return _ended(
+        Completed, message, summary | {"model_version": version, "stage": stage} | serving_summary(target, settings)
+    )
 
 
 def _ended(state, message: str, summary: dict) -> State:
@@ -300,10 +333,10 @@ def _ended(state, message: str, summary: dict) -> State:
     return state(message=message, data=summary | {"outcome": message})
 
 
-def serving_summary(target: deploy.ServingTarget, settings: Settings) -> dict:
+def serving_summary(target: ServingTarget, settings: Settings) -> dict:
     labels = deploy.serving_labels(target, settings)
     served_label = "stable" if "stable" in labels else "canary"
     return {
         "serving": {"rest": target.rest, "grpc": target.grpc, "labels": labels},
-        "curl": curl_line(target.rest, settings.model_name, served_label) if labels else None,
+        "curl": contract.curl_line(target.rest, settings.model_name, served_label) if labels else None,
     }

@@ -5,20 +5,23 @@ from __future__ import annotations
 from typing import Annotated
 
 from prefect import flow
-from pydantic import Field
 from prefect.runtime import flow_run
+from pydantic import Field
 
+from railyard.errors import Refused
 from railyard.settings import Settings
 from tasks import deploy, release
 
 
-class RollbackRefused(RuntimeError):
+class RollbackRefused(Refused):
     """There is nothing legal to roll back to."""
 
 
 @flow(name="rollback", log_prints=True)
 def rollback(
-    to_version: Annotated[int | None, Field(ge=1, description="Version to restore; empty = the previous production.")] = None,
+    to_version: Annotated[
+        int | None, Field(ge=1, description="Version to restore; empty = the previous production.")
+    ] = None,
     reason: Annotated[str, Field(min_length=1, description="Why (recorded).")] = "manual rollback",
     actor: Annotated[str, Field(min_length=1, description="Who asks (recorded).")] = "operator",
 ) -> dict:

@@ -1,8 +1,8 @@
 """Run the production TF Serving container through the Docker SDK.
 
-The same container as the ``tfserving`` service of ``infra/docker-compose.yml``: this module
+The same container as the ``tfserving`` service of ``infra/stack/docker-compose.yml``: this module
 holds the one copy of its image, entrypoint, arguments and health check, and
-``tests/test_compose.py`` checks the compose file against it. Use either the compose stack
+``tests/stack/test_compose.py`` checks the compose file against it. Use either the compose stack
 or this launcher on a host, not both: they publish the same ports.
 
 ``docker`` is imported inside the functions that talk to the engine, so importing this
@@ -16,7 +16,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-# Pinned, never `latest`: the server version decides reload and label behaviour (DESIGN.md),
+from railyard.errors import RailyardError, Refused
+
+# Pinned, never `latest`: the server version decides reload and label behaviour (docs/architecture.md),
 # and it matches the TensorFlow (2.21) that exports the models.
 TFSERVING_IMAGE = "tensorflow/serving:2.21.0"
 # The image is built for x86-64 only; elsewhere it runs under emulation.
@@ -30,9 +32,9 @@ MODEL_ROOT = "/models"
 CONFIG_MOUNT = "/config"
 MODELS_CONFIG = f"{MODEL_ROOT}/models.config"
 PROMETHEUS_METRICS_PATH = "/monitoring/prometheus/metrics"
-# Files the container reads from CONFIG_MOUNT (infra/tfserving/ in the repository).
+# Files the container reads from CONFIG_MOUNT (infra/stack/tfserving/ in the repository).
 CONFIG_FILES = ("batching_parameters.txt", "monitoring.config", "models.config")
-DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent / "tfserving"
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parent / "stack" / "tfserving"
 
 HEALTHCHECK_INTERVAL_S = 10
 HEALTHCHECK_TIMEOUT_S = 5
@@ -74,8 +76,7 @@ def tfserving_entrypoint() -> list[str]:
     The trailing word becomes ``$0``; the command (``tfserving_command_args``) becomes ``"$@"``.
     """
     seed_then_serve = (
-        f"test -e {MODELS_CONFIG} || cp {CONFIG_MOUNT}/models.config {MODELS_CONFIG}; "
-        'exec tensorflow_model_server "$@"'
+        f'test -e {MODELS_CONFIG} || cp {CONFIG_MOUNT}/models.config {MODELS_CONFIG}; exec tensorflow_model_server "$@"'
     )
     return ["bash", "-c", seed_then_serve, "tensorflow_model_server"]
 
@@ -95,11 +96,11 @@ def tfserving_healthcheck_test() -> list[str]:
     return ["CMD", "bash", "-c", probe]
 
 
-class DockerEngineUnavailable(RuntimeError):
+class DockerEngineUnavailable(RailyardError):
     """No Docker engine answers; the message says what was tried and what to do."""
 
 
-class LauncherError(RuntimeError):
+class LauncherError(Refused):
     """The container cannot be started or inspected as asked."""
 
 
@@ -144,7 +145,7 @@ class TFServingLauncher:
         config_dir = Path(config_dir).resolve()
         missing = [file for file in CONFIG_FILES if not (config_dir / file).is_file()]
         if missing:
-            raise LauncherError(f"config_dir {config_dir} lacks {', '.join(missing)} (see infra/tfserving/)")
+            raise LauncherError(f"config_dir {config_dir} lacks {', '.join(missing)} (see infra/stack/tfserving/)")
         self.image = image
         self.model_root_volume = model_root_volume
         self.config_dir = config_dir

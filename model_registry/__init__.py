@@ -1,5 +1,6 @@
 """Versioned model store: local folder or S3, laid out as TF Serving expects (see store.py)."""
 
+from model_registry.factory import open_store
 from model_registry.manifest import FileEntry, Manifest
 from model_registry.store import (
     IntegrityError,
@@ -12,7 +13,6 @@ from model_registry.store import (
     StoreError,
     VersionConflictError,
     VersionNotFoundError,
-    open_store,
 )
 
 __all__ = [

@@ -117,7 +117,7 @@ class S3Store(ModelStore):
         prefix = self._model_prefix(model)
         taken, complete = set(), set()
         for key in self._keys(prefix):
-            first, _, rest = key[len(prefix):].partition("/")
+            first, _, rest = key[len(prefix) :].partition("/")
             if first == TOMBSTONE_DIR:
                 version = parse_version_name(rest)  # deleted, but the number stays taken
             else:
@@ -207,7 +207,9 @@ class S3Store(ModelStore):
                 return None
             logger.warning(
                 "took over %s's release lock from %s: its lease expired at %s",
-                model, held["owner"], utc_timestamp(held["expires_at"]),
+                model,
+                held["owner"],
+                utc_timestamp(held["expires_at"]),
             )
         lease = _S3Lease(model, key, record, etag)
         lease.renewal = threading.Thread(

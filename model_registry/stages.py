@@ -12,16 +12,18 @@ One number everywhere: MLflow version N is store version N (and TF Serving versi
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from collections.abc import Collection
+from datetime import UTC, datetime
 from enum import Enum
+
+from railyard.errors import Refused
 
 TAG_PREFIX = "railyard."
 STAGE_TAG = "railyard.stage"
 SMOKE_TAG = "railyard.smoke_passed"
 TRANSITION_PREFIX = "railyard.transition."
 # JSON: the run carrying a version through its release (flow run, process, how it waits), so
-# that a later process can tell when that run is gone (model_registry/reconcile.py).
+# that a later process can tell when that run is gone (model_registry/release_rules.py).
 RELEASE_RUN_TAG = "railyard.release_run"
 SERVING_LABEL_TAG = "railyard.serving_label"  # mirrors the serving label for the MLflow UI
 _BOOKKEEPING = (STAGE_TAG, SMOKE_TAG, RELEASE_RUN_TAG)
@@ -46,11 +48,11 @@ LEGAL = {
 ALIASES = {Stage.STAGING: ("staging",), Stage.PRODUCTION: ("production", "champion")}
 
 
-class IllegalTransition(ValueError):
+class IllegalTransition(Refused, ValueError):
     """A stage change the release process does not allow."""
 
 
-class RegistryOutOfSync(RuntimeError):
+class RegistryOutOfSync(Refused):
     """MLflow's version numbers no longer match the store's."""
 
 
@@ -133,9 +135,11 @@ class StageRegistry:
         for gap in range(latest + 1, version):
             reason = f"store version {gap} was never completed (interrupted publication)"
             filler = self.client.create_model_version(
-                self.model, source=source, description=f"store version {gap} was never completed",
+                self.model,
+                source=source,
+                description=f"store version {gap} was never completed",
                 tags=_first_record(Stage.REJECTED, reason),
-            )  # fmt: skip
+            )
             self._check_number(filler.version, gap)
 
     def _latest_number(self) -> int:
@@ -237,8 +241,14 @@ class StageRegistry:
         if to_stage is Stage.PRODUCTION:
             previous = _holder(aliases, "production")
             if previous is not None and previous != version:
-                self._record(previous, self._version_tags(previous), Stage.ARCHIVED, actor=actor,
-                             reason=f"replaced by version {version}", flow_run_id=flow_run_id)  # fmt: skip
+                self._record(
+                    previous,
+                    self._version_tags(previous),
+                    Stage.ARCHIVED,
+                    actor=actor,
+                    reason=f"replaced by version {version}",
+                    flow_run_id=flow_run_id,
+                )
                 self.client.delete_model_version_tag(self.model, str(previous), SERVING_LABEL_TAG)
         entry = self._record(version, tags, to_stage, actor=actor, reason=reason, flow_run_id=flow_run_id)
         for alias in ALIASES.get(current, ()):

@@ -32,9 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
+from typing import Any
 
 from model_registry.manifest import (
     MANIFEST_NAME,
@@ -44,11 +42,9 @@ from model_registry.manifest import (
     check_metadata,
     collect_source,
 )
+from railyard.errors import RailyardError, Refused
 from railyard.fsutil import sha256_file
 from railyard.settings import validate_model_name
-
-if TYPE_CHECKING:
-    from model_registry.s3 import S3Options
 
 logger = logging.getLogger("railyard.store")
 
@@ -61,7 +57,7 @@ LOCK_NAME = ".railyard-lock"
 _VERSION_NAME = re.compile(r"^[1-9][0-9]*$")
 
 
-class StoreError(Exception):
+class StoreError(RailyardError):
     """A model store operation failed."""
 
 
@@ -69,20 +65,22 @@ class VersionConflictError(StoreError):
     """Another publisher owns the version this one tried to write."""
 
 
-class IntegrityError(StoreError):
+class IntegrityError(Refused, StoreError):
     """A stored version does not match its manifest (corrupted, incomplete or tampered with)."""
 
 
-class VersionNotFoundError(StoreError):
+class VersionNotFoundError(Refused, StoreError):
     """No complete version (one with a manifest) with that number exists."""
 
 
-class ProtectedVersionError(StoreError):
+class ProtectedVersionError(Refused, StoreError):
     """The version is protected (in production or staging) and may not be deleted."""
 
 
 class LockTimeoutError(StoreError):
     """Another holder kept the model's release lock for longer than we were willing to wait."""
+
+    next_step = "another release of this model is in progress: try again once it has finished"
 
 
 class LockLostError(StoreError):
@@ -283,8 +281,7 @@ class ModelStore(ABC):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise LockTimeoutError(
-                    f"{model}'s release lock in {self.uri} is held by {self._lock_holder(model)} "
-                    f"(waited {wait_s:g} s)"
+                    f"{model}'s release lock in {self.uri} is held by {self._lock_holder(model)} (waited {wait_s:g} s)"
                 )
             time.sleep(min(poll_s, remaining))
             lease = self._try_lock(model, owner, lease_s)
@@ -375,29 +372,3 @@ class ModelStore(ABC):
     @abstractmethod
     def _unlock(self, lease: ReleaseLease) -> None:
         """Release a lock ``_try_lock`` took; never one that another holder took over."""
-
-
-def open_store(uri: str, *, s3_endpoint_url: str | None = None, s3_options: S3Options | None = None) -> ModelStore:
-    """Open the store a URI names: ``file:///abs/path``, a plain path, or ``s3://bucket/prefix``.
-
-    ``s3_options`` tunes S3 retries, timeouts and transfers; credentials come from boto3's chain.
-    """
-    if not isinstance(uri, str) or not uri.strip():
-        raise ValueError(f"the model store URI is empty ({uri!r})")
-    parsed = urlsplit(uri)
-    if parsed.scheme == "s3":
-        if parsed.query or parsed.fragment:
-            raise ValueError(f"store URI {uri!r} has a query or fragment: use s3://bucket/prefix")
-        from model_registry.s3 import S3Store
-
-        return S3Store(parsed.netloc, parsed.path, endpoint_url=s3_endpoint_url, options=s3_options)
-
-    from model_registry.local import LocalStore
-
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise ValueError(f"store URI {uri!r} names host {parsed.netloc!r}: file URIs must be local")
-        return LocalStore(Path(url2pathname(parsed.path)))
-    if parsed.scheme:
-        raise ValueError(f"unsupported store URI {uri!r}: use file:///path, a plain path or s3://bucket/prefix")
-    return LocalStore(Path(uri))

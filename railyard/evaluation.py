@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from railyard.configs import GateThresholds
+
 # Clipping keeps log loss finite for a score of exactly 0 or 1.
 _EPS = 1e-7
 
@@ -52,6 +54,14 @@ def evaluate_scores(holdout: pl.DataFrame, scores: np.ndarray) -> Evaluation:
     return Evaluation(metrics=metrics, labels=labels, scores=np.asarray(scores).reshape(-1), baseline_scores=baseline)
 
 
+def evaluate_saved_model(saved_model_dir: Path, holdout: pl.DataFrame) -> Evaluation:
+    """Score the exported SavedModel itself on the holdout: what is measured is what ships."""
+    from railyard.model import predict_saved_model
+
+    scores = predict_saved_model(saved_model_dir, holdout.get_column("userId"), holdout.get_column("movieId"))
+    return evaluate_scores(holdout, scores)
+
+
 def plot_roc(evaluation: Evaluation, path: Path, title: str) -> Path:
     import matplotlib
 
@@ -83,16 +93,6 @@ class ThresholdCheck:
     threshold: float
     direction: str  # ">=" or "<="
     passed: bool
-
-
-@dataclass(frozen=True)
-class GateThresholds:
-    """Absolute bounds, and change bounds against the production model (None: not checked)."""
-
-    min_auc: float | None = None
-    max_logloss: float | None = None
-    min_auc_change: float | None = None  # challenger AUC - production AUC must be >= this
-    max_logloss_change_relative: float | None = None  # (challenger - production) / production <= this
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,9 @@ def gate(
     ]
     if baseline_metrics is not None:
         candidates += [
-            _check("auc_change_vs_production", metrics["auc"] - baseline_metrics["auc"], thresholds.min_auc_change, ">="),
+            _check(
+                "auc_change_vs_production", metrics["auc"] - baseline_metrics["auc"], thresholds.min_auc_change, ">="
+            ),
             _check(
                 "logloss_relative_change_vs_production",
                 (metrics["logloss"] - baseline_metrics["logloss"]) / baseline_metrics["logloss"],
@@ -143,7 +145,11 @@ def gate(
         return decide(blessed=False, reason="no thresholds configured: refusing to bless")
     failed = [c for c in checks if not c.passed]
     if failed:
-        return decide(blessed=False, reason="; ".join(f"{c.name}={c.value:.4f} fails {c.direction} {c.threshold}" for c in failed))
+        return decide(
+            blessed=False, reason="; ".join(f"{c.name}={c.value:.4f} fails {c.direction} {c.threshold}" for c in failed)
+        )
     if baseline_metrics is None:
         return decide(blessed=True, reason="no production model yet: only absolute thresholds applied, all passed")
-    return decide(blessed=True, reason=f"all thresholds passed, including against production version {baseline_version}")
+    return decide(
+        blessed=True, reason=f"all thresholds passed, including against production version {baseline_version}"
+    )

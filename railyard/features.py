@@ -106,13 +106,14 @@ def split_cutoff(timestamps: pl.Series, holdout_fraction: float) -> int:
 def movie_genres(movies: pl.DataFrame | None) -> pl.DataFrame:
     """movieId + one 0/1 Float32 column per genre, from MovieLens' pipe-separated genre strings."""
     if movies is None:
-        return pl.DataFrame(
-            schema={"movieId": pl.Int64} | {column: pl.Float32 for column in _GENRE_COLUMNS}
-        )
+        return pl.DataFrame(schema={"movieId": pl.Int64} | {column: pl.Float32 for column in _GENRE_COLUMNS})
     names = movies.select("movieId", pl.col("genres").fill_null("").str.split("|").alias("names"))
     return names.select(
         "movieId",
-        *(pl.col("names").list.contains(genre).cast(pl.Float32).alias(column) for genre, column in zip(GENRES, _GENRE_COLUMNS)),
+        *(
+            pl.col("names").list.contains(genre).cast(pl.Float32).alias(column)
+            for genre, column in zip(GENRES, _GENRE_COLUMNS)
+        ),
     ).unique("movieId", keep="first", maintain_order=True)
 
 
@@ -122,7 +123,11 @@ def build_features(
     cutoff = split_cutoff(ratings.get_column("timestamp"), holdout_fraction)
     genres = movie_genres(movies)
     rows = ratings.select(
-        "userId", "movieId", "timestamp", "rating", (pl.col("rating") >= POSITIVE_RATING).cast(pl.Float32).alias("label")
+        "userId",
+        "movieId",
+        "timestamp",
+        "rating",
+        (pl.col("rating") >= POSITIVE_RATING).cast(pl.Float32).alias("label"),
     )
     train = rows.filter(pl.col("timestamp") < cutoff).sort("timestamp", "userId", "movieId")
     holdout = rows.filter(pl.col("timestamp") >= cutoff).sort("timestamp", "userId", "movieId")
@@ -137,7 +142,9 @@ def build_features(
     genre_rows = _row_numbers(train.get_column("movieId"), genres.get_column("movieId"))
     ratings_f64 = train.get_column("rating").to_numpy()
     labels = train.get_column("label").to_numpy().astype(np.int32)
-    genres_by_column = np.ascontiguousarray(genre_table.T, dtype=np.int32)  # (genre, movie): a slice's genres come out row-contiguous
+    genres_by_column = np.ascontiguousarray(
+        genre_table.T, dtype=np.int32
+    )  # (genre, movie): a slice's genres come out row-contiguous
 
     def user_sums(rows: np.ndarray) -> dict[str, np.ndarray]:
         seen = genres_by_column.take(genre_rows.take(rows), axis=1)
@@ -239,7 +246,9 @@ def _put_rows(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
     """``target[rows] = values``, a whole row at a time: for 2-D arrays numpy's fancy assignment
     goes element by element (4x slower on the user genre rates)."""
     as_rows = np.dtype((np.void, target.strides[0]))
-    np.put(target.view(as_rows).reshape(len(target)), rows, np.ascontiguousarray(values).view(as_rows).reshape(len(values)))
+    np.put(
+        target.view(as_rows).reshape(len(target)), rows, np.ascontiguousarray(values).view(as_rows).reshape(len(values))
+    )
 
 
 def _whole_key_slices(keys: np.ndarray, rows_per_slice: int) -> list[tuple[int, int]]:
@@ -324,11 +333,15 @@ def _movie_snapshot(history: pl.DataFrame, genres: pl.DataFrame, priors: dict[st
     """Every movie rated in training (its ``history``) or listed in the catalogue, with its genres."""
     catalogue = genres.select("movieId").join(history.select("movieId"), on="movieId", how="anti").get_column("movieId")
     nothing = np.zeros(len(catalogue), np.int32)
-    unrated = pl.DataFrame({"movieId": catalogue} | _movie_features({"n": nothing, "rating": nothing, "label": nothing}, priors))
+    unrated = pl.DataFrame(
+        {"movieId": catalogue} | _movie_features({"n": nothing, "rating": nothing, "label": nothing}, priors)
+    )
     return (
         pl.concat([history, unrated])
         .join(genres, on="movieId", how="left")
-        .with_columns(_genre_array(_GENRE_COLUMNS).fill_null(pl.lit([0.0] * len(GENRES), _GENRE_ARRAY)).alias("movie_genres"))
+        .with_columns(
+            _genre_array(_GENRE_COLUMNS).fill_null(pl.lit([0.0] * len(GENRES), _GENRE_ARRAY)).alias("movie_genres")
+        )
         .select("movieId", *MOVIE_FEATURES)
         .sort("movieId")
     )

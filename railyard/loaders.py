@@ -16,6 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
+from railyard.errors import Refused
 from railyard.fsutil import sha256_file
 
 RATINGS_SCHEMA = {"userId": pl.Int64, "movieId": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}
@@ -23,15 +24,34 @@ MOVIES_SCHEMA = {"movieId": pl.Int64, "title": pl.String, "genres": pl.String}
 PARTITION_PREFIX = "date="
 # The genres MovieLens writes in movies.csv (pipe-separated), and its marker for none.
 MOVIELENS_GENRES = (
-    "Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary", "Drama", "Fantasy",
-    "Film-Noir", "Horror", "IMAX", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "IMAX",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 NO_GENRES = "(no genres listed)"
 _LISTED_ENTRIES = 10
 
 
-class DataLoadError(ValueError):
+class DataLoadError(Refused, ValueError):
     """Input data that cannot be read; the message names the file and the problem."""
+
+    next_step = "fix the input data named in the message and start the run again"
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: DataFrames have no truth value to compare by
@@ -61,9 +81,7 @@ def load_dataset(path: Path) -> RawDataset:
     has_csv = (path / "ratings.csv").is_file()
     has_parquet = (path / "ratings").is_dir() or bool(_partition_dirs(path))
     if has_csv and has_parquet:
-        raise DataLoadError(
-            f"{path} holds both ratings.csv and Parquet ratings partitions: keep one layout per folder"
-        )
+        raise DataLoadError(f"{path} holds both ratings.csv and Parquet ratings partitions: keep one layout per folder")
     if has_csv:
         return load_movielens_dir(path)
     if has_parquet:

@@ -12,34 +12,24 @@ embedding (trained by randomly dropping ids to OOV, so it is not left at its ran
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from railyard import __version__, contract
 from railyard import features as F
+from railyard.configs import TrainConfig
 
-SCORE_OUTPUT = "score"
-SIGNATURE_NAME = "serving_default"
-GOLDEN_FILE = "assets.extra/railyard_golden.json"
 ID_DROPOUT_RATE = 0.05
 EMBEDDING_L2 = 1e-6
 STEPS_PER_EXECUTION = 16
 _LOG_COUNT_SCALE = 5.0  # log1p(counts) reach ~5-10 on MovieLens; keep inputs near unit scale
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = 8
-    batch_size: int = 1024
-    embedding_dim: int = 16
-    learning_rate: float = 0.003
-    seed: int = 42
-    early_stopping_patience: int = 2
 
 
 @dataclass
@@ -48,6 +38,12 @@ class TrainResult:
     history: dict[str, list[float]] = field(default_factory=dict)
     best_epoch: int = 0
     train_rows: int = 0
+
+
+def code_version(config: TrainConfig) -> str:
+    """What produced a model besides the data: package, feature code and training config."""
+    digest = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:10]
+    return f"railyard-{__version__}+features-{F.FEATURE_CODE_VERSION}+config-{digest}"
 
 
 def user_feature_matrix(frame: pl.DataFrame) -> np.ndarray:
@@ -229,8 +225,10 @@ def _row_sparse_adam():
             grad = tf.cast(tf.math.unsorted_segment_sum(gradient.values, position, tf.size(rows)), variable.dtype)
             step = tf.cast(self.iterations + 1, variable.dtype)
             lr = tf.cast(learning_rate, variable.dtype)
-            alpha = lr * tf.sqrt(1 - tf.pow(tf.cast(self.beta_2, variable.dtype), step)) / (
-                1 - tf.pow(tf.cast(self.beta_1, variable.dtype), step)
+            alpha = (
+                lr
+                * tf.sqrt(1 - tf.pow(tf.cast(self.beta_2, variable.dtype), step))
+                / (1 - tf.pow(tf.cast(self.beta_1, variable.dtype), step))
             )
             m = self._momentums[self._get_variable_index(variable)]
             v = self._velocities[self._get_variable_index(variable)]
@@ -279,9 +277,14 @@ def build_model(user_ids: np.ndarray, movie_ids: np.ndarray, config: TrainConfig
     mlp = keras.layers.Dense(64, activation="relu", name="mlp_1")(mlp)
     mlp = keras.layers.Dense(32, activation="relu", name="mlp_2")(mlp)
     joined = keras.layers.Concatenate(name="neumf")([gmf, mlp])
-    score = keras.layers.Dense(1, activation="sigmoid", name=SCORE_OUTPUT)(joined)
+    score = keras.layers.Dense(1, activation="sigmoid", name=contract.OUTPUT)(joined)
     model = keras.Model(
-        inputs={"userId": user_id, "movieId": movie_id, "user_features": user_features, "movie_features": movie_features},
+        inputs={
+            "userId": user_id,
+            "movieId": movie_id,
+            "user_features": user_features,
+            "movie_features": movie_features,
+        },
         outputs=score,
         name="neumf",
     )
@@ -356,7 +359,9 @@ def predict_core(model, frame: pl.DataFrame, batch_size: int = 65536) -> np.ndar
     return model.predict(inputs, batch_size=batch_size, verbose=0).reshape(-1)
 
 
-def _snapshot_table(snapshot: pl.DataFrame, id_column: str, cold: dict, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _snapshot_table(
+    snapshot: pl.DataFrame, id_column: str, cold: dict, names: tuple[str, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """Ids and their feature rows; row 0 holds the cold-start values for unknown ids."""
     ids = snapshot.get_column(id_column).to_numpy().astype(np.int64)
     cold_row = np.concatenate([np.atleast_1d(np.asarray(cold[name], dtype=np.float32)) for name in names])
@@ -381,17 +386,25 @@ def export_serving_model(model, feature_set: F.FeatureSet, out_dir: Path) -> Pat
         lookup(tf.constant([0], tf.int64))
 
     @tf.function(
-        input_signature=[tf.TensorSpec((None,), tf.int64, name="userId"), tf.TensorSpec((None,), tf.int64, name="movieId")]
+        input_signature=[
+            tf.TensorSpec((None,), tf.int64, name="userId"),
+            tf.TensorSpec((None,), tf.int64, name="movieId"),
+        ]
     )
     def serve(userId, movieId):  # noqa: N803 - the names are the signature's input keys
-        inputs = {"userId": userId, "movieId": movieId, "user_features": users(userId), "movie_features": movies(movieId)}
-        return {SCORE_OUTPUT: model(inputs, training=False)}
+        inputs = {
+            "userId": userId,
+            "movieId": movieId,
+            "user_features": users(userId),
+            "movie_features": movies(movieId),
+        }
+        return {contract.OUTPUT: model(inputs, training=False)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.track(users)
     archive.track(movies)
-    archive.add_endpoint(name=SIGNATURE_NAME, fn=serve)
+    archive.add_endpoint(name=contract.SIGNATURE_NAME, fn=serve)
     out_dir = Path(out_dir)
     archive.write_out(str(out_dir), verbose=False)
     return out_dir
@@ -400,7 +413,7 @@ def export_serving_model(model, feature_set: F.FeatureSet, out_dir: Path) -> Pat
 def load_signature(saved_model_dir: Path):
     import tensorflow as tf
 
-    return tf.saved_model.load(str(saved_model_dir)).signatures[SIGNATURE_NAME]
+    return tf.saved_model.load(str(saved_model_dir)).signatures[contract.SIGNATURE_NAME]
 
 
 def predict_saved_model(saved_model_dir: Path, user_ids, movie_ids, batch_size: int = 65536) -> np.ndarray:
@@ -414,7 +427,7 @@ def predict_saved_model(saved_model_dir: Path, user_ids, movie_ids, batch_size: 
         signature(
             userId=tf.constant(user_ids[start : start + batch_size]),
             movieId=tf.constant(movie_ids[start : start + batch_size]),
-        )[SCORE_OUTPUT].numpy()
+        )[contract.OUTPUT].numpy()
         for start in range(0, len(user_ids), batch_size)
     ]
     return np.concatenate(scores).reshape(-1) if scores else np.zeros(0, dtype=np.float32)
@@ -442,8 +455,4 @@ def write_golden_requests(saved_model_dir: Path, instances: list[dict[str, int]]
     scores = predict_saved_model(
         saved_model_dir, [row["userId"] for row in instances], [row["movieId"] for row in instances]
     )
-    golden = {"instances": instances, "predictions": [[float(score)] for score in scores]}
-    path = Path(saved_model_dir) / GOLDEN_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(golden, indent=1))
-    return golden
+    return contract.write_golden(saved_model_dir, instances, scores)

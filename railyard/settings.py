@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from railyard.configs import GateThresholds, SmokeBudget, TrainConfig, ValidationBounds
+
 # Model names become path components and S3 key prefixes: keep them to a safe alphabet.
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
@@ -59,6 +61,7 @@ class Settings(BaseSettings):
     smoke_p95_ms: float = Field(default=250.0, gt=0)
     smoke_requests: int = Field(default=200, ge=1)
     smoke_concurrency: int = Field(default=4, ge=1)
+    smoke_tolerance: float = Field(default=1e-5, ge=0)  # served vs. offline scores of the golden requests
 
     # Evaluation gate; None disables a check (with none at all, nothing is ever blessed).
     min_auc: float | None = 0.6
@@ -102,6 +105,44 @@ class Settings(BaseSettings):
             raise ValueError("set both RAILYARD_SERVING_GRPC and RAILYARD_SERVING_REST, or neither (local server)")
         return self
 
+    # -- each stage's configuration ----------------------------------------------------------
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            embedding_dim=self.embedding_dim,
+            learning_rate=self.learning_rate,
+            seed=self.seed,
+            early_stopping_patience=self.early_stopping_patience,
+        )
+
+    def validation_bounds(self) -> ValidationBounds:
+        return ValidationBounds(
+            min_rows=self.min_rows,
+            max_rows=self.max_rows,
+            min_positive_rate=self.min_positive_rate,
+            max_positive_rate=self.max_positive_rate,
+        )
+
+    def gate_thresholds(self) -> GateThresholds:
+        return GateThresholds(
+            min_auc=self.min_auc,
+            max_logloss=self.max_logloss,
+            min_auc_change=self.min_auc_change,
+            max_logloss_change_relative=self.max_logloss_change_relative,
+        )
+
+    def smoke_budget(self) -> SmokeBudget:
+        return SmokeBudget(
+            p95_ms=self.smoke_p95_ms,
+            requests=self.smoke_requests,
+            concurrency=self.smoke_concurrency,
+            tolerance=self.smoke_tolerance,
+        )
+
+    # -- where things live -------------------------------------------------------------------
+
     @cached_property
     def resolved_tracking_uri(self) -> str:
         return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
@@ -131,7 +172,3 @@ class Settings(BaseSettings):
     @cached_property
     def reports_dir(self) -> Path:
         return self.home / "reports"
-
-
-def get_settings(**overrides) -> Settings:
-    return Settings(**overrides)

@@ -32,7 +32,11 @@ from railyard.loaders import MOVIELENS_GENRES, NO_GENRES, RATINGS_SCHEMA
 # Rough relative frequencies of the MovieLens genres in ml-25m (Drama and Comedy dominate, IMAX and
 # Film-Noir are rare), in the order of MOVIELENS_GENRES.
 GENRE_WEIGHTS = dict(
-    zip(MOVIELENS_GENRES, (7.0, 4.5, 2.5, 2.5, 16.0, 5.5, 5.5, 25.0, 2.8, 0.4, 5.5, 0.3, 1.0, 2.6, 9.0, 3.8, 8.5, 1.7, 1.0), strict=True)
+    zip(
+        MOVIELENS_GENRES,
+        (7.0, 4.5, 2.5, 2.5, 16.0, 5.5, 5.5, 25.0, 2.8, 0.4, 5.5, 0.3, 1.0, 2.6, 9.0, 3.8, 8.5, 1.7, 1.0),
+        strict=True,
+    )
 )
 
 # The hidden world. Spreads are chosen so that personal parts (user bias, taste, genre affinity)
@@ -158,9 +162,7 @@ def _check_arguments(*, users: int, movies: int, days: int, ratings_per_day: int
 
 def _make_world(rng: np.random.Generator, n_users: int, n_movies: int) -> _World:
     genre_share, genre_names = _assign_genres(rng, n_movies)
-    movie_vectors = np.hstack(
-        [rng.normal(0.0, _FACTOR_SCALE, (n_movies, _FACTORS)), genre_share]
-    ).astype(np.float32)
+    movie_vectors = np.hstack([rng.normal(0.0, _FACTOR_SCALE, (n_movies, _FACTORS)), genre_share]).astype(np.float32)
     user_vectors = np.hstack(
         [
             rng.normal(0.0, _FACTOR_SCALE, (n_users, _FACTORS)),

@@ -64,8 +64,7 @@ def mlflow_run(settings: Settings, run_name: str, tags: dict[str, str], *, finis
         raise
     except BaseException as error:
         try:
-            set_tags(settings, run_id, {FAILURE_TAG: f"{type(error).__name__}: {error}"[:_TAG_LIMIT]})
-            end_run(settings, run_id, failed=True)
+            fail_run(settings, run_id, f"{type(error).__name__}: {error}")
         except Exception as ending:  # noqa: BLE001 - the block's error is the one to report
             error.add_note(f"the MLflow run {run_id} could not be ended FAILED either: {ending}")
         raise
@@ -104,9 +103,7 @@ def log_metrics(settings: Settings, run_id: str, metrics: dict[str, float], step
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    client(settings).log_batch(
-        run_id, metrics=[Metric(str(k), float(v), now, step) for k, v in metrics.items()]
-    )
+    client(settings).log_batch(run_id, metrics=[Metric(str(k), float(v), now, step) for k, v in metrics.items()])
 
 
 def log_dict(settings: Settings, run_id: str, data: dict, artifact_file: str) -> None:
@@ -129,4 +126,3 @@ def set_tags(settings: Settings, run_id: str, tags: dict[str, str]) -> None:
 
 def end_run(settings: Settings, run_id: str, *, failed: bool) -> None:
     client(settings).set_terminated(run_id, status="FAILED" if failed else "FINISHED")
-

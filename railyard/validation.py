@@ -18,6 +18,8 @@ from pathlib import Path
 
 import polars as pl
 
+from railyard.configs import ValidationBounds
+from railyard.errors import Refused
 from railyard.fsutil import atomic_write_text
 
 RATING_VALUES = [step / 2 for step in range(1, 11)]  # 0.5, 1.0, ..., 5.0
@@ -25,14 +27,6 @@ _FUTURE_SLACK_S = 86_400  # clocks differ: tolerate a day, not more
 _EXAMPLES = 5
 SLICE_ROWS = 2_000_000  # rows GX's pandas engine holds at a time
 _STATISTICS = ("evaluated_expectations", "successful_expectations", "unsuccessful_expectations", "success_percent")
-
-
-@dataclass(frozen=True)
-class ValidationBounds:
-    min_rows: int
-    max_rows: int
-    min_positive_rate: float
-    max_positive_rate: float
 
 
 @dataclass(frozen=True)
@@ -72,8 +66,10 @@ class ValidationReport:
         return "\n".join([head, *(f"  FAILED {failure.line()}" for failure in self.failures)])
 
 
-class DataValidationError(ValueError):
+class DataValidationError(Refused, ValueError):
     """One or more suites failed: the message names every failed expectation."""
+
+    next_step = "read the HTML report under RAILYARD_HOME/reports, fix or accept the data, start again"
 
     def __init__(self, reports: list[ValidationReport]):
         self.reports = reports
@@ -95,9 +91,12 @@ def ratings_expectations(bounds: ValidationBounds, now_ts: int) -> list:
 
     columns = ["userId", "movieId", "rating", "timestamp"]
     return [
-        gxe.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True, description="exactly the rating columns"),
+        gxe.ExpectTableColumnsToMatchSet(
+            column_set=columns, exact_match=True, description="exactly the rating columns"
+        ),
         gxe.ExpectTableRowCountToBeBetween(
-            min_value=bounds.min_rows, max_value=bounds.max_rows,
+            min_value=bounds.min_rows,
+            max_value=bounds.max_rows,
             description=f"between {bounds.min_rows} and {bounds.max_rows} ratings",
         ),
         *(gxe.ExpectColumnValuesToNotBeNull(column=c, description="no missing values") for c in columns),
@@ -105,17 +104,30 @@ def ratings_expectations(bounds: ValidationBounds, now_ts: int) -> list:
             gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=["int64", "Int64"], description="integer values")
             for c in ("userId", "movieId", "timestamp")
         ),
-        gxe.ExpectColumnValuesToBeInTypeList(column="rating", type_list=["float64", "Float64"], description="numeric ratings"),
-        gxe.ExpectColumnValuesToBeBetween(column="rating", min_value=0.5, max_value=5.0, description="rating within 0.5..5.0"),
-        gxe.ExpectColumnValuesToBeInSet(column="rating", value_set=RATING_VALUES, description="rating in half-star steps"),
-        *(gxe.ExpectColumnValuesToBeBetween(column=c, min_value=1, description="positive ids") for c in ("userId", "movieId")),
+        gxe.ExpectColumnValuesToBeInTypeList(
+            column="rating", type_list=["float64", "Float64"], description="numeric ratings"
+        ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="timestamp", min_value=0, max_value=now_ts + _FUTURE_SLACK_S, description="timestamp not in the future"
+            column="rating", min_value=0.5, max_value=5.0, description="rating within 0.5..5.0"
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="rating", value_set=RATING_VALUES, description="rating in half-star steps"
+        ),
+        *(
+            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=1, description="positive ids")
+            for c in ("userId", "movieId")
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="timestamp",
+            min_value=0,
+            max_value=now_ts + _FUTURE_SLACK_S,
+            description="timestamp not in the future",
         ),
         gxe.ExpectCompoundColumnsToBeUnique(
-            column_list=["userId", "movieId", "timestamp"], description="no duplicate (userId, movieId, timestamp) ratings"
+            column_list=["userId", "movieId", "timestamp"],
+            description="no duplicate (userId, movieId, timestamp) ratings",
         ),
-    ]  # fmt: skip
+    ]
 
 
 def feature_expectations(bounds: ValidationBounds, side: str, cutoff_ts: int) -> list:
@@ -132,21 +144,33 @@ def feature_expectations(bounds: ValidationBounds, side: str, cutoff_ts: int) ->
             column="timestamp", min_value=cutoff_ts, description=f"holdout rows at or after the cut-off {cutoff_ts}"
         )
     return [
-        gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=bounds.max_rows, description=f"a non-empty {side} split"),
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=1, max_value=bounds.max_rows, description=f"a non-empty {side} split"
+        ),
         split,
         *(gxe.ExpectColumnValuesToNotBeNull(column=c, description="no missing values") for c in ("label", *scalars)),
         gxe.ExpectColumnValuesToBeInSet(column="label", value_set=[0.0, 1.0], description="binary label"),
         gxe.ExpectColumnMeanToBeBetween(
-            column="label", min_value=bounds.min_positive_rate, max_value=bounds.max_positive_rate,
+            column="label",
+            min_value=bounds.min_positive_rate,
+            max_value=bounds.max_positive_rate,
             description=f"label balance between {bounds.min_positive_rate} and {bounds.max_positive_rate}",
         ),
-        *(gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, description="counts >= 0") for c in ("user_n", "movie_n")),
         *(
-            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0.5, max_value=5.0, description="mean rating within 0.5..5.0")
+            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, description="counts >= 0")
+            for c in ("user_n", "movie_n")
+        ),
+        *(
+            gxe.ExpectColumnValuesToBeBetween(
+                column=c, min_value=0.5, max_value=5.0, description="mean rating within 0.5..5.0"
+            )
             for c in ("user_mean", "movie_mean")
         ),
-        *(gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=1, description="a rate in [0, 1]") for c in unit),
-    ]  # fmt: skip
+        *(
+            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, max_value=1, description="a rate in [0, 1]")
+            for c in unit
+        ),
+    ]
 
 
 def validate_ratings(ratings: pl.DataFrame, bounds: ValidationBounds, report_dir: Path) -> ValidationReport:
@@ -157,7 +181,9 @@ def validate_features(
     train: pl.DataFrame, holdout: pl.DataFrame, cutoff_ts: int, bounds: ValidationBounds, report_dir: Path
 ) -> tuple[ValidationReport, ValidationReport]:
     return tuple(
-        run_suite(f"features_{side}", frame, feature_expectations(bounds, side, cutoff_ts), report_dir, view=_scalar_view)
+        run_suite(
+            f"features_{side}", frame, feature_expectations(bounds, side, cutoff_ts), report_dir, view=_scalar_view
+        )
         for side, frame in (("train", train), ("holdout", holdout))
     )
 
@@ -210,7 +236,9 @@ def run_suite(
         suite = context.suites.add(gx.ExpectationSuite(name=suite_name, expectations=expectations))
 
         def check(data: pd.DataFrame) -> dict:
-            outcome = batches.get_batch(batch_parameters={"dataframe": data}).validate(suite, result_format=result_format)
+            outcome = batches.get_batch(batch_parameters={"dataframe": data}).validate(
+                suite, result_format=result_format
+            )
             return dict(zip(map(id, expectations), outcome.results, strict=True))
 
         return check
@@ -224,14 +252,19 @@ def run_suite(
     if per_slice:
         check = checker(per_slice, f"{name}.rows")
         # GX reports unexpected rows by index: make it the row's number in ``frame``.
-        sliced = [check(view(rows).to_pandas().set_index("_row").rename_axis(None)) for rows in _row_slices(frame, per_slice)]
+        sliced = [
+            check(view(rows).to_pandas().set_index("_row").rename_axis(None)) for rows in _row_slices(frame, per_slice)
+        ]
         outcomes |= {key: _merged([outcome[key] for outcome in sliced]) for key in map(id, per_slice)}
     results = [outcomes[id(expectation)] for expectation in expectations]
     statistics = calc_validation_statistics(results)
     outcome = ExpectationSuiteValidationResult(
-        success=statistics.success, results=results, suite_name=name, meta={"great_expectations_version": gx.__version__},
+        success=statistics.success,
+        results=results,
+        suite_name=name,
+        meta={"great_expectations_version": gx.__version__},
         statistics={key: getattr(statistics, key) for key in _STATISTICS},
-    )  # fmt: skip
+    )
     report_dir = Path(report_dir)
     html_path = report_dir / f"{name}.html"
     report_dir.mkdir(parents=True, exist_ok=True)
@@ -275,7 +308,10 @@ def _merged(results: list):
     first = results[0]
     merged = dict(first.result or {})
     if "element_count" in merged:  # a map expectation: add up its counts (schema results are alike in every slice)
-        total = {key: sum((r.result or {}).get(key) or 0 for r in results) for key in ("element_count", "unexpected_count", "missing_count")}
+        total = {
+            key: sum((r.result or {}).get(key) or 0 for r in results)
+            for key in ("element_count", "unexpected_count", "missing_count")
+        }
         elements, unexpected, missing = total["element_count"], total["unexpected_count"], total["missing_count"]
         checked = elements - missing
         merged |= {"element_count": elements, "unexpected_count": unexpected}
@@ -289,7 +325,11 @@ def _merged(results: list):
             }
         if "partial_unexpected_index_list" in merged:  # the first unexpected rows of the table, with their values
             pairs = sorted(
-                (pair for r in results for pair in zip(r.result["partial_unexpected_index_list"], r.result["partial_unexpected_list"])),
+                (
+                    pair
+                    for r in results
+                    for pair in zip(r.result["partial_unexpected_index_list"], r.result["partial_unexpected_list"])
+                ),
                 key=lambda pair: pair[0],
             )[:_EXAMPLES]
             merged["partial_unexpected_index_list"] = [row for row, _ in pairs]
@@ -303,9 +343,12 @@ def _merged(results: list):
             merged["partial_unexpected_counts"] = [{"value": v, "count": c} for v, c in counts.most_common(_EXAMPLES)]
     raised = [r.exception_info for r in results if (r.exception_info or {}).get("raised_exception")]
     return ExpectationValidationResult(
-        success=all(r.success for r in results), expectation_config=first.expectation_config, result=merged,
-        meta=first.meta, exception_info=raised[0] if raised else first.exception_info,
-    )  # fmt: skip
+        success=all(r.success for r in results),
+        expectation_config=first.expectation_config,
+        result=merged,
+        meta=first.meta,
+        exception_info=raised[0] if raised else first.exception_info,
+    )
 
 
 def _hashable(value):

@@ -20,7 +20,7 @@ from prefect.flow_runs import pause_flow_run, resume_flow_run, suspend_flow_run
 from prefect.input import RunInput
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from model_registry.reconcile import RunView
+from model_registry.release_rules import RunView
 
 log = logging.getLogger("railyard.approval")
 APPROVAL_ARTIFACT = "approval-needed"
@@ -76,7 +76,9 @@ def pause_key(model: str, version: int) -> str:
     return f"approve-{model}-v{version}"
 
 
-def await_decision(model: str, version: int, instructions: str, timeout_s: int, *, suspend: bool) -> ApprovalDecision | None:
+def await_decision(
+    model: str, version: int, instructions: str, timeout_s: int, *, suspend: bool
+) -> ApprovalDecision | None:
     """The reviewer's decision; None when nobody answered within ``timeout_s``.
 
     Must be called from the flow itself (Prefect pauses flow runs, not task runs). With
@@ -105,7 +107,9 @@ def _conclude_here() -> None:
     from prefect.states import Running
 
     with get_client(sync_client=True) as client:
-        client.set_flow_run_state(UUID(flow_run.get_id()), Running(message="no decision in time: concluding"), force=True)
+        client.set_flow_run_state(
+            UUID(flow_run.get_id()), Running(message="no decision in time: concluding"), force=True
+        )
 
 
 def answer(flow_run_id: str, decision: ApprovalDecision, *, attempts: int = RESUME_ATTEMPTS) -> None:
@@ -120,7 +124,7 @@ def answer(flow_run_id: str, decision: ApprovalDecision, *, attempts: int = RESU
             return resume_flow_run(flow_run_id, run_input=run_input)
         except (RuntimeError, FlowPauseTimeout, ObjectNotFound):  # NotPausedError is a RuntimeError
             raise
-        except Exception as error:  # noqa: BLE001 - transport and server errors: try again
+        except Exception as error:
             if attempt == attempts:
                 raise
             log.warning("resuming flow run %s failed (attempt %d/%d): %s", flow_run_id, attempt, attempts, error)
@@ -161,7 +165,9 @@ def post_artifact(flow_run_id: str, key: str, markdown: str, description: str | 
     """A markdown artifact on a flow run, also from outside it (hooks, other processes)."""
     from prefect.client.schemas.actions import ArtifactCreate
 
-    artifact = ArtifactCreate(key=key, type="markdown", data=markdown, description=description, flow_run_id=UUID(flow_run_id))
+    artifact = ArtifactCreate(
+        key=key, type="markdown", data=markdown, description=description, flow_run_id=UUID(flow_run_id)
+    )
     try:
         with get_client(sync_client=True) as client:
             client.create_artifact(artifact)
@@ -179,5 +185,7 @@ def schedule_deadline_check(deadline: float) -> None:
     except Exception as error:  # noqa: BLE001 - without it the next run or `railyard status` rejects it
         log.warning(
             "could not schedule %s at the review deadline (%s); the next run or `railyard status` will close "
-            "an unanswered review", DEADLINE_DEPLOYMENT, error,
-        )  # fmt: skip
+            "an unanswered review",
+            DEADLINE_DEPLOYMENT,
+            error,
+        )

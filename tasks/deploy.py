@@ -1,11 +1,12 @@
-from infra import deploy
-from infra.serving_client import ModelLoadError
+from infra.rollout import deploy
+from infra.tfserving import target as served
+from infra.tfserving.client import ModelLoadError
 from railyard.settings import Settings
 from tasks.common import MINUTES, model_store, railyard_task
 
 
 @railyard_task(name="resolve-serving", timeout_seconds=5 * MINUTES)
-def serving_target(settings: Settings) -> deploy.ServingTarget:
+def serving_target(settings: Settings) -> served.ServingTarget:
     return deploy.resolve_target(settings)
 
 
@@ -15,9 +16,13 @@ def _worth_retrying(task, task_run, state) -> bool:
 
 
 @railyard_task(
-    name="deploy-canary", timeout_seconds=15 * MINUTES, retries=1, retry_delay_seconds=10, retry_condition_fn=_worth_retrying
+    name="deploy-canary",
+    timeout_seconds=15 * MINUTES,
+    retries=1,
+    retry_delay_seconds=10,
+    retry_condition_fn=_worth_retrying,
 )
-def deploy_canary(target: deploy.ServingTarget, settings: Settings, version: int) -> dict:
+def deploy_canary(target: served.ServingTarget, settings: Settings, version: int) -> dict:
     """Verified copy into the model root, then TF Serving loads it as ``canary`` next to ``stable``."""
     store = model_store(settings)
     deploy.materialize(store, settings.model_name, version, target)
@@ -25,5 +30,5 @@ def deploy_canary(target: deploy.ServingTarget, settings: Settings, version: int
         return deploy.deploy_canary(client, target, settings.model_name, version, settings.serving_load_timeout_s)
 
 
-def serving_labels(target: deploy.ServingTarget, settings: Settings) -> dict[str, int]:
-    return deploy.serving_labels(target, settings.model_name)
+def serving_labels(target: served.ServingTarget, settings: Settings) -> dict[str, int]:
+    return served.serving_labels(target, settings.model_name)

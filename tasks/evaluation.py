@@ -3,29 +3,18 @@ from pathlib import Path
 import polars as pl
 from prefect.artifacts import create_table_artifact
 
-from railyard import evaluation, model, tracking
+from railyard import evaluation, tracking
 from railyard.settings import Settings
 from tasks.common import MINUTES, model_store, railyard_task
-
 
 # The UI renders table cells as markdown, where a leading ">" starts a quote.
 SYMBOLS = {">=": "≥", "<=": "≤"}
 
 
-def thresholds(settings: Settings) -> evaluation.GateThresholds:
-    return evaluation.GateThresholds(
-        min_auc=settings.min_auc,
-        max_logloss=settings.max_logloss,
-        min_auc_change=settings.min_auc_change,
-        max_logloss_change_relative=settings.max_logloss_change_relative,
-    )
-
-
 @railyard_task(name="evaluate", timeout_seconds=60 * MINUTES)
 def evaluate(export_dir: Path, holdout: pl.DataFrame, settings: Settings, run_id: str, plot_path: Path) -> dict:
-    """Score the exported SavedModel itself on the holdout: what is measured is what ships."""
-    scores = model.predict_saved_model(export_dir, holdout.get_column("userId"), holdout.get_column("movieId"))
-    result = evaluation.evaluate_scores(holdout, scores)
+    """The exported SavedModel itself, scored on the holdout: what is measured is what ships."""
+    result = evaluation.evaluate_saved_model(export_dir, holdout)
     tracking.log_metrics(settings, run_id, result.metrics)
     evaluation.plot_roc(result, plot_path, title=f"{settings.model_name}: holdout ROC")
     tracking.log_artifact(settings, run_id, plot_path, "evaluation")
@@ -37,8 +26,7 @@ def evaluate_production(version: int, holdout: pl.DataFrame, settings: Settings,
     """The production model, fetched verified from the store, scored on the same fresh holdout."""
     store = model_store(settings)
     local = store.download(settings.model_name, version, work_dir / f"production-{version}")
-    scores = model.predict_saved_model(local, holdout.get_column("userId"), holdout.get_column("movieId"))
-    metrics = evaluation.evaluate_scores(holdout, scores).metrics
+    metrics = evaluation.evaluate_saved_model(local, holdout).metrics
     tracking.log_metrics(settings, run_id, {f"production_{name}": value for name, value in metrics.items()})
     return metrics
 
@@ -48,14 +36,19 @@ def gate(
     metrics: dict, settings: Settings, run_id: str, production_metrics: dict | None, production_version: int | None
 ) -> evaluation.GateDecision:
     decision = evaluation.gate(
-        metrics, thresholds(settings), baseline_metrics=production_metrics, baseline_version=production_version
+        metrics, settings.gate_thresholds(), baseline_metrics=production_metrics, baseline_version=production_version
     )
     tracking.log_dict(settings, run_id, decision.as_dict(), "evaluation/gate_decision.json")
     tracking.set_tags(settings, run_id, {"railyard.blessed": str(decision.blessed).lower()})
     create_table_artifact(
         key="evaluation-gate",
         table=[
-            {"check": c.name, "value": round(c.value, 5), "threshold": f"{SYMBOLS[c.direction]} {c.threshold}", "passed": c.passed}
+            {
+                "check": c.name,
+                "value": round(c.value, 5),
+                "threshold": f"{SYMBOLS[c.direction]} {c.threshold}",
+                "passed": c.passed,
+            }
             for c in decision.checks
         ],
         description=f"blessed={decision.blessed} (baseline: production version {production_version}): {decision.reason}",

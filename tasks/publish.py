@@ -27,7 +27,6 @@ def publish(
     return published
 
 
-
 @railyard_task(name="find-published-version", timeout_seconds=5 * MINUTES, retries=2, retry_delay_seconds=10)
 def find_published(settings: Settings, data_fingerprint: str, code_version: str) -> Manifest | None:
     """The stored version already holding the model of this data and code, if any."""

@@ -16,11 +16,22 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from infra import deploy
 from infra.local_server.background import LocalServerError
-from infra.serving_client import ServingError
-from infra.tfserving_config import CANARY, STABLE
-from model_registry.reconcile import Ending, release_ending, serving_plan, store_gaps
+from infra.rollout import deploy
+from infra.tfserving import target as served
+from infra.tfserving.client import ServingError
+from infra.tfserving.protocol import CANARY, STABLE
+from model_registry.release_rules import (
+    SYSTEM_ACTOR,
+    Ending,
+    Outcome,
+    Verdict,
+    release_ending,
+    release_verdict,
+    review_outcome,
+    serving_plan,
+    store_gaps,
+)
 from model_registry.stages import RELEASE_RUN_TAG, STAGE_TAG, RegistryOutOfSync, Stage, StageRegistry
 from railyard import tracking
 from railyard.notify import notify
@@ -30,13 +41,14 @@ from tasks import approval
 from tasks.common import MINUTES, model_store, railyard_task
 
 log = logging.getLogger("railyard.release")
-SYSTEM_ACTOR = "railyard"
 REVIEW_RUN_TAG = "railyard.review_run"  # the flow run that put a version up for review (kept)
 IN_FLIGHT = (Stage.CANDIDATE.value, Stage.STAGING.value)
 
 
 class RegistryLost(RegistryOutOfSync):
     """The store holds versions that MLflow has never heard of: its database was lost or replaced."""
+
+    next_step = "restore the MLflow database, or run `railyard restore-registry`; nothing was changed"
 
 
 def registry(settings: Settings) -> StageRegistry:
@@ -63,7 +75,9 @@ def release_owner(flow_run_id: str | None, mode: str, deadline: float | None = N
 # -- reconciliation ---------------------------------------------------------------------------
 
 
-def reconcile(settings: Settings, *, start_serving: bool = True, ended_run: tuple[str, Ending] | None = None) -> list[str]:
+def reconcile(
+    settings: Settings, *, start_serving: bool = True, ended_run: tuple[str, Ending] | None = None
+) -> list[str]:
     """Bring the release state in line with what really happened; one sentence per repair.
 
     Call it holding the release lock. Refuses (RegistryLost) when the store holds versions MLflow
@@ -80,9 +94,11 @@ def reconcile(settings: Settings, *, start_serving: bool = True, ended_run: tupl
             ending = ended_run[1]
         else:
             ending = release_ending(
-                owner, approval.run_view(owner["flow_run_id"]), now=time.time(),
+                owner,
+                approval.run_view(owner["flow_run_id"]),
+                now=time.time(),
                 process_alive=process_alive(owner.get("process")),
-            )  # fmt: skip
+            )
         if ending is None:
             in_review = version if tags[STAGE_TAG] == Stage.STAGING.value else in_review
         else:
@@ -90,7 +106,7 @@ def reconcile(settings: Settings, *, start_serving: bool = True, ended_run: tupl
     said += fail_interrupted_runs(settings, ended_run)
     try:
         target = deploy.resolve_target(settings, start_local=False)
-        if target is None and start_serving and deploy.serving_labels_on_file(settings):
+        if target is None and start_serving and served.serving_labels_on_file(settings):
             said.append("the local serving process was not running: started it again")
             target = deploy.resolve_target(settings)
         if target is not None:
@@ -121,8 +137,12 @@ def register_stranded(settings: Settings, stages: StageRegistry) -> list[str]:
     said = []
     for version in gaps.stranded:
         manifest = manifests[version]
-        lineage = {"mlflow_run_id": runs[version], "data_fingerprint": manifest.metadata["data_fingerprint"],
-                   "store_uri": store.version_uri(model, version), "manifest_sha256": manifest.checksum}  # fmt: skip
+        lineage = {
+            "mlflow_run_id": runs[version],
+            "data_fingerprint": manifest.metadata["data_fingerprint"],
+            "store_uri": store.version_uri(model, version),
+            "manifest_sha256": manifest.checksum,
+        }
         stages.register(version, store.version_uri(model, version), runs[version], lineage, description="")
         said.append(f"version {version} was published but never registered: registered it as a candidate")
     return said
@@ -134,7 +154,9 @@ def end_release(settings: Settings, version: int, stage: Stage, ending: Ending, 
         registry(settings).set_release_run(version, None)
         return f"version {version} stays a candidate ({ending.kind}: {ending.reason}); a re-run on the same data releases it"
     reason = f"{ending.kind}: {ending.reason}"
-    record_rejection(settings, version, actor=SYSTEM_ACTOR, reason=reason, ending=ending.kind, flow_run_id=owner.get("flow_run_id"))
+    record_rejection(
+        settings, version, actor=SYSTEM_ACTOR, reason=reason, ending=ending.kind, flow_run_id=owner.get("flow_run_id")
+    )
     approval.close_review(owner["flow_run_id"], f"version {version} was rejected ({reason})")
     return f"version {version} was rejected: {reason}"
 
@@ -156,15 +178,19 @@ def fail_interrupted_runs(settings: Settings, ended_run: tuple[str, Ending] | No
     return said
 
 
-def repair_serving(settings: Settings, target: deploy.ServingTarget, production: int | None, in_review: int | None) -> list[str]:
+def repair_serving(
+    settings: Settings, target: served.ServingTarget, production: int | None, in_review: int | None
+) -> list[str]:
     """Make the server serve what its config file says, and the file what MLflow says."""
     model, said = settings.model_name, []
     with target.client(attempts=settings.serving_attempts) as client:
-        on_file = deploy.serving_labels(target, model)
+        on_file = served.serving_labels(target, model)
         live = {label: v for label in (STABLE, CANARY) if (v := client.label_version(model, label)) is not None}
         if live != on_file:
-            client.reload_config(deploy.known_good_config(target))
-            said.append(f"the server served {live or 'nothing'} but its config says {on_file or 'nothing'}: sent the config again")
+            client.reload_config(served.known_good_config(target))
+            said.append(
+                f"the server served {live or 'nothing'} but its config says {on_file or 'nothing'}: sent the config again"
+            )
         plan = serving_plan(production, in_review, on_file)
         store = model_store(settings)
         for version in (plan.stable, plan.canary):
@@ -173,7 +199,9 @@ def repair_serving(settings: Settings, target: deploy.ServingTarget, production:
         timeout = settings.serving_load_timeout_s
         if plan.stable is not None:
             deploy.make_stable(client, target, model, plan.stable, timeout)
-            said.append(f"stable served {on_file.get(STABLE)}, MLflow's production version is {plan.stable}: moved stable to it")
+            said.append(
+                f"stable served {on_file.get(STABLE)}, MLflow's production version is {plan.stable}: moved stable to it"
+            )
         if plan.canary is not None:
             deploy.deploy_canary(client, target, model, plan.canary, timeout)
             said.append(f"version {plan.canary} awaits review but was not the canary: loaded it as canary again")
@@ -201,15 +229,23 @@ def register(settings: Settings, version: int, source: str, run_id: str, lineage
 
 @railyard_task(name="record-stage", timeout_seconds=5 * MINUTES, retries=2, retry_delay_seconds=10)
 def record_stage(
-    settings: Settings, version: int, stage: str, *, actor: str, reason: str, flow_run_id: str | None,
+    settings: Settings,
+    version: int,
+    stage: str,
+    *,
+    actor: str,
+    reason: str,
+    flow_run_id: str | None,
     smoke_passed: bool | None = None,
-) -> dict:  # fmt: skip
+) -> dict:
     return registry(settings).transition(
         version, Stage(stage), actor=actor, reason=reason, flow_run_id=flow_run_id, smoke_passed=smoke_passed
     )
 
 
-def record_rejection(settings: Settings, version: int, *, actor: str, reason: str, ending: str, flow_run_id: str | None) -> None:
+def record_rejection(
+    settings: Settings, version: int, *, actor: str, reason: str, ending: str, flow_run_id: str | None
+) -> None:
     """Reject a version and say so: MLflow's history, the log and the webhook."""
     stages = registry(settings)
     stages.transition(version, Stage.REJECTED, actor=actor, reason=reason, flow_run_id=flow_run_id)
@@ -221,19 +257,25 @@ def record_rejection(settings: Settings, version: int, *, actor: str, reason: st
 
 @railyard_task(name="reject-version", timeout_seconds=10 * MINUTES, retries=1, retry_delay_seconds=10)
 def reject(
-    target: deploy.ServingTarget, settings: Settings, version: int, *, actor: str, reason: str, ending: str,
+    target: served.ServingTarget,
+    settings: Settings,
+    version: int,
+    *,
+    actor: str,
+    reason: str,
+    ending: str,
     flow_run_id: str | None,
-) -> None:  # fmt: skip
+) -> None:
     """Unload the version if it is served (stable keeps answering), then reject it."""
     registry(settings).check_transition(version, Stage.REJECTED)
-    if version in deploy.served_version_numbers(target, settings.model_name):
+    if version in served.served_version_numbers(target, settings.model_name):
         with target.client(attempts=settings.serving_attempts) as client:
             deploy.remove_canary(client, target, settings.model_name, version)
     record_rejection(settings, version, actor=actor, reason=reason, ending=ending, flow_run_id=flow_run_id)
 
 
 @railyard_task(name="supersede-older-releases", timeout_seconds=10 * MINUTES)
-def supersede(target: deploy.ServingTarget, settings: Settings, version: int, flow_run_id: str | None) -> list[int]:
+def supersede(target: served.ServingTarget, settings: Settings, version: int, flow_run_id: str | None) -> list[int]:
     """Older versions still awaiting review (or never deployed) give way to this newer one.
 
     A waiting retrain run is answered "reject" by Railyard, so it wakes up and ends, recording
@@ -243,11 +285,21 @@ def supersede(target: deploy.ServingTarget, settings: Settings, version: int, fl
     for other, tags in sorted(registry(settings).all_tags().items()):
         if other >= version or tags.get(STAGE_TAG) not in IN_FLIGHT:
             continue
-        reason = f"superseded by version {version}, trained on newer data"
-        reject.fn(target, settings, other, actor=SYSTEM_ACTOR, reason=reason, ending="superseded", flow_run_id=flow_run_id)
+        verdict = release_verdict(Outcome.SUPERSEDED, str(version))
+        reject.fn(
+            target,
+            settings,
+            other,
+            actor=verdict.actor,
+            reason=verdict.reason,
+            ending=verdict.ending,
+            flow_run_id=flow_run_id,
+        )
         waiting_run = tags.get(REVIEW_RUN_TAG) if tags[STAGE_TAG] == Stage.STAGING.value else None
         if waiting_run:
-            decision = approval.ApprovalDecision(decision=approval.REJECT, reviewer=SYSTEM_ACTOR, comment=reason)
+            decision = approval.ApprovalDecision(
+                decision=approval.REJECT, reviewer=SYSTEM_ACTOR, comment=verdict.reason
+            )
             try:
                 approval.answer(waiting_run, decision)
             except Exception as error:  # noqa: BLE001 - the run is gone: reconcile closes its review
@@ -258,7 +310,7 @@ def supersede(target: deploy.ServingTarget, settings: Settings, version: int, fl
 
 @railyard_task(name="promote-to-production", timeout_seconds=20 * MINUTES)
 def promote(
-    target: deploy.ServingTarget, settings: Settings, version: int, *, actor: str, reason: str, flow_run_id: str | None
+    target: served.ServingTarget, settings: Settings, version: int, *, actor: str, reason: str, flow_run_id: str | None
 ) -> dict:
     """Checks the stage change is legal, serves the version as ``stable``, then records it.
 
@@ -279,21 +331,38 @@ def promote(
 
 
 def conclude_review(
-    target: deploy.ServingTarget, settings: Settings, version: int, decision: approval.ApprovalDecision | None,
+    target: served.ServingTarget,
+    settings: Settings,
+    version: int,
+    decision: approval.ApprovalDecision | None,
     flow_run_id: str | None,
-) -> dict:  # fmt: skip
+) -> dict:
     """Apply the reviewer's decision (None: the approval window ran out) if the version still
     awaits it; the last history entry either way (someone else may have decided meanwhile)."""
     stages = registry(settings)
     if stages.stage(version) is Stage.STAGING:
         if decision is None:
-            reason = f"no approval within {settings.approval_timeout_s} s"
-            reject(target, settings, version, actor=SYSTEM_ACTOR, reason=reason, ending="timed out", flow_run_id=flow_run_id)
-        elif decision.approve:
-            promote(target, settings, version, actor=decision.reviewer, reason=decision.comment or "approved", flow_run_id=flow_run_id)
+            verdict = release_verdict(Outcome.TIMED_OUT, f"{settings.approval_timeout_s} s")
         else:
-            reject(target, settings, version, actor=decision.reviewer, reason=decision.comment, ending="rejected", flow_run_id=flow_run_id)
+            verdict = release_verdict(review_outcome(decision.decision), decision.comment, actor=decision.reviewer)
+        apply_verdict(target, settings, version, verdict, flow_run_id)
     return stages.history(version)[-1]
+
+
+def apply_verdict(
+    target: served.ServingTarget, settings: Settings, version: int, verdict: Verdict, flow_run_id: str | None
+) -> None:
+    """Carry out a release verdict: reject (unloading the canary), promote, record staging, or
+    leave the version a candidate that no run carries any more."""
+    record = dict(actor=verdict.actor, reason=verdict.reason, flow_run_id=flow_run_id)
+    if verdict.stage is Stage.REJECTED:
+        reject(target, settings, version, ending=verdict.ending, **record)
+    elif verdict.stage is Stage.PRODUCTION:
+        promote(target, settings, version, **record)
+    elif verdict.stage is Stage.STAGING:  # reached only through passed smoke tests
+        record_stage(settings, version, Stage.STAGING.value, smoke_passed=True, **record)
+    else:
+        registry(settings).set_release_run(version, None)
 
 
 def version_in_review_by(settings: Settings, flow_run_id: str | None) -> int | None:
@@ -323,7 +392,7 @@ def restore_registry(settings: Settings, actor: str) -> tuple[list[int], int | N
     the one that is production again because `stable` serves it."""
     store, model = model_store(settings), settings.model_name
     versions = store.list_versions(model)
-    production = deploy.serving_labels_on_file(settings).get(STABLE)
+    production = served.serving_labels_on_file(settings).get(STABLE)
     sources = {version: store.version_uri(model, version) for version in versions}
     registry(settings).restore(sources, production if production in sources else None, actor=actor)
     return versions, production

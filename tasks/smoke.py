@@ -1,24 +1,21 @@
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from infra import deploy, smoke
-from infra.tfserving_config import CANARY
-from railyard import tracking
+from infra.rollout import smoke
+from infra.tfserving.protocol import CANARY
+from infra.tfserving.target import ServingTarget
+from railyard import contract, tracking
 from railyard.settings import Settings
 from tasks.common import MINUTES, railyard_task
 
 
-def budget(settings: Settings) -> smoke.SmokeBudget:
-    return smoke.SmokeBudget(
-        p95_ms=settings.smoke_p95_ms, requests=settings.smoke_requests, concurrency=settings.smoke_concurrency
-    )
-
-
 @railyard_task(name="smoke-tests", timeout_seconds=10 * MINUTES)
-def smoke_tests(target: deploy.ServingTarget, settings: Settings, version: int, run_id: str) -> smoke.SmokeReport:
+def smoke_tests(target: ServingTarget, settings: Settings, version: int, run_id: str) -> smoke.SmokeReport:
     """Check the canary through REST and gRPC; record the outcome in MLflow and the Prefect UI."""
-    golden = smoke.read_golden(target.model_root / settings.model_name / str(version))
+    golden = contract.read_golden(target.model_root / settings.model_name / str(version))
     with target.client(attempts=settings.serving_attempts) as client:
-        report = smoke.run_smoke_tests(client, settings.model_name, version, golden, budget(settings), label=CANARY)
+        report = smoke.run_smoke_tests(
+            client, settings.model_name, version, golden, settings.smoke_budget(), label=CANARY
+        )
     tracking.log_metrics(
         settings,
         run_id,

@@ -8,15 +8,6 @@ from railyard.settings import Settings
 from tasks.common import MINUTES, railyard_task
 
 
-def bounds(settings: Settings) -> validation.ValidationBounds:
-    return validation.ValidationBounds(
-        min_rows=settings.min_rows,
-        max_rows=settings.max_rows,
-        min_positive_rate=settings.min_positive_rate,
-        max_positive_rate=settings.max_positive_rate,
-    )
-
-
 def _publish(reports: tuple[validation.ValidationReport, ...]) -> None:
     """Show every suite's outcome in the Prefect UI, then stop the flow if any failed."""
     for report in reports:
@@ -30,13 +21,13 @@ def _publish(reports: tuple[validation.ValidationReport, ...]) -> None:
 
 @railyard_task(name="validate-raw-data", timeout_seconds=30 * MINUTES)
 def validate_raw(dataset_ratings, settings: Settings, report_dir: Path) -> None:
-    _publish((validation.validate_ratings(dataset_ratings, bounds(settings), report_dir),))
+    _publish((validation.validate_ratings(dataset_ratings, settings.validation_bounds(), report_dir),))
 
 
 @railyard_task(name="validate-features", timeout_seconds=30 * MINUTES)
 def validate_features(feature_set: FeatureSet, settings: Settings, report_dir: Path) -> None:
     _publish(
         validation.validate_features(
-            feature_set.train, feature_set.holdout, feature_set.cutoff_ts, bounds(settings), report_dir
+            feature_set.train, feature_set.holdout, feature_set.cutoff_ts, settings.validation_bounds(), report_dir
         )
     )

@@ -5,6 +5,9 @@ from pathlib import Path
 
 import pytest
 
+# Assertions in the shared support code are rewritten like the tests' own.
+pytest.register_assert_rewrite("tests.support")
+
 # Fixtures that start servers (moto S3, a Prefect server) and build stores, for every test module.
 pytest_plugins = ["tests.support.s3_server", "tests.support.prefect_server", "tests.support.stores"]
 

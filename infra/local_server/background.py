@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from railyard.errors import RailyardError
 from railyard.fsutil import atomic_write_text
 
 STATE_FILE = "server.json"
@@ -27,8 +28,10 @@ LOG_FILE = "server.log"
 START_TIMEOUT_S = 240.0  # the child imports TensorFlow (~20 s here) and loads the served versions
 
 
-class LocalServerError(RuntimeError):
+class LocalServerError(RailyardError):
     """The local server could not be started (or another one holds its state folder)."""
+
+    next_step = "production is unchanged; run again once serving is back (a published version is picked up)"
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,18 @@ def ensure_running(state_dir: Path, config_path: Path, rest_port: int, grpc_port
         return state
     state_dir.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "infra.local_server", "--model_config_file", str(config_path),
-        "--state_dir", str(state_dir), "--port", str(grpc_port), "--rest_api_port", str(rest_port),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "infra.local_server",
+        "--model_config_file",
+        str(config_path),
+        "--state_dir",
+        str(state_dir),
+        "--port",
+        str(grpc_port),
+        "--rest_api_port",
+        str(rest_port),
+    ]
     with open(state_dir / LOG_FILE, "ab") as log:
         child = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
@@ -111,7 +123,9 @@ def ensure_running(state_dir: Path, config_path: Path, rest_port: int, grpc_port
     raise TimeoutError(f"the local server did not start within {START_TIMEOUT_S:g} s; see {state_dir / LOG_FILE}")
 
 
-def serve_foreground(state_dir: Path, config_path: Path, rest_port: int, grpc_port: int, host: str = "127.0.0.1") -> None:
+def serve_foreground(
+    state_dir: Path, config_path: Path, rest_port: int, grpc_port: int, host: str = "127.0.0.1"
+) -> None:
     """Serve until SIGINT/SIGTERM, announcing the server in the state folder while it runs.
 
     Fails (like TF Serving) when the config's models cannot be loaded, or when this state

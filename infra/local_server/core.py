@@ -28,8 +28,16 @@ from tensorflow_serving.config.model_server_config_pb2 import ModelConfig, Model
 
 from infra.local_server.errors import StatusError, status_from_exception
 from infra.local_server.servable import Servable
-from infra.serving_client import AVAILABLE, END, LOADING, NO_LABELS_YET, START, UNLOADING, VersionStatus
-from infra.tfserving_config import MODEL_PLATFORM
+from infra.tfserving.protocol import (
+    AVAILABLE,
+    END,
+    LOADING,
+    MODEL_PLATFORM,
+    NO_LABELS_YET,
+    START,
+    UNLOADING,
+    VersionStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +139,10 @@ class ServerCore:
         """ServerCore::WaitUntilModelsAvailable: a reload returns once its new models settled."""
         with self._lock:
             self._changed.wait_for(
-                lambda: self._stopping.is_set()
-                or all(v.state in (AVAILABLE, END) for name in names for v in self._models.get(name, {}).values())
+                lambda: (
+                    self._stopping.is_set()
+                    or all(v.state in (AVAILABLE, END) for name in names for v in self._models.get(name, {}).values())
+                )
             )
             failures = []
             for name in sorted(names):
@@ -191,7 +201,7 @@ class ServerCore:
             try:
                 servable, error = Servable(version.path), None
                 break
-            except Exception as exc:  # the status carries the message; keep serving the rest
+            except Exception as exc:  # noqa: BLE001 - the status carries the message; keep serving the rest
                 servable, error = None, status_from_exception(exc)
                 log.warning("Loading servable {name: %s version: %d} failed: %s", name, number, error)
             with self._lock:

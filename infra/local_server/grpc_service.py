@@ -22,7 +22,7 @@ from tensorflow_serving.apis import (
 from infra.local_server.core import ServerCore
 from infra.local_server.errors import StatusError
 from infra.local_server.protos import SIGNATURE_DEF_FIELD, metadata_response, model_spec, status_response, tensor_proto
-from infra.serving_client import SIGNATURE_NAME
+from railyard.contract import SIGNATURE_NAME
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")

@@ -11,7 +11,7 @@ from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, model_pb2
 
 from infra.local_server.servable import Servable
-from infra.serving_client import VersionStatus
+from infra.tfserving.protocol import VersionStatus
 
 SIGNATURE_DEF_FIELD = "signature_def"  # the only metadata field TF Serving supports
 

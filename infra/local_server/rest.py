@@ -108,7 +108,7 @@ def _from_instances(instances: list, dtypes: Mapping[str, Any]) -> dict[str, np.
         if by_name != _is_named(item):
             expected, got = ("object", "list") if by_name else ("value/list", "object")
             raise StatusError("INVALID_ARGUMENT", f"Expecting {expected} but got {got} at item {index} of input list")
-        for key, value in (item.items() if by_name else [(names[0], item)]):
+        for key, value in item.items() if by_name else [(names[0], item)]:
             where = f"element: {index} key: {key}" if by_name else f"element: {index}"
             try:
                 if key not in dtypes:
@@ -279,10 +279,10 @@ def make_handler(core: ServerCore) -> type[BaseHTTPRequestHandler]:
     class RestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             self._answer("GET")
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self._answer("POST")
 
         def _answer(self, method: str) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from infra.local_server.errors import StatusError, status_from_exception
-from infra.serving_client import SIGNATURE_NAME
-from infra.warmup import read_warmup_requests
+from infra.tfserving.warmup import read_warmup_requests
+from railyard.contract import SIGNATURE_NAME
 
 SERVE_TAG = "serve"
 

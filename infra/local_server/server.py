@@ -18,7 +18,7 @@ from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 from infra.local_server.core import ServerCore
 from infra.local_server.grpc_service import add_services
 from infra.local_server.rest import make_handler
-from infra.tfserving_config import read_config, write_config_atomically
+from infra.tfserving.model_config import read_config, write_config_atomically
 
 log = logging.getLogger(__name__)
 
@@ -121,4 +121,3 @@ class LocalServingServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
-

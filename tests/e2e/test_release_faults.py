@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, prefect_server):  # noqa: F811 - the imported fixture
+def world(tmp_path_factory, prefect_server):
     world = World(tmp_path_factory.mktemp("faults"), prefect_server)
     world.finish(world.start_run(1, "--auto-approve"))  # version 1 in production
     yield world

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, prefect_server):  # noqa: F811 - the imported fixture
+def world(tmp_path_factory, prefect_server):
     world = World(tmp_path_factory.mktemp("release"), prefect_server)
     yield world
     world.railyard("serve", "--stop", check=False)
@@ -45,12 +45,16 @@ def test_deploy_registers_every_deployment_with_schedule_and_typed_parameters(wo
     for name in ("promote/promote", "rollback/rollback", "reconcile/reconcile"):
         assert world.api("GET", f"/deployments/name/{name}")[0] == 200
 
-    status, error = world.api("POST", f"/deployments/{daily['id']}/create_flow_run", {"parameters": {"holdout_fraction": 2}})
+    status, error = world.api(
+        "POST", f"/deployments/{daily['id']}/create_flow_run", {"parameters": {"holdout_fraction": 2}}
+    )
     assert status == 409 and "holdout_fraction" in str(error)
 
     # The server's scheduler turns the cron into runs: the daily retraining really happens.
     scheduled = _scheduled_runs(world, daily["id"], wait_s=120)
-    starts = [datetime.fromisoformat(run["expected_start_time"]).astimezone(ZoneInfo("Europe/Berlin")) for run in scheduled]
+    starts = [
+        datetime.fromisoformat(run["expected_start_time"]).astimezone(ZoneInfo("Europe/Berlin")) for run in scheduled
+    ]
     assert starts and all((start.hour, start.minute) == (3, 0) for start in starts)
     assert all(run["auto_scheduled"] and run["parameters"] == {"auto_approve": False} for run in scheduled)
 
@@ -155,8 +159,11 @@ def test_a_deployment_run_waits_for_its_review_without_a_process_a_slot_or_a_lea
     assert promoted["flow_run_id"] == flow_run_id
     assert world.history(1)[-1]["reason"] == "replaced by version 2"
     assert world.status()["serving"] == {"stable": 2, "canary": 2}
-    artifacts = world.api("POST", "/artifacts/filter", {"artifacts": {"key": {"any_": ["approval-needed"]}},
-                                                         "flow_runs": {"id": {"any_": [flow_run_id]}}})[1]  # fmt: skip
+    artifacts = world.api(
+        "POST",
+        "/artifacts/filter",
+        {"artifacts": {"key": {"any_": ["approval-needed"]}}, "flow_runs": {"id": {"any_": [flow_run_id]}}},
+    )[1]
     assert any("promoted to production by alice" in str(artifact["data"]) for artifact in artifacts)
 
 
@@ -223,6 +230,12 @@ def test_rollback_restores_the_previous_production_version_and_refuses_others(wo
     assert "complaints about v2" in restored["reason"]
     assert world.status()["serving"]["stable"] == 1
     # The whole story, on both versions' transition histories.
-    assert [entry["stage"] for entry in world.history(1)] == ["candidate", "staging", "production", "archived", "production"]
+    assert [entry["stage"] for entry in world.history(1)] == [
+        "candidate",
+        "staging",
+        "production",
+        "archived",
+        "production",
+    ]
     assert [entry["stage"] for entry in world.history(2)] == ["candidate", "staging", "production", "archived"]
     assert world.history(2)[-1]["actor"] == "carol"

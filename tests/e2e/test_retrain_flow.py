@@ -38,12 +38,16 @@ def test_cli_run_trains_publishes_to_s3_deploys_and_tracks(tmp_path, s3_bucket):
         "RAILYARD_LOCAL_SERVING_GRPC_PORT": "0",
     }
     env.pop("PREFECT_HOME")  # the CLI must set up its own Prefect world under RAILYARD_HOME
-    command = [sys.executable, "-m", "railyard"]
+    command = [sys.executable, "-m", "cli"]
     try:
         completed = subprocess.run(
             [*command, "run", "--data", str(data), "--auto-approve", "--json"],
-            env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path,
-        )  # fmt: skip
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=tmp_path,
+        )
     finally:
         subprocess.run([*command, "serve", "--stop"], env=env, capture_output=True, timeout=120, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
@@ -62,7 +66,7 @@ def test_cli_run_trains_publishes_to_s3_deploys_and_tracks(tmp_path, s3_bucket):
     assert (home / "serving" / "models" / "recmodel" / "1" / "saved_model.pb").is_file()
     assert summary["stage"] == "production" and summary["serving"]["labels"] == {"stable": 1, "canary": 1}
     assert summary["curl"] == (
-        "curl -s -d '{\"instances\": [{\"userId\": 6, \"movieId\": 1}]}' "
+        'curl -s -d \'{"instances": [{"userId": 6, "movieId": 1}]}\' '
         f"{summary['serving']['rest']}/v1/models/recmodel/labels/stable:predict"
     )
 
@@ -122,16 +126,21 @@ def test_invalid_data_fails_validation_before_training(case, mutate, expected, f
     from flows.retrain import retrain
     from railyard.validation import DataValidationError
 
-    data = _write_ratings(tmp_path / case, "userId,movieId,rating,timestamp\n" + "\n".join(mutate(_valid_rows())) + "\n")
+    data = _write_ratings(
+        tmp_path / case, "userId,movieId,rating,timestamp\n" + "\n".join(mutate(_valid_rows())) + "\n"
+    )
     with pytest.raises(DataValidationError, match=expected) as raised:
         retrain(data_dir=str(data))
-    assert "unexpected" in str(raised.value).lower() or any(f.unexpected_count for r in raised.value.reports for f in r.failures)
+    assert "unexpected" in str(raised.value).lower() or any(
+        f.unexpected_count for r in raised.value.reports for f in r.failures
+    )
     assert _store_versions(flow_home) == []
     assert list((flow_home / "reports").rglob("*.html")), "an HTML report is written"
 
 
 def test_unblessed_model_is_not_published(flow_home, tmp_path, monkeypatch):
-    from flows.retrain import ModelRejected, retrain
+    from flows.retrain import retrain
+    from railyard.errors import ModelRejected
 
     monkeypatch.setenv("RAILYARD_MIN_AUC", "0.9999")
     data = tmp_path / "data"
@@ -145,7 +154,7 @@ def test_serving_down_fails_clearly_and_leaves_a_candidate(flow_home, tmp_path, 
     from mlflow.tracking import MlflowClient
 
     from flows.retrain import retrain
-    from infra.serving_client import ServingUnavailableError
+    from infra.tfserving.client import ServingUnavailableError
     from tests.support.s3_server import free_port
 
     monkeypatch.setenv("RAILYARD_SERVING_GRPC", f"127.0.0.1:{free_port()}")

@@ -52,13 +52,17 @@ def _flow_run(api_url: str, run_id: str) -> dict:
         return json.loads(response.read())
 
 
-def test_a_real_prefect_server_refuses_bad_answers_and_resumes_with_a_good_one(prefect_server, tmp_path):  # noqa: F811
+def test_a_real_prefect_server_refuses_bad_answers_and_resumes_with_a_good_one(prefect_server, tmp_path):
     env = os.environ | {"PREFECT_API_URL": prefect_server}
     env.pop("PREFECT_HOME", None)
     waiting = subprocess.Popen(
-        [sys.executable, "-c", WAITING_FLOW], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "-c", WAITING_FLOW],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         cwd=os.getcwd(),
-    )  # fmt: skip
+    )
     try:
         run_id = _wait_for_paused_run(prefect_server)
         schema = _saved_schema(prefect_server, run_id)
@@ -72,17 +76,31 @@ def test_a_real_prefect_server_refuses_bad_answers_and_resumes_with_a_good_one(p
         client_env = {"PREFECT_API_URL": prefect_server}
         for answer in bad:
             result = subprocess.run(
-                [sys.executable, "-c", f"from prefect.flow_runs import resume_flow_run; resume_flow_run({run_id!r}, run_input={answer!r})"],
-                env=os.environ | client_env, capture_output=True, text=True, timeout=120,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-c",
+                    f"from prefect.flow_runs import resume_flow_run; resume_flow_run({run_id!r}, run_input={answer!r})",
+                ],
+                env=os.environ | client_env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert result.returncode != 0 and "Validation failed" in result.stderr, result.stderr[-2000:]
             assert _flow_run(prefect_server, run_id)["state"]["type"] == "PAUSED"
 
         good = subprocess.run(
-            [sys.executable, "-c", "from tasks.approval import ApprovalDecision, answer; "
-             f"answer({run_id!r}, ApprovalDecision(decision='reject', reviewer='bob', comment='odd scores'))"],
-            env=os.environ | client_env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                "from tasks.approval import ApprovalDecision, answer; "
+                f"answer({run_id!r}, ApprovalDecision(decision='reject', reviewer='bob', comment='odd scores'))",
+            ],
+            env=os.environ | client_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert good.returncode == 0, good.stderr[-2000:]
         output, _ = waiting.communicate(timeout=120)
         assert 'DECISION {"decision":"reject","reviewer":"bob","comment":"odd scores"}' in output
@@ -108,9 +126,10 @@ def _wait_for_paused_run(api_url: str, timeout_s: float = 180) -> str:
 
 def _saved_schema(api_url: str, run_id: str) -> dict:
     request = urllib.request.Request(
-        f"{api_url}/flow_runs/{run_id}/input/filter", data=json.dumps({"prefix": "paused-"}).encode(),
+        f"{api_url}/flow_runs/{run_id}/input/filter",
+        data=json.dumps({"prefix": "paused-"}).encode(),
         headers={"Content-Type": "application/json"},
-    )  # fmt: skip
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         inputs = json.loads(response.read())
     (schema,) = [json.loads(item["value"]) for item in inputs if item["key"].endswith("schema")]

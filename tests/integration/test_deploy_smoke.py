@@ -6,17 +6,21 @@ import shutil
 import numpy as np
 import pytest
 
-pytest.register_assert_rewrite("tests.support.serving_fixtures")
+from infra.rollout import deploy, smoke
+from infra.tfserving.client import ModelLoadError
+from infra.tfserving.model_config import read_config, served_versions
+from infra.tfserving.protocol import CONFIG_FILE
+from infra.tfserving.target import ServingTarget
+from model_registry import open_store
+from model_registry.store import StoreError
+from railyard import contract
+from railyard.configs import SmokeBudget
+from tests.support.serving_fixtures import CORRUPT_VERSION, GOLDEN_INSTANCES, MODEL_NAME, golden
+
+# Session fixtures: tiny SavedModels and local servers, shared by the serving suites.
 pytest_plugins = ["tests.support.serving_fixtures"]
 
-from infra import deploy, smoke  # noqa: E402
-from infra.serving_client import ModelLoadError  # noqa: E402
-from infra.tfserving_config import read_config, served_versions  # noqa: E402
-from model_registry import open_store  # noqa: E402
-from model_registry.store import StoreError  # noqa: E402
-from tests.support.serving_fixtures import CORRUPT_VERSION, GOLDEN_INSTANCES, MODEL_NAME, golden  # noqa: E402
-
-FAST = smoke.SmokeBudget(p95_ms=5_000, requests=20, concurrency=2)
+FAST = SmokeBudget(p95_ms=5_000, requests=20, concurrency=2, tolerance=1e-5)
 
 
 @pytest.fixture
@@ -25,13 +29,15 @@ def world(tmp_path, model_root, start_server):
     store = open_store((tmp_path / "store").as_uri())
     for number, source in enumerate((1, 2, CORRUPT_VERSION), start=1):
         published = store.publish(
-            MODEL_NAME, model_root / MODEL_NAME / str(source), metadata={"data_fingerprint": f"d{number}", "code_version": "c"}
+            MODEL_NAME,
+            model_root / MODEL_NAME / str(source),
+            metadata={"data_fingerprint": f"d{number}", "code_version": "c"},
         )
         assert published.version == number
     serving_root = tmp_path / "serving"
     serving_root.mkdir()
-    server = start_server(config_path=serving_root / deploy.CONFIG_FILE)
-    target = deploy.ServingTarget(server.grpc_target, server.rest_url, serving_root, str(serving_root))
+    server = start_server(config_path=serving_root / CONFIG_FILE)
+    target = ServingTarget(server.grpc_target, server.rest_url, serving_root, str(serving_root))
     with target.client(timeout_s=20) as client:
         yield store, target, client
 
@@ -50,12 +56,17 @@ def test_canary_beside_stable_passes_smoke_tests_then_rolls_back(world, model_ro
     assert served_versions(read_config(target.config_path), MODEL_NAME) == ({1, 2}, labels)  # the known-good file
 
     version_dir = target.model_root / MODEL_NAME / "2"
-    report = smoke.run_smoke_tests(client, MODEL_NAME, 2, smoke.read_golden(version_dir), FAST, label="canary")
+    report = smoke.run_smoke_tests(client, MODEL_NAME, 2, contract.read_golden(version_dir), FAST, label="canary")
     assert report.passed, report.summary()
     assert [c.name for c in report.checks] == [
-        "status", "metadata", "golden_rest_version", "golden_rest_label", "golden_grpc_version", "golden_grpc_label",
+        "status",
+        "metadata",
+        "golden_rest_version",
+        "golden_rest_label",
+        "golden_grpc_version",
+        "golden_grpc_label",
         "latency_burst",
-    ]  # fmt: skip
+    ]
     assert report.requests == 20 and report.errors == 0 and set(report.latency_ms) == {"p50", "p95", "p99", "max"}
 
     assert deploy.remove_canary(client, target, MODEL_NAME, 2) == {"stable": 1, "canary": 1}
@@ -69,13 +80,24 @@ def test_wrong_answers_and_a_blown_latency_budget_fail_named_checks(world):
     store, target, client = world
     version_dir = deploy.materialize(store, MODEL_NAME, 1, target)
     deploy.deploy_canary(client, target, MODEL_NAME, 1, timeout_s=60)
-    expected = smoke.read_golden(version_dir)
+    expected = contract.read_golden(version_dir)
     wrong = expected | {"predictions": [[p[0] + 0.01] for p in expected["predictions"]]}
-    report = smoke.run_smoke_tests(client, MODEL_NAME, 1, wrong, smoke.SmokeBudget(p95_ms=1e-6, requests=5), label="canary")
+    report = smoke.run_smoke_tests(
+        client,
+        MODEL_NAME,
+        1,
+        wrong,
+        SmokeBudget(p95_ms=1e-6, requests=5, concurrency=4, tolerance=1e-5),
+        label="canary",
+    )
     assert not report.passed
     assert {c.name for c in report.failures()} == {
-        "golden_rest_version", "golden_rest_label", "golden_grpc_version", "golden_grpc_label", "latency_burst",
-    }  # fmt: skip
+        "golden_rest_version",
+        "golden_rest_label",
+        "golden_grpc_version",
+        "golden_grpc_label",
+        "latency_burst",
+    }
     assert "differ from the offline model by up to 0.01" in report.failures()[0].detail
     assert "over the 1e-06 ms budget" in report.summary()
 
@@ -84,7 +106,7 @@ def test_smoke_tests_against_an_unserved_label_fail_without_raising(world):
     store, target, client = world
     version_dir = deploy.materialize(store, MODEL_NAME, 1, target)
     deploy.make_stable(client, target, MODEL_NAME, 1, timeout_s=60)
-    report = smoke.run_smoke_tests(client, MODEL_NAME, 1, smoke.read_golden(version_dir), FAST, label="nosuchlabel")
+    report = smoke.run_smoke_tests(client, MODEL_NAME, 1, contract.read_golden(version_dir), FAST, label="nosuchlabel")
     assert {c.name for c in report.failures()} == {"golden_rest_label", "golden_grpc_label"}
     assert "Unrecognized servable version label" in report.failures()[0].detail
 

@@ -91,9 +91,7 @@ def test_start_pulls_missing_image_and_creates_the_container(client):
 
 def test_start_uses_a_present_image_and_custom_ports(client):
     client.containers.create.return_value = make_container("created")
-    launcher = TFServingLauncher(
-        bind_host="10.0.0.5", grpc_port=9500, rest_port=9501, model_root_volume="/srv/models"
-    )
+    launcher = TFServingLauncher(bind_host="10.0.0.5", grpc_port=9500, rest_port=9501, model_root_volume="/srv/models")
     launcher.start()
     client.images.pull.assert_not_called()
     spec = client.containers.create.call_args.kwargs
@@ -245,7 +243,7 @@ def test_config_dir_must_hold_the_server_files(tmp_path: Path):
 
 
 class _Metrics(QuietHandler):
-    def do_GET(self):
+    def do_GET(self):  # noqa: N802 - http.server's naming
         self.send_response(200 if self.path == PROMETHEUS_METRICS_PATH else 404)
         self.end_headers()
         self.wfile.write(b"# metrics\n")
@@ -301,3 +299,44 @@ def test_entrypoint_seeds_models_config_once_and_passes_the_args(tmp_path: Path)
     (models / "models.config").write_text("written by railyard\n")
     run()
     assert (models / "models.config").read_text() == "written by railyard\n"
+
+
+# ---------------------------------------------------------------- `railyard serve --docker`
+
+
+def test_serve_docker_runs_tf_serving_on_the_home_model_root_and_stops_it(client, railyard_home, capsys):
+    from cli.main import main
+
+    client.containers.create.return_value = make_container("created")
+    with pytest.raises(SystemExit) as started:
+        main(["serve", "--docker", "--rest-port", "9501", "--grpc-port", "9500"])
+    assert started.value.code == 0
+
+    model_root = railyard_home / "serving" / "models"
+    spec = client.containers.create.call_args.kwargs
+    assert spec["volumes"][str(model_root)] == {"bind": "/models", "mode": "rw"}
+    assert spec["ports"] == {"8500/tcp": ("127.0.0.1", 9500), "8501/tcp": ("127.0.0.1", 9501)}
+    assert (model_root / "models.config").read_text() == ""  # an empty config: serve nothing yet
+    client.containers.create.return_value.start.assert_called_once()
+    said = capsys.readouterr().out
+    assert "RAILYARD_SERVING_GRPC=127.0.0.1:9500 RAILYARD_SERVING_REST=http://127.0.0.1:9501" in said
+    assert "RAILYARD_SERVING_SERVER_MODEL_ROOT=/models" in said
+
+    running = make_container("running")
+    client.containers.get.side_effect = None
+    client.containers.get.return_value = running
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve", "--docker", "--stop"])
+    assert stopped.value.code == 0
+    running.stop.assert_called_once()
+
+
+def test_serve_docker_without_an_engine_is_one_error_line_and_exit_1(railyard_home, monkeypatch, capsys):
+    from cli.main import main
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{railyard_home / 'docker.sock'}")
+    with pytest.raises(SystemExit) as failed:
+        main(["serve", "--docker"])
+    assert failed.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no Docker engine reachable") and "Traceback" not in err

@@ -12,13 +12,11 @@ import numpy as np
 import pytest
 
 # The fixtures module is also a plugin (shared session fixtures): rewrite it before importing it.
-pytest.register_assert_rewrite("tests.support.serving_fixtures")
-pytest_plugins = ["tests.support.serving_fixtures"]
-
-from infra.local_server import StatusError, background  # noqa: E402
-from infra.serving_client import ServingError, build_predict_request  # noqa: E402
-from infra.tfserving_config import read_config, write_config_atomically  # noqa: E402
-from tests.support.serving_fixtures import (  # noqa: E402
+from infra.local_server import StatusError, background
+from infra.tfserving.client import ServingError
+from infra.tfserving.model_config import read_config, write_config_atomically
+from infra.tfserving.protocol import build_predict_request
+from tests.support.serving_fixtures import (
     CORRUPT_VERSION,
     GOLDEN_INSTANCES,
     MODEL_NAME,
@@ -27,6 +25,9 @@ from tests.support.serving_fixtures import (  # noqa: E402
     golden,
     model_config,
 )
+
+# Session fixtures: tiny SavedModels and local servers, shared by the serving suites.
+pytest_plugins = ["tests.support.serving_fixtures"]
 
 MODEL_PATH = f"/v1/models/{MODEL_NAME}"
 
@@ -175,7 +176,9 @@ def test_grpc_predict_answers_like_tf_serving(contract_server, model_root):
 # -- reload semantics (a fresh server per test) ----------------------------------------------------
 
 
-def test_label_on_a_version_that_is_not_loaded_fails_and_the_config_file_keeps_the_applied_one(start_server, model_root):
+def test_label_on_a_version_that_is_not_loaded_fails_and_the_config_file_keeps_the_applied_one(
+    start_server, model_root
+):
     applied = model_config(model_root, {1}, {"stable": 1})
     server = start_server(applied)
     client = client_for(server)
@@ -328,7 +331,9 @@ def test_bad_config_files_and_busy_ports_are_named(start_server, model_root, tmp
 # -- the background process (what `railyard run` starts and later runs reuse) ----------------------
 
 
-def test_a_background_server_serves_the_config_it_was_given_and_is_reused_then_stopped(model_root, tmp_path, monkeypatch):
+def test_a_background_server_serves_the_config_it_was_given_and_is_reused_then_stopped(
+    model_root, tmp_path, monkeypatch
+):
     # The child's own settings point elsewhere: what it serves must come from its caller.
     monkeypatch.setenv("RAILYARD_HOME", str(tmp_path / "elsewhere"))
     config_path = tmp_path / "configs" / "models.config"
@@ -340,7 +345,7 @@ def test_a_background_server_serves_the_config_it_was_given_and_is_reused_then_s
         served = SimpleNamespace(rest_url=state.rest_url)
         assert rest(served, "GET", MODEL_PATH) == (200, {"model_version_status": [ok(1, "AVAILABLE")]})
         assert background.ensure_running(state_dir, config_path, rest_port=0, grpc_port=0) == state
-        with pytest.raises(RuntimeError, match="stop it with `railyard serve --stop`"):
+        with pytest.raises(background.LocalServerError, match="stop it with `railyard serve --stop`"):
             background.ensure_running(state_dir, tmp_path / "other.config", rest_port=0, grpc_port=0)
     finally:
         stopped = background.stop(state_dir)

@@ -7,7 +7,13 @@ from railyard.settings import Settings
 def test_posts_a_short_json_message(webhook):
     notify(Settings(), "promoted", "recmodel version 3 is in production", version=3, actor="alice")
     assert webhook == [
-        {"event": "promoted", "model": "recmodel", "message": "recmodel version 3 is in production", "version": 3, "actor": "alice"}
+        {
+            "event": "promoted",
+            "model": "recmodel",
+            "message": "recmodel version 3 is in production",
+            "version": 3,
+            "actor": "alice",
+        }
     ]
 
 

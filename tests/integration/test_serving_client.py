@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 
 # The fixtures module is also a plugin (shared session fixtures): rewrite it before importing it.
-pytest.register_assert_rewrite("tests.support.serving_fixtures")
-pytest_plugins = ["tests.support.serving_fixtures"]
-
-from infra import serving_client as S  # noqa: E402
-from infra.tfserving_config import read_config, served_versions  # noqa: E402
-from infra.warmup import WARMUP_FILE, read_warmup_requests, write_warmup_requests  # noqa: E402
-from tests.support.serving_fixtures import (  # noqa: E402
+from infra.rollout import labels
+from infra.tfserving import client as S
+from infra.tfserving.model_config import read_config, served_versions
+from infra.tfserving.protocol import VersionStatus
+from infra.tfserving.warmup import WARMUP_FILE, read_warmup_requests, write_warmup_requests
+from tests.support.serving_fixtures import (
     CORRUPT_VERSION,
     GOLDEN_INSTANCES,
     MODEL_NAME,
@@ -21,6 +20,9 @@ from tests.support.serving_fixtures import (  # noqa: E402
     client_for,
     model_config,
 )
+
+# Session fixtures: tiny SavedModels and local servers, shared by the serving suites.
+pytest_plugins = ["tests.support.serving_fixtures"]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ def test_rest_and_grpc_predictions_equal_the_offline_model(client, model_root, v
 
 
 def test_status_and_metadata(client):
-    assert client.model_status(MODEL_NAME) == [S.VersionStatus(1, "AVAILABLE"), S.VersionStatus(2, "AVAILABLE")]
+    assert client.model_status(MODEL_NAME) == [VersionStatus(1, "AVAILABLE"), VersionStatus(2, "AVAILABLE")]
     metadata = client.metadata_rest(MODEL_NAME, 1)
     assert metadata["model_spec"]["version"] == "1"
     signature = metadata["metadata"]["signature_def"]["signature_def"]["serving_default"]
@@ -100,7 +102,7 @@ def test_load_version_as_canary_loads_then_labels_and_drops_the_old_canary(start
     server = start_server(known_good)
     client = client_for(server)
     base_path = model_root / MODEL_NAME
-    config = S.load_version_as_canary(client, MODEL_NAME, base_path, 3, known_good, timeout_s=60, poll_s=0.05)
+    config = labels.load_version_as_canary(client, MODEL_NAME, base_path, 3, known_good, timeout_s=60, poll_s=0.05)
     assert served_versions(config, MODEL_NAME) == ({1, 3}, {"stable": 1, "canary": 3})
     assert read_config(server.config_path) == config
     assert server.core.wait_until_settled(timeout_s=60)
@@ -115,7 +117,9 @@ def test_a_failed_canary_restores_the_known_good_config(start_server, model_root
     client = client_for(server)
     base_path = model_root / MODEL_NAME
     with pytest.raises(S.ModelLoadError) as error:
-        S.load_version_as_canary(client, MODEL_NAME, base_path, CORRUPT_VERSION, known_good, timeout_s=60, poll_s=0.05)
+        labels.load_version_as_canary(
+            client, MODEL_NAME, base_path, CORRUPT_VERSION, known_good, timeout_s=60, poll_s=0.05
+        )
     assert "the known-good config was sent again" in error.value.__notes__
     assert read_config(server.config_path) == known_good
     with pytest.raises(S.ServingError, match="Unrecognized servable version label: canary"):
@@ -127,7 +131,7 @@ def test_the_first_canary_of_a_model_without_stable(start_server, model_root, tm
     client = client_for(start_server(config_path=tmp_path / "empty.config"))
     nothing = model_config(model_root, set(), {})
     base_path = model_root / MODEL_NAME
-    config = S.load_version_as_canary(client, MODEL_NAME, base_path, 2, nothing, timeout_s=60, poll_s=0.05)
+    config = labels.load_version_as_canary(client, MODEL_NAME, base_path, 2, nothing, timeout_s=60, poll_s=0.05)
     assert served_versions(config, MODEL_NAME) == ({2}, {"canary": 2})
     assert_scores_of(2, by_label(client, "canary"), model_root)
 
@@ -139,15 +143,15 @@ def test_rollback_then_redeploy_then_promote(start_server, model_root):
     base_path = model_root / MODEL_NAME
 
     with pytest.raises(ValueError, match="is the stable version"):
-        S.unload_version(client, MODEL_NAME, base_path, 1, known_good)
-    rolled_back = S.unload_version(client, MODEL_NAME, base_path, 2, known_good)
+        labels.unload_version(client, MODEL_NAME, base_path, 1, known_good)
+    rolled_back = labels.unload_version(client, MODEL_NAME, base_path, 2, known_good)
     assert served_versions(rolled_back, MODEL_NAME) == ({1}, {"stable": 1, "canary": 1})
     with pytest.raises(ValueError, match="version 2 of model 'recmodel' is not served"):
-        S.promote_version(client, MODEL_NAME, base_path, 2, rolled_back)
+        labels.promote_version(client, MODEL_NAME, base_path, 2, rolled_back)
 
     # An unloaded (not failed) version can be loaded again.
-    redeployed = S.load_version_as_canary(client, MODEL_NAME, base_path, 2, rolled_back, timeout_s=60, poll_s=0.05)
-    promoted = S.promote_version(client, MODEL_NAME, base_path, 2, redeployed)
+    redeployed = labels.load_version_as_canary(client, MODEL_NAME, base_path, 2, rolled_back, timeout_s=60, poll_s=0.05)
+    promoted = labels.promote_version(client, MODEL_NAME, base_path, 2, redeployed)
     assert served_versions(promoted, MODEL_NAME) == ({2}, {"stable": 2, "canary": 2})
     assert server.core.wait_until_settled(timeout_s=60)
     assert states(client) == [(1, "END"), (2, "AVAILABLE")]

@@ -1,6 +1,6 @@
 """The versioned model store: one behavioural suite for both backends, plus S3 faults.
 
-S3 runs against moto's server over HTTP on 127.0.0.1 (tests/s3_server.py), never against
+S3 runs against moto's server over HTTP on 127.0.0.1 (tests/support/s3_server.py), never against
 patched boto3. Fault injection wraps the store's own upload step (a crash before the
 manifest) or really stops the server.
 """
@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import threading
-from pathlib import Path
 
 import pytest
-from botocore.awsrequest import AWSResponse
-from botocore.exceptions import ConnectionClosedError
 
 from model_registry import (
     FileEntry,
@@ -33,8 +29,8 @@ from railyard.fsutil import sha256_file
 from tests.support.s3_server import DUMMY_AWS_ENV, MotoS3Server, new_bucket
 from tests.support.stores import (
     FAST,
-    SAVED_MODEL_FILES,
     MODEL,
+    SAVED_MODEL_FILES,
     fail_requests,
     make_saved_model,
     metadata,
@@ -44,6 +40,7 @@ from tests.support.stores import (
     tree_bytes,
     write_stored,
 )
+
 
 class SimulatedCrash(Exception):
     pass
@@ -119,7 +116,7 @@ def test_concurrent_publishers_never_share_a_version(store, tmp_path):
         start.wait()
         try:
             results[n] = own_store.publish(MODEL, sources[n], metadata=metadata(n))
-        except Exception as error:  # surfaced by the assertion below
+        except Exception as error:  # noqa: BLE001 - surfaced by the assertion below
             errors.append(error)
 
     threads = [threading.Thread(target=publish, args=(n,)) for n in range(publishers)]

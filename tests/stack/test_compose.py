@@ -1,38 +1,23 @@
 """The production stack files: the compose file, the images it builds, TF Serving's static configs.
 
-No Docker engine and no compose plugin run on our machines or on CI, so ``load_compose`` does
-what ``docker compose config`` does before it needs an engine:
-
-1. parse the YAML (PyYAML reads YAML 1.1: quote ports and ``"no"``, as compose's docs advise);
-2. interpolate ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}``, ... and ``$$`` from an env file;
-3. validate against the compose-spec JSON schema that Docker Compose v2.40.3 embeds
-   (``infra/compose-schema/``, checked with the ``jsonschema`` package Prefect already depends on);
-4. make the checks compose makes after the schema (port and duration syntax, undefined services
-   and volumes, dependency cycles) plus a few that only ``build``/``up`` would catch (restart
-   policies, image references, build contexts and targets).
-
-When this was written, a real ``docker-compose config`` (v2.40.3) accepted the file, printed
-the same interpolated values, and rejected the malformed variants below that it checks itself
-(the others fail later, at ``build`` or ``up``). The remaining tests check Railyard's own
-conventions.
+No Docker engine and no compose plugin run on our machines or on CI, so ``load_compose``
+(tests/support/compose.py) does what ``docker compose config`` does before it needs an engine.
+When it was written, a real ``docker-compose config`` (v2.40.3) accepted the file, printed the
+same interpolated values, and rejected the malformed variants below that it checks itself (the
+others fail later, at ``build`` or ``up``). The remaining tests check Railyard's own conventions.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 import hashlib
-import ipaddress
 import os
 import re
 import subprocess
 import sys
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import jsonschema
 import pytest
 import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
@@ -58,16 +43,26 @@ from infra.docker_launcher import (
     tfserving_entrypoint,
     tfserving_healthcheck_test,
 )
-from tests.support.local_http import QuietHandler, serve_http
 from tests.support import REPO_ROOT
+from tests.support.compose import (
+    PORT_SPEC,
+    SCHEMA_FILE,
+    STACK,
+    ComposeError,
+    Interpolator,
+    depends_on,
+    dockerfile_stages,
+    load_compose,
+    read_env_file,
+    schema_validator,
+)
+from tests.support.local_http import QuietHandler, serve_http
 
-INFRA = REPO_ROOT / "infra"
-COMPOSE_FILE = INFRA / "docker-compose.yml"
-ENV_EXAMPLE = INFRA / ".env.example"
-DOCKERFILE = INFRA / "Dockerfile"
+COMPOSE_FILE = STACK / "docker-compose.yml"
+ENV_EXAMPLE = STACK / ".env.example"
+DOCKERFILE = STACK / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
-SCHEMA_DIR = INFRA / "compose-schema"
-SCHEMA_FILE = SCHEMA_DIR / "compose-spec.json"
+SCHEMA_DIR = SCHEMA_FILE.parent
 
 LOOPBACK_HOST = re.compile(r"127\.0\.0\.1|\$\{[A-Z][A-Z0-9_]*:-127\.0\.0\.1\}")
 SECRET_KEY = re.compile(r"password|secret|token|access_key|api_key|credential|private_key", re.IGNORECASE)
@@ -78,318 +73,6 @@ SECRET_VALUE = re.compile(r"AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|
 ENV_REFERENCE = re.compile(r"^\$\{[A-Z][A-Z0-9_]*(:?\?[^}]*)?\}$")
 REQUIRED_REFERENCE = re.compile(r"\$\{([A-Z][A-Z0-9_]*):?\?")
 VERSION_TAG = re.compile(r"\d+\.\d+|RELEASE\.\d{4}-\d{2}-\d{2}T")
-
-
-# --- what `docker compose config` does, without an engine ------------------------------------
-
-
-class ComposeError(ValueError):
-    """The compose file would be refused; the message names every problem found."""
-
-
-NAME = re.compile(r"[_A-Za-z][_A-Za-z0-9]*")
-BRACED = re.compile(r"([_A-Za-z][_A-Za-z0-9]*)(?:(:?[-+?])(.*))?", re.DOTALL)
-
-
-class Interpolator:
-    """compose-spec interpolation: ``$$``, ``$VAR``, ``${VAR}``, ``${VAR[:]-|?|+...}``, nested."""
-
-    def __init__(self, env: Mapping[str, str]):
-        self.env = env
-        self.errors: list[str] = []
-        self.unset: set[str] = set()  # compose warns and substitutes "" for these
-
-    def value(self, name: str) -> str | None:
-        return self.env.get(name)
-
-    def string(self, text: str, where: str) -> str:
-        out, i = [], 0
-        while i < len(text):
-            if text[i] != "$":
-                out.append(text[i])
-                i += 1
-            elif text.startswith("$$", i):
-                out.append("$")
-                i += 2
-            elif text.startswith("${", i):
-                end = self._closing_brace(text, i + 2)
-                if end is None:
-                    self.errors.append(f"{where}: invalid interpolation format (unclosed '${{'): {text!r}")
-                    return text
-                out.append(self._braced(text[i + 2 : end], text, where))
-                i = end + 1
-            elif match := NAME.match(text, i + 1):
-                out.append(self._lookup(match.group(), where))
-                i = match.end()
-            else:  # a lone `$` (e.g. "$@") stays as it is, as compose leaves it
-                out.append("$")
-                i += 1
-        return "".join(out)
-
-    @staticmethod
-    def _closing_brace(text: str, start: int) -> int | None:
-        depth, i = 1, start
-        while i < len(text):
-            if text.startswith("${", i):
-                depth, i = depth + 1, i + 2
-                continue
-            if text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return i
-            i += 1
-        return None
-
-    def _lookup(self, name: str, where: str) -> str:
-        value = self.value(name)
-        if value is None:
-            self.unset.add(name)
-            return ""
-        return value
-
-    def _braced(self, body: str, text: str, where: str) -> str:
-        match = BRACED.fullmatch(body)
-        if not match:
-            self.errors.append(f"{where}: invalid interpolation format: {text!r} (escape a literal $ as $$)")
-            return ""
-        name, operator, argument = match.groups()
-        value = self.value(name)
-        is_set, non_empty = value is not None, bool(value)
-        if operator is None:
-            return self._lookup(name, where)
-        present = non_empty if operator.startswith(":") else is_set
-        kind = operator[-1]
-        if kind == "-":
-            return value if present else self.string(argument, where)
-        if kind == "+":
-            return self.string(argument, where) if present else ""
-        if not present:  # "?": required
-            message = self.string(argument, where)
-            self.errors.append(f"{where}: required variable {name} is missing a value: {message}")
-            return ""
-        return value
-
-    def walk(self, node, where: str = ""):
-        if isinstance(node, dict):
-            return {key: self.walk(value, f"{where}.{key}" if where else str(key)) for key, value in node.items()}
-        if isinstance(node, list):
-            return [self.walk(item, f"{where}[{index}]") for index, item in enumerate(node)]
-        if isinstance(node, str):
-            return self.string(node, where)
-        return node
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    """A compose env file: KEY=VALUE lines, `#` comments, optional quotes and `export`."""
-    env = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, _, value = line.removeprefix("export ").partition("=")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        else:
-            value = value.split(" #", 1)[0].rstrip()
-        env[key.strip()] = value
-    return env
-
-
-@functools.cache
-def schema_validator() -> jsonschema.Draft7Validator:
-    schema = yaml.safe_load(SCHEMA_FILE.read_text())  # JSON is YAML
-    jsonschema.Draft7Validator.check_schema(schema)
-    return jsonschema.Draft7Validator(schema)
-
-
-def schema_errors(model: dict) -> list[str]:
-    errors = []
-    for error in schema_validator().iter_errors(model):
-        while error.context:  # oneOf/anyOf: report the branch that got furthest into the value
-            error = max(error.context, key=lambda branch: (len(branch.absolute_path), branch.validator != "type"))
-        path = ".".join(str(part) for part in error.absolute_path) or "(top level)"
-        errors.append(f"{path}: {error.message}")
-    return sorted(errors)
-
-
-PORT_SPEC = re.compile(
-    r"(?:(?:(?P<ip>\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):)?(?P<published>\d+(?:-\d+)?)?:)?"
-    r"(?P<target>\d+(?:-\d+)?)(?:/(?P<protocol>tcp|udp|sctp))?"
-)
-DURATION = re.compile(r"0|(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+")
-RESTART = re.compile(r"no|always|unless-stopped|on-failure(?::\d+)?")
-IMAGE_REFERENCE = re.compile(
-    r"(?:(?:[a-zA-Z0-9-]+(?:\.[a-zA-Z0-9-]+)+(?::\d+)?|[a-zA-Z0-9-]+:\d+|localhost)/)?"  # registry: a dot or a port
-    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"  # path
-    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"  # tag, digest
-)
-MOUNT_MODES = {"ro", "rw", "z", "Z", "nocopy", "cached", "delegated", "consistent"} | {
-    f"{prefix}{kind}" for prefix in ("", "r") for kind in ("shared", "slave", "private")
-}
-
-
-def port_range(text: str, allow_zero: bool) -> tuple[int, int] | None:
-    low, _, high = text.partition("-")
-    start, end = int(low), int(high or low)
-    if start > end or end > 65535 or start < (0 if allow_zero else 1):
-        return None
-    return start, end
-
-
-def port_errors(where: str, port) -> list[str]:
-    if isinstance(port, dict):
-        problems = []
-        if not isinstance(port.get("target"), int) or not 1 <= port["target"] <= 65535:
-            problems.append(f"{where}: target must be a port number, got {port.get('target')!r}")
-        if "host_ip" in port:
-            problems += ip_errors(where, port["host_ip"])
-        if "published" in port and not re.fullmatch(r"\d+(-\d+)?", str(port["published"])):
-            problems.append(f"{where}: invalid published port {port['published']!r}")
-        return problems
-    if isinstance(port, int):
-        return [] if 1 <= port <= 65535 else [f"{where}: invalid port {port}"]
-    match = PORT_SPEC.fullmatch(port)
-    if not match:
-        return [f"{where}: invalid port specification {port!r}"]
-    problems = ip_errors(where, match["ip"].strip("[]")) if match["ip"] else []
-    target = port_range(match["target"], allow_zero=False)
-    published = port_range(match["published"], allow_zero=True) if match["published"] else None
-    if target is None or (match["published"] and published is None):
-        problems.append(f"{where}: port number out of range in {port!r}")
-    elif published and published[1] - published[0] not in (0, target[1] - target[0]):
-        problems.append(f"{where}: published and target port ranges differ in size in {port!r}")
-    return problems
-
-
-def ip_errors(where: str, host: str) -> list[str]:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return [f"{where}: invalid IP address {host!r} (compose binds to addresses, not names)"]
-    return []
-
-
-def mount_errors(where: str, mount, declared_volumes: set[str]) -> list[str]:
-    if isinstance(mount, dict):
-        if mount.get("type") == "volume" and mount.get("source") and mount["source"] not in declared_volumes:
-            return [f"{where}: refers to undefined volume {mount['source']}"]
-        return []
-    parts = mount.split(":")
-    if len(parts) == 1:
-        source, target, modes = None, parts[0], []
-    else:
-        source, target, modes = parts[0], parts[1], parts[2].split(",") if len(parts) > 2 else []
-    problems = []
-    if len(parts) > 3 or not target.startswith("/"):
-        problems.append(f"{where}: invalid mount {mount!r} (SOURCE:/absolute/target[:MODE])")
-    if source and not source.startswith((".", "/", "~")) and source not in declared_volumes:
-        problems.append(f"{where}: refers to undefined volume {source}")
-    problems += [f"{where}: unknown mount mode {mode!r}" for mode in modes if mode not in MOUNT_MODES]
-    return problems
-
-
-def dockerfile_stages(path: Path) -> list[str]:
-    return [
-        match.group(1)
-        for line in path.read_text().splitlines()
-        if (match := re.match(r"FROM\s+\S+\s+AS\s+(\S+)", line.strip(), re.IGNORECASE))
-    ]
-
-
-def build_errors(where: str, build, compose_dir: Path) -> list[str]:
-    build = {"context": build} if isinstance(build, str) else build
-    context = (compose_dir / build.get("context", ".")).resolve()
-    if not context.is_dir():
-        return [f"{where}: build context {context} does not exist"]
-    dockerfile = context / build.get("dockerfile", "Dockerfile")
-    if not dockerfile.is_file():
-        return [f"{where}: Dockerfile {dockerfile} does not exist"]
-    if "target" in build and build["target"] not in dockerfile_stages(dockerfile):
-        return [f"{where}: {dockerfile.name} has no stage named {build['target']!r}"]
-    return []
-
-
-def dependency_cycle(services: dict) -> list[str] | None:
-    state: dict[str, str] = {}
-
-    def visit(name: str, trail: list[str]) -> list[str] | None:
-        if state.get(name) == "done":
-            return None
-        if state.get(name) == "active":
-            return trail[trail.index(name) :] + [name]
-        state[name] = "active"
-        for dependency in depends_on(services.get(name, {})):
-            if cycle := visit(dependency, trail + [name]):
-                return cycle
-        state[name] = "done"
-        return None
-
-    for service in services:
-        if cycle := visit(service, []):
-            return cycle
-    return None
-
-
-def depends_on(service: dict) -> dict[str, dict]:
-    deps = service.get("depends_on", {})
-    return {name: {"condition": "service_started"} for name in deps} if isinstance(deps, list) else deps
-
-
-def semantic_errors(model: dict, compose_dir: Path) -> list[str]:
-    services = model.get("services") or {}
-    declared_volumes = set(model.get("volumes") or {})
-    problems = []
-    for name, service in services.items():
-        where = f"services.{name}"
-        if "image" not in service and "build" not in service:
-            problems.append(f"{where}: has neither an image nor a build context")
-        if "image" in service and not IMAGE_REFERENCE.fullmatch(service["image"]):
-            problems.append(f"{where}.image: invalid reference format {service['image']!r}")
-        if "build" in service:
-            problems += build_errors(f"{where}.build", service["build"], compose_dir)
-        for index, port in enumerate(service.get("ports", [])):
-            problems += port_errors(f"{where}.ports[{index}]", port)
-        for index, mount in enumerate(service.get("volumes", [])):
-            problems += mount_errors(f"{where}.volumes[{index}]", mount, declared_volumes)
-        for key in ("interval", "timeout", "start_period", "start_interval"):
-            value = service.get("healthcheck", {}).get(key)
-            if value is not None and not DURATION.fullmatch(str(value)):
-                problems.append(f"{where}.healthcheck.{key}: invalid duration {value!r} (e.g. 10s, 1m30s)")
-        if "stop_grace_period" in service and not DURATION.fullmatch(str(service["stop_grace_period"])):
-            problems.append(f"{where}.stop_grace_period: invalid duration {service['stop_grace_period']!r}")
-        if "restart" in service and not RESTART.fullmatch(str(service["restart"])):
-            problems.append(f"{where}.restart: invalid restart policy {service['restart']!r}")
-        for dependency in depends_on(service):
-            if dependency not in services:
-                problems.append(f"{where}.depends_on: depends on undefined service {dependency!r}")
-            elif dependency == name:
-                problems.append(f"{where}.depends_on: a service cannot depend on itself")
-    if not problems and (cycle := dependency_cycle(services)):
-        problems.append(f"dependency cycle detected: {' -> '.join(cycle)}")
-    return problems
-
-
-def load_compose(
-    source: str | dict, env: Mapping[str, str], compose_dir: Path = INFRA, unset: set[str] | None = None
-) -> dict:
-    """The compose model as `docker compose config` would print it, or ComposeError.
-
-    Variables used without a default and absent from ``env`` (compose warns and uses "") are
-    added to ``unset``.
-    """
-    raw = yaml.safe_load(source) if isinstance(source, str) else copy.deepcopy(source)
-    if not isinstance(raw, dict):
-        raise ComposeError("top level: a compose file is a mapping")
-    interpolator = Interpolator(env)
-    model = interpolator.walk(raw)
-    if interpolator.errors:
-        raise ComposeError("\n".join(interpolator.errors))
-    if problems := schema_errors(model) or semantic_errors(model, compose_dir):
-        raise ComposeError("\n".join(problems))
-    if unset is not None:
-        unset |= interpolator.unset
-    return model
 
 
 # --- fixtures and helpers ----------------------------------------------------------------------
@@ -405,7 +88,7 @@ def example_env() -> dict[str, str]:
 
 
 def filled_env() -> dict[str, str]:
-    """infra/.env as a user makes it: the example with every empty (secret) value filled in."""
+    """infra/stack/.env as a user makes it: the example with every empty (secret) value filled in."""
     env = example_env()
     fill = {"AWS_ACCESS_KEY_ID": "railyard-worker"}
     return {key: value or fill.get(key, f"test-{key.lower().replace('_', '-')}-0123") for key, value in env.items()}
@@ -419,7 +102,7 @@ def compose() -> dict:
 
 @pytest.fixture(scope="module")
 def config() -> dict:
-    """The file after interpolation with a filled-in infra/.env, validated."""
+    """The file after interpolation with a filled-in infra/stack/.env, validated."""
     return load_compose(COMPOSE_FILE.read_text(), filled_env())
 
 
@@ -461,7 +144,7 @@ def locked_version(package: str) -> str:
 
 def test_schema_fixture_is_the_recorded_one():
     digest = hashlib.sha256(SCHEMA_FILE.read_bytes()).hexdigest()
-    assert digest in (SCHEMA_DIR / "README.md").read_text(), "update infra/compose-schema/README.md"
+    assert digest in (SCHEMA_DIR / "README.md").read_text(), "update infra/stack/compose-schema/README.md"
     validator = schema_validator()
     assert validator.schema["title"] == "Compose Specification"
 
@@ -490,11 +173,11 @@ def test_env_example_as_copied_is_refused_until_the_secrets_are_set():
     blank = {key for key, value in example_env().items() if not value}
     assert blank == {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
     for name in blank:
-        assert f"required variable {name} is missing a value: set it in infra/.env" in str(refused.value)
+        assert f"required variable {name} is missing a value: set it in infra/stack/.env" in str(refused.value)
 
 
 def test_only_required_variables_need_a_value():
-    """Everything but the `${VAR:?...}` variables has a default: a minimal infra/.env works."""
+    """Everything but the `${VAR:?...}` variables has a default: a minimal infra/stack/.env works."""
     text = COMPOSE_FILE.read_text()
     required = required_variables(text)
     assert required == {
@@ -770,9 +453,7 @@ def test_no_secret_looking_literals(compose):
 def test_secret_check_catches_literals():
     leaky = {
         "services": {
-            "minio": {
-                "environment": {"MINIO_ROOT_PASSWORD": "hunter2", "MINIO_ROOT_USER": "${MINIO_ROOT_USER:?}"}
-            },
+            "minio": {"environment": {"MINIO_ROOT_PASSWORD": "hunter2", "MINIO_ROOT_USER": "${MINIO_ROOT_USER:?}"}},
             "mlflow": {"environment": ["AWS_SECRET_ACCESS_KEY=abc", "AWS_ACCESS_KEY_ID=${KEY}"]},
             "postgres": {"environment": {"POSTGRES_PASSWORD": "${POSTGRES_PASSWORD:-hunter2}"}},
             "worker": {"command": ["--key=AKIAABCDEFGHIJKLMNOP"]},
@@ -839,7 +520,12 @@ def test_worker_settings_point_at_the_stack(config, monkeypatch):
     prefect_command = services["prefect-server"]["command"]
     assert prefect_command[prefect_command.index("--port") + 1] == "4200"
     assert "--port=5000" in services["mlflow"]["command"]
-    for name in ("PREFECT_API_URL", "RAILYARD_MLFLOW_TRACKING_URI", "RAILYARD_S3_ENDPOINT_URL", "RAILYARD_SERVING_REST"):
+    for name in (
+        "PREFECT_API_URL",
+        "RAILYARD_MLFLOW_TRACKING_URI",
+        "RAILYARD_S3_ENDPOINT_URL",
+        "RAILYARD_SERVING_REST",
+    ):
         url = urlsplit(env[name])
         assert listens.get(url.hostname) == str(url.port), f"{name}={env[name]}"
     assert env["RAILYARD_SERVING_GRPC"] == f"tfserving:{GRPC_PORT}"
@@ -875,7 +561,7 @@ def test_worker_runs_the_work_pool_of_the_deployments(compose):
 def test_worker_is_built_from_infra_dockerfile(compose):
     for name in ("worker", "volume-init"):
         build = compose["services"][name]["build"]
-        assert (INFRA / build["context"]).resolve() == REPO_ROOT
+        assert (STACK / build["context"]).resolve() == REPO_ROOT
         assert (REPO_ROOT / build["dockerfile"]).resolve() == DOCKERFILE
         assert build["target"] == "worker"
     assert compose["services"]["mlflow"]["build"]["target"] == "mlflow"
@@ -927,9 +613,7 @@ def test_mlflow_image_adds_the_drivers_it_needs():
 
 
 def dockerignore_patterns() -> list[str]:
-    return [
-        line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
-    ]
+    return [line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")]
 
 
 def glob_regex(pattern: str) -> re.Pattern:
@@ -961,13 +645,13 @@ def ignored(path: str, patterns: list[str]) -> bool:
 
 def test_dockerignore_keeps_secrets_and_bulk_out_but_not_what_the_image_copies():
     patterns = dockerignore_patterns()
-    for path in (".venv/bin/python", ".railyard/mlflow.db", ".git/HEAD", "infra/.env", ".env", "tests/test_x.py"):
+    for path in (".venv/bin/python", ".railyard/mlflow.db", ".git/HEAD", "infra/stack/.env", ".env", "tests/test_x.py"):
         assert ignored(path, patterns), path
     copies = [line for line in stage_lines("worker") if line.startswith("COPY")]
     for source in {word for line in copies for word in line.split()[1:-1]}:
         assert not ignored(source, patterns), f".dockerignore drops {source}, which the Dockerfile copies"
-    assert not ignored("infra/.env.example", patterns)
-    assert not ignored("infra/tfserving/models.config", patterns)
+    assert not ignored("infra/stack/.env.example", patterns)
+    assert not ignored("infra/stack/tfserving/models.config", patterns)
 
 
 # --- the scripts the one-shot services run, run here with fake tools ------------------------
@@ -1027,7 +711,7 @@ def test_minio_init_creates_bucket_and_service_account(config, tmp_path):
 class _Health(QuietHandler):
     status = 200
 
-    def do_GET(self):
+    def do_GET(self):  # noqa: N802 - http.server's naming
         self.send_response(self.status if self.path in ("/api/health", "/health") else 404)
         self.end_headers()
         self.wfile.write(b"{}")

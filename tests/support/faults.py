@@ -28,6 +28,6 @@ def die_at(target: str) -> None:
 
 if __name__ == "__main__":
     die_at(sys.argv[1])
-    from railyard.cli import app
+    from cli.main import main
 
-    app(args=sys.argv[2:], prog_name="railyard")
+    main(sys.argv[2:])

@@ -50,20 +50,28 @@ class World:
 
     def railyard(self, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
         done = subprocess.run(
-            [sys.executable, "-m", "railyard", *args], env=self.env | (env or {}), capture_output=True, text=True,
-            timeout=900, cwd=self.root,
-        )  # fmt: skip
+            [sys.executable, "-m", "cli", *args],
+            env=self.env | (env or {}),
+            capture_output=True,
+            text=True,
+            timeout=900,
+            cwd=self.root,
+        )
         if check:
             assert done.returncode == 0, done.stderr[-4000:]
         return done
 
     def start_run(self, seed: int, *extra: str, env: dict | None = None, fault: str | None = None) -> subprocess.Popen:
-        """``railyard run --data <seed> --json``; with ``fault``, through tests/faults.py."""
-        command = [sys.executable, "-m", "tests.support.faults", fault] if fault else [sys.executable, "-m", "railyard"]
+        """``railyard run --data <seed> --json``; with ``fault``, through tests/support/faults.py."""
+        command = [sys.executable, "-m", "tests.support.faults", fault] if fault else [sys.executable, "-m", "cli"]
         return subprocess.Popen(
             [*command, "run", "--data", str(self.data(seed)), "--json", *extra],
-            env=self.env | (env or {}), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.root,
-        )  # fmt: skip
+            env=self.env | (env or {}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.root,
+        )
 
     def finish(self, run: subprocess.Popen, code: int = 0) -> dict:
         stdout, stderr = run.communicate(timeout=900)
@@ -141,7 +149,7 @@ class World:
         return self.home / "serving" / "models" / MODEL / str(version)
 
     def served_versions(self) -> set[int]:
-        from infra.tfserving_config import read_config, served_versions
+        from infra.tfserving.model_config import read_config, served_versions
 
         return served_versions(read_config(self.home / "serving" / "models" / "models.config"), MODEL)[0]
 

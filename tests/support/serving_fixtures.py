@@ -1,8 +1,7 @@
 """Serving fixtures: tiny real SavedModels with the production signature, and local servers.
 
-Register it as a plugin so the session fixtures are shared: ``pytest_plugins =
-["tests.support.serving_fixtures"]`` (in a test module, after
-``pytest.register_assert_rewrite("tests.support.serving_fixtures")``).
+A test module registers it as a plugin, so the session fixtures are shared:
+``pytest_plugins = ["tests.support.serving_fixtures"]``.
 
 The model has the trainer's contract: ``serving_default`` takes ``userId`` and ``movieId``
 (int64, [None]) and returns ``score`` (float32, [None, 1]); lookups send unseen ids to the
@@ -20,9 +19,9 @@ import numpy as np
 import pytest
 
 from infra.local_server import LocalServingServer
-from infra.serving_client import ServingClient
-from infra.tfserving_config import render_model_config, write_config_atomically
-from railyard.model import GOLDEN_FILE
+from infra.tfserving.client import ServingClient
+from infra.tfserving.model_config import render_model_config, write_config_atomically
+from railyard.contract import GOLDEN_FILE
 
 MODEL_NAME = "recmodel"
 GOOD_VERSIONS = (1, 2, 3)  # same architecture, different weights

@@ -73,7 +73,7 @@ def stored_paths(store, model: str = MODEL) -> set[str]:
         return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} if root.exists() else set()
     prefix = f"{store.prefix}/{model}/"
     pages = store.client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket, Prefix=prefix)
-    return {item["Key"][len(prefix):] for page in pages for item in page.get("Contents", [])}
+    return {item["Key"][len(prefix) :] for page in pages for item in page.get("Contents", [])}
 
 
 def read_stored(store, version: int, path: str) -> bytes:

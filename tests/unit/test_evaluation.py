@@ -3,7 +3,8 @@ import polars as pl
 import pytest
 from sklearn.metrics import log_loss
 
-from railyard.evaluation import GateThresholds, classification_metrics, evaluate_scores, gate, plot_roc
+from railyard.configs import GateThresholds
+from railyard.evaluation import classification_metrics, evaluate_scores, gate, plot_roc
 
 
 def test_metrics_match_reference_definitions():
@@ -40,7 +41,7 @@ def test_roc_plot_is_a_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-ABSOLUTE = GateThresholds(min_auc=0.7, max_logloss=0.6)
+ABSOLUTE = GateThresholds(min_auc=0.7, max_logloss=0.6, min_auc_change=None, max_logloss_change_relative=None)
 WITH_CHANGE = GateThresholds(min_auc=0.7, max_logloss=0.6, min_auc_change=-0.01, max_logloss_change_relative=0.02)
 
 
@@ -55,7 +56,7 @@ def test_gate_blesses_only_when_every_threshold_passes():
 
 
 def test_gate_without_thresholds_refuses_to_bless():
-    decision = gate({"auc": 0.99, "logloss": 0.01}, GateThresholds())
+    decision = gate({"auc": 0.99, "logloss": 0.01}, GateThresholds(None, None, None, None))
     assert not decision.blessed and "no thresholds" in decision.reason
 
 
@@ -63,7 +64,12 @@ def test_change_thresholds_compare_with_the_production_model():
     production = {"auc": 0.80, "logloss": 0.50}
     better = gate({"auc": 0.805, "logloss": 0.49}, WITH_CHANGE, baseline_metrics=production, baseline_version=3)
     assert better.blessed and better.baseline_version == 3 and "production version 3" in better.reason
-    assert {c.name for c in better.checks} == {"auc", "logloss", "auc_change_vs_production", "logloss_relative_change_vs_production"}
+    assert {c.name for c in better.checks} == {
+        "auc",
+        "logloss",
+        "auc_change_vs_production",
+        "logloss_relative_change_vs_production",
+    }
 
     worse = gate({"auc": 0.78, "logloss": 0.52}, WITH_CHANGE, baseline_metrics=production, baseline_version=3)
     assert not worse.blessed  # absolute bounds pass, the regression against production does not
@@ -72,6 +78,6 @@ def test_change_thresholds_compare_with_the_production_model():
 
 
 def test_change_thresholds_alone_still_gate_when_production_exists():
-    only_change = GateThresholds(min_auc_change=0.0)
+    only_change = GateThresholds(min_auc=None, max_logloss=None, min_auc_change=0.0, max_logloss_change_relative=None)
     assert not gate({"auc": 0.9, "logloss": 0.3}, only_change).blessed  # nothing to compare: no thresholds apply
     assert gate({"auc": 0.9, "logloss": 0.3}, only_change, baseline_metrics={"auc": 0.85, "logloss": 0.3}).blessed

@@ -15,16 +15,27 @@ def _ratings(rows: list[tuple[int, int, float, int]]) -> pl.DataFrame:
 
 
 MOVIES = pl.DataFrame(
-    {"movieId": [1, 2, 3, 9], "title": ["a", "b", "c", "z"], "genres": ["Comedy|Drama", "Drama", "(no genres listed)", "Western"]}
+    {
+        "movieId": [1, 2, 3, 9],
+        "title": ["a", "b", "c", "z"],
+        "genres": ["Comedy|Drama", "Drama", "(no genres listed)", "Western"],
+    }
 )
 # User 1 rates movies 1 and 2 in the same second (a tie), then more; the last rows are the holdout.
 TIED = _ratings(
     [
-        (1, 1, 4.0, 100), (1, 2, 2.0, 100), (2, 1, 5.0, 100), (1, 3, 4.5, 200),
-        (2, 2, 3.0, 200), (1, 1, 1.0, 300), (3, 1, 4.0, 300), (2, 3, 4.0, 400),
-        (1, 2, 5.0, 500), (3, 3, 0.5, 500),
+        (1, 1, 4.0, 100),
+        (1, 2, 2.0, 100),
+        (2, 1, 5.0, 100),
+        (1, 3, 4.5, 200),
+        (2, 2, 3.0, 200),
+        (1, 1, 1.0, 300),
+        (3, 1, 4.0, 300),
+        (2, 3, 4.0, 400),
+        (1, 2, 5.0, 500),
+        (3, 3, 0.5, 500),
     ]
-)  # fmt: skip
+)
 
 
 def _row(frame: pl.DataFrame, user: int, movie: int, ts: int) -> dict:
@@ -95,7 +106,8 @@ def test_cold_users_and_catalogue_only_movies_in_the_holdout():
 def _reference_features(ratings: pl.DataFrame, movies: pl.DataFrame, cutoff: int, priors: dict) -> dict:
     """Row-by-row reference: for every training row, recompute the history from scratch."""
     genre_of = {
-        m: [float(g in str(names).split("|")) for g in GENRES] for m, names in movies.select("movieId", "genres").iter_rows()
+        m: [float(g in str(names).split("|")) for g in GENRES]
+        for m, names in movies.select("movieId", "genres").iter_rows()
     }
     train = [r for r in ratings.iter_rows(named=True) if r["timestamp"] < cutoff]
     expected = {}
@@ -115,7 +127,8 @@ def _reference_features(ratings: pl.DataFrame, movies: pl.DataFrame, cutoff: int
             "user_pos": user_pos,
             "user_genre_pos": genre_pos,
             "movie_n": len(theirs),
-            "movie_pos": (sum(float(r["rating"] >= 3.5) for r in theirs) + SMOOTHING * priors["pos"]) / (len(theirs) + SMOOTHING),
+            "movie_pos": (sum(float(r["rating"] >= 3.5) for r in theirs) + SMOOTHING * priors["pos"])
+            / (len(theirs) + SMOOTHING),
             "movie_genres": genre_of.get(row["movieId"], [0.0] * len(GENRES)),
         }
     return expected

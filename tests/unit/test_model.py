@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from railyard import features, model
+from railyard import contract, features, model
 from railyard.loaders import load_dataset
+from railyard.settings import Settings
 from railyard.synthetic import generate_movielens
 
 
@@ -16,7 +17,7 @@ def trained(tmp_path_factory):
     generate_movielens(root / "data", users=120, movies=200, days=6, ratings_per_day=600, seed=3)
     feature_set = features.build_feature_set(load_dataset(root / "data"), holdout_fraction=0.2)
     features.write_feature_set(feature_set, root / "features")
-    config = model.TrainConfig(epochs=2, batch_size=256, embedding_dim=8, seed=1)
+    config = Settings(epochs=2, batch_size=256, embedding_dim=8, seed=1).train_config()
     result = model.train_model(root / "features", config)
     export_dir = model.export_serving_model(result.model, feature_set, root / "export")
     return feature_set, result, export_dir
@@ -59,7 +60,7 @@ def test_golden_requests_hold_the_offline_predictions(trained):
     feature_set, _, export_dir = trained
     instances = model.golden_instances(feature_set, count=5)
     golden = model.write_golden_requests(export_dir, instances)
-    stored = json.loads((export_dir / model.GOLDEN_FILE).read_text())
+    stored = json.loads((export_dir / contract.GOLDEN_FILE).read_text())
     assert stored == golden and len(stored["instances"]) == 8  # 5 holdout pairs + 3 cold-start pairs
     expected = model.predict_saved_model(
         export_dir, [i["userId"] for i in instances], [i["movieId"] for i in instances]
@@ -81,7 +82,9 @@ def test_row_sparse_adam_updates_only_the_rows_a_batch_used():
     sparse_table, dense_table = keras.Variable(start), keras.Variable(start)
     sparse, dense = model._row_sparse_adam()(0.1), keras.optimizers.Adam(0.1)
     # Row 1 looked up twice: its two gradients are summed, as a dense gradient would hold them.
-    first = tf.IndexedSlices(tf.constant([[1.0, -2.0], [0.5, 0.5], [3.0, 1.0]]), tf.constant([1, 4, 1]), tf.constant([6, 2]))
+    first = tf.IndexedSlices(
+        tf.constant([[1.0, -2.0], [0.5, 0.5], [3.0, 1.0]]), tf.constant([1, 4, 1]), tf.constant([6, 2])
+    )
     sparse.apply([first], [sparse_table])
     dense.apply([tf.convert_to_tensor(first)], [dense_table])
     np.testing.assert_allclose(sparse_table.numpy(), dense_table.numpy(), rtol=1e-6)  # same first step
@@ -104,9 +107,21 @@ def test_streaming_training_data_leaves_large_blocks_on_the_heap(tmp_path):
     import ctypes
 
     class MallInfo2(ctypes.Structure):  # glibc >= 2.33, mallinfo2(3)
-        _fields_ = [(name, ctypes.c_size_t) for name in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"
-        )]  # fmt: skip
+        _fields_ = [
+            (name, ctypes.c_size_t)
+            for name in (
+                "arena",
+                "ordblks",
+                "smblks",
+                "hblks",
+                "hblkhd",
+                "usmblks",
+                "fsmblks",
+                "uordblks",
+                "fordblks",
+                "keepcost",
+            )
+        ]
 
     mallinfo2 = ctypes.CDLL(None).mallinfo2
     mallinfo2.restype = MallInfo2

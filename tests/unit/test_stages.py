@@ -55,8 +55,10 @@ def test_release_path_moves_aliases_archives_the_previous_and_keeps_history(regi
     assert _aliases(registry) == {"production": 2, "champion": 2}
     assert registry.stage(1) is Stage.ARCHIVED and registry.stage(2) is Stage.PRODUCTION
     assert [(e["from"], e["stage"]) for e in registry.history(2)] == [
-        (None, "candidate"), ("candidate", "staging"), ("staging", "production"),
-    ]  # fmt: skip
+        (None, "candidate"),
+        ("candidate", "staging"),
+        ("staging", "production"),
+    ]
     last = registry.history(2)[-1]
     assert (last["actor"], last["reason"], last["flow_run_id"]) == ("bob", "better AUC", "run-2")
     assert last["time"].endswith("Z")
@@ -155,7 +157,12 @@ def test_known_runs_tells_which_runs_mlflow_has(registry):
 def test_a_lost_registry_is_restored_from_the_store_without_inventing_history(registry):
     sources = {1: "file:///store/1", 3: "file:///store/3", 4: "file:///store/4"}
     registry.restore(sources, production=3, actor="ops")
-    assert [registry.stage(v) for v in (1, 2, 3, 4)] == [Stage.ARCHIVED, Stage.REJECTED, Stage.PRODUCTION, Stage.ARCHIVED]
+    assert [registry.stage(v) for v in (1, 2, 3, 4)] == [
+        Stage.ARCHIVED,
+        Stage.REJECTED,
+        Stage.PRODUCTION,
+        Stage.ARCHIVED,
+    ]
     assert registry.production_version() == 3 and registry.lineage(3)["serving_label"] == "stable"
     assert "restored from the store by ops" in registry.history(4)[0]["reason"]
     with pytest.raises(IllegalTransition, match="never in production"):  # its history is unknown

@@ -7,7 +7,8 @@ import polars as pl
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from railyard.loaders import MOVIELENS_GENRES as GENRES, NO_GENRES
+from railyard.loaders import MOVIELENS_GENRES as GENRES
+from railyard.loaders import NO_GENRES
 from railyard.synthetic import generate_movielens
 
 SMALL = dict(users=80, movies=120, days=4, ratings_per_day=300)
@@ -20,9 +21,7 @@ DAY = 86_400
 def world(tmp_path_factory):
     """A data set big enough for the structure checks (10 days, 10k ratings)."""
     out = tmp_path_factory.mktemp("synthetic") / "data"
-    summary = generate_movielens(
-        out, users=200, movies=300, days=10, ratings_per_day=1000, seed=11, start_date=START
-    )
+    summary = generate_movielens(out, users=200, movies=300, days=10, ratings_per_day=1000, seed=11, start_date=START)
     return summary, pl.read_csv(out / "ratings.csv"), pl.read_csv(out / "movies.csv")
 
 

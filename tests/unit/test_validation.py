@@ -6,9 +6,10 @@ import polars as pl
 import pytest
 
 from railyard import features, validation
+from railyard.configs import ValidationBounds
 from railyard.loaders import RATINGS_SCHEMA
 
-BOUNDS = validation.ValidationBounds(min_rows=20, max_rows=10_000, min_positive_rate=0.1, max_positive_rate=0.9)
+BOUNDS = ValidationBounds(min_rows=20, max_rows=10_000, min_positive_rate=0.1, max_positive_rate=0.9)
 
 
 @pytest.fixture(params=[None, 37], ids=["whole", "sliced"])
@@ -40,18 +41,35 @@ def test_clean_ratings_pass_and_get_an_html_report(tmp_path):
 
 
 BAD_RATINGS = {
-    "rating_out_of_range": (lambda f: _replace_row(f, 3, rating=7.0), "expect_column_values_to_be_between", "rating", 1),
-    "rating_not_half_star": (lambda f: _replace_row(f, 4, rating=3.3), "expect_column_values_to_be_in_set", "rating", 1),
+    "rating_out_of_range": (
+        lambda f: _replace_row(f, 3, rating=7.0),
+        "expect_column_values_to_be_between",
+        "rating",
+        1,
+    ),
+    "rating_not_half_star": (
+        lambda f: _replace_row(f, 4, rating=3.3),
+        "expect_column_values_to_be_in_set",
+        "rating",
+        1,
+    ),
     "null_rating": (lambda f: _replace_row(f, 5, rating=None), "expect_column_values_to_not_be_null", "rating", 1),
     "duplicate_rows": (lambda f: pl.concat([f, f.slice(7, 2)]), "expect_compound_columns_to_be_unique", None, 4),
     "non_positive_user": (lambda f: _replace_row(f, 8, userId=0), "expect_column_values_to_be_between", "userId", 1),
     "future_timestamp": (
         lambda f: _replace_row(f, 9, timestamp=int(time.time()) + 30 * 86_400),
-        "expect_column_values_to_be_between", "timestamp", 1,
+        "expect_column_values_to_be_between",
+        "timestamp",
+        1,
     ),
     "too_few_rows": (lambda f: f.head(10), "expect_table_row_count_to_be_between", None, None),
-    "extra_column": (lambda f: f.with_columns(pl.lit("x").alias("comment")), "expect_table_columns_to_match_set", None, None),
-}  # fmt: skip
+    "extra_column": (
+        lambda f: f.with_columns(pl.lit("x").alias("comment")),
+        "expect_table_columns_to_match_set",
+        None,
+        None,
+    ),
+}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_RATINGS))

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infra.serving_client import SIGNATURE_NAME, build_predict_request
+from infra.tfserving.protocol import build_predict_request
+from railyard.contract import SIGNATURE_NAME
 
 if TYPE_CHECKING:
     from tensorflow_serving.apis.predict_pb2 import PredictRequest

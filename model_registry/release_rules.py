@@ -1,4 +1,5 @@
-"""Pure decisions that bring a model's release state back in line with what really happened.
+"""The release's rules as pure decisions: what each step's outcome does to a version, and what
+brings a model's release state back in line with what really happened.
 
 A release spans processes and hours: the run that carries a version through canary, smoke
 tests and review can be killed, cancelled or forgotten by its reviewer. Every run, ``railyard
@@ -12,11 +13,77 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from enum import Enum
+
+from model_registry.stages import Stage
+
+# The actor recorded for what Railyard decides itself (gate, smoke tests, timeouts).
+SYSTEM_ACTOR = "railyard"
 
 # Prefect state types of a run that may still finish its release.
 LIVE_STATES = frozenset({"SCHEDULED", "PENDING", "RUNNING", "PAUSED", "CANCELLING"})
 # The message Prefect's server gives a paused/suspended run it failed at the pause's deadline.
 _NEVER_RESUMED = "never resumed"
+
+
+class Outcome(Enum):
+    """What a step of a release came to."""
+
+    NOT_BLESSED = "not blessed"  # the evaluation gate said no
+    LOAD_FAILED = "load failed"  # TF Serving could not load the version
+    SERVING_DOWN = "serving down"  # serving did not answer (or timed out) while loading the canary
+    SMOKE_FAILED = "smoke tests failed"
+    SMOKE_PASSED = "smoke tests passed"
+    SUPERSEDED = "superseded"  # a newer blessed version takes its place
+    TIMED_OUT = "timed out"  # nobody answered within the approval window
+    REJECTED = "rejected"  # by its reviewer
+    APPROVED = "approved"  # by its reviewer, or by Railyard with auto_approve
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What an outcome does to the version: its next stage (None: it stays a candidate, and a
+    re-run picks it up), who decided, why, and how its release ended when it ends here."""
+
+    stage: Stage | None
+    actor: str
+    reason: str
+    ending: str | None = None
+
+
+def release_verdict(outcome: Outcome, detail: str = "", *, actor: str = SYSTEM_ACTOR) -> Verdict:
+    """The verdict for one outcome. ``detail`` says what happened (the gate's reason, the load
+    error, the failed smoke checks, the approval window, the reviewer's comment, the newer
+    version); ``actor`` is the reviewer for a decision."""
+    match outcome:
+        case Outcome.NOT_BLESSED:
+            return Verdict(Stage.REJECTED, SYSTEM_ACTOR, f"not blessed: {detail}", outcome.value)
+        case Outcome.LOAD_FAILED:
+            return Verdict(Stage.REJECTED, SYSTEM_ACTOR, f"TF Serving could not load it: {detail}", outcome.value)
+        case Outcome.SERVING_DOWN:
+            return Verdict(None, SYSTEM_ACTOR, f"serving unavailable, the version waits for a re-run: {detail}")
+        case Outcome.SMOKE_FAILED:
+            return Verdict(Stage.REJECTED, SYSTEM_ACTOR, f"smoke tests failed: {detail}", outcome.value)
+        case Outcome.SMOKE_PASSED:
+            return Verdict(Stage.STAGING, SYSTEM_ACTOR, "smoke tests passed")
+        case Outcome.SUPERSEDED:
+            return Verdict(
+                Stage.REJECTED, SYSTEM_ACTOR, f"superseded by version {detail}, trained on newer data", outcome.value
+            )
+        case Outcome.TIMED_OUT:
+            return Verdict(Stage.REJECTED, SYSTEM_ACTOR, f"no approval within {detail}", outcome.value)
+        case Outcome.REJECTED:
+            return Verdict(Stage.REJECTED, actor, detail, outcome.value)
+        case Outcome.APPROVED:
+            return Verdict(Stage.PRODUCTION, actor, detail or "approved")
+    raise ValueError(f"unknown release outcome {outcome!r}")
+
+
+def review_outcome(decision: str | None) -> Outcome:
+    """A reviewer's answer ("approve", "reject"), or None when the approval window ran out."""
+    if decision is None:
+        return Outcome.TIMED_OUT
+    return {"approve": Outcome.APPROVED, "reject": Outcome.REJECTED}[decision]
 
 
 @dataclass(frozen=True)
@@ -36,9 +103,7 @@ class Ending:
     reason: str
 
 
-def release_ending(
-    owner: Mapping, run: RunView | None, *, now: float, process_alive: bool | None
-) -> Ending | None:
+def release_ending(owner: Mapping, run: RunView | None, *, now: float, process_alive: bool | None) -> Ending | None:
     """The ending of a release whose run can no longer finish it; None while it still can.
 
     ``owner`` is what the run recorded when it took the version into its release: its flow run
@@ -101,7 +166,9 @@ class StoreGaps:
     unknown: tuple[int, ...]  # published by runs MLflow does not know: the tracking database was lost
 
 
-def store_gaps(store_runs: Mapping[int, str | None], registered: Collection[int], known_runs: Collection[str]) -> StoreGaps:
+def store_gaps(
+    store_runs: Mapping[int, str | None], registered: Collection[int], known_runs: Collection[str]
+) -> StoreGaps:
     """Compare the store's versions (number → the MLflow run id in its manifest) with MLflow."""
     missing = sorted(version for version in store_runs if version not in registered)
     stranded = tuple(v for v in missing if store_runs[v] in known_runs)

@@ -3,9 +3,7 @@
 gRPC for the model service and for ``Predict``; REST for predictions and metadata as HTTP
 clients send them. Connection failures and UNAVAILABLE answers are retried with backoff, then
 reported naming the endpoint. TF Serving's own error messages are passed on untouched.
-
-The label moves of DESIGN.md (load first, then label: tensorflow/serving#1230) are plain
-functions at the bottom: ``load_version_as_canary``, ``promote_version``, ``unload_version``.
+Transport only: which versions and labels to serve is the release's business (infra/rollout/).
 """
 
 from __future__ import annotations
@@ -18,31 +16,24 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from infra.tfserving_config import CANARY, STABLE, render_model_config, served_versions
-from railyard.model import SIGNATURE_NAME
+from infra.tfserving.protocol import AVAILABLE, END, NO_LABELS_YET, VersionStatus, build_predict_request
+from railyard.contract import SIGNATURE_NAME
+from railyard.errors import RailyardError
 
 if TYPE_CHECKING:
     import numpy as np
-    from tensorflow_serving.apis.predict_pb2 import PredictRequest
     from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 log = logging.getLogger(__name__)
-
-# ModelVersionStatus.State names (get_model_status.proto).
-START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 _T = TypeVar("_T")
 
 
-# server_core.cc's UNAVAILABLE answer to a label before any config has set labels.
-NO_LABELS_YET = "Model labels does not init yet."
-
-
-class ServingError(RuntimeError):
+class ServingError(RailyardError):
     """TF Serving answered with an error; ``code`` is its status code name when known."""
+
+    next_step = "production is unchanged; run again once serving is back (a published version is picked up)"
 
     def __init__(self, message: str, *, code: str | None = None, details: str = "") -> None:
         super().__init__(message)
@@ -57,15 +48,7 @@ class ServingUnavailableError(ServingError):
 class ModelLoadError(ServingError):
     """A version ended in END instead of AVAILABLE (usually: its load failed)."""
 
-
-@dataclass(frozen=True)
-class VersionStatus:
-    """One entry of GetModelStatus: the version's state and its load/unload status."""
-
-    version: int
-    state: str
-    error_code: str = "OK"
-    error_message: str = ""
+    next_step = "the version was rejected (TF Serving could not load it); stable is unchanged"
 
 
 class ServingClient:
@@ -316,127 +299,3 @@ def _model_path(model: str, version: int | None, label: str | None) -> str:
     elif label is not None:
         path += f"/labels/{urllib.parse.quote(label, safe='')}"
     return path
-
-
-def instance_columns(instances: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """Row-format instances (one dict per example) as one batched array per input.
-
-    Python ints become int64 and floats float32, the dtypes a TF model usually declares.
-    """
-    import numpy as np
-
-    if not instances:
-        raise ValueError("no instances to send")
-    keys = set(instances[0])
-    for index, instance in enumerate(instances):
-        if set(instance) != keys:
-            raise ValueError(f"instance {index} has inputs {sorted(instance)}, expected {sorted(keys)}")
-    columns = {}
-    for key in sorted(keys):
-        column = np.asarray([instance[key] for instance in instances])
-        columns[key] = column.astype(np.float32) if column.dtype == np.float64 else column
-    return columns
-
-
-def build_predict_request(
-    model: str,
-    instances: Sequence[Mapping[str, Any]],
-    *,
-    version: int | None = None,
-    label: str | None = None,
-    signature_name: str = SIGNATURE_NAME,
-) -> PredictRequest:
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2
-
-    if version is not None and label is not None:
-        raise ValueError("give a model version or a version label, not both")
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model
-    request.model_spec.signature_name = signature_name
-    if version is not None:
-        request.model_spec.version.value = version
-    elif label is not None:
-        request.model_spec.version_label = label
-    for name, column in instance_columns(instances).items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(column))
-    return request
-
-
-# -- label moves (DESIGN.md: load first, then move the label) --------------------------------
-
-
-def load_version_as_canary(
-    client: ServingClient,
-    model: str,
-    base_path: str | Path,
-    version: int,
-    known_good: ModelServerConfig,
-    *,
-    timeout_s: float = 360.0,
-    poll_s: float = 0.5,
-) -> ModelServerConfig:
-    """Serve ``version`` under the ``canary`` label next to the ``stable`` one; return the new config.
-
-    Reload 1 adds the version with the existing labels only (TF Serving refuses a label on a
-    version that is not AVAILABLE yet), then the version is awaited, then reload 2 points
-    ``canary`` at it. Afterwards exactly the labelled versions are served (an older canary is
-    unloaded). On any failure the known-good config is sent again, because TF Serving keeps a
-    rejected config as its current one; then the error is raised.
-    """
-    versions, labels = served_versions(known_good, model)
-    stable = labels.get(STABLE)
-    final_labels = {CANARY: version} | ({STABLE: stable} if stable is not None else {})
-
-    def move() -> ModelServerConfig:
-        client.reload_config(render_model_config(model, base_path, versions | {version}, labels, base=known_good))
-        client.wait_until_available(model, version, timeout_s=timeout_s, poll_s=poll_s)
-        final = render_model_config(model, base_path, set(final_labels.values()), final_labels, base=known_good)
-        return _send(client, final)
-
-    return _or_restore(client, known_good, move)
-
-
-def promote_version(
-    client: ServingClient, model: str, base_path: str | Path, version: int, known_good: ModelServerConfig
-) -> ModelServerConfig:
-    """Point ``stable`` (and ``canary``) at an already served version; the old stable is unloaded."""
-    versions, _ = served_versions(known_good, model)
-    if version not in versions:
-        raise ValueError(f"version {version} of model {model!r} is not served; load it as canary first")
-    labels = {STABLE: version, CANARY: version}
-    config = render_model_config(model, base_path, {version}, labels, base=known_good)
-    return _or_restore(client, known_good, lambda: _send(client, config))
-
-
-def unload_version(
-    client: ServingClient, model: str, base_path: str | Path, version: int, known_good: ModelServerConfig
-) -> ModelServerConfig:
-    """Stop serving a (canary) version; ``canary`` falls back to the stable version, if any."""
-    versions, labels = served_versions(known_good, model)
-    stable = labels.get(STABLE)
-    if stable == version:
-        raise ValueError(f"version {version} is the stable version of model {model!r}; promote another version first")
-    kept = {label: target for label, target in labels.items() if target != version}
-    if labels.get(CANARY) == version and stable is not None:
-        kept[CANARY] = stable
-    config = render_model_config(model, base_path, versions - {version}, kept, base=known_good)
-    return _or_restore(client, known_good, lambda: _send(client, config))
-
-
-def _send(client: ServingClient, config: ModelServerConfig) -> ModelServerConfig:
-    client.reload_config(config)
-    return config
-
-
-def _or_restore(client: ServingClient, known_good: ModelServerConfig, change: Callable[[], _T]) -> _T:
-    try:
-        return change()
-    except Exception as exc:
-        try:
-            client.reload_config(known_good)
-        except ServingError as restore_error:
-            exc.add_note(f"re-sending the known-good config also failed: {restore_error}")
-        else:
-            exc.add_note("the known-good config was sent again")
-        raise

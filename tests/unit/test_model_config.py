@@ -4,7 +4,7 @@ import pytest
 from google.protobuf import text_format
 from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
-from infra import tfserving_config as C
+from infra.tfserving import model_config as C
 
 # tensorflow/serving docs/serving_config.md, "Assigning String Labels to Model Versions".
 DOCUMENTED_EXAMPLE = """
@@ -87,4 +87,3 @@ def test_uri_base_paths_are_absolute():
 def test_parse_error_names_the_source():
     with pytest.raises(ValueError, match=r"/etc/models.config is not a valid TF Serving ModelServerConfig"):
         C.parse_text("model_config_list { nonsense: 1 }", source="/etc/models.config")
-

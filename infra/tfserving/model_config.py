@@ -17,13 +17,9 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_serving.config.model_server_config_pb2 import ModelConfig, ModelServerConfig
 
+from infra.tfserving.protocol import LABEL_PATTERN, MODEL_PLATFORM
 from railyard.fsutil import atomic_write_text
 from railyard.settings import validate_model_name
-
-STABLE = "stable"
-CANARY = "canary"
-LABEL_PATTERN = re.compile(r"[a-zA-Z0-9_]+")
-MODEL_PLATFORM = "tensorflow"
 
 
 def render_model_config(
@@ -106,3 +102,9 @@ def write_config_atomically(path: Path, config: ModelServerConfig) -> None:
     """Temp file + rename: TF Serving's file poll never reads half a config."""
     atomic_write_text(Path(path), to_text(config))
 
+
+def ensure_config_file(path: Path) -> None:
+    """An empty config (serve nothing) where none is yet, so a server can start from the file."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_config_atomically(path, ModelServerConfig())

@@ -9,28 +9,17 @@ A check that raises is a failed check with the error as its detail: the report i
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from infra.serving_client import AVAILABLE, SIGNATURE_NAME, ServingClient
-from railyard.model import GOLDEN_FILE
-
-INPUT_DTYPES = {"userId": "DT_INT64", "movieId": "DT_INT64"}
-OUTPUT_DTYPES = {"score": "DT_FLOAT"}
-
-
-@dataclass(frozen=True)
-class SmokeBudget:
-    p95_ms: float = 250.0
-    requests: int = 200  # the burst: single-instance REST predictions
-    concurrency: int = 4
-    tolerance: float = 1e-5  # served vs. offline predictions
+from infra.tfserving.client import ServingClient
+from infra.tfserving.protocol import AVAILABLE
+from railyard import contract
+from railyard.configs import SmokeBudget
 
 
 @dataclass(frozen=True)
@@ -66,14 +55,6 @@ class SmokeReport:
         )
         lines = [f"  {'ok  ' if c.passed else 'FAIL'} {c.name}: {c.detail}" for c in self.checks]
         return "\n".join([head, *lines])
-
-
-def read_golden(version_dir: Path) -> dict:
-    """``{"instances": [...], "predictions": [[score], ...]}`` as exported with the model."""
-    path = Path(version_dir) / GOLDEN_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the model was exported without golden requests")
-    return json.loads(path.read_text())
 
 
 def run_smoke_tests(
@@ -113,20 +94,25 @@ def _signature(metadata: dict, version: int) -> str:
     served = str(metadata["model_spec"]["version"])
     if served != str(version):
         raise AssertionError(f"metadata is for version {served}, not {version}")
-    signature = metadata["metadata"]["signature_def"]["signature_def"][SIGNATURE_NAME]
+    signature = metadata["metadata"]["signature_def"]["signature_def"][contract.SIGNATURE_NAME]
     inputs = {name: spec["dtype"] for name, spec in signature["inputs"].items()}
     outputs = {name: spec["dtype"] for name, spec in signature["outputs"].items()}
-    if inputs != INPUT_DTYPES or outputs != OUTPUT_DTYPES:
-        raise AssertionError(f"signature {SIGNATURE_NAME} has inputs {inputs}, outputs {outputs}; "
-                             f"expected {INPUT_DTYPES} -> {OUTPUT_DTYPES}")  # fmt: skip
-    return f"{SIGNATURE_NAME}: userId, movieId (int64) -> score (float)"
+    expected_inputs, expected_outputs = contract.signature_dtypes()
+    if inputs != expected_inputs or outputs != expected_outputs:
+        raise AssertionError(
+            f"signature {contract.SIGNATURE_NAME} has inputs {inputs}, outputs {outputs}; "
+            f"expected {expected_inputs} -> {expected_outputs}"
+        )
+    return contract.describe()
 
 
 def _golden(client, model, instances, expected, budget, protocol, target, where) -> str:
     if protocol == "rest":
         served = np.asarray(client.predict_rest(model, instances, **target), dtype=np.float64).reshape(-1)
     else:
-        served = np.asarray(client.predict_grpc(model, instances, **target)["score"], dtype=np.float64).reshape(-1)
+        served = np.asarray(client.predict_grpc(model, instances, **target)[contract.OUTPUT], dtype=np.float64).reshape(
+            -1
+        )
     if served.shape != expected.shape:
         raise AssertionError(f"{len(served)} predictions for {len(expected)} golden requests at {where}")
     worst = float(np.max(np.abs(served - expected))) if len(expected) else 0.0
@@ -151,7 +137,8 @@ def _burst(client, model, version, instances, budget: SmokeBudget, report: Smoke
     report.errors = len(timings) - len(ok)
     if len(ok):
         report.latency_ms = {
-            name: round(float(np.percentile(ok, q)), 3) for name, q in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
+            name: round(float(np.percentile(ok, q)), 3)
+            for name, q in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
         }
     detail = f"{report.requests} requests x{budget.concurrency}: {report.errors} errors, latency {report.latency_ms} ms"
     if report.errors:

@@ -1,17 +1,23 @@
-"""The ``railyard`` command line.
+"""The ``railyard`` command line: the top of the layering, it drives flows, tasks and infra.
 
 Heavy libraries (TensorFlow, Great Expectations, MLflow, Prefect) are imported inside the
-commands that need them, so ``railyard --help`` answers at once.
+commands that need them, so ``railyard --help`` answers at once. An error Railyard raises on
+purpose ends the command with one ``error:`` line, the next step, and the error's exit code
+(2: refused, nothing changed; 1: something did not answer or broke), never a traceback.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from railyard.errors import RailyardError
+from railyard.runtime import prepare_environment
 
 app = typer.Typer(
     name="railyard",
@@ -22,26 +28,14 @@ app = typer.Typer(
 )
 
 
-def prepare_environment(home: Path) -> None:
-    """Quiet, offline-friendly defaults; must run before Prefect or TensorFlow is imported.
-
-    Prefect's own state goes under RAILYARD_HOME too (a separate world per home), unless the user
-    points Prefect somewhere (PREFECT_HOME or PREFECT_API_URL).
-    """
-    if "PREFECT_HOME" not in os.environ and "PREFECT_API_URL" not in os.environ:
-        os.environ["PREFECT_HOME"] = str(home / "prefect")
-    # Prefect and Great Expectations write scratch files under TMPDIR.
-    tmp = home / "tmp"
-    tmp.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TMPDIR", str(tmp))
-    defaults = {
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # telemetry fails without internet
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # first start migrates the DB
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "GIT_PYTHON_REFRESH": "quiet",
-    }
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
+def main(args: list[str] | None = None) -> None:
+    """The console script."""
+    try:
+        app(args=args, prog_name="railyard")  # usage errors and exits: click's own sys.exit
+    except RailyardError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        typer.echo(f"next: {error.next_step}", err=True)
+        sys.exit(error.exit_code)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -86,7 +80,9 @@ def _settings():
 
 @app.command()
 def run(
-    data: Annotated[Path | None, typer.Option("--data", help="MovieLens-format folder or date-partitioned Parquet.")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="MovieLens-format folder or date-partitioned Parquet.")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Maximum training epochs.")] = None,
     auto_approve: Annotated[
         bool, typer.Option("--auto-approve", help="Promote without a reviewer when every check passes.")
@@ -99,20 +95,10 @@ def run(
     (`railyard approve|reject VERSION` from another shell, or the Prefect UI).
     """
     _settings()
-    from flows.retrain import ModelRejected, SmokeTestsFailed, retrain
-    from railyard.loaders import DataLoadError
-    from railyard.validation import DataValidationError
-    from infra.local_server.background import LocalServerError
-    from infra.serving_client import ServingError
-    from tasks.release import RegistryLost
+    from flows.retrain import retrain
 
     parameters = {"data_dir": str(data.resolve()) if data else None, "epochs": epochs}
-    try:
-        summary = retrain(**{k: v for k, v in parameters.items() if v is not None}, auto_approve=auto_approve)
-    except (DataLoadError, DataValidationError, ModelRejected, SmokeTestsFailed, RegistryLost) as error:
-        _fail(str(error), code=2)
-    except (ServingError, LocalServerError) as error:  # the version waits as a candidate for a re-run
-        _fail(f"{error}\nproduction is unchanged; run again once serving is back (a published version is picked up)", code=1)
+    summary = retrain(**{k: v for k, v in parameters.items() if v is not None}, auto_approve=auto_approve)
     if as_json:
         print(json.dumps(summary, sort_keys=True), flush=True)
     else:
@@ -139,21 +125,31 @@ def serve(
     rest_port: Annotated[int | None, typer.Option(help="REST port (default 8501; 0 = any free port).")] = None,
     grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 8500; 0 = any free port).")] = None,
     background: Annotated[bool, typer.Option("--background", help="Start detached (or reuse) and return.")] = False,
-    stop: Annotated[bool, typer.Option("--stop", help="Stop the background server.")] = False,
+    stop: Annotated[bool, typer.Option("--stop", help="Stop the background server (or the container).")] = False,
+    docker: Annotated[
+        bool, typer.Option("--docker", help="Run the real TF Serving image in Docker instead (needs a Docker engine).")
+    ] = False,
 ) -> None:
-    """The local TF-Serving-compatible server over RAILYARD_HOME's model root (foreground by default)."""
-    settings = _settings()
-    from infra.deploy import CONFIG_FILE
-    from infra.local_server import background as local
+    """The local TF-Serving-compatible server over RAILYARD_HOME's model root (foreground by default).
 
+    With --docker: the tensorflow/serving container of the compose stack, serving the same model
+    root; it keeps running (restart policy) until `railyard serve --docker --stop`.
+    """
+    settings = _settings()
+    from infra.local_server import background as local
+    from infra.tfserving.protocol import CONFIG_FILE
+
+    rest = settings.local_serving_rest_port if rest_port is None else rest_port
+    grpc = settings.local_serving_grpc_port if grpc_port is None else grpc_port
+    if docker:
+        _serve_in_docker(settings.resolved_serving_model_root, rest, grpc, stop)
+        return
     state_dir = settings.local_serving_dir
     if stop:
         state = local.stop(state_dir)
         typer.echo(f"stopped the local server (pid {state.pid})" if state else "no local server is running")
         return
     config_path = settings.resolved_serving_model_root / CONFIG_FILE
-    rest = settings.local_serving_rest_port if rest_port is None else rest_port
-    grpc = settings.local_serving_grpc_port if grpc_port is None else grpc_port
     try:
         if background:
             state = local.ensure_running(state_dir, config_path, rest, grpc)
@@ -161,8 +157,26 @@ def serve(
         else:
             settings.resolved_serving_model_root.mkdir(parents=True, exist_ok=True)
             local.serve_foreground(state_dir, config_path, rest, grpc)
-    except (RuntimeError, OSError, TimeoutError) as error:
+    except (OSError, TimeoutError) as error:
         _fail(str(error))
+
+
+def _serve_in_docker(model_root: Path, rest: int, grpc: int, stop: bool) -> None:
+    from infra.docker_launcher import MODEL_ROOT, TFServingLauncher
+    from infra.tfserving.model_config import ensure_config_file
+    from infra.tfserving.protocol import CONFIG_FILE
+
+    launcher = TFServingLauncher(model_root_volume=str(model_root), grpc_port=grpc, rest_port=rest)
+    if stop:
+        typer.echo(f"TF Serving container {launcher.name}: {launcher.stop().state}")
+        return
+    ensure_config_file(model_root / CONFIG_FILE)  # TF Serving does not start without its config file
+    status = launcher.start()
+    typer.echo(f"TF Serving container {launcher.name}: {status.state}; point Railyard at it with")
+    typer.echo(
+        f"  RAILYARD_SERVING_GRPC=127.0.0.1:{grpc} RAILYARD_SERVING_REST=http://127.0.0.1:{rest} "
+        f"RAILYARD_SERVING_SERVER_MODEL_ROOT={MODEL_ROOT}"
+    )
 
 
 def _decide(version: int, decision: str, reviewer: str, comment: str) -> None:
@@ -187,8 +201,9 @@ def _decide(version: int, decision: str, reviewer: str, comment: str) -> None:
         last = stages.history(version)[-1]
         _fail(
             f"{settings.model_name} version {version} is {stage.value} ({last['actor']}: {last['reason']}): "
-            "there is no review to answer", code=2,
-        )  # fmt: skip
+            "there is no review to answer",
+            code=2,
+        )
     flow_run_id = stages.lineage(version).get("review_run")
     if not flow_run_id:
         _fail(f"{settings.model_name} version {version} has no retrain run waiting for a review", code=2)
@@ -217,20 +232,17 @@ def reject(version: int, reviewer: Reviewer, comment: Comment = "") -> None:
 
 @app.command()
 def rollback(
-    to: Annotated[int | None, typer.Option("--to", help="Version to restore (default: the previous production).")] = None,
+    to: Annotated[
+        int | None, typer.Option("--to", help="Version to restore (default: the previous production).")
+    ] = None,
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit trail).")] = "manual rollback",
     actor: Annotated[str, typer.Option(help="Who asks.")] = "operator",
 ) -> None:
     """Put an earlier production version back on `stable`."""
     _settings()
     from flows.rollback import rollback as rollback_flow
-    from model_registry.stages import IllegalTransition
-    from model_registry.store import StoreError
 
-    try:
-        result = rollback_flow(to_version=to, reason=reason, actor=actor)
-    except (IllegalTransition, StoreError, RuntimeError) as error:
-        _fail(str(error), code=2)
+    result = rollback_flow(to_version=to, reason=reason, actor=actor)
     typer.echo(f"{result['model_name']} version {result['version']} is stable again; labels {result['serving']}")
 
 
@@ -242,18 +254,16 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object
     docs/release.md); each repair is listed.
     """
     settings = _settings()
-    from infra.deploy import resolve_target
-    from infra.tfserving_config import CANARY, STABLE
+    from infra.rollout.deploy import resolve_target
+    from infra.tfserving.protocol import CANARY, STABLE
     from model_registry import LockTimeoutError
-    from tasks.release import RegistryLost, reconcile, registry, release_lock
+    from tasks.release import reconcile, registry, release_lock
 
     try:
         with release_lock(settings, "railyard status", wait_s=0):
             repaired = reconcile(settings, start_serving=False)
     except LockTimeoutError as busy:
         repaired = [f"not reconciled: a release is in progress ({busy})"]
-    except RegistryLost as error:
-        _fail(str(error), code=2)
     versions = [
         {key: entry[key] for key in ("version", "stage", "metrics", "approved_by")}
         for entry in registry(settings).versions()
@@ -264,8 +274,12 @@ def status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object
         with target.client(attempts=1) as client:
             serving = {label: client.label_version(settings.model_name, label) for label in (STABLE, CANARY)}
     if as_json:
-        print(json.dumps({"model_name": settings.model_name, "versions": versions, "serving": serving,
-                          "repaired": repaired}, sort_keys=True))  # fmt: skip
+        print(
+            json.dumps(
+                {"model_name": settings.model_name, "versions": versions, "serving": serving, "repaired": repaired},
+                sort_keys=True,
+            )
+        )
         return
     for line in repaired:
         typer.echo(f"repaired: {line}")
@@ -287,14 +301,11 @@ def restore_registry() -> None:
     that their earlier history was lost (no rollback to them).
     """
     settings = _settings()
-    from model_registry.stages import RegistryOutOfSync
-    from tasks.release import release_lock, restore_registry as restore
+    from tasks.release import release_lock
+    from tasks.release import restore_registry as restore
 
-    try:
-        with release_lock(settings, "railyard restore-registry"):
-            versions, production = restore(settings, actor=_os_user())
-    except RegistryOutOfSync as error:
-        _fail(str(error), code=2)
+    with release_lock(settings, "railyard restore-registry"):
+        versions, production = restore(settings, actor=_os_user())
     typer.echo(f"registered {settings.model_name} versions {versions}; production: {production}")
 
 
@@ -334,4 +345,3 @@ def worker(
     _settings()
     args = ["worker", "start", "--pool", WORK_POOL, "--type", "process"] + (["--run-once"] if run_once else [])
     raise typer.Exit(_prefect(*args, check=False).returncode)
-

@@ -2,65 +2,24 @@
 
 The serving host cannot read the store (TF Serving >= 2.7 has no s3://), so a verified copy
 goes into the model root it serves from, appearing at once (the store's download renames a
-finished staging folder). TF Serving has no "get config" RPC: the config file in the model root
-is the known-good config; it is rewritten atomically after every successful reload, and it is
-also the file TF Serving (``--model_config_file``) and the local server read when they start.
+finished staging folder). The labels then move (infra/rollout/labels.py), and the config that
+was applied becomes the known-good config in the model root (infra/tfserving/target.py).
 """
 
 from __future__ import annotations
 
-import posixpath
-from dataclasses import dataclass
 from pathlib import Path
 
-from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
-
 from infra.local_server import background
-from infra.serving_client import ServingClient, load_version_as_canary, promote_version, unload_version
-from infra.tfserving_config import read_config, served_versions, write_config_atomically
+from infra.rollout.labels import load_version_as_canary, promote_version, unload_version
+from infra.tfserving.client import ServingClient
+from infra.tfserving.model_config import served_versions, write_config_atomically
+from infra.tfserving.protocol import CONFIG_FILE
+from infra.tfserving.target import ServingTarget, known_good_config
 from model_registry.manifest import Manifest
 from model_registry.store import ModelStore, StoreError
 from railyard.fsutil import sha256_file
 from railyard.settings import Settings
-
-CONFIG_FILE = "models.config"
-
-
-@dataclass(frozen=True)
-class ServingTarget:
-    grpc: str  # host:port of the gRPC API (ModelService, PredictionService)
-    rest: str  # http://host:port
-    model_root: Path  # where this process writes version folders
-    server_model_root: str  # the same folder as the server sees it (e.g. /models in the container)
-
-    @property
-    def config_path(self) -> Path:
-        return self.model_root / CONFIG_FILE
-
-    def base_path(self, model: str) -> str:
-        return posixpath.join(self.server_model_root, model)
-
-    def client(self, **options) -> ServingClient:
-        return ServingClient(self.grpc, self.rest, **options)
-
-
-def known_good_config(target: ServingTarget) -> ModelServerConfig:
-    """What the server was last told successfully (nothing yet: an empty config)."""
-    return read_config(target.config_path) if target.config_path.exists() else ModelServerConfig()
-
-
-def serving_labels(target: ServingTarget, model: str) -> dict[str, int]:
-    return served_versions(known_good_config(target), model)[1]
-
-
-def served_version_numbers(target: ServingTarget, model: str) -> set[int]:
-    return served_versions(known_good_config(target), model)[0]
-
-
-def serving_labels_on_file(settings: Settings) -> dict[str, int]:
-    """The labels the model root's config gives the model, without asking any server."""
-    path = settings.resolved_serving_model_root / CONFIG_FILE
-    return served_versions(read_config(path), settings.model_name)[1] if path.exists() else {}
 
 
 def materialize(store: ModelStore, model: str, version: int, target: ServingTarget) -> Path:

@@ -1,4 +1,5 @@
-"""The rules that conclude releases whose run is gone and repair serving (pure functions)."""
+"""The release rules (pure functions): what each step's outcome does to a version, and what
+concludes releases whose run is gone and repairs serving."""
 
 import os
 import signal
@@ -8,10 +9,95 @@ import time
 
 import pytest
 
-from model_registry.reconcile import RunView, ServingPlan, release_ending, serving_plan, store_gaps
+from model_registry.release_rules import (
+    SYSTEM_ACTOR,
+    Outcome,
+    RunView,
+    ServingPlan,
+    Verdict,
+    release_ending,
+    release_verdict,
+    review_outcome,
+    serving_plan,
+    store_gaps,
+)
+from model_registry.stages import Stage
 from railyard.processes import current_process, process_alive
 
 NOW = 1_000_000.0
+
+
+# ---------------------------------------------------------------- the release's branching
+
+
+@pytest.mark.parametrize(
+    ("outcome", "detail", "expected"),
+    [
+        (
+            Outcome.NOT_BLESSED,
+            "auc=0.5 fails >= 0.6",
+            Verdict(Stage.REJECTED, SYSTEM_ACTOR, "not blessed: auc=0.5 fails >= 0.6", "not blessed"),
+        ),
+        (
+            Outcome.LOAD_FAILED,
+            "DATA_LOSS: truncated",
+            Verdict(Stage.REJECTED, SYSTEM_ACTOR, "TF Serving could not load it: DATA_LOSS: truncated", "load failed"),
+        ),
+        (
+            Outcome.SMOKE_FAILED,
+            "golden_rest: differ by 0.3",
+            Verdict(
+                Stage.REJECTED, SYSTEM_ACTOR, "smoke tests failed: golden_rest: differ by 0.3", "smoke tests failed"
+            ),
+        ),
+        (Outcome.SMOKE_PASSED, "", Verdict(Stage.STAGING, SYSTEM_ACTOR, "smoke tests passed")),
+        (
+            Outcome.TIMED_OUT,
+            "86400 s",
+            Verdict(Stage.REJECTED, SYSTEM_ACTOR, "no approval within 86400 s", "timed out"),
+        ),
+        (
+            Outcome.SUPERSEDED,
+            "7",
+            Verdict(Stage.REJECTED, SYSTEM_ACTOR, "superseded by version 7, trained on newer data", "superseded"),
+        ),
+    ],
+)
+def test_what_railyard_decides_itself(outcome, detail, expected):
+    assert release_verdict(outcome, detail) == expected
+
+
+def test_serving_down_leaves_the_version_a_candidate_for_a_re_run():
+    verdict = release_verdict(Outcome.SERVING_DOWN, "REST http://127.0.0.1:8501 refused")
+    assert verdict.stage is None and verdict.ending is None
+    assert "refused" in verdict.reason
+
+
+def test_a_reviewer_decides_under_their_own_name():
+    assert release_verdict(Outcome.APPROVED, "looks good", actor="alice") == Verdict(
+        Stage.PRODUCTION, "alice", "looks good"
+    )
+    assert release_verdict(Outcome.APPROVED, "", actor="alice").reason == "approved"  # a comment is optional
+    assert release_verdict(Outcome.REJECTED, "worse on new users", actor="bob") == Verdict(
+        Stage.REJECTED, "bob", "worse on new users", "rejected"
+    )
+
+
+def test_review_answers_and_silence_map_to_outcomes():
+    assert review_outcome("approve") is Outcome.APPROVED
+    assert review_outcome("reject") is Outcome.REJECTED
+    assert review_outcome(None) is Outcome.TIMED_OUT
+    with pytest.raises(KeyError):
+        review_outcome("maybe")
+
+
+def test_every_outcome_has_a_verdict_and_every_rejection_an_ending():
+    for outcome in Outcome:
+        verdict = release_verdict(outcome, "detail", actor="alice")
+        assert (verdict.ending is not None) == (verdict.stage is Stage.REJECTED), outcome
+
+
+# ---------------------------------------------------------------- unfinished releases
 
 
 def owner(mode: str = "pause", deadline: float | None = NOW + 3600) -> dict:

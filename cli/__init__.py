@@ -1,0 +1,1 @@
+"""The ``railyard`` console script, above every package it drives."""

@@ -1,0 +1,87 @@
+"""TF Serving's protocol as both sides speak it: names, states, labels and request encoding.
+
+Shared by the transport client (``infra/tfserving/client.py``) and the local server
+(``infra/local_server/``), which may import nothing else of the client. TensorFlow and the
+serving protos are imported only by the functions that build protos.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from railyard.contract import SIGNATURE_NAME
+
+if TYPE_CHECKING:
+    import numpy as np
+    from tensorflow_serving.apis.predict_pb2 import PredictRequest
+
+# ModelVersionStatus.State names (get_model_status.proto).
+START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+# server_core.cc's UNAVAILABLE answer to a label before any config has set labels.
+NO_LABELS_YET = "Model labels does not init yet."
+
+# Version labels Railyard moves: `stable` serves everyone, `canary` the version under review.
+STABLE = "stable"
+CANARY = "canary"
+LABEL_PATTERN = re.compile(r"[a-zA-Z0-9_]+")
+MODEL_PLATFORM = "tensorflow"
+# The served config, in the model root: the known-good config and the file servers start from.
+CONFIG_FILE = "models.config"
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One entry of GetModelStatus: the version's state and its load/unload status."""
+
+    version: int
+    state: str
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+def instance_columns(instances: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Row-format instances (one dict per example) as one batched array per input.
+
+    Python ints become int64 and floats float32, the dtypes a TF model usually declares.
+    """
+    import numpy as np
+
+    if not instances:
+        raise ValueError("no instances to send")
+    keys = set(instances[0])
+    for index, instance in enumerate(instances):
+        if set(instance) != keys:
+            raise ValueError(f"instance {index} has inputs {sorted(instance)}, expected {sorted(keys)}")
+    columns = {}
+    for key in sorted(keys):
+        column = np.asarray([instance[key] for instance in instances])
+        columns[key] = column.astype(np.float32) if column.dtype == np.float64 else column
+    return columns
+
+
+def build_predict_request(
+    model: str,
+    instances: Sequence[Mapping[str, Any]],
+    *,
+    version: int | None = None,
+    label: str | None = None,
+    signature_name: str = SIGNATURE_NAME,
+) -> PredictRequest:
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    if version is not None and label is not None:
+        raise ValueError("give a model version or a version label, not both")
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model
+    request.model_spec.signature_name = signature_name
+    if version is not None:
+        request.model_spec.version.value = version
+    elif label is not None:
+        request.model_spec.version_label = label
+    for name, column in instance_columns(instances).items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(column))
+    return request

@@ -1,0 +1,57 @@
+"""Where a TF Serving is and what it was last told: the endpoints, the model root both sides
+see, and the known-good config kept in that root.
+
+TF Serving has no "get config" RPC: the config file in the model root is the known-good
+config; it is rewritten atomically after every successful reload, and it is also the file TF
+Serving (``--model_config_file``) and the local server read when they start.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+
+from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+
+from infra.tfserving.client import ServingClient
+from infra.tfserving.model_config import read_config, served_versions
+from infra.tfserving.protocol import CONFIG_FILE
+from railyard.settings import Settings
+
+
+@dataclass(frozen=True)
+class ServingTarget:
+    grpc: str  # host:port of the gRPC API (ModelService, PredictionService)
+    rest: str  # http://host:port
+    model_root: Path  # where this process writes version folders
+    server_model_root: str  # the same folder as the server sees it (e.g. /models in the container)
+
+    @property
+    def config_path(self) -> Path:
+        return self.model_root / CONFIG_FILE
+
+    def base_path(self, model: str) -> str:
+        return posixpath.join(self.server_model_root, model)
+
+    def client(self, **options) -> ServingClient:
+        return ServingClient(self.grpc, self.rest, **options)
+
+
+def known_good_config(target: ServingTarget) -> ModelServerConfig:
+    """What the server was last told successfully (nothing yet: an empty config)."""
+    return read_config(target.config_path) if target.config_path.exists() else ModelServerConfig()
+
+
+def serving_labels(target: ServingTarget, model: str) -> dict[str, int]:
+    return served_versions(known_good_config(target), model)[1]
+
+
+def served_version_numbers(target: ServingTarget, model: str) -> set[int]:
+    return served_versions(known_good_config(target), model)[0]
+
+
+def serving_labels_on_file(settings: Settings) -> dict[str, int]:
+    """The labels the model root's config gives the model, without asking any server."""
+    path = settings.resolved_serving_model_root / CONFIG_FILE
+    return served_versions(read_config(path), settings.model_name)[1] if path.exists() else {}

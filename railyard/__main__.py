@@ -1,3 +1,0 @@
-from railyard.cli import app
-
-app(prog_name="railyard")

@@ -1,0 +1,45 @@
+"""The configuration each stage takes, as plain values without defaults.
+
+``Settings`` builds every one of them (``Settings.train_config()`` and so on), so each default
+is written once, in ``railyard/settings.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    embedding_dim: int
+    learning_rate: float
+    seed: int
+    early_stopping_patience: int
+
+
+@dataclass(frozen=True)
+class ValidationBounds:
+    min_rows: int
+    max_rows: int
+    min_positive_rate: float
+    max_positive_rate: float
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    """Absolute bounds, and change bounds against the production model (None: not checked)."""
+
+    min_auc: float | None
+    max_logloss: float | None
+    min_auc_change: float | None  # challenger AUC - production AUC must be >= this
+    max_logloss_change_relative: float | None  # (challenger - production) / production <= this
+
+
+@dataclass(frozen=True)
+class SmokeBudget:
+    p95_ms: float
+    requests: int  # the burst: single-instance REST predictions
+    concurrency: int
+    tolerance: float  # served vs. offline predictions
