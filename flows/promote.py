@@ -8,6 +8,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import Field
 
+from model_registry.release_rules import Outcome, release_verdict
 from railyard.settings import Settings
 from tasks import approval, deploy, release
 
@@ -29,9 +30,10 @@ def promote(
     target = deploy.serving_target(settings)
     run_id = str(flow_run.get_id()) if flow_run.get_id() else None
     with release.release_lock(settings, f"promote run {run_id}"):
-        labels = release.promote(
-            target, settings, version, actor=reviewer, reason=comment or "approved", flow_run_id=run_id
+        release.apply_verdict(
+            target, settings, version, release_verdict(Outcome.APPROVED, comment, actor=reviewer), run_id
         )
+    labels = deploy.serving_labels(target, settings)
     # The retrain run waiting for this review wakes up, finds the decision made and ends with it.
     waiting = release.registry(settings).lineage(version).get("review_run")
     if waiting:

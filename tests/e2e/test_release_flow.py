@@ -5,7 +5,7 @@ the UI's Run button does), picked up by a worker and auto-approved to production
 same data has nothing new to release; run 2 of the deployment suspends for its review, holding
 no worker and no concurrency slot while the worker restarts, a second run goes through and
 several lease periods pass, then it is approved and reaches production; run 3 is rejected; run 4
-times out; run 5 fails its smoke tests; then rollbacks.
+times out; run 5 fails its smoke tests; then rollbacks; run 6 is approved by the promote deployment.
 """
 
 import os
@@ -80,9 +80,9 @@ def _scheduled_runs(world: World, deployment_id: str, wait_s: float = 0) -> list
         time.sleep(2)
 
 
-def _start_deployment_run(world: World, parameters: dict) -> str:
-    _, daily = world.api("GET", "/deployments/name/retrain/daily")
-    status, flow_run = world.api("POST", f"/deployments/{daily['id']}/create_flow_run", {"parameters": parameters})
+def _start_deployment_run(world: World, parameters: dict, deployment: str = "retrain/daily") -> str:
+    _, found = world.api("GET", f"/deployments/name/{deployment}")
+    status, flow_run = world.api("POST", f"/deployments/{found['id']}/create_flow_run", {"parameters": parameters})
     assert status == 201, flow_run
     return flow_run["id"]
 
@@ -239,3 +239,22 @@ def test_rollback_restores_the_previous_production_version_and_refuses_others(wo
     ]
     assert [entry["stage"] for entry in world.history(2)] == ["candidate", "staging", "production", "archived"]
     assert world.history(2)[-1]["actor"] == "carol"
+
+
+def test_the_promote_deployment_approves_a_waiting_review(world):
+    """The promote flow, started from the UI: the version reaches production, and the run waiting
+    for its review wakes up and ends with that decision."""
+    run = world.start_run(6)
+    world.wait_until_waiting(6, run)
+    parameters = {"version": 6, "reviewer": "dana", "comment": "approved from the promote form"}
+    promote_run = _start_deployment_run(world, parameters, deployment="promote/promote")
+    world.railyard("worker", "--run-once")
+    assert world.flow_run(promote_run)["state"]["type"] == "COMPLETED"
+    summary = world.finish(run)
+    assert summary["stage"] == "production" and summary["serving"]["labels"] == {"stable": 6, "canary": 6}
+    assert (summary["decided_by"], summary["reason"]) == ("dana", "approved from the promote form")
+    promoted = world.history(6)[-1]
+    assert (promoted["stage"], promoted["actor"], promoted["flow_run_id"]) == ("production", "dana", promote_run)
+    assert world.aliases() == {"production": 6, "champion": 6}
+    assert world.tags(1)["railyard.stage"] == "archived"
+    assert_serves_its_golden_answers(world, "stable", 6)

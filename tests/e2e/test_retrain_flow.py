@@ -160,6 +160,10 @@ def test_serving_down_fails_clearly_and_leaves_a_candidate(flow_home, tmp_path, 
     monkeypatch.setenv("RAILYARD_SERVING_GRPC", f"127.0.0.1:{free_port()}")
     monkeypatch.setenv("RAILYARD_SERVING_REST", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("RAILYARD_SERVING_ATTEMPTS", "2")
+    # The subject is serving, not the model: a one-epoch model of this tiny data set scored an
+    # AUC of 0.59 to 0.61 from run to run (threads), so the gate lets any model through.
+    monkeypatch.setenv("RAILYARD_MIN_AUC", "0")
+    monkeypatch.setenv("RAILYARD_MAX_LOGLOSS", "10")
     data = tmp_path / "data"
     generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=300, seed=6)
     with pytest.raises(ServingUnavailableError, match="unavailable after 2 attempt"):
