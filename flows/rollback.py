@@ -8,13 +8,15 @@ from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import Field
 
-from railyard.errors import Refused
+from railyard.errors import SEE_STATUS, Refused
 from railyard.settings import Settings
 from tasks import deploy, release
 
 
 class RollbackRefused(Refused):
     """There is nothing legal to roll back to."""
+
+    next_step = SEE_STATUS
 
 
 @flow(name="rollback", log_prints=True)

@@ -16,7 +16,7 @@ from collections.abc import Collection
 from datetime import UTC, datetime
 from enum import Enum
 
-from railyard.errors import Refused
+from railyard.errors import SEE_STATUS, Refused
 
 TAG_PREFIX = "railyard."
 STAGE_TAG = "railyard.stage"
@@ -50,6 +50,8 @@ ALIASES = {Stage.STAGING: ("staging",), Stage.PRODUCTION: ("production", "champi
 
 class IllegalTransition(Refused, ValueError):
     """A stage change the release process does not allow."""
+
+    next_step = SEE_STATUS
 
 
 class RegistryOutOfSync(Refused):

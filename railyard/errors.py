@@ -11,6 +11,8 @@ retrain flow's failure hook announces its ``next_step``. Two kinds:
 from __future__ import annotations
 
 DEFAULT_NEXT_STEP = "read the flow run's logs; production keeps serving the last approved version"
+# For a refused stage change or rollback.
+SEE_STATUS = "nothing changed; `railyard status` lists every version and its stage"
 
 
 class RailyardError(Exception):
