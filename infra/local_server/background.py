@@ -22,6 +22,7 @@ from pathlib import Path
 
 from railyard.errors import RailyardError
 from railyard.fsutil import atomic_write_text
+from railyard.processes import current_process, process_alive
 
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"
@@ -40,6 +41,9 @@ class ServerState:
     rest_port: int
     grpc_port: int
     config_path: str
+    # Host, pid and start time: a stale file whose pid now belongs to another process names
+    # a process that is gone, so it is never signalled.
+    process: dict
 
     @property
     def rest_url(self) -> str:
@@ -74,7 +78,7 @@ def running(state_dir: Path) -> ServerState | None:
     state = read_state(state_dir)
     if state is None:
         return None
-    if _alive(state.pid) and _answers(state.rest_url):
+    if _is_server(state) and _answers(state.rest_url):
         return state
     (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
     return None
@@ -142,7 +146,9 @@ def serve_foreground(
         signal.signal(signum, lambda *_: stopped.set())
     server = LocalServingServer(config_path, rest_port=rest_port, grpc_port=grpc_port, host=host).start()
     state_dir.mkdir(parents=True, exist_ok=True)
-    write_state(state_dir, ServerState(os.getpid(), server.rest_port, server.grpc_port, str(config_path)))
+    write_state(
+        state_dir, ServerState(os.getpid(), server.rest_port, server.grpc_port, str(config_path), current_process())
+    )
     try:
         stopped.wait()
     finally:
@@ -151,34 +157,40 @@ def serve_foreground(
 
 
 def stop(state_dir: Path, timeout_s: float = 30.0) -> ServerState | None:
-    """Stop the background server (SIGTERM, then SIGKILL); the state it had, or None."""
+    """Stop the background server (SIGTERM, then SIGKILL); the state it had, or None when no
+    server of this folder runs. A stale state file is removed; its pid is never signalled
+    unless it is still the very process that wrote the file (same pid and start time)."""
     state = read_state(state_dir)
-    if state is None:
+    if state is None or not _is_server(state):
+        (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
         return None
-    if _alive(state.pid):
-        os.kill(state.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _alive(state.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _alive(state.pid):
-            os.kill(state.pid, signal.SIGKILL)
+    os.kill(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while _is_server(state) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _is_server(state):
+        os.kill(state.pid, signal.SIGKILL)
     (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
     return state
 
 
-def _alive(pid: int) -> bool:
+def _is_server(state: ServerState) -> bool:
+    """The process that wrote the state file still runs. Without /proc (no start times to
+    compare) the pid must at least exist and the server answer on its REST port."""
     try:
-        os.kill(pid, 0)
+        os.waitpid(state.pid, os.WNOHANG)  # a dead child of this process is reaped, so it is gone
+    except ChildProcessError:
+        pass  # not our child
+    known = process_alive(state.process)
+    if known is not None:
+        return known
+    try:
+        os.kill(state.pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    # A zombie child of this process still "exists": reap it if it is ours.
-    try:
-        reaped, _ = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return reaped == 0
+        pass
+    return _answers(state.rest_url)
 
 
 def _answers(rest_url: str) -> bool:

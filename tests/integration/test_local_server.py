@@ -2,6 +2,9 @@
 
 import json
 import logging
+import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -352,3 +355,23 @@ def test_a_background_server_serves_the_config_it_was_given_and_is_reused_then_s
     assert stopped == state
     assert background.running(state_dir) is None and not (state_dir / background.STATE_FILE).exists()
     assert "Traceback" not in (state_dir / background.LOG_FILE).read_text()
+
+
+def test_stop_never_signals_a_process_that_merely_reuses_a_stale_pid(tmp_path):
+    """A state file left by a killed server names a pid another process may hold by now."""
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        wrong_start = {"host": socket.gethostname(), "pid": bystander.pid, "start": 1}  # not its start time
+        background.write_state(tmp_path, background.ServerState(bystander.pid, 1, 2, "models.config", wrong_start))
+        assert background.stop(tmp_path, timeout_s=1) is None
+        assert bystander.poll() is None, "the bystander was signalled"
+        assert not (tmp_path / background.STATE_FILE).exists()  # the stale file is gone
+
+        # A file without the process's identity (an older Railyard) is not trusted either.
+        legacy = {"pid": bystander.pid, "rest_port": 1, "grpc_port": 2, "config_path": "models.config"}
+        (tmp_path / background.STATE_FILE).write_text(json.dumps(legacy))
+        assert background.stop(tmp_path, timeout_s=1) is None
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
