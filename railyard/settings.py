@@ -11,7 +11,7 @@ import re
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from railyard.configs import GateThresholds, SmokeBudget, TrainConfig, ValidationBounds
@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     release_lock_lease_s: float = Field(default=120.0, gt=0)
     release_lock_wait_s: float = Field(default=3_600.0, ge=0)  # another release may be deploying
     # Optional: a URL that receives a short JSON message on failure, approval needed, promotion.
-    webhook_url: str | None = None
+    webhook_url: SecretStr | None = None  # a secret: webhook URLs carry their token
 
     # Data validation bounds.
     min_rows: int = 1_000

@@ -11,6 +11,7 @@ import pytest
 from railyard.synthetic import generate_movielens
 
 pytestmark = pytest.mark.slow
+WEBHOOK_TOKEN = "T0KEN-in-the-webhook-url"
 
 
 def _store_versions(home: Path, model: str = "recmodel") -> list[str]:
@@ -36,6 +37,8 @@ def test_cli_run_trains_publishes_to_s3_deploys_and_tracks(tmp_path, s3_bucket):
         "RAILYARD_STORE_URI": s3_bucket.uri("models"),  # s3_bucket also set RAILYARD_S3_ENDPOINT_URL
         "RAILYARD_LOCAL_SERVING_REST_PORT": "0",
         "RAILYARD_LOCAL_SERVING_GRPC_PORT": "0",
+        # A broken webhook (no scheme) with its token in the URL: the run stays green, the token secret.
+        "RAILYARD_WEBHOOK_URL": f"hooks.example.com/services/{WEBHOOK_TOKEN}",
     }
     env.pop("PREFECT_HOME")  # the CLI must set up its own Prefect world under RAILYARD_HOME
     command = [sys.executable, "-m", "cli"]
@@ -52,6 +55,11 @@ def test_cli_run_trains_publishes_to_s3_deploys_and_tracks(tmp_path, s3_bucket):
         subprocess.run([*command, "serve", "--stop"], env=env, capture_output=True, timeout=120, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert "webhook delivery of promoted failed" in completed.stderr
+    databases = sorted(home.rglob("*.db"))
+    assert {path.name for path in databases} >= {"mlflow.db", "prefect.db"}  # what the run recorded, logs included
+    for record in (completed.stdout, completed.stderr, *(path.read_bytes() for path in databases)):
+        assert WEBHOOK_TOKEN not in (record if isinstance(record, str) else record.decode("latin-1"))
 
     assert summary["model_name"] == "recmodel" and summary["model_version"] == 1
     metrics = summary["metrics"]
