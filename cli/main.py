@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -28,14 +29,36 @@ app = typer.Typer(
 )
 
 
+DEBUG_FLAG = "--debug"
+
+
+@app.callback()
+def options(
+    debug: Annotated[bool, typer.Option(DEBUG_FLAG, help="Show the traceback of an error.")] = False,
+) -> None:
+    """Options that apply to every command (give them before the command)."""
+
+
 def main(args: list[str] | None = None) -> None:
-    """The console script."""
+    """The console script: a failure is one ``error:`` line and a ``next:`` line, exit code 2 when
+    Railyard refused (nothing changed) and 1 otherwise; ``--debug`` adds the traceback."""
+    args = sys.argv[1:] if args is None else args
+    debug = DEBUG_FLAG in args
     try:
         app(args=args, prog_name="railyard")  # usage errors and exits: click's own sys.exit
     except RailyardError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        typer.echo(f"next: {error.next_step}", err=True)
+        _report(str(error), error.next_step, debug)
         sys.exit(error.exit_code)
+    except Exception as error:  # noqa: BLE001 - anything else is still one sentence, not a traceback
+        _report(f"{type(error).__name__}: {error}", f"run again with {DEBUG_FLAG} for the traceback", debug)
+        sys.exit(1)
+
+
+def _report(message: str, next_step: str, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    typer.echo(f"next: {next_step}", err=True)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -71,9 +94,9 @@ def generate_data(
 
 
 def _settings():
-    from railyard.settings import Settings
+    from railyard.settings import load_settings
 
-    settings = Settings()
+    settings = load_settings()
     prepare_environment(settings.home)
     return settings
 

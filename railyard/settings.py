@@ -11,10 +11,11 @@ import re
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from railyard.configs import GateThresholds, SmokeBudget, TrainConfig, ValidationBounds
+from railyard.errors import Refused
 
 # Model names become path components and S3 key prefixes: keep them to a safe alphabet.
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -172,3 +173,23 @@ class Settings(BaseSettings):
     @cached_property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+
+class SettingsError(Refused):
+    """A setting has a value Railyard cannot use."""
+
+    next_step = "fix the RAILYARD_* variable named (environment or .env) and run again"
+
+
+def load_settings() -> Settings:
+    """The settings from the environment; a bad value is one sentence per setting, naming its
+    variable and never echoing the value (it may be a secret)."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        problems = []
+        for item in error.errors(include_input=False, include_url=False):
+            field = ".".join(str(part) for part in item["loc"]) if item["loc"] else "settings"
+            name = f"RAILYARD_{field.upper()}" if item["loc"] else field
+            problems.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
+        raise SettingsError("; ".join(problems)) from None

@@ -64,3 +64,39 @@ def test_the_cli_exits_with_the_errors_code_on_one_error_line(railyard_home, mon
     assert err.splitlines()[0] == f"error: {failure}"
     assert err.splitlines()[1] == f"next: {failure.next_step}"
     assert "Traceback" not in err
+
+
+def test_a_bad_setting_is_one_sentence_naming_its_variable(railyard_home, monkeypatch, capsys):
+    monkeypatch.setenv("RAILYARD_MODEL_NAME", "../escape")
+    monkeypatch.setenv("RAILYARD_WEBHOOK_URL", "https://hooks.example.com/secret-token")
+    monkeypatch.setenv("RAILYARD_EPOCHS", "many")
+    with pytest.raises(SystemExit) as ended:
+        main(["status"])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    first, second = err.splitlines()
+    assert first.startswith("error: RAILYARD_MODEL_NAME: invalid model name") and "RAILYARD_EPOCHS:" in first
+    assert second.startswith("next: fix the RAILYARD_* variable")
+    assert "secret-token" not in err and "Traceback" not in err
+
+
+def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(railyard_home, monkeypatch, capsys):
+    import sqlite3
+
+    def locked(**_):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(flows.rollback, "rollback", locked)
+    with pytest.raises(SystemExit) as ended:
+        main(["rollback"])
+    assert ended.value.code == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "error: OperationalError: database is locked",
+        "next: run again with --debug for the traceback",
+    ]
+
+    with pytest.raises(SystemExit):
+        main(["--debug", "rollback"])
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.rstrip().endswith("--debug for the traceback")
