@@ -107,7 +107,8 @@ def plain_pipeline(data_dir: Path, work: Path, settings) -> tuple[Stages, int]:
     model_root.mkdir(parents=True)
     server = background.ensure_running(work / "serving", model_root / CONFIG_FILE, rest_port=0, grpc_port=0)
     try:
-        target = ServingTarget(server.grpc_target, server.rest_url, model_root, str(model_root))
+        token = background.reload_token(work / "serving")
+        target = ServingTarget(server.grpc_target, server.rest_url, model_root, str(model_root), reload_token=token)
         return plain_stages(data_dir, work, settings, target)
     finally:
         background.stop(work / "serving")

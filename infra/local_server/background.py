@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from railyard.processes import current_process, process_alive
 
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"
+TOKEN_FILE = "reload.token"  # owner-only: whoever can read it may change what is served
 START_TIMEOUT_S = 240.0  # the child imports TensorFlow (~20 s here) and loads the served versions
 
 
@@ -144,7 +146,14 @@ def serve_foreground(
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
-    server = LocalServingServer(config_path, rest_port=rest_port, grpc_port=grpc_port, host=host).start()
+    server = LocalServingServer(
+        config_path,
+        rest_port=rest_port,
+        grpc_port=grpc_port,
+        host=host,
+        model_root=Path(config_path).parent,  # the config lives in the model root it describes
+        reload_token=reload_token(state_dir),
+    ).start()
     state_dir.mkdir(parents=True, exist_ok=True)
     write_state(
         state_dir, ServerState(os.getpid(), server.rest_port, server.grpc_port, str(config_path), current_process())
@@ -154,6 +163,27 @@ def serve_foreground(
     finally:
         clear_state(state_dir, os.getpid())
         server.stop()
+
+
+def reload_token(state_dir: Path) -> str:
+    """The token config reloads of this folder's server must carry, created on first use with
+    owner-only permissions; a token file others can read is refused."""
+    path = Path(state_dir) / TOKEN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise LocalServerError(
+                f"{path} is readable by others (mode {mode:o}): anyone who reads it can change what is served; "
+                f"make it owner-only (chmod 600 {path})"
+            ) from None
+        return path.read_text().strip()
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(token)
+    return token
 
 
 def stop(state_dir: Path, timeout_s: float = 30.0) -> ServerState | None:

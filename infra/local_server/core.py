@@ -60,11 +60,14 @@ class ServerCore:
         load_retry_interval_s: float = 60.0,
         num_load_threads: int = 2,
         on_config_applied: Callable[[ModelServerConfig], None] | None = None,
+        model_root: Path | None = None,
     ) -> None:
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._max_retries = max_num_load_retries
         self._retry_interval_s = load_retry_interval_s
         self._on_config_applied = on_config_applied
+        # Every base_path must resolve (symlinks too) inside it; None: anywhere, as TF Serving.
+        self._model_root = None if model_root is None else Path(model_root).resolve()
         self._reload_lock = threading.Lock()  # one reload at a time, like ServerCore's config_mu_
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -96,7 +99,7 @@ class ServerCore:
                     "Cannot transition to requested config. It is only legal to transition "
                     "from one ModelConfigList to another.",
                 )
-            _validate_model_list(new_config)
+            _validate_model_list(new_config, self._model_root)
             with self._lock:
                 self._labels = self._checked_labels(new_config)
             self._apply_model_list(new_config)
@@ -293,8 +296,9 @@ def _status(number: int, version: _Version) -> VersionStatus:
     return VersionStatus(number, version.state, version.error.code, version.error.message)
 
 
-def _validate_model_list(config: ModelServerConfig) -> None:
-    """server_core.cc ValidateModelConfigList, GetPlatform and the route check."""
+def _validate_model_list(config: ModelServerConfig, model_root: Path | None) -> None:
+    """server_core.cc ValidateModelConfigList, GetPlatform and the route check; and every
+    base path inside the model root, checked before anything (labels included) changes."""
     seen: set[str] = set()
     for entry in config.model_config_list.config:
         if entry.name in seen:
@@ -304,6 +308,11 @@ def _validate_model_list(config: ModelServerConfig) -> None:
             raise StatusError(
                 "INVALID_ARGUMENT",
                 f"Expected model {entry.name} to have an absolute path or URI; got base_path()={entry.base_path}",
+            )
+        if model_root is not None and not Path(entry.base_path).resolve().is_relative_to(model_root):
+            raise StatusError(
+                "INVALID_ARGUMENT",
+                f"model {entry.name}: base_path {entry.base_path} is outside the model root {model_root}",
             )
         if not entry.model_platform:
             raise StatusError(

@@ -7,6 +7,7 @@ answer UNIMPLEMENTED); ``ModelService``: GetModelStatus and HandleReloadConfigRe
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import Callable
 from typing import TypeVar
@@ -22,6 +23,7 @@ from tensorflow_serving.apis import (
 from infra.local_server.core import ServerCore
 from infra.local_server.errors import StatusError
 from infra.local_server.protos import SIGNATURE_DEF_FIELD, metadata_response, model_spec, status_response, tensor_proto
+from infra.tfserving.protocol import RELOAD_TOKEN_HEADER
 from railyard.contract import SIGNATURE_NAME
 
 log = logging.getLogger(__name__)
@@ -90,8 +92,9 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
 
 class ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, core: ServerCore) -> None:
+    def __init__(self, core: ServerCore, reload_token: str | None) -> None:
         self._core = core
+        self._reload_token = reload_token
 
     def GetModelStatus(self, request, context):  # noqa: N802
         def status():
@@ -104,6 +107,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
         def reload():
+            self._check_reload_token(context)
             if request.config.WhichOneof("config") != "model_config_list":
                 raise StatusError(
                     "INVALID_ARGUMENT",
@@ -117,7 +121,16 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
         return _answer(context, "HandleReloadConfigRequest", reload)
 
+    def _check_reload_token(self, context: grpc.ServicerContext) -> None:
+        """Only the holder of the state folder's token may change what is served (TF Serving
+        itself has no authentication: it must sit on a private network)."""
+        if self._reload_token is None:
+            return
+        sent = dict(context.invocation_metadata()).get(RELOAD_TOKEN_HEADER, "")
+        if not hmac.compare_digest(sent.encode(), f"Bearer {self._reload_token}".encode()):
+            raise StatusError("UNAUTHENTICATED", "config reloads need the server's reload token (its state folder)")
 
-def add_services(server: grpc.Server, core: ServerCore) -> None:
+
+def add_services(server: grpc.Server, core: ServerCore, reload_token: str | None) -> None:
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, reload_token), server)

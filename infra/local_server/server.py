@@ -30,6 +30,9 @@ class LocalServingServer:
     defaults to True as in our compose stack: without it TF Serving refuses to start with any
     label in its config, because no version is AVAILABLE when labels are first checked.
     ``max_num_load_retries`` / ``load_retry_interval_s`` are TF Serving's defaults (5 x 60 s).
+    Railyard's own launch (``background.serve_foreground``) also sets ``model_root`` (base paths
+    must lie inside it) and ``reload_token`` (reloads must carry it); without them the server
+    takes any reload, as TF Serving does.
     """
 
     def __init__(
@@ -42,8 +45,11 @@ class LocalServingServer:
         allow_version_labels_for_unavailable_models: bool = True,
         max_num_load_retries: int = 5,
         load_retry_interval_s: float = 60.0,
+        model_root: Path | None = None,
+        reload_token: str | None = None,
     ) -> None:
         self.config_path = Path(config_path)
+        self._reload_token = reload_token
         self.host = host
         self._requested_ports = (rest_port, grpc_port)
         self.rest_port = rest_port
@@ -53,6 +59,7 @@ class LocalServingServer:
             max_num_load_retries=max_num_load_retries,
             load_retry_interval_s=load_retry_interval_s,
             on_config_applied=lambda config: write_config_atomically(self.config_path, config),
+            model_root=model_root,
         )
         self._grpc_server = None
         self._http_server: ThreadingHTTPServer | None = None
@@ -82,7 +89,7 @@ class LocalServingServer:
         workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="local-serving-grpc")
         # Without so_reuseport=0 gRPC would silently share a port another server already uses.
         self._grpc_server = grpc.server(workers, options=[("grpc.so_reuseport", 0)])
-        add_services(self._grpc_server, self.core)
+        add_services(self._grpc_server, self.core, self._reload_token)
         try:
             self.grpc_port = self._grpc_server.add_insecure_port(f"{self.host}:{grpc_port}")
         except RuntimeError as exc:

@@ -95,4 +95,5 @@ def resolve_target(settings: Settings, *, start_local: bool = True) -> ServingTa
         state = background.running(settings.local_serving_dir)
         if state is None:
             return None
-    return ServingTarget(state.grpc_target, state.rest_url, model_root, server_root)
+    token = background.reload_token(settings.local_serving_dir)
+    return ServingTarget(state.grpc_target, state.rest_url, model_root, server_root, reload_token=token)

@@ -18,7 +18,14 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from infra.tfserving.protocol import AVAILABLE, END, NO_LABELS_YET, VersionStatus, build_predict_request
+from infra.tfserving.protocol import (
+    AVAILABLE,
+    END,
+    NO_LABELS_YET,
+    RELOAD_TOKEN_HEADER,
+    VersionStatus,
+    build_predict_request,
+)
 from railyard.contract import SIGNATURE_NAME
 from railyard.errors import RailyardError
 
@@ -60,7 +67,9 @@ class ServingClient:
         timeout_s: float = 30.0,
         attempts: int = 5,
         backoff_s: float = 0.5,
+        reload_token: str | None = None,
     ) -> None:
+        """``reload_token``: sent with config reloads (Railyard's local server requires it)."""
         if attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {attempts}")
         self.grpc_target = grpc_target
@@ -68,6 +77,7 @@ class ServingClient:
         self.timeout_s = timeout_s
         self.attempts = attempts
         self.backoff_s = backoff_s
+        self._reload_metadata = ((RELOAD_TOKEN_HEADER, f"Bearer {reload_token}"),) if reload_token else None
         self._channel = None  # opened on first gRPC call: the gRPC protos import TensorFlow
 
     # -- model service (gRPC) -------------------------------------------------------------
@@ -78,7 +88,8 @@ class ServingClient:
         stub = model_service_pb2_grpc.ModelServiceStub(self._grpc_channel())
         request = model_management_pb2.ReloadConfigRequest(config=config)
         self._grpc_call(
-            "HandleReloadConfigRequest", lambda: stub.HandleReloadConfigRequest(request, timeout=self.timeout_s)
+            "HandleReloadConfigRequest",
+            lambda: stub.HandleReloadConfigRequest(request, timeout=self.timeout_s, metadata=self._reload_metadata),
         )
 
     def model_status(self, model: str, version: int | None = None) -> list[VersionStatus]:

@@ -30,6 +30,8 @@ LABEL_PATTERN = re.compile(r"[a-zA-Z0-9_]+")
 MODEL_PLATFORM = "tensorflow"
 # The served config, in the model root: the known-good config and the file servers start from.
 CONFIG_FILE = "models.config"
+# gRPC metadata carrying the local server's reload token ("Bearer <token>"); TF Serving ignores it.
+RELOAD_TOKEN_HEADER = "authorization"
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ Serving (``--model_config_file``) and the local server read when they start.
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
@@ -26,6 +26,7 @@ class ServingTarget:
     rest: str  # http://host:port
     model_root: Path  # where this process writes version folders
     server_model_root: str  # the same folder as the server sees it (e.g. /models in the container)
+    reload_token: str | None = field(default=None, repr=False)  # the local server's; a secret
 
     @property
     def config_path(self) -> Path:
@@ -35,7 +36,7 @@ class ServingTarget:
         return posixpath.join(self.server_model_root, model)
 
     def client(self, **options) -> ServingClient:
-        return ServingClient(self.grpc, self.rest, **options)
+        return ServingClient(self.grpc, self.rest, reload_token=self.reload_token, **options)
 
 
 def known_good_config(target: ServingTarget) -> ModelServerConfig:

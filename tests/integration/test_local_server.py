@@ -2,6 +2,7 @@
 
 import json
 import logging
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 # The fixtures module is also a plugin (shared session fixtures): rewrite it before importing it.
 from infra.local_server import StatusError, background
-from infra.tfserving.client import ServingError
+from infra.tfserving.client import ServingClient, ServingError
 from infra.tfserving.model_config import read_config, write_config_atomically
 from infra.tfserving.protocol import build_predict_request
 from tests.support.serving_fixtures import (
@@ -339,8 +340,8 @@ def test_a_background_server_serves_the_config_it_was_given_and_is_reused_then_s
 ):
     # The child's own settings point elsewhere: what it serves must come from its caller.
     monkeypatch.setenv("RAILYARD_HOME", str(tmp_path / "elsewhere"))
-    config_path = tmp_path / "configs" / "models.config"
-    write_config_atomically(config_path, model_config(model_root, {1}, {}))
+    config_path = served_model_root(model_root, tmp_path / "models") / "models.config"
+    write_config_atomically(config_path, model_config(config_path.parent, {1}, {}))
     state_dir = tmp_path / "state"
     state = background.ensure_running(state_dir, config_path, rest_port=0, grpc_port=0)
     try:
@@ -375,3 +376,50 @@ def test_stop_never_signals_a_process_that_merely_reuses_a_stale_pid(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def served_model_root(source: Path, root: Path) -> Path:
+    """A model root of its own holding version 1 (Railyard's server serves only inside its root)."""
+    shutil.copytree(source / MODEL_NAME / "1", root / MODEL_NAME / "1")
+    return root
+
+
+def test_railyards_server_reloads_only_with_its_token_and_only_inside_its_model_root(model_root, tmp_path):
+    root = served_model_root(model_root, tmp_path / "models")
+    config_path = root / "models.config"
+    write_config_atomically(config_path, model_config(root, {1}, {"stable": 1}))
+    state_dir = tmp_path / "state"
+    state = background.ensure_running(state_dir, config_path, rest_port=0, grpc_port=0)
+    try:
+        token_file = state_dir / background.TOKEN_FILE
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = background.reload_token(state_dir)
+        applied = config_path.read_text()
+        anonymous = ServingClient(state.grpc_target, state.rest_url, attempts=1)
+        railyard = ServingClient(state.grpc_target, state.rest_url, attempts=1, reload_token=token)
+        guessed = ServingClient(state.grpc_target, state.rest_url, attempts=1, reload_token="guessed")
+
+        for client in (anonymous, guessed):
+            with pytest.raises(ServingError) as refused:
+                client.reload_config(model_config(root, {1}, {}))
+            assert refused.value.code == "UNAUTHENTICATED"
+
+        (root / "elsewhere").symlink_to(model_root)  # a link out of the root is outside it too
+        for outside in (model_root, root / "elsewhere"):
+            with pytest.raises(ServingError, match="outside the model root") as refused:
+                railyard.reload_config(model_config(outside, {1, 2}, {"stable": 2}))
+            assert refused.value.code == "INVALID_ARGUMENT"
+        assert config_path.read_text() == applied  # nothing refused was persisted
+        assert railyard.label_version(MODEL_NAME, "stable") == 1  # and the labels are untouched
+
+        railyard.reload_config(model_config(root, {1}, {"stable": 1, "canary": 1}))
+        assert railyard.label_version(MODEL_NAME, "canary") == 1
+    finally:
+        background.stop(state_dir)
+
+
+def test_a_token_file_others_can_read_is_refused(tmp_path):
+    background.reload_token(tmp_path)
+    (tmp_path / background.TOKEN_FILE).chmod(0o644)
+    with pytest.raises(background.LocalServerError, match="readable by others"):
+        background.reload_token(tmp_path)

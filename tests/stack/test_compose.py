@@ -39,6 +39,7 @@ from infra.docker_launcher import (
     RESTART_POLICY,
     TFSERVING_IMAGE,
     TFSERVING_PLATFORM,
+    TFServingLauncher,
     tfserving_command_args,
     tfserving_entrypoint,
     tfserving_healthcheck_test,
@@ -298,8 +299,12 @@ def test_tfserving_service_is_the_launchers_container(compose):
     assert seconds(service["healthcheck"]["start_period"]) == HEALTHCHECK_START_PERIOD_S
     assert service["healthcheck"]["retries"] == HEALTHCHECK_RETRIES
     assert service["restart"] == RESTART_POLICY
+    # The launcher also publishes gRPC (on loopback: Railyard on that host reloads it); in the
+    # stack only the worker reloads it, over the stack's network.
     targets = sorted(int(str(port).rsplit(":", 1)[-1]) for port in service["ports"])
-    assert targets == [GRPC_PORT, REST_PORT]
+    assert targets == [REST_PORT] and GRPC_PORT in {
+        int(port.split("/")[0]) for port in TFServingLauncher().container_spec()["ports"]
+    }
 
 
 def test_every_dollar_is_escaped_or_a_compose_variable(compose):
@@ -326,8 +331,14 @@ def non_loopback_ports(compose: dict) -> list[str]:
 def test_published_ports_bind_to_loopback(compose, config):
     assert non_loopback_ports(compose) == []
     published = [port for service in config["services"].values() for port in service.get("ports", [])]
-    assert len(published) == 6  # Prefect UI/API, MLflow, MinIO API + console, TF Serving gRPC + REST
+    assert len(published) == 5  # Prefect UI/API, MLflow, MinIO API + console, TF Serving REST
     assert {PORT_SPEC.fullmatch(port)["ip"] for port in published} == {"127.0.0.1"}
+
+
+def test_tf_serving_reload_port_is_not_published(config):
+    """TF Serving has no authentication: whoever reaches its gRPC port can change what is served."""
+    container_ports = [PORT_SPEC.fullmatch(port)["target"] for port in config["services"]["tfserving"]["ports"]]
+    assert container_ports == ["8501"]
 
 
 def test_port_check_catches_open_bindings():
