@@ -12,6 +12,7 @@ import logging
 import re
 import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
@@ -22,6 +23,23 @@ from infra.local_server.errors import HTTP_STATUS, StatusError
 from infra.local_server.protos import metadata_json, status_json
 
 log = logging.getLogger(__name__)
+# A tensor nested deeper than this is refused (numpy stops at 64 dimensions; no model needs 32).
+MAX_TENSOR_RANK = 32
+
+
+@dataclass(frozen=True)
+class RestLimits:
+    """What one REST request may hold and how long the server waits for it."""
+
+    max_body_bytes: int = 16 * 1024 * 1024
+    max_instances: int = 10_000
+    read_timeout_s: float = 30.0  # per socket read: a stalled client frees its thread after this
+    max_connections: int = 64  # open connections served at once; more get 503 at once
+
+
+class TooLarge(Exception):
+    """The request exceeds a limit: 413, with a TF-Serving-style JSON error."""
+
 
 # http_rest_api_util.cc kPredictionApiGegex / kModelStatusApiRegex.
 _PREDICT_PATH = re.compile(
@@ -32,7 +50,9 @@ _STATUS_PATH = re.compile(
 )
 
 
-def handle_request(core: ServerCore, method: str, path: str, body: bytes = b"") -> dict:
+def handle_request(
+    core: ServerCore, method: str, path: str, body: bytes = b"", limits: RestLimits = RestLimits()
+) -> dict:
     """One REST call -> the JSON answer; errors raise StatusError (-> ``{"error": ...}``)."""
     match = (_PREDICT_PATH if method == "POST" else _STATUS_PATH).fullmatch(path)
     if method not in ("GET", "POST") or match is None:
@@ -44,7 +64,7 @@ def handle_request(core: ServerCore, method: str, path: str, body: bytes = b"") 
     if method == "POST":
         if tail.lower() != "predict":
             raise StatusError("UNIMPLEMENTED", f"the local server implements :predict only, not :{tail}")
-        return _predict(core, name, version, label, body)
+        return _predict(core, name, version, label, body, limits)
     if not name:
         raise StatusError("INVALID_ARGUMENT", "Missing model name in request.")
     if tail:
@@ -54,8 +74,13 @@ def handle_request(core: ServerCore, method: str, path: str, body: bytes = b"") 
     return status_json(core.model_status(name, version))
 
 
-def _predict(core: ServerCore, name: str, version: int | None, label: str | None, body: bytes) -> dict:
+def _predict(
+    core: ServerCore, name: str, version: int | None, label: str | None, body: bytes, limits: RestLimits
+) -> dict:
     document = parse_json_body(body)
+    instances = document.get("instances")
+    if isinstance(instances, list) and len(instances) > limits.max_instances:
+        raise TooLarge(f"{len(instances)} instances in one request; the limit is {limits.max_instances}")
     signature_name = document.get("signature_name", "")
     _, servable = core.servable(name, version, label)
     row_format, inputs = request_tensors(document, servable.input_dtypes(signature_name))
@@ -69,6 +94,8 @@ def parse_json_body(body: bytes) -> dict:
         document = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StatusError("INVALID_ARGUMENT", f"JSON Parse error: {exc}") from exc
+    except RecursionError:
+        raise StatusError("INVALID_ARGUMENT", "JSON Parse error: the document is nested too deeply") from None
     if not isinstance(document, dict):
         raise _format_error(document, "Is not object")
     if not isinstance(document.get("signature_name", ""), str):
@@ -152,6 +179,8 @@ def _tensor(value: Any, dtype) -> np.ndarray:
     shape = []
     probe = value
     while isinstance(probe, list):
+        if len(shape) == MAX_TENSOR_RANK:
+            raise StatusError("INVALID_ARGUMENT", f"a tensor nested deeper than {MAX_TENSOR_RANK} levels")
         shape.append(len(probe))
         if not probe:
             break
@@ -275,9 +304,10 @@ def _format_error(document: Any, message: str) -> StatusError:
     return StatusError("INVALID_ARGUMENT", f"JSON Value: {_compact(document)} {message}")
 
 
-def make_handler(core: ServerCore) -> type[BaseHTTPRequestHandler]:
+def make_handler(core: ServerCore, limits: RestLimits) -> type[BaseHTTPRequestHandler]:
     class RestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = limits.read_timeout_s  # socketserver sets it on the connection's socket
 
         def do_GET(self) -> None:
             self._answer("GET")
@@ -287,24 +317,58 @@ def make_handler(core: ServerCore) -> type[BaseHTTPRequestHandler]:
 
         def _answer(self, method: str) -> None:
             path = urllib.parse.urlsplit(self.path).path
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = self._body()
+            if body is None:
+                return
             if not path.lower().startswith("/v1/"):
                 self._send(404, {"error": f"Not found: {method} {path}"})
                 return
             try:
-                status, answer = 200, handle_request(core, method, path, body)
+                status, answer = 200, handle_request(core, method, path, body, limits)
             except StatusError as exc:
                 status, answer = HTTP_STATUS[exc.code], {"error": exc.message}
+            except TooLarge as exc:
+                status, answer = 413, {"error": str(exc)}
             except Exception as exc:  # a bug here must not kill the server thread
                 log.exception("REST %s %s failed", method, path)
                 status, answer = 500, {"error": f"{type(exc).__name__}: {exc}"}
             self._send(status, answer)
+
+        def _body(self) -> bytes | None:
+            """The request body, or None once the request was answered (and the connection closed)
+            for a malformed or oversized length, or a body that stopped arriving."""
+            declared = self.headers.get("Content-Length") or "0"
+            try:
+                length = int(declared)
+                if length < 0:
+                    raise ValueError
+            except ValueError:
+                return self._refuse(400, f"Malformed Content-Length: {declared[:40]!r}")
+            if length > limits.max_body_bytes:
+                return self._refuse(
+                    413, f"Request body of {length} bytes exceeds the limit of {limits.max_body_bytes} bytes"
+                )
+            try:
+                body = self.rfile.read(length)
+            except TimeoutError:
+                return self._refuse(408, f"The request body did not arrive within {limits.read_timeout_s:g} s")
+            if len(body) < length:  # the client went away mid-body: nobody to answer
+                self.close_connection = True
+                return None
+            return body
+
+        def _refuse(self, status: int, message: str) -> None:
+            self.close_connection = True  # the rest of what the client sends is not read
+            self._send(status, {"error": message})
+            return None
 
         def _send(self, status: int, answer: dict) -> None:
             payload = json.dumps(answer).encode("utf-8")
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(payload)
 

@@ -7,6 +7,7 @@ atomically. A stand-in for development and tests: production runs the tensorflow
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -17,10 +18,39 @@ from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 from infra.local_server.core import ServerCore
 from infra.local_server.grpc_service import add_services
-from infra.local_server.rest import make_handler
+from infra.local_server.rest import RestLimits, make_handler
 from infra.tfserving.model_config import read_config, write_config_atomically
 
 log = logging.getLogger(__name__)
+
+
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """One thread per connection, at most ``max_connections`` at once: a connection beyond that
+    gets a 503 JSON answer at once and is closed, so stalled clients cannot take every thread."""
+
+    daemon_threads = True
+
+    def __init__(self, address, handler, max_connections: int) -> None:
+        super().__init__(address, handler)
+        self._slots = threading.BoundedSemaphore(max_connections)
+
+    def process_request(self, request, client_address) -> None:
+        if not self._slots.acquire(blocking=False):
+            body = json.dumps({"error": "the server is at its connection limit; try again"}).encode()
+            head = f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}"
+            try:
+                request.sendall(f"{head}\r\nConnection: close\r\n\r\n".encode() + body)
+            except OSError:
+                pass  # the client is gone already
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class LocalServingServer:
@@ -47,9 +77,11 @@ class LocalServingServer:
         load_retry_interval_s: float = 60.0,
         model_root: Path | None = None,
         reload_token: str | None = None,
+        rest_limits: RestLimits = RestLimits(),
     ) -> None:
         self.config_path = Path(config_path)
         self._reload_token = reload_token
+        self._rest_limits = rest_limits
         self.host = host
         self._requested_ports = (rest_port, grpc_port)
         self.rest_port = rest_port
@@ -97,11 +129,12 @@ class LocalServingServer:
             raise OSError(f"cannot listen for gRPC on {self.host}:{grpc_port}: {exc}") from exc
         self._grpc_server.start()
         try:
-            self._http_server = ThreadingHTTPServer((self.host, rest_port), make_handler(self.core))
+            self._http_server = BoundedHTTPServer(
+                (self.host, rest_port), make_handler(self.core, self._rest_limits), self._rest_limits.max_connections
+            )
         except OSError as exc:
             self.stop()
             raise OSError(f"cannot listen for REST on {self.host}:{rest_port}: {exc}") from exc
-        self._http_server.daemon_threads = True
         self.rest_port = self._http_server.server_address[1]
         threading.Thread(target=self._http_server.serve_forever, name="local-serving-rest", daemon=True).start()
         log.info("Local TF Serving: gRPC %s, REST %s, config %s", self.grpc_target, self.rest_url, self.config_path)

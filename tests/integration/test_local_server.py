@@ -6,6 +6,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 # The fixtures module is also a plugin (shared session fixtures): rewrite it before importing it.
 from infra.local_server import StatusError, background
+from infra.local_server.rest import RestLimits
 from infra.tfserving.client import ServingClient, ServingError
 from infra.tfserving.model_config import read_config, write_config_atomically
 from infra.tfserving.protocol import build_predict_request
@@ -423,3 +426,82 @@ def test_a_token_file_others_can_read_is_refused(tmp_path):
     (tmp_path / background.TOKEN_FILE).chmod(0o644)
     with pytest.raises(background.LocalServerError, match="readable by others"):
         background.reload_token(tmp_path)
+
+
+# -- limits on what one REST request may cost -----------------------------------------------------
+
+LIMITS = RestLimits(max_body_bytes=256 * 1024, max_instances=50, read_timeout_s=1.0, max_connections=4)
+PREDICT_PATH = f"{MODEL_PATH}/labels/stable:predict"
+
+
+@pytest.fixture
+def limited_server(start_server, model_root):
+    return start_server(model_config(model_root, {1}, {"stable": 1}), rest_limits=LIMITS)
+
+
+def raw_request(server, head: str, body: bytes = b"", *, wait_s: float = 10.0) -> tuple[int, dict]:
+    """Send exactly these bytes (a lying Content-Length included); the status and JSON answer."""
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=wait_s) as connection:
+        connection.sendall(head.encode() + b"\r\n\r\n" + body)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    status_line, _, rest_of_it = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest_of_it.partition(b"\r\n\r\n")[2])
+
+
+def post_head(length) -> str:
+    return f"POST {PREDICT_PATH} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}"
+
+
+@pytest.mark.parametrize(
+    ("make_request", "status", "message"),
+    [
+        (lambda: (post_head(300 * 1024), b"x" * 300 * 1024), 413, "exceeds the limit of 262144 bytes"),
+        (lambda: (post_head(-1), b""), 400, "Malformed Content-Length: '-1'"),
+        (lambda: (post_head("abc"), b""), 400, "Malformed Content-Length: 'abc'"),
+        (lambda: (post_head(100), b'{"instances": ['), 408, "did not arrive within 1 s"),  # the rest never comes
+    ],
+    ids=["body too large", "negative length", "length not a number", "body shorter than its length"],
+)
+def test_malformed_or_oversized_requests_are_answered_and_predictions_go_on(
+    limited_server, make_request, status, message
+):
+    head, body = make_request()
+    answered = {}
+    worker = threading.Thread(
+        target=lambda: answered.update(zip(("status", "answer"), raw_request(limited_server, head, body)))
+    )
+    worker.start()
+    assert predict(limited_server, "/labels/stable")  # a normal request meanwhile
+    worker.join(timeout=30)
+    assert answered["status"] == status and message in answered["answer"]["error"]
+
+
+def test_too_many_instances_and_too_deep_json_are_refused(limited_server):
+    many = {"instances": [{"userId": 1, "movieId": 1}] * (LIMITS.max_instances + 1)}
+    assert rest(limited_server, "POST", PREDICT_PATH, many) == (
+        413,
+        {"error": f"{LIMITS.max_instances + 1} instances in one request; the limit is {LIMITS.max_instances}"},
+    )
+    deep = b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    status, answer = rest(limited_server, "POST", PREDICT_PATH, deep)
+    assert status == 400 and "nested too deeply" in answer["error"]
+    ragged = {"instances": [{"userId": [[[[1]]]] * 1, "movieId": 1}]}
+    assert rest(limited_server, "POST", PREDICT_PATH, ragged)[0] == 400
+    assert predict(limited_server, "/labels/stable")
+
+
+def test_connections_beyond_the_limit_get_503_and_stalled_ones_are_dropped(limited_server):
+    stalled = []
+    for _ in range(LIMITS.max_connections):
+        stalled.append(socket.create_connection(("127.0.0.1", limited_server.rest_port)))
+        time.sleep(0.05)  # accepted one after the other
+    try:
+        status, answer = raw_request(limited_server, f"GET {MODEL_PATH} HTTP/1.1\r\nHost: x", wait_s=5)
+        assert status == 503 and "connection limit" in answer["error"]
+        time.sleep(LIMITS.read_timeout_s + 0.5)  # the stalled connections time out and free their threads
+        assert predict(limited_server, "/labels/stable")
+    finally:
+        for connection in stalled:
+            connection.close()
