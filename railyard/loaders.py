@@ -103,7 +103,7 @@ def load_movielens_dir(path: Path) -> RawDataset:
             + _rename_hint(["ratings.csv"], [entry.name for entry in path.iterdir()])
         )
     movies_file = path / "movies.csv"
-    movies = _read_csv(movies_file, MOVIES_SCHEMA) if movies_file.is_file() else None
+    movies = _read_movies(movies_file) if movies_file.is_file() else None
     return RawDataset(
         ratings=_read_csv(ratings_file, RATINGS_SCHEMA),
         movies=movies,
@@ -140,7 +140,31 @@ def load_parquet_partitions(path: Path) -> RawDataset:
 
 
 def _read_movies(file: Path) -> pl.DataFrame:
-    return _read_csv(file, MOVIES_SCHEMA) if file.suffix == ".csv" else _read_parquet([file], MOVIES_SCHEMA)
+    movies = _read_csv(file, MOVIES_SCHEMA) if file.suffix == ".csv" else _read_parquet([file], MOVIES_SCHEMA)
+    return _checked_movies(file, movies)
+
+
+def _checked_movies(file: Path, movies: pl.DataFrame) -> pl.DataFrame:
+    """One title and genre list per movie, from MovieLens' genres: features key on both."""
+    rows = movies.with_row_index("row")
+    known = set(MOVIELENS_GENRES) | {NO_GENRES}
+    for row, movie, genres in rows.select("row", "movieId", "genres").iter_rows():
+        unknown = [genre for genre in (genres or NO_GENRES).split("|") if genre not in known]
+        if unknown:
+            raise DataLoadError(
+                f"{file}: data row {row + 1} (movieId {movie}) has genre {unknown[0]!r}, which MovieLens does not "
+                f"use; genres are {', '.join(MOVIELENS_GENRES)} or {NO_GENRES!r}, separated by '|'"
+            )
+    distinct = movies.unique(maintain_order=True)  # an exact repeat of a row says nothing new
+    repeated = distinct.filter(pl.col("movieId").is_duplicated())
+    if repeated.height:
+        movie = repeated.get_column("movieId")[0]
+        first, second = rows.filter(pl.col("movieId") == movie).get_column("row").to_list()[:2]
+        raise DataLoadError(
+            f"{file}: movieId {movie} is listed twice with different titles or genres "
+            f"(data rows {first + 1} and {second + 1}); keep one row per movie"
+        )
+    return distinct
 
 
 def _read_csv(file: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -149,6 +173,8 @@ def _read_csv(file: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
         header = pl.read_csv(file, n_rows=0, infer_schema=False).columns
     except pl.exceptions.NoDataError as error:
         raise DataLoadError(f"{file} is empty: no header line") from error
+    except OSError as error:
+        raise DataLoadError(f"{file} cannot be read: {error.strerror or error}") from error
     _check_columns(str(file), header, schema)
     try:
         frame = pl.read_csv(file, columns=list(schema), schema_overrides=schema)
@@ -170,10 +196,21 @@ def _describe_csv_parse_error(file: Path, schema: dict[str, pl.DataType], error:
             if (bad := _first_unparsable(text[column], dtype)) is not None:
                 row, value = bad
                 return (
-                    f"{file}: column {column!r} must be {_type_name(dtype)}, but data row {row + 1} "
+                    f"{file}: column {column!r} must be {_type_name(dtype, value)}, but data row {row + 1} "
                     f"(line {row + 2}) holds {value!r}"
                 )
-    return f"{file} could not be read as CSV: {str(error).splitlines()[0]}"
+    where = f" (line {line} opens a quote that never closes)" if (line := _unclosed_quote_line(file)) else ""
+    return f"{file} could not be read as CSV{where}: {str(error).splitlines()[0]}"
+
+
+def _unclosed_quote_line(file: Path) -> int | None:
+    """The line where a quoted field starts that never ends (quotes may span lines in CSV)."""
+    opened = None
+    with open(file, encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            if line.count('"') % 2:
+                opened = number if opened is None else None
+    return opened
 
 
 def _read_parquet(files: list[Path], schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -182,7 +219,7 @@ def _read_parquet(files: list[Path], schema: dict[str, pl.DataType]) -> pl.DataF
         _check_not_empty(file)
         try:
             schemas[file] = dict(pl.read_parquet_schema(file))
-        except pl.exceptions.PolarsError as error:
+        except (pl.exceptions.PolarsError, OSError) as error:
             raise DataLoadError(f"{file} is not a readable Parquet file: {str(error).splitlines()[0]}") from error
     first, first_schema = files[0], schemas[files[0]]
     for file, file_schema in schemas.items():
@@ -196,10 +233,23 @@ def _read_parquet(files: list[Path], schema: dict[str, pl.DataType]) -> pl.DataF
     for column, dtype in schema.items():
         if not _acceptable(first_schema[column], dtype):
             raise DataLoadError(_describe_parquet_type_error(files, column, first_schema[column], dtype))
-    frame = pl.scan_parquet(files, hive_partitioning=False).select(list(schema)).cast(schema).collect()
+    try:
+        frame = pl.scan_parquet(files, hive_partitioning=False).select(list(schema)).cast(schema).collect()
+    except (pl.exceptions.PolarsError, OSError) as error:
+        raise DataLoadError(_describe_unreadable_parquet(files, list(schema), error)) from error
     if frame.height == 0:
         raise DataLoadError(f"{where} is empty: no rows in {len(files)} Parquet file(s)")
     return frame
+
+
+def _describe_unreadable_parquet(files: list[Path], columns: list[str], error: Exception) -> str:
+    """Name the file whose data does not decode (a corrupt page, a truncated file)."""
+    for file in files:
+        try:
+            pl.read_parquet(file, columns=columns)
+        except (pl.exceptions.PolarsError, OSError) as own:
+            return f"{file} is damaged and cannot be read: {str(own).splitlines()[0]}"
+    return f"the Parquet ratings could not be read: {str(error).splitlines()[0]}"
 
 
 def _acceptable(actual: pl.DataType, wanted: pl.DataType) -> bool:
@@ -264,7 +314,9 @@ def _schema_difference(a: dict[str, pl.DataType], b: dict[str, pl.DataType]) -> 
     )
 
 
-def _type_name(dtype: pl.DataType) -> str:
+def _type_name(dtype: pl.DataType, value: object = None) -> str:
+    if dtype == pl.Int64 and isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+        return "an integer from -2^63 to 2^63-1 (64 bits)"  # it is an integer, just too large
     return {pl.Int64: "an integer", pl.Float64: "a number", pl.String: "text"}.get(dtype, str(dtype))
 
 

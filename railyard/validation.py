@@ -121,7 +121,7 @@ def ratings_expectations(bounds: ValidationBounds, now_ts: int) -> list:
             column="timestamp",
             min_value=0,
             max_value=now_ts + _FUTURE_SLACK_S,
-            description="timestamp not in the future",
+            description="timestamp from 1970 (0) up to now, not negative, not in the future",
         ),
         gxe.ExpectCompoundColumnsToBeUnique(
             column_list=["userId", "movieId", "timestamp"],

@@ -1,6 +1,10 @@
 """Loading MovieLens folders and date-partitioned Parquet: types, layouts, errors, fingerprint."""
 
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import polars as pl
@@ -269,3 +273,79 @@ def test_fingerprint_changes_with_any_byte_file_name_or_extra(generated, tmp_pat
 
     partitions = load_dataset(generated / "parquet")
     assert partitions.fingerprint() != base  # different files, same rows
+
+
+# -- inputs that used to escape as tracebacks or vague messages -----------------------------------
+
+
+def test_a_corrupt_parquet_page_names_the_damaged_file(tmp_path):
+    rows = 50_000
+    frame = pl.DataFrame(
+        {
+            "userId": range(rows),
+            "movieId": [i * 7919 % 100_003 for i in range(rows)],
+            "rating": [0.5 + (i % 10) / 2 for i in range(rows)],
+            "timestamp": [1_700_000_000 + i * 37 for i in range(rows)],
+        }
+    )
+    partition = tmp_path / "ratings" / "date=2024-01-02"
+    partition.mkdir(parents=True)
+    damaged = partition / "part-0.parquet"
+    frame.write_parquet(damaged, compression="zstd", statistics=False)
+    data = bytearray(damaged.read_bytes())
+    for offset in range(len(data) // 4, len(data) // 2, 97):  # the data pages; the footer stays readable
+        data[offset] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(DataLoadError, match=f"{damaged} is damaged and cannot be read"):
+        load_dataset(tmp_path)
+
+
+def test_a_ratings_file_the_user_may_not_read_is_named(tmp_path):
+    ratings = _write(tmp_path, {"ratings.csv": HEADER + "1,2,3.0,100\n"}) / "ratings.csv"
+    ratings.chmod(0o000)
+    # Root reads any file: as root, the loader runs without the capabilities that allow it.
+    without_override = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"] if os.geteuid() == 0 else []
+    probe = (
+        "import sys; from railyard.loaders import DataLoadError, load_dataset\n"
+        "try: load_dataset(sys.argv[1])\n"
+        "except DataLoadError as error: print(error)"
+    )
+    result = subprocess.run(
+        [*without_override, sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.startswith(f"{ratings} cannot be read: Permission denied"), result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("movies", "message"),
+    [
+        (
+            "movieId,title,genres\n1,A,Comedy\n2,B,Drama\n1,A (again),Horror\n",
+            "movieId 1 is listed twice with different titles or genres (data rows 1 and 3)",
+        ),
+        ("movieId,title,genres\n1,A,Comedy|Cooking\n", "data row 1 (movieId 1) has genre 'Cooking'"),
+    ],
+    ids=["conflicting duplicate", "unknown genre"],
+)
+def test_movies_must_describe_each_movie_once_with_movielens_genres(tmp_path, movies, message):
+    folder = _write(tmp_path, {"ratings.csv": HEADER + "1,1,4.0,100\n", "movies.csv": movies})
+    with pytest.raises(DataLoadError, match=re.escape(f"{folder / 'movies.csv'}: {message}")):
+        load_dataset(folder)
+
+
+def test_an_exact_repeat_of_a_movie_row_is_harmless(tmp_path):
+    movies = "movieId,title,genres\n1,A,Comedy\n1,A,Comedy\n2,B,(no genres listed)\n"
+    folder = _write(tmp_path, {"ratings.csv": HEADER + "1,1,4.0,100\n", "movies.csv": movies})
+    assert load_dataset(folder).movies.get_column("movieId").to_list() == [1, 2]
+
+
+def test_an_integer_beyond_64_bits_is_called_that(tmp_path):
+    folder = _write(tmp_path, {"ratings.csv": HEADER + f"{2**64},1,4.0,100\n"})
+    with pytest.raises(DataLoadError, match=r"'userId' must be an integer from -2\^63 to 2\^63-1 .*\(line 2\)"):
+        load_dataset(folder)
+
+
+def test_an_unclosed_quote_names_its_line(tmp_path):
+    folder = _write(tmp_path, {"ratings.csv": HEADER + '1,2,3.0,100\n2,"3,4.0,200\n3,4,4.0,300\n'})
+    with pytest.raises(DataLoadError, match="line 3 opens a quote that never closes"):
+        load_dataset(folder)

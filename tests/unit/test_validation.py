@@ -62,6 +62,12 @@ BAD_RATINGS = {
         "timestamp",
         1,
     ),
+    "negative_timestamp": (
+        lambda f: _replace_row(f, 6, timestamp=-5),
+        "expect_column_values_to_be_between",
+        "timestamp",
+        1,
+    ),
     "too_few_rows": (lambda f: f.head(10), "expect_table_row_count_to_be_between", None, None),
     "extra_column": (
         lambda f: f.with_columns(pl.lit("x").alias("comment")),
@@ -81,6 +87,11 @@ def test_each_kind_of_bad_ratings_is_named_with_its_count(case, tmp_path, slice_
     assert len(matching) == 1, report.summary()
     assert matching[0].unexpected_count == unexpected
     assert expectation in report.summary()
+
+
+def test_a_negative_timestamp_is_called_negative(tmp_path, slice_rows):
+    report = validation.validate_ratings(_replace_row(_clean(), 6, timestamp=-5), BOUNDS, tmp_path)
+    assert "not negative, not in the future: 1 unexpected rows (rows 6), e.g. [-5]" in report.summary()
 
 
 def test_error_message_names_each_failed_expectation_and_the_report(tmp_path, slice_rows):
