@@ -270,17 +270,30 @@ def rollback(
 
 
 @app.command()
-def status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+    verify_history: Annotated[
+        bool, typer.Option("--verify-history", help="Check the transition log's hash chain and MLflow against it.")
+    ] = False,
+) -> None:
     """Model versions with stage, metrics and approver, and what each serving label points at.
 
     Concludes first what can be concluded: reviews that timed out, runs that crashed (see
-    docs/release.md); each repair is listed.
+    docs/release.md); each repair is listed. With --verify-history, first checks the model
+    store's transition log (exit 2 when a record was tampered with or MLflow disagrees).
     """
     settings = _settings()
     from infra.rollout.deploy import resolve_target
     from infra.tfserving.protocol import CANARY, STABLE
     from model_registry import LockTimeoutError
+    from model_registry.history import HistoryMismatch
     from tasks.release import reconcile, registry, release_lock
+
+    if verify_history:
+        records, problems = registry(settings).verify_history()
+        if problems:
+            raise HistoryMismatch(f"MLflow disagrees with the transition log: {'; '.join(problems)}")
+        typer.echo(f"transition log verified: {records} records, hash chain intact, MLflow agrees", err=as_json)
 
     try:
         with release_lock(settings, "railyard status", wait_s=0):

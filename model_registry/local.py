@@ -18,6 +18,7 @@ from pathlib import Path
 
 from model_registry.manifest import MANIFEST_NAME, FileEntry, HashingReader, SourceTree
 from model_registry.store import (
+    HISTORY_DIR,
     LOCK_NAME,
     TOMBSTONE_DIR,
     ModelStore,
@@ -70,19 +71,19 @@ class LocalStore(ModelStore):
         return {path: _copy_hashing(source, version_dir / path) for path, source in tree.files}
 
     def _create_manifest(self, model: str, version: int, data: bytes) -> bool:
-        version_dir = self._version_dir(model, version)
-        fd, tmp = tempfile.mkstemp(dir=version_dir, prefix=f".{MANIFEST_NAME}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.link(tmp, version_dir / MANIFEST_NAME)  # atomic, and fails if the manifest exists
-        except FileExistsError:
-            return False
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        return True
+        return _create_once(self._version_dir(model, version), MANIFEST_NAME, data)
+
+    def history_uri(self, model: str) -> str:
+        return (self.root / model / HISTORY_DIR).as_uri()
+
+    def _append_history(self, model: str, sequence: int, data: bytes) -> bool:
+        folder = self.root / model / HISTORY_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        return _create_once(folder, f"{sequence:08d}.json", data)
+
+    def _read_history(self, model: str) -> list[bytes]:
+        folder = self.root / model / HISTORY_DIR
+        return [path.read_bytes() for path in sorted(folder.glob("*.json"))] if folder.is_dir() else []
 
     def _read_manifest(self, model: str, version: int) -> bytes | None:
         try:
@@ -160,3 +161,20 @@ def _copy_hashing(source: Path, target: Path) -> FileEntry:
     finally:
         reader.close()
     return reader.entry()
+
+
+def _create_once(folder: Path, name: str, data: bytes) -> bool:
+    """Write ``folder/name`` whole and only if absent (False if it exists): a temporary file
+    linked into place, which is atomic and fails on an existing name."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.link(tmp, folder / name)
+    except FileExistsError:
+        return False
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return True

@@ -38,6 +38,7 @@ from s3transfer.exceptions import RetriesExceededError
 
 from model_registry.manifest import CLAIM_NAME, MANIFEST_NAME, FileEntry, HashingReader, SourceTree
 from model_registry.store import (
+    HISTORY_DIR,
     LOCK_NAME,
     TOMBSTONE_DIR,
     ModelStore,
@@ -153,6 +154,16 @@ class S3Store(ModelStore):
 
     def _create_manifest(self, model: str, version: int, data: bytes) -> bool:
         return self._put_if_absent(self._version_prefix(model, version) + MANIFEST_NAME, data)
+
+    def history_uri(self, model: str) -> str:
+        return f"s3://{self.bucket}/{self._model_prefix(model)}{HISTORY_DIR}/"
+
+    def _append_history(self, model: str, sequence: int, data: bytes) -> bool:
+        return self._put_if_absent(f"{self._model_prefix(model)}{HISTORY_DIR}/{sequence:08d}.json", data)
+
+    def _read_history(self, model: str) -> list[bytes]:
+        keys = sorted(self._keys(f"{self._model_prefix(model)}{HISTORY_DIR}/"))
+        return [data for key in keys if (data := self._get_bytes(key)) is not None]
 
     def _read_manifest(self, model: str, version: int) -> bytes | None:
         return self._get_bytes(self._version_prefix(model, version) + MANIFEST_NAME)

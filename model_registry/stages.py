@@ -16,10 +16,13 @@ from collections.abc import Collection
 from datetime import UTC, datetime
 from enum import Enum
 
+from model_registry.history import HistoryMismatch, disagreements, record_hash, versions_history
+from model_registry.store import ModelStore
 from railyard.errors import SEE_STATUS, Refused
 
 TAG_PREFIX = "railyard."
 STAGE_TAG = "railyard.stage"
+HISTORY_HEAD_TAG = "railyard.history_head"  # on the registered model: the log's newest record hash
 SMOKE_TAG = "railyard.smoke_passed"
 TRANSITION_PREFIX = "railyard.transition."
 # JSON: the run carrying a version through its release (flow run, process, how it waits), so
@@ -63,11 +66,16 @@ def utc_now() -> str:
 
 
 class StageRegistry:
-    def __init__(self, tracking_uri: str, model_name: str):
+    """A model's versions and stages in MLflow. With ``store``, every stage change is first
+    appended to the store's transition log (model_registry/history.py), which then decides
+    what is eligible; MLflow's tags mirror it and must agree with it."""
+
+    def __init__(self, tracking_uri: str, model_name: str, store: ModelStore | None = None):
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.model = model_name
+        self.store = store
 
     # -- registration ------------------------------------------------------------------
 
@@ -90,7 +98,9 @@ class StageRegistry:
                 f"published version {version} for run {run_id}: the registry and the store disagree"
             )
         self._fill_gaps(latest, version, source)
-        tags = _first_record(Stage.CANDIDATE, "published and registered")
+        reason = "published and registered"
+        self._log_first(version, Stage.CANDIDATE, reason)
+        tags = _first_record(Stage.CANDIDATE, reason)
         tags |= {f"{TAG_PREFIX}{key}": str(value) for key, value in lineage.items()}
         created = self.client.create_model_version(
             self.model, source=source, run_id=run_id, tags=tags, description=description
@@ -108,16 +118,24 @@ class StageRegistry:
         if self._numbers():
             raise RegistryOutOfSync(f"MLflow already has versions of {self.model}: restore only into an empty registry")
         self._ensure_registered_model()
+        logged = {v: Stage(entries[-1]["stage"]) for v, entries in self._logged_history().items()}
+        if logged:  # the transition log survived: it says each version's stage
+            production = next((v for v, stage in logged.items() if stage is Stage.PRODUCTION), None)
         latest = 0
         for version in sorted(sources):
             self._fill_gaps(latest, version, sources[version])
-            stage = Stage.PRODUCTION if version == production else Stage.ARCHIVED
-            reason = f"restored from the store by {actor} after the tracking database was lost; earlier history unknown"
+            stage = logged.get(version) or (Stage.PRODUCTION if version == production else Stage.ARCHIVED)
+            known = "history in the store's transition log" if version in logged else "earlier history unknown"
+            reason = f"restored from the store by {actor} after the tracking database was lost; {known}"
+            self._log_first(version, stage, reason)
             created = self.client.create_model_version(
                 self.model, source=sources[version], tags=_first_record(stage, reason), description=reason
             )
             self._check_number(created.version, version)
             latest = version
+        if self.store is not None and (records := self.store.transitions(self.model)):
+            # The new database takes the log as it stands; `status --verify-history` says if it is not intact.
+            self.client.set_registered_model_tag(self.model, HISTORY_HEAD_TAG, record_hash(records[-1]))
         if production is not None:
             for alias in ALIASES[Stage.PRODUCTION]:
                 self.client.set_registered_model_alias(self.model, alias, str(production))
@@ -136,6 +154,7 @@ class StageRegistry:
         """Numbers the store skipped (an interrupted publication) become rejected fillers."""
         for gap in range(latest + 1, version):
             reason = f"store version {gap} was never completed (interrupted publication)"
+            self._log_first(gap, Stage.REJECTED, reason)
             filler = self.client.create_model_version(
                 self.model,
                 source=source,
@@ -207,17 +226,29 @@ class StageRegistry:
         return self._check(version, self._version_tags(version), to_stage)
 
     def _check(self, version: int, tags: dict[str, str], to_stage: Stage) -> Stage:
+        """Legality from the transition log when the version is in it (MLflow must agree), else
+        from MLflow's tags (a version from before the log)."""
         current = Stage(tags[STAGE_TAG])
+        entries = self._logged_history().get(version)
+        if entries is not None:
+            if entries[-1]["stage"] != current.value:
+                raise HistoryMismatch(
+                    f"{self.model} version {version}: MLflow says {current.value}, the transition log "
+                    f"{self.store.history_uri(self.model)} says {entries[-1]['stage']}: refusing to act on it"
+                )
+            smoke_passed = any(entry.get("smoke_passed") for entry in entries if entry["stage"] == Stage.STAGING.value)
+        else:
+            entries, smoke_passed = _history(tags), tags.get(SMOKE_TAG) == "true"
         if to_stage not in LEGAL[current]:
             legal = ", ".join(sorted(stage.value for stage in LEGAL[current])) or "none: it is final"
             raise IllegalTransition(
                 f"{self.model} version {version} is {current.value}: it cannot move to {to_stage.value} "
                 f"(legal next stages: {legal})"
             )
-        if current is Stage.STAGING and to_stage is Stage.PRODUCTION and tags.get(SMOKE_TAG) != "true":
+        if current is Stage.STAGING and to_stage is Stage.PRODUCTION and not smoke_passed:
             raise IllegalTransition(f"{self.model} version {version} has no passed smoke tests on record")
         if current is Stage.ARCHIVED and to_stage is Stage.PRODUCTION:
-            if not any(entry["stage"] == Stage.PRODUCTION.value for entry in _history(tags)):
+            if not any(entry["stage"] == Stage.PRODUCTION.value for entry in entries):
                 raise IllegalTransition(f"{self.model} version {version} was never in production: no rollback to it")
         return current
 
@@ -252,7 +283,9 @@ class StageRegistry:
                     flow_run_id=flow_run_id,
                 )
                 self.client.delete_model_version_tag(self.model, str(previous), SERVING_LABEL_TAG)
-        entry = self._record(version, tags, to_stage, actor=actor, reason=reason, flow_run_id=flow_run_id)
+        entry = self._record(
+            version, tags, to_stage, actor=actor, reason=reason, flow_run_id=flow_run_id, smoke_passed=smoke_passed
+        )
         for alias in ALIASES.get(current, ()):
             if _holder(aliases, alias) == version:
                 self.client.delete_registered_model_alias(self.model, alias)
@@ -312,13 +345,79 @@ class StageRegistry:
     def _numbers(self) -> list[int]:
         return [int(v.version) for v in self.client.search_model_versions(f"name = '{self.model}'")]
 
-    def _record(self, version: int, tags: dict[str, str], to_stage: Stage, *, actor, reason, flow_run_id) -> dict:
-        """Append a history entry to a version whose current tags are ``tags``, and set its stage."""
+    def _record(
+        self, version: int, tags: dict[str, str], to_stage: Stage, *, actor, reason, flow_run_id, smoke_passed=None
+    ) -> dict:
+        """Append a history entry to a version whose current tags are ``tags``, and set its stage:
+        in the transition log first, then in MLflow's tags."""
         sequence = sum(1 for key in tags if key.startswith(TRANSITION_PREFIX))
         entry = _entry(Stage(tags[STAGE_TAG]), to_stage, actor=actor, reason=reason, flow_run_id=flow_run_id)
+        self._log(version, entry, smoke_passed)
         self.client.set_model_version_tag(self.model, str(version), _transition_key(sequence), json.dumps(entry))
         self.client.set_model_version_tag(self.model, str(version), STAGE_TAG, to_stage.value)
         return entry
+
+    def _logged_history(self) -> dict[int, list[dict]]:
+        """Each version's entries in the transition log (verified); empty without a store."""
+        return versions_history(self.store.transitions(self.model)) if self.store is not None else {}
+
+    def _log_first(self, version: int, stage: Stage, reason: str) -> None:
+        """A version's first record in the log, unless an interrupted earlier attempt wrote it."""
+        if self.store is not None and version not in self._logged_history():
+            self._log(version, _entry(None, stage, actor="railyard", reason=reason, flow_run_id=None), None)
+
+    def _log(self, version: int, entry: dict, smoke_passed: bool | None) -> None:
+        """Append to the log, then note its newest record in MLflow: an edit of the last record,
+        which no later record's hash covers, shows as a different head."""
+        if self.store is not None:
+            record = self.store.append_transition(
+                self.model, {"version": version, **entry, "smoke_passed": smoke_passed}
+            )
+            self.client.set_registered_model_tag(self.model, HISTORY_HEAD_TAG, record_hash(record))
+
+    def mirror_log(self) -> list[str]:
+        """Make MLflow's stages and aliases say what the transition log says (after an edit of
+        MLflow's tags, or a crash between the log and the tags); one sentence per change."""
+        history = self._logged_history()
+        if not history:
+            return []
+        said = []
+        tags = self.all_tags()
+        for version, entries in sorted(history.items()):
+            logged, mirrored = entries[-1]["stage"], tags.get(version, {}).get(STAGE_TAG)
+            if version in tags and mirrored != logged:
+                self.client.set_model_version_tag(self.model, str(version), STAGE_TAG, logged)
+                said.append(
+                    f"version {version}: MLflow said {mirrored}, the transition log says {logged}: MLflow follows the log"
+                )
+        aliases = self._aliases()
+        for stage, names in ALIASES.items():
+            holders = [version for version, entries in history.items() if entries[-1]["stage"] == stage.value]
+            wanted = max(holders, default=None)
+            for name in names:
+                if _holder(aliases, name) == wanted:
+                    continue
+                if wanted is None:
+                    self.client.delete_registered_model_alias(self.model, name)
+                else:
+                    self.client.set_registered_model_alias(self.model, name, str(wanted))
+                said.append(f"alias {name} pointed at {aliases.get(name)}, the transition log says {wanted}: moved it")
+        return said
+
+    def verify_history(self) -> tuple[int, list[str]]:
+        """The number of records in the transition log (its chain verified: HistoryTampered
+        otherwise) and every version whose MLflow stage disagrees with it."""
+        if self.store is None:
+            raise ValueError("no model store: there is no transition log to verify")
+        records = self.store.transitions(self.model)
+        stages = {version: tags.get(STAGE_TAG) for version, tags in self.all_tags().items()}
+        problems = disagreements(versions_history(records), stages)
+        head = self.client.get_registered_model(self.model).tags.get(HISTORY_HEAD_TAG) if records else None
+        if records and head != record_hash(records[-1]):
+            problems.append(
+                f"the log's last record ({len(records) - 1}) is not the one Railyard wrote last (edited or removed)"
+            )
+        return len(records), problems
 
     def _aliases(self) -> dict[str, str]:
         """The registered model's aliases; none before its first registration."""

@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from model_registry.history import record_bytes, verify
 from model_registry.manifest import (
     MANIFEST_NAME,
     FileEntry,
@@ -54,6 +55,9 @@ TOMBSTONE_DIR = ".railyard-deleted"
 MAX_CLAIM_ATTEMPTS = 20
 # The release lock's file (local) or lease object (S3) under <model>/, holding its holder as JSON.
 LOCK_NAME = ".railyard-lock"
+# Folder (local) or key prefix (S3) under <model>/ holding the transition log, one record each.
+HISTORY_DIR = ".railyard-history"
+_HISTORY_APPEND_ATTEMPTS = 5
 _VERSION_NAME = re.compile(r"^[1-9][0-9]*$")
 
 
@@ -329,7 +333,37 @@ class ModelStore(ABC):
             "refusing the incomplete version"
         )
 
+    # -- the transition log (model_registry/history.py) -------------------------------------
+
+    def append_transition(self, model: str, entry: dict) -> dict:
+        """Append a stage change to the model's log (verified first); the record as written."""
+        validate_model_name(model)
+        for _ in range(_HISTORY_APPEND_ATTEMPTS):
+            raws = self._read_history(model)
+            verify(raws, self.history_uri(model))
+            data = record_bytes(raws[-1] if raws else None, len(raws), entry)
+            if self._append_history(model, len(raws), data):
+                return json.loads(data)
+        raise StoreError(f"could not append to {self.history_uri(model)}: other writers kept taking the next record")
+
+    def transitions(self, model: str) -> list[dict]:
+        """Every record of the model's log, once its chain verifies (HistoryTampered otherwise)."""
+        validate_model_name(model)
+        return verify(self._read_history(model), self.history_uri(model))
+
     # Backend primitives. Model names and versions are validated before any of these is called.
+
+    @abstractmethod
+    def history_uri(self, model: str) -> str:
+        """Where the model's transition log lives (for messages)."""
+
+    @abstractmethod
+    def _append_history(self, model: str, sequence: int, data: bytes) -> bool:
+        """Create record ``sequence`` of the log, only if absent; False if it exists."""
+
+    @abstractmethod
+    def _read_history(self, model: str) -> list[bytes]:
+        """Every record of the log, in sequence order (by name)."""
 
     @abstractmethod
     def version_uri(self, model: str, version: int) -> str:

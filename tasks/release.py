@@ -52,7 +52,7 @@ class RegistryLost(RegistryOutOfSync):
 
 
 def registry(settings: Settings) -> StageRegistry:
-    return StageRegistry(settings.resolved_tracking_uri, settings.model_name)
+    return StageRegistry(settings.resolved_tracking_uri, settings.model_name, model_store(settings))
 
 
 @contextmanager
@@ -84,7 +84,7 @@ def reconcile(
     does not know. ``ended_run``: a flow run known to be over, and how (its crash hook says so).
     """
     stages = registry(settings)
-    said = register_stranded(settings, stages)
+    said = stages.mirror_log() + register_stranded(settings, stages)
     in_review = None
     for version, tags in sorted(stages.all_tags().items()):
         owner = json.loads(tags.get(RELEASE_RUN_TAG) or "null")

@@ -449,3 +449,13 @@ def test_find_names_the_version_holding_a_model_of_this_data_and_code(store, tmp
     assert found is not None and found.version == published.version == 1
     assert store.find("recmodel", "fingerprint-2", "commit-abc") is None
     assert store.find("recmodel", "fingerprint-1", "commit-def") is None
+
+
+def test_the_transition_log_appends_once_per_record_and_verifies(store):
+    first = store.append_transition(MODEL, {"version": 1, "stage": "candidate"})
+    second = store.append_transition(MODEL, {"version": 1, "stage": "staging"})
+    assert (first["seq"], second["seq"]) == (0, 1) and second["prev"] != first["prev"]
+    assert [r["stage"] for r in store.transitions(MODEL)] == ["candidate", "staging"]
+    assert store._append_history(MODEL, 1, b"{}") is False  # a record is never overwritten
+    assert store.list_versions(MODEL) == []  # the log is not a version
+    assert reopen(store).transitions(MODEL) == store.transitions(MODEL)

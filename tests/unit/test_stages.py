@@ -1,9 +1,13 @@
-"""MLflow promotion stages: legal moves only, aliases follow, every change audited."""
+"""MLflow promotion stages: legal moves only, aliases follow, every change audited; with a
+model store, every change goes first into its hash-chained transition log, which decides."""
 
 import itertools
+import json
 
 import pytest
 
+from model_registry import open_store
+from model_registry.history import HistoryMismatch, HistoryTampered
 from model_registry.stages import IllegalTransition, RegistryOutOfSync, Stage, StageRegistry
 
 _names = itertools.count()
@@ -14,9 +18,15 @@ def tracking_uri(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
+@pytest.fixture(params=["mlflow only", "with transition log"])
+def registry(request, tracking_uri, tmp_path):
+    store = open_store(str(tmp_path / "store")) if request.param == "with transition log" else None
+    return StageRegistry(tracking_uri, f"model{next(_names)}", store)
+
+
 @pytest.fixture
-def registry(tracking_uri):
-    return StageRegistry(tracking_uri, f"model{next(_names)}")
+def logged(tracking_uri, tmp_path):
+    return StageRegistry(tracking_uri, f"model{next(_names)}", open_store(str(tmp_path / "store")))
 
 
 def _run(registry: StageRegistry, auc: float) -> str:
@@ -169,3 +179,108 @@ def test_a_lost_registry_is_restored_from_the_store_without_inventing_history(re
         registry.check_transition(4, Stage.PRODUCTION)
     with pytest.raises(RegistryOutOfSync, match="empty registry"):
         registry.restore(sources, production=3, actor="ops")
+
+
+# -- the transition log ---------------------------------------------------------------------------
+
+
+def _log_files(registry: StageRegistry) -> list:
+    return sorted((registry.store.root / registry.model / ".railyard-history").glob("*.json"))
+
+
+def test_every_change_is_logged_first_and_mlflow_agrees(logged):
+    _register(logged, 1)
+    _release(logged, 1)
+    _register(logged, 2)
+    logged.transition(2, Stage.REJECTED, actor="bob", reason="odd scores")
+    records = logged.store.transitions(logged.model)
+    assert [(r["version"], r["from"], r["stage"], r["actor"]) for r in records] == [
+        (1, None, "candidate", "railyard"),
+        (1, "candidate", "staging", "railyard"),
+        (1, "staging", "production", "alice"),
+        (2, None, "candidate", "railyard"),
+        (2, "candidate", "rejected", "bob"),
+    ]
+    assert records[1]["smoke_passed"] is True
+    assert logged.verify_history() == (5, [])
+
+
+def test_a_rejected_version_dressed_up_in_mlflow_stays_ineligible(logged):
+    """Two tag writes made a rejected version look like an archived former production version."""
+    _register(logged, 1)
+    _release(logged, 1)
+    _register(logged, 2)
+    logged.transition(2, Stage.REJECTED, actor="bob", reason="odd scores")
+    fake = {"stage": "production", "from": "staging", "actor": "alice", "time": "2026-11-30T00:00:00Z"}
+    logged.client.set_model_version_tag(logged.model, "2", "railyard.stage", "archived")
+    logged.client.set_model_version_tag(logged.model, "2", "railyard.transition.0009", json.dumps(fake))
+
+    with pytest.raises(HistoryMismatch, match="version 2: MLflow says archived, the transition log .* says rejected"):
+        logged.check_transition(2, Stage.PRODUCTION)
+    assert logged.verify_history()[1] == ["version 2: the log says rejected, MLflow says archived"]
+    assert logged.mirror_log() == [
+        "version 2: MLflow said archived, the transition log says rejected: MLflow follows the log"
+    ]
+    assert logged.stage(2) is Stage.REJECTED and logged.verify_history()[1] == []
+    with pytest.raises(IllegalTransition):
+        logged.check_transition(2, Stage.PRODUCTION)
+
+
+def test_a_moved_alias_is_put_back_where_the_log_says(logged):
+    _register(logged, 1)
+    _release(logged, 1)
+    _register(logged, 2)
+    logged.client.set_registered_model_alias(logged.model, "production", "2")
+    said = logged.mirror_log()
+    assert said == ["alias production pointed at 2, the transition log says 1: moved it"]
+    assert _aliases(logged)["production"] == 1
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda files: files[1].write_bytes(files[1].read_bytes().replace(b"railyard", b"mallory")), "record 2"),
+        (lambda files: files[1].unlink(), "record 1 says it is record 2"),
+        (lambda files: (files[0].unlink(), files[1].rename(files[0])), "record 0 says it is record 1"),
+    ],
+    ids=["edited", "removed", "reordered"],
+)
+def test_a_tampered_log_is_refused_and_named(logged, damage, message):
+    _register(logged, 1)
+    _release(logged, 1)
+    damage(_log_files(logged))
+    with pytest.raises(HistoryTampered, match=message):
+        logged.verify_history()
+    with pytest.raises(HistoryTampered):
+        logged.transition(1, Stage.ARCHIVED, actor="ops", reason="anything")
+    assert logged.stage(1) is Stage.PRODUCTION  # nothing changed
+
+
+def test_restore_takes_each_stage_from_the_log(tracking_uri, tmp_path):
+    store = open_store(str(tmp_path / "store"))
+    name = f"model{next(_names)}"
+    first = StageRegistry(tracking_uri, name, store)
+    for version in (1, 2, 3):
+        _register(first, version)
+    _release(first, 1)
+    _release(first, 2)
+    first.transition(3, Stage.REJECTED, actor="bob", reason="worse")
+    lost = StageRegistry(f"sqlite:///{tmp_path / 'fresh.db'}", name, store)  # the tracking database is gone
+    lost.restore({v: f"file:///store/{v}" for v in (1, 2, 3)}, production=None, actor="ops")
+    assert [lost.stage(v) for v in (1, 2, 3)] == [Stage.ARCHIVED, Stage.PRODUCTION, Stage.REJECTED]
+    assert lost.production_version() == 2
+    lost.check_transition(1, Stage.PRODUCTION)  # a rollback to 1 is legal: the log says it was in production
+    assert lost.verify_history()[1] == []
+
+
+def test_an_edit_of_the_last_record_shows_against_the_head_mlflow_keeps(logged):
+    _register(logged, 1)
+    _release(logged, 1)
+    last = _log_files(logged)[-1]
+    last.write_bytes(last.read_bytes().replace(b"alice", b"mallory"))  # no later record covers it
+    count, problems = logged.verify_history()
+    assert count == 3 and problems == [
+        "the log's last record (2) is not the one Railyard wrote last (edited or removed)"
+    ]
+    last.unlink()  # removing it instead
+    assert logged.verify_history()[1][-1].startswith("the log's last record (1) is not the one")
