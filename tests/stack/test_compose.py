@@ -9,6 +9,8 @@ others fail later, at ``build`` or ``up``). The remaining tests check Railyard's
 
 from __future__ import annotations
 
+import base64
+import configparser
 import hashlib
 import os
 import re
@@ -172,7 +174,15 @@ def test_env_example_as_copied_is_refused_until_the_secrets_are_set():
     with pytest.raises(ComposeError) as refused:
         load_compose(COMPOSE_FILE.read_text(), example_env())
     blank = {key for key, value in example_env().items() if not value}
-    assert blank == {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert blank == {
+        "POSTGRES_PASSWORD",
+        "MINIO_ROOT_PASSWORD",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "PREFECT_PASSWORD",
+        "MLFLOW_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SECRET_KEY",
+    }
     for name in blank:
         assert f"required variable {name} is missing a value: set it in infra/stack/.env" in str(refused.value)
 
@@ -188,6 +198,9 @@ def test_only_required_variables_need_a_value():
         "MINIO_ROOT_PASSWORD",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
+        "PREFECT_PASSWORD",
+        "MLFLOW_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SECRET_KEY",
     }
     minimal = {name: value for name, value in filled_env().items() if name in required}
     unset: set[str] = set()
@@ -721,9 +734,13 @@ def test_minio_init_creates_bucket_and_service_account(config, tmp_path):
 
 class _Health(QuietHandler):
     status = 200
+    authorization: str | None = None  # required when set, as Prefect's basic auth does
 
     def do_GET(self):  # noqa: N802 - http.server's naming
-        self.send_response(self.status if self.path in ("/api/health", "/health") else 404)
+        if self.authorization is not None and self.headers.get("Authorization") != self.authorization:
+            self.send_response(401)
+        else:
+            self.send_response(self.status if self.path in ("/api/health", "/health") else 404)
         self.end_headers()
         self.wfile.write(b"{}")
 
@@ -735,19 +752,49 @@ def health_server():
 
 
 @pytest.mark.parametrize("name, port", [("prefect-server", 4200), ("mlflow", 5000), ("worker", 8080)])
-def test_python_health_checks_need_a_200(compose, health_server, name, port):
-    cmd, *argv = compose["services"][name]["healthcheck"]["test"]
+def test_python_health_checks_need_a_200(config, health_server, name, port):
+    service = config["services"][name]
+    cmd, *argv = service["healthcheck"]["test"]
     assert cmd == "CMD" and argv[:2] == ["python", "-c"]
     probe = argv[2].replace(f"127.0.0.1:{port}/", f"127.0.0.1:{health_server.server_address[1]}/")
     assert probe != argv[2]
+    env = os.environ | environment(service)  # the container's environment
 
     def run() -> int:
-        return subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=20).returncode
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=20, env=env).returncode
 
+    auth = env.get("PREFECT_SERVER_API_AUTH_STRING")
+    _Health.authorization = "Basic " + base64.b64encode(auth.encode()).decode() if auth else None
     _Health.status = 200
     assert run() == 0
     _Health.status = 503
     assert run() != 0
+
+
+def test_prefect_and_mlflow_require_sign_in_and_the_worker_signs_in(config):
+    services = config["services"]
+    server, mlflow, worker = (environment(services[name]) for name in ("prefect-server", "mlflow", "worker"))
+    assert server["PREFECT_SERVER_API_AUTH_STRING"] == worker["PREFECT_API_AUTH_STRING"]
+    user, _, password = server["PREFECT_SERVER_API_AUTH_STRING"].partition(":")
+    assert user and password and "${" not in password
+    assert "--app-name=basic-auth" in services["mlflow"]["command"]
+    assert mlflow["MLFLOW_AUTH_CONFIG_PATH"] == "/config/basic_auth.ini"
+    assert "./mlflow/basic_auth.ini:/config/basic_auth.ini:ro" in compose_volumes(services["mlflow"])
+    assert (worker["MLFLOW_TRACKING_USERNAME"], worker["MLFLOW_TRACKING_PASSWORD"]) == (
+        mlflow["MLFLOW_AUTH_ADMIN_USERNAME"],
+        mlflow["MLFLOW_AUTH_ADMIN_PASSWORD"],
+    )
+    assert mlflow["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    auth = configparser.ConfigParser()
+    auth.read(STACK / "mlflow" / "basic_auth.ini")
+    assert auth["mlflow"]["database_uri"].startswith("sqlite:////home/mlflow/auth/")  # the named volume
+    assert "admin_password" not in auth["mlflow"]  # from the environment, never in a file
+
+
+def compose_volumes(service: dict) -> list[str]:
+    return [
+        volume if isinstance(volume, str) else f"{volume['source']}:{volume['target']}" for volume in service["volumes"]
+    ]
 
 
 def test_worker_health_port_is_prefects_default():
