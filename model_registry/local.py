@@ -52,9 +52,9 @@ class LocalStore(ModelStore):
                 if (model_dir / name / MANIFEST_NAME).is_file():
                     complete.add(version)
         tombstones = model_dir / TOMBSTONE_DIR
-        if tombstones.is_dir():
-            taken.update(v for child in tombstones.iterdir() if (v := parse_version_name(child.name)) is not None)
-        return VersionScan(frozenset(taken), frozenset(complete))
+        names = [child.name for child in tombstones.iterdir()] if tombstones.is_dir() else []
+        deleted = {version for name in names if (version := parse_version_name(name)) is not None}
+        return VersionScan(frozenset(taken | deleted), frozenset(complete), frozenset(deleted))
 
     def _claim(self, model: str, version: int) -> bool:
         (self.root / model).mkdir(parents=True, exist_ok=True)

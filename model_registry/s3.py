@@ -116,18 +116,19 @@ class S3Store(ModelStore):
 
     def _scan(self, model: str) -> VersionScan:
         prefix = self._model_prefix(model)
-        taken, complete = set(), set()
+        taken, complete, deleted = set(), set(), set()
         for key in self._keys(prefix):
             first, _, rest = key[len(prefix) :].partition("/")
             if first == TOMBSTONE_DIR:
                 version = parse_version_name(rest)  # deleted, but the number stays taken
+                deleted |= {version} - {None}
             else:
                 version = parse_version_name(first)
                 if version is not None and rest == MANIFEST_NAME:
                     complete.add(version)
             if version is not None:
                 taken.add(version)
-        return VersionScan(frozenset(taken), frozenset(complete))
+        return VersionScan(frozenset(taken), frozenset(complete), frozenset(deleted))
 
     def _claim(self, model: str, version: int) -> bool:
         claim = {

@@ -122,6 +122,12 @@ class PublishedVersion:
 class VersionScan:
     taken: frozenset[int]  # every number in use: complete, half-published or deleted
     complete: frozenset[int]  # versions with a manifest: the only ones readers see
+    deleted: frozenset[int] = frozenset()  # tombstoned: their numbers stay taken
+
+    @property
+    def unfinished(self) -> frozenset[int]:
+        """Publications that never wrote their manifest (a crash, a lost connection)."""
+        return self.taken - self.complete - self.deleted
 
 
 def parse_version_name(name: str) -> int | None:
@@ -253,6 +259,17 @@ class ModelStore(ABC):
             raise VersionNotFoundError(f"{model} version {version} does not exist in {self.uri}")
         self._delete(model, version)
         logger.info("deleted %s version %d from %s", model, version, self.uri)
+
+    def remove_unfinished(self, model: str) -> list[int]:
+        """Remove what interrupted publications left (files without a manifest); their numbers
+        stay taken, so no later version reuses them. Call it holding the release lock: no
+        publication is in flight then. Never touches a complete version."""
+        validate_model_name(model)
+        unfinished = sorted(self._scan(model).unfinished)
+        for version in unfinished:
+            self._delete(model, version)
+            logger.info("removed the unfinished publication of %s version %d from %s", model, version, self.uri)
+        return unfinished
 
     def apply_retention(self, model: str, keep_last: int, *, protected: Collection[int] = ()) -> list[int]:
         """Delete all complete versions except the newest ``keep_last`` and the protected ones."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -36,3 +37,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def prune_oldest(folder: Path, keep: int) -> list[Path]:
+    """Remove all but the ``keep`` most recently modified sub-folders of ``folder``; the removed ones."""
+    if not Path(folder).is_dir():
+        return []
+    children = sorted(
+        (child for child in Path(folder).iterdir() if child.is_dir()), key=lambda child: child.stat().st_mtime
+    )
+    doomed = children[: max(len(children) - keep, 0)]
+    for child in doomed:
+        shutil.rmtree(child, ignore_errors=True)
+    return doomed

@@ -34,6 +34,7 @@ from model_registry.release_rules import (
 )
 from model_registry.stages import RELEASE_RUN_TAG, STAGE_TAG, RegistryOutOfSync, Stage, StageRegistry
 from railyard import tracking
+from railyard.fsutil import prune_oldest
 from railyard.notify import notify
 from railyard.processes import current_process, describe, process_alive
 from railyard.settings import Settings
@@ -104,6 +105,7 @@ def reconcile(
         else:
             said.append(end_release(settings, version, Stage(tags[STAGE_TAG]), ending, owner))
     said += fail_interrupted_runs(settings, ended_run)
+    said += tidy(settings)
     try:
         target = deploy.resolve_target(settings, start_local=False)
         if target is None and start_serving and served.serving_labels_on_file(settings):
@@ -116,6 +118,20 @@ def reconcile(
         said.append(f"serving could not be checked or repaired: {error}")
     for line in said:
         log.warning("reconciled %s: %s", settings.model_name, line)
+    return said
+
+
+def tidy(settings: Settings) -> list[str]:
+    """What interrupted publications left in the store (no publication is in flight: the caller
+    holds the release lock), and old per-run scratch folders."""
+    said = [
+        f"removed the files of unfinished publication {version} (its number stays taken)"
+        for version in model_store(settings).remove_unfinished(settings.model_name)
+    ]
+    keep = settings.keep_run_dirs
+    removed = prune_oldest(settings.work_dir, keep) + prune_oldest(settings.reports_dir, keep)
+    if removed:
+        said.append(f"removed {len(removed)} old run folders (RAILYARD_KEEP_RUN_DIRS={keep} of each kept)")
     return said
 
 

@@ -125,3 +125,19 @@ def test_a_lost_tracking_database_is_refused_and_the_registry_can_be_restored(wo
     stages = {entry["version"]: entry["stage"] for entry in status["versions"]}
     assert [v for v, stage in stages.items() if stage == "production"] == [production]
     assert stages[1] == "archived" and status["serving"]["stable"] == production
+
+
+def test_what_a_run_killed_mid_publication_left_is_removed_by_the_next_reconcile(world):
+    store = world.home / "store" / "recmodel"
+    registered = world.versions()
+    killed = world.start_run(10, "--auto-approve", fault="model_registry.local:LocalStore._create_manifest")
+    killed.communicate(timeout=900)
+    assert killed.returncode == -9
+    (leftover,) = [p for p in store.iterdir() if p.name.isdigit() and not (p / "railyard.json").exists()]
+    assert any(leftover.iterdir())  # files uploaded, no manifest: readers never see it
+
+    repaired = world.status()["repaired"]
+    assert f"removed the files of unfinished publication {leftover.name} (its number stays taken)" in repaired
+    assert not leftover.exists() and world.versions() == registered
+    summary = world.finish(world.start_run(10, "--auto-approve"))
+    assert summary["model_version"] == int(leftover.name) + 1  # the number is never reused

@@ -459,3 +459,25 @@ def test_the_transition_log_appends_once_per_record_and_verifies(store):
     assert store._append_history(MODEL, 1, b"{}") is False  # a record is never overwritten
     assert store.list_versions(MODEL) == []  # the log is not a version
     assert reopen(store).transitions(MODEL) == store.transitions(MODEL)
+
+
+def test_what_an_interrupted_publication_left_is_removed_and_its_number_stays_taken(store, tmp_path, monkeypatch):
+    kept = store.publish(MODEL, make_saved_model(tmp_path / "kept", seed=1), metadata=metadata(1))
+    real_upload = store._upload
+
+    def upload_then_crash(model: str, version: int, tree: SourceTree):
+        real_upload(model, version, SourceTree(tree.files[:3], tree.empty_dirs))
+        raise SimulatedCrash("process killed before the manifest was written")
+
+    monkeypatch.setattr(store, "_upload", upload_then_crash)
+    with pytest.raises(SimulatedCrash):
+        store.publish(MODEL, make_saved_model(tmp_path / "lost", seed=2), metadata=metadata(2))
+    monkeypatch.setattr(store, "_upload", real_upload)
+    assert any(path.startswith("2/") for path in stored_paths(store))
+
+    assert reopen(store).remove_unfinished(MODEL) == [2]
+    assert not any(path.startswith("2/") for path in stored_paths(store))  # the orphans are gone
+    assert store.list_versions(MODEL) == [kept.version] and store.remove_unfinished(MODEL) == []
+    assert tree_bytes(store.download(MODEL, 1, tmp_path / "dest")) == tree_bytes(tmp_path / "kept")
+    third = store.publish(MODEL, make_saved_model(tmp_path / "next", seed=3), metadata=metadata(3))
+    assert third.version == 3  # the removed number is never reused
