@@ -202,7 +202,7 @@ def _serve_in_docker(model_root: Path, rest: int, grpc: int, stop: bool) -> None
     )
 
 
-def _decide(version: int, decision: str, reviewer: str, comment: str) -> None:
+def _decide(version: int, decision: str, named: str | None, comment: str) -> None:
     settings = _settings()
     from pydantic import ValidationError
 
@@ -210,7 +210,10 @@ def _decide(version: int, decision: str, reviewer: str, comment: str) -> None:
     from tasks import approval, release
 
     try:
-        answer = approval.ApprovalDecision(decision=decision, reviewer=reviewer, comment=comment)
+        # The reviewer is who runs the command; a name they give is kept beside their comment.
+        # A name alone is no reason: a rejection without a comment is refused as before.
+        noted = comment if decision == approval.REJECT and not comment else _with_name(comment, named)
+        answer = approval.ApprovalDecision(decision=decision, reviewer=_os_user(), comment=noted)
     except ValidationError as error:
         _fail("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors()), code=2)
     with release.release_lock(settings, f"railyard {decision}"):
@@ -237,18 +240,20 @@ def _decide(version: int, decision: str, reviewer: str, comment: str) -> None:
     typer.echo(f"{decision}d {settings.model_name} version {version}; flow run {flow_run_id} resumes and applies it")
 
 
-Reviewer = Annotated[str, typer.Option(help="Who decides (recorded in the audit trail).")]
+Reviewer = Annotated[
+    str | None, typer.Option(help="A name to record beside yours (you, the OS user, are recorded as the reviewer).")
+]
 Comment = Annotated[str, typer.Option(help="Why (recorded with the stage change; required to reject).")]
 
 
 @app.command()
-def approve(version: int, reviewer: Reviewer, comment: Comment = "") -> None:
+def approve(version: int, reviewer: Reviewer = None, comment: Comment = "") -> None:
     """Approve a canary awaiting review: its retrain run promotes it to production."""
     _decide(version, "approve", reviewer, comment)
 
 
 @app.command()
-def reject(version: int, reviewer: Reviewer, comment: Comment = "") -> None:
+def reject(version: int, reviewer: Reviewer = None, comment: Comment = "") -> None:
     """Reject a canary awaiting review: its retrain run unloads it."""
     _decide(version, "reject", reviewer, comment)
 
@@ -259,13 +264,15 @@ def rollback(
         int | None, typer.Option("--to", help="Version to restore (default: the previous production).")
     ] = None,
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit trail).")] = "manual rollback",
-    actor: Annotated[str, typer.Option(help="Who asks.")] = "operator",
+    actor: Annotated[
+        str | None, typer.Option(help="A name to record beside yours (you, the OS user, are recorded).")
+    ] = None,
 ) -> None:
     """Put an earlier production version back on `stable`."""
     _settings()
     from flows.rollback import rollback as rollback_flow
 
-    result = rollback_flow(to_version=to, reason=reason, actor=actor)
+    result = rollback_flow(to_version=to, reason=_with_name(reason, actor), actor=_os_user())
     typer.echo(f"{result['model_name']} version {result['version']} is stable again; labels {result['serving']}")
 
 
@@ -343,6 +350,13 @@ def restore_registry() -> None:
     with release_lock(settings, "railyard restore-registry"):
         versions, production = restore(settings, actor=_os_user())
     typer.echo(f"registered {settings.model_name} versions {versions}; production: {production}")
+
+
+def _with_name(text: str, named: str | None) -> str:
+    """The text, with a name the user gave for the record (the recorded actor is the OS user)."""
+    if not named or not named.strip() or named == _os_user():
+        return text
+    return f"{text} [named: {named.strip()}]".strip()
 
 
 def _os_user() -> str:

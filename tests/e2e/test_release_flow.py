@@ -8,6 +8,7 @@ several lease periods pass, then it is approved and reaches production; run 3 is
 times out; run 5 fails its smoke tests; then rollbacks; run 6 is approved by the promote deployment.
 """
 
+import getpass
 import os
 import time
 from datetime import datetime
@@ -19,6 +20,8 @@ from tests.support.prefect_server import LEASE_S
 from tests.support.release_world import World, assert_serves_its_golden_answers, predict
 
 pytestmark = pytest.mark.slow
+# The reviewer recorded for a CLI decision: whoever runs the command.
+ME = getpass.getuser()
 
 
 @pytest.fixture(scope="module")
@@ -147,15 +150,15 @@ def test_a_deployment_run_waits_for_its_review_without_a_process_a_slot_or_a_lea
     assert state["message"].endswith("is staging") and world.flow_run(flow_run_id)["state"]["type"] == "PAUSED"
 
     time.sleep(max(0.0, 3 * LEASE_S - (time.monotonic() - suspended_at)))  # three lease periods at least
-    world.railyard("approve", "2", "--reviewer", "alice", "--comment", "looks good")
+    world.railyard("approve", "2", "--reviewer", "alice", "--comment", "looks good")  # alice: a name beside ours
     world.railyard("worker", "--run-once")  # a third worker process resumes it
     state = world.flow_run(flow_run_id)["state"]
     assert state["type"] == "COMPLETED", state
-    assert state["message"] == "version 2 promoted to production by alice: looks good"
+    assert state["message"] == f"version 2 promoted to production by {ME}: looks good [named: alice]"
     assert world.aliases() == {"production": 2, "champion": 2}
     assert world.stage(1) == "archived" and "serving_label" not in str(world.tags(1))
     promoted = world.history(2)[-1]
-    assert (promoted["stage"], promoted["actor"], promoted["reason"]) == ("production", "alice", "looks good")
+    assert (promoted["stage"], promoted["actor"], promoted["reason"]) == ("production", ME, "looks good [named: alice]")
     assert promoted["flow_run_id"] == flow_run_id
     assert world.history(1)[-1]["reason"] == "replaced by version 2"
     assert world.status()["serving"] == {"stable": 2, "canary": 2}
@@ -164,7 +167,7 @@ def test_a_deployment_run_waits_for_its_review_without_a_process_a_slot_or_a_lea
         "/artifacts/filter",
         {"artifacts": {"key": {"any_": ["approval-needed"]}}, "flow_runs": {"id": {"any_": [flow_run_id]}}},
     )[1]
-    assert any("promoted to production by alice" in str(artifact["data"]) for artifact in artifacts)
+    assert any(f"promoted to production by {ME}" in str(artifact["data"]) for artifact in artifacts)
 
 
 def test_a_rejected_canary_is_unloaded_and_stable_keeps_serving(world):
@@ -175,12 +178,16 @@ def test_a_rejected_canary_is_unloaded_and_stable_keeps_serving(world):
     world.railyard("reject", "3", "--reviewer", "bob", "--comment", "odd scores for new users")
     summary = world.finish(run)
     assert summary["stage"] == "rejected" and summary["serving"]["labels"] == {"stable": 2, "canary": 2}
-    assert (summary["decided_by"], summary["reason"]) == ("bob", "odd scores for new users")
+    assert (summary["decided_by"], summary["reason"]) == (ME, "odd scores for new users [named: bob]")
     rejected = world.history(3)[-1]
-    assert (rejected["stage"], rejected["actor"], rejected["reason"]) == ("rejected", "bob", "odd scores for new users")
+    assert (rejected["stage"], rejected["actor"], rejected["reason"]) == (
+        "rejected",
+        ME,
+        "odd scores for new users [named: bob]",
+    )
     state = world.review_run(3)["state"]
     assert (state["type"], state["name"]) == ("COMPLETED", "Rejected")
-    assert state["message"] == "version 3 rejected by bob: odd scores for new users"
+    assert state["message"] == f"version 3 rejected by {ME}: odd scores for new users [named: bob]"
     assert world.aliases()["production"] == 2
     assert world.served_versions() == {2}  # the rejected canary is unloaded
     assert len(predict(summary["serving"]["rest"], "stable")) == 2
@@ -226,7 +233,7 @@ def test_rollback_restores_the_previous_production_version_and_refuses_others(wo
     assert world.aliases() == {"production": 1, "champion": 1}
     assert world.tags(2)["railyard.stage"] == "archived"
     restored = world.history(1)[-1]
-    assert (restored["stage"], restored["actor"]) == ("production", "carol")
+    assert (restored["stage"], restored["actor"]) == ("production", ME) and "[named: carol]" in restored["reason"]
     assert "complaints about v2" in restored["reason"]
     assert world.status()["serving"]["stable"] == 1
     # The whole story, on both versions' transition histories.
@@ -238,7 +245,7 @@ def test_rollback_restores_the_previous_production_version_and_refuses_others(wo
         "production",
     ]
     assert [entry["stage"] for entry in world.history(2)] == ["candidate", "staging", "production", "archived"]
-    assert world.history(2)[-1]["actor"] == "carol"
+    assert world.history(2)[-1]["actor"] == ME
 
 
 def test_the_promote_deployment_approves_a_waiting_review(world):
