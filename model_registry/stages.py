@@ -378,11 +378,12 @@ class StageRegistry:
     def mirror_log(self) -> list[str]:
         """Make MLflow's stages and aliases say what the transition log says (after an edit of
         MLflow's tags, or a crash between the log and the tags); one sentence per change."""
-        history = self._logged_history()
+        tags = self.all_tags()
+        # Only what MLflow registered: a version it does not know is register_stranded's business.
+        history = {version: entries for version, entries in self._logged_history().items() if version in tags}
         if not history:
             return []
         said = []
-        tags = self.all_tags()
         for version, entries in sorted(history.items()):
             logged, mirrored = entries[-1]["stage"], tags.get(version, {}).get(STAGE_TAG)
             if version in tags and mirrored != logged:

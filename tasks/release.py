@@ -85,7 +85,8 @@ def reconcile(
     does not know. ``ended_run``: a flow run known to be over, and how (its crash hook says so).
     """
     stages = registry(settings)
-    said = stages.mirror_log() + register_stranded(settings, stages)
+    said = register_stranded(settings, stages)  # refuses first when the tracking database was lost
+    said += stages.mirror_log()
     in_review = None
     for version, tags in sorted(stages.all_tags().items()):
         owner = json.loads(tags.get(RELEASE_RUN_TAG) or "null")
