@@ -169,20 +169,24 @@ def test_compose_file_is_valid(config):
     assert unset == set()
 
 
+# The values infra/stack/.env must set (blank in the example): passwords, keys, the S3 account.
+SECRETS = {
+    "POSTGRES_PASSWORD",
+    "MINIO_ROOT_PASSWORD",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "PREFECT_PASSWORD",
+    "MLFLOW_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SECRET_KEY",
+}
+
+
 def test_env_example_as_copied_is_refused_until_the_secrets_are_set():
     """`cp .env.example .env` alone must not start a stack with empty or well-known passwords."""
     with pytest.raises(ComposeError) as refused:
         load_compose(COMPOSE_FILE.read_text(), example_env())
     blank = {key for key, value in example_env().items() if not value}
-    assert blank == {
-        "POSTGRES_PASSWORD",
-        "MINIO_ROOT_PASSWORD",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "PREFECT_PASSWORD",
-        "MLFLOW_ADMIN_PASSWORD",
-        "MLFLOW_FLASK_SECRET_KEY",
-    }
+    assert blank == SECRETS
     for name in blank:
         assert f"required variable {name} is missing a value: set it in infra/stack/.env" in str(refused.value)
 
@@ -191,17 +195,7 @@ def test_only_required_variables_need_a_value():
     """Everything but the `${VAR:?...}` variables has a default: a minimal infra/stack/.env works."""
     text = COMPOSE_FILE.read_text()
     required = required_variables(text)
-    assert required == {
-        "POSTGRES_USER",
-        "POSTGRES_PASSWORD",
-        "MINIO_ROOT_USER",
-        "MINIO_ROOT_PASSWORD",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "PREFECT_PASSWORD",
-        "MLFLOW_ADMIN_PASSWORD",
-        "MLFLOW_FLASK_SECRET_KEY",
-    }
+    assert required == SECRETS | {"POSTGRES_USER", "MINIO_ROOT_USER"}
     minimal = {name: value for name, value in filled_env().items() if name in required}
     unset: set[str] = set()
     model = load_compose(text, minimal, unset=unset)
