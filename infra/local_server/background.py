@@ -44,8 +44,8 @@ class ServerState:
     grpc_port: int
     config_path: str
     # Host, pid and start time: a stale file whose pid now belongs to another process names
-    # a process that is gone, so it is never signalled.
-    process: dict
+    # a process that is gone, so it is never signalled. None: a file from an older Railyard.
+    process: dict | None = None
 
     @property
     def rest_url(self) -> str:
@@ -214,6 +214,8 @@ def _is_server(state: ServerState) -> bool:
     known = process_alive(state.process)
     if known is not None:
         return known
+    if state.process is None:  # an older Railyard's file: the pid's command line must be its server's
+        return _serves(state.pid, state.config_path)
     try:
         os.kill(state.pid, 0)
     except ProcessLookupError:
@@ -221,6 +223,15 @@ def _is_server(state: ServerState) -> bool:
     except PermissionError:
         pass
     return _answers(state.rest_url)
+
+
+def _serves(pid: int, config_path: str) -> bool:
+    """The process runs ``python -m infra.local_server`` for this config file."""
+    try:
+        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"infra.local_server" in arguments and config_path.encode() in arguments
 
 
 def _answers(rest_url: str) -> bool:

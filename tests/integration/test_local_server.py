@@ -23,6 +23,7 @@ from infra.local_server.rest import RestLimits
 from infra.tfserving.client import ServingClient, ServingError
 from infra.tfserving.model_config import read_config, write_config_atomically
 from infra.tfserving.protocol import build_predict_request
+from railyard.processes import process_alive
 from tests.support.serving_fixtures import (
     CORRUPT_VERSION,
     GOLDEN_INSTANCES,
@@ -371,7 +372,8 @@ def test_stop_never_signals_a_process_that_merely_reuses_a_stale_pid(tmp_path):
         assert bystander.poll() is None, "the bystander was signalled"
         assert not (tmp_path / background.STATE_FILE).exists()  # the stale file is gone
 
-        # A file without the process's identity (an older Railyard) is not trusted either.
+        # A file without the process's identity (an older Railyard) is trusted only when the pid's
+        # command line is that server's.
         legacy = {"pid": bystander.pid, "rest_port": 1, "grpc_port": 2, "config_path": "models.config"}
         (tmp_path / background.STATE_FILE).write_text(json.dumps(legacy))
         assert background.stop(tmp_path, timeout_s=1) is None
@@ -379,6 +381,19 @@ def test_stop_never_signals_a_process_that_merely_reuses_a_stale_pid(tmp_path):
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_server_started_by_an_older_railyard_is_still_stopped(model_root, tmp_path):
+    """Its state file has no process identity: its command line identifies it."""
+    config_path = served_model_root(model_root, tmp_path / "models") / "models.config"
+    write_config_atomically(config_path, model_config(config_path.parent, {1}, {}))
+    state_dir = tmp_path / "state"
+    state = background.ensure_running(state_dir, config_path, rest_port=0, grpc_port=0)
+    legacy = json.loads((state_dir / background.STATE_FILE).read_text())
+    del legacy["process"]
+    (state_dir / background.STATE_FILE).write_text(json.dumps(legacy))
+    assert background.stop(state_dir) is not None
+    assert not process_alive(state.process)
 
 
 def served_model_root(source: Path, root: Path) -> Path:
