@@ -164,15 +164,15 @@ def serve(
 
     rest = settings.local_serving_rest_port if rest_port is None else rest_port
     grpc = settings.local_serving_grpc_port if grpc_port is None else grpc_port
+    config_path = settings.resolved_serving_model_root / CONFIG_FILE
     if docker:
-        _serve_in_docker(settings.resolved_serving_model_root, rest, grpc, stop)
+        _serve_in_docker(config_path, rest, grpc, stop)
         return
     state_dir = settings.local_serving_dir
     if stop:
         state = local.stop(state_dir)
         typer.echo(f"stopped the local server (pid {state.pid})" if state else "no local server is running")
         return
-    config_path = settings.resolved_serving_model_root / CONFIG_FILE
     try:
         if background:
             state = local.ensure_running(state_dir, config_path, rest, grpc)
@@ -184,16 +184,15 @@ def serve(
         _fail(str(error))
 
 
-def _serve_in_docker(model_root: Path, rest: int, grpc: int, stop: bool) -> None:
+def _serve_in_docker(config_path: Path, rest: int, grpc: int, stop: bool) -> None:
     from infra.docker_launcher import MODEL_ROOT, TFServingLauncher
     from infra.tfserving.model_config import ensure_config_file
-    from infra.tfserving.protocol import CONFIG_FILE
 
-    launcher = TFServingLauncher(model_root_volume=str(model_root), grpc_port=grpc, rest_port=rest)
+    launcher = TFServingLauncher(model_root_volume=str(config_path.parent), grpc_port=grpc, rest_port=rest)
     if stop:
         typer.echo(f"TF Serving container {launcher.name}: {launcher.stop().state}")
         return
-    ensure_config_file(model_root / CONFIG_FILE)  # TF Serving does not start without its config file
+    ensure_config_file(config_path)  # TF Serving does not start without its config file
     status = launcher.start()
     typer.echo(f"TF Serving container {launcher.name}: {status.state}; point Railyard at it with")
     typer.echo(

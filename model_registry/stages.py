@@ -298,9 +298,6 @@ class StageRegistry:
     def production_version(self) -> int | None:
         return _holder(self._aliases(), "production")
 
-    def staging_version(self) -> int | None:
-        return _holder(self._aliases(), "staging")
-
     def previous_production(self) -> int | None:
         """The newest version other than the current production one that was once in production."""
         current = self.production_version()
