@@ -33,7 +33,7 @@ from railyard.notify import notify
 from railyard.settings import Settings
 from tasks import approval, data, deploy, evaluation, features, publish, release, smoke, training, validation
 
-SUMMARY_METRICS = ("auc", "pr_auc", "logloss", "accuracy", "baseline_auc")
+SUMMARY_METRICS = ("auc", "auc_frozen", "baseline_auc", "fresh_baseline_auc", "pr_auc", "logloss", "accuracy")
 # The Custom run form shows these (the settings where the deployment was registered): an empty
 # field falls back to the settings where the run runs.
 _DEFAULTS = Settings()
@@ -207,10 +207,11 @@ def evaluate_against_production(
     settings: Settings, export_dir: Path, feature_set: FeatureSet, run_id: str, run_dir: Path, report_dir: Path
 ) -> tuple[dict, GateDecision]:
     """The SavedModel that would ship and the production model, on the same holdout; the gate."""
-    metrics = evaluation.evaluate(export_dir, feature_set.holdout, settings, run_id, report_dir / "roc.png")
+    holdout, priors = feature_set.holdout, feature_set.priors
+    metrics = evaluation.evaluate(export_dir, holdout, priors, settings, run_id, report_dir / "roc.png")
     production_version = release.production_version(settings)
     production_metrics = (
-        evaluation.evaluate_production(production_version, feature_set.holdout, settings, run_id, run_dir)
+        evaluation.evaluate_production(production_version, holdout, priors, settings, run_id, run_dir)
         if production_version is not None
         else None
     )

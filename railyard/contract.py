@@ -1,4 +1,9 @@
-"""What every served model version promises its callers: one signature, its inputs and output.
+"""What every served model version promises its callers: two signatures, their inputs and output.
+
+- ``serving_default`` takes ids only; the model looks the features up in the snapshot frozen at
+  its training cut-off (a request straight to TF Serving, as SparrowRecSys sends it, works).
+- ``features`` takes the ids plus the raw aggregates read from the online feature store (the
+  layouts of ``railyard.features``: USER_WIDTH and MOVIE_WIDTH floats): fresh features.
 
 Export writes models to this contract, smoke tests check served versions against it, the
 serving client sends requests by it, and the curl line and bench use its example. Nothing here
@@ -11,8 +16,11 @@ import json
 from pathlib import Path
 
 SIGNATURE_NAME = "serving_default"
+FEATURES_SIGNATURE = "features"
 # Input name -> dtype, in the order a request lists them.
 INPUTS = {"userId": "int64", "movieId": "int64"}
+FEATURE_INPUTS = INPUTS | {"user_features": "float32", "movie_features": "float32"}
+SIGNATURES = {SIGNATURE_NAME: INPUTS, FEATURES_SIGNATURE: FEATURE_INPUTS}
 OUTPUT = "score"  # float32, one score per instance ([N, 1])
 OUTPUT_DTYPE = "float32"
 # Golden requests and the offline SavedModel's answers, stored inside every exported version.
@@ -23,16 +31,15 @@ EXAMPLE_INSTANCES = ({"userId": 6, "movieId": 1},)
 _TF_DTYPE_NAMES = {"int64": "DT_INT64", "float32": "DT_FLOAT"}
 
 
-def signature_dtypes() -> tuple[dict[str, str], dict[str, str]]:
+def signature_dtypes(signature: str = SIGNATURE_NAME) -> tuple[dict[str, str], dict[str, str]]:
     """Inputs and outputs as TF Serving's metadata reports them (``DT_INT64``, ``DT_FLOAT``)."""
-    inputs = {name: _TF_DTYPE_NAMES[dtype] for name, dtype in INPUTS.items()}
+    inputs = {name: _TF_DTYPE_NAMES[dtype] for name, dtype in SIGNATURES[signature].items()}
     return inputs, {OUTPUT: _TF_DTYPE_NAMES[OUTPUT_DTYPE]}
 
 
-def describe() -> str:
-    return (
-        f"{SIGNATURE_NAME}: {', '.join(INPUTS)} ({'/'.join(sorted(set(INPUTS.values())))}) -> {OUTPUT} ({OUTPUT_DTYPE})"
-    )
+def describe(signature: str = SIGNATURE_NAME) -> str:
+    inputs = SIGNATURES[signature]
+    return f"{signature}: {', '.join(inputs)} ({'/'.join(sorted(set(inputs.values())))}) -> {OUTPUT} ({OUTPUT_DTYPE})"
 
 
 def example_request() -> dict:
@@ -45,9 +52,12 @@ def curl_line(rest_url: str, model: str, label: str) -> str:
     return f"curl -s -d '{body}' {rest_url}/v1/models/{model}/labels/{label}:predict"
 
 
-def write_golden(saved_model_dir: Path, instances: list[dict[str, int]], scores) -> dict:
-    """Store golden requests and the offline model's ``scores`` for them beside the model."""
-    golden = {"instances": instances, "predictions": [[float(score)] for score in scores]}
+def write_golden(saved_model_dir: Path, requests: dict[str, tuple[list[dict], list[float]]]) -> dict:
+    """Store golden requests per signature, with the offline model's scores, beside the model."""
+    golden = {
+        signature: {"instances": instances, "predictions": [[float(score)] for score in scores]}
+        for signature, (instances, scores) in requests.items()
+    }
     path = Path(saved_model_dir) / GOLDEN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(golden, indent=1))
@@ -55,7 +65,7 @@ def write_golden(saved_model_dir: Path, instances: list[dict[str, int]], scores)
 
 
 def read_golden(version_dir: Path) -> dict:
-    """``{"instances": [...], "predictions": [[score], ...]}`` as exported with the model."""
+    """``{signature: {"instances": [...], "predictions": [[score], ...]}}`` as exported with the model."""
     path = Path(version_dir) / GOLDEN_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: the model was exported without golden requests")

@@ -1,4 +1,10 @@
-"""Holdout evaluation of an exported model and the evaluation gate's threshold checks."""
+"""Holdout evaluation of an exported model and the evaluation gate's threshold checks.
+
+The holdout rows carry their point-in-time aggregates (all events strictly before each row): the
+model is judged on what the online store serves. ``auc_frozen`` (features frozen at the cut-off,
+the ids-only signature) and two non-learned baselines are measured on the same rows in the same
+call; the gate's thresholds apply to the fresh metrics.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from railyard import features as F
 from railyard.configs import GateThresholds
 
 # Clipping keeps log loss finite for a score of exactly 0 or 1.
@@ -17,10 +24,11 @@ _EPS = 1e-7
 
 @dataclass(frozen=True)
 class Evaluation:
-    metrics: dict[str, float]  # auc, pr_auc, logloss, accuracy, baseline_auc, rows, positive_rate
+    # auc, pr_auc, logloss, accuracy (fresh features: the served path), auc_frozen,
+    # baseline_auc (popularity), fresh_baseline_auc, rows, positive_rate
+    metrics: dict[str, float]
     labels: np.ndarray
-    scores: np.ndarray
-    baseline_scores: np.ndarray
+    curves: dict[str, np.ndarray]  # name -> scores on the holdout rows: the model's and the baselines'
 
 
 def classification_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -39,27 +47,58 @@ def classification_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, 
     }
 
 
-def evaluate_scores(holdout: pl.DataFrame, scores: np.ndarray) -> Evaluation:
-    """Metrics of ``scores`` on the holdout, beside a non-learned popularity baseline.
+def baseline_scores(holdout: pl.DataFrame, priors: dict[str, float]) -> dict[str, np.ndarray]:
+    """Non-learned baselines from each row's fresh aggregates (what the store holds at the request):
+    popularity (the movie's smoothed positive rate) and user + movie (both smoothed positive rates,
+    summed as logits)."""
 
-    The baseline scores each row by the movie's positive rate in the training data, which is the
-    holdout's ``movie_pos`` column: holdout features are the cut-off snapshot of training data.
-    """
+    def rate(prefix: str) -> np.ndarray:
+        positives, count = (holdout.get_column(f"{prefix}_{name}").to_numpy() for name in ("positives", "n"))
+        return F.smoothed(positives.astype(np.float64), count.astype(np.float64), priors["pos"])
+
+    user, movie = rate("user"), rate("movie")
+    return {"popularity baseline": movie, "user + movie baseline": _logit(user) + _logit(movie)}
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    return np.log(p) - np.log1p(-p)
+
+
+def evaluate_scores(
+    holdout: pl.DataFrame, fresh: np.ndarray, frozen: np.ndarray, priors: dict[str, float]
+) -> Evaluation:
+    """Metrics of the model's scores with fresh features (what is served, the gate's metrics) and
+    with features frozen at the cut-off, beside the baselines, all on the same holdout rows."""
     labels = holdout.get_column("label").to_numpy()
-    baseline = holdout.get_column("movie_pos").to_numpy()
-    metrics = classification_metrics(labels, scores)
-    metrics["baseline_auc"] = classification_metrics(labels, baseline)["auc"]
+    baselines = baseline_scores(holdout, priors)
+    metrics = classification_metrics(labels, fresh)
+    metrics["auc_frozen"] = _auc(labels, frozen)
+    metrics["baseline_auc"] = _auc(labels, baselines["popularity baseline"])
+    metrics["fresh_baseline_auc"] = _auc(labels, baselines["user + movie baseline"])
     metrics["rows"] = float(len(labels))
     metrics["positive_rate"] = float(np.mean(labels))
-    return Evaluation(metrics=metrics, labels=labels, scores=np.asarray(scores).reshape(-1), baseline_scores=baseline)
+    curves = {"model": np.asarray(fresh).reshape(-1), "model, features frozen": np.asarray(frozen).reshape(-1)}
+    return Evaluation(metrics=metrics, labels=labels, curves=curves | baselines)
 
 
-def evaluate_saved_model(saved_model_dir: Path, holdout: pl.DataFrame) -> Evaluation:
-    """Score the exported SavedModel itself on the holdout: what is measured is what ships."""
-    from railyard.model import predict_saved_model
+def _auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
 
-    scores = predict_saved_model(saved_model_dir, holdout.get_column("userId"), holdout.get_column("movieId"))
-    return evaluate_scores(holdout, scores)
+    return float(roc_auc_score(labels, scores))
+
+
+def evaluate_saved_model(saved_model_dir: Path, holdout: pl.DataFrame, priors: dict[str, float]) -> Evaluation:
+    """Score the exported SavedModel itself on the holdout, through both its signatures: what is
+    measured is what ships. A version exported before the ``features`` signature serves ids only:
+    that is its fresh path too."""
+    from railyard import model
+
+    frozen = model.predict_saved_model(saved_model_dir, holdout.get_column("userId"), holdout.get_column("movieId"))
+    try:
+        fresh = model.predict_with_features(saved_model_dir, model.feature_inputs(holdout))
+    except model.MissingSignature:
+        fresh = frozen
+    return evaluate_scores(holdout, fresh, frozen, priors)
 
 
 def plot_roc(evaluation: Evaluation, path: Path, title: str) -> Path:
@@ -70,12 +109,9 @@ def plot_roc(evaluation: Evaluation, path: Path, title: str) -> Path:
     from sklearn.metrics import roc_curve
 
     figure, axes = plt.subplots(figsize=(5, 5))
-    for name, scores, auc in (
-        ("model", evaluation.scores, evaluation.metrics["auc"]),
-        ("popularity baseline", evaluation.baseline_scores, evaluation.metrics["baseline_auc"]),
-    ):
+    for name, scores in evaluation.curves.items():
         fpr, tpr, _ = roc_curve(evaluation.labels, scores)
-        axes.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+        axes.plot(fpr, tpr, label=f"{name} (AUC {_auc(evaluation.labels, scores):.3f})")
     axes.plot([0, 1], [0, 1], linestyle=":", color="grey")
     axes.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
     axes.legend(loc="lower right")

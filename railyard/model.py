@@ -1,12 +1,15 @@
-"""NeuralCF-style recommender: raw ids + point-in-time history features -> P(rating >= 3.5).
+"""NeuralCF-style recommender: raw ids + raw per-entity aggregates -> P(rating >= 3.5).
 
-Two Keras graphs share one transformation path:
-- the *core* model takes ids plus the feature vectors that `railyard.features` builds per row
-  (point-in-time for training rows, the cut-off snapshot for holdout rows);
-- the *serving* export wraps the core with lookup tables holding the snapshot as of the training
-  cut-off, so TF Serving needs only ``userId`` and ``movieId`` and no feature store.
-Unknown ids map to the out-of-vocabulary row: cold-start feature values and a learned OOV
-embedding (trained by randomly dropping ids to OOV, so it is not left at its random init).
+The *core* model takes ids plus the raw additive aggregates that ``railyard.features`` builds per
+row (and the online store keeps): every transformation (smoothing toward the training priors,
+which are frozen into the model as constants; rates; genre affinity) is a layer of the model,
+so one version reads any state of the store. The export has two signatures
+(``railyard.contract``):
+- ``features``: ids + aggregates, the fresh path the online store feeds;
+- ``serving_default``: ids only, looked up in the snapshot of the aggregates at the training
+  cut-off, so TF Serving alone (no feature store) still answers.
+Unknown ids map to the out-of-vocabulary row: zero aggregates (the priors, after smoothing) and a
+learned OOV embedding (trained by randomly dropping ids to OOV, so it is not left at its init).
 """
 
 from __future__ import annotations
@@ -64,16 +67,21 @@ def _feature_matrix(frame: pl.DataFrame, names: tuple[str, ...]) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def _arrow_to_inputs(table) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    frame = pl.from_arrow(table)
-    inputs = {
+def feature_inputs(frame: pl.DataFrame) -> dict[str, np.ndarray]:
+    """The core model's (and the ``features`` signature's) inputs for rows holding ids and the
+    USER_FEATURES and MOVIE_FEATURES columns."""
+    return {
         "userId": frame.get_column("userId").to_numpy().astype(np.int64, copy=False),
         "movieId": frame.get_column("movieId").to_numpy().astype(np.int64, copy=False),
         "user_features": user_feature_matrix(frame),
         "movie_features": movie_feature_matrix(frame),
     }
+
+
+def _arrow_to_inputs(table) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    frame = pl.from_arrow(table)
     labels = frame.get_column("label").to_numpy().astype(np.float32, copy=False).reshape(-1, 1)
-    return inputs, labels
+    return feature_inputs(frame), labels
 
 
 def _row_groups(path: Path, rng: np.random.Generator | None) -> Iterator:
@@ -102,7 +110,6 @@ def make_dataset(path: Path, batch_size: int, *, shuffle_seed: int | None):
     """
     import tensorflow as tf
 
-    width = 3 + len(F.GENRES)
     epoch_counter = iter(range(1_000_000))
 
     def generator():
@@ -114,8 +121,8 @@ def make_dataset(path: Path, batch_size: int, *, shuffle_seed: int | None):
         {
             "userId": tf.TensorSpec((None,), tf.int64),
             "movieId": tf.TensorSpec((None,), tf.int64),
-            "user_features": tf.TensorSpec((None, width), tf.float32),
-            "movie_features": tf.TensorSpec((None, width), tf.float32),
+            "user_features": tf.TensorSpec((None, F.USER_WIDTH), tf.float32),
+            "movie_features": tf.TensorSpec((None, F.MOVIE_WIDTH), tf.float32),
         },
         tf.TensorSpec((None, 1), tf.float32),
     )
@@ -152,23 +159,36 @@ def _layers():
     import keras
     from keras import ops
 
-    class FeatureTransform(keras.layers.Layer):
-        """Puts raw history statistics on a common scale: the one transform both graphs use."""
+    class AggregateTransform(keras.layers.Layer):
+        """Raw aggregates -> the model's features, with the training priors frozen in: smoothed
+        mean and positive rate, genre rates shrunk toward the user's own rate, and how much the
+        user liked the movie's genres so far."""
 
-        def call(self, x):
-            count = ops.log1p(x[:, 0:1]) / _LOG_COUNT_SCALE
-            mean = x[:, 1:2] - 3.0
-            rate = x[:, 2:3] - 0.5
-            return ops.concatenate([count, mean, rate, x[:, 3:]], axis=1)
+        def __init__(self, prior_mean: float, prior_pos: float, **kwargs):
+            super().__init__(**kwargs)
+            self.prior_mean, self.prior_pos = prior_mean, prior_pos
 
-    class GenreAffinity(keras.layers.Layer):
-        """How much the user liked the movie's genres so far (mean over the movie's genres)."""
+        def get_config(self):
+            return super().get_config() | {"prior_mean": self.prior_mean, "prior_pos": self.prior_pos}
 
-        def call(self, user_features, movie_features):
-            taste = user_features[:, 3:] - user_features[:, 2:3]  # genre rates relative to the user's own rate
-            genres = movie_features[:, 3:]
-            total = ops.maximum(ops.sum(genres, axis=1, keepdims=True), 1.0)
-            return ops.sum(taste * genres, axis=1, keepdims=True) / total
+        def _scalars(self, raw):
+            count, total, positives = raw[:, 0:1], raw[:, 1:2], raw[:, 2:3]
+            rate = F.smoothed(positives, count, self.prior_pos)
+            scaled = [ops.log1p(count) / _LOG_COUNT_SCALE, F.smoothed(total, count, self.prior_mean) - 3.0, rate - 0.5]
+            return rate, scaled
+
+        def call(self, user, movie):
+            genres = len(F.GENRES)
+            user_rate, user_x = self._scalars(user)
+            # A genre never rated says nothing new: its rate shrinks toward the user's own rate.
+            genre_rate = F.smoothed(user[:, 3 + genres :], user[:, 3 : 3 + genres], user_rate)
+            _, movie_x = self._scalars(movie)
+            movie_genres = movie[:, 3:]
+            taste = genre_rate - user_rate
+            affinity = ops.sum(taste * movie_genres, axis=1, keepdims=True) / ops.maximum(
+                ops.sum(movie_genres, axis=1, keepdims=True), 1.0
+            )
+            return ops.concatenate([*user_x, genre_rate, *movie_x, movie_genres, affinity], axis=1)
 
     class IdDropout(keras.layers.Layer):
         """In training, sends a few ids to the OOV index 0 so the OOV embedding learns cold start."""
@@ -185,7 +205,7 @@ def _layers():
             return ops.where(drop, ops.zeros_like(index), index)
 
     class SnapshotLookup(keras.layers.Layer):
-        """Maps raw ids to the feature rows frozen at the training cut-off (row 0: cold start)."""
+        """Maps raw ids to the aggregates frozen at the training cut-off (row 0: unknown, all zero)."""
 
         def __init__(self, ids: np.ndarray, table: np.ndarray, **kwargs):
             super().__init__(**kwargs)
@@ -202,7 +222,7 @@ def _layers():
         def call(self, ids):
             return ops.take(self.table, self.index(ids), axis=0)
 
-    return FeatureTransform, GenreAffinity, IdDropout, SnapshotLookup
+    return AggregateTransform, IdDropout, SnapshotLookup
 
 
 def _row_sparse_adam():
@@ -241,17 +261,16 @@ def _row_sparse_adam():
     return RowSparseAdam
 
 
-def build_model(user_ids: np.ndarray, movie_ids: np.ndarray, config: TrainConfig):
-    """The core NeuralCF model (GMF + MLP towers) over ids and feature vectors."""
+def build_model(user_ids: np.ndarray, movie_ids: np.ndarray, priors: dict[str, float], config: TrainConfig):
+    """The core NeuralCF model (GMF + MLP towers) over ids and raw aggregates."""
     import keras
 
-    FeatureTransform, GenreAffinity, IdDropout, _ = _layers()
-    width = 3 + len(F.GENRES)
+    AggregateTransform, IdDropout, _ = _layers()
     dim = config.embedding_dim
     user_id = keras.Input(shape=(), dtype="int64", name="userId")
     movie_id = keras.Input(shape=(), dtype="int64", name="movieId")
-    user_features = keras.Input(shape=(width,), dtype="float32", name="user_features")
-    movie_features = keras.Input(shape=(width,), dtype="float32", name="movie_features")
+    user_features = keras.Input(shape=(F.USER_WIDTH,), dtype="float32", name="user_features")
+    movie_features = keras.Input(shape=(F.MOVIE_WIDTH,), dtype="float32", name="movie_features")
 
     def id_tower(ids, vocabulary, name):
         index = keras.layers.IntegerLookup(
@@ -268,12 +287,12 @@ def build_model(user_ids: np.ndarray, movie_ids: np.ndarray, config: TrainConfig
 
     user_gmf, user_mlp = id_tower(user_id, user_ids, "user")
     movie_gmf, movie_mlp = id_tower(movie_id, movie_ids, "movie")
-    user_x = FeatureTransform(name="user_transform")(user_features)
-    movie_x = FeatureTransform(name="movie_transform")(movie_features)
-    affinity = GenreAffinity(name="genre_affinity")(user_features, movie_features)
+    derived = AggregateTransform(priors["mean"], priors["pos"], name="aggregate_transform")(
+        user_features, movie_features
+    )
 
     gmf = keras.layers.Multiply(name="gmf")([user_gmf, movie_gmf])
-    mlp = keras.layers.Concatenate(name="mlp_input")([user_mlp, movie_mlp, user_x, movie_x, affinity])
+    mlp = keras.layers.Concatenate(name="mlp_input")([user_mlp, movie_mlp, derived])
     mlp = keras.layers.Dense(64, activation="relu", name="mlp_1")(mlp)
     mlp = keras.layers.Dense(32, activation="relu", name="mlp_2")(mlp)
     joined = keras.layers.Concatenate(name="neumf")([gmf, mlp])
@@ -338,14 +357,15 @@ def train_model(
 
 
 def new_model(train_path: Path, config: TrainConfig):
-    """A freshly seeded, untrained model whose id vocabularies are the ids of the training file."""
+    """A freshly seeded, untrained model whose id vocabularies are the ids of the training file
+    and whose priors are those of the feature folder it sits in."""
     import keras
 
     keras.utils.set_random_seed(config.seed)
     ids = pl.read_parquet(train_path, columns=["userId", "movieId"])
     user_ids = np.sort(ids.get_column("userId").unique().to_numpy())
     movie_ids = np.sort(ids.get_column("movieId").unique().to_numpy())
-    return build_model(user_ids, movie_ids, config)
+    return build_model(user_ids, movie_ids, F.read_priors(train_path.parent), config)
 
 
 def read_inputs(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -355,48 +375,47 @@ def read_inputs(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
 
 def predict_core(model, frame: pl.DataFrame, batch_size: int = 65536) -> np.ndarray:
     """Scores of the core model for a feature frame (one score per row)."""
-    inputs, _ = _arrow_to_inputs(frame.to_arrow())
-    return model.predict(inputs, batch_size=batch_size, verbose=0).reshape(-1)
+    return model.predict(feature_inputs(frame), batch_size=batch_size, verbose=0).reshape(-1)
 
 
-def _snapshot_table(
-    snapshot: pl.DataFrame, id_column: str, cold: dict, names: tuple[str, ...]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Ids and their feature rows; row 0 holds the cold-start values for unknown ids."""
+def _snapshot_table(snapshot: pl.DataFrame, id_column: str, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and their aggregate rows; row 0 (all zero) stands for unknown ids."""
+    table = _feature_matrix(snapshot, names)
     ids = snapshot.get_column(id_column).to_numpy().astype(np.int64)
-    cold_row = np.concatenate([np.atleast_1d(np.asarray(cold[name], dtype=np.float32)) for name in names])
-    return ids, np.concatenate([cold_row[None, :], _feature_matrix(snapshot, names)], axis=0)
+    return ids, np.concatenate([np.zeros((1, table.shape[1]), np.float32), table], axis=0)
 
 
 def export_serving_model(model, feature_set: F.FeatureSet, out_dir: Path) -> Path:
-    """Write a SavedModel whose ``serving_default`` takes userId/movieId (int64) -> ``score`` [N, 1]."""
+    """Write a SavedModel with the two signatures of ``railyard.contract``, both -> ``score`` [N, 1]."""
     import keras
     import tensorflow as tf
 
     *_, SnapshotLookup = _layers()
-    user_ids, user_table = _snapshot_table(
-        feature_set.user_snapshot, "userId", feature_set.cold_user(), F.USER_FEATURES
+    users = SnapshotLookup(*_snapshot_table(feature_set.user_snapshot, "userId", F.USER_FEATURES), name="user_snapshot")
+    movies = SnapshotLookup(
+        *_snapshot_table(feature_set.movie_snapshot, "movieId", F.MOVIE_FEATURES), name="movie_snapshot"
     )
-    movie_ids, movie_table = _snapshot_table(
-        feature_set.movie_snapshot, "movieId", feature_set.cold_movie(), F.MOVIE_FEATURES
-    )
-    users = SnapshotLookup(user_ids, user_table, name="user_snapshot")
-    movies = SnapshotLookup(movie_ids, movie_table, name="movie_snapshot")
     for lookup in (users, movies):  # ExportArchive tracks built layers only
         lookup(tf.constant([0], tf.int64))
+    ids = [tf.TensorSpec((None,), tf.int64, name="userId"), tf.TensorSpec((None,), tf.int64, name="movieId")]
+
+    @tf.function(input_signature=ids)
+    def serve_ids(userId, movieId):  # noqa: N803 - the names are the signature's input keys
+        return serve_features(userId, movieId, users(userId), movies(movieId))
 
     @tf.function(
         input_signature=[
-            tf.TensorSpec((None,), tf.int64, name="userId"),
-            tf.TensorSpec((None,), tf.int64, name="movieId"),
+            *ids,
+            tf.TensorSpec((None, F.USER_WIDTH), tf.float32, name="user_features"),
+            tf.TensorSpec((None, F.MOVIE_WIDTH), tf.float32, name="movie_features"),
         ]
     )
-    def serve(userId, movieId):  # noqa: N803 - the names are the signature's input keys
+    def serve_features(userId, movieId, user_features, movie_features):  # noqa: N803 - signature input keys
         inputs = {
             "userId": userId,
             "movieId": movieId,
-            "user_features": users(userId),
-            "movie_features": movies(movieId),
+            "user_features": user_features,
+            "movie_features": movie_features,
         }
         return {contract.OUTPUT: model(inputs, training=False)}
 
@@ -404,31 +423,46 @@ def export_serving_model(model, feature_set: F.FeatureSet, out_dir: Path) -> Pat
     archive.track(model)
     archive.track(users)
     archive.track(movies)
-    archive.add_endpoint(name=contract.SIGNATURE_NAME, fn=serve)
+    archive.add_endpoint(name=contract.SIGNATURE_NAME, fn=serve_ids)
+    archive.add_endpoint(name=contract.FEATURES_SIGNATURE, fn=serve_features)
     out_dir = Path(out_dir)
     archive.write_out(str(out_dir), verbose=False)
     return out_dir
 
 
-def load_signature(saved_model_dir: Path):
+class MissingSignature(LookupError):
+    """The SavedModel lacks a signature (a version exported before it existed)."""
+
+
+def load_signature(saved_model_dir: Path, name: str = contract.SIGNATURE_NAME):
     import tensorflow as tf
 
-    return tf.saved_model.load(str(saved_model_dir)).signatures[contract.SIGNATURE_NAME]
+    signatures = tf.saved_model.load(str(saved_model_dir)).signatures
+    if name not in signatures:
+        raise MissingSignature(f"{saved_model_dir} has no signature {name!r} (it has {sorted(signatures)})")
+    return signatures[name]
 
 
 def predict_saved_model(saved_model_dir: Path, user_ids, movie_ids, batch_size: int = 65536) -> np.ndarray:
-    """Scores from the exported signature, exactly as a server would compute them."""
+    """Scores of the ids-only signature (features frozen at the cut-off), as a server computes them."""
+    inputs = {"userId": np.asarray(user_ids, dtype=np.int64), "movieId": np.asarray(movie_ids, dtype=np.int64)}
+    return _predict(load_signature(saved_model_dir), inputs, batch_size)
+
+
+def predict_with_features(saved_model_dir: Path, inputs: dict[str, np.ndarray], batch_size: int = 65536) -> np.ndarray:
+    """Scores of the ``features`` signature for ids plus aggregates (``feature_inputs``)."""
+    return _predict(load_signature(saved_model_dir, contract.FEATURES_SIGNATURE), inputs, batch_size)
+
+
+def _predict(signature, inputs: dict[str, np.ndarray], batch_size: int) -> np.ndarray:
     import tensorflow as tf
 
-    signature = load_signature(saved_model_dir)
-    user_ids = np.asarray(user_ids, dtype=np.int64)
-    movie_ids = np.asarray(movie_ids, dtype=np.int64)
+    rows = len(inputs["userId"])
     scores = [
-        signature(
-            userId=tf.constant(user_ids[start : start + batch_size]),
-            movieId=tf.constant(movie_ids[start : start + batch_size]),
-        )[contract.OUTPUT].numpy()
-        for start in range(0, len(user_ids), batch_size)
+        signature(**{name: tf.constant(values[start : start + batch_size]) for name, values in inputs.items()})[
+            contract.OUTPUT
+        ].numpy()
+        for start in range(0, rows, batch_size)
     ]
     return np.concatenate(scores).reshape(-1) if scores else np.zeros(0, dtype=np.float32)
 
@@ -450,9 +484,34 @@ def golden_instances(feature_set: F.FeatureSet, count: int = 12, seed: int = 0) 
     return rows
 
 
-def write_golden_requests(saved_model_dir: Path, instances: list[dict[str, int]]) -> dict:
-    """Store the golden requests and the offline SavedModel's answers beside the model."""
-    scores = predict_saved_model(
-        saved_model_dir, [row["userId"] for row in instances], [row["movieId"] for row in instances]
+def write_golden_requests(saved_model_dir: Path, feature_set: F.FeatureSet, instances: list[dict[str, int]]) -> dict:
+    """Store the golden requests of both signatures and the offline SavedModel's answers beside
+    the model. The ``features`` requests carry each pair's aggregates as of the holdout row (zero
+    for unknown ids): what the online store would send."""
+    pairs = pl.DataFrame(instances, schema={"userId": pl.Int64, "movieId": pl.Int64})
+    rows = pairs.join(
+        feature_set.holdout.unique(["userId", "movieId"], keep="first", maintain_order=True),
+        on=["userId", "movieId"],
+        how="left",
+        maintain_order="left",
     )
-    return contract.write_golden(saved_model_dir, instances, scores)
+    zero_genres = pl.lit([0.0] * len(F.GENRES), pl.Array(pl.Float32, len(F.GENRES)))
+    rows = rows.with_columns(
+        pl.col(name).fill_null(zero_genres if isinstance(rows.schema[name], pl.Array) else 0.0)
+        for name in (*F.USER_FEATURES, *F.MOVIE_FEATURES)
+    )
+    inputs = feature_inputs(rows)
+    with_features = [
+        {"userId": int(user), "movieId": int(movie), "user_features": u.tolist(), "movie_features": m.tolist()}
+        for user, movie, u, m in zip(
+            inputs["userId"], inputs["movieId"], inputs["user_features"], inputs["movie_features"]
+        )
+    ]
+    users, movies = [row["userId"] for row in instances], [row["movieId"] for row in instances]
+    return contract.write_golden(
+        saved_model_dir,
+        {
+            contract.SIGNATURE_NAME: (instances, predict_saved_model(saved_model_dir, users, movies)),
+            contract.FEATURES_SIGNATURE: (with_features, predict_with_features(saved_model_dir, inputs)),
+        },
+    )

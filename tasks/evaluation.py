@@ -12,9 +12,11 @@ SYMBOLS = {">=": "≥", "<=": "≤"}
 
 
 @railyard_task(name="evaluate", timeout_seconds=60 * MINUTES)
-def evaluate(export_dir: Path, holdout: pl.DataFrame, settings: Settings, run_id: str, plot_path: Path) -> dict:
+def evaluate(
+    export_dir: Path, holdout: pl.DataFrame, priors: dict, settings: Settings, run_id: str, plot_path: Path
+) -> dict:
     """The exported SavedModel itself, scored on the holdout: what is measured is what ships."""
-    result = evaluation.evaluate_saved_model(export_dir, holdout)
+    result = evaluation.evaluate_saved_model(export_dir, holdout, priors)
     tracking.log_metrics(settings, run_id, result.metrics)
     evaluation.plot_roc(result, plot_path, title=f"{settings.model_name}: holdout ROC")
     tracking.log_artifact(settings, run_id, plot_path, "evaluation")
@@ -22,11 +24,13 @@ def evaluate(export_dir: Path, holdout: pl.DataFrame, settings: Settings, run_id
 
 
 @railyard_task(name="evaluate-production", timeout_seconds=60 * MINUTES, retries=2, retry_delay_seconds=[10, 60])
-def evaluate_production(version: int, holdout: pl.DataFrame, settings: Settings, run_id: str, work_dir: Path) -> dict:
+def evaluate_production(
+    version: int, holdout: pl.DataFrame, priors: dict, settings: Settings, run_id: str, work_dir: Path
+) -> dict:
     """The production model, fetched verified from the store, scored on the same fresh holdout."""
     store = model_store(settings)
     local = store.download(settings.model_name, version, work_dir / f"production-{version}")
-    metrics = evaluation.evaluate_saved_model(local, holdout).metrics
+    metrics = evaluation.evaluate_saved_model(local, holdout, priors).metrics
     tracking.log_metrics(settings, run_id, {f"production_{name}": value for name, value in metrics.items()})
     return metrics
 

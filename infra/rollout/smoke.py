@@ -1,9 +1,10 @@
 """Post-deploy smoke tests against a served version, through TF Serving's real protocols.
 
 Like TFX's InfraValidator, but after the push and on the live server: the version is
-AVAILABLE, its metadata has the serving signature, the golden requests stored with the model
-at training time get the offline SavedModel's answers (REST and gRPC, by version and by
-label), and a short bounded burst of requests stays within a latency budget with no errors.
+AVAILABLE, its metadata has both signatures of the contract (ids only, and ids plus the online
+store's aggregates), the golden requests of each signature stored with the model at training
+time get the offline SavedModel's answers (REST and gRPC, by version and by label), and a short
+bounded burst of requests stays within a latency budget with no errors.
 A check that raises is a failed check with the error as its detail: the report is always whole.
 """
 
@@ -61,8 +62,6 @@ def run_smoke_tests(
     client: ServingClient, model: str, version: int, golden: dict, budget: SmokeBudget, label: str
 ) -> SmokeReport:
     report = SmokeReport(model=model, version=version, label=label)
-    expected = np.asarray(golden["predictions"], dtype=np.float64).reshape(-1)
-    instances = golden["instances"]
 
     def check(name: str, run: Callable[[], str]) -> None:
         try:
@@ -71,14 +70,20 @@ def run_smoke_tests(
             report.checks.append(SmokeCheck(name, False, f"{type(exc).__name__}: {exc}"))
 
     check("status", lambda: _status(client, model, version))
-    check("metadata", lambda: _signature(client.metadata_rest(model, version), version))
-    for protocol in ("rest", "grpc"):
-        for target in ({"version": version}, {"label": label}):
-            where = f"version {version}" if "version" in target else f"label {label}"
-            check(
-                f"golden_{protocol}_{next(iter(target))}",
-                lambda p=protocol, t=target, w=where: _golden(client, model, instances, expected, budget, p, t, w),
-            )
+    check("metadata", lambda: _signatures(client.metadata_rest(model, version), version))
+    for signature in contract.SIGNATURES:
+        requests = golden[signature]
+        expected = np.asarray(requests["predictions"], dtype=np.float64).reshape(-1)
+        for protocol in ("rest", "grpc"):
+            for target in ({"version": version}, {"label": label}):
+                where = f"{signature} at {f'version {version}' if 'version' in target else f'label {label}'}"
+                check(
+                    f"golden_{signature}_{protocol}_{next(iter(target))}",
+                    lambda s=signature, r=requests, e=expected, p=protocol, t=target, w=where: _golden(
+                        client, model, s, r["instances"], e, budget, p, t, w
+                    ),
+                )
+    instances = golden[contract.SIGNATURE_NAME]["instances"]
     check("latency_burst", lambda: _burst(client, model, version, instances, budget, report))
     return report
 
@@ -90,29 +95,32 @@ def _status(client: ServingClient, model: str, version: int) -> str:
     return "AVAILABLE"
 
 
-def _signature(metadata: dict, version: int) -> str:
+def _signatures(metadata: dict, version: int) -> str:
     served = str(metadata["model_spec"]["version"])
     if served != str(version):
         raise AssertionError(f"metadata is for version {served}, not {version}")
-    signature = metadata["metadata"]["signature_def"]["signature_def"][contract.SIGNATURE_NAME]
-    inputs = {name: spec["dtype"] for name, spec in signature["inputs"].items()}
-    outputs = {name: spec["dtype"] for name, spec in signature["outputs"].items()}
-    expected_inputs, expected_outputs = contract.signature_dtypes()
-    if inputs != expected_inputs or outputs != expected_outputs:
-        raise AssertionError(
-            f"signature {contract.SIGNATURE_NAME} has inputs {inputs}, outputs {outputs}; "
-            f"expected {expected_inputs} -> {expected_outputs}"
-        )
-    return contract.describe()
+    described = []
+    for name in contract.SIGNATURES:
+        signature = metadata["metadata"]["signature_def"]["signature_def"].get(name)
+        if signature is None:
+            raise AssertionError(f"the served model has no signature {name}")
+        inputs = {key: spec["dtype"] for key, spec in signature["inputs"].items()}
+        outputs = {key: spec["dtype"] for key, spec in signature["outputs"].items()}
+        expected_inputs, expected_outputs = contract.signature_dtypes(name)
+        if inputs != expected_inputs or outputs != expected_outputs:
+            raise AssertionError(
+                f"signature {name} has inputs {inputs}, outputs {outputs}; expected {expected_inputs} -> {expected_outputs}"
+            )
+        described.append(contract.describe(name))
+    return "; ".join(described)
 
 
-def _golden(client, model, instances, expected, budget, protocol, target, where) -> str:
+def _golden(client, model, signature, instances, expected, budget, protocol, target, where) -> str:
     if protocol == "rest":
-        served = np.asarray(client.predict_rest(model, instances, **target), dtype=np.float64).reshape(-1)
+        answer = client.predict_rest(model, instances, signature_name=signature, **target)
     else:
-        served = np.asarray(client.predict_grpc(model, instances, **target)[contract.OUTPUT], dtype=np.float64).reshape(
-            -1
-        )
+        answer = client.predict_grpc(model, instances, signature_name=signature, **target)[contract.OUTPUT]
+    served = np.asarray(answer, dtype=np.float64).reshape(-1)
     if served.shape != expected.shape:
         raise AssertionError(f"{len(served)} predictions for {len(expected)} golden requests at {where}")
     worst = float(np.max(np.abs(served - expected))) if len(expected) else 0.0

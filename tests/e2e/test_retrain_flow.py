@@ -63,8 +63,19 @@ def test_cli_run_trains_publishes_to_s3_deploys_and_tracks(tmp_path, s3_bucket):
 
     assert summary["model_name"] == "recmodel" and summary["model_version"] == 1
     metrics = summary["metrics"]
-    assert set(metrics) == {"auc", "pr_auc", "logloss", "accuracy", "baseline_auc"}
-    assert metrics["auc"] > metrics["baseline_auc"], metrics  # personal taste beats popularity
+    assert set(metrics) == {
+        "auc",
+        "auc_frozen",
+        "baseline_auc",
+        "fresh_baseline_auc",
+        "pr_auc",
+        "logloss",
+        "accuracy",
+    }
+    # Served with fresh features, the model beats both baselines and itself with features frozen at the cut-off.
+    assert metrics["auc"] >= metrics["fresh_baseline_auc"] + 0.01, metrics
+    assert metrics["auc"] >= metrics["auc_frozen"] + 0.05, metrics
+    assert metrics["auc"] > metrics["baseline_auc"], metrics
     assert summary["store_uri"] == s3_bucket.uri("models") + "/recmodel/1/"
     keys = {item["Key"] for item in s3_bucket.client().list_objects_v2(Bucket=s3_bucket.name)["Contents"]}
     assert {"models/recmodel/1/saved_model.pb", "models/recmodel/1/railyard.json"} <= keys

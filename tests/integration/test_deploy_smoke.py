@@ -61,10 +61,12 @@ def test_canary_beside_stable_passes_smoke_tests_then_rolls_back(world, model_ro
     assert [c.name for c in report.checks] == [
         "status",
         "metadata",
-        "golden_rest_version",
-        "golden_rest_label",
-        "golden_grpc_version",
-        "golden_grpc_label",
+        *(
+            f"golden_{signature}_{protocol}_{target}"
+            for signature in ("serving_default", "features")
+            for protocol in ("rest", "grpc")
+            for target in ("version", "label")
+        ),
         "latency_burst",
     ]
     assert report.requests == 20 and report.errors == 0 and set(report.latency_ms) == {"p50", "p95", "p99", "max"}
@@ -81,7 +83,9 @@ def test_wrong_answers_and_a_blown_latency_budget_fail_named_checks(world):
     version_dir = deploy.materialize(store, MODEL_NAME, 1, target)
     deploy.deploy_canary(client, target, MODEL_NAME, 1, timeout_s=60)
     expected = contract.read_golden(version_dir)
-    wrong = expected | {"predictions": [[p[0] + 0.01] for p in expected["predictions"]]}
+    wrong = expected | {
+        "features": expected["features"] | {"predictions": [[p[0] + 0.01] for p in expected["features"]["predictions"]]}
+    }
     report = smoke.run_smoke_tests(
         client,
         MODEL_NAME,
@@ -92,10 +96,10 @@ def test_wrong_answers_and_a_blown_latency_budget_fail_named_checks(world):
     )
     assert not report.passed
     assert {c.name for c in report.failures()} == {
-        "golden_rest_version",
-        "golden_rest_label",
-        "golden_grpc_version",
-        "golden_grpc_label",
+        "golden_features_rest_version",
+        "golden_features_rest_label",
+        "golden_features_grpc_version",
+        "golden_features_grpc_label",
         "latency_burst",
     }
     assert "differ from the offline model by up to 0.01" in report.failures()[0].detail
@@ -107,7 +111,11 @@ def test_smoke_tests_against_an_unserved_label_fail_without_raising(world):
     version_dir = deploy.materialize(store, MODEL_NAME, 1, target)
     deploy.make_stable(client, target, MODEL_NAME, 1, timeout_s=60)
     report = smoke.run_smoke_tests(client, MODEL_NAME, 1, contract.read_golden(version_dir), FAST, label="nosuchlabel")
-    assert {c.name for c in report.failures()} == {"golden_rest_label", "golden_grpc_label"}
+    assert {c.name for c in report.failures()} == {
+        f"golden_{signature}_{protocol}_label"
+        for signature in ("serving_default", "features")
+        for protocol in ("rest", "grpc")
+    }
     assert "Unrecognized servable version label" in report.failures()[0].detail
 
 

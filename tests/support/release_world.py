@@ -167,6 +167,7 @@ def predict(rest_url: str, label: str | None, instances: list[dict] | None = Non
 
 def assert_serves_its_golden_answers(world: World, label: str, version: int) -> None:
     golden = json.loads((world.model_dir(version) / "assets.extra" / "railyard_golden.json").read_text())
+    golden = golden["serving_default"]
     served = predict(world.rest_url(), label, golden["instances"])
     assert max(abs(a[0] - b[0]) for a, b in zip(served, golden["predictions"], strict=True)) < 1e-5
 

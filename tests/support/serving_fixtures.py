@@ -4,8 +4,10 @@ A test module registers it as a plugin, so the session fixtures are shared:
 ``pytest_plugins = ["tests.support.serving_fixtures"]``.
 
 The model has the trainer's contract: ``serving_default`` takes ``userId`` and ``movieId``
-(int64, [None]) and returns ``score`` (float32, [None, 1]); lookups send unseen ids to the
-OOV row; ``assets.extra/railyard_golden.json`` holds golden requests and offline predictions.
+(int64, [None]), ``features`` also the aggregates (float32, [None, USER_WIDTH] and
+[None, MOVIE_WIDTH]); both return ``score`` (float32, [None, 1]); lookups send unseen ids to the
+OOV row; ``assets.extra/railyard_golden.json`` holds golden requests and offline predictions of
+both signatures.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import pytest
 from infra.local_server import LocalServingServer
 from infra.tfserving.client import ServingClient
 from infra.tfserving.model_config import render_model_config, write_config_atomically
-from railyard.contract import GOLDEN_FILE
+from railyard.contract import FEATURES_SIGNATURE, GOLDEN_FILE, SIGNATURE_NAME
+from railyard.features import MOVIE_WIDTH, USER_WIDTH
 
 MODEL_NAME = "recmodel"
 GOOD_VERSIONS = (1, 2, 3)  # same architecture, different weights
@@ -34,6 +37,12 @@ GOLDEN_INSTANCES = [
     {"userId": 10_000, "movieId": 3},
     {"userId": 4, "movieId": 99_999},
 ]
+# The aggregates sent with each golden instance to the features signature (any values will do).
+FEATURE_VALUES = {
+    "user_features": [float(i % 3) for i in range(USER_WIDTH)],
+    "movie_features": [float(i % 2) for i in range(MOVIE_WIDTH)],
+}
+DTYPES = {"userId": "int64", "movieId": "int64", "user_features": "float32", "movie_features": "float32"}
 
 
 def export_tiny_model(version_dir: Path, *, seed: int) -> Path:
@@ -51,34 +60,66 @@ def export_tiny_model(version_dir: Path, *, seed: int) -> Path:
     movies = keras.layers.Embedding(31, 4, embeddings_initializer=spread)(
         keras.layers.IntegerLookup(vocabulary=np.arange(1, 31))(movie_id)
     )
-    score = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dot(axes=1)([users, movies]))
-    model = keras.Model({"userId": user_id, "movieId": movie_id}, score)
+    user_features = keras.Input(shape=(USER_WIDTH,), dtype="float32", name="user_features")
+    movie_features = keras.Input(shape=(MOVIE_WIDTH,), dtype="float32", name="movie_features")
+    joined = keras.layers.Concatenate()([keras.layers.Dot(axes=1)([users, movies]), user_features, movie_features])
+    score = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=spread)(joined)
+    inputs = {"userId": user_id, "movieId": movie_id, "user_features": user_features, "movie_features": movie_features}
+    model = keras.Model(inputs, score)
 
     ids = [tf.TensorSpec((None,), tf.int64, name="userId"), tf.TensorSpec((None,), tf.int64, name="movieId")]
 
+    @tf.function(
+        input_signature=[
+            *ids,
+            tf.TensorSpec((None, USER_WIDTH), tf.float32, name="user_features"),
+            tf.TensorSpec((None, MOVIE_WIDTH), tf.float32, name="movie_features"),
+        ]
+    )
+    def serve_features(userId, movieId, user_features, movie_features):  # noqa: N803 - the signature's input names
+        inputs = {
+            "userId": userId,
+            "movieId": movieId,
+            "user_features": user_features,
+            "movie_features": movie_features,
+        }
+        return {"score": model(inputs, training=False)}
+
     @tf.function(input_signature=ids)
     def serve(userId, movieId):  # noqa: N803 - the signature's input names
-        return {"score": model({"userId": userId, "movieId": movieId}, training=False)}
+        rows = tf.shape(userId)[0]
+        zeros = tf.zeros((rows, USER_WIDTH)), tf.zeros((rows, MOVIE_WIDTH))
+        return serve_features(userId, movieId, *zeros)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(name="serving_default", fn=serve)
+    archive.add_endpoint(name=SIGNATURE_NAME, fn=serve)
+    archive.add_endpoint(name=FEATURES_SIGNATURE, fn=serve_features)
     archive.write_out(str(version_dir), verbose=False)
-    predictions = offline_predictions(version_dir, GOLDEN_INSTANCES).tolist()
+    with_features = [row | FEATURE_VALUES for row in GOLDEN_INSTANCES]
     (version_dir / GOLDEN_FILE).parent.mkdir(parents=True, exist_ok=True)
-    (version_dir / GOLDEN_FILE).write_text(json.dumps({"instances": GOLDEN_INSTANCES, "predictions": predictions}))
+    golden_requests = {
+        SIGNATURE_NAME: (GOLDEN_INSTANCES, offline_predictions(version_dir, GOLDEN_INSTANCES).tolist()),
+        FEATURES_SIGNATURE: (
+            with_features,
+            offline_predictions(version_dir, with_features, FEATURES_SIGNATURE).tolist(),
+        ),
+    }
+    (version_dir / GOLDEN_FILE).write_text(
+        json.dumps(
+            {name: {"instances": rows, "predictions": scores} for name, (rows, scores) in golden_requests.items()}
+        )
+    )
     return version_dir
 
 
-def offline_predictions(version_dir: Path, instances: list[dict]) -> np.ndarray:
+def offline_predictions(version_dir: Path, instances: list[dict], signature: str = SIGNATURE_NAME) -> np.ndarray:
     """The SavedModel's own answers, [N, 1], loaded straight from disk."""
     import tensorflow as tf
 
-    signature = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
-    result = signature(
-        userId=tf.constant([row["userId"] for row in instances], tf.int64),
-        movieId=tf.constant([row["movieId"] for row in instances], tf.int64),
-    )
+    function = tf.saved_model.load(str(version_dir)).signatures[signature]
+    columns = {name: [row[name] for row in instances] for name in instances[0]}
+    result = function(**{name: tf.constant(values, DTYPES[name]) for name, values in columns.items()})
     return result["score"].numpy()
 
 
@@ -138,8 +179,8 @@ def client_for(server: LocalServingServer, **options) -> ServingClient:
 
 
 def golden(model_root: Path, version: int) -> dict:
-    """The golden requests and offline predictions stored in a version at export time."""
-    return json.loads((model_root / MODEL_NAME / str(version) / GOLDEN_FILE).read_text())
+    """The ids-only golden requests and offline predictions stored in a version at export time."""
+    return json.loads((model_root / MODEL_NAME / str(version) / GOLDEN_FILE).read_text())[SIGNATURE_NAME]
 
 
 def assert_scores_of(version: int, scores, model_root: Path) -> None:

@@ -5,6 +5,7 @@ from sklearn.metrics import log_loss
 
 from railyard.configs import GateThresholds
 from railyard.evaluation import classification_metrics, evaluate_scores, gate, plot_roc
+from railyard.features import smoothed
 
 
 def test_metrics_match_reference_definitions():
@@ -27,17 +28,36 @@ def test_single_class_holdout_is_a_clear_error():
         classification_metrics(np.ones(5), np.linspace(0, 1, 5))
 
 
-def test_baseline_is_the_movies_training_positive_rate():
-    holdout = pl.DataFrame({"label": [1.0, 0.0, 1.0, 0.0], "movie_pos": [0.9, 0.1, 0.2, 0.8]})
-    result = evaluate_scores(holdout, np.array([0.9, 0.1, 0.8, 0.2]))
-    assert result.metrics["auc"] == 1.0
-    assert result.metrics["baseline_auc"] == pytest.approx(3 / 4)  # 0.2 < 0.8 is the miss
+def _holdout() -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "label": [1.0, 0.0, 1.0, 0.0],
+            "user_n": [4.0, 4.0, 0.0, 10.0],
+            "user_positives": [4.0, 0.0, 0.0, 5.0],
+            "movie_n": [10.0, 10.0, 10.0, 10.0],
+            "movie_positives": [9.0, 1.0, 2.0, 8.0],
+        }
+    )
+
+
+def test_baselines_score_the_fresh_smoothed_rates():
+    priors = {"mean": 3.5, "pos": 0.5}
+    result = evaluate_scores(_holdout(), np.array([0.9, 0.1, 0.8, 0.2]), np.array([0.9, 0.8, 0.1, 0.2]), priors)
+    assert result.metrics["auc"] == 1.0 and result.metrics["auc_frozen"] == 0.5
+    # Popularity: the movie's smoothed positive rate, (9+2.5)/15 > (8+2.5)/15 > (2+2.5)/15 > (1+2.5)/15.
+    assert result.metrics["baseline_auc"] == pytest.approx(3 / 4)  # 2/10 < 8/10 is the miss
+    # User + movie: user 3 (no history, rate 0.5) lifts the third row over the fourth's 7.5/15 user rate.
+    assert result.metrics["fresh_baseline_auc"] == pytest.approx(3 / 4)
+    user = smoothed(np.array([4.0, 0.0, 0.0, 5.0]), np.array([4.0, 4.0, 0.0, 10.0]), 0.5)
+    movie = smoothed(np.array([9.0, 1.0, 2.0, 8.0]), 10.0, 0.5)
+    logit = np.log(user / (1 - user)) + np.log(movie / (1 - movie))
+    np.testing.assert_allclose(result.curves["user + movie baseline"], logit)
     assert result.metrics["rows"] == 4 and result.metrics["positive_rate"] == 0.5
 
 
 def test_roc_plot_is_a_png(tmp_path):
-    holdout = pl.DataFrame({"label": [1.0, 0.0, 1.0, 0.0], "movie_pos": [0.9, 0.1, 0.2, 0.8]})
-    path = plot_roc(evaluate_scores(holdout, np.array([0.9, 0.1, 0.8, 0.2])), tmp_path / "roc.png", "t")
+    scores = np.array([0.9, 0.1, 0.8, 0.2])
+    path = plot_roc(evaluate_scores(_holdout(), scores, scores, {"mean": 3.5, "pos": 0.5}), tmp_path / "roc.png", "t")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -1,11 +1,12 @@
-"""Point-in-time features: no leakage (ties included), a time split, holdout = snapshot, cold start."""
+"""Point-in-time aggregates: no leakage (ties included), a time split, fresh holdout rows, the
+cut-off snapshot, cold start, and one computation for offline rows and entity totals."""
 
 import numpy as np
 import polars as pl
 import pytest
 
 from railyard import features
-from railyard.features import GENRES, SMOOTHING
+from railyard.features import GENRES
 from railyard.loaders import RATINGS_SCHEMA, load_dataset
 from railyard.synthetic import generate_movielens
 
@@ -47,11 +48,10 @@ def _row(frame: pl.DataFrame, user: int, movie: int, ts: int) -> dict:
 def test_ties_at_one_timestamp_do_not_see_each_other():
     built = features.build_features(TIED, MOVIES, holdout_fraction=0.2)
     first, tied = _row(built.train, 1, 1, 100), _row(built.train, 1, 2, 100)
-    assert first["user_n"] == tied["user_n"] == 0.0
-    assert first["user_pos"] == pytest.approx(built.priors["pos"])
+    assert first["user_n"] == tied["user_n"] == first["user_rating_sum"] == 0.0
     later = _row(built.train, 1, 3, 200)
     assert later["user_n"] == 2.0  # both ratings at t=100, neither of its own second
-    assert later["user_mean"] == pytest.approx((4.0 + 2.0 + SMOOTHING * built.priors["mean"]) / (2 + SMOOTHING))
+    assert later["user_rating_sum"] == 6.0 and later["user_positives"] == 1.0
     # Movie 1 at t=300 sees the two ratings at t=100, not user 3's at the same second.
     assert _row(built.train, 1, 1, 300)["movie_n"] == 2.0
 
@@ -75,60 +75,76 @@ def test_single_timestamp_cannot_be_split():
         features.build_features(_ratings([(1, 1, 4.0, 10), (2, 1, 2.0, 10)]), None, holdout_fraction=0.5)
 
 
-def test_holdout_rows_carry_the_cutoff_snapshot_and_never_their_labels():
-    built = features.build_features(TIED, MOVIES, holdout_fraction=0.2)
+def test_holdout_rows_see_earlier_holdout_events_but_never_their_own_labels():
+    built = features.build_features(TIED, MOVIES, holdout_fraction=0.3)
+    assert built.cutoff_ts == 400
+    # User 2's rating of movie 3 at t=400 is a holdout row; movie 3's row at t=500 sees it (fresh,
+    # as the online store would have it), beside the training rating at t=200.
+    assert _row(built.holdout, 3, 3, 500)["movie_n"] == 2.0
+    assert _row(built.holdout, 3, 3, 500)["movie_rating_sum"] == 4.5 + 4.0
     flipped = TIED.with_columns(
         pl.when(pl.col("timestamp") >= 500).then(5.5 - pl.col("rating")).otherwise(pl.col("rating")).alias("rating")
     )
-    rebuilt = features.build_features(flipped, MOVIES, holdout_fraction=0.2)
+    rebuilt = features.build_features(flipped, MOVIES, holdout_fraction=0.3)
     feature_columns = [*features.USER_FEATURES, *features.MOVIE_FEATURES]
     assert rebuilt.train.equals(built.train)
     assert rebuilt.holdout.select(feature_columns).equals(built.holdout.select(feature_columns))
 
-    snapshot = built.user_snapshot.filter(pl.col("userId") == 1).row(0, named=True)
-    holdout_row = _row(built.holdout, 1, 2, 500)
-    assert holdout_row["user_n"] == snapshot["user_n"] == 4.0
-    assert holdout_row["user_genre_pos"] == snapshot["user_genre_pos"]
+
+def test_the_snapshot_holds_the_training_totals():
+    built = features.build_features(TIED, MOVIES, holdout_fraction=0.3)
+    snapshot = built.user_snapshot.filter(pl.col("userId") == 2).row(0, named=True)
+    assert snapshot["user_n"] == 2.0 and snapshot["user_rating_sum"] == 8.0  # t=100, t=200; not t=400
+    assert snapshot["user_genre_n"][GENRES.index("Drama")] == 2.0  # movies 1 and 2 are dramas
+    assert snapshot["user_genre_pos"][GENRES.index("Drama")] == 1.0  # 5.0 yes, 3.0 no
 
 
 def test_cold_users_and_catalogue_only_movies_in_the_holdout():
     ratings = TIED.vstack(_ratings([(7, 9, 4.0, 500)]))  # a new user rating a movie nobody rated before
     built = features.build_features(ratings, MOVIES, holdout_fraction=0.2)
     row = _row(built.holdout, 7, 9, 500)
-    cold_user, cold_movie = built.cold_user(), built.cold_movie()
-    assert row["user_n"] == 0.0 and row["user_pos"] == pytest.approx(cold_user["user_pos"])
-    assert row["movie_n"] == 0.0 and row["movie_mean"] == pytest.approx(cold_movie["movie_mean"])
+    assert row["user_n"] == row["user_rating_sum"] == row["movie_n"] == row["movie_positives"] == 0.0
     assert row["movie_genres"][GENRES.index("Western")] == 1.0  # genres come from movies.csv
     assert 9 in built.movie_snapshot["movieId"].to_list()
     assert 7 not in built.user_snapshot["userId"].to_list()
 
 
-def _reference_features(ratings: pl.DataFrame, movies: pl.DataFrame, cutoff: int, priors: dict) -> dict:
-    """Row-by-row reference: for every training row, recompute the history from scratch."""
+def test_entity_totals_are_the_aggregates_after_every_event():
+    users, movies = features.aggregate_totals(TIED, MOVIES)
+    user_1 = users.filter(pl.col("userId") == 1).row(0, named=True)
+    assert user_1["user_n"] == 5 and user_1["user_rating_sum"] == 16.5 and user_1["user_positives"] == 3
+    assert user_1["user_genre_n"][GENRES.index("Drama")] == 4  # movie 1 twice, movie 2 twice
+    movie_3 = movies.filter(pl.col("movieId") == 3).row(0, named=True)
+    assert (movie_3["movie_n"], movie_3["movie_rating_sum"], movie_3["movie_positives"]) == (3, 9.0, 2)
+    # The totals of the training rows are the snapshot, and each entity's total is what a row
+    # right after all its events would see.
+    built = features.build_features(TIED, MOVIES, holdout_fraction=0.3)
+    train_users, _ = features.aggregate_totals(TIED.filter(pl.col("timestamp") < built.cutoff_ts), MOVIES)
+    assert train_users.cast(dict(built.user_snapshot.schema)).sort("userId").equals(built.user_snapshot)
+
+
+def _reference_features(ratings: pl.DataFrame, movies: pl.DataFrame) -> dict:
+    """Row-by-row reference: for every row, recompute the aggregates of all earlier events."""
     genre_of = {
         m: [float(g in str(names).split("|")) for g in GENRES]
         for m, names in movies.select("movieId", "genres").iter_rows()
     }
-    train = [r for r in ratings.iter_rows(named=True) if r["timestamp"] < cutoff]
+    events = list(ratings.iter_rows(named=True))
     expected = {}
-    for row in train:
-        mine = [r for r in train if r["userId"] == row["userId"] and r["timestamp"] < row["timestamp"]]
-        theirs = [r for r in train if r["movieId"] == row["movieId"] and r["timestamp"] < row["timestamp"]]
-        labels = [float(r["rating"] >= 3.5) for r in mine]
-        user_pos = (sum(labels) + SMOOTHING * priors["pos"]) / (len(mine) + SMOOTHING)
-        genre_pos = []
-        for g in range(len(GENRES)):
-            seen = [r for r in mine if genre_of.get(r["movieId"], [0.0] * len(GENRES))[g]]
-            liked = sum(float(r["rating"] >= 3.5) for r in seen)
-            genre_pos.append((liked + SMOOTHING * user_pos) / (len(seen) + SMOOTHING))
+    for row in events:
+        mine = [r for r in events if r["userId"] == row["userId"] and r["timestamp"] < row["timestamp"]]
+        theirs = [r for r in events if r["movieId"] == row["movieId"] and r["timestamp"] < row["timestamp"]]
+        genres_seen = [genre_of.get(r["movieId"], [0.0] * len(GENRES)) for r in mine]
+        liked = [float(r["rating"] >= 3.5) for r in mine]
         expected[(row["userId"], row["movieId"], row["timestamp"])] = {
             "user_n": len(mine),
-            "user_mean": (sum(r["rating"] for r in mine) + SMOOTHING * priors["mean"]) / (len(mine) + SMOOTHING),
-            "user_pos": user_pos,
-            "user_genre_pos": genre_pos,
+            "user_rating_sum": sum(r["rating"] for r in mine),
+            "user_positives": sum(liked),
+            "user_genre_n": [sum(g[i] for g in genres_seen) for i in range(len(GENRES))],
+            "user_genre_pos": [sum(g[i] * y for g, y in zip(genres_seen, liked)) for i in range(len(GENRES))],
             "movie_n": len(theirs),
-            "movie_pos": (sum(float(r["rating"] >= 3.5) for r in theirs) + SMOOTHING * priors["pos"])
-            / (len(theirs) + SMOOTHING),
+            "movie_rating_sum": sum(r["rating"] for r in theirs),
+            "movie_positives": sum(float(r["rating"] >= 3.5) for r in theirs),
             "movie_genres": genre_of.get(row["movieId"], [0.0] * len(GENRES)),
         }
     return expected
@@ -140,9 +156,9 @@ def test_matches_a_row_by_row_reference_on_generated_data(tmp_path, monkeypatch,
     generate_movielens(tmp_path / "data", users=25, movies=30, days=3, ratings_per_day=120, seed=4)
     dataset = load_dataset(tmp_path / "data")
     built = features.build_features(dataset.ratings, dataset.movies, holdout_fraction=0.25)
-    expected = _reference_features(dataset.ratings, dataset.movies, built.cutoff_ts, built.priors)
-    assert len(expected) == len(built.train) > 200
-    for row in built.train.iter_rows(named=True):
+    expected = _reference_features(dataset.ratings, dataset.movies)
+    assert len(expected) == len(built.train) + len(built.holdout) > 300
+    for row in pl.concat([built.train, built.holdout]).iter_rows(named=True):
         want = expected[(row["userId"], row["movieId"], row["timestamp"])]
         for name, value in want.items():
             np.testing.assert_allclose(row[name], value, rtol=1e-5, err_msg=name)

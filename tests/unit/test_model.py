@@ -1,4 +1,5 @@
-"""Training and the SavedModel export: signature, parity with Keras, cold start, golden requests."""
+"""Training and the SavedModel export: both signatures, parity with Keras, priors frozen in,
+cold start, golden requests."""
 
 import json
 
@@ -23,27 +24,51 @@ def trained(tmp_path_factory):
     return feature_set, result, export_dir
 
 
-def test_signature_takes_ids_and_returns_one_score(trained):
+@pytest.mark.parametrize(
+    ("name", "extra"),
+    [
+        (contract.SIGNATURE_NAME, {}),
+        (contract.FEATURES_SIGNATURE, {"user_features": features.USER_WIDTH, "movie_features": features.MOVIE_WIDTH}),
+    ],
+)
+def test_signatures_take_their_inputs_and_return_one_score(trained, name, extra):
     import tensorflow as tf
 
     _, _, export_dir = trained
-    signature = model.load_signature(export_dir)
+    signature = model.load_signature(export_dir, name)
     _, inputs = signature.structured_input_signature
-    assert {name: (spec.dtype, spec.shape.as_list()) for name, spec in inputs.items()} == {
-        "userId": (tf.int64, [None]),
-        "movieId": (tf.int64, [None]),
-    }
+    expected = {"userId": (tf.int64, [None]), "movieId": (tf.int64, [None])}
+    expected |= {input_name: (tf.float32, [None, width]) for input_name, width in extra.items()}
+    assert {key: (spec.dtype, spec.shape.as_list()) for key, spec in inputs.items()} == expected
+    assert set(contract.SIGNATURES[name]) == set(expected)
     outputs = signature.structured_outputs
     assert list(outputs) == ["score"]
     assert outputs["score"].dtype == tf.float32 and outputs["score"].shape.as_list() == [None, 1]
 
 
-def test_saved_model_reproduces_keras_predictions_on_the_holdout(trained):
+def test_both_signatures_reproduce_keras_predictions(trained):
     feature_set, result, export_dir = trained
     holdout = feature_set.holdout
-    keras_scores = model.predict_core(result.model, holdout)
-    served = model.predict_saved_model(export_dir, holdout["userId"], holdout["movieId"])
-    np.testing.assert_allclose(served, keras_scores, atol=1e-5)
+    fresh = model.predict_with_features(export_dir, model.feature_inputs(holdout))
+    np.testing.assert_allclose(fresh, model.predict_core(result.model, holdout), atol=1e-5)
+    # The ids-only signature is the core model fed the training snapshot.
+    frozen_rows = holdout.select("userId", "movieId").join(
+        feature_set.user_snapshot, on="userId", how="left", maintain_order="left"
+    )
+    frozen_rows = frozen_rows.join(feature_set.movie_snapshot, on="movieId", how="left", maintain_order="left")
+    known = frozen_rows.drop_nulls()
+    assert len(known) > 0.5 * len(holdout)
+    served = model.predict_saved_model(export_dir, known["userId"], known["movieId"])
+    np.testing.assert_allclose(served, model.predict_core(result.model, known), atol=1e-5)
+
+
+def test_priors_are_frozen_in_the_model(trained, tmp_path):
+    """The priors are constants of the model version (its transformation's config), taken from
+    the training rows when the model was built, never read at serving time."""
+    feature_set, result, export_dir = trained
+    (layer,) = [layer for layer in result.model.layers if layer.name == "aggregate_transform"]
+    assert layer.get_config()["prior_pos"] == pytest.approx(feature_set.priors["pos"])
+    assert layer.get_config()["prior_mean"] == pytest.approx(feature_set.priors["mean"])
 
 
 def test_unseen_ids_get_a_score_not_an_error(trained):
@@ -59,13 +84,24 @@ def test_unseen_ids_get_a_score_not_an_error(trained):
 def test_golden_requests_hold_the_offline_predictions(trained):
     feature_set, _, export_dir = trained
     instances = model.golden_instances(feature_set, count=5)
-    golden = model.write_golden_requests(export_dir, instances)
+    golden = model.write_golden_requests(export_dir, feature_set, instances)
     stored = json.loads((export_dir / contract.GOLDEN_FILE).read_text())
-    assert stored == golden and len(stored["instances"]) == 8  # 5 holdout pairs + 3 cold-start pairs
+    assert stored == golden and set(stored) == {contract.SIGNATURE_NAME, contract.FEATURES_SIGNATURE}
+    ids_only, with_features = stored[contract.SIGNATURE_NAME], stored[contract.FEATURES_SIGNATURE]
+    assert len(ids_only["instances"]) == len(with_features["instances"]) == 8  # 5 holdout + 3 cold-start pairs
     expected = model.predict_saved_model(
         export_dir, [i["userId"] for i in instances], [i["movieId"] for i in instances]
     )
-    np.testing.assert_allclose([p[0] for p in stored["predictions"]], expected, atol=1e-6)
+    np.testing.assert_allclose([p[0] for p in ids_only["predictions"]], expected, atol=1e-6)
+    # The features requests carry each holdout pair's fresh aggregates; unknown ids all zeros.
+    first = with_features["instances"][0]
+    row = feature_set.holdout.filter(
+        (feature_set.holdout["userId"] == first["userId"]) & (feature_set.holdout["movieId"] == first["movieId"])
+    ).head(1)
+    np.testing.assert_array_equal(first["user_features"], model.user_feature_matrix(row)[0])
+    assert with_features["instances"][-1]["user_features"] == [0.0] * features.USER_WIDTH
+    fresh = model.predict_with_features(export_dir, model.feature_inputs(row))
+    assert with_features["predictions"][0][0] == pytest.approx(float(fresh[0]), abs=1e-6)
 
 
 def test_training_history_has_holdout_auc_per_epoch(trained):
