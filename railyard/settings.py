@@ -58,6 +58,18 @@ class Settings(BaseSettings):
     serving_load_timeout_s: float = Field(default=360.0, gt=0)  # TF Serving retries failed loads 5 x 60 s
     serving_attempts: int = Field(default=5, ge=1)  # per call, with exponential backoff, when serving is down
 
+    # Online feature store: no URL means an embedded Valkey server under home, on loopback.
+    online_store_url: SecretStr | None = None  # redis://[:password@]host:port/db: a secret (it carries the password)
+    local_online_store_port: int = Field(default=6399, ge=0, le=65535)  # 0: any free port
+    # Event ingestion (`railyard ingest`): events read per batch, and how long an entry may stay
+    # pending with a consumer before another consumer reclaims it (the consumer crashed).
+    ingest_batch_size: int = Field(default=1_000, ge=1)
+    ingest_claim_idle_s: float = Field(default=60.0, gt=0)
+    # Train/serve skew: entities sampled from the online store at each retrain, and the largest
+    # share of them whose aggregates may differ from the offline ones before the run fails.
+    skew_sample_size: int = Field(default=1_000, ge=1)
+    max_skew_share: float = Field(default=0.01, ge=0, le=1)
+
     # Post-deploy smoke tests.
     smoke_p95_ms: float = Field(default=250.0, gt=0)
     smoke_requests: int = Field(default=200, ge=1)
