@@ -73,6 +73,13 @@ def smoothed(total, count, prior):
     return (total + SMOOTHING * prior) / (count + SMOOTHING)
 
 
+def feature_matrix(frame: pl.DataFrame, names: tuple[str, ...], dtype=np.float32) -> np.ndarray:
+    """Scalar and fixed-size array columns side by side, one row per row: the model's input
+    vectors (USER_WIDTH, MOVIE_WIDTH) in the order of ``names``."""
+    parts = [frame.get_column(name).to_numpy().reshape(len(frame), -1).astype(dtype, copy=False) for name in names]
+    return np.concatenate(parts, axis=1)
+
+
 def split_cutoff(timestamps: pl.Series, holdout_fraction: float) -> int:
     """The timestamp from which the newest ``holdout_fraction`` of ratings (or a little less) begins.
 

@@ -50,21 +50,11 @@ def code_version(config: TrainConfig) -> str:
 
 
 def user_feature_matrix(frame: pl.DataFrame) -> np.ndarray:
-    return _feature_matrix(frame, F.USER_FEATURES)
+    return F.feature_matrix(frame, F.USER_FEATURES)
 
 
 def movie_feature_matrix(frame: pl.DataFrame) -> np.ndarray:
-    return _feature_matrix(frame, F.MOVIE_FEATURES)
-
-
-def _feature_matrix(frame: pl.DataFrame, names: tuple[str, ...]) -> np.ndarray:
-    """Scalar columns and fixed-size vector columns, side by side, as one float32 matrix."""
-    parts = []
-    for name in names:
-        column = frame.get_column(name)
-        values = column.to_numpy()
-        parts.append(values.reshape(len(frame), -1).astype(np.float32, copy=False))
-    return np.concatenate(parts, axis=1)
+    return F.feature_matrix(frame, F.MOVIE_FEATURES)
 
 
 def feature_inputs(frame: pl.DataFrame) -> dict[str, np.ndarray]:
@@ -380,7 +370,7 @@ def predict_core(model, frame: pl.DataFrame, batch_size: int = 65536) -> np.ndar
 
 def _snapshot_table(snapshot: pl.DataFrame, id_column: str, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Ids and their aggregate rows; row 0 (all zero) stands for unknown ids."""
-    table = _feature_matrix(snapshot, names)
+    table = F.feature_matrix(snapshot, names)
     ids = snapshot.get_column(id_column).to_numpy().astype(np.int64)
     return ids, np.concatenate([np.zeros((1, table.shape[1]), np.float32), table], axis=0)
 

@@ -4,6 +4,7 @@ cold start, golden requests."""
 import json
 
 import numpy as np
+import polars as pl
 import pytest
 
 from railyard import contract, features, model
@@ -51,15 +52,21 @@ def test_both_signatures_reproduce_keras_predictions(trained):
     holdout = feature_set.holdout
     fresh = model.predict_with_features(export_dir, model.feature_inputs(holdout))
     np.testing.assert_allclose(fresh, model.predict_core(result.model, holdout), atol=1e-5)
-    # The ids-only signature is the core model fed the training snapshot.
+    # The ids-only signature is the core model fed the training snapshot (zeros for unknown ids).
     frozen_rows = holdout.select("userId", "movieId").join(
         feature_set.user_snapshot, on="userId", how="left", maintain_order="left"
     )
     frozen_rows = frozen_rows.join(feature_set.movie_snapshot, on="movieId", how="left", maintain_order="left")
-    known = frozen_rows.drop_nulls()
-    assert len(known) > 0.5 * len(holdout)
-    served = model.predict_saved_model(export_dir, known["userId"], known["movieId"])
-    np.testing.assert_allclose(served, model.predict_core(result.model, known), atol=1e-5)
+    zeros = pl.lit([0.0] * len(features.GENRES), pl.Array(pl.Float32, len(features.GENRES)))
+    unknown = frozen_rows["user_n"].is_null().sum()
+    assert 0 < unknown < len(holdout)  # both kinds are covered
+    frozen_rows = frozen_rows.with_columns(
+        pl.col(name).fill_null(zeros if isinstance(dtype, pl.Array) else 0.0)
+        for name, dtype in frozen_rows.schema.items()
+        if name not in ("userId", "movieId")
+    )
+    served = model.predict_saved_model(export_dir, frozen_rows["userId"], frozen_rows["movieId"])
+    np.testing.assert_allclose(served, model.predict_core(result.model, frozen_rows), atol=1e-5)
 
 
 def test_priors_are_frozen_in_the_model(trained, tmp_path):

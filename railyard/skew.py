@@ -1,0 +1,76 @@
+"""Train/serve skew: the online store's aggregates against the offline ones, for the same events.
+
+Both sides keep the same raw additive aggregates (``railyard.features``), so for one set of
+events they must agree: counts exactly, rating sums within ``TOLERANCE`` (sums of half stars are
+exact in float64). An entity whose vector differs anywhere is skewed; the share of skewed
+entities in a sample is the figure a retrain records and gates on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from railyard import features as F
+
+TOLERANCE = 1e-9
+_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class SkewReport:
+    entity: str  # "user" or "movie"
+    sampled: int
+    skewed: int
+    max_difference: float
+    examples: tuple[str, ...]  # the first few skewed entities, online vs. offline
+
+    @property
+    def share(self) -> float:
+        return self.skewed / self.sampled if self.sampled else 0.0
+
+    def summary(self) -> str:
+        head = f"{self.skewed} of {self.sampled} sampled {self.entity}s differ ({self.share:.2%})"
+        return head + (": " + "; ".join(self.examples) if self.examples else "")
+
+
+def sample_ids(totals: pl.DataFrame, key: str, size: int, seed: int) -> np.ndarray:
+    """Up to ``size`` ids of the offline totals, drawn without replacement (reproducibly)."""
+    ids = totals.get_column(key).to_numpy()
+    if len(ids) <= size:
+        return ids
+    return np.sort(np.random.default_rng(seed).choice(ids, size, replace=False))
+
+
+def offline_vectors(totals: pl.DataFrame, key: str, ids: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    """The offline aggregates of ``ids`` (zero for ids without events), in float64, in the
+    order of ``names``: the layout the online store returns."""
+    wanted = pl.DataFrame({key: ids}, schema={key: pl.Int64})
+    rows = wanted.join(totals, on=key, how="left", maintain_order="left")
+    matrix = F.feature_matrix(rows, names, np.float64)
+    return np.nan_to_num(matrix, nan=0.0)
+
+
+def compare(entity: str, ids: np.ndarray, online: np.ndarray, offline: np.ndarray) -> SkewReport:
+    """Skew of ``online`` against ``offline`` (one row per id, same columns)."""
+    difference = np.abs(np.asarray(online, np.float64) - np.asarray(offline, np.float64))
+    skewed = np.flatnonzero((difference > TOLERANCE).any(axis=1))
+    examples = tuple(
+        f"{entity} {ids[row]}: online {_short(online[row])} vs. offline {_short(offline[row])}"
+        for row in skewed[:_EXAMPLES]
+    )
+    return SkewReport(
+        entity=entity,
+        sampled=len(ids),
+        skewed=len(skewed),
+        max_difference=float(difference.max()) if difference.size else 0.0,
+        examples=examples,
+    )
+
+
+def _short(vector: np.ndarray) -> str:
+    """count, rating sum, positives: enough to see what went wrong."""
+    count, total, positives = (float(value) for value in vector[:3])
+    return f"n={count:g} sum={total:g} pos={positives:g}"
