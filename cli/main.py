@@ -75,15 +75,31 @@ def generate_data(
     ratings_per_day: Annotated[int, typer.Option(min=1)] = 3000,
     seed: int = 7,
     fmt: Annotated[str, typer.Option("--format", help="csv, or parquet (date=YYYY-MM-DD partitions)")] = "csv",
+    mode: Annotated[
+        str,
+        typer.Option(
+            help="sessions (users arrive over the period and rate in sittings, like MovieLens) or "
+            "stationary (every day drawn alike)"
+        ),
+    ] = "sessions",
 ) -> None:
     """Generate a synthetic MovieLens-format data set with learnable structure."""
     from railyard.synthetic import generate_movielens
 
     if fmt not in ("csv", "parquet"):
         _fail(f"--format must be csv or parquet, not {fmt!r}")
+    if mode not in ("sessions", "stationary"):
+        _fail(f"--mode must be sessions or stationary, not {mode!r}")
     try:
         summary = generate_movielens(
-            out, users=users, movies=movies, days=days, ratings_per_day=ratings_per_day, seed=seed, fmt=fmt
+            out,
+            users=users,
+            movies=movies,
+            days=days,
+            ratings_per_day=ratings_per_day,
+            seed=seed,
+            fmt=fmt,
+            mode=mode,
         )
     except (FileExistsError, ValueError) as error:
         _fail(str(error))
@@ -394,3 +410,128 @@ def worker(
     _settings()
     args = ["worker", "start", "--pool", WORK_POOL, "--type", "process"] + (["--run-once"] if run_once else [])
     raise typer.Exit(_prefect(*args, check=False).returncode)
+
+
+# -- the online feature store and its event stream ------------------------------------------
+
+
+def _data_dir(settings) -> Path:
+    return settings.data_dir or settings.home / "data" / "default"
+
+
+@app.command("publish-events")
+def publish_events(
+    file: Annotated[Path, typer.Argument(help="CSV or Parquet with userId, movieId, rating, timestamp.")],
+) -> None:
+    """Publish rating events to the event stream (all or none: a malformed row refuses the file)."""
+    settings = _settings()
+    from infra.online_store.keys import STREAM
+    from infra.online_store.store import connect
+    from infra.online_store.stream import publish, read_event_file
+
+    events = read_event_file(file)
+    typer.echo(f"published {publish(connect(settings), events):,} events to {STREAM}")
+
+
+@app.command()
+def ingest(
+    rebuild: Annotated[
+        bool, typer.Option("--rebuild", help="First rebuild the online store from the batch data.")
+    ] = False,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Return once no entry is new or pending (else run until Ctrl-C).")
+    ] = False,
+    consumer: Annotated[str | None, typer.Option(help="Consumer name in its groups (default host-pid).")] = None,
+    group: Annotated[str, typer.Option(help="online (features), sink (data set) or both.")] = "both",
+) -> None:
+    """Consume the event stream: keep the online store's features fresh and append events to the data set."""
+    settings = _settings()
+    import logging
+    import signal
+    import threading
+
+    from infra.online_store.keys import GROUPS
+    from infra.online_store.store import connect
+    from infra.online_store.stream import Ingester, rebuild_from_batch
+
+    if group not in (*GROUPS, "both"):
+        _fail(f"--group must be online, sink or both, not {group!r}", code=2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    store = connect(settings)
+    if rebuild:
+        typer.echo(f"rebuilt the online store: namespace {rebuild_from_batch(store, _data_dir(settings))}")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())  # the batch in hand is finished and acknowledged first
+    ingester = Ingester(
+        store,
+        _data_dir(settings),
+        groups=GROUPS if group == "both" else (group,),
+        consumer=consumer,
+        batch_size=settings.ingest_batch_size,
+        claim_idle_s=settings.ingest_claim_idle_s,
+        stop=stop,
+    )
+    report = ingester.run(until_idle=until_idle)
+    done = ", ".join(f"{name} {count:,}" for name, count in report.entries.items())
+    typer.echo(
+        f"entries done: {done}; {report.applied:,} events new to the online store, {report.written:,} written "
+        f"to the data set in {report.files:,} files, {report.dead_letters:,} dead-lettered"
+    )
+
+
+online_store_app = typer.Typer(help="The embedded online feature store (Valkey on 127.0.0.1).", no_args_is_help=True)
+app.add_typer(online_store_app, name="online-store")
+
+
+@online_store_app.command("start")
+def online_store_start() -> None:
+    """Start the embedded store in the background (or reuse the running one)."""
+    settings = _settings()
+    from infra.online_store import server
+
+    if settings.online_store_url is not None:
+        typer.echo("RAILYARD_ONLINE_STORE_URL is set: Railyard uses that server; nothing to start")
+        return
+    state = server.ensure_running(settings)
+    typer.echo(f"online store pid {state.pid} on {server.HOST}:{state.port} (data in {server.server_dir(settings)})")
+
+
+@online_store_app.command("stop")
+def online_store_stop() -> None:
+    """Stop the embedded store (its data stays on disk)."""
+    settings = _settings()
+    from infra.online_store import server
+
+    state = server.stop(settings)
+    typer.echo(f"stopped the online store (pid {state.pid})" if state else "the online store is not running")
+
+
+@online_store_app.command("status")
+def online_store_status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
+    """Features held (namespace, events applied, last event), stream length, pending per group, dead letters."""
+    settings = _settings()
+    from infra.online_store import server
+    from infra.online_store.store import connect
+
+    if settings.online_store_url is None and server.running(server.server_dir(settings)) is None:
+        typer.echo(json.dumps({"running": False}) if as_json else "the online store is not running")
+        return
+    state = {"running": True} | connect(settings).state()
+    if as_json:
+        print(json.dumps(state, sort_keys=True))
+        return
+    last = state["last_event_ts"]
+    typer.echo(
+        f"namespace {state['namespace'] or '(none: run `railyard ingest --rebuild`)'}: "
+        f"{state['events_applied']:,} events applied, last event at {last if last is None else _utc(last)}"
+    )
+    groups = ", ".join(f"{name}: {g['pending']} pending, lag {g['lag']}" for name, g in state["groups"].items())
+    typer.echo(f"stream: {state['stream_length']:,} entries ({groups or 'no consumer groups yet'})")
+    typer.echo(f"dead letters: {state['dead_letters']:,}")
+
+
+def _utc(timestamp: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")

@@ -1,7 +1,7 @@
 """The daily retraining flow, from raw ratings to a reviewed production release.
 
-data → validation → features → validation → training (or the stored version, when this data
-and code were released before) → evaluation against thresholds and against the production model
+data → validation → online store skew check → features → validation → training (or the stored
+version, when this data and code were released before) → evaluation against thresholds and against the production model
 on the same holdout → under the release lock: publish, register, canary, smoke tests (rollback
 on failure) → review (suspended or paused) → under the lock again: production or rejection.
 docs/release.md tells how a release ends in every case.
@@ -31,7 +31,7 @@ from railyard.features import FeatureSet
 from railyard.model import code_version as model_code_version
 from railyard.notify import notify
 from railyard.settings import Settings
-from tasks import approval, data, deploy, evaluation, features, publish, release, smoke, training, validation
+from tasks import approval, data, deploy, evaluation, features, online, publish, release, smoke, training, validation
 
 SUMMARY_METRICS = ("auc", "auc_frozen", "baseline_auc", "fresh_baseline_auc", "pr_auc", "logloss", "accuracy")
 # The Custom run form shows these (the settings where the deployment was registered): an empty
@@ -196,6 +196,7 @@ def validated_features(settings: Settings, source: Path, run_dir: Path, report_d
     training rows (training streams them from the Parquet written under ``run_dir``)."""
     dataset = data.load_data(source)
     validation.validate_raw(dataset.ratings, settings, report_dir)
+    online.check_skew(dataset, settings, run_id)
     feature_set = features.build_features(dataset, settings.holdout_fraction, run_dir / "features")
     del dataset  # from here on the features are the data: let the raw ratings go
     validation.validate_features(feature_set, settings, report_dir)

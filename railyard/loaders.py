@@ -2,13 +2,17 @@
 
 The loaders check only what they must to read the data: the files exist, the columns are there and
 the values parse as the right types. Duplicates, out-of-range ratings and nulls are the validation
-step's job, so they pass through intact (a null stays null).
+step's job, so they pass through intact (a null stays null), with one exception: in Parquet
+partitions, a row identical to another in all four columns is dropped (the event stream's sink
+writes an event twice when a batch is redelivered cut differently); a rating of the same event
+with another value still reaches validation.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -22,6 +26,7 @@ from railyard.fsutil import sha256_file
 RATINGS_SCHEMA = {"userId": pl.Int64, "movieId": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}
 MOVIES_SCHEMA = {"movieId": pl.Int64, "title": pl.String, "genres": pl.String}
 PARTITION_PREFIX = "date="
+log = logging.getLogger("railyard.loaders")
 # The genres MovieLens writes in movies.csv (pipe-separated), and its marker for none.
 MOVIELENS_GENRES = (
     "Action",
@@ -59,6 +64,7 @@ class RawDataset:
     ratings: pl.DataFrame  # userId Int64, movieId Int64, rating Float64, timestamp Int64
     movies: pl.DataFrame | None  # movieId Int64, title String, genres String; None without a movies file
     source_files: tuple[Path, ...]  # every input file read, sorted
+    duplicates_dropped: int = 0  # Parquet rows identical to another in all four columns
 
     def fingerprint(self, *extra: str) -> str:
         """sha256 over each source file's name (relative to their common folder) and bytes, then ``extra``.
@@ -132,10 +138,16 @@ def load_parquet_partitions(path: Path) -> RawDataset:
     movie_files = [file for file in (path / "movies.csv", path / "movies.parquet") if file.is_file()]
     if len(movie_files) > 1:
         raise DataLoadError(f"{path} holds both movies.csv and movies.parquet: keep one")
+    ratings = _read_parquet(ratings_files, RATINGS_SCHEMA)
+    distinct = ratings.unique(maintain_order=True)
+    dropped = ratings.height - distinct.height
+    if dropped:
+        log.warning("%s: dropped %d rating rows identical to another in all four columns", ratings_root, dropped)
     return RawDataset(
-        ratings=_read_parquet(ratings_files, RATINGS_SCHEMA),
+        ratings=distinct,
         movies=_read_movies(movie_files[0]) if movie_files else None,
         source_files=tuple(sorted(ratings_files + movie_files)),
+        duplicates_dropped=dropped,
     )
 
 

@@ -14,9 +14,19 @@ import numpy as np
 import polars as pl
 
 from railyard import features as F
+from railyard.errors import RailyardError
 
 TOLERANCE = 1e-9
 _EXAMPLES = 5
+
+
+class FeatureSkew(RailyardError):
+    """The online store serves other features than the offline build computes: nothing trained."""
+
+    next_step = (
+        "see why the store and the batch data differ (`railyard status` shows the stream's lag and dead "
+        "letters); `railyard ingest --rebuild` rebuilds the store from the batch data"
+    )
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,13 @@ import pytest
 # Assertions in the shared support code are rewritten like the tests' own.
 pytest.register_assert_rewrite("tests.support")
 
-# Fixtures that start servers (moto S3, a Prefect server) and build stores, for every test module.
-pytest_plugins = ["tests.support.s3_server", "tests.support.prefect_server", "tests.support.stores"]
+# Fixtures that start servers (moto S3, a Prefect server, Valkey) and build stores, for every test module.
+pytest_plugins = [
+    "tests.support.s3_server",
+    "tests.support.prefect_server",
+    "tests.support.stores",
+    "tests.support.online_store",
+]
 
 # Quiet, offline-friendly defaults for every test process.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -23,11 +28,17 @@ os.environ.pop("PREFECT_API_URL", None)
 
 @pytest.fixture
 def railyard_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A fully separate Railyard world for one test."""
+    """A fully separate Railyard world for one test; the online store a flow starts in it (on a
+    free port) is stopped afterwards."""
+    from infra.online_store import server
+    from railyard.settings import Settings
+
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("RAILYARD_HOME", str(home))
-    return home
+    monkeypatch.setenv("RAILYARD_LOCAL_ONLINE_STORE_PORT", "0")
+    yield home
+    server.stop(Settings.model_construct(home=home.resolve()))  # the test may have left a bad setting
 
 
 @pytest.fixture

@@ -168,12 +168,13 @@ class ServingClient:
     def predict_grpc(
         self,
         model: str,
-        instances: Sequence[Mapping[str, Any]],
+        instances: Sequence[Mapping[str, Any]] | Mapping[str, np.ndarray],
         version: int | None = None,
         label: str | None = None,
         signature_name: str = SIGNATURE_NAME,
     ) -> dict[str, np.ndarray]:
-        """``PredictionService/Predict``: every output tensor as a numpy array."""
+        """``PredictionService/Predict`` (row-format instances or one array per input): every
+        output tensor as a numpy array."""
         import tensorflow as tf
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 

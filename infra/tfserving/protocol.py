@@ -66,12 +66,14 @@ def instance_columns(instances: Sequence[Mapping[str, Any]]) -> dict[str, np.nda
 
 def build_predict_request(
     model: str,
-    instances: Sequence[Mapping[str, Any]],
+    instances: Sequence[Mapping[str, Any]] | Mapping[str, np.ndarray],
     *,
     version: int | None = None,
     label: str | None = None,
     signature_name: str = SIGNATURE_NAME,
 ) -> PredictRequest:
+    """A PredictRequest for row-format ``instances``, or for inputs already batched as one array
+    per input (columnar, as a caller holding NumPy arrays has them)."""
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
@@ -84,6 +86,6 @@ def build_predict_request(
         request.model_spec.version.value = version
     elif label is not None:
         request.model_spec.version_label = label
-    for name, column in instance_columns(instances).items():
+    for name, column in (instance_columns(instances) if isinstance(instances, Sequence) else instances).items():
         request.inputs[name].CopyFrom(tf.make_tensor_proto(column))
     return request

@@ -21,7 +21,7 @@ def world(tmp_path_factory, prefect_server):
     world = World(tmp_path_factory.mktemp("faults"), prefect_server)
     world.finish(world.start_run(1, "--auto-approve"))  # version 1 in production
     yield world
-    world.railyard("serve", "--stop", check=False)
+    world.stop_services()
 
 
 def test_a_run_killed_while_awaiting_approval_is_rejected_as_crashed_and_announced(world, webhook):

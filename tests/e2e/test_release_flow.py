@@ -28,7 +28,7 @@ ME = getpass.getuser()
 def world(tmp_path_factory, prefect_server):
     world = World(tmp_path_factory.mktemp("release"), prefect_server)
     yield world
-    world.railyard("serve", "--stop", check=False)
+    world.stop_services()
 
 
 def test_deploy_registers_every_deployment_with_schedule_and_typed_parameters(world):

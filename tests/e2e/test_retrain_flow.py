@@ -37,6 +37,7 @@ def test_cli_run_trains_publishes_to_s3_deploys_and_tracks(tmp_path, s3_bucket):
         "RAILYARD_STORE_URI": s3_bucket.uri("models"),  # s3_bucket also set RAILYARD_S3_ENDPOINT_URL
         "RAILYARD_LOCAL_SERVING_REST_PORT": "0",
         "RAILYARD_LOCAL_SERVING_GRPC_PORT": "0",
+        "RAILYARD_LOCAL_ONLINE_STORE_PORT": "0",
         # A broken webhook (no scheme) with its token in the URL: the run stays green, the token secret.
         "RAILYARD_WEBHOOK_URL": f"hooks.example.com/services/{WEBHOOK_TOKEN}",
     }
@@ -52,7 +53,8 @@ def test_cli_run_trains_publishes_to_s3_deploys_and_tracks(tmp_path, s3_bucket):
             cwd=tmp_path,
         )
     finally:
-        subprocess.run([*command, "serve", "--stop"], env=env, capture_output=True, timeout=120, cwd=tmp_path)
+        for stop in (("serve", "--stop"), ("online-store", "stop")):
+            subprocess.run([*command, *stop], env=env, capture_output=True, timeout=120, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     summary = json.loads(completed.stdout.strip().splitlines()[-1])
     assert "webhook delivery of promoted failed" in completed.stderr

@@ -31,6 +31,10 @@ class World:
             "RAILYARD_EPOCHS": "2",
             "RAILYARD_LOCAL_SERVING_REST_PORT": "0",
             "RAILYARD_LOCAL_SERVING_GRPC_PORT": "0",
+            "RAILYARD_LOCAL_ONLINE_STORE_PORT": "0",
+            # Each run's data set is a fresh draw, not the stream the online store was fed: it
+            # cannot match, so the skew is recorded but does not stop these runs.
+            "RAILYARD_MAX_SKEW_SHARE": "1",
             "RAILYARD_SMOKE_REQUESTS": "40",
             "RAILYARD_SMOKE_P95_MS": "2000",
             # Every data set here is a fresh draw: let the gate compare, but not demand progress.
@@ -41,6 +45,11 @@ class World:
         }
         self.env.pop("PREFECT_HOME", None)
         self.api_url = api_url
+
+    def stop_services(self) -> None:
+        """The background servers a run starts and leaves running: serving and the online store."""
+        self.railyard("serve", "--stop", check=False)
+        self.railyard("online-store", "stop", check=False)
 
     def data(self, seed: int) -> Path:
         path = self.root / f"data-{seed}"

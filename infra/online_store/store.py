@@ -1,0 +1,306 @@
+"""The online feature store: each user's and movie's raw additive aggregates (``features.
+aggregate_totals``, the same numbers the offline build computes) in Valkey/Redis, read by the
+serving side in the model's input layout. ``keys`` documents the layout.
+
+- ``read_pairs``: one Lua script reads the current namespace and every hash it needs, so a
+  reader sees one state of the store, never half a switch or half an event.
+- ``apply``: one Lua script per batch records each event's id and adds it to its user's and
+  movie's aggregates in the same atomic step, so an event applied twice (a redelivered or
+  replayed entry) counts once.
+- ``rebuild``: the aggregates of the batch data, written into a fresh namespace, then the
+  pointer switches in one step (and the stream's ``online`` group re-reads the stream from the
+  start, so events applied to the old namespace and not in the batch data are applied again).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from infra.online_store import keys, server
+from railyard.errors import RailyardError, Refused
+from railyard.events import RatingEvent
+from railyard.features import MOVIE_WIDTH, POSITIVE_RATING, USER_WIDTH, aggregate_totals, movie_genres
+
+if TYPE_CHECKING:
+    from railyard.settings import Settings
+
+SOCKET_TIMEOUT_S = 5.0
+# redis-py retries a command whose connection broke; a few quick tries, then the caller is told
+# (apply is idempotent, so a retried batch still counts once).
+RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
+PIPELINE_CHUNK = 1_000  # commands per round trip when a namespace is written
+MEMBERS_CHUNK = 10_000  # markers per SADD
+REBUILD_LOCK_S = 3_600  # a crashed rebuild frees the lock after this
+
+_USER_FIELDS_LUA = "{" + ",".join(f"'{name}'" for name in keys.USER_FIELDS) + "}"
+_MOVIE_FIELDS_LUA = "{" + ",".join(f"'{name}'" for name in keys.MOVIE_FIELDS) + "}"
+
+# KEYS: pointer; ARGV: namespaces prefix, number of users, user ids..., movie ids...
+READ_PAIRS = f"""
+local ns = redis.call('GET', KEYS[1])
+if not ns then return redis.error_reply('NONAMESPACE') end
+local base = ARGV[1] .. ns .. ':'
+local n_users = tonumber(ARGV[2])
+local user_fields, movie_fields = {_USER_FIELDS_LUA}, {_MOVIE_FIELDS_LUA}
+local users, movies, genres = {{}}, {{}}, {{}}
+for i = 3, 2 + n_users do
+  users[#users + 1] = redis.call('HMGET', base .. 'u:' .. ARGV[i], unpack(user_fields))
+end
+for i = 3 + n_users, #ARGV do
+  movies[#movies + 1] = redis.call('HMGET', base .. 'm:' .. ARGV[i], unpack(movie_fields))
+  genres[#genres + 1] = redis.call('HGET', base .. 'genres', ARGV[i])
+end
+return {{users, movies, genres}}
+"""
+
+# KEYS: pointer; ARGV: namespaces prefix, then per event: user, movie, rating, label (0/1), timestamp.
+APPLY = """
+local ns = redis.call('GET', KEYS[1])
+if not ns then return redis.error_reply('NONAMESPACE') end
+local base = ARGV[1] .. ns .. ':'
+local applied, last, last_text = 0, nil, nil
+for i = 2, #ARGV, 5 do
+  local user, movie, rating, label, ts = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
+  if redis.call('SADD', base .. 'a:' .. user, movie .. ':' .. ts) == 1 then
+    local u, m = base .. 'u:' .. user, base .. 'm:' .. movie
+    redis.call('HINCRBY', u, 'n', 1)
+    redis.call('HINCRBYFLOAT', u, 'sum', rating)
+    redis.call('HINCRBY', u, 'pos', label)
+    local genres = redis.call('HGET', base .. 'genres', movie)
+    if genres then
+      for genre in string.gmatch(genres, '%d+') do
+        redis.call('HINCRBY', u, 'gn' .. genre, 1)
+        if label == 1 then redis.call('HINCRBY', u, 'gp' .. genre, 1) end
+      end
+    end
+    redis.call('HINCRBY', m, 'n', 1)
+    redis.call('HINCRBYFLOAT', m, 'sum', rating)
+    redis.call('HINCRBY', m, 'pos', label)
+    applied = applied + 1
+    if last == nil or tonumber(ts) > last then last, last_text = tonumber(ts), ts end
+  end
+end
+if applied > 0 then
+  local meta = base .. 'meta'
+  redis.call('HINCRBY', meta, 'events', applied)
+  local previous = redis.call('HGET', meta, 'last_ts')
+  if not previous or last > tonumber(previous) then redis.call('HSET', meta, 'last_ts', last_text) end
+end
+return applied
+"""
+
+# KEYS: pointer, stream; ARGV: new namespace, the group that applies events. The group re-reads
+# the stream in the same step: no event can slip between the switch and the re-read.
+SWITCH = """
+redis.call('SET', KEYS[1], ARGV[1])
+redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[2], '0', 'MKSTREAM')  -- BUSYGROUP when it exists: fine
+redis.call('XGROUP', 'SETID', KEYS[2], ARGV[2], '0')
+"""
+
+
+class OnlineStoreUnavailable(RailyardError):
+    """The online store did not answer."""
+
+    next_step = (
+        "start it (`railyard online-store start`) or check RAILYARD_ONLINE_STORE_URL, then try again; "
+        "published events wait in the stream"
+    )
+
+
+class OnlineStoreEmpty(RailyardError):
+    """The online store holds no features yet (no current namespace)."""
+
+    next_step = "`railyard ingest --rebuild` builds them from the batch data (`railyard ingest` does too when empty)"
+
+
+class RebuildRunning(RailyardError):
+    """Another process is rebuilding the online store (one rebuild at a time)."""
+
+    next_step = "wait for it to finish (its result is the same batch data); readers keep the current features"
+
+
+class RebuildRefused(Refused):
+    """Batch data the online store cannot be built from; nothing was changed."""
+
+    next_step = "fix the batch data (`railyard run` validates it) and rebuild; the online store is unchanged"
+
+
+def connect(settings: Settings) -> OnlineStore:
+    """The store at RAILYARD_ONLINE_STORE_URL, or the embedded server's (started if needed)."""
+    if settings.online_store_url is not None:
+        url = settings.online_store_url.get_secret_value()
+    else:
+        url = server.url(server.server_dir(settings), server.ensure_running(settings))
+    client = redis.Redis.from_url(
+        url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S, retry=RETRY
+    )
+    return OnlineStore(client)
+
+
+@contextmanager
+def reachable(client: redis.Redis):
+    """Redis errors that mean "no answer" or "no features" as Railyard's errors."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as error:
+        where = "{host}:{port}".format_map(client.connection_pool.connection_kwargs)  # never the password
+        raise OnlineStoreUnavailable(f"the online store at {where} does not answer ({error})") from error
+    except redis.ResponseError as error:
+        if "NONAMESPACE" in str(error):
+            raise OnlineStoreEmpty("the online store holds no features yet") from error
+        raise
+
+
+class OnlineStore:
+    def __init__(self, client: redis.Redis):
+        self.client = client
+        self._read_pairs = client.register_script(READ_PAIRS)
+        self._apply = client.register_script(APPLY)
+        self._switch = client.register_script(SWITCH)
+
+    def namespace(self) -> str | None:
+        with reachable(self.client):
+            current = self.client.get(keys.POINTER)
+        return current.decode() if current is not None else None
+
+    def read_pairs(self, user_ids: Sequence[int], movie_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Float64 model inputs per (user, movie) pair: users ``[n, USER_WIDTH]``, movies
+        ``[n, MOVIE_WIDTH]``; an unknown entity is zeros (a movie keeps its catalogue genres)."""
+        if len(user_ids) != len(movie_ids):
+            raise ValueError(f"{len(user_ids)} user ids but {len(movie_ids)} movie ids: pass one of each per pair")
+        users, user_rows = np.unique(np.asarray(user_ids, np.int64), return_inverse=True)
+        movies, movie_rows = np.unique(np.asarray(movie_ids, np.int64), return_inverse=True)
+        with reachable(self.client):
+            user_values, movie_values, genres = self._read_pairs(
+                keys=[keys.POINTER], args=[keys.NAMESPACES, len(users), *users.tolist(), *movies.tolist()]
+            )
+        user_table = np.array([_numbers(row) for row in user_values], np.float64).reshape(-1, USER_WIDTH)
+        movie_table = np.zeros((len(movies), MOVIE_WIDTH), np.float64)
+        for row, (values, indexes) in enumerate(zip(movie_values, genres)):
+            movie_table[row, : len(keys.MOVIE_FIELDS)] = _numbers(values)
+            for genre in (indexes or b"").split(b","):
+                if genre:
+                    movie_table[row, len(keys.MOVIE_FIELDS) + int(genre)] = 1.0
+        return user_table[user_rows], movie_table[movie_rows]
+
+    def apply(self, events: Sequence[RatingEvent]) -> int:
+        """Add the events not applied yet to the current namespace; how many were new."""
+        if not events:
+            return 0
+        args: list = [keys.NAMESPACES]
+        for event in events:
+            label = int(event.rating >= POSITIVE_RATING)
+            args += [event.user_id, event.movie_id, repr(event.rating), label, event.timestamp]
+        with reachable(self.client):
+            return int(self._apply(keys=[keys.POINTER], args=args))
+
+    def rebuild(self, ratings: pl.DataFrame, movies: pl.DataFrame | None) -> str:
+        """Materialize the aggregates of ``ratings`` (every event marked applied) and the movie
+        catalogue into a fresh namespace, switch to it, drop the others; the new namespace."""
+        ratings = _checked_batch(ratings)
+        namespace = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+        lock = self.client.lock(keys.REBUILD_LOCK, timeout=REBUILD_LOCK_S, blocking=False)
+        with reachable(self.client):
+            if not lock.acquire():
+                raise RebuildRunning("another rebuild of the online store is running")
+            try:
+                pipe = self.client.pipeline(transaction=False)
+                for count, command in enumerate(namespace_commands(namespace, ratings, movies), start=1):
+                    pipe.execute_command(*command)
+                    if count % PIPELINE_CHUNK == 0:
+                        pipe.execute()
+                pipe.execute()
+                self._switch(keys=[keys.POINTER, keys.STREAM], args=[namespace, keys.ONLINE_GROUP])
+                self._drop_namespaces(keep=namespace)  # the old one, and any a crashed rebuild left
+            finally:
+                lock.release()
+        return namespace
+
+    def state(self) -> dict:
+        """What the store holds and how far the stream's consumers are."""
+        with reachable(self.client):
+            namespace = self.namespace()
+            meta = self.client.hgetall(keys.meta_key(namespace)) if namespace else {}
+            groups = {}
+            if self.client.exists(keys.STREAM):
+                for group in self.client.xinfo_groups(keys.STREAM):
+                    groups[_text(group["name"])] = {"pending": group["pending"], "lag": group.get("lag")}
+            return {
+                "namespace": namespace,
+                "events_applied": int(meta.get(b"events", 0)),
+                "last_event_ts": int(meta[b"last_ts"]) if b"last_ts" in meta else None,
+                "stream_length": self.client.xlen(keys.STREAM),
+                "dead_letters": self.client.xlen(keys.DEAD_LETTERS),
+                "groups": groups,
+            }
+
+    def _drop_namespaces(self, keep: str) -> None:
+        doomed = [
+            key
+            for key in self.client.scan_iter(match=keys.NAMESPACES + "*", count=1_000)
+            if keys.namespace_of(key.decode()) != keep
+        ]
+        for start in range(0, len(doomed), PIPELINE_CHUNK):
+            self.client.unlink(*doomed[start : start + PIPELINE_CHUNK])
+
+
+def namespace_commands(namespace: str, ratings: pl.DataFrame, movies: pl.DataFrame | None) -> Iterator[tuple]:
+    """The commands that write a namespace holding exactly ``ratings`` (checked: no nulls, no
+    two ratings of one event) and the movie catalogue; zero fields are left out (missing is 0)."""
+    users, movie_totals = aggregate_totals(ratings, movies)
+    for user, n, total, positives, genre_n, genre_pos in users.iter_rows():
+        fields = {"n": n, "sum": repr(total), "pos": positives}
+        fields |= {f"gn{i}": count for i, count in enumerate(genre_n) if count}
+        fields |= {f"gp{i}": count for i, count in enumerate(genre_pos) if count}
+        yield ("HSET", keys.user_key(namespace, user), *_flat(fields))
+    for movie, n, total, positives in movie_totals.iter_rows():
+        yield ("HSET", keys.movie_key(namespace, movie), *_flat({"n": n, "sum": repr(total), "pos": positives}))
+    for movie, *flags in movie_genres(movies).iter_rows():
+        if any(flags):
+            indexes = ",".join(str(i) for i, flag in enumerate(flags) if flag)
+            yield ("HSET", keys.genres_key(namespace), movie, indexes)
+    markers = ratings.group_by("userId").agg(pl.format("{}:{}", "movieId", "timestamp").alias("events"))
+    for user, events in markers.iter_rows():
+        for start in range(0, len(events), MEMBERS_CHUNK):
+            yield ("SADD", keys.applied_key(namespace, user), *events[start : start + MEMBERS_CHUNK])
+    meta = {"events": ratings.height, "built_at": int(time.time())}
+    if ratings.height:
+        meta["last_ts"] = int(ratings.get_column("timestamp").max())
+    yield ("HSET", keys.meta_key(namespace), *_flat(meta))
+
+
+def _checked_batch(ratings: pl.DataFrame) -> pl.DataFrame:
+    """The batch's distinct events; refused when a value is missing or one event has two ratings
+    (the store counts an event once: it could not hold both)."""
+    ratings = ratings.select("userId", "movieId", "rating", "timestamp").unique(maintain_order=True)
+    if ratings.null_count().sum_horizontal().item():
+        raise RebuildRefused("the batch data has ratings with missing values")
+    conflicting = ratings.filter(pl.struct("userId", "movieId", "timestamp").is_duplicated())
+    if conflicting.height:
+        user, movie, _, timestamp = conflicting.row(0)
+        raise RebuildRefused(
+            f"the batch data rates movie {movie} by user {user} at {timestamp} twice, differently; keep one rating"
+        )
+    return ratings
+
+
+def _flat(fields: dict) -> list:
+    return [item for pair in fields.items() for item in pair]
+
+
+def _numbers(values: list[bytes | None]) -> list[float]:
+    return [float(value) if value is not None else 0.0 for value in values]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,240 @@
+"""The event stream and its ingester against a real Valkey server: what the online store holds
+after publish + ingest equals the offline aggregates of the same events, whatever was
+published twice, crashed, run twice in parallel, dead-lettered or interrupted by an outage; the
+sink's files load back as the events published."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import polars as pl
+import pytest
+
+from infra.online_store import keys, server
+from infra.online_store.store import OnlineStoreUnavailable, connect
+from infra.online_store.stream import Ingester, publish
+from railyard.loaders import load_dataset
+from railyard.settings import Settings
+from tests.support import REPO_ROOT
+from tests.support.online_store import (
+    as_events,
+    assert_store_matches,
+    movies_frame,
+    railyard,
+    ratings_frame,
+    write_batch_data,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def batch(railyard_home):
+    """Batch data in the default data set's place: 400 ratings and a catalogue of 40 movies."""
+    movies = movies_frame(40)
+    ratings = ratings_frame(400, users=25, movies=45, seed=11)
+    write_batch_data(railyard_home / "data" / "default", ratings, movies)
+    return ratings, movies
+
+
+def test_publish_and_ingest_give_the_offline_aggregates(online_store, batch, railyard_home):
+    """Through the CLI: the ingester bootstraps the empty store from the batch data, then applies
+    the stream, where some events were published twice and some were already in the batch."""
+    ratings, movies = batch
+    fresh = ratings_frame(300, users=30, movies=45, seed=12, start_ts=1_780_000_000)
+    published = pl.concat([fresh, fresh.head(40), ratings.head(25)])
+    published.write_parquet(railyard_home / "events.parquet")
+
+    sent = railyard("publish-events", str(railyard_home / "events.parquet"))
+    assert sent.stdout.strip() == f"published 365 events to {keys.STREAM}", sent.stderr
+    done = railyard("ingest", "--until-idle", env={"RAILYARD_INGEST_BATCH_SIZE": "50"})
+    assert done.returncode == 0, done.stderr
+    assert "entries done: online 365, sink 365; 300 events new to the online store" in done.stdout
+    assert "online store rebuilt from" in done.stderr
+
+    everything = pl.concat([ratings, fresh])
+    assert_store_matches(online_store, everything, movies)
+    state = online_store.state()
+    assert state["events_applied"] == 700 and state["dead_letters"] == 0
+    assert state["groups"] == {"online": {"pending": 0, "lag": 0}, "sink": {"pending": 0, "lag": 0}}
+    # The batch data now holds every event once: a rebuild from it is the same store.
+    assert sorted(load_dataset(railyard_home / "data" / "default").ratings.rows()) == sorted(everything.rows())
+    online_store.rebuild(load_dataset(railyard_home / "data" / "default").ratings, movies)
+    assert_store_matches(online_store, everything, movies)
+
+
+def test_a_crash_between_apply_and_ack_counts_every_event_once(online_store, batch):
+    ratings, movies = batch
+    online_store.rebuild(ratings, movies)
+    fresh = ratings_frame(90, users=30, movies=45, seed=13, start_ts=1_780_000_000)
+    publish(online_store, as_events(fresh))
+    small = {"RAILYARD_INGEST_BATCH_SIZE": "40"}
+
+    ingest = "ingest --until-idle --group online --consumer".split()
+    crashed = railyard(*ingest, "first", env=small, faults_at="infra.online_store.stream:acknowledge")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert online_store.state()["events_applied"] == 440  # the first batch was applied, never acknowledged
+    assert online_store.client.xpending(keys.STREAM, keys.ONLINE_GROUP)["pending"] == 40
+
+    again = railyard(*ingest, "second", env=small | {"RAILYARD_INGEST_CLAIM_IDLE_S": "0.2"})
+    assert again.returncode == 0, again.stderr
+    assert "claimed 40 entries left pending by a stopped consumer" in again.stderr
+    assert "entries done: online 90; 50 events new" in again.stdout
+    assert_store_matches(online_store, pl.concat([ratings, fresh]), movies)
+    assert online_store.state()["groups"]["online"]["pending"] == 0
+
+
+def test_two_ingesters_in_one_group_count_each_event_once(online_store, batch, railyard_home):
+    ratings, movies = batch
+    online_store.rebuild(ratings, movies)
+    command = [sys.executable, "-m", "cli", "ingest", "--group", "online"]
+    env = {"RAILYARD_INGEST_BATCH_SIZE": "10"}
+    ingesters = [
+        subprocess.Popen(
+            [*command, "--consumer", name], env=os.environ | env, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+        )
+        for name in ("left", "right")
+    ]
+    try:
+        _wait_for(lambda: len(online_store.client.xinfo_consumers(keys.STREAM, keys.ONLINE_GROUP)) == 2)
+        fresh = ratings_frame(3_000, users=60, movies=45, seed=14, start_ts=1_780_000_000)
+        publish(online_store, as_events(fresh) + as_events(fresh.head(500)))
+        _wait_for(lambda: _settled(online_store, keys.ONLINE_GROUP))
+    finally:
+        for ingester in ingesters:
+            ingester.send_signal(signal.SIGTERM)  # finishes its batch, then reports
+        outputs = [ingester.communicate(timeout=30)[0] for ingester in ingesters]
+    assert [ingester.returncode for ingester in ingesters] == [0, 0]
+    counts = [int(out.split("entries done: online ")[1].split(";")[0].replace(",", "")) for out in outputs]
+    assert sum(counts) == 3_500 and min(counts) > 0, counts  # both took part, no entry twice
+    assert_store_matches(online_store, pl.concat([ratings, fresh]), movies)
+    assert online_store.state()["events_applied"] == 3_400
+
+
+def test_after_a_rebuild_the_stream_is_applied_again(online_store, batch, railyard_home):
+    """Events applied to the old namespace but missing from the batch data come back."""
+    ratings, movies = batch
+    online_store.rebuild(ratings, movies)
+    fresh = ratings_frame(80, users=30, movies=45, seed=17, start_ts=1_780_000_000)
+    publish(online_store, as_events(fresh))
+    online = Ingester(online_store, railyard_home / "data" / "default", groups=["online"])
+    assert online.run(until_idle=True).applied == 80
+
+    online_store.rebuild(ratings.vstack(fresh.head(30)), movies)  # the sink had written 30 of them
+    assert online_store.state()["groups"]["online"]["lag"] == 80  # the group starts over
+    assert (
+        Ingester(online_store, railyard_home / "data" / "default", groups=["online"]).run(until_idle=True).applied == 50
+    )
+    assert_store_matches(online_store, ratings.vstack(fresh), movies)
+    assert online_store.state()["events_applied"] == 480
+
+
+def test_each_malformed_event_is_dead_lettered_once_with_its_reason(online_store, batch, railyard_home):
+    ratings, movies = batch
+    online_store.rebuild(ratings, movies)
+    good = {"userId": "3", "movieId": "4", "rating": "4.0", "timestamp": "1780000000"}
+    broken = {
+        "missing_field": {"userId": "3", "movieId": "4", "rating": "4.0"},
+        "id_not_integer": good | {"userId": "three"},
+        "id_out_of_range": good | {"movieId": "0"},
+        "rating_not_number": good | {"rating": "lots"},
+        "rating_out_of_range": good | {"rating": "6"},
+        "rating_not_half_step": good | {"rating": "3.3"},
+        "timestamp_not_integer": good | {"timestamp": "yesterday"},
+    }
+    client = online_store.client
+    client.xadd(keys.STREAM, good)
+    ids = {reason: client.xadd(keys.STREAM, fields) for reason, fields in broken.items()}
+    client.xadd(keys.STREAM, good | {"userId": "5"})
+
+    ingester = Ingester(online_store, railyard_home / "data" / "default", batch_size=3)
+    report = ingester.run(until_idle=True)
+    assert report.entries == {"online": 9, "sink": 9} and report.applied == 2 and report.written == 2
+    assert report.dead_letters == 7  # both groups refused each, it is recorded once
+
+    letters = {fields[b"entry"]: fields for _, fields in client.xrange(keys.DEAD_LETTERS)}
+    assert {letters[entry_id][b"reason"].decode() for entry_id in ids.values()} == set(broken)
+    for reason, entry_id in ids.items():
+        letter = letters[entry_id]
+        assert letter[b"reason"] == reason.encode()
+        assert {key.decode(): value.decode() for key, value in letter.items() if key not in (b"reason", b"entry")} == (
+            broken[reason]
+        )
+    assert online_store.state()["dead_letters"] == 7
+    assert online_store.state()["events_applied"] == 402
+
+
+def test_the_sink_writes_files_that_load_as_the_events_published(online_store, railyard_home):
+    data = railyard_home / "sink-data"
+    fresh = ratings_frame(250, users=20, movies=30, seed=15, spacing_s=1_000)  # three days
+    publish(online_store, as_events(fresh) + as_events(fresh.head(30)))
+
+    first = Ingester(online_store, data, groups=["sink"], batch_size=40).run(until_idle=True)
+    files = sorted(data.rglob("*.parquet"))
+    assert first.written == 280 and first.files == len(files) >= 8
+    assert {path.parent.name for path in files} == {"date=2026-01-01", "date=2026-01-02", "date=2026-01-03"}
+    assert all(path.name.startswith("part-") for path in files) and not list(data.rglob(".*"))
+
+    # A redelivered batch rewrites its own file; one cut differently adds repeats the loader drops.
+    online_store.client.xgroup_setid(keys.STREAM, keys.SINK_GROUP, "0")
+    Ingester(online_store, data, groups=["sink"], batch_size=40).run(until_idle=True)
+    assert sorted(data.rglob("*.parquet")) == files
+    online_store.client.xgroup_setid(keys.STREAM, keys.SINK_GROUP, "0")
+    Ingester(online_store, data, groups=["sink"], batch_size=64).run(until_idle=True)
+
+    loaded = load_dataset(data)
+    assert sorted(loaded.ratings.rows()) == sorted(fresh.rows())
+    assert loaded.duplicates_dropped == 280 + 30
+
+
+def test_an_outage_loses_nothing_and_the_ingester_resumes(tmp_path, railyard_home, batch, caplog):
+    """The store stops with entries read but not acknowledged: reads fail with one clear error,
+    the ingester retries with backoff, and once the store is back every event counts once."""
+    ratings, movies = batch
+    settings = Settings(home=tmp_path / "own", local_online_store_port=0)
+    state = server.ensure_running(settings)
+    try:
+        store = connect(settings)
+        store.rebuild(ratings, movies)
+        fresh = ratings_frame(60, users=30, movies=45, seed=16, start_ts=1_780_000_000)
+        publish(store, as_events(fresh))
+        # A consumer read ten entries, then the store went away.
+        store.client.xreadgroup(keys.ONLINE_GROUP, "worker", {keys.STREAM: ">"}, count=10)
+        server.stop(settings)
+        with pytest.raises(OnlineStoreUnavailable, match="does not answer"):
+            store.read_pairs([1], [1])
+
+        caplog.set_level(logging.WARNING, "railyard.ingest")
+        ingester = Ingester(store, railyard_home / "data" / "default", groups=["online"], consumer="worker")
+        outcome = {}
+        runner = threading.Thread(target=lambda: outcome.update(report=ingester.run(until_idle=True)))
+        runner.start()
+        _wait_for(lambda: "retrying in" in caplog.text)
+        assert runner.is_alive()
+        server.ensure_running(Settings(home=settings.home, local_online_store_port=state.port))
+        runner.join(60)
+        assert outcome["report"].entries == {"online": 60} and outcome["report"].applied == 60
+        assert "entries stay pending in the stream" in caplog.text
+        assert_store_matches(store, pl.concat([ratings, fresh]), movies)
+        assert store.state()["groups"]["online"]["pending"] == 0
+        store.client.close()
+    finally:
+        server.stop(settings)
+
+
+def _settled(store, group: str) -> bool:
+    info = next(g for g in store.client.xinfo_groups(keys.STREAM) if g["name"].decode() == group)
+    return info["pending"] == 0 and info["lag"] == 0
+
+
+def _wait_for(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.05)

