@@ -99,7 +99,11 @@ def read_event_file(path: Path) -> list[RatingEvent]:
 
 
 def rebuild_from_batch(store: OnlineStore, data_dir: Path) -> str:
-    """Rebuild the store from the batch data set; the new namespace."""
+    """Rebuild the store from the batch data set; the new namespace. With no data set yet (a
+    fresh deployment) the store starts empty: the sink creates the data set from the stream."""
+    if not Path(data_dir).exists():
+        log.warning("no batch data at %s yet: the online store starts empty", data_dir)
+        return store.rebuild(pl.DataFrame(schema=RATINGS_SCHEMA), None)
     dataset = load_dataset(data_dir)
     namespace = store.rebuild(dataset.ratings, dataset.movies)
     log.info("online store rebuilt from %s (%d ratings): namespace %s", data_dir, dataset.ratings.height, namespace)

