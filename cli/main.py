@@ -331,10 +331,17 @@ def status(
     if target is not None:
         with target.client(attempts=1) as client:
             serving = {label: client.label_version(settings.model_name, label) for label in (STABLE, CANARY)}
+    online = _online_store_state(settings)
     if as_json:
         print(
             json.dumps(
-                {"model_name": settings.model_name, "versions": versions, "serving": serving, "repaired": repaired},
+                {
+                    "model_name": settings.model_name,
+                    "versions": versions,
+                    "serving": serving,
+                    "online_store": online,
+                    "repaired": repaired,
+                },
                 sort_keys=True,
             )
         )
@@ -349,6 +356,35 @@ def status(
         typer.echo("serving: the local server is not running (`railyard serve --background`)")
     else:
         typer.echo("serving: " + ", ".join(f"{label} -> {version}" for label, version in serving.items()))
+    for line in _online_store_lines(online):
+        typer.echo(line)
+
+
+@app.command("score")
+def score(
+    user: Annotated[int, typer.Argument(help="userId")],
+    movies: Annotated[list[int], typer.Argument(help="one or more movieIds")],
+    label: Annotated[str, typer.Option(help="The served label to ask.")] = "stable",
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Score a user's movies the online way: fresh features from the online store, then the
+    served model's `features` signature over gRPC (what a ranking service in front of TF
+    Serving does)."""
+    settings = _settings()
+    from infra.online_store.store import connect
+    from infra.rollout.deploy import resolve_target
+    from infra.scoring import score_online
+
+    target = resolve_target(settings, start_local=False)
+    if target is None:
+        _fail("serving is not running: start it with `railyard serve --background` (or run `railyard run`)")
+    with target.client() as client:
+        scores = score_online(connect(settings), client, settings.model_name, [user] * len(movies), movies, label=label)
+    if as_json:
+        print(json.dumps({"userId": user, "label": label, "scores": dict(zip(movies, scores.tolist()))}))
+        return
+    for movie, value in zip(movies, scores):
+        typer.echo(f"user {user}, movie {movie}: {value:.6f} ({label}, fresh features)")
 
 
 @app.command("restore-registry")
@@ -415,10 +451,6 @@ def worker(
 # -- the online feature store and its event stream ------------------------------------------
 
 
-def _data_dir(settings) -> Path:
-    return settings.data_dir or settings.home / "data" / "default"
-
-
 @app.command("publish-events")
 def publish_events(
     file: Annotated[Path, typer.Argument(help="CSV or Parquet with userId, movieId, rating, timestamp.")],
@@ -459,13 +491,13 @@ def ingest(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = connect(settings)
     if rebuild:
-        typer.echo(f"rebuilt the online store: namespace {rebuild_from_batch(store, _data_dir(settings))}")
+        typer.echo(f"rebuilt the online store: namespace {rebuild_from_batch(store, settings.resolved_data_dir)}")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())  # the batch in hand is finished and acknowledged first
     ingester = Ingester(
         store,
-        _data_dir(settings),
+        settings.resolved_data_dir,
         groups=GROUPS if group == "both" else (group,),
         consumer=consumer,
         batch_size=settings.ingest_batch_size,
@@ -510,25 +542,36 @@ def online_store_stop() -> None:
 @online_store_app.command("status")
 def online_store_status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
     """Features held (namespace, events applied, last event), stream length, pending per group, dead letters."""
-    settings = _settings()
+    state = _online_store_state(_settings())
+    if as_json:
+        print(json.dumps(state, sort_keys=True))
+        return
+    for line in _online_store_lines(state):
+        typer.echo(line)
+
+
+def _online_store_state(settings) -> dict:
+    """The online store's state, or ``{"running": False}`` when the embedded one is not running
+    (never starts it: a status must not change anything)."""
     from infra.online_store import server
     from infra.online_store.store import connect
 
     if settings.online_store_url is None and server.running(server.server_dir(settings)) is None:
-        typer.echo(json.dumps({"running": False}) if as_json else "the online store is not running")
-        return
-    state = {"running": True} | connect(settings).state()
-    if as_json:
-        print(json.dumps(state, sort_keys=True))
-        return
+        return {"running": False}
+    return {"running": True} | connect(settings).state()
+
+
+def _online_store_lines(state: dict) -> list[str]:
+    if not state["running"]:
+        return ["online store: not running (`railyard online-store start`)"]
     last = state["last_event_ts"]
-    typer.echo(
-        f"namespace {state['namespace'] or '(none: run `railyard ingest --rebuild`)'}: "
-        f"{state['events_applied']:,} events applied, last event at {last if last is None else _utc(last)}"
-    )
     groups = ", ".join(f"{name}: {g['pending']} pending, lag {g['lag']}" for name, g in state["groups"].items())
-    typer.echo(f"stream: {state['stream_length']:,} entries ({groups or 'no consumer groups yet'})")
-    typer.echo(f"dead letters: {state['dead_letters']:,}")
+    return [
+        f"online store: namespace {state['namespace'] or '(none: run `railyard ingest --rebuild`)'}, "
+        f"{state['events_applied']:,} events applied, last event at {last if last is None else _utc(last)}",
+        f"event stream: {state['stream_length']:,} entries ({groups or 'no consumer groups yet'}), "
+        f"{state['dead_letters']:,} dead letters",
+    ]
 
 
 def _utc(timestamp: int) -> str:

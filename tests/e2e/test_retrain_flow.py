@@ -193,3 +193,26 @@ def test_serving_down_fails_clearly_and_leaves_a_candidate(flow_home, tmp_path, 
     version = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}").get_model_version("recmodel", "1")
     assert version.tags["railyard.stage"] == "candidate"
     assert not (flow_home / "serving" / "models" / "models.config").exists()  # nothing else changed
+
+
+def test_a_skewed_online_store_stops_the_run_before_training(flow_home, tmp_path):
+    """The online store was fed other events than the batch data holds: the run records the skew
+    in MLflow and stops with a clear message; nothing is trained or published."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.retrain import retrain
+    from infra.online_store.store import connect
+    from railyard.loaders import load_dataset
+    from railyard.settings import Settings
+    from railyard.skew import FeatureSkew
+
+    served, trained_on = tmp_path / "stream", tmp_path / "batch"
+    generate_movielens(served, users=60, movies=80, days=4, ratings_per_day=200, seed=5)
+    generate_movielens(trained_on, users=60, movies=80, days=4, ratings_per_day=200, seed=6)
+    connect(Settings()).rebuild(load_dataset(served).ratings, load_dataset(served).movies)
+    with pytest.raises(FeatureSkew, match=r"RAILYARD_MAX_SKEW_SHARE=0.01: \d+ of \d+ sampled users differ"):
+        retrain(data_dir=str(trained_on))
+    assert _store_versions(flow_home) == [] and not list(flow_home.rglob("train.parquet"))
+    client = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("railyard").experiment_id])
+    assert run.data.metrics["online_skew_share_users"] > 0.5 and run.info.status == "FAILED"
