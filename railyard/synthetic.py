@@ -6,6 +6,19 @@ they are rated), and a few users rate far more than the rest. A rating is the su
 plus noise, clipped to 0.5–5.0 and rounded to half stars, so personal taste matters and a
 per-movie popularity baseline cannot explain it all.
 
+When and by whom movies are rated follows one of two modes:
+
+- ``sessions`` (the default) behaves like public MovieLens. Users arrive throughout the period
+  (user ids increase with arrival) and rate most of their films in one sitting on their arrival
+  day, seconds to minutes apart; some come back on later days for a shorter session. Most movies
+  exist from day 0, the rest are released throughout the period (movie ids increase with release)
+  and are rated only once out. Each day's budget of ratings is split among that day's sessions by
+  the users' activity.
+- ``stationary``: every day, ratings drawn independently by user activity x movie popularity at
+  uniformly random times of day.
+
+``session_statistics`` measures how session-like a ratings table is on a time split.
+
 The output has the MovieLens layout (``ratings.csv`` + ``movies.csv``, as in ``ml-25m``) or
 date-partitioned Parquet (``ratings/date=YYYY-MM-DD/part-0.parquet`` + ``movies.csv``). The same
 arguments always give byte-identical files. Work is vectorized and written one day at a time, so
@@ -26,6 +39,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from railyard.features import split_cutoff
 from railyard.fsutil import atomic_write_text
 from railyard.loaders import MOVIELENS_GENRES, NO_GENRES, RATINGS_SCHEMA
 
@@ -53,6 +67,19 @@ _ACTIVITY_SIGMA = 1.2  # lognormal user activity: a few users rate a lot
 _NO_GENRE_SHARE = 0.01
 _GENRE_COUNT_P = (0.45, 0.35, 0.20)  # a movie has 1, 2 or 3 genres
 
+# Sessions mode. Gaps between a session's ratings are lognormal (median 15 s, a few seconds to a few
+# minutes). A user who arrived k days ago comes back on a given day with probability
+# _RETURN_RATE * exp(-k / _RETURN_DECAY_DAYS): about half never return.
+_BACK_CATALOGUE_SHARE = 0.8  # movies that exist on day 0; the rest are released later
+_MIN_SESSION = 20  # ratings in a session, budget allowing (MovieLens keeps users with 20+ ratings)
+_MAX_SESSION = 2_000
+_CATALOGUE_SHARE_PER_SESSION = 4  # a session rates at most 1/4 of the released movies
+_RETURN_SESSION_SCALE = 0.3  # a returning user's session is about this share of a first one
+_RETURN_RATE = 0.1
+_RETURN_DECAY_DAYS = 7.0
+_GAP_MEDIAN_SECONDS = 15.0
+_GAP_SIGMA = 1.2
+
 _SECONDS_PER_DAY = 86_400
 _SCORE_CHUNK = 1_000_000  # rows scored at once: bounds the memory of the factor gathers
 _MAX_SAMPLING_ROUNDS = 200
@@ -73,11 +100,20 @@ class GenerationSummary:
 class _World:
     user_vectors: np.ndarray  # (users, factors + genres): latent factors, then genre tastes
     user_bias: np.ndarray
-    user_p: np.ndarray  # probability that a rating is by this user
+    user_p: np.ndarray  # probability that a rating is by this user (sessions: the weight of their sessions)
     movie_vectors: np.ndarray  # (movies, factors + genres): latent factors, then genre shares
     movie_bias: np.ndarray
     movie_p: np.ndarray  # probability that a rating is of this movie
     movies: pl.DataFrame  # movies.csv
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """Sessions mode: who arrives and what is out on each day."""
+
+    arrival_day: np.ndarray  # per user, non-decreasing (user ids follow arrival)
+    released: np.ndarray  # per day, movies out by then (movie ids follow release)
+    session_cap: np.ndarray  # per day, most ratings in one session
 
 
 def generate_movielens(
@@ -90,13 +126,15 @@ def generate_movielens(
     seed: int,
     start_date: date = date(2026, 1, 1),
     fmt: Literal["csv", "parquet"] = "csv",
+    mode: Literal["sessions", "stationary"] = "sessions",
 ) -> GenerationSummary:
     """Write ``days * ratings_per_day`` ratings over consecutive UTC days from ``start_date``.
 
-    A user rates a movie at most once per day, so (userId, movieId, timestamp) is unique. Refuses to
-    overwrite existing ratings in ``out_dir``.
+    In sessions mode ``users`` is the population arriving over the period. A user rates a movie at
+    most once per day, so (userId, movieId, timestamp) is unique. Refuses to overwrite existing
+    ratings in ``out_dir``.
     """
-    _check_arguments(users=users, movies=movies, days=days, ratings_per_day=ratings_per_day, fmt=fmt)
+    _check_arguments(users=users, movies=movies, days=days, ratings_per_day=ratings_per_day, fmt=fmt, mode=mode)
     out_dir = Path(out_dir)
     for existing in (out_dir / "ratings.csv", out_dir / "ratings"):
         if existing.exists():
@@ -105,6 +143,7 @@ def generate_movielens(
 
     rng = np.random.default_rng(seed)
     world = _make_world(rng, users, movies)
+    schedule = _make_schedule(rng, users, movies, days, ratings_per_day) if mode == "sessions" else None
     atomic_write_text(out_dir / "movies.csv", world.movies.write_csv())
 
     users_seen = np.zeros(users, dtype=bool)
@@ -115,7 +154,7 @@ def generate_movielens(
     with _atomic_output(target) as tmp_target:
         for day in range(days):
             day_date = start_date + timedelta(days=day)
-            chunk = _generate_day(rng, world, day_date, ratings_per_day)
+            chunk = _generate_day(rng, world, schedule, day, day_date, ratings_per_day)
             _write_day(chunk, tmp_target, fmt, day_date, first=day == 0)
             users_seen[chunk["userId"].to_numpy() - 1] = True
             movies_seen[chunk["movieId"].to_numpy() - 1] = True
@@ -136,6 +175,26 @@ def generate_movielens(
     )
 
 
+def session_statistics(ratings: pl.DataFrame, holdout_fraction: float) -> dict[str, float]:
+    """How session-like ``ratings`` are, on the pipeline's own time split (``split_cutoff``).
+
+    - ``median_user_span_s``: the median over users of their last minus first rating timestamp;
+    - ``holdout_new_user_share``: the share of the users rating in the holdout who have no rating
+      before the cut-off;
+    - ``holdout_rows_with_history_share``: the share of holdout rows with an earlier rating (strictly
+      smaller timestamp) by the same user.
+    """
+    cutoff = split_cutoff(ratings["timestamp"], holdout_fraction)
+    users = ratings.group_by("userId").agg(first=pl.col("timestamp").min(), last=pl.col("timestamp").max())
+    holdout = ratings.filter(pl.col("timestamp") >= cutoff).join(users, on="userId")
+    holdout_users = holdout.unique("userId")
+    return {
+        "median_user_span_s": float((users["last"] - users["first"]).median()),
+        "holdout_new_user_share": float((holdout_users["first"] >= cutoff).mean()),
+        "holdout_rows_with_history_share": float((holdout["timestamp"] > holdout["first"]).mean()),
+    }
+
+
 def _write_day(chunk: pl.DataFrame, target: Path, fmt: str, day: date, *, first: bool) -> None:
     if fmt == "csv":
         with open(target, "ab") as handle:
@@ -146,7 +205,7 @@ def _write_day(chunk: pl.DataFrame, target: Path, fmt: str, day: date, *, first:
         chunk.write_parquet(partition / "part-0.parquet")
 
 
-def _check_arguments(*, users: int, movies: int, days: int, ratings_per_day: int, fmt: str) -> None:
+def _check_arguments(*, users: int, movies: int, days: int, ratings_per_day: int, fmt: str, mode: str) -> None:
     counts = {"users": users, "movies": movies, "days": days, "ratings_per_day": ratings_per_day}
     for name, value in counts.items():
         if value < 1:
@@ -158,6 +217,10 @@ def _check_arguments(*, users: int, movies: int, days: int, ratings_per_day: int
         )
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"fmt must be 'csv' or 'parquet', not {fmt!r}")
+    if mode not in ("sessions", "stationary"):
+        raise ValueError(f"mode must be 'sessions' or 'stationary', not {mode!r}")
+    if mode == "sessions" and ratings_per_day > users * (_SECONDS_PER_DAY - 1):
+        raise ValueError(f"ratings_per_day={ratings_per_day:,} is too many for {users:,} users rating once a second")
 
 
 def _make_world(rng: np.random.Generator, n_users: int, n_movies: int) -> _World:
@@ -206,10 +269,32 @@ def _assign_genres(rng: np.random.Generator, n_movies: int) -> tuple[np.ndarray,
     return share, names
 
 
-def _generate_day(rng: np.random.Generator, world: _World, day: date, n: int) -> pl.DataFrame:
-    user_idx, movie_idx = _sample_distinct_pairs(rng, world.user_p, world.movie_p, n)
-    day_start = int(datetime.combine(day, datetime.min.time(), tzinfo=UTC).timestamp())
-    timestamps = day_start + rng.integers(0, _SECONDS_PER_DAY, n)
+def _make_schedule(rng: np.random.Generator, n_users: int, n_movies: int, days: int, per_day: int) -> _Schedule:
+    back_catalogue = max(1, round(n_movies * _BACK_CATALOGUE_SHARE))
+    release_day = np.sort(rng.integers(1, max(days, 2), n_movies - back_catalogue))
+    released = back_catalogue + np.searchsorted(release_day, np.arange(days), side="right")
+    # Well below the catalogue, unless the users are too few to fill a day otherwise.
+    cap = np.maximum(np.minimum(_MAX_SESSION, released // _CATALOGUE_SHARE_PER_SESSION), -(-per_day // n_users))
+    cap = np.minimum(cap, released)
+    arrival_day = np.sort(rng.integers(0, days, n_users))
+    # Enough users must have arrived by each day to fill its budget: bring arrivals forward.
+    needed = -(-per_day // cap)
+    deadline = np.full(n_users, days)
+    for day in range(days - 1, -1, -1):
+        deadline[: needed[day]] = day
+    return _Schedule(arrival_day=np.minimum(arrival_day, deadline), released=released, session_cap=cap)
+
+
+def _generate_day(
+    rng: np.random.Generator, world: _World, schedule: _Schedule | None, day: int, day_date: date, n: int
+) -> pl.DataFrame:
+    if schedule is None:
+        user_idx, movie_idx = _sample_distinct_pairs(rng, world.user_p, world.movie_p, n)
+        seconds = rng.integers(0, _SECONDS_PER_DAY, n)
+    else:
+        user_idx, movie_idx, seconds = _session_day(rng, world, schedule, day, n)
+    day_start = int(datetime.combine(day_date, datetime.min.time(), tzinfo=UTC).timestamp())
+    timestamps = day_start + seconds
     ratings = np.concatenate(
         [
             _rate(rng, world, user_idx[start : start + _SCORE_CHUNK], movie_idx[start : start + _SCORE_CHUNK])
@@ -247,6 +332,72 @@ def _sample_distinct_pairs(
         f"could not draw {n:,} distinct (user, movie) pairs for one day: "
         "the most active users and most popular movies are saturated; lower ratings_per_day"
     )
+
+
+def _session_day(
+    rng: np.random.Generator, world: _World, schedule: _Schedule, day: int, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The day's sessions: first ones of the users arriving today, and returns of earlier users."""
+    arrival = schedule.arrival_day
+    first_new, end_new = np.searchsorted(arrival, [day, day + 1])
+    since_arrival = day - arrival[:first_new]
+    back = np.flatnonzero(rng.random(first_new) < _RETURN_RATE * np.exp(-since_arrival / _RETURN_DECAY_DAYS))
+    cap = int(schedule.session_cap[day])
+    short = -(-n // cap) - (end_new - first_new) - len(back)
+    if short > 0:  # too few sessions to hold the budget: more earlier users come back
+        idle = np.setdiff1d(np.arange(first_new), back)
+        weight = world.user_p[idle]
+        back = np.sort(np.concatenate([back, rng.choice(idle, short, replace=False, p=weight / weight.sum())]))
+    users = np.concatenate([back, np.arange(first_new, end_new)])
+    weight = world.user_p[users] * np.where(users < first_new, _RETURN_SESSION_SCALE, 1.0)
+    counts = _split_budget(rng, n, weight, min(_MIN_SESSION, n // len(users)), cap)
+    user_idx = np.repeat(users, counts)
+    released_p = world.movie_p[: schedule.released[day]]
+    movie_idx = _distinct_movies(rng, user_idx, released_p / released_p.sum())
+    return user_idx, movie_idx, _session_seconds(rng, counts[counts > 0])
+
+
+def _split_budget(rng: np.random.Generator, total: int, weight: np.ndarray, floor: int, cap: int) -> np.ndarray:
+    """``total`` split into counts in [floor, cap] in proportion to ``weight`` (a multinomial draw)."""
+    counts = np.full(len(weight), floor)
+    left = total - counts.sum()
+    while left > 0:  # what went over a cap is drawn again among the sessions with room
+        room = weight * (counts < cap)
+        counts += rng.multinomial(left, room / room.sum())
+        left = int(np.maximum(counts - cap, 0).sum())
+        counts = np.minimum(counts, cap)
+    return counts
+
+
+def _distinct_movies(rng: np.random.Generator, user_idx: np.ndarray, movie_p: np.ndarray) -> np.ndarray:
+    """A movie per row drawn by popularity, distinct within each user (repeats are drawn again)."""
+    n_movies = len(movie_p)
+    movie_idx = rng.choice(n_movies, len(user_idx), p=movie_p)
+    for _ in range(_MAX_SAMPLING_ROUNDS):
+        repeat = np.ones(len(user_idx), dtype=bool)
+        repeat[np.unique(user_idx * n_movies + movie_idx, return_index=True)[1]] = False
+        if not repeat.any():
+            return movie_idx
+        movie_idx[repeat] = rng.choice(n_movies, int(repeat.sum()), p=movie_p)
+    raise ValueError("could not draw distinct movies for every session: lower ratings_per_day")
+
+
+def _session_seconds(rng: np.random.Generator, counts: np.ndarray) -> np.ndarray:
+    """Seconds into the day of each session's ratings, strictly increasing within a session."""
+    starts = np.cumsum(counts) - counts
+    gaps = np.maximum(1, np.rint(rng.lognormal(np.log(_GAP_MEDIAN_SECONDS), _GAP_SIGMA, counts.sum()))).astype(np.int64)
+    gaps[starts] = 0
+    session = np.repeat(np.arange(len(counts)), counts)
+    duration = np.bincount(session, gaps, minlength=len(counts)).astype(np.int64)
+    longest = _SECONDS_PER_DAY - 1
+    too_long = duration > longest
+    if too_long.any():  # squeeze the gaps above 1 s so the session fits in the day
+        squeeze = np.where(too_long, (longest - (counts - 1)) / np.maximum(duration - (counts - 1), 1), 1.0)
+        gaps = np.where(gaps > 0, 1 + np.floor((gaps - 1) * squeeze[session]), 0).astype(np.int64)
+        duration = np.bincount(session, gaps, minlength=len(counts)).astype(np.int64)
+    elapsed = np.cumsum(gaps)
+    elapsed -= np.repeat(elapsed[starts], counts)
+    return np.repeat(rng.integers(0, _SECONDS_PER_DAY - duration), counts) + elapsed
 
 
 def _rate(rng: np.random.Generator, world: _World, user_idx: np.ndarray, movie_idx: np.ndarray) -> np.ndarray:
