@@ -86,7 +86,7 @@ class Stages:
 def dataset(size: str, home: Path) -> Path:
     from railyard.synthetic import generate_movielens
 
-    path = home / "bench-data" / size
+    path = home / "bench-data" / f"{size}-sessions"  # the generator's default mode since sessions came in
     if not (path / "ratings.csv").exists():
         shutil.rmtree(path, ignore_errors=True)
         generate_movielens(path, **SIZES[size], seed=7)
@@ -97,24 +97,32 @@ def plain_pipeline(data_dir: Path, work: Path, settings) -> tuple[Stages, int]:
     """The flow's work as plain calls: what the orchestration overhead is measured against.
 
     It deploys, as the flow does, to a serving process of its own that is already running when
-    the clock starts and has loaded nothing yet.
+    the clock starts and has loaded nothing yet, and fills an online store of its own (running,
+    empty) as a first run does.
     """
     from infra.local_server import background
+    from infra.online_store import server as online_server
     from infra.tfserving.protocol import CONFIG_FILE
     from infra.tfserving.target import ServingTarget
+    from railyard.settings import Settings
 
     model_root = work / "serving" / "models"
     model_root.mkdir(parents=True)
     server = background.ensure_running(work / "serving", model_root / CONFIG_FILE, rest_port=0, grpc_port=0)
+    online = Settings(home=work)  # the environment's settings, with an online store of its own
     try:
+        online_server.ensure_running(online)
         token = background.reload_token(work / "serving")
         target = ServingTarget(server.grpc_target, server.rest_url, model_root, str(model_root), reload_token=token)
-        return plain_stages(data_dir, work, settings, target)
+        return plain_stages(data_dir, work, online, target)
     finally:
         background.stop(work / "serving")
+        online_server.stop(online)
 
 
 def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, int]:
+    from infra.online_store.consistency import check_store
+    from infra.online_store.store import connect
     from infra.rollout import deploy, smoke
     from infra.tfserving.export import export_for_serving
     from model_registry import open_store
@@ -129,6 +137,8 @@ def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, 
         validation.raise_for_failures(
             validation.validate_ratings(data.ratings, settings.validation_bounds(), work / "reports")
         )
+    with stages.stage("online_store", rows):
+        check_store(connect(settings), data.ratings, data.movies, settings.skew_sample_size, settings.seed)
     with stages.stage("features", rows):
         feature_set = features.build_feature_set(data, settings.holdout_fraction)
         features.write_feature_set(feature_set, work / "features")
@@ -151,7 +161,7 @@ def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, 
         export_dir = export_for_serving(trained.model, feature_set, work / "export", MODEL, settings.seed)
     holdout = feature_set.holdout
     with stages.stage("evaluation", len(holdout)):
-        evaluated = evaluation.evaluate_saved_model(export_dir, holdout)
+        evaluated = evaluation.evaluate_saved_model(export_dir, holdout, feature_set.priors)
         evaluation.plot_roc(evaluated, work / "roc.png", title="bench")
         metrics = evaluated.metrics
     store = open_store((work / "store").as_uri())
@@ -233,6 +243,7 @@ def whole_flow(data_dir: Path, epochs: int, settings) -> tuple[float, float, dic
     from prefect import flow
 
     from flows.retrain import retrain
+    from infra.online_store import server as online_server
     from infra.rollout.deploy import resolve_target
     from railyard import tracking
 
@@ -242,6 +253,7 @@ def whole_flow(data_dir: Path, epochs: int, settings) -> tuple[float, float, dic
 
     warm_up()
     resolve_target(settings)
+    online_server.ensure_running(settings)
     tracking.ensure_experiment(settings)
     reset_peak_rss()
     with timed_calls(MlflowClient) as mlflow_spent:
@@ -361,6 +373,7 @@ def main() -> None:
         RAILYARD_EPOCHS=str(args.epochs),
         RAILYARD_LOCAL_SERVING_REST_PORT="0",
         RAILYARD_LOCAL_SERVING_GRPC_PORT="0",
+        RAILYARD_LOCAL_ONLINE_STORE_PORT="0",
         RAILYARD_MAX_ROWS=str(10**9),
     )
     from railyard.runtime import prepare_environment
@@ -409,9 +422,11 @@ def main() -> None:
         plain_s = plain_seconds(best_plain)
     finally:
         from infra.local_server import background
+        from infra.online_store import server as online_server
 
         for world in worlds:
             background.stop(world.local_serving_dir)
+            online_server.stop(world)
         shutil.rmtree(scratch, ignore_errors=True)
 
     validation_s = stages.rows["validate_raw"]["seconds"] + stages.rows["validate_features"]["seconds"]

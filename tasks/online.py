@@ -5,7 +5,7 @@ from dataclasses import asdict
 
 from prefect.artifacts import create_markdown_artifact
 
-from infra.online_store.consistency import measure_skew
+from infra.online_store.consistency import check_store
 from infra.online_store.store import connect
 from railyard import tracking
 from railyard.loaders import RawDataset
@@ -17,10 +17,9 @@ from tasks.common import MINUTES, railyard_task
 @railyard_task(name="online-store-skew", timeout_seconds=30 * MINUTES, retries=2, retry_delay_seconds=[10, 60])
 def check_skew(dataset: RawDataset, settings: Settings, run_id: str) -> dict:
     store = connect(settings)
-    if store.namespace() is None:
-        store.rebuild(dataset.ratings, dataset.movies)
+    built, reports = check_store(store, dataset.ratings, dataset.movies, settings.skew_sample_size, settings.seed)
+    if built:
         print("the online store was empty: built it from this run's validated data")
-    reports = measure_skew(store, dataset.ratings, dataset.movies, settings.skew_sample_size, settings.seed)
     state = store.state()
     metrics = {f"online_skew_share_{report.entity}s": report.share for report in reports}
     metrics["online_events_applied"] = state["events_applied"]

@@ -11,6 +11,17 @@ from railyard import features as F
 from railyard import skew
 
 
+def check_store(
+    store: OnlineStore, ratings: pl.DataFrame, movies: pl.DataFrame | None, sample_size: int, seed: int
+) -> tuple[bool, tuple[skew.SkewReport, skew.SkewReport]]:
+    """What a retrain does with the online store: build it from the (validated) batch data when
+    it holds nothing yet, then measure the skew. Whether it was built, and the two reports."""
+    empty = store.namespace() is None
+    if empty:
+        store.rebuild(ratings, movies)
+    return empty, measure_skew(store, ratings, movies, sample_size, seed)
+
+
 def measure_skew(
     store: OnlineStore, ratings: pl.DataFrame, movies: pl.DataFrame | None, sample_size: int, seed: int
 ) -> tuple[skew.SkewReport, skew.SkewReport]:

@@ -34,6 +34,7 @@ MAY_IMPORT_IN_INFRA = {
     "infra.local_server": {"infra.tfserving.protocol", "infra.tfserving.model_config", "infra.tfserving.warmup"},
     "infra.docker_launcher": set(),
     "infra.online_store": set(),  # the feature store and its event stream stand alone
+    "infra.scoring": {"infra.online_store.store", "infra.tfserving.client"},
 }
 
 
