@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -50,3 +51,26 @@ def prune_oldest(folder: Path, keep: int) -> list[Path]:
     for child in doomed:
         shutil.rmtree(child, ignore_errors=True)
     return doomed
+
+
+class ExposedSecretFile(Exception):
+    """A secret's file is readable by others: whoever reads it holds the secret."""
+
+
+def owner_only_secret(path: Path) -> str:
+    """A random secret kept in ``path``: created on first use with owner-only permissions (never
+    readable by others, not even for a moment), read back later. An existing file that others
+    may read raises ExposedSecretFile naming its mode."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise ExposedSecretFile(f"{path} is readable by others (mode {mode:o})") from None
+        return path.read_text().strip()
+    secret = secrets.token_urlsafe(32)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(secret)
+    return secret

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from railyard.errors import RailyardError
-from railyard.fsutil import atomic_write_text
+from railyard.fsutil import ExposedSecretFile, atomic_write_text, owner_only_secret
 from railyard.processes import current_process, process_alive
 
 STATE_FILE = "server.json"
@@ -169,21 +168,12 @@ def reload_token(state_dir: Path) -> str:
     """The token config reloads of this folder's server must carry, created on first use with
     owner-only permissions; a token file others can read is refused."""
     path = Path(state_dir) / TOKEN_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise LocalServerError(
-                f"{path} is readable by others (mode {mode:o}): anyone who reads it can change what is served; "
-                f"make it owner-only (chmod 600 {path})"
-            ) from None
-        return path.read_text().strip()
-    token = secrets.token_urlsafe(32)
-    with os.fdopen(descriptor, "w") as out:
-        out.write(token)
-    return token
+        return owner_only_secret(path)
+    except ExposedSecretFile as error:
+        raise LocalServerError(
+            f"{error}: anyone who reads it can change what is served; make it owner-only (chmod 600 {path})"
+        ) from None
 
 
 def stop(state_dir: Path, timeout_s: float = 30.0) -> ServerState | None:

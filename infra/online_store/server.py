@@ -21,7 +21,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from railyard.errors import RailyardError
-from railyard.fsutil import atomic_write_text
+from railyard.fsutil import ExposedSecretFile, atomic_write_text, owner_only_secret
 from railyard.processes import current_process, describe, process_alive
 
 if TYPE_CHECKING:  # the exec step below starts light: no settings, no pydantic
@@ -123,21 +122,12 @@ def password(directory: Path) -> str:
     """The server's password, created on first use with owner-only permissions; a password
     file others can read is refused."""
     path = Path(directory) / PASSWORD_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        mode = path.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise OnlineStoreServerError(
-                f"{path} is readable by others (mode {mode:o}): anyone who reads it can change the features "
-                f"served; make it owner-only (chmod 600 {path})"
-            ) from None
-        return path.read_text().strip()
-    secret = secrets.token_urlsafe(32)
-    with os.fdopen(descriptor, "w") as out:
-        out.write(secret)
-    return secret
+        return owner_only_secret(path)
+    except ExposedSecretFile as error:
+        raise OnlineStoreServerError(
+            f"{error}: anyone who reads it can change the features served; make it owner-only (chmod 600 {path})"
+        ) from None
 
 
 def _start(directory: Path, port: int) -> tuple[ServerState, subprocess.Popen]:

@@ -533,6 +533,18 @@ def test_secrets_are_required_and_blank_in_the_example():
             assert value == "", f".env.example must not suggest a value for {name}"
 
 
+def settings_from(env: dict, monkeypatch):
+    """Railyard's settings in a container with exactly the ``RAILYARD_*`` variables of ``env``."""
+    from railyard.settings import Settings
+
+    for key in list(os.environ):
+        if key.startswith("RAILYARD_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return Settings(_env_file=None)
+
+
 def test_worker_settings_point_at_the_stack(config, monkeypatch):
     from railyard.settings import Settings
 
@@ -581,12 +593,7 @@ def test_worker_settings_point_at_the_stack(config, monkeypatch):
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert env[key] == environment(services["minio-init"])[key] == environment(services["mlflow"])[key]
 
-    for key in list(os.environ):
-        if key.startswith("RAILYARD_"):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    settings = Settings(_env_file=None)
+    settings = settings_from(env, monkeypatch)
     assert settings.resolved_store_uri == env["RAILYARD_STORE_URI"]
     assert str(settings.resolved_serving_model_root) == MODEL_ROOT
 
@@ -1041,12 +1048,7 @@ def test_ingester_and_worker_share_the_online_store_and_the_data_set(compose, co
             name for name in env if name.startswith("RAILYARD_") and name.lower()[9:] not in Settings.model_fields
         ]
         assert unknown == [], "not a setting in railyard/settings.py"
-        for key in list(os.environ):
-            if key.startswith("RAILYARD_"):
-                monkeypatch.delenv(key)
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        settings = Settings(_env_file=None)
+        settings = settings_from(env, monkeypatch)
         assert settings.data_dir == Path(data_dir)
         assert settings.online_store_url.get_secret_value() == url
 
