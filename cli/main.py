@@ -552,18 +552,21 @@ def online_store_status(as_json: Annotated[bool, typer.Option("--json", help="On
 
 def _online_store_state(settings) -> dict:
     """The online store's state, or ``{"running": False}`` when the embedded one is not running
-    (never starts it: a status must not change anything)."""
+    (never starts it: a status must not change anything) or the store does not answer."""
     from infra.online_store import server
-    from infra.online_store.store import connect
+    from infra.online_store.store import OnlineStoreUnavailable, connect
 
     if settings.online_store_url is None and server.running(server.server_dir(settings)) is None:
-        return {"running": False}
-    return {"running": True} | connect(settings).state()
+        return {"running": False, "error": "not running (`railyard online-store start`)"}
+    try:
+        return {"running": True} | connect(settings).state()
+    except OnlineStoreUnavailable as error:
+        return {"running": False, "error": str(error)}
 
 
 def _online_store_lines(state: dict) -> list[str]:
     if not state["running"]:
-        return ["online store: not running (`railyard online-store start`)"]
+        return [f"online store: {state['error']}"]
     last = state["last_event_ts"]
     groups = ", ".join(f"{name}: {g['pending']} pending, lag {g['lag']}" for name, g in state["groups"].items())
     return [

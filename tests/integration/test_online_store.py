@@ -4,6 +4,7 @@ embedded server starts, is reused, refuses a taken port and keeps its secrets ow
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from pathlib import Path
@@ -169,3 +170,13 @@ def test_the_cli_starts_reports_and_stops_the_embedded_store(railyard_home, monk
     assert "namespace (none: run `railyard ingest --rebuild`)" in status.stdout, status.stderr
     assert "stopped the online store" in railyard("online-store", "stop").stdout
     assert "not running" in railyard("online-store", "status").stdout
+
+
+def test_a_status_of_an_unreachable_store_says_so_and_fails_nothing(railyard_home):
+    from tests.support.s3_server import free_port
+
+    gone = {"RAILYARD_ONLINE_STORE_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    status = railyard("online-store", "status", "--json", env=gone)
+    assert status.returncode == 0, status.stderr
+    state = json.loads(status.stdout)
+    assert state["running"] is False and "does not answer" in state["error"]
