@@ -40,7 +40,7 @@ from railyard.loaders import PARTITION_PREFIX, RATINGS_SCHEMA, DataLoadError, lo
 log = logging.getLogger("railyard.ingest")
 
 PUBLISH_CHUNK = 1_000  # XADDs per round trip
-POLL_S = 0.2  # pause after a round that found nothing
+POLL_S = 0.2  # how long an idle ingester blocks on the stream before checking its stop flag
 FIRST_RETRY_S, MAX_RETRY_S = 0.2, 5.0  # backoff while the store does not answer
 
 # KEYS: dead-letter stream, its index; ARGV: entry id, reason, original fields (name, value, ...).
@@ -212,19 +212,22 @@ class Ingester:
                 continue
             if until_idle and not any(self._retrying(lambda: self._pending(group)) for group in self.groups):
                 break
-            self.stop.wait(POLL_S)
+            # Idle: block on the stream in the first group (the online one, by default) instead
+            # of sleeping, so a new event is applied within milliseconds, not a poll interval.
+            self._step(self.groups[0], ">", block_ms=int(POLL_S * 1000))
         return self.report
 
-    def _step(self, group: str, start: str) -> bool:
+    def _step(self, group: str, start: str, block_ms: int | None = None) -> bool:
         """Handle one batch: ``start`` "0" for this consumer's own pending entries, ">" for
-        entries idle long enough to claim, else new ones. False when there was none."""
-        entries = self._retrying(lambda: self._next_batch(group, start))
+        entries idle long enough to claim, else new ones (waiting up to ``block_ms`` for them).
+        False when there was none."""
+        entries = self._retrying(lambda: self._next_batch(group, start, block_ms))
         if not entries:
             return False
         self._handle(group, entries)
         return True
 
-    def _next_batch(self, group: str, start: str) -> list[Entry]:
+    def _next_batch(self, group: str, start: str, block_ms: int | None = None) -> list[Entry]:
         with reachable(self.client):
             if start == ">":
                 _, claimed, _ = self.client.xautoclaim(
@@ -233,7 +236,9 @@ class Ingester:
                 if claimed:
                     log.info("%s: claimed %d entries left pending by a stopped consumer", group, len(claimed))
                     return claimed
-            reply = self.client.xreadgroup(group, self.consumer, {keys.STREAM: start}, count=self.batch_size)
+            reply = self.client.xreadgroup(
+                group, self.consumer, {keys.STREAM: start}, count=self.batch_size, block=block_ms
+            )
         return reply[0][1] if reply else []
 
     def _handle(self, group: str, entries: list[Entry]) -> None:

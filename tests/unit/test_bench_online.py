@@ -1,0 +1,71 @@
+"""The online store benchmark's plain baseline does the store's work: its increments add up to the
+offline aggregates, and its read assembles the same arrays as ``read_pairs`` (no server here)."""
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from bench import bench_online
+from infra.online_store import keys
+from railyard.features import GENRES, aggregate_totals
+
+
+def apply_commands(commands) -> dict[str, dict[str, float]]:
+    """HINCRBY / HINCRBYFLOAT on dicts of hashes: what the server would hold."""
+    hashes: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for command, key, field, amount in commands:
+        assert command in ("HINCRBY", "HINCRBYFLOAT")
+        hashes[key][field] += float(amount)
+    return hashes
+
+
+def test_the_plain_increments_add_up_to_the_offline_aggregates():
+    rng = np.random.default_rng(0)
+    movies = bench_online.catalogue(60, rng)
+    ratings = bench_online.draw_ratings(3_000, rng, bench_online.START_TS)
+    ratings = ratings.with_columns(ratings["userId"] % 40 + 1, ratings["movieId"] % 60 + 1)
+    hashes = apply_commands(
+        bench_online.plain_commands("ns", bench_online.as_events(ratings), bench_online.genre_indexes(movies))
+    )
+    users, rated = aggregate_totals(ratings, movies)
+    assert users.height == 40 and rated.height == 60
+    for user, n, total, positives, genre_n, genre_pos in users.iter_rows():
+        fields = hashes[keys.user_key("ns", user)]
+        assert (fields["n"], fields["pos"]) == (n, positives)
+        assert fields["sum"] == pytest.approx(total, abs=1e-9)
+        assert [fields.get(f"gn{i}", 0) for i in range(len(GENRES))] == list(genre_n)
+        assert [fields.get(f"gp{i}", 0) for i in range(len(GENRES))] == list(genre_pos)
+    for movie, n, total, positives in rated.iter_rows():
+        fields = hashes[keys.movie_key("ns", movie)]
+        assert (fields["n"], fields["pos"], fields["sum"]) == (n, positives, pytest.approx(total, abs=1e-9))
+
+
+def test_the_plain_read_assembles_read_pairs_layout():
+    user_values = [[b"4", b"13.5", b"3", *[None] * 40]]
+    movie_values = [[b"2", b"7", b"1"], [None, None, None]]
+    genres = [b"0,7", None]
+    users, movies = bench_online.assemble(user_values, movie_values, genres, np.array([0, 0, 0]), np.array([1, 0, 1]))
+    assert users.shape == (3, 3 + 2 * len(GENRES)) and movies.shape == (3, 3 + len(GENRES))
+    assert users[:, :4].tolist() == [[4, 13.5, 3, 0]] * 3
+    assert movies[1, :3].tolist() == [2, 7, 1] and np.flatnonzero(movies[1, 3:]).tolist() == [0, 7]
+    assert not movies[0].any() and not movies[2].any()  # unknown movie, no genres: zeros
+
+
+def test_sides_alternate_and_targets_are_judged():
+    order = []
+    bench_online.alternate({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, rounds=3)
+    assert order == ["a", "b", "b", "a", "a", "b"]
+    assert bench_online.best_round([{"p99": 3.0}, {"p99": 2.0}]) == {"p99": 2.0}
+    result = {
+        "ingest": {"railyard_consume_events_per_s": 25_000, "consume_vs_plain": 0.79},
+        "freshness_ms": {"railyard": {"p99": 100.0}},
+        "feature_read_ms": {"railyard": {"p99": 4.9}},
+    }
+    met = {name: check["met"] for name, check in bench_online.targets(result).items()}
+    assert met == {
+        "ingest_events_per_s": True,
+        "ingest_vs_plain": False,
+        "freshness_p99_ms": False,
+        "feature_read_p99_ms": True,
+    }
