@@ -48,10 +48,10 @@ import polars as pl
 import redis
 
 from infra.online_store import keys, server
-from infra.online_store.store import OnlineStore, namespace_commands
+from infra.online_store.store import OnlineStore, model_inputs, namespace_commands
 from infra.online_store.stream import POLL_S, Ingester, publish
 from railyard.events import RatingEvent
-from railyard.features import MOVIE_WIDTH, POSITIVE_RATING, USER_WIDTH, movie_genres
+from railyard.features import POSITIVE_RATING, movie_genres
 from railyard.loaders import MOVIELENS_GENRES, NO_GENRES, RATINGS_SCHEMA
 from railyard.settings import Settings
 
@@ -164,23 +164,7 @@ def plain_read(
         pipe.hmget(keys.movie_key(namespace, movie), keys.MOVIE_FIELDS)
     pipe.hmget(keys.genres_key(namespace), movies.tolist())
     replies = pipe.execute()
-    return assemble(replies[: len(users)], replies[len(users) : -1], replies[-1], user_rows, movie_rows)
-
-
-def assemble(user_values: list, movie_values: list, genres: list, user_rows: np.ndarray, movie_rows: np.ndarray):
-    """The same NumPy assembly as ``OnlineStore.read_pairs``: missing fields are 0, genres one-hot."""
-    user_table = np.array([_numbers(row) for row in user_values], np.float64).reshape(-1, USER_WIDTH)
-    movie_table = np.zeros((len(movie_values), MOVIE_WIDTH), np.float64)
-    for row, (values, indexes) in enumerate(zip(movie_values, genres)):
-        movie_table[row, : len(keys.MOVIE_FIELDS)] = _numbers(values)
-        for genre in (indexes or b"").split(b","):
-            if genre:
-                movie_table[row, len(keys.MOVIE_FIELDS) + int(genre)] = 1.0
-    return user_table[user_rows], movie_table[movie_rows]
-
-
-def _numbers(values: list[bytes | None]) -> list[float]:
-    return [float(value) if value is not None else 0.0 for value in values]
+    return model_inputs(replies[: len(users)], replies[len(users) : -1], replies[-1], user_rows, movie_rows)
 
 
 def write_namespace(client: redis.Redis, namespace: str, ratings: pl.DataFrame, movies: pl.DataFrame) -> None:

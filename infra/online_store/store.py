@@ -184,14 +184,7 @@ class OnlineStore:
             user_values, movie_values, genres = self._read_pairs(
                 keys=[keys.POINTER], args=[keys.NAMESPACES, len(users), *users.tolist(), *movies.tolist()]
             )
-        user_table = np.array([_numbers(row) for row in user_values], np.float64).reshape(-1, USER_WIDTH)
-        movie_table = np.zeros((len(movies), MOVIE_WIDTH), np.float64)
-        for row, (values, indexes) in enumerate(zip(movie_values, genres)):
-            movie_table[row, : len(keys.MOVIE_FIELDS)] = _numbers(values)
-            for genre in (indexes or b"").split(b","):
-                if genre:
-                    movie_table[row, len(keys.MOVIE_FIELDS) + int(genre)] = 1.0
-        return user_table[user_rows], movie_table[movie_rows]
+        return model_inputs(user_values, movie_values, genres, user_rows, movie_rows)
 
     def apply(self, events: Sequence[RatingEvent]) -> int:
         """Add the events not applied yet to the current namespace; how many were new."""
@@ -252,6 +245,21 @@ class OnlineStore:
         ]
         for start in range(0, len(doomed), PIPELINE_CHUNK):
             self.client.unlink(*doomed[start : start + PIPELINE_CHUNK])
+
+
+def model_inputs(
+    user_values: list, movie_values: list, genres: list, user_rows: np.ndarray, movie_rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Hash fields as read (one list per distinct user and movie, the movies' genre indexes) as the
+    model's input rows per pair: missing fields are 0, genres one-hot."""
+    user_table = np.array([_numbers(row) for row in user_values], np.float64).reshape(-1, USER_WIDTH)
+    movie_table = np.zeros((len(movie_values), MOVIE_WIDTH), np.float64)
+    for row, (values, indexes) in enumerate(zip(movie_values, genres)):
+        movie_table[row, : len(keys.MOVIE_FIELDS)] = _numbers(values)
+        for genre in (indexes or b"").split(b","):
+            if genre:
+                movie_table[row, len(keys.MOVIE_FIELDS) + int(genre)] = 1.0
+    return user_table[user_rows], movie_table[movie_rows]
 
 
 def namespace_commands(namespace: str, ratings: pl.DataFrame, movies: pl.DataFrame | None) -> Iterator[tuple]:

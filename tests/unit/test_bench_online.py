@@ -8,6 +8,7 @@ import pytest
 
 from bench import bench_online
 from infra.online_store import keys
+from infra.online_store.store import model_inputs
 from railyard.features import GENRES, aggregate_totals
 
 
@@ -41,11 +42,12 @@ def test_the_plain_increments_add_up_to_the_offline_aggregates():
         assert (fields["n"], fields["pos"], fields["sum"]) == (n, positives, pytest.approx(total, abs=1e-9))
 
 
-def test_the_plain_read_assembles_read_pairs_layout():
+def test_hash_fields_as_read_become_the_model_input_layout():
+    """The assembly read_pairs and the plain read share: missing fields 0, genres one-hot."""
     user_values = [[b"4", b"13.5", b"3", *[None] * 40]]
     movie_values = [[b"2", b"7", b"1"], [None, None, None]]
     genres = [b"0,7", None]
-    users, movies = bench_online.assemble(user_values, movie_values, genres, np.array([0, 0, 0]), np.array([1, 0, 1]))
+    users, movies = model_inputs(user_values, movie_values, genres, np.array([0, 0, 0]), np.array([1, 0, 1]))
     assert users.shape == (3, 3 + 2 * len(GENRES)) and movies.shape == (3, 3 + len(GENRES))
     assert users[:, :4].tolist() == [[4, 13.5, 3, 0]] * 3
     assert movies[1, :3].tolist() == [2, 7, 1] and np.flatnonzero(movies[1, 3:]).tolist() == [0, 7]
