@@ -25,13 +25,26 @@ from infra.tfserving.target import ServingTarget
 from model_registry import Manifest
 from model_registry.release_rules import SYSTEM_ACTOR, Ending, Outcome, release_verdict
 from railyard import contract, errors, tracking
-from railyard.errors import ModelRejected, SmokeTestsFailed
+from railyard.errors import CanaryRolledBack, ModelRejected, SmokeTestsFailed
 from railyard.evaluation import GateDecision
 from railyard.features import FeatureSet
 from railyard.model import code_version as model_code_version
 from railyard.notify import notify
 from railyard.settings import Settings
-from tasks import approval, data, deploy, evaluation, features, online, publish, release, smoke, training, validation
+from tasks import (
+    approval,
+    data,
+    deploy,
+    evaluation,
+    features,
+    gray,
+    online,
+    publish,
+    release,
+    smoke,
+    training,
+    validation,
+)
 
 SUMMARY_METRICS = ("auc", "auc_frozen", "baseline_auc", "fresh_baseline_auc", "pr_auc", "logloss", "accuracy")
 # The Custom run form shows these (the settings where the deployment was registered): an empty
@@ -119,7 +132,7 @@ def retrain(
     model = settings.model_name
     tags = {"railyard.model": model, "prefect.flow_run_id": str(prefect_run_id), "railyard.data": str(source)}
     with tracking.mlflow_run(
-        settings, f"{model}-training", tags, finished_on=(ModelRejected, SmokeTestsFailed)
+        settings, f"{model}-training", tags, finished_on=(ModelRejected, SmokeTestsFailed, CanaryRolledBack)
     ) as run_id:
         feature_set = validated_features(settings, source, run_dir, report_dir, run_id)
         summary = {
@@ -185,9 +198,12 @@ def retrain(
         )
 
     suspend = deployment.get_id() is not None  # only a deployment's run can be rescheduled
-    instructions = request_review(
-        settings, version, prefect_run_id, f"```\n{report.summary()}\n```\n\nGate: {decision.reason}", suspend
+    live = "\n".join(
+        f"- {figures.summary()}" for figures in gray.live_figures(settings, deploy.serving_labels(target, settings))
     )
+    evidence = f"```\n{report.summary()}\n```\n\nGate: {decision.reason}"
+    evidence += f"\n\nLive traffic through the ranking service:\n\n{live}" if live else ""
+    instructions = request_review(settings, version, prefect_run_id, evidence, suspend)
     return finish_review(settings, version, prefect_run_id, summary, suspend=suspend, instructions=instructions)
 
 
@@ -241,13 +257,14 @@ def canary_release(
     for other in release.supersede(target, settings, version, prefect_run_id):
         print(f"version {other} was superseded by version {version}")
     try:
+        gray.hold_canary(settings, version)  # no user reaches the new canary before its smoke tests pass
         deploy.deploy_canary(target, settings, version)
     except ModelLoadError as error:  # the model itself is broken: it never becomes servable
         release.apply_verdict(
             target, settings, version, release_verdict(Outcome.LOAD_FAILED, str(error)), prefect_run_id
         )
         raise
-    except BaseException as error:  # serving down, a timeout: the version stays a candidate for a re-run
+    except BaseException as error:  # serving or the store down, a timeout: the version waits for a re-run
         release.apply_verdict(
             target, settings, version, release_verdict(Outcome.SERVING_DOWN, str(error)), prefect_run_id
         )
@@ -258,6 +275,12 @@ def canary_release(
     release.apply_verdict(target, settings, version, release_verdict(outcome, failed), prefect_run_id)
     if not report.passed:
         raise SmokeTestsFailed(report.summary())
+    # Its share of users now goes to the canary (apply_verdict set it); over budget: rolled back.
+    if (over_budget := gray.bake(settings, version)) is not None:
+        release.apply_verdict(
+            target, settings, version, release_verdict(Outcome.BAKE_FAILED, over_budget), prefect_run_id
+        )
+        raise CanaryRolledBack(f"version {version} rolled back during the bake: {over_budget}")
     if auto_approve:
         approved = release_verdict(Outcome.APPROVED, gate_reason, actor=f"{SYSTEM_ACTOR} (auto_approve)")
         release.apply_verdict(target, settings, version, approved, prefect_run_id)

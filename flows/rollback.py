@@ -10,7 +10,7 @@ from pydantic import Field
 
 from railyard.errors import SEE_STATUS, Refused
 from railyard.settings import Settings
-from tasks import deploy, release
+from tasks import deploy, gray, release
 
 
 class RollbackRefused(Refused):
@@ -43,6 +43,7 @@ def rollback(
         if version is None:
             raise RollbackRefused(f"{settings.model_name} has no earlier production version to roll back to")
         release.promote(target, settings, version, actor=actor, reason=f"rollback: {reason}", flow_run_id=run_id)
+        gray.set_share(settings, 0.0)  # the ranking service sends everyone to stable
         release.reconcile(settings)  # a version still under review gets its canary back
     labels = deploy.serving_labels(target, settings)
     print(f"rolled {settings.model_name} back to version {version}; serving labels {labels}")

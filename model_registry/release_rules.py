@@ -34,6 +34,7 @@ class Outcome(Enum):
     SERVING_DOWN = "serving down"  # serving did not answer (or timed out) while loading the canary
     SMOKE_FAILED = "smoke tests failed"
     SMOKE_PASSED = "smoke tests passed"
+    BAKE_FAILED = "rolled back during the bake"  # its share of live traffic went over budget
     SUPERSEDED = "superseded"  # a newer blessed version takes its place
     TIMED_OUT = "timed out"  # nobody answered within the approval window
     REJECTED = "rejected"  # by its reviewer
@@ -66,6 +67,8 @@ def release_verdict(outcome: Outcome, detail: str = "", *, actor: str = SYSTEM_A
             return Verdict(Stage.REJECTED, SYSTEM_ACTOR, f"smoke tests failed: {detail}", outcome.value)
         case Outcome.SMOKE_PASSED:
             return Verdict(Stage.STAGING, SYSTEM_ACTOR, "smoke tests passed")
+        case Outcome.BAKE_FAILED:
+            return Verdict(Stage.REJECTED, SYSTEM_ACTOR, f"rolled back during the bake: {detail}", outcome.value)
         case Outcome.SUPERSEDED:
             return Verdict(
                 Stage.REJECTED, SYSTEM_ACTOR, f"superseded by version {detail}, trained on newer data", outcome.value
@@ -77,6 +80,19 @@ def release_verdict(outcome: Outcome, detail: str = "", *, actor: str = SYSTEM_A
         case Outcome.APPROVED:
             return Verdict(Stage.PRODUCTION, actor, detail or "approved")
     raise ValueError(f"unknown release outcome {outcome!r}")
+
+
+def canary_share_after(stage: Stage | None, canary_share: float) -> float | None:
+    """The share of users the canary label serves once a version reaches ``stage``: its share
+    while it bakes and awaits review (staging), everyone once it is production (`canary` and
+    `stable` then name it alike), nobody once rejected; None leaves the share as it is."""
+    if stage is Stage.STAGING:
+        return canary_share
+    if stage is Stage.PRODUCTION:
+        return 1.0
+    if stage is Stage.REJECTED:
+        return 0.0
+    return None
 
 
 def review_outcome(decision: str | None) -> Outcome:

@@ -43,3 +43,13 @@ class SmokeBudget:
     requests: int  # the burst: single-instance REST predictions
     concurrency: int
     tolerance: float  # served vs. offline predictions
+
+
+@dataclass(frozen=True)
+class BakeBudget:
+    """How long a canary serves its share of users before the review, and what it may cost."""
+
+    seconds: float
+    max_error_rate: float
+    max_p99_ms: float
+    min_requests: int  # fewer requests say nothing yet

@@ -17,6 +17,10 @@ from pathlib import Path
 
 SIGNATURE_NAME = "serving_default"
 FEATURES_SIGNATURE = "features"
+# Version labels Railyard moves: `stable` serves everyone, `canary` the version under review (and,
+# through a ranking service, the canary share of users).
+STABLE = "stable"
+CANARY = "canary"
 # Input name -> dtype, in the order a request lists them.
 INPUTS = {"userId": "int64", "movieId": "int64"}
 FEATURE_INPUTS = INPUTS | {"user_features": "float32", "movie_features": "float32"}

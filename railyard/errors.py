@@ -38,6 +38,14 @@ class SmokeTestsFailed(Refused):
     next_step = "see the smoke-tests artifact; the canary was unloaded and stable is unchanged"
 
 
+class CanaryRolledBack(Refused):
+    """The canary went over its budget on live traffic during the bake: it was rolled back."""
+
+    next_step = (
+        "see the bake's figures in the run's outcome; the canary was unloaded, its share set to 0, stable is unchanged"
+    )
+
+
 def next_step(error: object) -> str:
     """What to do after ``error`` (anything a failed run left as its result)."""
     return error.next_step if isinstance(error, RailyardError) else DEFAULT_NEXT_STEP

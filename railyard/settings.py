@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from railyard.configs import GateThresholds, SmokeBudget, TrainConfig, ValidationBounds
+from railyard.configs import BakeBudget, GateThresholds, SmokeBudget, TrainConfig, ValidationBounds
 from railyard.errors import Refused
 
 # Model names become path components and S3 key prefixes: keep them to a safe alphabet.
@@ -82,6 +82,14 @@ class Settings(BaseSettings):
     # Against the production model, both scored on the same fresh holdout in the same run.
     min_auc_change: float | None = -0.01  # challenger AUC may be at most 0.01 below production
     max_logloss_change_relative: float | None = 0.02  # and its log loss at most 2% above
+
+    # Gray release through the ranking service: the share of users the canary serves once its
+    # smoke tests passed, for a bake period before the review; over its budget it is rolled back.
+    canary_share: float = Field(default=0.1, ge=0, le=1)
+    bake_s: float = Field(default=0.0, ge=0)  # 0: no bake (embedded runs); e.g. 900 in production
+    bake_max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    bake_max_p99_ms: float = Field(default=100.0, gt=0)
+    bake_min_requests: int = Field(default=50, ge=1)
 
     # Human approval of a smoke-tested canary (seconds; timeout = rejected).
     approval_timeout_s: int = Field(default=86_400, gt=0)
@@ -154,6 +162,14 @@ class Settings(BaseSettings):
             requests=self.smoke_requests,
             concurrency=self.smoke_concurrency,
             tolerance=self.smoke_tolerance,
+        )
+
+    def bake_budget(self) -> BakeBudget:
+        return BakeBudget(
+            seconds=self.bake_s,
+            max_error_rate=self.bake_max_error_rate,
+            max_p99_ms=self.bake_max_p99_ms,
+            min_requests=self.bake_min_requests,
         )
 
     # -- where things live -------------------------------------------------------------------

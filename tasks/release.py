@@ -38,7 +38,7 @@ from railyard.fsutil import prune_oldest
 from railyard.notify import notify
 from railyard.processes import current_process, describe, process_alive
 from railyard.settings import Settings
-from tasks import approval
+from tasks import approval, gray
 from tasks.common import MINUTES, model_store, railyard_task
 
 log = logging.getLogger("railyard.release")
@@ -380,6 +380,7 @@ def apply_verdict(
         record_stage(settings, version, Stage.STAGING.value, smoke_passed=True, **record)
     else:
         registry(settings).set_release_run(version, None)
+    gray.follow_stage(settings, verdict.stage)
 
 
 def version_in_review_by(settings: Settings, flow_run_id: str | None) -> int | None:

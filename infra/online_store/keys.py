@@ -23,6 +23,12 @@ The event stream and its dead letters are not versioned with the features:
     railyard:events                          stream: userId, movieId, rating, timestamp
     railyard:events:dead                     stream: an entry's fields + reason + entry (its id)
     railyard:events:dead:index               hash: entry id -> reason (each entry dead-lettered once)
+
+The gray release's state, read by every ranking-service replica (``gray_release``):
+
+    railyard:release:v1:<model>:canary-share        string: the share of users the canary serves
+    railyard:release:v1:<model>:live:<label>:<v>    hash: requests, errors, scores, score_sum,
+                                                    latency_<i> (railyard.gray's buckets)
 """
 
 from __future__ import annotations
@@ -78,3 +84,14 @@ def applied_key(namespace: str, user_id: int) -> str:
 
 def meta_key(namespace: str) -> str:
     return namespace_prefix(namespace) + "meta"
+
+
+RELEASE = "railyard:release:v1:"
+
+
+def canary_share_key(model: str) -> str:
+    return f"{RELEASE}{model}:canary-share"
+
+
+def live_key(model: str, label: str, version: int) -> str:
+    return f"{RELEASE}{model}:live:{label}:{version}"

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from railyard.contract import SIGNATURE_NAME
+from railyard.contract import CANARY, SIGNATURE_NAME, STABLE  # noqa: F401 - serving code takes the labels from here
 
 if TYPE_CHECKING:
     import numpy as np
@@ -23,9 +23,6 @@ START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UN
 # server_core.cc's UNAVAILABLE answer to a label before any config has set labels.
 NO_LABELS_YET = "Model labels does not init yet."
 
-# Version labels Railyard moves: `stable` serves everyone, `canary` the version under review.
-STABLE = "stable"
-CANARY = "canary"
 LABEL_PATTERN = re.compile(r"[a-zA-Z0-9_]+")
 MODEL_PLATFORM = "tensorflow"
 # The served config, in the model root: the known-good config and the file servers start from.

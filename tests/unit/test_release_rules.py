@@ -15,6 +15,7 @@ from model_registry.release_rules import (
     RunView,
     ServingPlan,
     Verdict,
+    canary_share_after,
     release_ending,
     release_verdict,
     review_outcome,
@@ -52,6 +53,16 @@ NOW = 1_000_000.0
         ),
         (Outcome.SMOKE_PASSED, "", Verdict(Stage.STAGING, SYSTEM_ACTOR, "smoke tests passed")),
         (
+            Outcome.BAKE_FAILED,
+            "canary v3: 120 requests, 25.00% errors",
+            Verdict(
+                Stage.REJECTED,
+                SYSTEM_ACTOR,
+                "rolled back during the bake: canary v3: 120 requests, 25.00% errors",
+                "rolled back during the bake",
+            ),
+        ),
+        (
             Outcome.TIMED_OUT,
             "86400 s",
             Verdict(Stage.REJECTED, SYSTEM_ACTOR, "no approval within 86400 s", "timed out"),
@@ -81,6 +92,13 @@ def test_a_reviewer_decides_under_their_own_name():
     assert release_verdict(Outcome.REJECTED, "worse on new users", actor="bob") == Verdict(
         Stage.REJECTED, "bob", "worse on new users", "rejected"
     )
+
+
+def test_the_canary_share_follows_the_version_stage():
+    assert canary_share_after(Stage.STAGING, 0.1) == 0.1  # baking, awaiting review
+    assert canary_share_after(Stage.PRODUCTION, 0.1) == 1.0
+    assert canary_share_after(Stage.REJECTED, 0.1) == 0.0
+    assert canary_share_after(None, 0.1) is None  # a candidate waiting for a re-run: unchanged
 
 
 def test_review_answers_and_silence_map_to_outcomes():
