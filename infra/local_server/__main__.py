@@ -1,6 +1,7 @@
 """The local server in the foreground, told exactly what to serve (TF Serving's flag names).
 
     python -m infra.local_server --model_config_file PATH --state_dir DIR [--port N] [--rest_api_port N]
+        [--monitoring_config_file PATH]
 
 ``background.ensure_running`` starts this detached. Every path comes from the command line, not
 from the child's own settings, so the server serves the config its caller asked for.
@@ -18,8 +19,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state_dir", type=Path, required=True, help="where the state file (pid, ports) goes")
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (0 = any free port)")
     parser.add_argument("--rest_api_port", type=int, default=8501, help="REST port (0 = any free port)")
+    parser.add_argument(
+        "--monitoring_config_file",
+        type=Path,
+        help="a text-format MonitoringConfig (Prometheus metrics on the REST port); "
+        "default: monitoring.config in the state folder, written on first use with them enabled",
+    )
     args = parser.parse_args(argv)
-    serve_foreground(args.state_dir, args.model_config_file, args.rest_api_port, args.port)
+    serve_foreground(
+        args.state_dir,
+        args.model_config_file,
+        args.rest_api_port,
+        args.port,
+        monitoring_config=args.monitoring_config_file,
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ The foreground server (``railyard serve``, or ``python -m infra.local_server``) 
 file (pid, ports, config) once both ports listen and removes it when it stops. ``ensure_running``
 reuses a live server found through that file or starts ``python -m infra.local_server`` detached
 with the config and state folder it was given, its log beside the state file; ``stop`` ends it.
+Railyard's server exposes TF Serving's Prometheus metrics by default: unless told another
+monitoring config, it reads ``monitoring.config`` of its state folder (written on first use,
+enabling ``/monitoring/prometheus/metrics``; edit it to change the path or turn them off).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from railyard.processes import current_process, process_alive
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"
 TOKEN_FILE = "reload.token"  # owner-only: whoever can read it may change what is served
+MONITORING_FILE = "monitoring.config"  # the default --monitoring_config_file
 START_TIMEOUT_S = 240.0  # the child imports TensorFlow (~20 s here) and loads the served versions
 
 
@@ -85,8 +89,22 @@ def running(state_dir: Path) -> ServerState | None:
     return None
 
 
-def ensure_running(state_dir: Path, config_path: Path, rest_port: int, grpc_port: int) -> ServerState:
-    """A live local server for ``config_path``: the one already running, or a new one."""
+def default_monitoring_config(state_dir: Path) -> Path:
+    """The state folder's monitoring config, written (Prometheus metrics on) if it is missing."""
+    from infra.local_server.monitoring import DEFAULT_MONITORING_CONFIG
+
+    path = Path(state_dir) / MONITORING_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, DEFAULT_MONITORING_CONFIG)
+    return path
+
+
+def ensure_running(
+    state_dir: Path, config_path: Path, rest_port: int, grpc_port: int, monitoring_config: Path | None = None
+) -> ServerState:
+    """A live local server for ``config_path``: the one already running, or a new one (reading
+    ``monitoring_config``, by default the state folder's)."""
     state_dir = Path(state_dir)
     state = running(state_dir)
     if state is not None:
@@ -109,6 +127,8 @@ def ensure_running(state_dir: Path, config_path: Path, rest_port: int, grpc_port
         str(grpc_port),
         "--rest_api_port",
         str(rest_port),
+        "--monitoring_config_file",
+        str(monitoring_config or default_monitoring_config(state_dir)),
     ]
     with open(state_dir / LOG_FILE, "ab") as log:
         child = subprocess.Popen(
@@ -129,12 +149,18 @@ def ensure_running(state_dir: Path, config_path: Path, rest_port: int, grpc_port
 
 
 def serve_foreground(
-    state_dir: Path, config_path: Path, rest_port: int, grpc_port: int, host: str = "127.0.0.1"
+    state_dir: Path,
+    config_path: Path,
+    rest_port: int,
+    grpc_port: int,
+    host: str = "127.0.0.1",
+    monitoring_config: Path | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, announcing the server in the state folder while it runs.
 
-    Fails (like TF Serving) when the config's models cannot be loaded, or when this state
-    folder already has a live server.
+    Fails (like TF Serving) when the config's models cannot be loaded or the monitoring config
+    (by default the state folder's) is malformed, or when this state folder already has a live
+    server.
     """
     from infra.local_server.server import LocalServingServer
 
@@ -152,6 +178,7 @@ def serve_foreground(
         host=host,
         model_root=Path(config_path).parent,  # the config lives in the model root it describes
         reload_token=reload_token(state_dir),
+        monitoring_config_file=monitoring_config or default_monitoring_config(state_dir),
     ).start()
     state_dir.mkdir(parents=True, exist_ok=True)
     write_state(
@@ -226,7 +253,8 @@ def _serves(pid: int, config_path: str) -> bool:
 
 def _answers(rest_url: str) -> bool:
     try:
-        urllib.request.urlopen(f"{rest_url}/v1/models/_", timeout=2)
+        # Outside the /v1/ API, so the probe is not counted in the server's request metrics.
+        urllib.request.urlopen(f"{rest_url}/", timeout=2)
     except urllib.error.HTTPError:
         return True  # an error status is still the server answering
     except OSError:

@@ -27,7 +27,7 @@ from pathlib import Path
 from tensorflow_serving.config.model_server_config_pb2 import ModelConfig, ModelServerConfig
 
 from infra.local_server.errors import StatusError, status_from_exception
-from infra.local_server.servable import Servable
+from infra.local_server.servable import Servable, WarmupRecorder
 from infra.tfserving.protocol import (
     AVAILABLE,
     END,
@@ -61,11 +61,13 @@ class ServerCore:
         num_load_threads: int = 2,
         on_config_applied: Callable[[ModelServerConfig], None] | None = None,
         model_root: Path | None = None,
+        on_warmup: WarmupRecorder | None = None,
     ) -> None:
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._max_retries = max_num_load_retries
         self._retry_interval_s = load_retry_interval_s
         self._on_config_applied = on_config_applied
+        self._on_warmup = on_warmup  # told of each version's warm-up replay (its metrics)
         # Every base_path must resolve (symlinks too) inside it; None: anywhere, as TF Serving.
         self._model_root = None if model_root is None else Path(model_root).resolve()
         self._reload_lock = threading.Lock()  # one reload at a time, like ServerCore's config_mu_
@@ -202,7 +204,7 @@ class ServerCore:
             version.state = LOADING
         for attempt in range(self._max_retries + 1):
             try:
-                servable, error = Servable(version.path), None
+                servable, error = Servable(version.path, self._on_warmup), None
                 break
             except Exception as exc:  # noqa: BLE001 - the status carries the message; keep serving the rest
                 servable, error = None, status_from_exception(exc)

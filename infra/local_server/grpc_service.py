@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -22,6 +23,7 @@ from tensorflow_serving.apis import (
 
 from infra.local_server.core import ServerCore
 from infra.local_server.errors import StatusError
+from infra.local_server.monitoring import ServingMetrics
 from infra.local_server.protos import SIGNATURE_DEF_FIELD, metadata_response, model_spec, status_response, tensor_proto
 from infra.tfserving.protocol import RELOAD_TOKEN_HEADER
 from railyard.contract import SIGNATURE_NAME
@@ -30,14 +32,29 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 
-def _answer(context: grpc.ServicerContext, method: str, produce: Callable[[], _T]) -> _T:
+def _answer(
+    context: grpc.ServicerContext,
+    method: str,
+    produce: Callable[[], _T],
+    on_done: Callable[[str], None] | None = None,
+) -> _T:
+    """``produce()``'s answer, or its error as the call's status; ``on_done`` is told the
+    status code name either way."""
+    code = "UNKNOWN"
     try:
-        return produce()
+        answer = produce()
+        code = "OK"
+        return answer
     except StatusError as exc:
+        code = exc.code
         context.abort(grpc.StatusCode[exc.code], exc.message)
     except Exception as exc:  # a bug here must reach the caller as an error, not a hang
         log.exception("gRPC %s failed", method)
+        code = "INTERNAL"
         context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+    finally:
+        if on_done is not None:
+            on_done(code)
     raise AssertionError("context.abort raises")
 
 
@@ -53,10 +70,21 @@ def _require_model_spec(request) -> None:
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, core: ServerCore) -> None:
+    def __init__(self, core: ServerCore, metrics: ServingMetrics | None = None) -> None:
         self._core = core
+        self._metrics = metrics
 
     def Predict(self, request, context):  # noqa: N802 - the generated servicer's names
+        started = time.monotonic()
+
+        def record(code: str) -> None:
+            # prediction_service_impl.cc: every Predict counted, the latency of those that succeed.
+            if self._metrics is not None:
+                latency_us = int((time.monotonic() - started) * 1e6)
+                self._metrics.record_request(
+                    request.model_spec.name, code, api="Predict", entrypoint="GRPC", latency_us=latency_us
+                )
+
         def predict():
             import tensorflow as tf
 
@@ -71,7 +99,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.outputs[alias].CopyFrom(tensor_proto(array))
             return response
 
-        return _answer(context, "Predict", predict)
+        return _answer(context, "Predict", predict, record)
 
     def GetModelMetadata(self, request, context):  # noqa: N802
         def metadata():
@@ -131,6 +159,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             raise StatusError("UNAUTHENTICATED", "config reloads need the server's reload token (its state folder)")
 
 
-def add_services(server: grpc.Server, core: ServerCore, reload_token: str | None) -> None:
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), server)
+def add_services(
+    server: grpc.Server, core: ServerCore, reload_token: str | None, metrics: ServingMetrics | None = None
+) -> None:
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core, metrics), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, reload_token), server)

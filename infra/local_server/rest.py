@@ -10,6 +10,7 @@ import base64
 import json
 import logging
 import re
+import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ import numpy as np
 
 from infra.local_server.core import ServerCore
 from infra.local_server.errors import HTTP_STATUS, StatusError
+from infra.local_server.monitoring import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from infra.local_server.monitoring import ServingMetrics
 from infra.local_server.protos import metadata_json, status_json
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,17 @@ def handle_request(
         return metadata_json(name, number, servable)
     # get_model_status_impl.cc only looks at the version: a label path lists every version.
     return status_json(core.model_status(name, version))
+
+
+def request_labels(method: str, path: str) -> tuple[str, str]:
+    """The model name and API method a REST call is recorded under (http_rest_api_util.cc
+    ParseModelInfo): ``predict`` (as the path spells it) for a POST, empty for a GET; an empty
+    model name when the path does not parse."""
+    match = (_PREDICT_PATH if method == "POST" else _STATUS_PATH).fullmatch(path)
+    if method not in ("GET", "POST") or match is None:
+        return "", ""
+    name, _, _, tail = match.groups()
+    return urllib.parse.unquote(name or ""), tail if method == "POST" else ""
 
 
 def _predict(
@@ -304,7 +318,11 @@ def _format_error(document: Any, message: str) -> StatusError:
     return StatusError("INVALID_ARGUMENT", f"JSON Value: {_compact(document)} {message}")
 
 
-def make_handler(core: ServerCore, limits: RestLimits) -> type[BaseHTTPRequestHandler]:
+def make_handler(
+    core: ServerCore, limits: RestLimits, metrics: ServingMetrics | None = None, metrics_path: str | None = None
+) -> type[BaseHTTPRequestHandler]:
+    """The REST API; with ``metrics_path``, also the Prometheus metrics at that exact path."""
+
     class RestHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         timeout = limits.read_timeout_s  # socketserver sets it on the connection's socket
@@ -316,22 +334,30 @@ def make_handler(core: ServerCore, limits: RestLimits) -> type[BaseHTTPRequestHa
             self._answer("POST")
 
         def _answer(self, method: str) -> None:
+            started = time.monotonic()
             path = urllib.parse.urlsplit(self.path).path
             body = self._body()
             if body is None:
+                return
+            if metrics is not None and path == metrics_path:  # http_server.cc ProcessPrometheusRequest
+                self._send_bytes(200, metrics.exposition(), METRICS_CONTENT_TYPE)
                 return
             if not path.lower().startswith("/v1/"):
                 self._send(404, {"error": f"Not found: {method} {path}"})
                 return
             try:
-                status, answer = 200, handle_request(core, method, path, body, limits)
+                code, status, answer = "OK", 200, handle_request(core, method, path, body, limits)
             except StatusError as exc:
-                status, answer = HTTP_STATUS[exc.code], {"error": exc.message}
+                code, status, answer = exc.code, HTTP_STATUS[exc.code], {"error": exc.message}
             except TooLarge as exc:
-                status, answer = 413, {"error": str(exc)}
+                code, status, answer = "RESOURCE_EXHAUSTED", 413, {"error": str(exc)}
             except Exception as exc:  # a bug here must not kill the server thread
                 log.exception("REST %s %s failed", method, path)
-                status, answer = 500, {"error": f"{type(exc).__name__}: {exc}"}
+                code, status, answer = "INTERNAL", 500, {"error": f"{type(exc).__name__}: {exc}"}
+            if metrics is not None:  # recorded before the answer leaves, as TF Serving does
+                model_name, api = request_labels(method, path)
+                latency_us = int((time.monotonic() - started) * 1e6)
+                metrics.record_request(model_name, code, api=api, entrypoint="REST", latency_us=latency_us)
             self._send(status, answer)
 
         def _body(self) -> bytes | None:
@@ -363,9 +389,11 @@ def make_handler(core: ServerCore, limits: RestLimits) -> type[BaseHTTPRequestHa
             return None
 
         def _send(self, status: int, answer: dict) -> None:
-            payload = json.dumps(answer).encode("utf-8")
+            self._send_bytes(status, json.dumps(answer).encode("utf-8"), "application/json")
+
+        def _send_bytes(self, status: int, payload: bytes, content_type: str) -> None:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             if self.close_connection:
                 self.send_header("Connection", "close")

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import time
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 
 import numpy as np
 
 from infra.local_server.errors import StatusError, status_from_exception
-from infra.tfserving.warmup import read_warmup_requests
+from infra.tfserving.warmup import WARMUP_FILE, read_warmup_requests
 from railyard.contract import SIGNATURE_NAME
 
 SERVE_TAG = "serve"
+# Told of each warm-up replay: (model path, status as Status::ToString, microseconds, records replayed).
+WarmupRecorder = Callable[[str, str, int, int], None]
 
 
 class Servable:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, on_warmup: WarmupRecorder | None = None) -> None:
         """Load like TF Serving's SavedModel loader: the ``serve`` meta graph, then the warmup replay."""
         import tensorflow as tf
         from tensorflow.core.protobuf import saved_model_pb2
@@ -34,11 +37,28 @@ class Servable:
                 raise StatusError("NOT_FOUND", message)
             self.signature_defs = dict(graphs[0].signature_def)
             self._functions = tf.saved_model.load(str(path), tags=[SERVE_TAG]).signatures
+            self._warm_up(path, on_warmup)
+        except Exception as exc:
+            raise status_from_exception(exc) from exc
+
+    def _warm_up(self, path: Path, on_warmup: WarmupRecorder | None) -> None:
+        """saved_model_warmup_util.cc: replay the warm-up requests (none without the file)."""
+        import tensorflow as tf
+
+        if not (path / WARMUP_FILE).is_file():
+            return
+        started, replayed, status = time.monotonic(), 0, "OK"
+        try:
             for request in read_warmup_requests(path):
                 inputs = {name: tf.make_ndarray(tensor) for name, tensor in request.inputs.items()}
                 self.predict(request.model_spec.signature_name, inputs, request.output_filter)
+                replayed += 1
         except Exception as exc:
-            raise status_from_exception(exc) from exc
+            status = str(status_from_exception(exc))
+            raise
+        finally:
+            if on_warmup is not None:
+                on_warmup(str(path), status, int((time.monotonic() - started) * 1e6), replayed)
 
     def input_dtypes(self, signature_name: str) -> dict:
         """Input name -> tf.DType; REST requests are parsed against these."""

@@ -18,6 +18,7 @@ from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 from infra.local_server.core import ServerCore
 from infra.local_server.grpc_service import add_services
+from infra.local_server.monitoring import ServingMetrics, read_monitoring_config
 from infra.local_server.rest import RestLimits, make_handler
 from infra.tfserving.model_config import read_config, write_config_atomically
 
@@ -62,7 +63,10 @@ class LocalServingServer:
     ``max_num_load_retries`` / ``load_retry_interval_s`` are TF Serving's defaults (5 x 60 s).
     Railyard's own launch (``background.serve_foreground``) also sets ``model_root`` (base paths
     must lie inside it) and ``reload_token`` (reloads must carry it); without them the server
-    takes any reload, as TF Serving does.
+    takes any reload, as TF Serving does. ``monitoring_config_file`` is TF Serving's flag: a
+    MonitoringConfig that enables Prometheus serves TF Serving's metrics on the REST port at its
+    path (``metrics_url``); without one that path is not found, as on TF Serving. The metrics are
+    recorded either way, per server (``metrics``).
     """
 
     def __init__(
@@ -78,8 +82,12 @@ class LocalServingServer:
         model_root: Path | None = None,
         reload_token: str | None = None,
         rest_limits: RestLimits = RestLimits(),
+        monitoring_config_file: Path | None = None,
     ) -> None:
         self.config_path = Path(config_path)
+        # Read first: a malformed file stops the start before any model loads.
+        self.metrics_path = None if monitoring_config_file is None else read_monitoring_config(monitoring_config_file)
+        self.metrics = ServingMetrics()
         self._reload_token = reload_token
         self._rest_limits = rest_limits
         self.host = host
@@ -92,6 +100,7 @@ class LocalServingServer:
             load_retry_interval_s=load_retry_interval_s,
             on_config_applied=lambda config: write_config_atomically(self.config_path, config),
             model_root=model_root,
+            on_warmup=self.metrics.record_warmup,
         )
         self._grpc_server = None
         self._http_server: ThreadingHTTPServer | None = None
@@ -103,6 +112,11 @@ class LocalServingServer:
     @property
     def grpc_target(self) -> str:
         return f"{self._client_host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where Prometheus reads the metrics, or None when the monitoring config does not enable them."""
+        return None if self.metrics_path is None else f"{self.rest_url}{self.metrics_path}"
 
     @property
     def _client_host(self) -> str:
@@ -121,7 +135,7 @@ class LocalServingServer:
         workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="local-serving-grpc")
         # Without so_reuseport=0 gRPC would silently share a port another server already uses.
         self._grpc_server = grpc.server(workers, options=[("grpc.so_reuseport", 0)])
-        add_services(self._grpc_server, self.core, self._reload_token)
+        add_services(self._grpc_server, self.core, self._reload_token, self.metrics)
         try:
             self.grpc_port = self._grpc_server.add_insecure_port(f"{self.host}:{grpc_port}")
         except RuntimeError as exc:
@@ -130,7 +144,9 @@ class LocalServingServer:
         self._grpc_server.start()
         try:
             self._http_server = BoundedHTTPServer(
-                (self.host, rest_port), make_handler(self.core, self._rest_limits), self._rest_limits.max_connections
+                (self.host, rest_port),
+                make_handler(self.core, self._rest_limits, self.metrics, self.metrics_path),
+                self._rest_limits.max_connections,
             )
         except OSError as exc:
             self.stop()
@@ -138,6 +154,8 @@ class LocalServingServer:
         self.rest_port = self._http_server.server_address[1]
         threading.Thread(target=self._http_server.serve_forever, name="local-serving-rest", daemon=True).start()
         log.info("Local TF Serving: gRPC %s, REST %s, config %s", self.grpc_target, self.rest_url, self.config_path)
+        if self.metrics_url is not None:
+            log.info("Prometheus metrics at %s", self.metrics_url)
         return self
 
     def _initial_config(self) -> ModelServerConfig:

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import re
 import shutil
 import socket
 import subprocess
@@ -16,13 +17,16 @@ from types import SimpleNamespace
 import grpc
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 # The fixtures module is also a plugin (shared session fixtures): rewrite it before importing it.
 from infra.local_server import StatusError, background
+from infra.local_server.monitoring import read_monitoring_config
 from infra.local_server.rest import RestLimits
 from infra.tfserving.client import ServingClient, ServingError
 from infra.tfserving.model_config import read_config, write_config_atomically
 from infra.tfserving.protocol import build_predict_request
+from infra.tfserving.warmup import write_warmup_requests
 from railyard.processes import process_alive
 from tests.support.serving_fixtures import (
     CORRUPT_VERSION,
@@ -355,6 +359,10 @@ def test_a_background_server_serves_the_config_it_was_given_and_is_reused_then_s
         assert background.ensure_running(state_dir, config_path, rest_port=0, grpc_port=0) == state
         with pytest.raises(background.LocalServerError, match="stop it with `railyard serve --stop`"):
             background.ensure_running(state_dir, tmp_path / "other.config", rest_port=0, grpc_port=0)
+        # TF Serving's metrics by default (the state folder's monitoring config); the liveness
+        # probes of ensure_running are not counted, the status call above is.
+        assert read_monitoring_config(state_dir / background.MONITORING_FILE) == METRICS_PATH
+        assert request_counts(scrape(state.rest_url)) == {(MODEL_NAME, "OK"): 1}
     finally:
         stopped = background.stop(state_dir)
     assert stopped == state
@@ -520,3 +528,122 @@ def test_connections_beyond_the_limit_get_503_and_stalled_ones_are_dropped(limit
     finally:
         for connection in stalled:
             connection.close()
+
+
+# -- TF Serving's Prometheus metrics (--monitoring_config_file) -----------------------------------
+
+METRICS_PATH = "/monitoring/prometheus/metrics"
+REQUEST_COUNT = ":tensorflow:serving:request_count"
+REQUEST_LATENCY = ":tensorflow:serving:request_latency"
+WARMUP_LATENCY = ":tensorflow:serving:model_warmup_latency"
+WARMUP_RECORDS = ":tensorflow:serving:model_warmup_records_read"
+
+
+def monitoring_file(folder: Path, text: str) -> Path:
+    path = folder / "monitoring.config"
+    path.write_text(text)
+    return path
+
+
+def scrape(rest_url: str) -> dict:
+    """GET the metrics page as Prometheus does; its metric families by name."""
+    with urllib.request.urlopen(rest_url + METRICS_PATH, timeout=30) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode("utf-8")
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def request_counts(families: dict) -> dict:
+    return {(s.labels["model_name"], s.labels["status"]): s.value for s in families[REQUEST_COUNT].samples}
+
+
+def histograms(family, *label_names: str) -> dict:
+    """{label values: {"buckets": [(le, cumulative count)...], "count": n, "sum": s}}."""
+    found: dict = {}
+    for sample in family.samples:
+        entry = found.setdefault(tuple(sample.labels[name] for name in label_names), {"buckets": []})
+        part = sample.name.removeprefix(family.name)
+        if part == "_bucket":
+            entry["buckets"].append((sample.labels["le"], sample.value))
+        else:
+            entry[part.removeprefix("_")] = sample.value
+    return found
+
+
+def test_prometheus_metrics_count_and_time_requests_like_tf_serving(start_server, model_root, tmp_path):
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    root = served_model_root(model_root, tmp_path / "models")
+    version_dir = root / MODEL_NAME / "1"
+    write_warmup_requests(version_dir, MODEL_NAME, GOLDEN_INSTANCES)
+    monitoring = monitoring_file(tmp_path, f'prometheus_config {{ enable: true path: "{METRICS_PATH}" }}')
+    server = start_server(model_config(root, {1}, {"stable": 1}), monitoring_config_file=monitoring)
+    assert server.metrics_url == f"{server.rest_url}{METRICS_PATH}"
+
+    predict(server)
+    predict(server, "/labels/stable")
+    wrong_type = {"instances": [{"userId": "six", "movieId": 1}]}
+    assert rest(server, "POST", f"{MODEL_PATH}:predict", wrong_type)[0] == 400
+    assert rest(server, "GET", MODEL_PATH)[0] == 200  # TF Serving counts every REST API call
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        stub.Predict(build_predict_request(MODEL_NAME, GOLDEN_INSTANCES), timeout=30)
+        for model, label, code in ((MODEL_NAME, "nope", "INVALID_ARGUMENT"), ("nope", None, "NOT_FOUND")):
+            with pytest.raises(grpc.RpcError) as error:
+                stub.Predict(build_predict_request(model, GOLDEN_INSTANCES, label=label), timeout=30)
+            assert error.value.code() == grpc.StatusCode[code]
+
+    families = scrape(server.rest_url)
+    assert request_counts(families) == {
+        (MODEL_NAME, "OK"): 4,
+        (MODEL_NAME, "INVALID_ARGUMENT"): 2,
+        ("nope", "NOT_FOUND"): 1,
+    }
+    # Latency in microseconds, of the requests that succeeded (as TF Serving records it).
+    assert families[REQUEST_LATENCY].type == "histogram"
+    latency = histograms(families[REQUEST_LATENCY], "model_name", "API", "entrypoint")
+    assert {labels: histogram["count"] for labels, histogram in latency.items()} == {
+        (MODEL_NAME, "predict", "REST"): 2,
+        (MODEL_NAME, "", "REST"): 1,
+        (MODEL_NAME, "Predict", "GRPC"): 1,
+    }
+    for histogram in latency.values():
+        bounds, counts = zip(*histogram["buckets"])
+        assert bounds[:3] == ("10", "18", "32.4") and bounds[-1] == "+Inf" and len(bounds) == 34
+        assert list(counts) == sorted(counts) and counts[-1] == histogram["count"]
+        assert histogram["sum"] > 0
+    warmup = histograms(families[WARMUP_LATENCY], "model_path", "status")
+    assert {labels: histogram["count"] for labels, histogram in warmup.items()} == {(str(version_dir), "OK"): 1}
+    assert [(s.labels["model_path"], s.value) for s in families[WARMUP_RECORDS].samples] == [(str(version_dir), 1)]
+
+
+def test_without_an_enabled_monitoring_config_the_metrics_path_is_not_found(contract_server, tmp_path):
+    assert contract_server.metrics_url is None
+    assert rest(contract_server, "GET", METRICS_PATH)[0] == 404
+    disabled = monitoring_file(tmp_path, f'prometheus_config {{ enable: false path: "{METRICS_PATH}" }}')
+    assert read_monitoring_config(disabled) is None
+    assert read_monitoring_config(monitoring_file(tmp_path, "")) is None  # TF Serving's defaults: off
+    assert read_monitoring_config(monitoring_file(tmp_path, "prometheus_config { enable: true }")) == METRICS_PATH
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("prometheus_config { enabled: true }", 'has no field named "enabled"'),
+        ("prometheus_config { enable: yes }", 'Expected "true" or "false"'),
+        ('prometheus_config { enable: true path: "/metrics"', "Expected"),
+        ('prometheus_config { enable: true path: "metrics" }', "must start with '/'"),
+    ],
+    ids=["unknown field", "not a bool", "unclosed", "relative path"],
+)
+def test_a_malformed_monitoring_config_stops_the_start(start_server, model_root, tmp_path, text, message):
+    broken = monitoring_file(tmp_path, text)
+    with pytest.raises(ValueError, match=re.escape(message)) as refused:
+        start_server(model_config(model_root, {1}, {}), monitoring_config_file=broken)
+    assert str(broken) in str(refused.value)
+
+
+def test_a_missing_monitoring_config_stops_the_start(start_server, model_root, tmp_path):
+    with pytest.raises(ValueError, match="cannot read the monitoring config"):
+        start_server(model_config(model_root, {1}, {}), monitoring_config_file=tmp_path / "missing.config")
