@@ -15,6 +15,7 @@ learned OOV embedding (trained by randomly dropping ids to OOV, so it is not lef
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -420,14 +421,23 @@ def export_serving_model(model, feature_set: F.FeatureSet, out_dir: Path) -> Pat
     return out_dir
 
 
+@functools.lru_cache(maxsize=4)
+def _loaded_signatures(path: str, _modified_ns: int):
+    """A SavedModel's signatures, loaded once for all of them: evaluation and the golden requests
+    each use both, and a load costs as much as scoring a holdout. Keyed by the file's mtime too,
+    so a folder written again is loaded again."""
+    import tensorflow as tf
+
+    return tf.saved_model.load(path).signatures
+
+
 class MissingSignature(LookupError):
     """The SavedModel lacks a signature (a version exported before it existed)."""
 
 
 def load_signature(saved_model_dir: Path, name: str = contract.SIGNATURE_NAME):
-    import tensorflow as tf
-
-    signatures = tf.saved_model.load(str(saved_model_dir)).signatures
+    path = Path(saved_model_dir).resolve()
+    signatures = _loaded_signatures(str(path), (path / "saved_model.pb").stat().st_mtime_ns)
     if name not in signatures:
         raise MissingSignature(f"{saved_model_dir} has no signature {name!r} (it has {sorted(signatures)})")
     return signatures[name]
