@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import traceback
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -168,6 +169,13 @@ def serve(
     docker: Annotated[
         bool, typer.Option("--docker", help="Run the real TF Serving image in Docker instead (needs a Docker engine).")
     ] = False,
+    replicas: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Local servers on one model root: the first on the ports above, the others in the background on free ports.",
+        ),
+    ] = 1,
 ) -> None:
     """The local TF-Serving-compatible server over RAILYARD_HOME's model root (foreground by default).
 
@@ -182,20 +190,34 @@ def serve(
     grpc = settings.local_serving_grpc_port if grpc_port is None else grpc_port
     config_path = settings.resolved_serving_model_root / CONFIG_FILE
     if docker:
+        if replicas > 1:
+            _fail("--replicas starts local servers; the compose stack (infra/stack) runs two TF Serving replicas")
         _serve_in_docker(config_path, rest, grpc, stop)
         return
+    from infra.rollout.deploy import local_replica_dir
+
     state_dir = settings.local_serving_dir
     if stop:
         state = local.stop(state_dir)
         typer.echo(f"stopped the local server (pid {state.pid})" if state else "no local server is running")
+        for replica_dir in sorted(state_dir.glob("replica-*")):
+            if state := local.stop(replica_dir):
+                typer.echo(f"stopped local {replica_dir.name} (pid {state.pid})")
         return
     try:
+        settings.resolved_serving_model_root.mkdir(parents=True, exist_ok=True)
+        for index in range(1, replicas):
+            state = local.ensure_running(local_replica_dir(settings, index), config_path, 0, 0)
+            typer.echo(f"local replica-{index} pid {state.pid}: REST {state.rest_url}, gRPC {state.grpc_target}")
         if background:
             state = local.ensure_running(state_dir, config_path, rest, grpc)
             typer.echo(f"local server pid {state.pid}: REST {state.rest_url}, gRPC {state.grpc_target}")
         else:
-            settings.resolved_serving_model_root.mkdir(parents=True, exist_ok=True)
-            local.serve_foreground(state_dir, config_path, rest, grpc)
+            try:
+                local.serve_foreground(state_dir, config_path, rest, grpc)
+            finally:  # the other replicas end with the foreground one
+                for index in range(1, replicas):
+                    local.stop(local_replica_dir(settings, index))
     except (OSError, TimeoutError) as error:
         _fail(str(error))
 
@@ -309,6 +331,7 @@ def status(
     from infra.tfserving.protocol import CANARY, STABLE
     from model_registry import LockTimeoutError
     from model_registry.history import HistoryMismatch
+    from tasks import gray
     from tasks.release import reconcile, registry, release_lock
 
     if verify_history:
@@ -332,6 +355,8 @@ def status(
         with target.client(attempts=1) as client:
             serving = {label: client.label_version(settings.model_name, label) for label in (STABLE, CANARY)}
     online = _online_store_state(settings)
+    served = {label: version for label, version in serving.items() if version is not None}
+    live = gray.live_figures(settings, served) if online["running"] else []
     if as_json:
         print(
             json.dumps(
@@ -340,6 +365,7 @@ def status(
                     "versions": versions,
                     "serving": serving,
                     "online_store": online,
+                    "live": [asdict(figures) | {"error_rate": figures.error_rate} for figures in live],
                     "repaired": repaired,
                 },
                 sort_keys=True,
@@ -356,6 +382,8 @@ def status(
         typer.echo("serving: the local server is not running (`railyard serve --background`)")
     else:
         typer.echo("serving: " + ", ".join(f"{label} -> {version}" for label, version in serving.items()))
+    for figures in live:
+        typer.echo(f"live: {figures.summary()}")
     for line in _online_store_lines(online):
         typer.echo(line)
 
@@ -581,3 +609,45 @@ def _utc(timestamp: int) -> str:
     from datetime import UTC, datetime
 
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+@app.command("rank-server")
+def rank_server(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (loopback by default: the API has no authentication).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8600,
+    candidates: Annotated[
+        int,
+        typer.Option(
+            min=1, max=10_000, help="Candidates scored per recommendation (a request may ask for another number)."
+        ),
+    ] = 100,
+) -> None:
+    """Run the ranking service in front of TF Serving: /v1/recommend, /v1/score, /healthz,
+    /readyz, /metrics. Users go to `stable` or `canary` by the canary's share in the online store."""
+    settings = _settings()
+    import logging
+
+    from infra.online_store.store import connect
+    from infra.ranking import create_app, serve
+    from infra.rollout.deploy import resolve_target
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    target = resolve_target(settings, start_local=False)
+    if target is None:
+        _fail("serving is not running: start it with `railyard serve --background` (or run `railyard run`)")
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        typer.secho(
+            f"warning: listening on {host}: the ranking service has no authentication; put a proxy that has in front",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+    # A failing TF Serving must not hold a request for long: two quick tries, then a 503.
+    client = target.client(timeout_s=5.0, attempts=2, backoff_s=0.1)
+    app_ = create_app(connect(settings), client, settings.model_name, candidates=candidates)
+    typer.echo(f"ranking service for {settings.model_name} on http://{host}:{port} (TF Serving gRPC {target.grpc})")
+    try:
+        serve(app_, host, port)
+    finally:
+        client.close()

@@ -30,6 +30,11 @@ def validate_model_name(name: str) -> str:
     return name
 
 
+def _endpoints(value: str) -> list[str]:
+    """A comma-separated list of serving endpoints (one per replica), blanks stripped."""
+    return [part.strip() for part in value.split(",")]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAILYARD_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
@@ -49,8 +54,9 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
 
     # Serving: no endpoints means the local TF-Serving-compatible server, started in the background.
-    serving_grpc: str | None = None  # host:port
-    serving_rest: str | None = None  # http://host:port
+    # Replicas of one server (sharing the model root): comma-separated, in the same order.
+    serving_grpc: str | None = None  # host:port[,host:port...]
+    serving_rest: str | None = None  # http://host:port[,http://host:port...]
     serving_model_root: Path | None = None  # where versions are written for the server
     serving_server_model_root: str | None = None  # the same folder as the server sees it (/models in compose)
     local_serving_rest_port: int = Field(default=8501, ge=0, le=65535)  # 0: any free port
@@ -126,7 +132,22 @@ class Settings(BaseSettings):
         self.home = self.home.expanduser().resolve()
         if (self.serving_grpc is None) != (self.serving_rest is None):
             raise ValueError("set both RAILYARD_SERVING_GRPC and RAILYARD_SERVING_REST, or neither (local server)")
+        if self.serving_grpc is not None:
+            grpc, rest = _endpoints(self.serving_grpc), _endpoints(self.serving_rest)
+            if not all(grpc) or not all(rest) or len(grpc) != len(rest):
+                raise ValueError(
+                    "RAILYARD_SERVING_GRPC and RAILYARD_SERVING_REST must list the same number of replicas, "
+                    f"comma-separated and in the same order (got {len(grpc)} gRPC and {len(rest)} REST endpoints"
+                    f"{', some empty' if not all(grpc + rest) else ''})"
+                )
         return self
+
+    @property
+    def serving_replicas(self) -> list[tuple[str, str]]:
+        """The configured (gRPC, REST) endpoint of each replica; empty: the local server."""
+        if self.serving_grpc is None or self.serving_rest is None:
+            return []
+        return list(zip(_endpoints(self.serving_grpc), _endpoints(self.serving_rest), strict=True))
 
     # -- each stage's configuration ----------------------------------------------------------
 

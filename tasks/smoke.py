@@ -10,11 +10,11 @@ from tasks.common import MINUTES, railyard_task
 
 @railyard_task(name="smoke-tests", timeout_seconds=10 * MINUTES)
 def smoke_tests(target: ServingTarget, settings: Settings, version: int, run_id: str) -> smoke.SmokeReport:
-    """Check the canary through REST and gRPC; record the outcome in MLflow and the Prefect UI."""
+    """Check the canary through REST and gRPC on every replica; record the outcome in MLflow and the Prefect UI."""
     golden = contract.read_golden(target.model_root / settings.model_name / str(version))
-    with target.client(attempts=settings.serving_attempts) as client:
+    with target.clients(attempts=settings.serving_attempts) as clients:
         report = smoke.run_smoke_tests(
-            client, settings.model_name, version, golden, settings.smoke_budget(), label=CANARY
+            clients, settings.model_name, version, golden, settings.smoke_budget(), label=CANARY
         )
     tracking.log_metrics(
         settings,

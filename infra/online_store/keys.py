@@ -11,7 +11,11 @@ while readers keep using the current one, then switch the pointer in one step:
     railyard:fs:v1:ns:<ns>:genres            hash: movieId -> its genre indexes, e.g. "0,7"
     railyard:fs:v1:ns:<ns>:a:<userId>        set: "<movieId>:<timestamp>" of every event applied
                                              (the event id split at the user: small sets stay compact)
-    railyard:fs:v1:ns:<ns>:meta              hash: events (applied), last_ts, built_at
+    railyard:fs:v1:ns:<ns>:meta              hash: events (applied), last_ts, built_at, candidates
+                                             (1: the namespace keeps the candidate data below)
+    railyard:fs:v1:ns:<ns>:r:<userId>        set: the movieIds the user has rated (candidates exclude them)
+    railyard:fs:v1:ns:<ns>:pop               sorted set: movieId scored by its ratings count (the
+                                             ranking service's candidates: the most popular first)
 
 ``n`` counts ratings, ``sum`` adds their values, ``pos`` counts positives; per genre ``gnI``
 counts the user's ratings of movies of genre I and ``gpI`` the positive ones (GENRES order). A
@@ -84,6 +88,14 @@ def applied_key(namespace: str, user_id: int) -> str:
 
 def meta_key(namespace: str) -> str:
     return namespace_prefix(namespace) + "meta"
+
+
+def rated_key(namespace: str, user_id: int) -> str:
+    return f"{namespace_prefix(namespace)}r:{user_id}"
+
+
+def popularity_key(namespace: str) -> str:
+    return namespace_prefix(namespace) + "pop"
 
 
 RELEASE = "railyard:release:v1:"

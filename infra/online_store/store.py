@@ -10,6 +10,9 @@ serving side in the model's input layout. ``keys`` documents the layout.
 - ``rebuild``: the aggregates of the batch data, written into a fresh namespace, then the
   pointer switches in one step (and the stream's ``online`` group re-reads the stream from the
   start, so events applied to the old namespace and not in the batch data are applied again).
+- ``read_candidates``: the ranking service's candidates for a user (the most popular movies the
+  user has not rated) and their model inputs, in one Lua call. ``apply`` and ``rebuild`` keep the
+  candidate data (each user's rated movies, the movies' ratings counts) with the aggregates.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import secrets
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -86,6 +90,8 @@ for i = 2, #ARGV, 5 do
     redis.call('HINCRBY', m, 'n', 1)
     redis.call('HINCRBYFLOAT', m, 'sum', rating)
     redis.call('HINCRBY', m, 'pos', label)
+    redis.call('SADD', base .. 'r:' .. user, movie)
+    redis.call('ZINCRBY', base .. 'pop', 1, movie)
     applied = applied + 1
     if last == nil or tonumber(ts) > last then last, last_text = tonumber(ts), ts end
   end
@@ -99,6 +105,40 @@ end
 return applied
 """
 
+# KEYS: pointer; ARGV: namespaces prefix, user id, candidates wanted, ZREVRANGE window. The most
+# popular movies (ratings count, ties by movieId descending as text: ZREVRANGE's order) that the
+# user has not rated, then the user's and each candidate's hash fields, as READ_PAIRS reads them.
+READ_CANDIDATES = f"""
+local ns = redis.call('GET', KEYS[1])
+if not ns then return redis.error_reply('NONAMESPACE') end
+local base = ARGV[1] .. ns .. ':'
+local user, wanted, window = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local pop, rated = base .. 'pop', base .. 'r:' .. user
+local kept = redis.call('HEXISTS', base .. 'meta', 'candidates')
+local popular = redis.call('ZCARD', pop)
+local candidates, start = {{}}, 0
+while #candidates < wanted and start < popular do
+  local ids = redis.call('ZREVRANGE', pop, start, start + window - 1)
+  local seen = redis.call('SMISMEMBER', rated, unpack(ids))
+  for i = 1, #ids do
+    if seen[i] == 0 then
+      candidates[#candidates + 1] = ids[i]
+      if #candidates == wanted then break end
+    end
+  end
+  start = start + window
+end
+local user_values = redis.call('HMGET', base .. 'u:' .. user, unpack({_USER_FIELDS_LUA}))
+local movie_fields = {_MOVIE_FIELDS_LUA}
+local movies, genres = {{}}, {{}}
+for i = 1, #candidates do
+  movies[i] = redis.call('HMGET', base .. 'm:' .. candidates[i], unpack(movie_fields))
+  genres[i] = redis.call('HGET', base .. 'genres', candidates[i])
+end
+return {{candidates, {{user_values}}, movies, genres, popular, kept}}
+"""
+CANDIDATES_WINDOW = (200, 1_000)  # movies a ZREVRANGE step looks at: at least, at most
+
 # KEYS: pointer, stream; ARGV: new namespace, the group that applies events. The group re-reads
 # the stream in the same step: no event can slip between the switch and the re-read.
 SWITCH = """
@@ -106,6 +146,17 @@ redis.call('SET', KEYS[1], ARGV[1])
 redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[2], '0', 'MKSTREAM')  -- BUSYGROUP when it exists: fine
 redis.call('XGROUP', 'SETID', KEYS[2], ARGV[2], '0')
 """
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A user's candidates, most popular first, and the model inputs of each (user, movie) pair."""
+
+    movie_ids: np.ndarray  # int64 [n]
+    users: np.ndarray  # float64 [n, USER_WIDTH] (the same row n times)
+    movies: np.ndarray  # float64 [n, MOVIE_WIDTH]
+    popular: int  # movies the store knows a ratings count of
+    kept: bool  # False: the namespace was built before the store kept candidate data (rebuild it)
 
 
 class OnlineStoreUnavailable(RailyardError):
@@ -167,6 +218,7 @@ class OnlineStore:
         self._read_pairs = client.register_script(READ_PAIRS)
         self._apply = client.register_script(APPLY)
         self._switch = client.register_script(SWITCH)
+        self._read_candidates = client.register_script(READ_CANDIDATES)
 
     def namespace(self) -> str | None:
         with reachable(self.client):
@@ -185,6 +237,23 @@ class OnlineStore:
                 keys=[keys.POINTER], args=[keys.NAMESPACES, len(users), *users.tolist(), *movies.tolist()]
             )
         return model_inputs(user_values, movie_values, genres, user_rows, movie_rows)
+
+    def read_candidates(self, user_id: int, count: int) -> Candidates:
+        """The ``count`` most popular movies ``user_id`` has not rated (fewer when the store knows
+        fewer) and their model inputs, in one round trip (one state of the store)."""
+        if count < 1:
+            raise ValueError(f"ask for at least one candidate, not {count}")
+        low, high = CANDIDATES_WINDOW
+        window = min(max(2 * count, low), high)
+        with reachable(self.client):
+            ids, user_values, movie_values, genres, popular, kept = self._read_candidates(
+                keys=[keys.POINTER], args=[keys.NAMESPACES, int(user_id), count, window]
+            )
+        movie_ids = np.array([int(movie) for movie in ids], np.int64)
+        users, movies = model_inputs(
+            user_values, movie_values, genres, np.zeros(len(ids), np.intp), np.arange(len(ids))
+        )
+        return Candidates(movie_ids, users, movies, int(popular), bool(kept))
 
     def apply(self, events: Sequence[RatingEvent]) -> int:
         """Add the events not applied yet to the current namespace; how many were new."""
@@ -281,7 +350,15 @@ def namespace_commands(namespace: str, ratings: pl.DataFrame, movies: pl.DataFra
     for user, events in markers.iter_rows():
         for start in range(0, len(events), MEMBERS_CHUNK):
             yield ("SADD", keys.applied_key(namespace, user), *events[start : start + MEMBERS_CHUNK])
-    meta = {"events": ratings.height, "built_at": int(time.time())}
+    # Candidate data: each user's rated movies, each rated movie's ratings count.
+    rated = ratings.group_by("userId").agg(pl.col("movieId").unique())
+    for user, movie_ids in rated.iter_rows():
+        for start in range(0, len(movie_ids), MEMBERS_CHUNK):
+            yield ("SADD", keys.rated_key(namespace, user), *movie_ids[start : start + MEMBERS_CHUNK])
+    counts = [item for movie, n, *_ in movie_totals.iter_rows() for item in (n, movie)]
+    for start in range(0, len(counts), 2 * MEMBERS_CHUNK):
+        yield ("ZADD", keys.popularity_key(namespace), *counts[start : start + 2 * MEMBERS_CHUNK])
+    meta = {"events": ratings.height, "built_at": int(time.time()), "candidates": 1}
     if ratings.height:
         meta["last_ts"] = int(ratings.get_column("timestamp").max())
     yield ("HSET", keys.meta_key(namespace), *_flat(meta))

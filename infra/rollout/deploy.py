@@ -4,10 +4,16 @@ The serving host cannot read the store (TF Serving >= 2.7 has no s3://), so a ve
 goes into the model root it serves from, appearing at once (the store's download renames a
 finished staging folder). The labels then move (infra/rollout/labels.py), and the config that
 was applied becomes the known-good config in the model root (infra/tfserving/target.py).
+
+A target of several replicas (one model root) moves as one: the ``client`` given is the first
+replica's, and a client like it is opened for each other replica, so every load, label move
+and rollback reaches all of them (a label moves only once every replica has the version).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from infra.local_server import background
@@ -15,7 +21,7 @@ from infra.rollout.labels import load_version_as_canary, promote_version, unload
 from infra.tfserving.client import ServingClient
 from infra.tfserving.model_config import served_versions, write_config_atomically
 from infra.tfserving.protocol import CONFIG_FILE
-from infra.tfserving.target import ServingTarget, known_good_config
+from infra.tfserving.target import Replica, ServingTarget, known_good_config
 from model_registry.manifest import Manifest
 from model_registry.store import ModelStore, StoreError
 from railyard.fsutil import sha256_file
@@ -51,18 +57,31 @@ def first_mismatch(folder: Path, manifest: Manifest) -> str | None:
     return None
 
 
+@contextmanager
+def every_replica(client: ServingClient, target: ServingTarget) -> Iterator[list[ServingClient]]:
+    """``client`` (the first replica's) and a client like it for each other replica of the target."""
+    if not target.other_replicas:
+        yield [client]
+        return
+    options = {"timeout_s": client.timeout_s, "attempts": client.attempts, "backoff_s": client.backoff_s}
+    with target.clients(**options) as clients:
+        yield [client, *clients[1:]]
+
+
 def deploy_canary(client: ServingClient, target: ServingTarget, model: str, version: int, timeout_s: float) -> dict:
-    """Load the version next to ``stable`` and label it ``canary``; the labels afterwards."""
-    config = load_version_as_canary(
-        client, model, target.base_path(model), version, known_good_config(target), timeout_s=timeout_s
-    )
+    """Load the version next to ``stable`` (on every replica) and label it ``canary``; the labels afterwards."""
+    with every_replica(client, target) as clients:
+        config = load_version_as_canary(
+            clients, model, target.base_path(model), version, known_good_config(target), timeout_s=timeout_s
+        )
     write_config_atomically(target.config_path, config)
     return served_versions(config, model)[1]
 
 
 def remove_canary(client: ServingClient, target: ServingTarget, model: str, version: int) -> dict:
     """Unload a canary; ``stable`` keeps answering. The labels afterwards."""
-    config = unload_version(client, model, target.base_path(model), version, known_good_config(target))
+    with every_replica(client, target) as clients:
+        config = unload_version(clients, model, target.base_path(model), version, known_good_config(target))
     write_config_atomically(target.config_path, config)
     return served_versions(config, model)[1]
 
@@ -71,19 +90,27 @@ def make_stable(client: ServingClient, target: ServingTarget, model: str, versio
     """Point ``stable`` at the version: loaded first if it is not served, then relabelled."""
     if version not in served_versions(known_good_config(target), model)[0]:
         deploy_canary(client, target, model, version, timeout_s)
-    config = promote_version(client, model, target.base_path(model), version, known_good_config(target))
+    with every_replica(client, target) as clients:
+        config = promote_version(clients, model, target.base_path(model), version, known_good_config(target))
     write_config_atomically(target.config_path, config)
     return served_versions(config, model)[1]
 
 
+def local_replica_dir(settings: Settings, index: int) -> Path:
+    """State folder of local replica ``index``: the first where it always was, the others beside it."""
+    return settings.local_serving_dir if index == 0 else settings.local_serving_dir / f"replica-{index}"
+
+
 def resolve_target(settings: Settings, *, start_local: bool = True) -> ServingTarget | None:
-    """The configured TF Serving, or the local server (started in the background if needed;
-    None when it is not running and ``start_local`` is False)."""
+    """The configured TF Serving (every replica), or the local server (started in the background
+    if needed; None when it is not running and ``start_local`` is False) with every other local
+    replica that runs (``railyard serve --replicas N``)."""
     model_root = settings.resolved_serving_model_root
     model_root.mkdir(parents=True, exist_ok=True)
     server_root = settings.serving_server_model_root or str(model_root)
-    if settings.serving_grpc and settings.serving_rest:
-        return ServingTarget(settings.serving_grpc, settings.serving_rest, model_root, server_root)
+    if configured := settings.serving_replicas:
+        (grpc, rest), *others = configured
+        return ServingTarget(grpc, rest, model_root, server_root, other_replicas=tuple(Replica(*o) for o in others))
     if start_local:
         state = background.ensure_running(
             settings.local_serving_dir,
@@ -96,4 +123,26 @@ def resolve_target(settings: Settings, *, start_local: bool = True) -> ServingTa
         if state is None:
             return None
     token = background.reload_token(settings.local_serving_dir)
-    return ServingTarget(state.grpc_target, state.rest_url, model_root, server_root, reload_token=token)
+    others = tuple(_running_local_replicas(settings, model_root / CONFIG_FILE))
+    return ServingTarget(state.grpc_target, state.rest_url, model_root, server_root, token, others)
+
+
+def _running_local_replicas(settings: Settings, config_path: Path) -> Iterator[Replica]:
+    """Local replicas 1, 2, ... that run (one that is down catches up from the shared config
+    file when it starts again); one serving another config file is refused."""
+    found = sorted(
+        int(path.name.removeprefix("replica-"))
+        for path in settings.local_serving_dir.glob("replica-*")
+        if path.name.removeprefix("replica-").isdigit()
+    )
+    for index in found:
+        state_dir = local_replica_dir(settings, index)
+        state = background.running(state_dir)
+        if state is None:
+            continue
+        if Path(state.config_path) != config_path:
+            raise background.LocalServerError(
+                f"local replica {index} (pid {state.pid}) serves {state.config_path}, not {config_path}; "
+                "stop it with `railyard serve --stop`"
+            )
+        yield Replica(state.grpc_target, state.rest_url, background.reload_token(state_dir))

@@ -3,13 +3,17 @@
 TF Serving refuses a label on a version that is not AVAILABLE yet (tensorflow/serving#1230),
 and keeps a rejected config as its current one, so every move sends the known-good config
 again when it fails.
+
+``client`` may be one client or one per replica (replicas share the model root and the
+known-good config): each reload goes to every replica, a version is awaited on every replica
+before any label moves, and a failure on any replica sends the known-good config to all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
 from infra.tfserving.client import ServingClient, ServingError
 from infra.tfserving.model_config import render_model_config, served_versions
@@ -19,10 +23,11 @@ if TYPE_CHECKING:
     from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
 _T = TypeVar("_T")
+Clients: TypeAlias = "ServingClient | Sequence[ServingClient]"  # one server, or every replica of it
 
 
 def load_version_as_canary(
-    client: ServingClient,
+    client: Clients,
     model: str,
     base_path: str | Path,
     version: int,
@@ -44,8 +49,9 @@ def load_version_as_canary(
     final_labels = {CANARY: version} | ({STABLE: stable} if stable is not None else {})
 
     def move() -> ModelServerConfig:
-        client.reload_config(render_model_config(model, base_path, versions | {version}, labels, base=known_good))
-        client.wait_until_available(model, version, timeout_s=timeout_s, poll_s=poll_s)
+        _send(client, render_model_config(model, base_path, versions | {version}, labels, base=known_good))
+        for replica in _each(client):
+            replica.wait_until_available(model, version, timeout_s=timeout_s, poll_s=poll_s)
         final = render_model_config(model, base_path, set(final_labels.values()), final_labels, base=known_good)
         return _send(client, final)
 
@@ -53,7 +59,7 @@ def load_version_as_canary(
 
 
 def promote_version(
-    client: ServingClient, model: str, base_path: str | Path, version: int, known_good: ModelServerConfig
+    client: Clients, model: str, base_path: str | Path, version: int, known_good: ModelServerConfig
 ) -> ModelServerConfig:
     """Point ``stable`` (and ``canary``) at an already served version; the old stable is unloaded."""
     versions, _ = served_versions(known_good, model)
@@ -65,7 +71,7 @@ def promote_version(
 
 
 def unload_version(
-    client: ServingClient, model: str, base_path: str | Path, version: int, known_good: ModelServerConfig
+    client: Clients, model: str, base_path: str | Path, version: int, known_good: ModelServerConfig
 ) -> ModelServerConfig:
     """Stop serving a (canary) version; ``canary`` falls back to the stable version, if any."""
     versions, labels = served_versions(known_good, model)
@@ -79,19 +85,32 @@ def unload_version(
     return _or_restore(client, known_good, lambda: _send(client, config))
 
 
-def _send(client: ServingClient, config: ModelServerConfig) -> ModelServerConfig:
-    client.reload_config(config)
+def _each(client: Clients) -> list[ServingClient]:
+    return list(client) if isinstance(client, Sequence) else [client]
+
+
+def _send(client: Clients, config: ModelServerConfig) -> ModelServerConfig:
+    for replica in _each(client):
+        replica.reload_config(config)
     return config
 
 
-def _or_restore(client: ServingClient, known_good: ModelServerConfig, change: Callable[[], _T]) -> _T:
+def _or_restore(client: Clients, known_good: ModelServerConfig, change: Callable[[], _T]) -> _T:
     try:
         return change()
     except Exception as exc:
-        try:
-            client.reload_config(known_good)
-        except ServingError as restore_error:
-            exc.add_note(f"re-sending the known-good config also failed: {restore_error}")
-        else:
-            exc.add_note("the known-good config was sent again")
+        replicas = _each(client)
+        failed = 0
+        for replica in replicas:  # every replica, even one the change never reached: it may be half-told
+            try:
+                replica.reload_config(known_good)
+            except ServingError as restore_error:
+                failed += 1
+                exc.add_note(f"re-sending the known-good config also failed: {restore_error}")
+        if not failed:
+            exc.add_note("the known-good config was sent again" + (" to every replica" if len(replicas) > 1 else ""))
+        elif failed < len(replicas):
+            exc.add_note(
+                f"the known-good config was sent again to {len(replicas) - failed} of {len(replicas)} replicas"
+            )
         raise

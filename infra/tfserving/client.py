@@ -175,13 +175,27 @@ class ServingClient:
     ) -> dict[str, np.ndarray]:
         """``PredictionService/Predict`` (row-format instances or one array per input): every
         output tensor as a numpy array."""
+        return self.predict_grpc_versioned(model, instances, version, label, signature_name)[0]
+
+    def predict_grpc_versioned(
+        self,
+        model: str,
+        instances: Sequence[Mapping[str, Any]] | Mapping[str, np.ndarray],
+        version: int | None = None,
+        label: str | None = None,
+        signature_name: str = SIGNATURE_NAME,
+    ) -> tuple[dict[str, np.ndarray], int | None]:
+        """``predict_grpc``'s outputs and the version that answered (the response's
+        ``model_spec.version``: what a label pointed at for this very call; None if not sent)."""
         import tensorflow as tf
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
         stub = prediction_service_pb2_grpc.PredictionServiceStub(self._grpc_channel())
         request = build_predict_request(model, instances, version=version, label=label, signature_name=signature_name)
         response = self._grpc_call("Predict", lambda: stub.Predict(request, timeout=self.timeout_s))
-        return {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}
+        outputs = {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}
+        answered = response.model_spec.version.value if response.model_spec.HasField("version") else None
+        return outputs, answered
 
     def metadata_rest(self, model: str, version: int | None = None) -> dict:
         """``GET /v1/models/<m>[/versions/<v>]/metadata`` as TF Serving returns it."""

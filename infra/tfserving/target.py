@@ -1,6 +1,10 @@
 """Where a TF Serving is and what it was last told: the endpoints, the model root both sides
 see, and the known-good config kept in that root.
 
+A target may be several replicas of one server (the compose stack's two TF Servings, or several
+local servers): they share the model root, and so the one known-good config. ``grpc``/``rest``
+are the first replica's; ``replicas`` lists them all, ``clients()`` opens one client for each.
+
 TF Serving has no "get config" RPC: the config file in the model root is the known-good
 config; it is rewritten atomically after every successful reload, and it is also the file TF
 Serving (``--model_config_file``) and the local server read when they start.
@@ -9,6 +13,8 @@ Serving (``--model_config_file``) and the local server read when they start.
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,12 +27,24 @@ from railyard.settings import Settings
 
 
 @dataclass(frozen=True)
+class Replica:
+    grpc: str  # host:port
+    rest: str  # http://host:port
+    reload_token: str | None = field(default=None, repr=False)  # a local server's; a secret
+
+
+@dataclass(frozen=True)
 class ServingTarget:
     grpc: str  # host:port of the gRPC API (ModelService, PredictionService)
     rest: str  # http://host:port
     model_root: Path  # where this process writes version folders
     server_model_root: str  # the same folder as the server sees it (e.g. /models in the container)
     reload_token: str | None = field(default=None, repr=False)  # the local server's; a secret
+    other_replicas: tuple[Replica, ...] = ()  # replicas 2..N, on the same model root
+
+    @property
+    def replicas(self) -> tuple[Replica, ...]:
+        return (Replica(self.grpc, self.rest, self.reload_token), *self.other_replicas)
 
     @property
     def config_path(self) -> Path:
@@ -36,7 +54,17 @@ class ServingTarget:
         return posixpath.join(self.server_model_root, model)
 
     def client(self, **options) -> ServingClient:
+        """A client of the first replica."""
         return ServingClient(self.grpc, self.rest, reload_token=self.reload_token, **options)
+
+    @contextmanager
+    def clients(self, **options) -> Iterator[list[ServingClient]]:
+        """One client per replica, the first replica's first; all closed afterwards."""
+        with ExitStack() as stack:
+            yield [
+                stack.enter_context(ServingClient(r.grpc, r.rest, reload_token=r.reload_token, **options))
+                for r in self.replicas
+            ]
 
 
 def known_good_config(target: ServingTarget) -> ModelServerConfig:

@@ -166,6 +166,7 @@ def test_compose_file_is_valid(config):
         "prefect-server",
         "mlflow",
         "tfserving",
+        "tfserving-2",
         "volume-init",
         "worker",
         "valkey",
@@ -322,6 +323,18 @@ def test_tfserving_service_is_the_launchers_container(compose):
     }
 
 
+def test_second_tfserving_replica_is_the_first_on_the_same_volume_unpublished(compose, config, monkeypatch):
+    """Replicas share the model root (one known-good models.config); the worker releases to both."""
+    first, second = compose["services"]["tfserving"], compose["services"]["tfserving-2"]
+    assert {key: value for key, value in first.items() if key != "ports"} == second
+    assert "ports" not in second  # its gRPC (reloads) and REST stay on the stack's network
+    assert f"{MODEL_ROOT_VOLUME}:{MODEL_ROOT}" in second["volumes"]
+    settings = settings_from(environment(config["services"]["worker"]), monkeypatch)
+    assert settings.serving_replicas == [
+        (f"{name}:{GRPC_PORT}", f"http://{name}:{REST_PORT}") for name in ("tfserving", "tfserving-2")
+    ]
+
+
 def test_every_dollar_is_escaped_or_a_compose_variable(compose):
     """An unescaped `$@` or `$VAR` meant for a container's shell would be eaten or misread by compose."""
     for text in strings_in(compose["services"]):
@@ -382,12 +395,13 @@ def test_dependencies_wait_for_health_or_completion(compose):
             assert name in awaited, f"nothing waits for the one-shot service {name}"
             assert not service.get("ports"), f"one-shot {name} publishes ports"
     expected_order = {
-        "worker": {"prefect-server", "mlflow", "tfserving", "minio-init", "volume-init", "valkey"},
+        "worker": {"prefect-server", "mlflow", "tfserving", "tfserving-2", "minio-init", "volume-init", "valkey"},
         "ingester": {"valkey", "volume-init"},
         "valkey": set(),
         "mlflow": {"postgres", "postgres-init", "minio-init"},
         "prefect-server": {"postgres"},
         "tfserving": {"volume-init"},
+        "tfserving-2": {"volume-init"},
     }
     for name, dependencies in expected_order.items():
         assert set(depends_on(services[name])) == dependencies, name
@@ -576,15 +590,17 @@ def test_worker_settings_point_at_the_stack(config, monkeypatch):
     prefect_command = services["prefect-server"]["command"]
     assert prefect_command[prefect_command.index("--port") + 1] == "4200"
     assert "--port=5000" in services["mlflow"]["command"]
+    listens["tfserving-2"] = str(REST_PORT)
     for name in (
         "PREFECT_API_URL",
         "RAILYARD_MLFLOW_TRACKING_URI",
         "RAILYARD_S3_ENDPOINT_URL",
         "RAILYARD_SERVING_REST",
     ):
-        url = urlsplit(env[name])
-        assert listens.get(url.hostname) == str(url.port), f"{name}={env[name]}"
-    assert env["RAILYARD_SERVING_GRPC"] == f"tfserving:{GRPC_PORT}"
+        for address in env[name].split(","):  # the serving endpoints: one per replica
+            url = urlsplit(address)
+            assert listens.get(url.hostname) == str(url.port), f"{name}={env[name]}"
+    assert env["RAILYARD_SERVING_GRPC"] == f"tfserving:{GRPC_PORT},tfserving-2:{GRPC_PORT}"
     assert urlsplit(env["PREFECT_API_URL"]).path == "/api"
 
     # The store bucket is the one minio-init creates, and the credentials are the service account's.

@@ -1,0 +1,210 @@
+"""The ranking service's HTTP API (FastAPI), in front of TF Serving.
+
+- ``GET /v1/recommend?userId=6&k=10[&candidates=100]``: the user's top k of the most popular
+  movies they have not rated, scored with fresh features.
+- ``POST /v1/score`` ``{"instances": [{"userId": 6, "movieId": 1}, ...]}``: TF Serving's
+  ``predictions`` layout, with fresh features (ids only, flagged ``degraded``, when the online
+  store does not answer).
+- ``/healthz`` (the process answers), ``/readyz`` (TF Serving serves `stable` and the online store
+  answers; 503 naming what is not ready), ``/metrics`` (Prometheus text format).
+
+Failures are JSON (``{"error": kind, "detail": ...}``, the full reason in the log), never a traceback: 503
+when TF Serving or (for candidates) the online store does not answer, 502 when TF Serving
+refuses the request. Endpoints are plain functions: FastAPI runs them in its thread pool, since
+the store and gRPC clients block.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import BackgroundTasks, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable
+from infra.ranking.service import LABELS_TTL_S, SHARE_TTL_S, LiveRecord, NoCandidates, Ranker
+from infra.tfserving.client import ServingClient, ServingError, ServingUnavailableError
+from railyard.errors import RailyardError
+
+log = logging.getLogger("railyard.ranking")
+
+INT64_MAX = 2**63 - 1
+MAX_INSTANCES = 1_000  # per /v1/score request
+MAX_K = 1_000
+MAX_CANDIDATES = 10_000
+NO_LABEL = "none"  # the metrics' label when no label answered
+
+# error class -> (kind, HTTP status, what the caller should know); the first match wins.
+FAILURES: tuple[tuple[type[Exception], str, int, str], ...] = (
+    (ServingUnavailableError, "serving_unavailable", 503, "TF Serving does not answer; try again later"),
+    (ServingError, "serving_error", 502, "TF Serving refused the request"),
+    (
+        OnlineStoreUnavailable,
+        "online_store_unavailable",
+        503,
+        "the online store does not answer: the candidates (movies the user has not rated) are unknown",
+    ),
+    (OnlineStoreEmpty, "online_store_empty", 503, "the online store holds no features yet"),
+    (
+        NoCandidates,
+        "no_candidates",
+        503,
+        "the online store keeps no candidate data yet: rebuild it (`railyard ingest --rebuild`)",
+    ),
+)
+
+
+class Instance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    userId: int = Field(ge=0, le=INT64_MAX)  # noqa: N815 - the request's field names are TF Serving's
+    movieId: int = Field(ge=0, le=INT64_MAX)  # noqa: N815
+
+
+class ScoreRequest(BaseModel):
+    instances: list[Instance] = Field(min_length=1, max_length=MAX_INSTANCES)
+
+
+def create_app(
+    store: OnlineStore,
+    serving: ServingClient,
+    model: str,
+    *,
+    candidates: int = 100,
+    share_ttl_s: float = SHARE_TTL_S,
+    labels_ttl_s: float = LABELS_TTL_S,
+) -> FastAPI:
+    """The service over ``store`` and ``serving`` (any object with ServingClient's
+    ``predict_grpc_versioned`` and ``label_version``) for ``model``; each app keeps its own caches
+    and metrics."""
+    ranker = Ranker(store, serving, model, candidates=candidates, share_ttl_s=share_ttl_s, labels_ttl_s=labels_ttl_s)
+    metrics = ranker.metrics
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        await run_in_threadpool(ranker.warm_up)
+        yield
+
+    app = FastAPI(title="Railyard ranking service", lifespan=lifespan)
+    app.state.ranker = ranker
+
+    def finish(
+        body: dict,
+        endpoint: str,
+        label: str,
+        started: float,
+        records: Sequence[LiveRecord],
+        background: BackgroundTasks,
+        status: int = 200,
+    ) -> JSONResponse:
+        seconds = time.perf_counter() - started
+        metrics.requests.labels(endpoint, label, str(status)).inc()
+        metrics.request_seconds.labels(endpoint, label).observe(seconds)
+        if records:
+            background.add_task(ranker.record_live, list(records), seconds * 1_000)
+        return JSONResponse(body, status_code=status)
+
+    def failed(
+        error: RailyardError, endpoint: str, started: float, records: Sequence[LiveRecord], background: BackgroundTasks
+    ) -> JSONResponse:
+        status, body = failure(error)
+        log.warning("%s answered %d: %s", endpoint, status, error)
+        return finish(body, endpoint, NO_LABEL, started, records, background, status)
+
+    @app.get("/v1/recommend")
+    def recommend(
+        background: BackgroundTasks,
+        user_id: Annotated[int, Query(alias="userId", ge=0, le=INT64_MAX)],
+        k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
+        candidates: Annotated[int | None, Query(ge=1, le=MAX_CANDIDATES)] = None,
+    ) -> JSONResponse:
+        started, records = time.perf_counter(), []
+        try:
+            found = ranker.recommend(user_id, k, candidates, records)
+        except RailyardError as error:
+            return failed(error, "recommend", started, records, background)
+        body = {
+            "userId": user_id,
+            "recommendations": [
+                {"movieId": movie, "score": score} for movie, score in zip(found.movie_ids, found.scores)
+            ],
+            "model_version": found.version,
+            "label": found.label,
+            "degraded": False,
+        }
+        return finish(body, "recommend", found.label, started, records, background)
+
+    @app.post("/v1/score")
+    def score(request: ScoreRequest, background: BackgroundTasks) -> JSONResponse:
+        started, records = time.perf_counter(), []
+        users = [instance.userId for instance in request.instances]
+        movies = [instance.movieId for instance in request.instances]
+        try:
+            scored = ranker.score(users, movies, records)
+        except RailyardError as error:
+            return failed(error, "score", started, records, background)
+        if len(scored.groups) == 1:
+            (group,) = scored.groups
+            label, version = group.label, group.version
+        else:  # users on both labels: see "routes"
+            label, version = "mixed", None
+        body = {
+            "predictions": [[value] for value in scored.scores.tolist()],
+            "model_version": version,
+            "label": label,
+            "degraded": scored.degraded,
+            "routes": [
+                {"label": group.label, "model_version": group.version, "instances": group.rows}
+                for group in scored.groups
+            ],
+        }
+        return finish(body, "score", label, started, records, background)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz() -> JSONResponse:
+        problems = ranker.readiness()
+        return JSONResponse({"ready": not problems, "not_ready": problems}, status_code=503 if problems else 200)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        content, media_type = metrics.exposition()
+        return Response(content, media_type=media_type)
+
+    @app.exception_handler(RailyardError)
+    async def railyard_error(_: Request, error: RailyardError) -> JSONResponse:
+        status, body = failure(error)
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, error: Exception) -> JSONResponse:
+        log.error("unexpected error", exc_info=error)
+        metrics.errors.labels("internal").inc()
+        body = {"error": "internal", "detail": type(error).__name__}
+        return JSONResponse(body, status_code=500)
+
+    return app
+
+
+def failure(error: RailyardError) -> tuple[int, dict]:
+    """The HTTP status and JSON body for an error Railyard raised."""
+    for kind_of, kind, status, detail in FAILURES:
+        if isinstance(error, kind_of):
+            return status, {"error": kind, "detail": detail}
+    return 500, {"error": "internal", "detail": type(error).__name__}
+
+
+def serve(app: FastAPI, host: str, port: int) -> None:
+    """Run the app with uvicorn until interrupted (SIGINT/SIGTERM end it gracefully)."""
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

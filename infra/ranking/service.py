@@ -1,0 +1,302 @@
+"""The ranking service's work, without HTTP: route a user to a label, read candidates and fresh
+features from the online store, ask TF Serving, fall back, and keep the live figures.
+
+- **Routing**: ``railyard.gray.label_for(userId, share)``, the share read from the online store
+  at most every ``share_ttl_s`` (so a change reaches every replica within that), and only while
+  TF Serving serves a ``canary`` label (the labels are read at most every ``labels_ttl_s``).
+- **Canary fallback**: a canary call that fails is counted against the canary (its live error
+  rate is what the bake watches), then the same request goes to ``stable``.
+- **Degraded**: when the online store does not answer, scores come from the ids-only
+  ``serving_default`` signature (the features frozen at the model's cut-off), flagged degraded;
+  candidates cannot be known, so a recommendation fails (``OnlineStoreUnavailable``).
+- **Live figures**: every answer (and every failed call) becomes a ``LiveRecord``; the caller
+  writes them with ``record_live`` once the answer is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import numpy as np
+import redis
+from prometheus_client import Histogram
+
+from infra.online_store import gray_release
+from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable
+from infra.ranking.metrics import RankingMetrics
+from infra.tfserving.client import ServingClient, ServingError, ServingUnavailableError
+from infra.tfserving.protocol import CANARY, STABLE
+from railyard import contract
+from railyard.errors import RailyardError
+from railyard.gray import label_for
+
+log = logging.getLogger("railyard.ranking")
+T = TypeVar("T")
+
+SHARE_TTL_S = 0.5  # a share change reaches this process within this (plus one request)
+LABELS_TTL_S = 1.0  # how long the served labels' versions are trusted
+
+
+class NoCandidates(RailyardError):
+    """The online store's namespace keeps no candidate data (built before the store kept it)."""
+
+    next_step = "rebuild the online store (`railyard ingest --rebuild`): the new namespace keeps candidate data"
+
+
+class Refreshed(Generic[T]):
+    """A value read again at most every ``ttl_s``; while a read fails, the last good value."""
+
+    def __init__(self, read: Callable[[], T], ttl_s: float, initial: T, on_error: Callable[[Exception], None]):
+        self._read, self._ttl_s, self._value, self._on_error = read, ttl_s, initial, on_error
+        self._read_at: float | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        with self._lock:
+            now = time.monotonic()
+            if self._read_at is None or now - self._read_at >= self._ttl_s:
+                self._read_at = now
+                try:
+                    self._value = self._read()
+                except (RailyardError, redis.RedisError, ValueError) as error:
+                    self._on_error(error)
+            return self._value
+
+
+@dataclass(frozen=True)
+class LiveRecord:
+    """One label's part in one request, for ``gray_release.record``."""
+
+    label: str
+    version: int | None  # None: the label's version is unknown (nothing can be recorded)
+    error: bool
+    score: float | None  # the mean score of the answer
+
+
+@dataclass(frozen=True)
+class Answered:
+    """Scores for some rows, and who gave them."""
+
+    scores: np.ndarray
+    label: str  # the label that answered (stable after a canary fallback)
+    version: int | None  # the version that answered (TF Serving's response says)
+
+
+@dataclass(frozen=True)
+class Group:
+    label: str
+    version: int | None
+    rows: list[int]
+
+
+@dataclass(frozen=True)
+class Scored:
+    scores: np.ndarray  # one per instance, in request order
+    groups: list[Group]  # who answered which instances
+    degraded: bool
+
+
+@dataclass(frozen=True)
+class Recommended:
+    movie_ids: list[int]
+    scores: list[float]
+    label: str
+    version: int | None
+    candidates: int  # how many candidates were scored
+
+
+@dataclass
+class Ranker:
+    store: OnlineStore
+    serving: ServingClient
+    model: str
+    candidates: int = 100
+    metrics: RankingMetrics = field(default_factory=RankingMetrics)
+    share_ttl_s: float = SHARE_TTL_S
+    labels_ttl_s: float = LABELS_TTL_S
+
+    def __post_init__(self) -> None:
+        self._share = Refreshed(self._read_share, self.share_ttl_s, 0.0, self._error("canary_share"))
+        self._labels = Refreshed(self._read_labels, self.labels_ttl_s, {}, self._error("serving_labels"))
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def served_labels(self) -> dict[str, int]:
+        """Label -> version for the labels TF Serving serves (as last read)."""
+        return self._labels.get()
+
+    def canary_share(self) -> float:
+        return self._share.get()
+
+    def routes(self, user_ids: Sequence[int]) -> list[str]:
+        """Each user's label: the canary's share of users only while a canary is served."""
+        if CANARY not in self.served_labels():
+            return [STABLE] * len(user_ids)
+        share = self.canary_share()
+        return [label_for(user, share) for user in user_ids]
+
+    def _read_share(self) -> float:
+        with timed(self.metrics.online_store_seconds, "canary_share"):
+            share = gray_release.canary_share(self.store.client, self.model)
+        self.metrics.canary_share.set(share)
+        return share
+
+    def _read_labels(self) -> dict[str, int]:
+        versions = {label: self.serving.label_version(self.model, label) for label in (STABLE, CANARY)}
+        return {label: version for label, version in versions.items() if version is not None}
+
+    # -- answers ---------------------------------------------------------------------------
+
+    def score(self, user_ids: Sequence[int], movie_ids: Sequence[int], records: list[LiveRecord]) -> Scored:
+        """One score per (user, movie), each user's instances from its label: fresh features from
+        the online store (one read for all), else ids only (degraded). One predict per label."""
+        users = np.asarray(user_ids, np.int64)
+        movies = np.asarray(movie_ids, np.int64)
+        routes = self.routes(users.tolist())
+        try:
+            with timed(self.metrics.online_store_seconds, "read_pairs"):
+                features = self.store.read_pairs(users, movies)
+        except (OnlineStoreUnavailable, OnlineStoreEmpty) as error:
+            self._count_store_error(error)
+            self.metrics.degraded.labels("score").inc()
+            features = None
+        scores = np.zeros(len(users), np.float64)
+        groups: dict[tuple[str, int | None], list[int]] = {}  # (label, version) that answered -> rows
+        for routed in (STABLE, CANARY):
+            rows = [row for row, label in enumerate(routes) if label == routed]
+            if not rows:
+                continue
+            columns = {"userId": users[rows], "movieId": movies[rows]}
+            if features is not None:
+                columns |= {
+                    "user_features": features[0][rows].astype(np.float32),
+                    "movie_features": features[1][rows].astype(np.float32),
+                }
+            signature = contract.FEATURES_SIGNATURE if features is not None else contract.SIGNATURE_NAME
+            answered = self._ask(routed, columns, signature, records)
+            scores[rows] = answered.scores
+            groups.setdefault((answered.label, answered.version), []).extend(rows)  # a fallback joins stable's
+            records.append(LiveRecord(answered.label, answered.version, False, float(answered.scores.mean())))
+        answered_by = [Group(label, version, sorted(rows)) for (label, version), rows in groups.items()]
+        return Scored(scores, answered_by, features is None)
+
+    def recommend(self, user_id: int, k: int, candidates: int | None, records: list[LiveRecord]) -> Recommended:
+        """The user's top ``k`` of the ``candidates`` most popular movies they have not rated,
+        scored with fresh features (candidates and features: one store round trip)."""
+        (routed,) = self.routes([user_id])
+        try:
+            with timed(self.metrics.online_store_seconds, "candidates"):
+                found = self.store.read_candidates(user_id, candidates or self.candidates)
+        except (OnlineStoreUnavailable, OnlineStoreEmpty) as error:
+            self._count_store_error(error)
+            raise
+        if not found.kept:
+            self.metrics.errors.labels("no_candidates").inc()
+            raise NoCandidates("the online store's namespace was built without candidate data")
+        if not len(found.movie_ids):  # no ratings yet, or the user has rated every movie rated
+            return Recommended([], [], routed, self.served_labels().get(routed), 0)
+        columns = {
+            "userId": np.full(len(found.movie_ids), user_id, np.int64),
+            "movieId": found.movie_ids,
+            "user_features": found.users.astype(np.float32),
+            "movie_features": found.movies.astype(np.float32),
+        }
+        answered = self._ask(routed, columns, contract.FEATURES_SIGNATURE, records)
+        best = np.lexsort((found.movie_ids, -answered.scores))[:k]  # score descending, then movieId
+        top_ids, top_scores = found.movie_ids[best].tolist(), answered.scores[best].tolist()
+        records.append(LiveRecord(answered.label, answered.version, False, float(np.mean(top_scores))))
+        return Recommended(top_ids, top_scores, answered.label, answered.version, len(found.movie_ids))
+
+    def _ask(self, routed: str, columns: dict[str, np.ndarray], signature: str, records: list[LiveRecord]) -> Answered:
+        """One predict on the routed label; a failed canary is recorded, then stable answers."""
+        for label in (CANARY, STABLE) if routed == CANARY else (STABLE,):
+            started = time.perf_counter()
+            try:
+                outputs, version = self.serving.predict_grpc_versioned(
+                    self.model, columns, label=label, signature_name=signature
+                )
+            except ServingError as error:
+                seconds = time.perf_counter() - started
+                self.metrics.tfserving_seconds.labels(label, signature, "error").observe(seconds)
+                unavailable = isinstance(error, ServingUnavailableError)
+                self.metrics.errors.labels("tfserving_unavailable" if unavailable else "tfserving_error").inc()
+                records.append(LiveRecord(label, self.served_labels().get(label), True, None))
+                if label == CANARY:
+                    self.metrics.errors.labels("canary_fallback").inc()
+                    log.warning("the canary failed (%s); answering from stable", error)
+                    continue
+                raise
+            self.metrics.tfserving_seconds.labels(label, signature, "ok").observe(time.perf_counter() - started)
+            scores = np.asarray(outputs[contract.OUTPUT], np.float64).reshape(-1)
+            return Answered(scores, label, version)
+        raise AssertionError("unreachable: stable either answers or raises")
+
+    # -- live figures and readiness --------------------------------------------------------
+
+    def record_live(self, records: Sequence[LiveRecord], latency_ms: float) -> None:
+        """Add the request to each label's live counters (after the answer went out)."""
+        for item in records:
+            if item.version is None:
+                continue
+            try:
+                with timed(self.metrics.online_store_seconds, "record"):
+                    gray_release.record(
+                        self.store.client, self.model, item.label, item.version, latency_ms, item.error, item.score
+                    )
+            except (RailyardError, redis.RedisError) as error:
+                self.metrics.errors.labels("live_record").inc()
+                log.warning("live figures not recorded: %s", error)
+                return
+
+    def readiness(self) -> dict[str, str]:
+        """What is not ready, and why (empty: ready)."""
+        problems = {}
+        try:
+            if self.serving.label_version(self.model, STABLE) is None:
+                problems["serving"] = f"TF Serving answers but serves no `{STABLE}` version of {self.model!r}"
+        except ServingError as error:
+            problems["serving"] = str(error)
+        try:
+            if self.store.namespace() is None:
+                problems["online_store"] = "the online store holds no features yet (`railyard ingest --rebuild`)"
+        except (OnlineStoreUnavailable, redis.RedisError) as error:
+            problems["online_store"] = str(error)
+        return problems
+
+    def warm_up(self) -> None:
+        """Import TensorFlow (the gRPC request encoding needs it) and read the labels, so the first
+        request does not pay for them."""
+        import tensorflow  # noqa: F401 - seconds of import, paid before the port opens
+
+        self.served_labels()
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _count_store_error(self, error: Exception) -> None:
+        kind = "online_store_empty" if isinstance(error, OnlineStoreEmpty) else "online_store_unavailable"
+        self.metrics.errors.labels(kind).inc()
+        log.warning("online store: %s", error)
+
+    def _error(self, kind: str) -> Callable[[Exception], None]:
+        def count(error: Exception) -> None:
+            self.metrics.errors.labels(kind).inc()
+            log.warning("%s not refreshed (keeping the last value): %s", kind, error)
+
+        return count
+
+
+@contextmanager
+def timed(histogram: Histogram, operation: str) -> Iterator[None]:
+    """Observe the block's seconds in ``histogram`` under (operation, ok|error)."""
+    started, outcome = time.perf_counter(), "error"
+    try:
+        yield
+        outcome = "ok"
+    finally:
+        histogram.labels(operation, outcome).observe(time.perf_counter() - started)
