@@ -643,11 +643,9 @@ def rank_server(
             fg=typer.colors.YELLOW,
             err=True,
         )
-    # A failing TF Serving must not hold a request for long: two quick tries, then a 503.
-    client = target.client(timeout_s=5.0, attempts=2, backoff_s=0.1)
-    app_ = create_app(connect(settings), client, settings.model_name, candidates=candidates)
-    typer.echo(f"ranking service for {settings.model_name} on http://{host}:{port} (TF Serving gRPC {target.grpc})")
-    try:
+    # A failing replica must not hold a request for long: two quick tries, then the next replica.
+    with target.clients(timeout_s=5.0, attempts=2, backoff_s=0.05) as clients:
+        app_ = create_app(connect(settings), clients, settings.model_name, candidates=candidates)
+        grpc = ", ".join(replica.grpc for replica in target.replicas)
+        typer.echo(f"ranking service for {settings.model_name} on http://{host}:{port} (TF Serving gRPC {grpc})")
         serve(app_, host, port)
-    finally:
-        client.close()

@@ -200,14 +200,17 @@ def repair_serving(
 ) -> list[str]:
     """Make the server serve what its config file says, and the file what MLflow says."""
     model, said = settings.model_name, []
-    with target.client(attempts=settings.serving_attempts) as client:
+    with target.clients(attempts=settings.serving_attempts) as clients:
+        client = clients[0]
         on_file = served.serving_labels(target, model)
-        live = {label: v for label in (STABLE, CANARY) if (v := client.label_version(model, label)) is not None}
-        if live != on_file:
-            client.reload_config(served.known_good_config(target))
-            said.append(
-                f"the server served {live or 'nothing'} but its config says {on_file or 'nothing'}: sent the config again"
-            )
+        for replica in clients:
+            live = {label: v for label in (STABLE, CANARY) if (v := replica.label_version(model, label)) is not None}
+            if live != on_file:
+                replica.reload_config(served.known_good_config(target))
+                said.append(
+                    f"the server at {replica.grpc_target} served {live or 'nothing'} but its config says "
+                    f"{on_file or 'nothing'}: sent the config again"
+                )
         plan = serving_plan(production, in_review, on_file)
         store = model_store(settings)
         for version in (plan.stable, plan.canary):

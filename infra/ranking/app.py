@@ -5,8 +5,9 @@
 - ``POST /v1/score`` ``{"instances": [{"userId": 6, "movieId": 1}, ...]}``: TF Serving's
   ``predictions`` layout, with fresh features (ids only, flagged ``degraded``, when the online
   store does not answer).
-- ``/healthz`` (the process answers), ``/readyz`` (TF Serving serves `stable` and the online store
-  answers; 503 naming what is not ready), ``/metrics`` (Prometheus text format).
+- ``/healthz`` (the process answers), ``/readyz`` (a TF Serving replica serves `stable` and the
+  online store answers; 503 naming what is not ready; replicas set aside are listed),
+  ``/metrics`` (Prometheus text format).
 
 Failures are JSON (``{"error": kind, "detail": ...}``, the full reason in the log), never a traceback: 503
 when TF Serving or (for candidates) the online store does not answer, 502 when TF Serving
@@ -28,6 +29,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable
+from infra.ranking.metrics import RankingMetrics
+from infra.ranking.replicas import ReplicaPool
 from infra.ranking.service import LABELS_TTL_S, SHARE_TTL_S, LiveRecord, NoCandidates, Ranker
 from infra.tfserving.client import ServingClient, ServingError, ServingUnavailableError
 from railyard.errors import RailyardError
@@ -73,18 +76,28 @@ class ScoreRequest(BaseModel):
 
 def create_app(
     store: OnlineStore,
-    serving: ServingClient,
+    replicas: Sequence[ServingClient],
     model: str,
     *,
     candidates: int = 100,
     share_ttl_s: float = SHARE_TTL_S,
     labels_ttl_s: float = LABELS_TTL_S,
 ) -> FastAPI:
-    """The service over ``store`` and ``serving`` (any object with ServingClient's
-    ``predict_grpc_versioned`` and ``label_version``) for ``model``; each app keeps its own caches
-    and metrics."""
-    ranker = Ranker(store, serving, model, candidates=candidates, share_ttl_s=share_ttl_s, labels_ttl_s=labels_ttl_s)
-    metrics = ranker.metrics
+    """The service over ``store`` and the TF Serving ``replicas`` (balanced, see
+    ``infra.ranking.replicas``) for ``model``; each app keeps its own caches and metrics."""
+    metrics = RankingMetrics()
+    for client in replicas:
+        metrics.replica_up.labels(client.grpc_target).set(1)
+    serving = ReplicaPool(replicas, on_health=lambda replica, up: metrics.replica_up.labels(replica).set(int(up)))
+    ranker = Ranker(
+        store,
+        serving,
+        model,
+        candidates=candidates,
+        metrics=metrics,
+        share_ttl_s=share_ttl_s,
+        labels_ttl_s=labels_ttl_s,
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -173,7 +186,8 @@ def create_app(
     @app.get("/readyz")
     def readyz() -> JSONResponse:
         problems = ranker.readiness()
-        return JSONResponse({"ready": not problems, "not_ready": problems}, status_code=503 if problems else 200)
+        body = {"ready": not problems, "not_ready": problems, "replicas_down": serving.down()}
+        return JSONResponse(body, status_code=503 if problems else 200)
 
     @app.get("/metrics")
     def prometheus() -> Response:

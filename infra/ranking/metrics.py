@@ -49,6 +49,12 @@ class RankingMetrics:
             ["endpoint"],
             **common,
         )
+        self.replica_up = Gauge(
+            "tfserving_replica_up",
+            "1 while a TF Serving replica answers, 0 while it is set aside after failing to.",
+            ["replica"],
+            **common,
+        )
         self.canary_share = Gauge("canary_share", "The canary's share of users this service last read.", **common)
 
     def exposition(self) -> tuple[bytes, str]:

@@ -30,7 +30,8 @@ from prometheus_client import Histogram
 from infra.online_store import gray_release
 from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable
 from infra.ranking.metrics import RankingMetrics
-from infra.tfserving.client import ServingClient, ServingError, ServingUnavailableError
+from infra.ranking.replicas import ReplicaPool
+from infra.tfserving.client import ServingError, ServingUnavailableError
 from infra.tfserving.protocol import CANARY, STABLE
 from railyard import contract
 from railyard.errors import RailyardError
@@ -114,7 +115,7 @@ class Recommended:
 @dataclass
 class Ranker:
     store: OnlineStore
-    serving: ServingClient
+    serving: ReplicaPool
     model: str
     candidates: int = 100
     metrics: RankingMetrics = field(default_factory=RankingMetrics)

@@ -6,6 +6,8 @@ import time
 
 import pytest
 
+from infra.tfserving.client import ServingError
+from railyard.gray import user_bucket
 from railyard.synthetic import generate_movielens
 
 pytestmark = pytest.mark.slow
@@ -35,10 +37,31 @@ def gray_home(railyard_home, monkeypatch):
     background.stop(Settings().local_serving_dir)
 
 
+class FlakyCanary:
+    """A TF Serving client whose calls to the canary fail three times in ten (a canary that errs
+    on a share of its live traffic); everything else goes to the real server."""
+
+    def __init__(self, inner):
+        self.inner, self.grpc_target, self.calls = inner, inner.grpc_target, 0
+
+    def label_version(self, model, label):
+        return self.inner.label_version(model, label)
+
+    def predict_grpc_versioned(self, model, columns, version=None, label=None, signature_name="serving_default"):
+        if label == "canary":
+            self.calls += 1
+            if self.calls % 10 in (1, 2, 3):
+                raise ServingError("Predict failed: INTERNAL: injected canary failure", code="INTERNAL")
+        return self.inner.predict_grpc_versioned(model, columns, version, label, signature_name)
+
+
 def test_a_canary_over_its_error_budget_is_rolled_back_during_the_bake(gray_home, tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
     from flows.retrain import retrain
     from infra.online_store import gray_release
     from infra.online_store.store import connect
+    from infra.ranking import create_app
     from infra.tfserving.target import serving_labels
     from railyard.errors import CanaryRolledBack
     from railyard.settings import Settings
@@ -53,20 +76,27 @@ def test_a_canary_over_its_error_budget_is_rolled_back_during_the_bake(gray_home
     client = connect(settings).client
     assert gray_release.canary_share(client, "recmodel") == 1.0  # approved: canary and stable both v1
 
-    # A second model of the same data (another training config) bakes for 60 s; its live traffic
-    # errs on 30 % of requests, as a ranking service would count them.
+    # A second model of the same data (another training config) bakes for 60 s. A ranking service
+    # sends it the canary's users; 30 % of its calls to the canary fail (injected), and stable
+    # answers those users instead.
     monkeypatch.setenv("RAILYARD_EPOCHS", "2")
     monkeypatch.setenv("RAILYARD_BAKE_S", "60")
     monkeypatch.setenv("RAILYARD_BAKE_MIN_REQUESTS", "40")
-    seen_share = []
+    canary_users = [user for user in range(1, 61) if user_bucket(user) < 0.25]
+    seen_share, answers = [], []
 
     def canary_traffic() -> None:
         deadline = time.monotonic() + 300
         while gray_release.canary_share(client, "recmodel") != 0.25 and time.monotonic() < deadline:
             time.sleep(0.05)  # the share is 0 from the canary's load until its smoke tests pass
         seen_share.append(gray_release.canary_share(client, "recmodel"))
-        for request in range(60):
-            gray_release.record(client, "recmodel", "canary", 2, latency_ms=4.0, error=request % 10 < 3, score=0.5)
+        with serving_target(settings).clients(attempts=1) as clients:
+            app = create_app(connect(settings), [FlakyCanary(client) for client in clients], "recmodel")
+            with TestClient(app) as service:
+                for request in range(60):
+                    user = canary_users[request % len(canary_users)]
+                    body = {"instances": [{"userId": user, "movieId": 1}]}
+                    answers.append(service.post("/v1/score", json=body).json())
 
     traffic = threading.Thread(target=canary_traffic)
     traffic.start()
@@ -76,6 +106,8 @@ def test_a_canary_over_its_error_budget_is_rolled_back_during_the_bake(gray_home
     traffic.join()
     assert seen_share == [0.25] and time.monotonic() - started < 200  # rolled back well before the bake's end
     assert gray_release.canary_share(client, "recmodel") == 0.0
+    assert len(answers) == 60 and all(len(answer["predictions"]) == 1 for answer in answers)
+    assert [answer["label"] for answer in answers].count("stable") == 18  # the failed canary calls
     target = serving_target(settings)
     assert serving_labels(target, "recmodel") == {"stable": 1, "canary": 1}  # canary unloaded
     with target.client() as serving:

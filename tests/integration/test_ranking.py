@@ -6,7 +6,10 @@ metrics, and what it answers when the online store or TF Serving is down."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -55,7 +58,11 @@ def store(online_store, batch):
 
 
 def make_app(store, serving, **options):
-    return TestClient(create_app(store, serving, MODEL_NAME, **options))
+    return make_app_over([serving], store, **options)
+
+
+def make_app_over(replicas, store, **options):
+    return TestClient(create_app(store, replicas, MODEL_NAME, **options))
 
 
 def metric_samples(client: TestClient) -> dict[tuple, float]:
@@ -251,15 +258,15 @@ class CanaryFails:
     """The module's serving client, except that every call to the `canary` label fails."""
 
     def __init__(self, inner):
-        self.inner = inner
+        self.inner, self.grpc_target = inner, inner.grpc_target
 
     def label_version(self, model, label):
         return self.inner.label_version(model, label)
 
-    def predict_grpc_versioned(self, model, columns, label=None, signature_name="serving_default"):
+    def predict_grpc_versioned(self, model, columns, version=None, label=None, signature_name="serving_default"):
         if label == CANARY:
             raise ServingError("Predict failed: INTERNAL: the canary broke", code="INTERNAL", details="broke")
-        return self.inner.predict_grpc_versioned(model, columns, label=label, signature_name=signature_name)
+        return self.inner.predict_grpc_versioned(model, columns, version, label, signature_name)
 
 
 def test_a_failing_canary_is_counted_against_it_and_stable_answers(store, serving):
@@ -293,7 +300,7 @@ def test_without_a_canary_label_everyone_gets_stable_and_serving_down_is_a_json_
     with client_for(own, attempts=1, timeout_s=2) as serving, make_app(online_store, serving) as client:
         answer = client.post("/v1/score", json=request).json()
         assert answer["label"] == STABLE and answer["model_version"] == 1
-        assert client.get("/readyz").json() == {"ready": True, "not_ready": {}}
+        assert client.get("/readyz").json() == {"ready": True, "not_ready": {}, "replicas_down": []}
 
         own.stop()
         for response in (
@@ -355,7 +362,7 @@ def test_a_real_uvicorn_server_answers_on_loopback(store, serving):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = create_app(store, serving, MODEL_NAME)
+    app = create_app(store, [serving], MODEL_NAME)
     web = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     runner = threading.Thread(target=web.run, daemon=True)
     runner.start()
@@ -374,3 +381,99 @@ def test_a_real_uvicorn_server_answers_on_loopback(store, serving):
         web.should_exit = True
         runner.join(10)
     assert gray_release.live(store.client, MODEL_NAME, STABLE, 1).requests == 1
+
+
+def grpc_predictions(server) -> int:
+    """gRPC Predict calls a local server answered (its TF Serving request_latency count)."""
+    family = server.metrics.request_latency.family()
+    return int(
+        sum(
+            sample.value
+            for sample in family.samples
+            if sample.name.endswith("_count")
+            and sample.labels["API"] == "Predict"
+            and sample.labels["entrypoint"] == "GRPC"
+        )
+    )
+
+
+def test_requests_are_balanced_over_the_replicas_and_a_replica_down_is_set_aside(
+    store, serving, contract_server, start_server, model_root
+):
+    second = start_server(model_config(model_root, {1, 2}, {"stable": 1, "canary": 2}))
+    request = {"instances": [{"userId": USER, "movieId": movie} for movie in range(1, 11)]}
+    with client_for(second, attempts=1, timeout_s=5) as other, make_app_over([serving, other], store) as client:
+        before = grpc_predictions(contract_server), grpc_predictions(second)
+        answers = [client.post("/v1/score", json=request).json() for _ in range(20)]
+        assert len({json.dumps(answer["predictions"]) for answer in answers}) == 1  # the same scores from both
+        counts = grpc_predictions(contract_server) - before[0], grpc_predictions(second) - before[1]
+        assert counts == (10, 10), counts  # round robin: one predict per request
+
+        second.stop()
+        for _ in range(10):
+            response = client.post("/v1/score", json=request)
+            assert response.status_code == 200 and response.json()["predictions"] == answers[0]["predictions"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["replicas_down"] == [second.grpc_target]
+        samples = metric_samples(client)
+    up = "railyard_ranking_tfserving_replica_up"
+    assert samples[(up, (("replica", second.grpc_target),))] == 0
+    assert samples[(up, (("replica", contract_server.grpc_target),))] == 1
+    assert samples.get(("railyard_ranking_errors_total", (("kind", "tfserving_unavailable"),)), 0) == 0  # no 503
+
+
+def test_the_rank_server_process_balances_two_replicas_and_follows_a_share_change_within_a_second(
+    store, serving, contract_server, start_server, model_root, tmp_path
+):
+    """`railyard rank-server` as its own process, over two replicas named in RAILYARD_SERVING_*:
+    a share change written by another process reaches it within a second."""
+    second = start_server(model_config(model_root, {1, 2}, {"stable": 1, "canary": 2}))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = os.environ | {
+        "RAILYARD_SERVING_GRPC": f"{contract_server.grpc_target},{second.grpc_target}",
+        "RAILYARD_SERVING_REST": f"{contract_server.rest_url},{second.rest_url}",
+    }
+    log = (tmp_path / "rank-server.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", "rank-server", "--port", str(port)], env=env, stdout=log, stderr=log
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while not ready(base):
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "rank-server.log").read_text()
+            time.sleep(0.2)
+        user = next(u for u in range(1, 1_000) if user_bucket(u) < 0.3)
+        before = grpc_predictions(contract_server), grpc_predictions(second)
+        assert [post_score(base, user)["label"] for _ in range(4)] == [STABLE] * 4
+        assert (grpc_predictions(contract_server) - before[0], grpc_predictions(second) - before[1]) == (2, 2)
+
+        for share, expected in ((0.3, CANARY), (0.0, STABLE)):
+            gray_release.set_canary_share(store.client, MODEL_NAME, share)
+            changed = time.monotonic()
+            while post_score(base, user)["label"] != expected:
+                assert time.monotonic() - changed < 1.0, "the share change did not arrive within a second"
+                time.sleep(0.02)
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
+    # SIGTERM: uvicorn shuts down gracefully, then ends by the signal it got.
+    assert "Application shutdown complete" in (tmp_path / "rank-server.log").read_text()
+
+
+def ready(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def post_score(base: str, user: int) -> dict:
+    body = json.dumps({"instances": [{"userId": user, "movieId": 1}]}).encode()
+    request = urllib.request.Request(f"{base}/v1/score", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())

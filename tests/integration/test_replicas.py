@@ -134,3 +134,28 @@ def test_resolve_target_finds_every_running_local_replica(tmp_path, start_server
     target = deploy.resolve_target(settings, start_local=False)
     assert [r.grpc for r in target.replicas] == [server.grpc_target for server in servers]
     assert all(r.reload_token for r in target.replicas)
+
+
+def test_reconcile_sends_the_known_good_config_to_each_replica_that_drifted(world, model_root, tmp_path):
+    """A replica told something else (an operator's reload, a restart on an old file) is found
+    and repaired; the one that serves the known-good config is left alone."""
+    from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
+
+    from tasks.release import repair_serving
+
+    target, clients, servers = world
+    nothing = ModelServerConfig()
+    nothing.model_config_list.SetInParent()
+    known_good = target.config_path.read_text()
+    clients[1].reload_config(nothing)  # replica 2 unloads everything
+    # The local stand-in keeps what it applied in its config file (TF Serving does not): put the
+    # shared file back, as a replica restarted on an old file of its own would leave it.
+    target.config_path.write_text(known_good)
+    assert clients[1].label_version(MODEL_NAME, "stable") is None
+    settings = Settings(home=tmp_path / "home", model_name=MODEL_NAME, serving_attempts=1)
+    said = repair_serving(settings, target, production=1, in_review=None)
+    assert said == [
+        f"the server at {servers[1].grpc_target} served nothing but its config says "
+        "{'canary': 1, 'stable': 1}: sent the config again"
+    ]
+    assert_serving_stable_only(clients, model_root)

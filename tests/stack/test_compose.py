@@ -171,6 +171,7 @@ def test_compose_file_is_valid(config):
         "worker",
         "valkey",
         "ingester",
+        "ranker",
     }
     unset: set[str] = set()
     load_compose(COMPOSE_FILE.read_text(), filled_env(), unset=unset)
@@ -359,7 +360,7 @@ def non_loopback_ports(compose: dict) -> list[str]:
 def test_published_ports_bind_to_loopback(compose, config):
     assert non_loopback_ports(compose) == []
     published = [port for service in config["services"].values() for port in service.get("ports", [])]
-    assert len(published) == 5  # Prefect UI/API, MLflow, MinIO API + console, TF Serving REST
+    assert len(published) == 6  # Prefect UI/API, MLflow, MinIO API + console, TF Serving REST, ranker
     assert {PORT_SPEC.fullmatch(port)["ip"] for port in published} == {"127.0.0.1"}
 
 
@@ -783,7 +784,7 @@ class _Health(QuietHandler):
         if self.authorization is not None and self.headers.get("Authorization") != self.authorization:
             self.send_response(401)
         else:
-            self.send_response(self.status if self.path in ("/api/health", "/health") else 404)
+            self.send_response(self.status if self.path in ("/api/health", "/health", "/healthz") else 404)
         self.end_headers()
         self.wfile.write(b"{}")
 
@@ -794,7 +795,7 @@ def health_server():
         yield server
 
 
-@pytest.mark.parametrize("name, port", [("prefect-server", 4200), ("mlflow", 5000), ("worker", 8080)])
+@pytest.mark.parametrize("name, port", [("prefect-server", 4200), ("mlflow", 5000), ("worker", 8080), ("ranker", 8600)])
 def test_python_health_checks_need_a_200(config, health_server, name, port):
     service = config["services"][name]
     cmd, *argv = service["healthcheck"]["test"]
@@ -1173,3 +1174,28 @@ def test_models_config_placeholder_serves_nothing():
     config = text_format.Parse((DEFAULT_CONFIG_DIR / "models.config").read_text(), ModelServerConfig())
     assert config.HasField("model_config_list")
     assert len(config.model_config_list.config) == 0
+
+
+def test_ranker_serves_the_workers_replicas_and_store_on_its_published_port(compose, config, monkeypatch):
+    """The ranking service reads the store the release flow writes the canary's share to, and
+    balances over the replicas the worker releases to."""
+    services = config["services"]
+    ranker = settings_from(environment(services["ranker"]), monkeypatch)
+    worker = settings_from(environment(services["worker"]), monkeypatch)
+    assert ranker.online_store_url.get_secret_value() == worker.online_store_url.get_secret_value()
+    assert ranker.serving_replicas == worker.serving_replicas and len(ranker.serving_replicas) == 2
+    unknown = [
+        name
+        for name in environment(services["ranker"])
+        if name.startswith("RAILYARD_") and name.lower()[9:] not in type(ranker).model_fields
+    ]
+    assert unknown == [], "not a setting in railyard/settings.py"
+
+    command = services["ranker"]["command"]
+    assert command[:2] == ["railyard", "rank-server"]
+    port = int(command[command.index("--port") + 1])
+    assert command[command.index("--host") + 1] == "0.0.0.0"  # inside its container; published on loopback
+    (published,) = services["ranker"]["ports"]
+    assert PORT_SPEC.fullmatch(published)["target"] == str(port)
+    for needed in ("valkey", "tfserving", "tfserving-2"):
+        assert compose["services"]["ranker"]["depends_on"][needed] == {"condition": "service_healthy"}
