@@ -1,5 +1,6 @@
-"""The gray release from the flow's side: the canary's share of users follows the release, and a
-canary that errors on its live traffic during the bake is rolled back automatically."""
+"""The gray release from the flow's side: the canary's share of users follows the release, a
+canary that errors on its live traffic during the bake is rolled back automatically, and a
+release reaches every local serving replica."""
 
 import threading
 import time
@@ -115,3 +116,41 @@ def test_a_canary_over_its_error_budget_is_rolled_back_during_the_bake(gray_home
     last = registry(settings).history(2)[-1]
     assert last["stage"] == "rejected" and "rolled back during the bake: error rate 30.00%" in last["reason"]
     assert registry(settings).production_version() == 1
+
+
+def test_a_release_lands_on_every_local_replica_and_serve_stop_stops_them(gray_home, tmp_path):
+    """`railyard serve --replicas 2 --background`, then a daily run: the flow finds both local
+    servers, and the version is `stable` on each; `serve --stop` stops both."""
+    from typer.testing import CliRunner
+
+    from cli.main import app
+    from flows.retrain import retrain
+    from infra.local_server import background
+    from infra.rollout.deploy import local_replica_dir
+    from railyard.settings import Settings
+    from tasks.deploy import serving_target
+
+    settings = Settings()
+    runner = CliRunner()
+    try:
+        started = runner.invoke(app, ["serve", "--replicas", "2", "--background"])
+        assert started.exit_code == 0, started.output
+        assert "local replica-1 pid" in started.output and "local server pid" in started.output
+
+        data = tmp_path / "data"
+        generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=300, seed=6)
+        assert retrain(data_dir=str(data), auto_approve=True)["model_version"] == 1
+        target = serving_target(settings)
+        assert len(target.replicas) == 2
+        request = [{"userId": 6, "movieId": 1}, {"userId": 7, "movieId": 3}]
+        with target.clients(attempts=1) as clients:
+            assert [client.label_version("recmodel", "stable") for client in clients] == [1, 1]
+            first, second = (client.predict_rest("recmodel", request, label="stable") for client in clients)
+        assert first == second and len(first) == 2
+
+        stopped = runner.invoke(app, ["serve", "--stop"])
+        assert stopped.exit_code == 0 and "stopped local replica-1" in stopped.output, stopped.output
+        assert background.running(local_replica_dir(settings, 0)) is None
+        assert background.running(local_replica_dir(settings, 1)) is None
+    finally:
+        background.stop(local_replica_dir(settings, 1))
