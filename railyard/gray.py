@@ -37,6 +37,16 @@ def latency_bucket(latency_ms: float) -> int:
     return len(LATENCY_BUCKETS_MS)
 
 
+def request_counters(latency_ms: float, error: bool, score: float | None) -> dict[str, float]:
+    """What one answered request adds to its label's live counters (see ``live_figures``)."""
+    counters = {"requests": 1.0, f"latency_{latency_bucket(latency_ms)}": 1.0}
+    if error:
+        counters["errors"] = 1.0
+    if score is not None:
+        counters |= {"scores": 1.0, "score_sum": score}
+    return counters
+
+
 @dataclass(frozen=True)
 class LiveFigures:
     label: str

@@ -3,11 +3,13 @@ release flow, read by every ranking-service replica) and each served version's l
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import redis
 
 from infra.online_store import keys
 from infra.online_store.store import reachable
-from railyard.gray import LiveFigures, latency_bucket, live_figures
+from railyard.gray import LiveFigures, live_figures
 
 
 def set_canary_share(client: redis.Redis, model: str, share: float) -> None:
@@ -24,19 +26,17 @@ def canary_share(client: redis.Redis, model: str) -> float:
     return float(value) if value is not None else 0.0
 
 
-def record(
-    client: redis.Redis, model: str, label: str, version: int, latency_ms: float, error: bool, score: float | None
-) -> None:
-    """Count one answered request of ``label`` (served by ``version``), in one round trip."""
-    key = keys.live_key(model, label, version)
-    pipe = client.pipeline(transaction=False)
-    pipe.hincrby(key, "requests", 1)
-    pipe.hincrby(key, f"latency_{latency_bucket(latency_ms)}", 1)
-    if error:
-        pipe.hincrby(key, "errors", 1)
-    if score is not None:
-        pipe.hincrby(key, "scores", 1)
-        pipe.hincrbyfloat(key, "score_sum", score)
+def add_live(client: redis.Redis, model: str, counts: Mapping[tuple[str, int], Mapping[str, float]]) -> None:
+    """Add counters (``railyard.gray.request_counters``, summed) to each (label, version)'s live
+    figures: one transaction, so a failed write adds nothing and can be retried whole."""
+    pipe = client.pipeline(transaction=True)
+    for (label, version), counters in counts.items():
+        key = keys.live_key(model, label, version)
+        for name, value in counters.items():
+            if name == "score_sum":
+                pipe.hincrbyfloat(key, name, value)
+            else:
+                pipe.hincrby(key, name, int(value))
     with reachable(client):
         pipe.execute()
 

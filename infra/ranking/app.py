@@ -23,12 +23,13 @@ from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import BackgroundTasks, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable
+from infra.ranking.live import FLUSH_S
 from infra.ranking.metrics import RankingMetrics
 from infra.ranking.replicas import ReplicaPool
 from infra.ranking.service import LABELS_TTL_S, SHARE_TTL_S, LiveRecord, NoCandidates, Ranker
@@ -82,6 +83,7 @@ def create_app(
     candidates: int = 100,
     share_ttl_s: float = SHARE_TTL_S,
     labels_ttl_s: float = LABELS_TTL_S,
+    live_flush_s: float = FLUSH_S,
 ) -> FastAPI:
     """The service over ``store`` and the TF Serving ``replicas`` (balanced, see
     ``infra.ranking.replicas``) for ``model``; each app keeps its own caches and metrics."""
@@ -97,12 +99,15 @@ def create_app(
         metrics=metrics,
         share_ttl_s=share_ttl_s,
         labels_ttl_s=labels_ttl_s,
+        live_flush_s=live_flush_s,
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         await run_in_threadpool(ranker.warm_up)
+        ranker.live.start()
         yield
+        await run_in_threadpool(ranker.live.close)  # the last live figures, before the process ends
 
     app = FastAPI(title="Railyard ranking service", lifespan=lifespan)
     app.state.ranker = ranker
@@ -113,26 +118,21 @@ def create_app(
         label: str,
         started: float,
         records: Sequence[LiveRecord],
-        background: BackgroundTasks,
         status: int = 200,
     ) -> JSONResponse:
         seconds = time.perf_counter() - started
         metrics.requests.labels(endpoint, label, str(status)).inc()
         metrics.request_seconds.labels(endpoint, label).observe(seconds)
-        if records:
-            background.add_task(ranker.record_live, list(records), seconds * 1_000)
+        ranker.record_live(records, seconds * 1_000)
         return JSONResponse(body, status_code=status)
 
-    def failed(
-        error: RailyardError, endpoint: str, started: float, records: Sequence[LiveRecord], background: BackgroundTasks
-    ) -> JSONResponse:
+    def failed(error: RailyardError, endpoint: str, started: float, records: Sequence[LiveRecord]) -> JSONResponse:
         status, body = failure(error)
         log.warning("%s answered %d: %s", endpoint, status, error)
-        return finish(body, endpoint, NO_LABEL, started, records, background, status)
+        return finish(body, endpoint, NO_LABEL, started, records, status)
 
     @app.get("/v1/recommend")
     def recommend(
-        background: BackgroundTasks,
         user_id: Annotated[int, Query(alias="userId", ge=0, le=INT64_MAX)],
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
         candidates: Annotated[int | None, Query(ge=1, le=MAX_CANDIDATES)] = None,
@@ -141,7 +141,7 @@ def create_app(
         try:
             found = ranker.recommend(user_id, k, candidates, records)
         except RailyardError as error:
-            return failed(error, "recommend", started, records, background)
+            return failed(error, "recommend", started, records)
         body = {
             "userId": user_id,
             "recommendations": [
@@ -151,17 +151,17 @@ def create_app(
             "label": found.label,
             "degraded": False,
         }
-        return finish(body, "recommend", found.label, started, records, background)
+        return finish(body, "recommend", found.label, started, records)
 
     @app.post("/v1/score")
-    def score(request: ScoreRequest, background: BackgroundTasks) -> JSONResponse:
+    def score(request: ScoreRequest) -> JSONResponse:
         started, records = time.perf_counter(), []
         users = [instance.userId for instance in request.instances]
         movies = [instance.movieId for instance in request.instances]
         try:
             scored = ranker.score(users, movies, records)
         except RailyardError as error:
-            return failed(error, "score", started, records, background)
+            return failed(error, "score", started, records)
         if len(scored.groups) == 1:
             (group,) = scored.groups
             label, version = group.label, group.version
@@ -177,7 +177,7 @@ def create_app(
                 for group in scored.groups
             ],
         }
-        return finish(body, "score", label, started, records, background)
+        return finish(body, "score", label, started, records)
 
     @app.get("/healthz")
     def healthz() -> dict:

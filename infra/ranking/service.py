@@ -10,7 +10,8 @@ features from the online store, ask TF Serving, fall back, and keep the live fig
   ``serving_default`` signature (the features frozen at the model's cut-off), flagged degraded;
   candidates cannot be known, so a recommendation fails (``OnlineStoreUnavailable``).
 - **Live figures**: every answer (and every failed call) becomes a ``LiveRecord``; the caller
-  writes them with ``record_live`` once the answer is sent.
+  adds them with ``record_live`` once the answer is ready, and ``live`` (``infra.ranking.live``)
+  writes them to the store in batches.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from prometheus_client import Histogram
 
 from infra.online_store import gray_release
 from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable
+from infra.ranking.live import FLUSH_S, LiveBuffer
 from infra.ranking.metrics import RankingMetrics
 from infra.ranking.replicas import ReplicaPool
 from infra.tfserving.client import ServingError, ServingUnavailableError
@@ -51,28 +53,39 @@ class NoCandidates(RailyardError):
 
 
 class Refreshed(Generic[T]):
-    """A value read again at most every ``ttl_s``; while a read fails, the last good value."""
+    """A value read again at most every ``ttl_s``; while a read fails, the last good value.
+
+    One caller reads while the others go on with the last value, so a slow source (a TF Serving
+    that hangs until the client's timeout) holds up one request, not all; only the very first read
+    is waited for.
+    """
 
     def __init__(self, read: Callable[[], T], ttl_s: float, initial: T, on_error: Callable[[Exception], None]):
         self._read, self._ttl_s, self._value, self._on_error = read, ttl_s, initial, on_error
         self._read_at: float | None = None
-        self._lock = threading.Lock()
+        self._reading = threading.Lock()
 
     def get(self) -> T:
-        with self._lock:
-            now = time.monotonic()
-            if self._read_at is None or now - self._read_at >= self._ttl_s:
-                self._read_at = now
+        if self._fresh() or not self._reading.acquire(blocking=self._read_at is None):
+            return self._value
+        try:
+            if not self._fresh():
+                self._read_at = time.monotonic()
                 try:
                     self._value = self._read()
                 except (RailyardError, redis.RedisError, ValueError) as error:
                     self._on_error(error)
-            return self._value
+        finally:
+            self._reading.release()
+        return self._value
+
+    def _fresh(self) -> bool:
+        return self._read_at is not None and time.monotonic() - self._read_at < self._ttl_s
 
 
 @dataclass(frozen=True)
 class LiveRecord:
-    """One label's part in one request, for ``gray_release.record``."""
+    """One label's part in one request, for the live figures."""
 
     label: str
     version: int | None  # None: the label's version is unknown (nothing can be recorded)
@@ -121,8 +134,10 @@ class Ranker:
     metrics: RankingMetrics = field(default_factory=RankingMetrics)
     share_ttl_s: float = SHARE_TTL_S
     labels_ttl_s: float = LABELS_TTL_S
+    live_flush_s: float = FLUSH_S
 
     def __post_init__(self) -> None:
+        self.live = LiveBuffer(self._write_live, flush_s=self.live_flush_s, on_error=self._live_not_written)
         self._share = Refreshed(self._read_share, self.share_ttl_s, 0.0, self._error("canary_share"))
         self._labels = Refreshed(self._read_labels, self.labels_ttl_s, {}, self._error("serving_labels"))
 
@@ -136,8 +151,10 @@ class Ranker:
         return self._share.get()
 
     def routes(self, user_ids: Sequence[int]) -> list[str]:
-        """Each user's label: the canary's share of users only while a canary is served."""
-        if CANARY not in self.served_labels():
+        """Each user's label: the canary's share of users only while a canary other than stable's
+        version is served (after a promotion both labels name one version)."""
+        labels = self.served_labels()
+        if labels.get(CANARY, labels.get(STABLE)) == labels.get(STABLE):
             return [STABLE] * len(user_ids)
         share = self.canary_share()
         return [label_for(user, share) for user in user_ids]
@@ -241,19 +258,14 @@ class Ranker:
     # -- live figures and readiness --------------------------------------------------------
 
     def record_live(self, records: Sequence[LiveRecord], latency_ms: float) -> None:
-        """Add the request to each label's live counters (after the answer went out)."""
+        """Add the request to each label's live figures (written to the store every ``live_flush_s``)."""
         for item in records:
-            if item.version is None:
-                continue
-            try:
-                with timed(self.metrics.online_store_seconds, "record"):
-                    gray_release.record(
-                        self.store.client, self.model, item.label, item.version, latency_ms, item.error, item.score
-                    )
-            except (RailyardError, redis.RedisError) as error:
-                self.metrics.errors.labels("live_record").inc()
-                log.warning("live figures not recorded: %s", error)
-                return
+            if item.version is not None:
+                self.live.add(item.label, item.version, latency_ms, item.error, item.score)
+
+    def _write_live(self, counts) -> None:
+        with timed(self.metrics.online_store_seconds, "record"):
+            gray_release.add_live(self.store.client, self.model, counts)
 
     def readiness(self) -> dict[str, str]:
         """What is not ready, and why (empty: ready)."""
@@ -283,6 +295,10 @@ class Ranker:
         kind = "online_store_empty" if isinstance(error, OnlineStoreEmpty) else "online_store_unavailable"
         self.metrics.errors.labels(kind).inc()
         log.warning("online store: %s", error)
+
+    def _live_not_written(self, error: Exception) -> None:
+        self.metrics.errors.labels("live_record").inc()
+        log.warning("live figures not written (kept for the next write): %s", error)
 
     def _error(self, kind: str) -> Callable[[Exception], None]:
         def count(error: Exception) -> None:
