@@ -213,7 +213,7 @@ def validated_features(settings: Settings, source: Path, run_dir: Path, report_d
     dataset = data.load_data(source)
     validation.validate_raw(dataset.ratings, settings, report_dir)
     online.check_skew(dataset, settings, run_id)
-    feature_set = features.build_features(dataset, settings.holdout_fraction, run_dir / "features")
+    feature_set = features.build_features(dataset, source, settings, run_dir / "features")
     del dataset  # from here on the features are the data: let the raw ratings go
     validation.validate_features(feature_set, settings, report_dir)
     tracking.set_tags(settings, run_id, {"railyard.data_fingerprint": feature_set.fingerprint})

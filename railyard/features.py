@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 
 from railyard.fsutil import atomic_write_text
-from railyard.loaders import MOVIELENS_GENRES, NO_GENRES, RawDataset
+from railyard.loaders import MOVIELENS_GENRES, NO_GENRES, RawDataset, files_fingerprint
 
 # Bump whenever a feature's meaning changes: it is part of the data fingerprint and code version.
 FEATURE_CODE_VERSION = "2"
@@ -42,9 +42,11 @@ MOVIE_FEATURES = ("movie_n", "movie_rating_sum", "movie_positives", "movie_genre
 # The model's input vectors: the features above side by side, arrays flattened in genre order.
 USER_WIDTH = 3 + 2 * len(GENRES)
 MOVIE_WIDTH = 3 + len(GENRES)
+FEATURE_COLUMNS = ("userId", "movieId", "timestamp", "rating", "label", *USER_FEATURES, *MOVIE_FEATURES)
 FEATURE_FILES = ("train.parquet", "holdout.parquet", "user_snapshot.parquet", "movie_snapshot.parquet")
 HISTORY_SLICE_ROWS = 100_000  # bounds the memory of the per-user genre sums; small arrays stay in cache
 HISTORY_THREADS = min(4, os.cpu_count() or 1)  # each slice in flight holds ~100 MB
+PARQUET_COMPRESSION = "lz4"
 PARQUET_ROW_GROUP = 65_536  # the training input shuffles row groups: keep them small enough to mix
 
 _GENRE_COLUMNS = tuple(f"genre_{i}" for i in range(len(GENRES)))
@@ -86,16 +88,25 @@ def split_cutoff(timestamps: pl.Series, holdout_fraction: float) -> int:
     Ties stay on one side, so the holdout can come out smaller than asked; it is never empty and
     never everything, or the data cannot be split by time and that is an error.
     """
-    if not 0 < holdout_fraction < 1:
-        raise ValueError(f"holdout_fraction must be between 0 and 1, got {holdout_fraction}")
     ordered = timestamps.sort()
-    if len(ordered) < 2 or ordered[0] == ordered[-1]:
-        raise ValueError("cannot split by time: the ratings need at least two distinct timestamps")
-    position = min(int(len(ordered) * (1 - holdout_fraction)), len(ordered) - 1)
+    position = cutoff_position(len(ordered), holdout_fraction)
+    check_splittable(len(ordered), int(ordered[0]) if len(ordered) else 0, int(ordered[-1]) if len(ordered) else 0)
     cutoff = int(ordered[position])
     if cutoff == ordered[0]:  # the oldest timestamp covers the training share: next one up
         cutoff = int(ordered.filter(ordered > cutoff)[0])
     return cutoff
+
+
+def cutoff_position(count: int, holdout_fraction: float) -> int:
+    """Where in the sorted timestamps the cut-off is read (before ties are moved out of the way)."""
+    if not 0 < holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction must be between 0 and 1, got {holdout_fraction}")
+    return max(min(int(count * (1 - holdout_fraction)), count - 1), 0)
+
+
+def check_splittable(count: int, oldest: int, newest: int) -> None:
+    if count < 2 or oldest == newest:
+        raise ValueError("cannot split by time: the ratings need at least two distinct timestamps")
 
 
 def movie_genres(movies: pl.DataFrame | None) -> pl.DataFrame:
@@ -112,7 +123,7 @@ def movie_genres(movies: pl.DataFrame | None) -> pl.DataFrame:
     ).unique("movieId", keep="first", maintain_order=True)
 
 
-def _labelled(ratings: pl.DataFrame) -> pl.DataFrame:
+def labelled(ratings: pl.DataFrame) -> pl.DataFrame:
     """The four rating columns and the label, in time order (ties by user and movie)."""
     return ratings.select(
         "userId",
@@ -128,50 +139,81 @@ def build_features(
 ) -> FeatureSet:
     cutoff = split_cutoff(ratings.get_column("timestamp"), holdout_fraction)
     genres = movie_genres(movies)
-    rows = _labelled(ratings)
+    rows = labelled(ratings)
     training_rows = int((rows.get_column("timestamp") < cutoff).sum())  # in time order they come first
     train = rows.head(training_rows)
-    priors = {
-        "mean": float(train.get_column("rating").mean()),
-        "pos": float(train.get_column("label").mean()),
-    }
-    sums = _EventSums(rows, genres)
-    user_history, _ = _key_sums(rows, "userId", sums.user, per_row=True)
-    movie_history, _ = _key_sums(rows, "movieId", sums.movie, per_row=True)
-    labelled = ("userId", "movieId", "timestamp", "rating", "label")
-    per_row = pl.concat(
-        [rows, user_history, movie_history, pl.DataFrame({"movie_genres": sums.genres_of_rows()})], how="horizontal"
-    ).select(*labelled, *USER_FEATURES, *MOVIE_FEATURES)
-    user_totals, movie_totals = _totals(train, genres)
+    per_row = with_movie_history(with_user_history(rows, genres), genres).select(*FEATURE_COLUMNS)
+    user_snapshot, movie_snapshot = snapshots(user_totals(train, genres), movie_totals(train, genres), genres)
     return FeatureSet(
         train=per_row.head(training_rows),
         holdout=per_row.slice(training_rows),
         cutoff_ts=cutoff,
-        user_snapshot=user_totals.with_columns(_as_float32(USER_FEATURES)).sort("userId"),
-        movie_snapshot=_movie_snapshot(movie_totals, genres),
-        priors=priors,
+        user_snapshot=user_snapshot,
+        movie_snapshot=movie_snapshot,
+        priors=priors_of(*training_sums(train)),
         fingerprint=fingerprint,
     )
 
 
+def training_sums(train: pl.DataFrame) -> tuple[int, float, float]:
+    """Rows, rating sum and positives of training rows: the priors' parts, summable across parts."""
+    sums = train.select(pl.col("rating", "label").cast(pl.Float64).sum())  # exact: half-steps and 0/1
+    return train.height, float(sums.item(0, "rating")), float(sums.item(0, "label"))
+
+
+def priors_of(rows: int, rating_sum: float, positives: float) -> dict[str, float]:
+    """The mean rating and positive rate of the training rows."""
+    return {"mean": rating_sum / rows, "pos": positives / rows}
+
+
+def with_user_history(rows: pl.DataFrame, genres: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` (``labelled``, in its order) with each row's user aggregates before its timestamp.
+    Needs every earlier row of each user present: all rows, or a partition holding whole users."""
+    history, _ = _key_sums(rows, "userId", _EventSums(rows, genres).user, per_row=True)
+    return pl.concat([rows, history], how="horizontal")
+
+
+def with_movie_history(rows: pl.DataFrame, genres: pl.DataFrame) -> pl.DataFrame:
+    """``rows`` with each row's movie aggregates before its timestamp, and the movie's genres
+    (every earlier row of each movie present)."""
+    sums = _EventSums(rows, genres)
+    history, _ = _key_sums(rows, "movieId", sums.movie, per_row=True)
+    return pl.concat([rows, history, pl.DataFrame({"movie_genres": sums.genres_of_rows()})], how="horizontal")
+
+
+def user_totals(rows: pl.DataFrame, genres: pl.DataFrame) -> pl.DataFrame:
+    """userId + USER_FEATURES over all of ``rows`` (Int64 counts, Float64 sums), one row per user."""
+    return _key_sums(rows, "userId", _EventSums(rows, genres).user, per_row=False)[1]
+
+
+def movie_totals(rows: pl.DataFrame, genres: pl.DataFrame) -> pl.DataFrame:
+    """movieId + the movie aggregates over all of ``rows`` (without the static genres)."""
+    return _key_sums(rows, "movieId", _EventSums(rows, genres).movie, per_row=False)[1]
+
+
+def snapshots(users: pl.DataFrame, movies: pl.DataFrame, genres: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The served snapshots from the training totals: users sorted, and every movie rated in
+    training or listed in the catalogue, with its genres."""
+    return users.with_columns(_as_float32(USER_FEATURES)).sort("userId"), _movie_snapshot(movies, genres)
+
+
 def build_feature_set(dataset: RawDataset, holdout_fraction: float) -> FeatureSet:
     """Features of a loaded data set, fingerprinted by its files, the feature code and the split."""
-    fingerprint = dataset.fingerprint(f"features={FEATURE_CODE_VERSION}", f"holdout_fraction={holdout_fraction!r}")
+    fingerprint = feature_fingerprint(dataset.source_files, holdout_fraction)
     return build_features(dataset.ratings, dataset.movies, holdout_fraction, fingerprint)
+
+
+def feature_fingerprint(source_files: Sequence[Path], holdout_fraction: float) -> str:
+    """The input files' bytes, the feature code and the split: equal fingerprints, equal features."""
+    return files_fingerprint(source_files, f"features={FEATURE_CODE_VERSION}", f"holdout_fraction={holdout_fraction!r}")
 
 
 def aggregate_totals(ratings: pl.DataFrame, movies: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Each user's and each rated movie's aggregates over all of ``ratings``: what the online
     store holds after ingesting exactly these events. Counts are Int64, rating sums Float64;
     users: userId + USER_FEATURES, movies: movieId + MOVIE_FEATURES without the (static) genres."""
-    return _totals(_labelled(ratings), movie_genres(movies))
-
-
-def _totals(rows: pl.DataFrame, genres: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    sums = _EventSums(rows, genres)
-    _, users = _key_sums(rows, "userId", sums.user, per_row=False)
-    _, movies = _key_sums(rows, "movieId", sums.movie, per_row=False)
-    return users, movies
+    rows, genres = labelled(ratings), movie_genres(movies)
+    return user_totals(rows, genres), movie_totals(rows, genres)
 
 
 def _as_float32(names: tuple[str, ...]) -> list[pl.Expr]:
@@ -362,17 +404,23 @@ def write_feature_set(feature_set: FeatureSet, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = (feature_set.train, feature_set.holdout, feature_set.user_snapshot, feature_set.movie_snapshot)
     for name, frame in zip(FEATURE_FILES, frames):
-        frame.write_parquet(out_dir / name, compression="lz4", row_group_size=PARQUET_ROW_GROUP)
+        frame.write_parquet(out_dir / name, compression=PARQUET_COMPRESSION, row_group_size=PARQUET_ROW_GROUP)
+    rows = {"train": len(feature_set.train), "holdout": len(feature_set.holdout)}
+    return write_meta(out_dir, feature_set.cutoff_ts, feature_set.priors, feature_set.fingerprint, rows)
+
+
+def write_meta(out_dir: Path, cutoff_ts: int, priors: dict[str, float], fingerprint: str, rows: dict[str, int]) -> Path:
+    """``meta.json``, the mark of a complete feature folder: written last, atomically."""
     meta = {
         "feature_code_version": FEATURE_CODE_VERSION,
-        "cutoff_ts": feature_set.cutoff_ts,
-        "priors": feature_set.priors,
-        "fingerprint": feature_set.fingerprint,
+        "cutoff_ts": cutoff_ts,
+        "priors": priors,
+        "fingerprint": fingerprint,
         "genres": list(GENRES),
-        "rows": {"train": len(feature_set.train), "holdout": len(feature_set.holdout)},
+        "rows": rows,
     }
-    atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=1))
-    return out_dir
+    atomic_write_text(Path(out_dir) / "meta.json", json.dumps(meta, indent=1))
+    return Path(out_dir)
 
 
 def read_priors(out_dir: Path) -> dict[str, float]:

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,13 +73,18 @@ class RawDataset:
         Stable across runs and machines (the folder's location does not count); any changed byte,
         renamed file or extra string changes it. Files are hashed as they are on disk now.
         """
-        root = Path(os.path.commonpath([path.parent for path in self.source_files]))
-        digest = hashlib.sha256()
-        for path in self.source_files:
-            digest.update(f"file\0{path.relative_to(root).as_posix()}\0{sha256_file(path)}\n".encode())
-        for item in extra:
-            digest.update(f"extra\0{len(item)}\0{item}\n".encode())
-        return digest.hexdigest()
+        return files_fingerprint(self.source_files, *extra)
+
+
+def files_fingerprint(files: Sequence[Path], *extra: str) -> str:
+    """``RawDataset.fingerprint`` of the data set these (sorted) files make, without loading it."""
+    root = Path(os.path.commonpath([path.parent for path in files]))
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"file\0{path.relative_to(root).as_posix()}\0{sha256_file(path)}\n".encode())
+    for item in extra:
+        digest.update(f"extra\0{len(item)}\0{item}\n".encode())
+    return digest.hexdigest()
 
 
 def load_dataset(path: Path) -> RawDataset:
@@ -109,7 +115,7 @@ def load_movielens_dir(path: Path) -> RawDataset:
             + _rename_hint(["ratings.csv"], [entry.name for entry in path.iterdir()])
         )
     movies_file = path / "movies.csv"
-    movies = _read_movies(movies_file) if movies_file.is_file() else None
+    movies = read_movies(movies_file) if movies_file.is_file() else None
     return RawDataset(
         ratings=_read_csv(ratings_file, RATINGS_SCHEMA),
         movies=movies,
@@ -120,6 +126,23 @@ def load_movielens_dir(path: Path) -> RawDataset:
 def load_parquet_partitions(path: Path) -> RawDataset:
     """``<path>/ratings/date=YYYY-MM-DD/*.parquet`` (or the partitions right under ``path``) and an
     optional ``movies.csv`` or ``movies.parquet`` at ``path``."""
+    ratings_files, movies_file = parquet_layout(path)
+    ratings = read_parquet_files(ratings_files, RATINGS_SCHEMA)
+    distinct = ratings.unique(maintain_order=True)
+    dropped = ratings.height - distinct.height
+    if dropped:
+        log.warning("%s: dropped %d rating rows identical to another in all four columns", path, dropped)
+    return RawDataset(
+        ratings=distinct,
+        movies=read_movies(movies_file) if movies_file else None,
+        source_files=tuple(sorted(ratings_files + ([movies_file] if movies_file else []))),
+        duplicates_dropped=dropped,
+    )
+
+
+def parquet_layout(path: Path) -> tuple[list[Path], Path | None]:
+    """The ratings files of a date-partitioned Parquet data set, in partition order, and its
+    movies file (None without one), found without reading any data."""
     path = _existing_dir(Path(path))
     ratings_root = path / "ratings" if (path / "ratings").is_dir() else path
     partitions = _partition_dirs(ratings_root)
@@ -134,25 +157,14 @@ def load_parquet_partitions(path: Path) -> RawDataset:
         if not found:
             raise DataLoadError(f"partition folder {partition} has no .parquet files; found {_listing(partition)}")
         ratings_files += found
-
     movie_files = [file for file in (path / "movies.csv", path / "movies.parquet") if file.is_file()]
     if len(movie_files) > 1:
         raise DataLoadError(f"{path} holds both movies.csv and movies.parquet: keep one")
-    ratings = _read_parquet(ratings_files, RATINGS_SCHEMA)
-    distinct = ratings.unique(maintain_order=True)
-    dropped = ratings.height - distinct.height
-    if dropped:
-        log.warning("%s: dropped %d rating rows identical to another in all four columns", ratings_root, dropped)
-    return RawDataset(
-        ratings=distinct,
-        movies=_read_movies(movie_files[0]) if movie_files else None,
-        source_files=tuple(sorted(ratings_files + movie_files)),
-        duplicates_dropped=dropped,
-    )
+    return ratings_files, (movie_files[0] if movie_files else None)
 
 
-def _read_movies(file: Path) -> pl.DataFrame:
-    movies = _read_csv(file, MOVIES_SCHEMA) if file.suffix == ".csv" else _read_parquet([file], MOVIES_SCHEMA)
+def read_movies(file: Path) -> pl.DataFrame:
+    movies = _read_csv(file, MOVIES_SCHEMA) if file.suffix == ".csv" else read_parquet_files([file], MOVIES_SCHEMA)
     return _checked_movies(file, movies)
 
 
@@ -225,7 +237,7 @@ def _unclosed_quote_line(file: Path) -> int | None:
     return opened
 
 
-def _read_parquet(files: list[Path], schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def read_parquet_files(files: list[Path], schema: dict[str, pl.DataType]) -> pl.DataFrame:
     schemas = {}
     for file in files:
         _check_not_empty(file)

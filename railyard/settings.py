@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,11 @@ class Settings(BaseSettings):
     # Data: None means the generated default data set under home (data/default).
     data_dir: Path | None = None
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    # The feature build: Polars on this machine, or partitioned on a Dask cluster (railyard/partitioned.py).
+    feature_engine: Literal["polars", "dask"] = "polars"
+    dask_scheduler: str = ""  # tcp://host:8786: an existing cluster; empty: a LocalCluster for the run
+    dask_workers: int = Field(default=2, ge=1)  # the LocalCluster's worker processes
+    dask_worker_memory: str = "4GiB"  # each local worker's limit: it spills to disk under home/dask first
 
     # Tracking and storage; None means the embedded default under home.
     mlflow_tracking_uri: str | None = None

@@ -34,6 +34,7 @@ MAY_IMPORT_IN_INFRA = {
     "infra.tfserving.client": {"infra.tfserving.protocol"},
     "infra.local_server": {"infra.tfserving.protocol", "infra.tfserving.model_config", "infra.tfserving.warmup"},
     "infra.docker_launcher": set(),
+    "infra.dask_cluster": set(),  # the cluster a partitioned feature build runs on
     "infra.online_store": set(),  # the feature store and its event stream stand alone
     "infra.scoring": {"infra.online_store.store", "infra.tfserving.client"},
     # The ranking service: the online store (features, candidates, the gray release's share and

@@ -1,0 +1,249 @@
+"""The feature build on a Dask cluster, out of core (``RAILYARD_FEATURE_ENGINE=dask``): the same
+per-key code as ``railyard.features``, run on partitions that each hold whole keys.
+
+Every aggregate is per user or per movie, and a row's value needs only the earlier rows of its
+own user (or movie). So the ratings are split by a hash of ``userId``; each user partition gets
+its rows' user aggregates from ``features.with_user_history`` and is split again by a hash of
+``movieId``; each movie partition gets the movie aggregates from ``features.with_movie_history``
+and is split by time; the time partitions, each sorted the way the one-machine build sorts, are
+appended in time order to the same ``train.parquet`` and ``holdout.parquet``. No feature is
+computed anywhere else, so the two engines cannot drift: the folders are equal row for row.
+
+Partitions are Parquet files in a scratch folder next to the output (on a cluster of several
+machines: storage every worker sees). Every task reads files and writes files (a temporary name,
+then a rename), so a task that a lost worker leaves undone is run again from the same inputs.
+The driver holds only per-file summaries (counts per day) and one day of timestamps, to place the
+cut-off exactly where ``features.split_cutoff`` places it. The output is built in a staging
+folder, ``meta.json`` written last, then renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from railyard import features as F
+from railyard.loaders import RATINGS_SCHEMA, read_parquet_files
+
+ROWS_PER_PARTITION = 2_000_000  # a partition in a worker: about 1 GB with its features
+DAY_S = 86_400
+_HASH_SEED = 20_261_201  # fixed: a rerun of a task puts every row where the first run did
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What the driver learns of a user partition: its distinct rows per day, oldest and newest."""
+
+    days: Counter
+    oldest: int | None  # None: the partition holds no user
+    newest: int | None
+
+
+def build_on_cluster(
+    client,
+    ratings_files: Sequence[Path],
+    movies: pl.DataFrame | None,
+    holdout_fraction: float,
+    out_dir: Path,
+    fingerprint: str,
+    *,
+    rows_per_partition: int = ROWS_PER_PARTITION,
+) -> dict:
+    """Build the feature folder ``out_dir`` on the cluster of ``client`` (a ``distributed.Client``)
+    from date-partitioned Parquet files; the folder's ``meta.json`` contents are returned."""
+    out_dir = Path(out_dir)
+    scratch = out_dir.parent / f".{out_dir.name}.partitions-{uuid.uuid4().hex[:8]}"
+    staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
+    genres = client.scatter(F.movie_genres(movies), broadcast=True)  # once per worker, not per task
+    rows = sum(pq.ParquetFile(file).metadata.num_rows for file in ratings_files)  # footers only
+    count = max(math.ceil(rows / rows_per_partition), len(client.scheduler_info()["workers"]), 1)
+    try:
+        files = [str(file) for file in ratings_files]
+        each(client, split_by_user, files, range(len(files)), count=count, scratch=scratch)
+        summaries = [s for s in each(client, summarize, range(count), scratch=scratch) if s.oldest is not None]
+        cutoff = exact_cutoff(client, summaries, holdout_fraction, count, scratch)
+        edges = time_edges([summary.days for summary in summaries], cutoff, count)
+        sums = each(client, add_user_history, range(count), scratch=scratch, genres=genres, cutoff=cutoff, count=count)
+        each(client, add_movie_history, range(count), scratch=scratch, genres=genres, cutoff=cutoff, edges=edges)
+        staging.mkdir(parents=True)
+        written = client.submit(write_in_time_order, scratch, len(edges) + 1, cutoff, staging, pure=False).result()
+        client.submit(write_snapshots, scratch, genres, staging, pure=False).result()
+        priors = F.priors_of(*(sum(part) for part in zip(*sums)))
+        F.write_meta(staging, cutoff, priors, fingerprint, written)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+        return json.loads((out_dir / "meta.json").read_text())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def each(client, task, *iterables, **options) -> list:
+    """``task`` over the iterables on the cluster, the results in order; a task's error is raised
+    as the task raised it. ``pure=False``: every call is run, never taken from a cache."""
+    return client.gather(client.map(task, *iterables, pure=False, **options))
+
+
+# -- the driver's arithmetic ---------------------------------------------------------------------
+
+
+def exact_cutoff(client, summaries: Sequence[Summary], holdout_fraction: float, count: int, scratch: Path) -> int:
+    """``features.split_cutoff`` over every distinct row, from counts per day and one day's
+    timestamps (the day holding the cut-off position)."""
+    days = sum((summary.days for summary in summaries), Counter())
+    total = sum(days.values())
+    oldest = min(summary.oldest for summary in summaries)
+    F.check_splittable(total, oldest, max(summary.newest for summary in summaries))
+    position = F.cutoff_position(total, holdout_fraction)
+    before = 0
+    for day in sorted(days):
+        if before + days[day] > position:
+            break
+        before += days[day]
+    stamps = np.sort(np.concatenate(each(client, timestamps_on, range(count), scratch=scratch, day=day)))
+    cutoff = int(stamps[position - before])
+    if cutoff == oldest:  # the oldest timestamp covers the training share: next one up
+        later = [t for t in each(client, oldest_after, range(count), scratch=scratch, after=cutoff) if t]
+        cutoff = min(later)
+    return cutoff
+
+
+def time_edges(days: Iterable[Counter], cutoff: int, count: int) -> list[int]:
+    """Timestamps that cut the rows into about ``count`` time partitions of whole days, the
+    cut-off among them: a partition is all training or all holdout, ties never split."""
+    per_day = sum(days, Counter())
+    target = max(sum(per_day.values()) // count, 1)
+    edges, filled = {cutoff}, 0
+    for day in sorted(per_day):
+        filled += per_day[day]
+        if filled >= target:
+            edges.add((day + 1) * DAY_S)
+            filled = 0
+    return sorted(edges)
+
+
+# -- the tasks (module functions: workers import them by name) ----------------------------------
+
+
+def split_by_user(file: str, index: int, *, count: int, scratch: Path) -> None:
+    ratings = read_parquet_files([Path(file)], RATINGS_SCHEMA)
+    write_partitions(ratings, _bucket("userId", count), scratch / "by-user", f"{index:06d}")
+
+
+def summarize(part: int, *, scratch: Path) -> Summary:
+    stamps = distinct_ratings(scratch, part).get_column("timestamp")
+    days = Counter(dict((stamps // DAY_S).value_counts().iter_rows()))
+    return Summary(days, stamps.min(), stamps.max())
+
+
+def timestamps_on(part: int, *, scratch: Path, day: int) -> np.ndarray:
+    stamps = distinct_ratings(scratch, part).get_column("timestamp")
+    return stamps.filter(stamps // DAY_S == day).to_numpy()
+
+
+def oldest_after(part: int, *, scratch: Path, after: int) -> int | None:
+    stamps = distinct_ratings(scratch, part).get_column("timestamp")
+    return stamps.filter(stamps > after).min()
+
+
+def add_user_history(
+    part: int, *, scratch: Path, genres: pl.DataFrame, cutoff: int, count: int
+) -> tuple[int, float, float]:
+    """One user partition: its rows' user aggregates, its users' training totals; the training
+    sums (for the priors) back to the driver."""
+    rows = F.labelled(distinct_ratings(scratch, part))
+    if rows.is_empty():
+        return 0, 0.0, 0.0
+    train = rows.filter(pl.col("timestamp") < cutoff)
+    write_atomically(F.user_totals(train, genres), scratch / "user-totals" / f"{part:06d}.parquet")
+    write_partitions(F.with_user_history(rows, genres), _bucket("movieId", count), scratch / "by-movie", f"{part:06d}")
+    return F.training_sums(train)
+
+
+def add_movie_history(part: int, *, scratch: Path, genres: pl.DataFrame, cutoff: int, edges: list[int]) -> None:
+    """One movie partition: its rows' movie aggregates, its movies' training totals."""
+    rows = read_partition(scratch / "by-movie", part).sort("timestamp", "userId", "movieId")
+    if rows.is_empty():
+        return
+    train = rows.filter(pl.col("timestamp") < cutoff)
+    write_atomically(F.movie_totals(train, genres), scratch / "movie-totals" / f"{part:06d}.parquet")
+    built = F.with_movie_history(rows, genres).select(*F.FEATURE_COLUMNS)
+    period = pl.Series(np.searchsorted(np.asarray(edges), built.get_column("timestamp").to_numpy(), side="right"))
+    write_partitions(built, period, scratch / "by-time", f"{part:06d}")
+
+
+def write_in_time_order(scratch: Path, periods: int, cutoff: int, staging: Path) -> dict[str, int]:
+    """Append the time partitions in order, each sorted as the one-machine build sorts, to
+    ``train.parquet`` and ``holdout.parquet``; the rows written to each."""
+    writers: dict[str, pq.ParquetWriter] = {}
+    written = {"train": 0, "holdout": 0}
+    try:
+        for period in range(periods):
+            rows = read_partition(scratch / "by-time", period)
+            if rows.is_empty():
+                continue
+            rows = rows.sort("timestamp", "userId", "movieId")
+            side = "train" if rows.item(0, "timestamp") < cutoff else "holdout"  # edges include the cut-off
+            table = rows.to_arrow()
+            if side not in writers:
+                writers[side] = pq.ParquetWriter(
+                    staging / f"{side}.parquet", table.schema, compression=F.PARQUET_COMPRESSION
+                )
+            writers[side].write_table(table, row_group_size=F.PARQUET_ROW_GROUP)
+            written[side] += rows.height
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return written
+
+
+def write_snapshots(scratch: Path, genres: pl.DataFrame, staging: Path) -> None:
+    users, movies = (pl.read_parquet(scratch / name / "*.parquet") for name in ("user-totals", "movie-totals"))
+    user_snapshot, movie_snapshot = F.snapshots(users, movies, genres)
+    for name, frame in zip(F.FEATURE_FILES[2:], (user_snapshot, movie_snapshot)):
+        frame.write_parquet(staging / name, compression=F.PARQUET_COMPRESSION, row_group_size=F.PARQUET_ROW_GROUP)
+
+
+# -- partitions on disk ---------------------------------------------------------------------------
+
+
+def _bucket(key: str, count: int):
+    return lambda frame: (frame.get_column(key).hash(seed=_HASH_SEED) % count).cast(pl.Int64)
+
+
+def write_partitions(frame: pl.DataFrame, partition_of, root: Path, name: str) -> None:
+    """Each partition's rows of ``frame`` as ``root/<partition>/<name>.parquet``."""
+    parts = partition_of(frame) if callable(partition_of) else partition_of
+    for (part,), rows in frame.with_columns(parts.alias("_part")).partition_by("_part", as_dict=True).items():
+        write_atomically(rows.drop("_part"), root / f"{int(part):06d}" / f"{name}.parquet")
+
+
+def read_partition(root: Path, part: int, schema: dict | None = None) -> pl.DataFrame:
+    """Every file of one partition (``schema``'s empty frame when there is none)."""
+    folder = root / f"{part:06d}"
+    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+    return pl.concat([pl.read_parquet(file) for file in files]) if files else pl.DataFrame(schema=schema)
+
+
+def distinct_ratings(scratch: Path, part: int) -> pl.DataFrame:
+    """A user partition's ratings, rows repeated in all four columns counted once (as the loader
+    does: duplicates share their user, so they meet in one partition)."""
+    return read_partition(scratch / "by-user", part, RATINGS_SCHEMA).unique()
+
+
+def write_atomically(frame: pl.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
+    frame.write_parquet(temporary)
+    temporary.rename(path)

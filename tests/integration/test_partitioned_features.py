@@ -1,0 +1,160 @@
+"""The partitioned feature build (railyard/partitioned.py) on a real Dask LocalCluster of two
+worker processes: the same feature folder as the one-machine Polars build, row for row."""
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from railyard import features, partitioned
+from railyard.loaders import RATINGS_SCHEMA, load_dataset, parquet_layout, read_movies
+from railyard.synthetic import generate_movielens
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    from distributed import Client, LocalCluster
+
+    spill = tmp_path_factory.mktemp("dask")
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit="2GiB",
+            local_directory=str(spill),
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+def spread(column: str) -> pl.Expr:
+    """Small ids mapped one to one onto ids spread over the positive int64 range."""
+    return (pl.col(column).cast(pl.UInt64) * 0x9E3779B97F4A7C15 % (2**63 - 2) + 1).cast(pl.Int64)
+
+
+@pytest.fixture(scope="module")
+def awkward_data(tmp_path_factory):
+    """Generated date-partitioned ratings made awkward: ids spread over int64, many ratings of one
+    user and of one movie tied at one second, and rows repeated in all four columns in a second
+    file of another partition."""
+    root = tmp_path_factory.mktemp("awkward")
+    generated = root / "generated"
+    generate_movielens(generated, users=300, movies=200, days=6, ratings_per_day=1500, seed=3, fmt="parquet")
+    ratings = pl.read_parquet(generated / "ratings" / "**" / "*.parquet").cast(RATINGS_SCHEMA)
+    ratings = ratings.with_columns(spread("userId"), spread("movieId"))
+    # Ties: every rating in each tenth minute shares that minute's first second.
+    ratings = ratings.with_columns(
+        pl.when((pl.col("timestamp") // 60) % 10 == 0)
+        .then(pl.col("timestamp") // 60 * 60)
+        .otherwise(pl.col("timestamp"))
+        .alias("timestamp")
+    ).unique(["userId", "movieId", "timestamp"], keep="first", maintain_order=True)
+    data = root / "data"
+    day = pl.from_epoch("timestamp").dt.date().alias("day")
+    for (date,), part in ratings.with_columns(day).partition_by("day", as_dict=True).items():
+        folder = data / "ratings" / f"date={date}"
+        folder.mkdir(parents=True)
+        part.drop("day").write_parquet(folder / "part-0.parquet")
+    repeated = ratings.sample(200, seed=1)
+    repeated.write_parquet(sorted((data / "ratings").iterdir())[-1] / "part-1.parquet")
+    movies = pl.read_csv(generated / "movies.csv")
+    movies.with_columns(spread("movieId")).write_csv(data / "movies.csv")
+    return data
+
+
+def test_the_dask_build_equals_the_polars_build_row_for_row(client, awkward_data, tmp_path):
+    dataset = load_dataset(awkward_data)
+    assert dataset.duplicates_dropped == 200
+    ratings = dataset.ratings
+    assert ratings.get_column("userId").max() > 2**62 and ratings.get_column("movieId").max() > 2**62
+    assert ratings.group_by("userId", "timestamp").len().get_column("len").max() > 1  # ties of one user
+    assert ratings.group_by("movieId", "timestamp").len().get_column("len").max() > 1  # and of one movie
+
+    one_machine = features.write_feature_set(features.build_feature_set(dataset, 0.2), tmp_path / "polars")
+    files, movies_file = parquet_layout(awkward_data)
+    fingerprint = features.feature_fingerprint(sorted([*files, movies_file]), 0.2)
+    meta = partitioned.build_on_cluster(
+        client, files, read_movies(movies_file), 0.2, tmp_path / "dask", fingerprint, rows_per_partition=1_500
+    )
+
+    assert meta == json.loads((one_machine / "meta.json").read_text())
+    assert meta["rows"]["train"] > 1_000 and meta["rows"]["holdout"] > 1_000
+    for name in features.FEATURE_FILES:
+        expected, built = (pl.read_parquet(folder / name) for folder in (one_machine, tmp_path / "dask"))
+        assert_frame_equal(built, expected, check_exact=True)
+    holdout = pl.read_parquet(tmp_path / "dask" / "holdout.parquet")
+    assert holdout.get_column("movie_genres").arr.sum().min() >= 1  # the catalogue joined on the spread ids
+    assert np.all(np.diff(holdout.get_column("timestamp").to_numpy()) >= 0)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["dask", "polars"]  # no scratch left
+
+
+def test_the_flows_build_step_runs_on_a_local_cluster_when_the_engine_is_dask(awkward_data, tmp_path):
+    from railyard.loaders import DataLoadError
+    from railyard.settings import Settings
+    from tasks.features import build_features
+
+    dataset = load_dataset(awkward_data)
+    settings = Settings(home=tmp_path / "home", feature_engine="dask", dask_workers=2, dask_worker_memory="1GiB")
+    built = build_features.fn(dataset, awkward_data, settings, tmp_path / "dask")
+    expected = features.build_feature_set(dataset, settings.holdout_fraction)
+    assert (built.cutoff_ts, built.priors, built.fingerprint) == (
+        expected.cutoff_ts,
+        expected.priors,
+        expected.fingerprint,
+    )
+    assert_frame_equal(built.holdout, expected.holdout, check_exact=True)
+    assert (settings.home / "dask").is_dir()  # the local workers' spill folder
+
+    csv_folder = tmp_path / "csv"
+    generate_movielens(csv_folder, users=20, movies=20, days=2, ratings_per_day=50, seed=1)
+    with pytest.raises(DataLoadError, match="no date=YYYY-MM-DD partition folders"):
+        build_features.fn(load_dataset(csv_folder), csv_folder, settings, tmp_path / "from-csv")
+
+
+def test_a_worker_killed_during_the_build_is_replaced_and_the_folder_is_still_exact(client, tmp_path):
+    """SIGKILL one worker process while the user partitions are being built: the nanny starts a
+    new one, Dask runs the lost tasks again (they read and write files), and the folder equals
+    the one-machine build."""
+    import os
+    import signal
+    import threading
+    import time
+
+    data = tmp_path / "data"
+    generate_movielens(data, users=3_000, movies=1_000, days=10, ratings_per_day=20_000, seed=5, fmt="parquet")
+    dataset = load_dataset(data)
+    files, movies_file = parquet_layout(data)
+    fingerprint = features.feature_fingerprint(dataset.source_files, 0.2)
+    outcome = {}
+
+    def build():
+        outcome["meta"] = partitioned.build_on_cluster(
+            client, files, read_movies(movies_file), 0.2, tmp_path / "dask", fingerprint, rows_per_partition=5_000
+        )
+
+    builder = threading.Thread(target=build)
+    builder.start()
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".dask.partitions-*/by-movie")):  # the user partitions are under way
+        assert time.monotonic() < deadline and builder.is_alive(), "the build never reached the user partitions"
+        time.sleep(0.005)
+    victim = sorted(client.run(os.getpid).values())[0]
+    os.kill(victim, signal.SIGKILL)
+    assert not (tmp_path / "dask").exists()  # nothing published while the build runs
+    builder.join(240)
+    assert "meta" in outcome, "the build did not finish"
+    assert victim not in client.run(os.getpid).values()  # a new worker process took its place
+
+    one_machine = features.write_feature_set(features.build_feature_set(dataset, 0.2), tmp_path / "polars")
+    assert outcome["meta"] == json.loads((one_machine / "meta.json").read_text())
+    for name in features.FEATURE_FILES:
+        assert_frame_equal(
+            pl.read_parquet(tmp_path / "dask" / name), pl.read_parquet(one_machine / name), check_exact=True
+        )
