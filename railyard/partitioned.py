@@ -19,9 +19,11 @@ folder, ``meta.json`` written last, then renamed into place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -33,10 +35,14 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from railyard import features as F
+from railyard import validation as V
+from railyard.configs import ValidationBounds
 from railyard.loaders import RATINGS_SCHEMA, read_parquet_files
+from railyard.validation import ValidationReport, raise_for_failures, row_level
 
 ROWS_PER_PARTITION = 2_000_000  # a partition in a worker: about 1 GB with its features
 DAY_S = 86_400
+UNIQUE_RATINGS = "ExpectCompoundColumnsToBeUnique"
 _HASH_SEED = 20_261_201  # fixed: a rerun of a task puts every row where the first run did
 
 
@@ -56,11 +62,16 @@ def build_on_cluster(
     holdout_fraction: float,
     out_dir: Path,
     fingerprint: str,
+    bounds: ValidationBounds,
+    report_dir: Path,
     *,
     rows_per_partition: int = ROWS_PER_PARTITION,
 ) -> dict:
     """Build the feature folder ``out_dir`` on the cluster of ``client`` (a ``distributed.Client``)
-    from date-partitioned Parquet files; the folder's ``meta.json`` contents are returned."""
+    from date-partitioned Parquet files, validating the ratings and the features on the way (as
+    the one-machine run does: ``DataValidationError`` naming each failed expectation, its
+    partition and example rows, before anything is written to ``out_dir``); the folder's
+    ``meta.json`` contents are returned."""
     out_dir = Path(out_dir)
     scratch = out_dir.parent / f".{out_dir.name}.partitions-{uuid.uuid4().hex[:8]}"
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
@@ -69,12 +80,32 @@ def build_on_cluster(
     count = max(math.ceil(rows / rows_per_partition), len(client.scheduler_info()["workers"]), 1)
     try:
         files = [str(file) for file in ratings_files]
-        each(client, split_by_user, files, range(len(files)), count=count, scratch=scratch)
-        summaries = [s for s in each(client, summarize, range(count), scratch=scratch) if s.oldest is not None]
+        raw = row_level(V.ratings_expectations(bounds, now_ts=int(time.time())))
+        per_file = [e for e in raw if type(e).__name__ != UNIQUE_RATINGS]
+        per_user = [e for e in raw if type(e).__name__ == UNIQUE_RATINGS]  # duplicates share a user
+        reports = each(client, split_by_user, files, count=count, scratch=scratch, checks=per_file, reports=report_dir)
+        summarized = each(client, summarize, range(count), scratch=scratch, checks=per_user, reports=report_dir)
+        summaries = [summary for summary, _ in summarized if summary.oldest is not None]
+        reports += [report for _, report in summarized]
+        distinct = sum(sum(summary.days.values()) for summary in summaries)
+        raise_for_failures(*reports, raw_table_report(distinct, bounds, report_dir))
         cutoff = exact_cutoff(client, summaries, holdout_fraction, count, scratch)
         edges = time_edges([summary.days for summary in summaries], cutoff, count)
         sums = each(client, add_user_history, range(count), scratch=scratch, genres=genres, cutoff=cutoff, count=count)
         each(client, add_movie_history, range(count), scratch=scratch, genres=genres, cutoff=cutoff, edges=edges)
+        periods = each(
+            client,
+            check_period,
+            range(len(edges) + 1),
+            scratch=scratch,
+            cutoff=cutoff,
+            bounds=bounds,
+            reports=report_dir,
+        )
+        raise_for_failures(
+            *(period.report for period in periods if period.report),
+            *feature_table_reports(periods, cutoff, bounds, report_dir),
+        )
         staging.mkdir(parents=True)
         written = client.submit(write_in_time_order, scratch, len(edges) + 1, cutoff, staging, pure=False).result()
         client.submit(write_snapshots, scratch, genres, staging, pure=False).result()
@@ -136,15 +167,22 @@ def time_edges(days: Iterable[Counter], cutoff: int, count: int) -> list[int]:
 # -- the tasks (module functions: workers import them by name) ----------------------------------
 
 
-def split_by_user(file: str, index: int, *, count: int, scratch: Path) -> None:
+def split_by_user(file: str, *, count: int, scratch: Path, checks: list, reports: Path) -> ValidationReport:
+    """One input file: its rows checked (row numbers are the file's), then split by user."""
     ratings = read_parquet_files([Path(file)], RATINGS_SCHEMA)
-    write_partitions(ratings, _bucket("userId", count), scratch / "by-user", f"{index:06d}")
+    name = f"raw_ratings@{Path(file).parent.name}/{Path(file).name}"
+    report = V.run_suite(name, ratings, checks, reports / "partitions")
+    write_partitions(ratings, _bucket("userId", count), scratch / "by-user", _file_key(file))
+    return report
 
 
-def summarize(part: int, *, scratch: Path) -> Summary:
-    stamps = distinct_ratings(scratch, part).get_column("timestamp")
+def summarize(part: int, *, scratch: Path, checks: list, reports: Path) -> tuple[Summary, ValidationReport]:
+    """One user partition: its distinct rows per day, and the checks that need every row of a user."""
+    ratings = distinct_ratings(scratch, part)
+    report = V.run_suite(f"raw_ratings@user-partition-{part:06d}", ratings, checks, reports / "partitions")
+    stamps = ratings.get_column("timestamp")
     days = Counter(dict((stamps // DAY_S).value_counts().iter_rows()))
-    return Summary(days, stamps.min(), stamps.max())
+    return Summary(days, stamps.min(), stamps.max()), report
 
 
 def timestamps_on(part: int, *, scratch: Path, day: int) -> np.ndarray:
@@ -183,6 +221,99 @@ def add_movie_history(part: int, *, scratch: Path, genres: pl.DataFrame, cutoff:
     write_partitions(built, period, scratch / "by-time", f"{part:06d}")
 
 
+@dataclass(frozen=True)
+class Period:
+    """A time partition of the features, checked: what the whole-table checks need of it."""
+
+    side: str  # train | holdout
+    rows: int
+    positives: float
+    oldest: int | None
+    newest: int | None
+    report: ValidationReport | None  # None: an empty partition
+
+
+def check_period(part: int, *, scratch: Path, cutoff: int, bounds: ValidationBounds, reports: Path) -> Period:
+    """The row-level feature checks on one time partition (all training or all holdout rows)."""
+    rows = read_partition(scratch / "by-time", part)
+    if rows.is_empty():
+        return Period("train", 0, 0.0, None, None, None)
+    side = "train" if rows.item(0, "timestamp") < cutoff else "holdout"
+    checks = row_level(V.feature_expectations(bounds, side, cutoff))
+    report = V.run_suite(
+        f"features_{side}@time-partition-{part:06d}", rows, checks, reports / "partitions", view=V.scalar_view
+    )
+    stamps = rows.get_column("timestamp")
+    return Period(
+        side, rows.height, float(rows.get_column("label").cast(pl.Float64).sum()), stamps.min(), stamps.max(), report
+    )
+
+
+def raw_table_report(rows: int, bounds: ValidationBounds, report_dir: Path) -> ValidationReport:
+    return V.table_report(
+        "raw_ratings.table",
+        rows,
+        [
+            (
+                "expect_table_row_count_to_be_between",
+                f"between {bounds.min_rows} and {bounds.max_rows} ratings",
+                None,
+                rows,
+                bounds.min_rows <= rows <= bounds.max_rows,
+            )
+        ],
+        report_dir,
+    )
+
+
+def feature_table_reports(
+    periods: Sequence[Period], cutoff: int, bounds: ValidationBounds, report_dir: Path
+) -> list[ValidationReport]:
+    """The feature suites' whole-table expectations per side, from the time partitions' summaries."""
+    reports = []
+    for side in ("train", "holdout"):
+        parts = [period for period in periods if period.side == side and period.rows]
+        rows = sum(period.rows for period in parts)
+        rate = sum(period.positives for period in parts) / rows if rows else None
+        if side == "train":
+            newest = max((period.newest for period in parts), default=None)
+            split = (
+                "expect_column_max_to_be_between",
+                f"training rows before the cut-off {cutoff}",
+                "timestamp",
+                newest,
+                newest is not None and newest <= cutoff - 1,
+            )
+        else:
+            oldest = min((period.oldest for period in parts), default=None)
+            split = (
+                "expect_column_min_to_be_between",
+                f"holdout rows at or after the cut-off {cutoff}",
+                "timestamp",
+                oldest,
+                oldest is not None and oldest >= cutoff,
+            )
+        checks = [
+            (
+                "expect_table_row_count_to_be_between",
+                f"a non-empty {side} split",
+                None,
+                rows,
+                1 <= rows <= bounds.max_rows,
+            ),
+            split,
+            (
+                "expect_column_mean_to_be_between",
+                f"label balance between {bounds.min_positive_rate} and {bounds.max_positive_rate}",
+                "label",
+                rate,
+                rate is not None and bounds.min_positive_rate <= rate <= bounds.max_positive_rate,
+            ),
+        ]
+        reports.append(V.table_report(f"features_{side}.table", rows, checks, report_dir))
+    return reports
+
+
 def write_in_time_order(scratch: Path, periods: int, cutoff: int, staging: Path) -> dict[str, int]:
     """Append the time partitions in order, each sorted as the one-machine build sorts, to
     ``train.parquet`` and ``holdout.parquet``; the rows written to each."""
@@ -216,6 +347,11 @@ def write_snapshots(scratch: Path, genres: pl.DataFrame, staging: Path) -> None:
 
 
 # -- partitions on disk ---------------------------------------------------------------------------
+
+
+def _file_key(file: str) -> str:
+    """A name for an input file's part of a partition, unique among the input files."""
+    return hashlib.sha256(file.encode()).hexdigest()[:16]
 
 
 def _bucket(key: str, count: int):

@@ -10,6 +10,7 @@ pandas engine compares scalars only.
 
 from __future__ import annotations
 
+import html
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -173,13 +174,13 @@ def validate_features(
 ) -> tuple[ValidationReport, ValidationReport]:
     return tuple(
         run_suite(
-            f"features_{side}", frame, feature_expectations(bounds, side, cutoff_ts), report_dir, view=_scalar_view
+            f"features_{side}", frame, feature_expectations(bounds, side, cutoff_ts), report_dir, view=scalar_view
         )
         for side, frame in (("train", train), ("holdout", holdout))
     )
 
 
-def _scalar_view(frame: pl.DataFrame) -> pl.DataFrame:
+def scalar_view(frame: pl.DataFrame) -> pl.DataFrame:
     """Array features replaced by their per-row min and max, which GX can check; Float32 widened
     to Float64 (exactly), because GX's pandas engine compares only int64/float64 columns
     vectorized and every other dtype one Python call per row
@@ -262,6 +263,30 @@ def run_suite(
     atomic_write_text(html_path, _render_html(outcome))
     failures = [_failure(result) for result in results if not result.success]
     return ValidationReport(name, not failures, len(results), len(frame), failures, html_path)
+
+
+def row_level(expectations: list) -> list:
+    """The expectations a part of the rows can be checked against on its own."""
+    return [expectation for expectation in expectations if _row_level(expectation)]
+
+
+def table_report(name: str, rows: int, checks: list[tuple], report_dir: Path) -> ValidationReport:
+    """Whole-table expectations decided from per-partition summaries, where no process holds the
+    table: each check is (GX expectation type, description, column, observed, passed)."""
+    failures = [
+        ExpectationFailure(expectation, description, column, None, observed)
+        for expectation, description, column, observed, passed in checks
+        if not passed
+    ]
+    lines = [
+        f"{expectation}({column or ''}): {description}: observed {observed!r}: {'passed' if passed else 'FAILED'}"
+        for expectation, description, column, observed, passed in checks
+    ]
+    html_path = Path(report_dir) / f"{name}.html"
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    body = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    atomic_write_text(html_path, f"<html><body><h1>{html.escape(name)}: {rows} rows</h1><ul>{body}</ul></body></html>")
+    return ValidationReport(name, not failures, len(checks), rows, failures, html_path)
 
 
 def _row_level(expectation) -> bool:

@@ -7,9 +7,12 @@ from tasks.common import MINUTES, railyard_task
 
 
 @railyard_task(name="build-features", timeout_seconds=60 * MINUTES)
-def build_features(dataset: RawDataset, source: Path, settings: Settings, out_dir: Path) -> features.FeatureSet:
+def build_features(
+    dataset: RawDataset, source: Path, settings: Settings, out_dir: Path, report_dir: Path
+) -> features.FeatureSet:
     """The feature folder under ``out_dir``, built by ``RAILYARD_FEATURE_ENGINE``: here with
-    Polars, or partitioned on a Dask cluster from the data set's Parquet files."""
+    Polars, or partitioned on a Dask cluster from the data set's Parquet files (which validates
+    the ratings and the features on the workers as it goes)."""
     if settings.feature_engine == "dask":
         from infra.dask_cluster import dask_client
         from railyard import partitioned
@@ -18,7 +21,14 @@ def build_features(dataset: RawDataset, source: Path, settings: Settings, out_di
         fingerprint = features.feature_fingerprint(dataset.source_files, settings.holdout_fraction)
         with dask_client(settings) as client:
             partitioned.build_on_cluster(
-                client, ratings_files, dataset.movies, settings.holdout_fraction, out_dir, fingerprint
+                client,
+                ratings_files,
+                dataset.movies,
+                settings.holdout_fraction,
+                out_dir,
+                fingerprint,
+                settings.validation_bounds(),
+                report_dir,
             )
         return features.read_feature_set(out_dir)
     feature_set = features.build_feature_set(dataset, settings.holdout_fraction)

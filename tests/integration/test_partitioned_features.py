@@ -10,9 +10,12 @@ from polars.testing import assert_frame_equal
 
 from railyard import features, partitioned
 from railyard.loaders import RATINGS_SCHEMA, load_dataset, parquet_layout, read_movies
+from railyard.settings import Settings
 from railyard.synthetic import generate_movielens
+from railyard.validation import DataValidationError
 
 pytestmark = pytest.mark.timeout(300)
+BOUNDS = Settings().validation_bounds()
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +84,15 @@ def test_the_dask_build_equals_the_polars_build_row_for_row(client, awkward_data
     files, movies_file = parquet_layout(awkward_data)
     fingerprint = features.feature_fingerprint(sorted([*files, movies_file]), 0.2)
     meta = partitioned.build_on_cluster(
-        client, files, read_movies(movies_file), 0.2, tmp_path / "dask", fingerprint, rows_per_partition=1_500
+        client,
+        files,
+        read_movies(movies_file),
+        0.2,
+        tmp_path / "dask",
+        fingerprint,
+        BOUNDS,
+        tmp_path / "reports",
+        rows_per_partition=1_500,
     )
 
     assert meta == json.loads((one_machine / "meta.json").read_text())
@@ -92,17 +103,16 @@ def test_the_dask_build_equals_the_polars_build_row_for_row(client, awkward_data
     holdout = pl.read_parquet(tmp_path / "dask" / "holdout.parquet")
     assert holdout.get_column("movie_genres").arr.sum().min() >= 1  # the catalogue joined on the spread ids
     assert np.all(np.diff(holdout.get_column("timestamp").to_numpy()) >= 0)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["dask", "polars"]  # no scratch left
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["dask", "polars", "reports"]  # no scratch left
 
 
 def test_the_flows_build_step_runs_on_a_local_cluster_when_the_engine_is_dask(awkward_data, tmp_path):
     from railyard.loaders import DataLoadError
-    from railyard.settings import Settings
     from tasks.features import build_features
 
     dataset = load_dataset(awkward_data)
     settings = Settings(home=tmp_path / "home", feature_engine="dask", dask_workers=2, dask_worker_memory="1GiB")
-    built = build_features.fn(dataset, awkward_data, settings, tmp_path / "dask")
+    built = build_features.fn(dataset, awkward_data, settings, tmp_path / "dask", tmp_path / "reports")
     expected = features.build_feature_set(dataset, settings.holdout_fraction)
     assert (built.cutoff_ts, built.priors, built.fingerprint) == (
         expected.cutoff_ts,
@@ -115,7 +125,7 @@ def test_the_flows_build_step_runs_on_a_local_cluster_when_the_engine_is_dask(aw
     csv_folder = tmp_path / "csv"
     generate_movielens(csv_folder, users=20, movies=20, days=2, ratings_per_day=50, seed=1)
     with pytest.raises(DataLoadError, match="no date=YYYY-MM-DD partition folders"):
-        build_features.fn(load_dataset(csv_folder), csv_folder, settings, tmp_path / "from-csv")
+        build_features.fn(load_dataset(csv_folder), csv_folder, settings, tmp_path / "from-csv", tmp_path / "reports")
 
 
 def test_a_worker_killed_during_the_build_is_replaced_and_the_folder_is_still_exact(client, tmp_path):
@@ -136,7 +146,15 @@ def test_a_worker_killed_during_the_build_is_replaced_and_the_folder_is_still_ex
 
     def build():
         outcome["meta"] = partitioned.build_on_cluster(
-            client, files, read_movies(movies_file), 0.2, tmp_path / "dask", fingerprint, rows_per_partition=5_000
+            client,
+            files,
+            read_movies(movies_file),
+            0.2,
+            tmp_path / "dask",
+            fingerprint,
+            BOUNDS,
+            tmp_path / "reports",
+            rows_per_partition=25_000,
         )
 
     builder = threading.Thread(target=build)
@@ -158,3 +176,36 @@ def test_a_worker_killed_during_the_build_is_replaced_and_the_folder_is_still_ex
         assert_frame_equal(
             pl.read_parquet(tmp_path / "dask" / name), pl.read_parquet(one_machine / name), check_exact=True
         )
+
+
+def test_a_bad_row_in_one_file_stops_the_build_naming_the_expectation_the_file_and_the_row(client, tmp_path):
+    data = tmp_path / "data"
+    generate_movielens(data, users=200, movies=100, days=4, ratings_per_day=800, seed=8, fmt="parquet")
+    files, movies_file = parquet_layout(data)
+    broken = files[2]
+    ratings = pl.read_parquet(broken)
+    ratings.with_columns(
+        pl.when(pl.int_range(pl.len()) == 17).then(7.0).otherwise(pl.col("rating")).alias("rating")
+    ).write_parquet(broken)
+    with pytest.raises(DataValidationError) as failed:
+        partitioned.build_on_cluster(
+            client,
+            files,
+            read_movies(movies_file),
+            0.2,
+            tmp_path / "features",
+            "f",
+            BOUNDS,
+            tmp_path / "reports",
+            rows_per_partition=1_000,
+        )
+    message = str(failed.value)
+    where = f"raw_ratings@{broken.parent.name}/{broken.name}"
+    assert f"suite {where}:" in message
+    assert (
+        "expect_column_values_to_be_between(column=rating): rating within 0.5..5.0: 1 unexpected rows (rows 17), e.g. [7.0]"
+        in message
+    )
+    assert message.count("FAILED") == 2  # the range and the half-star set, in that file only
+    assert not (tmp_path / "features").exists()  # nothing for training to read
+    assert (tmp_path / "reports" / "partitions" / f"{where}.html").is_file()
