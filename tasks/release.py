@@ -208,8 +208,8 @@ def repair_serving(
             if live != on_file:
                 replica.reload_config(served.known_good_config(target))
                 said.append(
-                    f"the server at {replica.grpc_target} served {live or 'nothing'} but its config says "
-                    f"{on_file or 'nothing'}: sent the config again"
+                    f"the server at {replica.grpc_target} served {dict(sorted(live.items())) or 'nothing'} but its "
+                    f"config says {dict(sorted(on_file.items())) or 'nothing'}: sent the config again"
                 )
         plan = serving_plan(production, in_review, on_file)
         store = model_store(settings)
