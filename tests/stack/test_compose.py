@@ -172,6 +172,8 @@ def test_compose_file_is_valid(config):
         "valkey",
         "ingester",
         "ranker",
+        "dask-scheduler",
+        "dask-worker",
     }
     unset: set[str] = set()
     load_compose(COMPOSE_FILE.read_text(), filled_env(), unset=unset)
@@ -1199,3 +1201,67 @@ def test_ranker_serves_the_workers_replicas_and_store_on_its_published_port(comp
     assert PORT_SPEC.fullmatch(published)["target"] == str(port)
     for needed in ("valkey", "tfserving", "tfserving-2"):
         assert compose["services"]["ranker"]["depends_on"][needed] == {"condition": "service_healthy"}
+
+
+# --- the Dask cluster of the partitioned feature build ---------------------------------------
+
+
+def test_the_dask_services_commands_run_a_cluster_the_workers_settings_reach(config, monkeypatch, tmp_path):
+    """The scheduler's and the worker's commands, run as processes here (the stack's host names
+    and ports swapped for loopback and free ones): their health checks pass, and a partitioned
+    build through the worker's settings runs on that worker."""
+    import time
+
+    from infra.dask_cluster import dask_client
+
+    services = config["services"]
+    scheduler_port, worker_port, dashboard = free_port(), free_port(), free_port()
+    home = tmp_path / "home"
+    swaps = {
+        "tcp://dask-scheduler:8786": f"tcp://127.0.0.1:{scheduler_port}",
+        "8786": str(scheduler_port),
+        ":8787": f"127.0.0.1:{dashboard}",
+        "--worker-port=8788": f"--worker-port={worker_port}",
+        "--local-directory=/var/lib/railyard/dask": f"--local-directory={home / 'dask'}",
+        "0.0.0.0": "127.0.0.1",
+    }
+
+    def command(name: str) -> list[str]:
+        return [swaps.get(arg, arg) for arg in services[name]["command"]]
+
+    def healthy(name: str, port_in_check: str, port: int) -> bool:
+        probe = services[name]["healthcheck"]["test"][-1].replace(port_in_check, str(port))
+        return subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=20).returncode == 0
+
+    worker_env = environment(services["worker"])
+    assert worker_env["RAILYARD_DASK_SCHEDULER"] == "tcp://dask-scheduler:8786"
+    assert mount_holding(services["dask-worker"], worker_env["RAILYARD_HOME"]) == mount_holding(
+        services["worker"], worker_env["RAILYARD_HOME"]
+    ), "the build's data and scratch folders must be the same files for both"
+    env = os.environ | environment(services["dask-worker"]) | {"RAILYARD_HOME": str(home)}
+    bin_dir = str(Path(sys.executable).parent)  # the image puts the venv's bin first on PATH
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    processes = [subprocess.Popen(command("dask-scheduler"), env=env, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while not healthy("dask-scheduler", "8786", scheduler_port):
+            assert time.monotonic() < deadline, "the scheduler never answered its health check"
+            time.sleep(0.3)
+        assert not healthy("dask-worker", "8788", worker_port)
+        processes.append(subprocess.Popen(command("dask-worker"), env=env, stderr=subprocess.DEVNULL))
+        while not healthy("dask-worker", "8788", worker_port):
+            assert time.monotonic() < deadline, "the worker never answered its health check"
+            time.sleep(0.3)
+
+        settings = settings_from(
+            worker_env | {"RAILYARD_DASK_SCHEDULER": f"tcp://127.0.0.1:{scheduler_port}"}, monkeypatch
+        )
+        with dask_client(settings) as client:
+            client.wait_for_workers(1, timeout=30)
+            (limit,) = [info["memory_limit"] for info in client.scheduler_info()["workers"].values()]
+            assert limit == 8 * 2**30  # DASK_WORKER_MEMORY's default
+            assert client.submit(lambda: __import__("railyard.partitioned").__name__).result() == "railyard"
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(30)
