@@ -275,7 +275,7 @@ def training_input_baseline(feature_dir: Path, settings) -> dict:
     from railyard import model
 
     config = settings.train_config()
-    path = feature_dir / "train.parquet"
+    path = feature_dir / "train"
     inputs, labels = model.read_inputs(path)
 
     def streamed() -> float:

@@ -43,7 +43,8 @@ MOVIE_FEATURES = ("movie_n", "movie_rating_sum", "movie_positives", "movie_genre
 USER_WIDTH = 3 + 2 * len(GENRES)
 MOVIE_WIDTH = 3 + len(GENRES)
 FEATURE_COLUMNS = ("userId", "movieId", "timestamp", "rating", "label", *USER_FEATURES, *MOVIE_FEATURES)
-FEATURE_FILES = ("train.parquet", "holdout.parquet", "user_snapshot.parquet", "movie_snapshot.parquet")
+SPLITS = ("train", "holdout")  # folders of Parquet shards, part-NNNNNN.parquet in row order
+SNAPSHOT_FILES = ("user_snapshot.parquet", "movie_snapshot.parquet")
 HISTORY_SLICE_ROWS = 100_000  # bounds the memory of the per-user genre sums; small arrays stay in cache
 HISTORY_THREADS = min(4, os.cpu_count() or 1)  # each slice in flight holds ~100 MB
 PARQUET_COMPRESSION = "lz4"
@@ -399,14 +400,32 @@ def _row_numbers(ids: pl.Series, table_ids: pl.Series) -> np.ndarray:
 
 
 def write_feature_set(feature_set: FeatureSet, out_dir: Path) -> Path:
-    """Parquet files plus ``meta.json`` (written last: a folder without it is incomplete)."""
+    """Parquet shards (one per split here) and snapshots, plus ``meta.json`` (written last: a
+    folder without it is incomplete)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    frames = (feature_set.train, feature_set.holdout, feature_set.user_snapshot, feature_set.movie_snapshot)
-    for name, frame in zip(FEATURE_FILES, frames):
+    for split, frame in zip(SPLITS, (feature_set.train, feature_set.holdout)):
+        write_shard(frame, out_dir, split, 0)
+    for name, frame in zip(SNAPSHOT_FILES, (feature_set.user_snapshot, feature_set.movie_snapshot)):
         frame.write_parquet(out_dir / name, compression=PARQUET_COMPRESSION, row_group_size=PARQUET_ROW_GROUP)
     rows = {"train": len(feature_set.train), "holdout": len(feature_set.holdout)}
     return write_meta(out_dir, feature_set.cutoff_ts, feature_set.priors, feature_set.fingerprint, rows)
+
+
+def write_shard(frame: pl.DataFrame, out_dir: Path, split: str, number: int) -> None:
+    """Shard ``number`` of a split: shards in number order are the split's rows in order."""
+    folder = Path(out_dir) / split
+    folder.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(
+        folder / f"part-{number:06d}.parquet", compression=PARQUET_COMPRESSION, row_group_size=PARQUET_ROW_GROUP
+    )
+
+
+def shards(split_dir: Path) -> list[Path]:
+    """A split's shards, in row order."""
+    found = sorted(Path(split_dir).glob("part-*.parquet"))
+    if not found:
+        raise FileNotFoundError(f"{split_dir} holds no feature shards (part-*.parquet)")
+    return found
 
 
 def write_meta(out_dir: Path, cutoff_ts: int, priors: dict[str, float], fingerprint: str, rows: dict[str, int]) -> Path:
@@ -431,7 +450,8 @@ def read_priors(out_dir: Path) -> dict[str, float]:
 def read_feature_set(out_dir: Path) -> FeatureSet:
     out_dir = Path(out_dir)
     meta = _read_meta(out_dir)
-    train, holdout, users, movies = (pl.read_parquet(out_dir / name) for name in FEATURE_FILES)
+    train, holdout = (pl.read_parquet(shards(out_dir / split)) for split in SPLITS)
+    users, movies = (pl.read_parquet(out_dir / name) for name in SNAPSHOT_FILES)
     return FeatureSet(train, holdout, meta["cutoff_ts"], users, movies, meta["priors"], meta["fingerprint"])
 
 

@@ -75,18 +75,18 @@ def _arrow_to_inputs(table) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return feature_inputs(frame), labels
 
 
-def _row_groups(path: Path, rng: np.random.Generator | None) -> Iterator:
-    """Stream a feature Parquet file a row group at a time.
+def _row_groups(split_dir: Path, rng: np.random.Generator | None) -> Iterator:
+    """Stream a split's feature shards a row group at a time.
 
-    With ``rng``: row groups in random order and rows permuted within each group, so the
-    time-sorted file is not fed in time order, without loading the whole file at once.
+    With ``rng``: row groups (of all shards) in random order and rows permuted within each
+    group, so the time-sorted split is not fed in time order, without loading it all at once.
     """
-    parquet = pq.ParquetFile(path)
-    groups = np.arange(parquet.num_row_groups)
+    files = [pq.ParquetFile(path) for path in F.shards(split_dir)]
+    groups = [(file, group) for file in files for group in range(file.num_row_groups)]
     if rng is not None:
-        rng.shuffle(groups)
-    for group in groups:
-        inputs, labels = _arrow_to_inputs(parquet.read_row_group(int(group)))
+        groups = [groups[i] for i in rng.permutation(len(groups))]
+    for file, group in groups:
+        inputs, labels = _arrow_to_inputs(file.read_row_group(group))
         if rng is not None:
             order = rng.permutation(len(labels))
             inputs, labels = {key: value[order] for key, value in inputs.items()}, labels[order]
@@ -94,7 +94,8 @@ def _row_groups(path: Path, rng: np.random.Generator | None) -> Iterator:
 
 
 def make_dataset(path: Path, batch_size: int, *, shuffle_seed: int | None):
-    """tf.data pipeline over a feature Parquet file (re-shuffled every epoch when seeded).
+    """tf.data pipeline over a split's feature shards (``path``: the split's folder), re-shuffled
+    every epoch when seeded.
 
     Python hands over whole row groups; tf.data cuts them into batches in C++ (``rebatch``), so
     no Python runs per training step beside Keras' own loop.
@@ -119,7 +120,7 @@ def make_dataset(path: Path, batch_size: int, *, shuffle_seed: int | None):
     )
     dataset = tf.data.Dataset.from_generator(generator, output_signature=signature).rebatch(batch_size)
     # A known epoch length lets Keras end epochs without hitting (and warning about) the end of data.
-    rows = pq.ParquetFile(path).metadata.num_rows
+    rows = split_rows(path)
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(-(-rows // batch_size)))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
@@ -314,10 +315,10 @@ def train_model(
     config: TrainConfig,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Fit the core model on train.parquet, early-stopping on holdout AUC."""
+    """Fit the core model on the training shards, early-stopping on holdout AUC."""
     import keras
 
-    train_path = feature_dir / "train.parquet"
+    train_path = feature_dir / "train"
     model = new_model(train_path, config)
     callbacks = [
         keras.callbacks.EarlyStopping(
@@ -332,7 +333,7 @@ def train_model(
         )
     history = model.fit(
         make_dataset(train_path, config.batch_size, shuffle_seed=config.seed),
-        validation_data=make_dataset(feature_dir / "holdout.parquet", 8192, shuffle_seed=None),
+        validation_data=make_dataset(feature_dir / "holdout", 8192, shuffle_seed=None),
         epochs=config.epochs,
         shuffle=False,  # make_dataset shuffles row groups and rows itself
         callbacks=callbacks,
@@ -343,7 +344,7 @@ def train_model(
         model=model,
         history={k: [float(v) for v in values] for k, values in history.history.items()},
         best_epoch=int(np.argmax(val_auc)),
-        train_rows=pq.ParquetFile(train_path).metadata.num_rows,
+        train_rows=split_rows(train_path),
     )
 
 
@@ -353,15 +354,20 @@ def new_model(train_path: Path, config: TrainConfig):
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    ids = pl.read_parquet(train_path, columns=["userId", "movieId"])
+    ids = pl.read_parquet(F.shards(train_path), columns=["userId", "movieId"])
     user_ids = np.sort(ids.get_column("userId").unique().to_numpy())
     movie_ids = np.sort(ids.get_column("movieId").unique().to_numpy())
     return build_model(user_ids, movie_ids, F.read_priors(train_path.parent), config)
 
 
-def read_inputs(path: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """A whole feature Parquet file as in-memory model inputs and labels."""
-    return _arrow_to_inputs(pq.read_table(path))
+def read_inputs(split_dir: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """A whole split as in-memory model inputs and labels."""
+    return _arrow_to_inputs(pl.read_parquet(F.shards(split_dir)).to_arrow())
+
+
+def split_rows(split_dir: Path) -> int:
+    """A split's rows, from its shards' footers."""
+    return sum(pq.ParquetFile(path).metadata.num_rows for path in F.shards(split_dir))
 
 
 def predict_core(model, frame: pl.DataFrame, batch_size: int = 65536) -> np.ndarray:

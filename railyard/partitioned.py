@@ -5,9 +5,10 @@ Every aggregate is per user or per movie, and a row's value needs only the earli
 own user (or movie). So the ratings are split by a hash of ``userId``; each user partition gets
 its rows' user aggregates from ``features.with_user_history`` and is split again by a hash of
 ``movieId``; each movie partition gets the movie aggregates from ``features.with_movie_history``
-and is split by time; the time partitions, each sorted the way the one-machine build sorts, are
-appended in time order to the same ``train.parquet`` and ``holdout.parquet``. No feature is
-computed anywhere else, so the two engines cannot drift: the folders are equal row for row.
+and is split by time (whole days, the cut-off between two partitions); each time partition,
+sorted the way the one-machine build sorts, becomes one shard of ``train/`` or ``holdout/``. No
+feature is computed anywhere else, so the two engines cannot drift: the splits are equal row for
+row (the one-machine build writes each as one shard).
 
 Partitions are Parquet files in a scratch folder next to the output (on a cluster of several
 machines: storage every worker sees). Every task reads files and writes files (a temporary name,
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import shutil
 import time
@@ -40,6 +42,7 @@ from railyard.configs import ValidationBounds
 from railyard.loaders import RATINGS_SCHEMA, read_parquet_files
 from railyard.validation import ValidationReport, raise_for_failures, row_level
 
+log = logging.getLogger("railyard.partitioned")
 ROWS_PER_PARTITION = 2_000_000  # a partition in a worker: about 1 GB with its features
 DAY_S = 86_400
 UNIQUE_RATINGS = "ExpectCompoundColumnsToBeUnique"
@@ -77,7 +80,8 @@ def build_on_cluster(
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
     genres = client.scatter(F.movie_genres(movies), broadcast=True)  # once per worker, not per task
     rows = sum(pq.ParquetFile(file).metadata.num_rows for file in ratings_files)  # footers only
-    count = max(math.ceil(rows / rows_per_partition), len(client.scheduler_info()["workers"]), 1)
+    workers = max(len(client.scheduler_info()["workers"]), 1)
+    count = math.ceil(rows / rows_per_partition / workers) * workers  # every worker as busy as the next
     try:
         files = [str(file) for file in ratings_files]
         raw = row_level(V.ratings_expectations(bounds, now_ts=int(time.time())))
@@ -93,6 +97,7 @@ def build_on_cluster(
         edges = time_edges([summary.days for summary in summaries], cutoff, count)
         sums = each(client, add_user_history, range(count), scratch=scratch, genres=genres, cutoff=cutoff, count=count)
         each(client, add_movie_history, range(count), scratch=scratch, genres=genres, cutoff=cutoff, edges=edges)
+        staging.mkdir(parents=True)
         periods = each(
             client,
             check_period,
@@ -101,13 +106,13 @@ def build_on_cluster(
             cutoff=cutoff,
             bounds=bounds,
             reports=report_dir,
+            staging=staging,
         )
         raise_for_failures(
             *(period.report for period in periods if period.report),
             *feature_table_reports(periods, cutoff, bounds, report_dir),
         )
-        staging.mkdir(parents=True)
-        written = client.submit(write_in_time_order, scratch, len(edges) + 1, cutoff, staging, pure=False).result()
+        written = {side: sum(period.rows for period in periods if period.side == side) for side in F.SPLITS}
         client.submit(write_snapshots, scratch, genres, staging, pure=False).result()
         priors = F.priors_of(*(sum(part) for part in zip(*sums)))
         F.write_meta(staging, cutoff, priors, fingerprint, written)
@@ -123,7 +128,10 @@ def build_on_cluster(
 def each(client, task, *iterables, **options) -> list:
     """``task`` over the iterables on the cluster, the results in order; a task's error is raised
     as the task raised it. ``pure=False``: every call is run, never taken from a cache."""
-    return client.gather(client.map(task, *iterables, pure=False, **options))
+    started = time.perf_counter()
+    results = client.gather(client.map(task, *iterables, pure=False, **options))
+    log.info("%s: %d tasks in %.1f s", task.__name__, len(results), time.perf_counter() - started)
+    return results
 
 
 # -- the driver's arithmetic ---------------------------------------------------------------------
@@ -233,12 +241,18 @@ class Period:
     report: ValidationReport | None  # None: an empty partition
 
 
-def check_period(part: int, *, scratch: Path, cutoff: int, bounds: ValidationBounds, reports: Path) -> Period:
-    """The row-level feature checks on one time partition (all training or all holdout rows)."""
+def check_period(
+    part: int, *, scratch: Path, cutoff: int, bounds: ValidationBounds, reports: Path, staging: Path
+) -> Period:
+    """One time partition (all training or all holdout rows): sorted as the one-machine build
+    sorts, written as its split's shard number ``part`` (shards in number order are the split in
+    time order), and its row-level feature checks run."""
     rows = read_partition(scratch / "by-time", part)
     if rows.is_empty():
         return Period("train", 0, 0.0, None, None, None)
-    side = "train" if rows.item(0, "timestamp") < cutoff else "holdout"
+    rows = rows.sort("timestamp", "userId", "movieId")
+    side = "train" if rows.item(0, "timestamp") < cutoff else "holdout"  # the edges include the cut-off
+    F.write_shard(rows, staging, side, part)
     checks = row_level(V.feature_expectations(bounds, side, cutoff))
     report = V.run_suite(
         f"features_{side}@time-partition-{part:06d}", rows, checks, reports / "partitions", view=V.scalar_view
@@ -314,35 +328,10 @@ def feature_table_reports(
     return reports
 
 
-def write_in_time_order(scratch: Path, periods: int, cutoff: int, staging: Path) -> dict[str, int]:
-    """Append the time partitions in order, each sorted as the one-machine build sorts, to
-    ``train.parquet`` and ``holdout.parquet``; the rows written to each."""
-    writers: dict[str, pq.ParquetWriter] = {}
-    written = {"train": 0, "holdout": 0}
-    try:
-        for period in range(periods):
-            rows = read_partition(scratch / "by-time", period)
-            if rows.is_empty():
-                continue
-            rows = rows.sort("timestamp", "userId", "movieId")
-            side = "train" if rows.item(0, "timestamp") < cutoff else "holdout"  # edges include the cut-off
-            table = rows.to_arrow()
-            if side not in writers:
-                writers[side] = pq.ParquetWriter(
-                    staging / f"{side}.parquet", table.schema, compression=F.PARQUET_COMPRESSION
-                )
-            writers[side].write_table(table, row_group_size=F.PARQUET_ROW_GROUP)
-            written[side] += rows.height
-    finally:
-        for writer in writers.values():
-            writer.close()
-    return written
-
-
 def write_snapshots(scratch: Path, genres: pl.DataFrame, staging: Path) -> None:
     users, movies = (pl.read_parquet(scratch / name / "*.parquet") for name in ("user-totals", "movie-totals"))
     user_snapshot, movie_snapshot = F.snapshots(users, movies, genres)
-    for name, frame in zip(F.FEATURE_FILES[2:], (user_snapshot, movie_snapshot)):
+    for name, frame in zip(F.SNAPSHOT_FILES, (user_snapshot, movie_snapshot)):
         frame.write_parquet(staging / name, compression=F.PARQUET_COMPRESSION, row_group_size=F.PARQUET_ROW_GROUP)
 
 
@@ -381,5 +370,5 @@ def distinct_ratings(scratch: Path, part: int) -> pl.DataFrame:
 def write_atomically(frame: pl.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    frame.write_parquet(temporary)
+    frame.write_parquet(temporary, compression="lz4")  # read once, soon: speed over size
     temporary.rename(path)

@@ -10,6 +10,7 @@ pandas engine compares scalars only.
 
 from __future__ import annotations
 
+import copy
 import html
 import time
 from collections import Counter
@@ -216,6 +217,7 @@ def run_suite(
     from great_expectations.data_context.types.base import ProgressBarsConfig
     from great_expectations.validator.validation_statistics import calc_validation_statistics
 
+    expectations = [copy.copy(expectation) for expectation in expectations]  # a suite owns its expectations
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     batches = context.data_sources.add_pandas(name).add_dataframe_asset(name).add_batch_definition_whole_dataframe(name)

@@ -212,7 +212,7 @@ def test_a_skewed_online_store_stops_the_run_before_training(flow_home, tmp_path
     connect(Settings()).rebuild(load_dataset(served).ratings, load_dataset(served).movies)
     with pytest.raises(FeatureSkew, match=r"RAILYARD_MAX_SKEW_SHARE=0.01: \d+ of \d+ sampled users differ"):
         retrain(data_dir=str(trained_on))
-    assert _store_versions(flow_home) == [] and not list(flow_home.rglob("train.parquet"))
+    assert _store_versions(flow_home) == [] and not list(flow_home.rglob("part-*.parquet"))
     client = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("railyard").experiment_id])
     assert run.data.metrics["online_skew_share_users"] > 0.5 and run.info.status == "FAILED"

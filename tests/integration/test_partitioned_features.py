@@ -37,6 +37,18 @@ def client(tmp_path_factory):
         yield client
 
 
+def assert_same_folders(built, expected) -> None:
+    """Every split (its shards in order) and snapshot equal, row for row and bit for bit."""
+    for split in features.SPLITS:
+        assert_frame_equal(
+            pl.read_parquet(features.shards(built / split)),
+            pl.read_parquet(features.shards(expected / split)),
+            check_exact=True,
+        )
+    for name in features.SNAPSHOT_FILES:
+        assert_frame_equal(pl.read_parquet(built / name), pl.read_parquet(expected / name), check_exact=True)
+
+
 def spread(column: str) -> pl.Expr:
     """Small ids mapped one to one onto ids spread over the positive int64 range."""
     return (pl.col(column).cast(pl.UInt64) * 0x9E3779B97F4A7C15 % (2**63 - 2) + 1).cast(pl.Int64)
@@ -97,10 +109,9 @@ def test_the_dask_build_equals_the_polars_build_row_for_row(client, awkward_data
 
     assert meta == json.loads((one_machine / "meta.json").read_text())
     assert meta["rows"]["train"] > 1_000 and meta["rows"]["holdout"] > 1_000
-    for name in features.FEATURE_FILES:
-        expected, built = (pl.read_parquet(folder / name) for folder in (one_machine, tmp_path / "dask"))
-        assert_frame_equal(built, expected, check_exact=True)
-    holdout = pl.read_parquet(tmp_path / "dask" / "holdout.parquet")
+    assert_same_folders(tmp_path / "dask", one_machine)
+    assert len(features.shards(tmp_path / "dask" / "train")) > 1  # one shard per time partition
+    holdout = pl.read_parquet(features.shards(tmp_path / "dask" / "holdout"))
     assert holdout.get_column("movie_genres").arr.sum().min() >= 1  # the catalogue joined on the spread ids
     assert np.all(np.diff(holdout.get_column("timestamp").to_numpy()) >= 0)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["dask", "polars", "reports"]  # no scratch left
@@ -172,10 +183,7 @@ def test_a_worker_killed_during_the_build_is_replaced_and_the_folder_is_still_ex
 
     one_machine = features.write_feature_set(features.build_feature_set(dataset, 0.2), tmp_path / "polars")
     assert outcome["meta"] == json.loads((one_machine / "meta.json").read_text())
-    for name in features.FEATURE_FILES:
-        assert_frame_equal(
-            pl.read_parquet(tmp_path / "dask" / name), pl.read_parquet(one_machine / name), check_exact=True
-        )
+    assert_same_folders(tmp_path / "dask", one_machine)
 
 
 def test_a_bad_row_in_one_file_stops_the_build_naming_the_expectation_the_file_and_the_row(client, tmp_path):

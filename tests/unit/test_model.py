@@ -170,7 +170,7 @@ def test_streaming_training_data_leaves_large_blocks_on_the_heap(tmp_path):
     mallinfo2.restype = MallInfo2
     generate_movielens(tmp_path / "data", users=30, movies=40, days=3, ratings_per_day=200, seed=5)
     features.write_feature_set(features.build_feature_set(load_dataset(tmp_path / "data"), 0.2), tmp_path / "f")
-    for _ in model.make_dataset(tmp_path / "f" / "train.parquet", 64, shuffle_seed=1):
+    for _ in model.make_dataset(tmp_path / "f" / "train", 64, shuffle_seed=1):
         pass
 
     mapped_before = mallinfo2().hblkhd
