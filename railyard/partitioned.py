@@ -96,7 +96,9 @@ def build_on_cluster(
         cutoff = exact_cutoff(client, summaries, holdout_fraction, count, scratch)
         edges = time_edges([summary.days for summary in summaries], cutoff, count)
         sums = each(client, add_user_history, range(count), scratch=scratch, genres=genres, cutoff=cutoff, count=count)
+        shutil.rmtree(scratch / "by-user")  # every stage's results are in hand: its inputs can go
         each(client, add_movie_history, range(count), scratch=scratch, genres=genres, cutoff=cutoff, edges=edges)
+        shutil.rmtree(scratch / "by-movie")
         staging.mkdir(parents=True)
         periods = each(
             client,

@@ -216,3 +216,36 @@ def test_a_skewed_online_store_stops_the_run_before_training(flow_home, tmp_path
     client = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("railyard").experiment_id])
     assert run.data.metrics["online_skew_share_users"] > 0.5 and run.info.status == "FAILED"
+
+
+def test_with_the_dask_engine_a_bad_row_in_one_partition_stops_the_run_before_training(
+    flow_home, tmp_path, monkeypatch
+):
+    """RAILYARD_FEATURE_ENGINE=dask: the flow's build runs on a LocalCluster of two worker
+    processes and validates there; one bad rating in one input file stops the run, naming the
+    expectation, the file and the row, and nothing is trained, published or left for training."""
+    import polars as pl
+    from mlflow.tracking import MlflowClient
+
+    from flows.retrain import retrain
+    from railyard.loaders import parquet_layout
+    from railyard.validation import DataValidationError
+
+    for name, value in {"FEATURE_ENGINE": "dask", "DASK_WORKERS": "2", "DASK_WORKER_MEMORY": "1GiB"}.items():
+        monkeypatch.setenv(f"RAILYARD_{name}", value)
+    data = tmp_path / "data"
+    generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=300, seed=5, fmt="parquet")
+    broken = parquet_layout(data)[0][1]
+    ratings = pl.read_parquet(broken)
+    bad = pl.int_range(pl.len()) == 17
+    ratings.with_columns(pl.when(bad).then(7.0).otherwise(pl.col("rating")).alias("rating")).write_parquet(broken)
+
+    with pytest.raises(DataValidationError) as raised:
+        retrain(data_dir=str(data))
+    message = str(raised.value)
+    assert f"suite raw_ratings@{broken.parent.name}/{broken.name}:" in message
+    assert "rating within 0.5..5.0: 1 unexpected rows (rows 17), e.g. [7.0]" in message
+    assert _store_versions(flow_home) == [] and not list(flow_home.rglob("part-*.parquet"))
+    client = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("railyard").experiment_id])
+    assert run.info.status == "FAILED" and "auc" not in run.data.metrics
