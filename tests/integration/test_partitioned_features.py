@@ -37,6 +37,23 @@ def client(tmp_path_factory):
         yield client
 
 
+def build_on_dask(client, data, out_dir, report_dir, *, rows_per_partition: int) -> dict:
+    """The partitioned build of a Parquet data set, holdout 0.2, as the flow's task calls it."""
+    files, movies_file = parquet_layout(data)
+    fingerprint = features.feature_fingerprint(sorted([*files, movies_file]), 0.2)
+    return partitioned.build_on_cluster(
+        client,
+        files,
+        read_movies(movies_file),
+        0.2,
+        out_dir,
+        fingerprint,
+        BOUNDS,
+        report_dir,
+        rows_per_partition=rows_per_partition,
+    )
+
+
 def assert_same_folders(built, expected) -> None:
     """Every split (its shards in order) and snapshot equal, row for row and bit for bit."""
     for split in features.SPLITS:
@@ -93,19 +110,7 @@ def test_the_dask_build_equals_the_polars_build_row_for_row(client, awkward_data
     assert ratings.group_by("movieId", "timestamp").len().get_column("len").max() > 1  # and of one movie
 
     one_machine = features.write_feature_set(features.build_feature_set(dataset, 0.2), tmp_path / "polars")
-    files, movies_file = parquet_layout(awkward_data)
-    fingerprint = features.feature_fingerprint(sorted([*files, movies_file]), 0.2)
-    meta = partitioned.build_on_cluster(
-        client,
-        files,
-        read_movies(movies_file),
-        0.2,
-        tmp_path / "dask",
-        fingerprint,
-        BOUNDS,
-        tmp_path / "reports",
-        rows_per_partition=1_500,
-    )
+    meta = build_on_dask(client, awkward_data, tmp_path / "dask", tmp_path / "reports", rows_per_partition=1_500)
 
     assert meta == json.loads((one_machine / "meta.json").read_text())
     assert meta["rows"]["train"] > 1_000 and meta["rows"]["holdout"] > 1_000
@@ -151,21 +156,11 @@ def test_a_worker_killed_during_the_build_is_replaced_and_the_folder_is_still_ex
     data = tmp_path / "data"
     generate_movielens(data, users=3_000, movies=1_000, days=10, ratings_per_day=20_000, seed=5, fmt="parquet")
     dataset = load_dataset(data)
-    files, movies_file = parquet_layout(data)
-    fingerprint = features.feature_fingerprint(dataset.source_files, 0.2)
     outcome = {}
 
     def build():
-        outcome["meta"] = partitioned.build_on_cluster(
-            client,
-            files,
-            read_movies(movies_file),
-            0.2,
-            tmp_path / "dask",
-            fingerprint,
-            BOUNDS,
-            tmp_path / "reports",
-            rows_per_partition=25_000,
+        outcome["meta"] = build_on_dask(
+            client, data, tmp_path / "dask", tmp_path / "reports", rows_per_partition=25_000
         )
 
     builder = threading.Thread(target=build)
@@ -189,24 +184,13 @@ def test_a_worker_killed_during_the_build_is_replaced_and_the_folder_is_still_ex
 def test_a_bad_row_in_one_file_stops_the_build_naming_the_expectation_the_file_and_the_row(client, tmp_path):
     data = tmp_path / "data"
     generate_movielens(data, users=200, movies=100, days=4, ratings_per_day=800, seed=8, fmt="parquet")
-    files, movies_file = parquet_layout(data)
-    broken = files[2]
+    broken = parquet_layout(data)[0][2]
     ratings = pl.read_parquet(broken)
     ratings.with_columns(
         pl.when(pl.int_range(pl.len()) == 17).then(7.0).otherwise(pl.col("rating")).alias("rating")
     ).write_parquet(broken)
     with pytest.raises(DataValidationError) as failed:
-        partitioned.build_on_cluster(
-            client,
-            files,
-            read_movies(movies_file),
-            0.2,
-            tmp_path / "features",
-            "f",
-            BOUNDS,
-            tmp_path / "reports",
-            rows_per_partition=1_000,
-        )
+        build_on_dask(client, data, tmp_path / "features", tmp_path / "reports", rows_per_partition=1_000)
     message = str(failed.value)
     where = f"raw_ratings@{broken.parent.name}/{broken.name}"
     assert f"suite {where}:" in message
