@@ -447,10 +447,16 @@ def read_priors(out_dir: Path) -> dict[str, float]:
     return _read_meta(Path(out_dir))["priors"]
 
 
-def read_feature_set(out_dir: Path) -> FeatureSet:
+def read_feature_set(out_dir: Path, *, with_training_rows: bool = True) -> FeatureSet:
+    """A feature folder; without its training rows (``train`` empty, same schema) for steps that
+    need only the rest: training streams them from the shards."""
     out_dir = Path(out_dir)
     meta = _read_meta(out_dir)
-    train, holdout = (pl.read_parquet(shards(out_dir / split)) for split in SPLITS)
+    train_shards = shards(out_dir / "train")
+    train = pl.read_parquet(
+        train_shards if with_training_rows else train_shards[0], n_rows=None if with_training_rows else 0
+    )
+    holdout = pl.read_parquet(shards(out_dir / "holdout"))
     users, movies = (pl.read_parquet(out_dir / name) for name in SNAPSHOT_FILES)
     return FeatureSet(train, holdout, meta["cutoff_ts"], users, movies, meta["priors"], meta["fingerprint"])
 

@@ -136,6 +136,7 @@ def test_the_flows_build_step_runs_on_a_local_cluster_when_the_engine_is_dask(aw
         expected.fingerprint,
     )
     assert_frame_equal(built.holdout, expected.holdout, check_exact=True)
+    assert built.train.is_empty() and built.train.schema == expected.train.schema  # not read into this process
     assert (settings.home / "dask").is_dir()  # the local workers' spill folder
 
     csv_folder = tmp_path / "csv"
