@@ -28,7 +28,11 @@ own, send ``--requests`` requests back to back per measurement, cycling over ASK
    Predict of 100 rows, 100 predictions back;
 3. direct: ``ServingClient.predict_grpc_versioned`` (label `stable`, signature ``features``) with
    the very columns the service sends for that user, read from the store before the clock: the
-   model call alone, the floor.
+   model call alone, the baseline;
+4. floor: what any recommendation through a separate HTTP service and store pays before its own
+   logic, done by the client back to back: a ``/healthz`` round trip to the service, the user's
+   ``read_candidates`` (its own store connection), and the direct call. Its ratio to direct is a
+   lower bound for the service's.
 
 Checked once before timing: /v1/score's scores equal the direct call's on the same features, and
 /v1/recommend's top 10 are the direct call's top 10. An untimed pass of each side comes first;
@@ -84,7 +88,7 @@ CANDIDATES, K = 100, 10
 ASKED_USERS = 200  # the users requests cycle over
 READY_TIMEOUT_S = 240.0  # the service imports TensorFlow before its port opens
 TARGETS = {"p99_ms": 50.0, "overhead_p99": 1.5}  # below / at most
-SIDES = ("recommend", "score", "direct")
+SIDES = ("recommend", "score", "direct", "floor")
 
 
 # --- setup ---------------------------------------------------------------------------------------
@@ -252,6 +256,33 @@ class Http:
 
     def close(self) -> None:
         self.connection.close()
+
+
+class Floor:
+    """The floor side's client: HTTP to the service, the store and TF Serving, each its own connection."""
+
+    def __init__(self, port: int, target: ServingTarget, store_url: str, home: Path):
+        self.http = Http(port)
+        self.store = connect(Settings(home=home, online_store_url=store_url))
+        self.serving = target.client(timeout_s=30.0, attempts=1)
+
+    def call(self, ask: Ask) -> None:
+        self.http.call("GET", "/healthz")
+        found = self.store.read_candidates(ask.user, CANDIDATES)
+        columns = {
+            "userId": np.full(len(found.movie_ids), ask.user, np.int64),
+            "movieId": found.movie_ids,
+            "user_features": found.users.astype(np.float32),
+            "movie_features": found.movies.astype(np.float32),
+        }
+        self.serving.predict_grpc_versioned(
+            MODEL, columns, label=contract.STABLE, signature_name=contract.FEATURES_SIGNATURE
+        )
+
+    def close(self) -> None:
+        self.http.close()
+        self.store.client.close()
+        self.serving.close()
 
 
 def direct_scores(client: ServingClient, ask: Ask) -> np.ndarray:
@@ -423,15 +454,16 @@ def bench(rounds: int, requests: int, concurrency: int) -> dict:
             "recommend": (lambda: Http(port), lambda client, n: client.call("GET", ask(n).path)),
             "score": (lambda: Http(port), lambda client, n: client.call("POST", "/v1/score", ask(n).body)),
             "direct": (lambda: target.client(timeout_s=30.0, attempts=1), lambda c, n: direct_scores(c, ask(n))),
+            "floor": (lambda: Floor(port, target, store_url, home), lambda floor, n: floor.call(ask(n))),
         }
         for name in SIDES:  # untimed: every path warm before the first round
             measure(concurrency, min(requests, 200), *sides[name], pids)
         runs: dict[str, list[dict]] = {name: [] for name in SIDES}
         for round_ in range(rounds):
             for name in SIDES if round_ % 2 == 0 else SIDES[::-1]:
-                before = service_seconds(port) if name != "direct" else {}
+                before = service_seconds(port) if name in ("recommend", "score") else {}
                 figures = measure(concurrency, requests, *sides[name], pids)
-                if name != "direct":
+                if name in ("recommend", "score"):
                     figures["in_service"] = inside_service(before, service_seconds(port), name)
                 runs[name].append(figures)
         store.client.close()
@@ -456,7 +488,7 @@ def bench(rounds: int, requests: int, concurrency: int) -> dict:
         "best": best,
         "overhead_vs_direct": {
             f"{name}_{stat}": round(best[name][f"{stat}_ms"] / best["direct"][f"{stat}_ms"], 2)
-            for name in ("recommend", "score")
+            for name in ("recommend", "score", "floor")
             for stat in ("p50", "p99")
         },
         "runs": runs,
@@ -535,6 +567,10 @@ def format_table(result: dict) -> str:
     direct = best["direct"]
     figures = [f"{direct[key]:.2f}" for key in ("p50_ms", "p99_ms")]
     rows.append(row("direct Predict", *figures, f"{direct['requests_per_s']:.0f}", "", "", ""))
+    floor = best["floor"]
+    figures = [f"{floor[key]:.2f}" for key in ("p50_ms", "p99_ms")]
+    ratios_ = [f"{ratios[f'floor_{stat}']:.2f}" for stat in ("p50", "p99")]
+    rows.append(row("floor", *figures, f"{floor['requests_per_s']:.0f}", *ratios_, "healthz + store read + Predict"))
     rows.append("mean ms per request: client-side | the service's clock: handler, store read, Predict")
     for name in ("recommend", "score"):
         inside = best[name]["in_service"]
