@@ -210,16 +210,15 @@ def retrain(
 def validated_features(settings: Settings, source: Path, run_dir: Path, report_dir: Path, run_id: str) -> FeatureSet:
     """Raw data → validation → point-in-time features → validation; the features without the
     training rows (training streams them from the Parquet written under ``run_dir``)."""
-    dataset = data.load_data(source)
-    if settings.feature_engine == "dask":  # the ratings and the features are validated on the cluster
-        feature_set = features.build_features(dataset, source, settings, run_dir / "features", report_dir)
-        online.check_skew(dataset, settings, run_id)
+    if settings.feature_engine == "dask":  # on the cluster, validation and the skew check too
+        feature_set = features.build_features_on_cluster(source, settings, run_dir / "features", report_dir, run_id)
     else:
+        dataset = data.load_data(source)
         validation.validate_raw(dataset.ratings, settings, report_dir)
         online.check_skew(dataset, settings, run_id)
         feature_set = features.build_features(dataset, source, settings, run_dir / "features", report_dir)
         validation.validate_features(feature_set, settings, report_dir)
-    del dataset  # from here on the features are the data: let the raw ratings go
+        del dataset  # from here on the features are the data: let the raw ratings go
     tracking.set_tags(settings, run_id, {"railyard.data_fingerprint": feature_set.fingerprint})
     return feature_set.without_training_rows()
 

@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
@@ -47,6 +48,24 @@ ROWS_PER_PARTITION = 2_000_000  # a partition in a worker: about 1 GB with its f
 DAY_S = 86_400
 UNIQUE_RATINGS = "ExpectCompoundColumnsToBeUnique"
 _HASH_SEED = 20_261_201  # fixed: a rerun of a task puts every row where the first run did
+
+
+class PerKey(Protocol):
+    """Work that needs every rating of its keys, done on the partitions as the build passes them
+    (``users`` on each user partition's distinct ratings, ``movies`` on each movie partition's),
+    on the workers; their results come back to the driver, which ``merged`` puts together."""
+
+    def users(self, ratings: pl.DataFrame) -> Any: ...
+
+    def movies(self, ratings: pl.DataFrame) -> Any: ...
+
+    def merged(self, users: list, movies: list) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Built:
+    meta: dict  # the feature folder's meta.json
+    per_key: Any  # ``PerKey.merged`` over the partitions' results (None without one)
 
 
 @dataclass(frozen=True)
@@ -68,13 +87,15 @@ def build_on_cluster(
     bounds: ValidationBounds,
     report_dir: Path,
     *,
+    per_key: PerKey | None = None,
     rows_per_partition: int = ROWS_PER_PARTITION,
-) -> dict:
+) -> Built:
     """Build the feature folder ``out_dir`` on the cluster of ``client`` (a ``distributed.Client``)
     from date-partitioned Parquet files, validating the ratings and the features on the way (as
     the one-machine run does: ``DataValidationError`` naming each failed expectation, its
-    partition and example rows, before anything is written to ``out_dir``); the folder's
-    ``meta.json`` contents are returned."""
+    partition and example rows, before anything is written to ``out_dir``, and before
+    ``per_key`` sees any partition); the folder's ``meta.json`` contents and ``per_key``'s
+    merged results are returned."""
     out_dir = Path(out_dir)
     scratch = out_dir.parent / f".{out_dir.name}.partitions-{uuid.uuid4().hex[:8]}"
     staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
@@ -95,9 +116,28 @@ def build_on_cluster(
         raise_for_failures(*reports, raw_table_report(distinct, bounds, report_dir))
         cutoff = exact_cutoff(client, summaries, holdout_fraction, count, scratch)
         edges = time_edges([summary.days for summary in summaries], cutoff, count)
-        sums = each(client, add_user_history, range(count), scratch=scratch, genres=genres, cutoff=cutoff, count=count)
+        hook = client.scatter(per_key, broadcast=True) if per_key is not None else None
+        by_user = each(
+            client,
+            add_user_history,
+            range(count),
+            scratch=scratch,
+            genres=genres,
+            cutoff=cutoff,
+            count=count,
+            hook=hook,
+        )
         shutil.rmtree(scratch / "by-user")  # every stage's results are in hand: its inputs can go
-        each(client, add_movie_history, range(count), scratch=scratch, genres=genres, cutoff=cutoff, edges=edges)
+        by_movie = each(
+            client,
+            add_movie_history,
+            range(count),
+            scratch=scratch,
+            genres=genres,
+            cutoff=cutoff,
+            edges=edges,
+            hook=hook,
+        )
         shutil.rmtree(scratch / "by-movie")
         staging.mkdir(parents=True)
         periods = each(
@@ -116,12 +156,17 @@ def build_on_cluster(
         )
         written = {side: sum(period.rows for period in periods if period.side == side) for side in F.SPLITS}
         client.submit(write_snapshots, scratch, genres, staging, pure=False).result()
-        priors = F.priors_of(*(sum(part) for part in zip(*sums)))
+        priors = F.priors_of(*(sum(part) for part in zip(*(sums for sums, _ in by_user))))
         F.write_meta(staging, cutoff, priors, fingerprint, written)
+        merged = None
+        if per_key is not None:
+            merged = per_key.merged(
+                [done for _, done in by_user if done is not None], [d for d in by_movie if d is not None]
+            )
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)
-        return json.loads((out_dir / "meta.json").read_text())
+        return Built(json.loads((out_dir / "meta.json").read_text()), merged)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
@@ -206,29 +251,36 @@ def oldest_after(part: int, *, scratch: Path, after: int) -> int | None:
 
 
 def add_user_history(
-    part: int, *, scratch: Path, genres: pl.DataFrame, cutoff: int, count: int
-) -> tuple[int, float, float]:
+    part: int, *, scratch: Path, genres: pl.DataFrame, cutoff: int, count: int, hook: PerKey | None
+) -> tuple[tuple[int, float, float], Any]:
     """One user partition: its rows' user aggregates, its users' training totals; the training
-    sums (for the priors) back to the driver."""
-    rows = F.labelled(distinct_ratings(scratch, part))
-    if rows.is_empty():
-        return 0, 0.0, 0.0
+    sums (for the priors) and ``hook.users``' result back to the driver."""
+    ratings = distinct_ratings(scratch, part)
+    if ratings.is_empty():
+        return (0, 0.0, 0.0), None
+    done = hook.users(ratings) if hook is not None else None
+    rows = F.labelled(ratings)
     train = rows.filter(pl.col("timestamp") < cutoff)
     write_atomically(F.user_totals(train, genres), scratch / "user-totals" / f"{part:06d}.parquet")
     write_partitions(F.with_user_history(rows, genres), _bucket("movieId", count), scratch / "by-movie", f"{part:06d}")
-    return F.training_sums(train)
+    return F.training_sums(train), done
 
 
-def add_movie_history(part: int, *, scratch: Path, genres: pl.DataFrame, cutoff: int, edges: list[int]) -> None:
-    """One movie partition: its rows' movie aggregates, its movies' training totals."""
+def add_movie_history(
+    part: int, *, scratch: Path, genres: pl.DataFrame, cutoff: int, edges: list[int], hook: PerKey | None
+) -> Any:
+    """One movie partition: its rows' movie aggregates, its movies' training totals;
+    ``hook.movies``' result back to the driver."""
     rows = read_partition(scratch / "by-movie", part).sort("timestamp", "userId", "movieId")
     if rows.is_empty():
-        return
+        return None
+    done = hook.movies(rows.select(RATINGS_SCHEMA.keys())) if hook is not None else None
     train = rows.filter(pl.col("timestamp") < cutoff)
     write_atomically(F.movie_totals(train, genres), scratch / "movie-totals" / f"{part:06d}.parquet")
     built = F.with_movie_history(rows, genres).select(*F.FEATURE_COLUMNS)
     period = pl.Series(np.searchsorted(np.asarray(edges), built.get_column("timestamp").to_numpy(), side="right"))
     write_partitions(built, period, scratch / "by-time", f"{part:06d}")
+    return done
 
 
 @dataclass(frozen=True)

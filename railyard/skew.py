@@ -46,21 +46,18 @@ class SkewReport:
         return head + (": " + "; ".join(self.examples) if self.examples else "")
 
 
-def sample_ids(totals: pl.DataFrame, key: str, size: int, seed: int) -> np.ndarray:
-    """Up to ``size`` ids of the offline totals, drawn without replacement (reproducibly)."""
-    ids = totals.get_column(key).to_numpy()
-    if len(ids) <= size:
-        return ids
-    return np.sort(np.random.default_rng(seed).choice(ids, size, replace=False))
+def sample_totals(totals: pl.DataFrame, key: str, size: int, seed: int) -> pl.DataFrame:
+    """Up to ``size`` rows of ``totals``: those whose ``key`` hashes lowest under ``seed``, sorted
+    by key. A uniform sample that partitions holding disjoint keys can each draw: the sample of
+    their samples put together is the sample of the whole."""
+    rank = pl.col(key).hash(seed=seed)
+    return totals.sort(rank, key).head(size).sort(key)
 
 
-def offline_vectors(totals: pl.DataFrame, key: str, ids: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
-    """The offline aggregates of ``ids`` (zero for ids without events), in float64, in the
-    order of ``names``: the layout the online store returns."""
-    wanted = pl.DataFrame({key: ids}, schema={key: pl.Int64})
-    rows = wanted.join(totals, on=key, how="left", maintain_order="left")
-    matrix = F.feature_matrix(rows, names, np.float64)
-    return np.nan_to_num(matrix, nan=0.0)
+def offline_vectors(totals: pl.DataFrame, names: tuple[str, ...]) -> np.ndarray:
+    """The aggregates of ``totals``' rows in float64, in the order of ``names``: the layout the
+    online store returns."""
+    return F.feature_matrix(totals, names, np.float64)
 
 
 def compare(entity: str, ids: np.ndarray, online: np.ndarray, offline: np.ndarray) -> SkewReport:

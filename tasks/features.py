@@ -1,37 +1,59 @@
 from pathlib import Path
 
+from infra.online_store.consistency import check_store_partitioned
+from infra.online_store.store import connect, store_url
 from railyard import features, loaders
 from railyard.loaders import RawDataset
 from railyard.settings import Settings
 from tasks.common import MINUTES, railyard_task
+from tasks.online import record_skew
 
 
 @railyard_task(name="build-features", timeout_seconds=60 * MINUTES)
 def build_features(
     dataset: RawDataset, source: Path, settings: Settings, out_dir: Path, report_dir: Path
 ) -> features.FeatureSet:
-    """The feature folder under ``out_dir``, built by ``RAILYARD_FEATURE_ENGINE``: here with
-    Polars, or partitioned on a Dask cluster from the data set's Parquet files (which validates
-    the ratings and the features on the workers as it goes; the training rows then stay in their
-    shards, which training streams)."""
-    if settings.feature_engine == "dask":
-        from infra.dask_cluster import dask_client
-        from railyard import partitioned
+    """The feature folder under ``out_dir``, built here with Polars."""
+    feature_set = features.build_feature_set(dataset, settings.holdout_fraction)
+    features.write_feature_set(feature_set, out_dir)
+    return feature_set
 
-        ratings_files, _ = loaders.parquet_layout(source)  # the movies are in the dataset already
-        fingerprint = features.feature_fingerprint(dataset.source_files, settings.holdout_fraction)
+
+@railyard_task(name="build-features-on-cluster", timeout_seconds=60 * MINUTES)
+def build_features_on_cluster(
+    source: Path, settings: Settings, out_dir: Path, report_dir: Path, run_id: str
+) -> features.FeatureSet:
+    """``RAILYARD_FEATURE_ENGINE=dask``: the feature folder under ``out_dir``, built partitioned
+    on the Dask cluster from the data set's Parquet files, which also validates the ratings and
+    the features and measures the online store's skew (filling it when empty) on the partitions.
+    The ratings never pass through this process; the features come back without their training
+    rows (training streams them from the shards)."""
+    from infra.dask_cluster import dask_client
+    from railyard import partitioned
+
+    ratings_files, movies_file = loaders.parquet_layout(source)
+    movies = loaders.read_movies(movies_file) if movies_file is not None else None
+    source_files = sorted(ratings_files + ([movies_file] if movies_file is not None else []))
+    fingerprint = features.feature_fingerprint(source_files, settings.holdout_fraction)
+    store = connect(settings)
+
+    def build(per_key) -> partitioned.Built:
         with dask_client(settings) as client:
-            partitioned.build_on_cluster(
+            return partitioned.build_on_cluster(
                 client,
                 ratings_files,
-                dataset.movies,
+                movies,
                 settings.holdout_fraction,
                 out_dir,
                 fingerprint,
                 settings.validation_bounds(),
                 report_dir,
+                per_key=per_key,
             )
-        return features.read_feature_set(out_dir, with_training_rows=False)
-    feature_set = features.build_feature_set(dataset, settings.holdout_fraction)
-    features.write_feature_set(feature_set, out_dir)
-    return feature_set
+
+    genres = features.movie_genres(movies)
+    filled, reports, _ = check_store_partitioned(
+        store, store_url(settings), genres, settings.skew_sample_size, settings.seed, build
+    )
+    record_skew(store, filled, reports, settings, run_id)
+    return features.read_feature_set(out_dir, with_training_rows=False)

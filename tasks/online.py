@@ -6,11 +6,11 @@ from dataclasses import asdict
 from prefect.artifacts import create_markdown_artifact
 
 from infra.online_store.consistency import check_store
-from infra.online_store.store import connect
+from infra.online_store.store import OnlineStore, connect
 from railyard import tracking
 from railyard.loaders import RawDataset
 from railyard.settings import Settings
-from railyard.skew import FeatureSkew
+from railyard.skew import FeatureSkew, SkewReport
 from tasks.common import MINUTES, railyard_task
 
 
@@ -18,6 +18,13 @@ from tasks.common import MINUTES, railyard_task
 def check_skew(dataset: RawDataset, settings: Settings, run_id: str) -> dict:
     store = connect(settings)
     built, reports = check_store(store, dataset.ratings, dataset.movies, settings.skew_sample_size, settings.seed)
+    return record_skew(store, built, reports, settings, run_id)
+
+
+def record_skew(
+    store: OnlineStore, built: bool, reports: tuple[SkewReport, ...], settings: Settings, run_id: str
+) -> dict:
+    """The skew check's figures in MLflow and a Prefect artifact; ``FeatureSkew`` past the budget."""
     if built:
         print("the online store was empty: built it from this run's validated data")
     state = store.state()

@@ -1,14 +1,26 @@
 """Train/serve skew, measured: a sample of the online store against the offline aggregates of
-the batch data as of the store's last applied event (``railyard.skew`` does the arithmetic)."""
+the batch data as of the store's last applied event (``railyard.skew`` does the arithmetic).
+
+The offline side is a sample of per-entity totals. One machine draws it from every rating
+(``offline_samples``); a partitioned build draws it on partitions that each hold whole users or
+whole movies (``PartitionedOnline``, which can also fill an empty store from them), and the
+samples put together are the same sample.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
+from infra.online_store import store as S
 from infra.online_store.store import OnlineStore
 from railyard import features as F
 from railyard import skew
+
+# The movie's genres are the catalogue's, not aggregates: compared are the totals before them.
+MOVIE_TOTALS = F.MOVIE_FEATURES[: len(F.MOVIE_FEATURES) - 1]
 
 
 def check_store(
@@ -27,29 +39,135 @@ def measure_skew(
 ) -> tuple[skew.SkewReport, skew.SkewReport]:
     """(users, movies): sampled from the entities the batch data holds up to the store's last
     event, read from the store in one round trip, compared with the offline totals."""
-    last_event_ts = store.state()["last_event_ts"]
-    seen = ratings.filter(pl.col("timestamp") <= last_event_ts) if last_event_ts is not None else ratings.clear()
-    user_totals, movie_totals = F.aggregate_totals(seen, movies)
-    user_ids = skew.sample_ids(user_totals, "userId", sample_size, seed)
-    movie_ids = skew.sample_ids(movie_totals, "movieId", sample_size, seed)
+    samples = offline_samples(ratings, F.movie_genres(movies), store.state()["last_event_ts"], sample_size, seed)
+    return compare_with_store(store, *samples)
+
+
+def seen_by_store(ratings: pl.DataFrame, last_event_ts: int | None) -> pl.DataFrame:
+    """The ratings the store has applied, as far as time tells: those up to its last event."""
+    return ratings.filter(pl.col("timestamp") <= last_event_ts) if last_event_ts is not None else ratings.clear()
+
+
+def offline_samples(
+    ratings: pl.DataFrame, genres: pl.DataFrame, last_event_ts: int | None, size: int, seed: int
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Samples of the user and the movie totals of the ratings the store has seen."""
+    return user_sample(ratings, genres, last_event_ts, size, seed), movie_sample(
+        ratings, genres, last_event_ts, size, seed
+    )
+
+
+def user_sample(ratings: pl.DataFrame, genres: pl.DataFrame, last_event_ts: int | None, size: int, seed: int):
+    rows = F.labelled(seen_by_store(ratings, last_event_ts))
+    return skew.sample_totals(F.user_totals(rows, genres), "userId", size, seed)
+
+
+def movie_sample(ratings: pl.DataFrame, genres: pl.DataFrame, last_event_ts: int | None, size: int, seed: int):
+    rows = F.labelled(seen_by_store(ratings, last_event_ts))
+    return skew.sample_totals(F.movie_totals(rows, genres), "movieId", size, seed)
+
+
+def compare_with_store(
+    store: OnlineStore, users: pl.DataFrame, movies: pl.DataFrame
+) -> tuple[skew.SkewReport, skew.SkewReport]:
+    """The sampled totals against the store's values for the same ids (one round trip)."""
+    user_ids, movie_ids = (frame.get_column(key).to_numpy() for frame, key in ((users, "userId"), (movies, "movieId")))
     pairs = max(len(user_ids), len(movie_ids))
+    if pairs == 0:
+        empty = skew.compare("user", user_ids, np.zeros((0, 0)), np.zeros((0, 0)))
+        return empty, skew.compare("movie", movie_ids, np.zeros((0, 0)), np.zeros((0, 0)))
     # read_pairs reads pairs: pad the shorter side with its first id (or 0) and drop the extra rows.
     online_users, online_movies = store.read_pairs(_padded(user_ids, pairs), _padded(movie_ids, pairs))
-    totals_width = len(F.MOVIE_FEATURES) - 1  # the movie's genres are the catalogue's, not aggregates
     return (
-        skew.compare(
-            "user",
-            user_ids,
-            online_users[: len(user_ids)],
-            skew.offline_vectors(user_totals, "userId", user_ids, F.USER_FEATURES),
-        ),
+        skew.compare("user", user_ids, online_users[: len(user_ids)], skew.offline_vectors(users, F.USER_FEATURES)),
         skew.compare(
             "movie",
             movie_ids,
-            online_movies[: len(movie_ids), :totals_width],
-            skew.offline_vectors(movie_totals, "movieId", movie_ids, F.MOVIE_FEATURES[:totals_width]),
+            online_movies[: len(movie_ids), : len(MOVIE_TOTALS)],
+            skew.offline_vectors(movies, MOVIE_TOTALS),
         ),
     )
+
+
+ALL_EVENTS = 2**63 - 1  # "as of" for a store filled from every rating
+
+
+@dataclass(frozen=True)
+class Sampled:
+    """One partition's part (or, merged, the whole): the sampled totals, and the distinct events
+    and newest time of the ratings it saw (a store filled from them records both)."""
+
+    totals: pl.DataFrame
+    events: int = 0
+    last_ts: int | None = None
+
+
+@dataclass(frozen=True)
+class PartitionedOnline:
+    """The online store's part of a partitioned build (``railyard.partitioned.PerKey``): on each
+    user (movie) partition, its sample of the user (movie) totals the store has seen, and, when
+    ``namespace`` is set, that partition's share of a store rebuild, written from the worker.
+
+    Sent to the workers, ``store_url`` (password included) with it: they must reach the store."""
+
+    genres: pl.DataFrame
+    last_event_ts: int | None
+    size: int
+    seed: int
+    store_url: str | None = None
+    namespace: str | None = None  # the namespace being rebuilt (``OnlineStore.rebuilding``)
+
+    def users(self, ratings: pl.DataFrame) -> Sampled:
+        self._write(lambda checked: S.user_commands(self.namespace, checked, self.genres), ratings)
+        sample = user_sample(ratings, self.genres, self.last_event_ts, self.size, self.seed)
+        return Sampled(sample, ratings.height, ratings.get_column("timestamp").max())
+
+    def movies(self, ratings: pl.DataFrame) -> Sampled:
+        self._write(lambda checked: S.movie_commands(self.namespace, checked, self.genres), ratings)
+        return Sampled(movie_sample(ratings, self.genres, self.last_event_ts, self.size, self.seed))
+
+    def merged(self, users: list[Sampled], movies: list[Sampled]) -> tuple[Sampled, Sampled]:
+        """The partitions' samples as one: the sample ``offline_samples`` draws from every rating."""
+        newest = [part.last_ts for part in users if part.last_ts is not None]
+        return (
+            Sampled(
+                skew.sample_totals(pl.concat([part.totals for part in users]), "userId", self.size, self.seed),
+                sum(part.events for part in users),
+                max(newest) if newest else None,
+            ),
+            Sampled(skew.sample_totals(pl.concat([part.totals for part in movies]), "movieId", self.size, self.seed)),
+        )
+
+    def _write(self, commands, ratings: pl.DataFrame) -> None:
+        if self.namespace is None:
+            return
+        store = S.connect_url(self.store_url)
+        try:
+            store.write(commands(S.checked_batch(ratings)))
+        finally:
+            store.client.close()
+
+
+def check_store_partitioned(
+    store: OnlineStore, store_url: str, genres: pl.DataFrame, sample_size: int, seed: int, build
+) -> tuple[bool, tuple[skew.SkewReport, skew.SkewReport], object]:
+    """``check_store`` for a partitioned build: ``build(per_key)`` runs the build with
+    ``PartitionedOnline`` as its per-key work and returns its ``railyard.partitioned.Built``. An
+    empty store is filled on the partitions as the build passes them (switched to when the build
+    succeeds, dropped when it fails); the ratings never pass through this process. Whether it
+    was filled, the two reports, and what ``build`` returned."""
+    empty = store.namespace() is None
+    if not empty:
+        built = build(PartitionedOnline(genres, store.state()["last_event_ts"], sample_size, seed))
+    else:
+        with store.rebuilding() as namespace:
+            built = build(PartitionedOnline(genres, ALL_EVENTS, sample_size, seed, store_url, namespace))
+            users, _ = built.per_key
+            store.write(
+                [*S.catalogue_commands(namespace, genres), S.meta_command(namespace, users.events, users.last_ts)]
+            )
+    users, movies = built.per_key
+    return empty, compare_with_store(store, users.totals, movies.totals), built
 
 
 def _padded(ids: np.ndarray, length: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,7 +33,15 @@ from redis.retry import Retry
 from infra.online_store import keys, server
 from railyard.errors import RailyardError, Refused
 from railyard.events import RatingEvent
-from railyard.features import MOVIE_WIDTH, POSITIVE_RATING, USER_WIDTH, aggregate_totals, movie_genres
+from railyard.features import (
+    MOVIE_WIDTH,
+    POSITIVE_RATING,
+    USER_WIDTH,
+    labelled,
+    movie_genres,
+    movie_totals,
+    user_totals,
+)
 
 if TYPE_CHECKING:
     from railyard.settings import Settings
@@ -188,10 +196,17 @@ class RebuildRefused(Refused):
 
 def connect(settings: Settings) -> OnlineStore:
     """The store at RAILYARD_ONLINE_STORE_URL, or the embedded server's (started if needed)."""
+    return connect_url(store_url(settings))
+
+
+def store_url(settings: Settings) -> str:
+    """RAILYARD_ONLINE_STORE_URL, or the embedded server's (started if needed); it may hold a password."""
     if settings.online_store_url is not None:
-        url = settings.online_store_url.get_secret_value()
-    else:
-        url = server.url(server.server_dir(settings), server.ensure_running(settings))
+        return settings.online_store_url.get_secret_value()
+    return server.url(server.server_dir(settings), server.ensure_running(settings))
+
+
+def connect_url(url: str) -> OnlineStore:
     client = redis.Redis.from_url(
         url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S, retry=RETRY
     )
@@ -269,24 +284,41 @@ class OnlineStore:
     def rebuild(self, ratings: pl.DataFrame, movies: pl.DataFrame | None) -> str:
         """Materialize the aggregates of ``ratings`` (every event marked applied) and the movie
         catalogue into a fresh namespace, switch to it, drop the others; the new namespace."""
-        ratings = _checked_batch(ratings)
+        ratings = checked_batch(ratings)
+        with self.rebuilding() as namespace:
+            self.write(namespace_commands(namespace, ratings, movies))
+        return namespace
+
+    @contextmanager
+    def rebuilding(self) -> Iterator[str]:
+        """A fresh namespace to write (``write``, from any process) while readers keep the current
+        one; switched to when the block ends, dropped when it fails. One rebuild at a time."""
         namespace = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
         lock = self.client.lock(keys.REBUILD_LOCK, timeout=REBUILD_LOCK_S, blocking=False)
         with reachable(self.client):
             if not lock.acquire():
                 raise RebuildRunning("another rebuild of the online store is running")
             try:
-                pipe = self.client.pipeline(transaction=False)
-                for count, command in enumerate(namespace_commands(namespace, ratings, movies), start=1):
-                    pipe.execute_command(*command)
-                    if count % PIPELINE_CHUNK == 0:
-                        pipe.execute()
-                pipe.execute()
+                current = self.namespace()
+                try:
+                    yield namespace
+                except BaseException:
+                    self._drop_namespaces(keep=current)  # the half-written one
+                    raise
                 self._switch(keys=[keys.POINTER, keys.STREAM], args=[namespace, keys.ONLINE_GROUP])
                 self._drop_namespaces(keep=namespace)  # the old one, and any a crashed rebuild left
             finally:
                 lock.release()
-        return namespace
+
+    def write(self, commands: Iterable[tuple]) -> None:
+        """Run ``commands`` (a namespace's, from the functions below) in pipelined round trips."""
+        with reachable(self.client):
+            pipe = self.client.pipeline(transaction=False)
+            for count, command in enumerate(commands, start=1):
+                pipe.execute_command(*command)
+                if count % PIPELINE_CHUNK == 0:
+                    pipe.execute()
+            pipe.execute()
 
     def state(self) -> dict:
         """What the store holds and how far the stream's consumers are."""
@@ -306,7 +338,7 @@ class OnlineStore:
                 "groups": groups,
             }
 
-    def _drop_namespaces(self, keep: str) -> None:
+    def _drop_namespaces(self, keep: str | None) -> None:
         doomed = [
             key
             for key in self.client.scan_iter(match=keys.NAMESPACES + "*", count=1_000)
@@ -332,39 +364,62 @@ def model_inputs(
 
 
 def namespace_commands(namespace: str, ratings: pl.DataFrame, movies: pl.DataFrame | None) -> Iterator[tuple]:
-    """The commands that write a namespace holding exactly ``ratings`` (checked: no nulls, no
-    two ratings of one event) and the movie catalogue; zero fields are left out (missing is 0)."""
-    users, movie_totals = aggregate_totals(ratings, movies)
-    for user, n, total, positives, genre_n, genre_pos in users.iter_rows():
+    """The commands that write a namespace holding exactly ``ratings`` (as ``checked_batch``
+    returns them) and the movie catalogue; zero fields are left out (missing is 0)."""
+    genres = movie_genres(movies)
+    yield from user_commands(namespace, ratings, genres)
+    yield from movie_commands(namespace, ratings, genres)
+    yield from catalogue_commands(namespace, genres)
+    last_ts = int(ratings.get_column("timestamp").max()) if ratings.height else None
+    yield meta_command(namespace, ratings.height, last_ts)
+
+
+def user_commands(namespace: str, ratings: pl.DataFrame, genres: pl.DataFrame) -> Iterator[tuple]:
+    """The user side of a namespace for ``ratings`` (checked) holding every rating of its users
+    (a user partition will do): aggregates, applied-event markers, rated movies."""
+    for user, n, total, positives, genre_n, genre_pos in user_totals(labelled(ratings), genres).iter_rows():
         fields = {"n": n, "sum": repr(total), "pos": positives}
         fields |= {f"gn{i}": count for i, count in enumerate(genre_n) if count}
         fields |= {f"gp{i}": count for i, count in enumerate(genre_pos) if count}
         yield ("HSET", keys.user_key(namespace, user), *_flat(fields))
-    for movie, n, total, positives in movie_totals.iter_rows():
-        yield ("HSET", keys.movie_key(namespace, movie), *_flat({"n": n, "sum": repr(total), "pos": positives}))
-    for movie, *flags in movie_genres(movies).iter_rows():
-        if any(flags):
-            indexes = ",".join(str(i) for i, flag in enumerate(flags) if flag)
-            yield ("HSET", keys.genres_key(namespace), movie, indexes)
     markers = ratings.group_by("userId").agg(pl.format("{}:{}", "movieId", "timestamp").alias("events"))
     for user, events in markers.iter_rows():
         for start in range(0, len(events), MEMBERS_CHUNK):
             yield ("SADD", keys.applied_key(namespace, user), *events[start : start + MEMBERS_CHUNK])
-    # Candidate data: each user's rated movies, each rated movie's ratings count.
-    rated = ratings.group_by("userId").agg(pl.col("movieId").unique())
+    rated = ratings.group_by("userId").agg(pl.col("movieId").unique())  # a user's candidates exclude these
     for user, movie_ids in rated.iter_rows():
         for start in range(0, len(movie_ids), MEMBERS_CHUNK):
             yield ("SADD", keys.rated_key(namespace, user), *movie_ids[start : start + MEMBERS_CHUNK])
-    counts = [item for movie, n, *_ in movie_totals.iter_rows() for item in (n, movie)]
+
+
+def movie_commands(namespace: str, ratings: pl.DataFrame, genres: pl.DataFrame) -> Iterator[tuple]:
+    """The movie side of a namespace for ``ratings`` (checked) holding every rating of its movies
+    (a movie partition will do): aggregates and ratings counts (the popularity candidates come from)."""
+    totals = movie_totals(labelled(ratings), genres)
+    for movie, n, total, positives in totals.iter_rows():
+        yield ("HSET", keys.movie_key(namespace, movie), *_flat({"n": n, "sum": repr(total), "pos": positives}))
+    counts = [item for movie, n, *_ in totals.iter_rows() for item in (n, movie)]
     for start in range(0, len(counts), 2 * MEMBERS_CHUNK):
         yield ("ZADD", keys.popularity_key(namespace), *counts[start : start + 2 * MEMBERS_CHUNK])
-    meta = {"events": ratings.height, "built_at": int(time.time()), "candidates": 1}
-    if ratings.height:
-        meta["last_ts"] = int(ratings.get_column("timestamp").max())
-    yield ("HSET", keys.meta_key(namespace), *_flat(meta))
 
 
-def _checked_batch(ratings: pl.DataFrame) -> pl.DataFrame:
+def catalogue_commands(namespace: str, genres: pl.DataFrame) -> Iterator[tuple]:
+    """Each catalogued movie's genre indexes."""
+    for movie, *flags in genres.iter_rows():
+        if any(flags):
+            indexes = ",".join(str(i) for i, flag in enumerate(flags) if flag)
+            yield ("HSET", keys.genres_key(namespace), movie, indexes)
+
+
+def meta_command(namespace: str, events: int, last_ts: int | None) -> tuple:
+    """The namespace's bookkeeping: how many events it holds, the newest one's time."""
+    meta = {"events": events, "built_at": int(time.time()), "candidates": 1}
+    if last_ts is not None:
+        meta["last_ts"] = last_ts
+    return ("HSET", keys.meta_key(namespace), *_flat(meta))
+
+
+def checked_batch(ratings: pl.DataFrame) -> pl.DataFrame:
     """The batch's distinct events; refused when a value is missing or one event has two ratings
     (the store counts an event once: it could not hold both)."""
     ratings = ratings.select("userId", "movieId", "rating", "timestamp").unique(maintain_order=True)

@@ -195,9 +195,11 @@ def test_serving_down_fails_clearly_and_leaves_a_candidate(flow_home, tmp_path, 
     assert not (flow_home / "serving" / "models" / "models.config").exists()  # nothing else changed
 
 
-def test_a_skewed_online_store_stops_the_run_before_training(flow_home, tmp_path):
+@pytest.mark.parametrize("engine", ["polars", "dask"])
+def test_a_skewed_online_store_stops_the_run_before_training(flow_home, tmp_path, monkeypatch, engine):
     """The online store was fed other events than the batch data holds: the run records the skew
-    in MLflow and stops with a clear message; nothing is trained or published."""
+    in MLflow and stops with a clear message; nothing is trained or published. With the dask
+    engine the offline side is sampled on the cluster's partitions."""
     from mlflow.tracking import MlflowClient
 
     from flows.retrain import retrain
@@ -206,16 +208,53 @@ def test_a_skewed_online_store_stops_the_run_before_training(flow_home, tmp_path
     from railyard.settings import Settings
     from railyard.skew import FeatureSkew
 
+    for name, value in {"FEATURE_ENGINE": engine, "DASK_WORKERS": "2", "DASK_WORKER_MEMORY": "1GiB"}.items():
+        monkeypatch.setenv(f"RAILYARD_{name}", value)
     served, trained_on = tmp_path / "stream", tmp_path / "batch"
     generate_movielens(served, users=60, movies=80, days=4, ratings_per_day=200, seed=5)
-    generate_movielens(trained_on, users=60, movies=80, days=4, ratings_per_day=200, seed=6)
+    generate_movielens(trained_on, users=60, movies=80, days=4, ratings_per_day=200, seed=6, fmt="parquet")
     connect(Settings()).rebuild(load_dataset(served).ratings, load_dataset(served).movies)
     with pytest.raises(FeatureSkew, match=r"RAILYARD_MAX_SKEW_SHARE=0.01: \d+ of \d+ sampled users differ"):
         retrain(data_dir=str(trained_on))
-    assert _store_versions(flow_home) == [] and not list(flow_home.rglob("part-*.parquet"))
+    assert _store_versions(flow_home) == []
     client = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("railyard").experiment_id])
     assert run.data.metrics["online_skew_share_users"] > 0.5 and run.info.status == "FAILED"
+    assert not any(name.startswith("epoch_") for name in run.data.metrics)  # nothing trained
+
+
+def test_with_the_dask_engine_a_daily_run_never_reads_the_ratings_in_its_own_process(flow_home, tmp_path, monkeypatch):
+    """RAILYARD_FEATURE_ENGINE=dask end to end: the features, their validation and the online
+    store's first fill and skew check run on a LocalCluster of two worker processes; the flow's
+    process never reads a rating file (any attempt fails the test), yet it trains from the
+    shards, evaluates, publishes and releases version 1 to production."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.retrain import retrain
+    from infra.online_store.store import connect
+    from railyard import loaders
+    from railyard.settings import Settings
+
+    def refused(*_):
+        raise AssertionError("the flow's process read the ratings")
+
+    for name in ("load_dataset", "load_parquet_partitions", "read_parquet_files"):
+        monkeypatch.setattr(loaders, name, refused)
+    for name, value in {"FEATURE_ENGINE": "dask", "DASK_WORKERS": "2", "DASK_WORKER_MEMORY": "1GiB"}.items():
+        monkeypatch.setenv(f"RAILYARD_{name}", value)
+    monkeypatch.setenv("RAILYARD_MIN_AUC", "0")  # the subject is the engine, not the model
+    monkeypatch.setenv("RAILYARD_MAX_LOGLOSS", "10")
+    data = tmp_path / "data"
+    generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=300, seed=5, fmt="parquet")
+
+    summary = retrain(data_dir=str(data), auto_approve=True)
+    assert summary["model_version"] == 1 and _store_versions(flow_home) == ["1"]
+    client = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("railyard").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.metrics["auc"] > 0
+    assert run.data.metrics["online_skew_share_users"] == 0 and run.data.metrics["online_skew_share_movies"] == 0
+    assert connect(Settings()).state()["events_applied"] == 1_200  # filled from every rating, on the workers
+    assert client.get_model_version("recmodel", "1").tags["railyard.stage"] == "production"
 
 
 def test_with_the_dask_engine_a_bad_row_in_one_partition_stops_the_run_before_training(
@@ -228,7 +267,10 @@ def test_with_the_dask_engine_a_bad_row_in_one_partition_stops_the_run_before_tr
     from mlflow.tracking import MlflowClient
 
     from flows.retrain import retrain
+    from infra.online_store import keys
+    from infra.online_store.store import connect
     from railyard.loaders import parquet_layout
+    from railyard.settings import Settings
     from railyard.validation import DataValidationError
 
     for name, value in {"FEATURE_ENGINE": "dask", "DASK_WORKERS": "2", "DASK_WORKER_MEMORY": "1GiB"}.items():
@@ -249,3 +291,5 @@ def test_with_the_dask_engine_a_bad_row_in_one_partition_stops_the_run_before_tr
     client = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("railyard").experiment_id])
     assert run.info.status == "FAILED" and "auc" not in run.data.metrics
+    store = connect(Settings())
+    assert store.namespace() is None and not store.client.keys(keys.NAMESPACES + "*")  # not filled from a refused batch

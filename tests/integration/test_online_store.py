@@ -13,8 +13,15 @@ import numpy as np
 import pytest
 
 from infra.online_store import keys, server
-from infra.online_store.store import OnlineStoreEmpty, OnlineStoreUnavailable, RebuildRefused, connect
-from railyard.features import MOVIE_WIDTH, USER_WIDTH
+from infra.online_store.store import (
+    OnlineStoreEmpty,
+    OnlineStoreUnavailable,
+    RebuildRefused,
+    checked_batch,
+    connect,
+    user_commands,
+)
+from railyard.features import MOVIE_WIDTH, USER_WIDTH, movie_genres
 from railyard.settings import Settings
 from tests.support.online_store import (
     as_events,
@@ -101,6 +108,26 @@ def test_a_reader_never_sees_a_half_switched_store(online_store):
     kinds = ["old" if _same(read, before) else "new" if _same(read, after) else "partial" for read in seen]
     assert "partial" not in kinds and "old" in kinds, kinds
     assert not list(online_store.client.scan_iter(match=keys.namespace_prefix(old_namespace) + "*"))
+
+
+def test_a_rebuild_that_fails_midway_is_dropped_and_readers_keep_the_current_features(online_store):
+    """``rebuilding`` (what a partitioned build's workers write into): a failure after part of
+    the new namespace is written leaves no trace of it, and the current one still answers."""
+    movies = movies_frame(20)
+    online_store.rebuild(ratings_frame(200, users=10, movies=20, seed=1), movies)
+    current, before = online_store.namespace(), online_store.read_pairs([1, 2], [3, 4])
+    newer = ratings_frame(500, users=10, movies=20, seed=2)
+    with pytest.raises(RuntimeError, match="a worker failed"):
+        with online_store.rebuilding() as namespace:
+            genres = movie_genres(movies)
+            online_store.write(user_commands(namespace, checked_batch(newer), genres))
+            assert online_store.client.keys(keys.namespace_prefix(namespace) + "*")  # half written
+            raise RuntimeError("a worker failed")
+    assert online_store.namespace() == current
+    assert not online_store.client.keys(keys.namespace_prefix(namespace) + "*")
+    assert _same(online_store.read_pairs([1, 2], [3, 4]), before)
+    with online_store.rebuilding():  # the lock was released
+        pass
 
 
 def _same(a, b) -> bool:

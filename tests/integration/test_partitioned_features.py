@@ -8,6 +8,8 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from infra.online_store import keys
+from infra.online_store.consistency import ALL_EVENTS, check_store_partitioned, offline_samples
 from railyard import features, partitioned
 from railyard.loaders import RATINGS_SCHEMA, load_dataset, parquet_layout, read_movies
 from railyard.settings import Settings
@@ -37,7 +39,7 @@ def client(tmp_path_factory):
         yield client
 
 
-def build_on_dask(client, data, out_dir, report_dir, *, rows_per_partition: int) -> dict:
+def build_on_dask(client, data, out_dir, report_dir, *, rows_per_partition: int, per_key=None) -> partitioned.Built:
     """The partitioned build of a Parquet data set, holdout 0.2, as the flow's task calls it."""
     files, movies_file = parquet_layout(data)
     fingerprint = features.feature_fingerprint(sorted([*files, movies_file]), 0.2)
@@ -50,6 +52,7 @@ def build_on_dask(client, data, out_dir, report_dir, *, rows_per_partition: int)
         fingerprint,
         BOUNDS,
         report_dir,
+        per_key=per_key,
         rows_per_partition=rows_per_partition,
     )
 
@@ -110,7 +113,7 @@ def test_the_dask_build_equals_the_polars_build_row_for_row(client, awkward_data
     assert ratings.group_by("movieId", "timestamp").len().get_column("len").max() > 1  # and of one movie
 
     one_machine = features.write_feature_set(features.build_feature_set(dataset, 0.2), tmp_path / "polars")
-    meta = build_on_dask(client, awkward_data, tmp_path / "dask", tmp_path / "reports", rows_per_partition=1_500)
+    meta = build_on_dask(client, awkward_data, tmp_path / "dask", tmp_path / "reports", rows_per_partition=1_500).meta
 
     assert meta == json.loads((one_machine / "meta.json").read_text())
     assert meta["rows"]["train"] > 1_000 and meta["rows"]["holdout"] > 1_000
@@ -122,13 +125,88 @@ def test_the_dask_build_equals_the_polars_build_row_for_row(client, awkward_data
     assert sorted(path.name for path in tmp_path.iterdir()) == ["dask", "polars", "reports"]  # no scratch left
 
 
-def test_the_flows_build_step_runs_on_a_local_cluster_when_the_engine_is_dask(awkward_data, tmp_path):
+def namespace_contents(store, namespace: str) -> dict:
+    """Every key of one namespace (its name cut off) and its value; the build time left out."""
+    prefix = f"{keys.NAMESPACES}{namespace}:"
+    contents = {}
+    for key in store.client.scan_iter(match=prefix + "*", count=1_000):
+        kind, name = store.client.type(key).decode(), key.decode().removeprefix(prefix)
+        if kind == "hash":
+            contents[name] = store.client.hgetall(key)
+        elif kind == "set":
+            contents[name] = store.client.smembers(key)
+        else:
+            contents[name] = store.client.zrange(key, 0, -1, withscores=True)
+    contents["meta"].pop(b"built_at")
+    return contents
+
+
+def test_an_empty_online_store_is_filled_on_the_partitions_as_a_rebuild_fills_it_and_sampled_alike(
+    client, awkward_data, online_store, online_store_server, tmp_path
+):
+    """The skew check on a partitioned build: an empty store gets, from the workers, exactly the
+    namespace ``OnlineStore.rebuild`` writes from every rating in one process; the partitions'
+    samples put together are the sample the one-machine check draws; no skew either way."""
+    dataset = load_dataset(awkward_data)
+    genres = features.movie_genres(dataset.movies)
+
+    def check(out: str):
+        return check_store_partitioned(
+            online_store,
+            online_store_server,
+            genres,
+            40,
+            7,
+            lambda per_key: build_on_dask(
+                client, awkward_data, tmp_path / out, tmp_path / "reports", rows_per_partition=1_500, per_key=per_key
+            ),
+        )
+
+    filled, reports, built = check("first")
+    assert filled and [(r.sampled, r.skewed) for r in reports] == [(40, 0), (40, 0)]
+    from_workers = online_store.namespace()
+    users, movies = built.per_key
+    assert users.events == dataset.ratings.height  # distinct events, the repeated rows counted once
+    expected = offline_samples(dataset.ratings, genres, ALL_EVENTS, 40, 7)
+    assert_frame_equal(users.totals, expected[0], check_exact=True)
+    assert_frame_equal(movies.totals, expected[1], check_exact=True)
+    assert online_store.state()["last_event_ts"] == dataset.ratings.get_column("timestamp").max()
+    filled_on_workers = namespace_contents(online_store, from_workers)
+
+    rebuilt = online_store.rebuild(dataset.ratings, dataset.movies)
+    assert namespace_contents(online_store, rebuilt) == filled_on_workers
+    assert len(filled_on_workers) > 600  # users, movies, markers, rated sets, popularity, genres, meta
+
+    filled, reports, _ = check("second")  # a store with features: sampled as of its last event
+    assert not filled and online_store.namespace() == rebuilt
+    assert [(r.sampled, r.skewed) for r in reports] == [(40, 0), (40, 0)]
+
+
+def test_the_flows_build_step_on_a_local_cluster_never_loads_the_ratings_in_its_process(
+    awkward_data, online_store, tmp_path, monkeypatch
+):
+    import mlflow
+
+    from railyard import loaders
     from railyard.loaders import DataLoadError
-    from tasks.features import build_features
+    from tasks.features import build_features_on_cluster
+
+    def refused(*_):
+        raise AssertionError("the ratings were read in the driver")
 
     dataset = load_dataset(awkward_data)
-    settings = Settings(home=tmp_path / "home", feature_engine="dask", dask_workers=2, dask_worker_memory="1GiB")
-    built = build_features.fn(dataset, awkward_data, settings, tmp_path / "dask", tmp_path / "reports")
+    for name in ("load_dataset", "load_parquet_partitions", "read_parquet_files"):
+        monkeypatch.setattr(loaders, name, refused)
+    settings = Settings(
+        home=tmp_path / "home",
+        feature_engine="dask",
+        dask_workers=2,
+        dask_worker_memory="1GiB",
+        mlflow_tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    run_id = mlflow.MlflowClient().create_run(mlflow.set_experiment("dask").experiment_id).info.run_id
+    built = build_features_on_cluster.fn(awkward_data, settings, tmp_path / "dask", tmp_path / "reports", run_id)
     expected = features.build_feature_set(dataset, settings.holdout_fraction)
     assert (built.cutoff_ts, built.priors, built.fingerprint) == (
         expected.cutoff_ts,
@@ -138,11 +216,14 @@ def test_the_flows_build_step_runs_on_a_local_cluster_when_the_engine_is_dask(aw
     assert_frame_equal(built.holdout, expected.holdout, check_exact=True)
     assert built.train.is_empty() and built.train.schema == expected.train.schema  # not read into this process
     assert (settings.home / "dask").is_dir()  # the local workers' spill folder
+    assert online_store.namespace() is not None  # filled on the workers
+    metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
+    assert metrics["online_skew_share_users"] == 0 and metrics["online_skew_share_movies"] == 0
 
     csv_folder = tmp_path / "csv"
     generate_movielens(csv_folder, users=20, movies=20, days=2, ratings_per_day=50, seed=1)
     with pytest.raises(DataLoadError, match="no date=YYYY-MM-DD partition folders"):
-        build_features.fn(load_dataset(csv_folder), csv_folder, settings, tmp_path / "from-csv", tmp_path / "reports")
+        build_features_on_cluster.fn(csv_folder, settings, tmp_path / "from-csv", tmp_path / "reports", run_id)
 
 
 def test_a_worker_killed_during_the_build_is_replaced_and_the_folder_is_still_exact(client, tmp_path):
@@ -162,7 +243,7 @@ def test_a_worker_killed_during_the_build_is_replaced_and_the_folder_is_still_ex
     def build():
         outcome["meta"] = build_on_dask(
             client, data, tmp_path / "dask", tmp_path / "reports", rows_per_partition=25_000
-        )
+        ).meta
 
     builder = threading.Thread(target=build)
     builder.start()

@@ -10,7 +10,7 @@ from tests.unit.test_features import MOVIES, TIED
 def test_identical_aggregates_have_no_skew_and_a_changed_count_or_sum_is_named():
     users, _ = features.aggregate_totals(TIED, MOVIES)
     ids = users.get_column("userId").to_numpy()
-    offline = skew.offline_vectors(users, "userId", ids, features.USER_FEATURES)
+    offline = skew.offline_vectors(users, features.USER_FEATURES)
     assert offline.shape == (3, features.USER_WIDTH)
     assert skew.compare("user", ids, offline.copy(), offline).skewed == 0
 
@@ -25,11 +25,19 @@ def test_identical_aggregates_have_no_skew_and_a_changed_count_or_sum_is_named()
     assert "2 of 3 sampled users differ (66.67%)" in report.summary()
 
 
-def test_ids_without_offline_events_are_zero_and_sampling_is_reproducible():
+def test_the_sample_is_reproducible_uniform_and_the_same_drawn_whole_or_from_partitions():
+    many = pl.DataFrame({"userId": np.arange(10_000), "n": np.arange(10_000)})
+    first, second = (skew.sample_totals(many, "userId", 100, seed=3) for _ in range(2))
+    assert first.equals(second) and first.height == 100 and first.get_column("userId").is_unique().all()
+    assert first.get_column("userId").is_sorted()
+    assert first.get_column("n").to_list() == first.get_column("userId").to_list()  # whole rows
+    assert 3_000 < first.get_column("userId").mean() < 7_000  # spread over the ids, not the first ones
+    assert not first.equals(skew.sample_totals(many, "userId", 100, seed=4))
+
+    # Partitions holding disjoint ids each draw theirs; the sample of those is the whole's.
+    parts = [many.filter(pl.col("userId") % 7 == part) for part in range(7)]
+    drawn = [skew.sample_totals(part, "userId", 100, seed=3) for part in parts]
+    assert skew.sample_totals(pl.concat(drawn), "userId", 100, seed=3).equals(first)
+
     users, _ = features.aggregate_totals(TIED, MOVIES)
-    vectors = skew.offline_vectors(users, "userId", np.array([2, 999]), features.USER_FEATURES)
-    assert vectors[1].tolist() == [0.0] * features.USER_WIDTH and vectors[0][0] == 3.0
-    many = pl.DataFrame({"userId": np.arange(1000)})
-    first, second = (skew.sample_ids(many, "userId", 10, seed=3) for _ in range(2))
-    assert len(first) == 10 and first.tolist() == second.tolist() and len(set(first.tolist())) == 10
-    assert skew.sample_ids(users, "userId", 10, seed=3).tolist() == [1, 2, 3]
+    assert skew.sample_totals(users, "userId", 10, seed=3).get_column("userId").to_list() == [1, 2, 3]
