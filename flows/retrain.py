@@ -28,6 +28,7 @@ from railyard import contract, errors, tracking
 from railyard.errors import CanaryRolledBack, ModelRejected, SmokeTestsFailed
 from railyard.evaluation import GateDecision
 from railyard.features import FeatureSet
+from railyard.locations import Location
 from railyard.model import code_version as model_code_version
 from railyard.notify import notify
 from railyard.settings import Settings
@@ -127,6 +128,7 @@ def retrain(
 
     run_key = prefect_run_id or time.strftime("%Y%m%dT%H%M%S")
     run_dir, report_dir = settings.work_dir / run_key, settings.reports_dir / run_key
+    feature_dir = settings.feature_folder(run_key)
     source = settings.data_dir or data.ensure_default_data(settings)
     code_version = model_code_version(settings.train_config())
     model = settings.model_name
@@ -134,7 +136,7 @@ def retrain(
     with tracking.mlflow_run(
         settings, f"{model}-training", tags, finished_on=(ModelRejected, SmokeTestsFailed, CanaryRolledBack)
     ) as run_id:
-        feature_set = validated_features(settings, source, run_dir, report_dir, run_id)
+        feature_set = validated_features(settings, source, feature_dir, run_dir, report_dir, run_id)
         summary = {
             "model_name": model,
             "mlflow_run_id": run_id,
@@ -147,7 +149,7 @@ def retrain(
             tracking.rename_run(settings, run_id, f"{model}-unchanged-v{existing.version}")
             return nothing_new(settings, existing.version, stage, summary)
         if existing is None:
-            trained = training.train(run_dir / "features", settings, run_id)
+            trained = training.train(feature_dir, settings, run_id)
             export_dir = training.export(trained, feature_set, run_dir / "export", settings, run_id)
         else:
             print(
@@ -207,19 +209,22 @@ def retrain(
     return finish_review(settings, version, prefect_run_id, summary, suspend=suspend, instructions=instructions)
 
 
-def validated_features(settings: Settings, source: Path, run_dir: Path, report_dir: Path, run_id: str) -> FeatureSet:
+def validated_features(
+    settings: Settings, source: Path, feature_dir: Location, run_dir: Path, report_dir: Path, run_id: str
+) -> FeatureSet:
     """Raw data → validation → point-in-time features → validation; the features without the
-    training rows (training streams them from the Parquet written under ``run_dir``)."""
+    training rows (training streams them from the shards written to ``feature_dir``)."""
     if settings.feature_engine == "dask":  # on the cluster, validation and the skew check too
-        feature_set = features.build_features_on_cluster(source, settings, run_dir / "features", report_dir, run_id)
+        feature_set = features.build_features_on_cluster(source, settings, feature_dir, run_dir, report_dir, run_id)
     else:
         dataset = data.load_data(source)
         validation.validate_raw(dataset.ratings, settings, report_dir)
         online.check_skew(dataset, settings, run_id)
-        feature_set = features.build_features(dataset, source, settings, run_dir / "features", report_dir)
+        feature_set = features.build_features(dataset, source, settings, feature_dir, report_dir)
         validation.validate_features(feature_set, settings, report_dir)
         del dataset  # from here on the features are the data: let the raw ratings go
-    tracking.set_tags(settings, run_id, {"railyard.data_fingerprint": feature_set.fingerprint})
+    tags = {"railyard.data_fingerprint": feature_set.fingerprint, "railyard.features": str(feature_dir)}
+    tracking.set_tags(settings, run_id, tags)
     return feature_set.without_training_rows()
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from railyard.fsutil import atomic_write_text
 from railyard.loaders import MOVIELENS_GENRES, NO_GENRES, RawDataset, files_fingerprint
+from railyard.locations import Location, read_parquet
 
 # Bump whenever a feature's meaning changes: it is part of the data fingerprint and code version.
 FEATURE_CODE_VERSION = "2"
@@ -399,37 +399,49 @@ def _row_numbers(ids: pl.Series, table_ids: pl.Series) -> np.ndarray:
     return joined.get_column("row").fill_null(len(table_ids)).to_numpy()
 
 
-def write_feature_set(feature_set: FeatureSet, out_dir: Path) -> Path:
+def write_feature_set(feature_set: FeatureSet, out_dir: Location | Path | str) -> Location:
     """Parquet shards (one per split here) and snapshots, plus ``meta.json`` (written last: a
-    folder without it is incomplete)."""
-    out_dir = Path(out_dir)
+    folder without it is incomplete), at a local path or an S3 prefix."""
+    out = clear_folder(out_dir)
     for split, frame in zip(SPLITS, (feature_set.train, feature_set.holdout)):
-        write_shard(frame, out_dir, split, 0)
-    for name, frame in zip(SNAPSHOT_FILES, (feature_set.user_snapshot, feature_set.movie_snapshot)):
-        frame.write_parquet(out_dir / name, compression=PARQUET_COMPRESSION, row_group_size=PARQUET_ROW_GROUP)
+        write_shard(frame, out, split, 0)
+    write_snapshots(feature_set.user_snapshot, feature_set.movie_snapshot, out)
     rows = {"train": len(feature_set.train), "holdout": len(feature_set.holdout)}
-    return write_meta(out_dir, feature_set.cutoff_ts, feature_set.priors, feature_set.fingerprint, rows)
+    return write_meta(out, feature_set.cutoff_ts, feature_set.priors, feature_set.fingerprint, rows)
 
 
-def write_shard(frame: pl.DataFrame, out_dir: Path, split: str, number: int) -> None:
+def clear_folder(out_dir: Location | Path | str) -> Location:
+    """The feature folder, emptied first: a build that ran there before and failed left no
+    ``meta.json``, but maybe shards that the new build would not overwrite."""
+    out = Location.of(out_dir)
+    out.remove()
+    return out
+
+
+def write_shard(frame: pl.DataFrame, out_dir: Location | Path | str, split: str, number: int) -> None:
     """Shard ``number`` of a split: shards in number order are the split's rows in order."""
-    folder = Path(out_dir) / split
-    folder.mkdir(parents=True, exist_ok=True)
-    frame.write_parquet(
-        folder / f"part-{number:06d}.parquet", compression=PARQUET_COMPRESSION, row_group_size=PARQUET_ROW_GROUP
-    )
+    target = Location.of(out_dir) / split / f"part-{number:06d}.parquet"
+    target.write_parquet(frame, compression=PARQUET_COMPRESSION, row_group_size=PARQUET_ROW_GROUP)
 
 
-def shards(split_dir: Path) -> list[Path]:
+def write_snapshots(users: pl.DataFrame, movies: pl.DataFrame, out_dir: Location | Path | str) -> None:
+    for name, frame in zip(SNAPSHOT_FILES, (users, movies)):
+        target = Location.of(out_dir) / name
+        target.write_parquet(frame, compression=PARQUET_COMPRESSION, row_group_size=PARQUET_ROW_GROUP)
+
+
+def shards(split_dir: Location | Path | str) -> list[Location]:
     """A split's shards, in row order."""
-    found = sorted(Path(split_dir).glob("part-*.parquet"))
+    found = Location.of(split_dir).glob("part-*.parquet")
     if not found:
         raise FileNotFoundError(f"{split_dir} holds no feature shards (part-*.parquet)")
     return found
 
 
-def write_meta(out_dir: Path, cutoff_ts: int, priors: dict[str, float], fingerprint: str, rows: dict[str, int]) -> Path:
-    """``meta.json``, the mark of a complete feature folder: written last, atomically."""
+def write_meta(
+    out_dir: Location | Path | str, cutoff_ts: int, priors: dict[str, float], fingerprint: str, rows: dict[str, int]
+) -> Location:
+    """``meta.json``, the mark of a complete feature folder: written last, whole."""
     meta = {
         "feature_code_version": FEATURE_CODE_VERSION,
         "cutoff_ts": cutoff_ts,
@@ -438,30 +450,31 @@ def write_meta(out_dir: Path, cutoff_ts: int, priors: dict[str, float], fingerpr
         "genres": list(GENRES),
         "rows": rows,
     }
-    atomic_write_text(Path(out_dir) / "meta.json", json.dumps(meta, indent=1))
-    return Path(out_dir)
+    out = Location.of(out_dir)
+    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    return out
 
 
-def read_priors(out_dir: Path) -> dict[str, float]:
+def read_priors(out_dir: Location | Path | str) -> dict[str, float]:
     """The training priors of a feature folder (what the model's transformations freeze)."""
-    return _read_meta(Path(out_dir))["priors"]
+    return _read_meta(Location.of(out_dir))["priors"]
 
 
-def read_feature_set(out_dir: Path, *, with_training_rows: bool = True) -> FeatureSet:
+def read_feature_set(out_dir: Location | Path | str, *, with_training_rows: bool = True) -> FeatureSet:
     """A feature folder; without its training rows (``train`` empty, same schema) for steps that
     need only the rest: training streams them from the shards."""
-    out_dir = Path(out_dir)
-    meta = _read_meta(out_dir)
-    train_shards = shards(out_dir / "train")
-    train = pl.read_parquet(
-        train_shards if with_training_rows else train_shards[0], n_rows=None if with_training_rows else 0
+    out = Location.of(out_dir)
+    meta = _read_meta(out)
+    train_shards = shards(out / "train")
+    train = read_parquet(
+        train_shards if with_training_rows else train_shards[:1], n_rows=None if with_training_rows else 0
     )
-    holdout = pl.read_parquet(shards(out_dir / "holdout"))
-    users, movies = (pl.read_parquet(out_dir / name) for name in SNAPSHOT_FILES)
+    holdout = read_parquet(shards(out / "holdout"))
+    users, movies = (read_parquet([out / name]) for name in SNAPSHOT_FILES)
     return FeatureSet(train, holdout, meta["cutoff_ts"], users, movies, meta["priors"], meta["fingerprint"])
 
 
-def _read_meta(out_dir: Path) -> dict:
+def _read_meta(out_dir: Location) -> dict:
     meta_path = out_dir / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{out_dir} holds no complete feature set (meta.json missing)")

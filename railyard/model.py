@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow.parquet as pq
 
 from railyard import __version__, contract
 from railyard import features as F
 from railyard.configs import TrainConfig
+from railyard.locations import Location, parquet_file, read_parquet
 
 ID_DROPOUT_RATE = 0.05
 EMBEDDING_L2 = 1e-6
@@ -75,13 +75,13 @@ def _arrow_to_inputs(table) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return feature_inputs(frame), labels
 
 
-def _row_groups(split_dir: Path, rng: np.random.Generator | None) -> Iterator:
+def _row_groups(split_dir: Location, rng: np.random.Generator | None) -> Iterator:
     """Stream a split's feature shards a row group at a time.
 
     With ``rng``: row groups (of all shards) in random order and rows permuted within each
     group, so the time-sorted split is not fed in time order, without loading it all at once.
     """
-    files = [pq.ParquetFile(path) for path in F.shards(split_dir)]
+    files = [parquet_file(shard) for shard in F.shards(split_dir)]
     groups = [(file, group) for file in files for group in range(file.num_row_groups)]
     if rng is not None:
         groups = [groups[i] for i in rng.permutation(len(groups))]
@@ -93,15 +93,16 @@ def _row_groups(split_dir: Path, rng: np.random.Generator | None) -> Iterator:
         yield inputs, labels
 
 
-def make_dataset(path: Path, batch_size: int, *, shuffle_seed: int | None):
-    """tf.data pipeline over a split's feature shards (``path``: the split's folder), re-shuffled
-    every epoch when seeded.
+def make_dataset(path: Location | Path | str, batch_size: int, *, shuffle_seed: int | None):
+    """tf.data pipeline over a split's feature shards (``path``: the split's folder, local or on
+    S3), re-shuffled every epoch when seeded.
 
     Python hands over whole row groups; tf.data cuts them into batches in C++ (``rebatch``), so
     no Python runs per training step beside Keras' own loop.
     """
     import tensorflow as tf
 
+    path = Location.of(path)
     epoch_counter = iter(range(1_000_000))
 
     def generator():
@@ -311,13 +312,14 @@ def build_model(user_ids: np.ndarray, movie_ids: np.ndarray, priors: dict[str, f
 
 
 def train_model(
-    feature_dir: Path,
+    feature_dir: Location | Path | str,
     config: TrainConfig,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Fit the core model on the training shards, early-stopping on holdout AUC."""
     import keras
 
+    feature_dir = Location.of(feature_dir)
     train_path = feature_dir / "train"
     model = new_model(train_path, config)
     callbacks = [
@@ -348,26 +350,27 @@ def train_model(
     )
 
 
-def new_model(train_path: Path, config: TrainConfig):
+def new_model(train_path: Location | Path | str, config: TrainConfig):
     """A freshly seeded, untrained model whose id vocabularies are the ids of the training file
     and whose priors are those of the feature folder it sits in."""
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    ids = pl.read_parquet(F.shards(train_path), columns=["userId", "movieId"])
+    train_path = Location.of(train_path)
+    ids = read_parquet(F.shards(train_path), columns=["userId", "movieId"])
     user_ids = np.sort(ids.get_column("userId").unique().to_numpy())
     movie_ids = np.sort(ids.get_column("movieId").unique().to_numpy())
     return build_model(user_ids, movie_ids, F.read_priors(train_path.parent), config)
 
 
-def read_inputs(split_dir: Path) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def read_inputs(split_dir: Location | Path | str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """A whole split as in-memory model inputs and labels."""
-    return _arrow_to_inputs(pl.read_parquet(F.shards(split_dir)).to_arrow())
+    return _arrow_to_inputs(read_parquet(F.shards(split_dir)).to_arrow())
 
 
-def split_rows(split_dir: Path) -> int:
+def split_rows(split_dir: Location | Path | str) -> int:
     """A split's rows, from its shards' footers."""
-    return sum(pq.ParquetFile(path).metadata.num_rows for path in F.shards(split_dir))
+    return sum(parquet_file(shard).metadata.num_rows for shard in F.shards(split_dir))
 
 
 def predict_core(model, frame: pl.DataFrame, batch_size: int = 65536) -> np.ndarray:

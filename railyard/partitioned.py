@@ -14,8 +14,9 @@ Partitions are Parquet files in a scratch folder next to the output (on a cluste
 machines: storage every worker sees). Every task reads files and writes files (a temporary name,
 then a rename), so a task that a lost worker leaves undone is run again from the same inputs.
 The driver holds only per-file summaries (counts per day) and one day of timestamps, to place the
-cut-off exactly where ``features.split_cutoff`` places it. The output is built in a staging
-folder, ``meta.json`` written last, then renamed into place.
+cut-off exactly where ``features.split_cutoff`` places it. The output (a local folder or an S3
+prefix) gets its shards and snapshots from the workers, then ``meta.json``, the mark of a complete
+folder, from the driver; a build that fails after the first shard removes what it wrote.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from railyard import features as F
 from railyard import validation as V
 from railyard.configs import ValidationBounds
 from railyard.loaders import RATINGS_SCHEMA, read_parquet_files
+from railyard.locations import Location
 from railyard.validation import ValidationReport, raise_for_failures, row_level
 
 log = logging.getLogger("railyard.partitioned")
@@ -82,11 +84,12 @@ def build_on_cluster(
     ratings_files: Sequence[Path],
     movies: pl.DataFrame | None,
     holdout_fraction: float,
-    out_dir: Path,
+    out_dir: Location | Path | str,
     fingerprint: str,
     bounds: ValidationBounds,
     report_dir: Path,
     *,
+    scratch_dir: Path | None = None,
     per_key: PerKey | None = None,
     rows_per_partition: int = ROWS_PER_PARTITION,
 ) -> Built:
@@ -95,10 +98,16 @@ def build_on_cluster(
     the one-machine run does: ``DataValidationError`` naming each failed expectation, its
     partition and example rows, before anything is written to ``out_dir``, and before
     ``per_key`` sees any partition); the folder's ``meta.json`` contents and ``per_key``'s
-    merged results are returned."""
-    out_dir = Path(out_dir)
-    scratch = out_dir.parent / f".{out_dir.name}.partitions-{uuid.uuid4().hex[:8]}"
-    staging = out_dir.parent / f".{out_dir.name}.staging-{uuid.uuid4().hex[:8]}"
+    merged results are returned.
+
+    ``out_dir``: a local path or an ``s3://`` prefix (``railyard.locations``). The partitions go
+    to a scratch folder in ``scratch_dir`` (default: beside a local ``out_dir``), which every
+    worker must see."""
+    out = Location.of(out_dir)
+    if scratch_dir is None and out.is_s3:
+        raise ValueError(f"the feature folder {out} is on S3: name a scratch folder every worker sees")
+    scratch = Path(scratch_dir or out.local_path.parent) / f".{out.name}.partitions-{uuid.uuid4().hex[:8]}"
+    writing = False
     genres = client.scatter(F.movie_genres(movies), broadcast=True)  # once per worker, not per task
     rows = sum(pq.ParquetFile(file).metadata.num_rows for file in ratings_files)  # footers only
     workers = max(len(client.scheduler_info()["workers"]), 1)
@@ -139,7 +148,8 @@ def build_on_cluster(
             hook=hook,
         )
         shutil.rmtree(scratch / "by-movie")
-        staging.mkdir(parents=True)
+        writing = True  # from here on a failure removes the folder: no meta.json, yet shards
+        F.clear_folder(out)
         periods = each(
             client,
             check_period,
@@ -148,28 +158,28 @@ def build_on_cluster(
             cutoff=cutoff,
             bounds=bounds,
             reports=report_dir,
-            staging=staging,
+            out=out,
         )
         raise_for_failures(
             *(period.report for period in periods if period.report),
             *feature_table_reports(periods, cutoff, bounds, report_dir),
         )
         written = {side: sum(period.rows for period in periods if period.side == side) for side in F.SPLITS}
-        client.submit(write_snapshots, scratch, genres, staging, pure=False).result()
+        client.submit(write_snapshots, scratch, genres, out, pure=False).result()
         priors = F.priors_of(*(sum(part) for part in zip(*(sums for sums, _ in by_user))))
-        F.write_meta(staging, cutoff, priors, fingerprint, written)
         merged = None
         if per_key is not None:
             merged = per_key.merged(
                 [done for _, done in by_user if done is not None], [d for d in by_movie if d is not None]
             )
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-        return Built(json.loads((out_dir / "meta.json").read_text()), merged)
+        F.write_meta(out, cutoff, priors, fingerprint, written)  # last: the folder is complete
+        return Built(json.loads((out / "meta.json").read_text()), merged)
+    except BaseException:
+        if writing:
+            out.remove()
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def each(client, task, *iterables, **options) -> list:
@@ -296,7 +306,7 @@ class Period:
 
 
 def check_period(
-    part: int, *, scratch: Path, cutoff: int, bounds: ValidationBounds, reports: Path, staging: Path
+    part: int, *, scratch: Path, cutoff: int, bounds: ValidationBounds, reports: Path, out: Location
 ) -> Period:
     """One time partition (all training or all holdout rows): sorted as the one-machine build
     sorts, written as its split's shard number ``part`` (shards in number order are the split in
@@ -306,7 +316,7 @@ def check_period(
         return Period("train", 0, 0.0, None, None, None)
     rows = rows.sort("timestamp", "userId", "movieId")
     side = "train" if rows.item(0, "timestamp") < cutoff else "holdout"  # the edges include the cut-off
-    F.write_shard(rows, staging, side, part)
+    F.write_shard(rows, out, side, part)
     checks = row_level(V.feature_expectations(bounds, side, cutoff))
     report = V.run_suite(
         f"features_{side}@time-partition-{part:06d}", rows, checks, reports / "partitions", view=V.scalar_view
@@ -382,11 +392,9 @@ def feature_table_reports(
     return reports
 
 
-def write_snapshots(scratch: Path, genres: pl.DataFrame, staging: Path) -> None:
+def write_snapshots(scratch: Path, genres: pl.DataFrame, out: Location) -> None:
     users, movies = (pl.read_parquet(scratch / name / "*.parquet") for name in ("user-totals", "movie-totals"))
-    user_snapshot, movie_snapshot = F.snapshots(users, movies, genres)
-    for name, frame in zip(F.SNAPSHOT_FILES, (user_snapshot, movie_snapshot)):
-        frame.write_parquet(staging / name, compression=F.PARQUET_COMPRESSION, row_group_size=F.PARQUET_ROW_GROUP)
+    F.write_snapshots(*F.snapshots(users, movies, genres), out)
 
 
 # -- partitions on disk ---------------------------------------------------------------------------

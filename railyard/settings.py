@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from railyard.configs import BakeBudget, GateThresholds, SmokeBudget, TrainConfig, ValidationBounds
 from railyard.errors import Refused
+from railyard.locations import Location
 
 # Model names become path components and S3 key prefixes: keep them to a safe alphabet.
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -52,6 +53,9 @@ class Settings(BaseSettings):
     dask_scheduler: str = ""  # tcp://host:8786: an existing cluster; empty: a LocalCluster for the run
     dask_workers: int = Field(default=2, ge=1)  # the LocalCluster's worker processes
     dask_worker_memory: str = "4GiB"  # each local worker's limit: it spills to disk under home/dask first
+    # Where each run's feature folder goes: empty, the run's folder under home; s3://bucket/prefix,
+    # <prefix>/<run> on S3 (RAILYARD_S3_ENDPOINT_URL and the AWS credential chain, as for the store).
+    features_uri: str = ""
 
     # Tracking and storage; None means the embedded default under home.
     mlflow_tracking_uri: str | None = None
@@ -132,6 +136,11 @@ class Settings(BaseSettings):
     @classmethod
     def _check_model_name(cls, value: str) -> str:
         return validate_model_name(value)
+
+    @field_validator("features_uri")
+    @classmethod
+    def _check_features_uri(cls, value: str) -> str:
+        return Location.of(value).url if value else value  # a local path or an s3:// URI
 
     @model_validator(mode="after")
     def _absolute_home(self) -> Settings:
@@ -236,6 +245,12 @@ class Settings(BaseSettings):
     @cached_property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+    def feature_folder(self, run_key: str) -> Location:
+        """Where run ``run_key`` builds its features: under RAILYARD_FEATURES_URI, else its work folder."""
+        if self.features_uri:
+            return Location.of(self.features_uri, self.s3_endpoint_url) / run_key
+        return Location.of(self.work_dir / run_key / "features")
 
 
 class SettingsError(Refused):

@@ -4,6 +4,7 @@ from infra.online_store.consistency import check_store_partitioned
 from infra.online_store.store import connect, store_url
 from railyard import features, loaders
 from railyard.loaders import RawDataset
+from railyard.locations import Location
 from railyard.settings import Settings
 from tasks.common import MINUTES, railyard_task
 from tasks.online import record_skew
@@ -11,9 +12,9 @@ from tasks.online import record_skew
 
 @railyard_task(name="build-features", timeout_seconds=60 * MINUTES)
 def build_features(
-    dataset: RawDataset, source: Path, settings: Settings, out_dir: Path, report_dir: Path
+    dataset: RawDataset, source: Path, settings: Settings, out_dir: Location, report_dir: Path
 ) -> features.FeatureSet:
-    """The feature folder under ``out_dir``, built here with Polars."""
+    """The feature folder ``out_dir`` (local or S3), built here with Polars."""
     feature_set = features.build_feature_set(dataset, settings.holdout_fraction)
     features.write_feature_set(feature_set, out_dir)
     return feature_set
@@ -21,13 +22,13 @@ def build_features(
 
 @railyard_task(name="build-features-on-cluster", timeout_seconds=60 * MINUTES)
 def build_features_on_cluster(
-    source: Path, settings: Settings, out_dir: Path, report_dir: Path, run_id: str
+    source: Path, settings: Settings, out_dir: Location, scratch_dir: Path, report_dir: Path, run_id: str
 ) -> features.FeatureSet:
-    """``RAILYARD_FEATURE_ENGINE=dask``: the feature folder under ``out_dir``, built partitioned
-    on the Dask cluster from the data set's Parquet files, which also validates the ratings and
-    the features and measures the online store's skew (filling it when empty) on the partitions.
-    The ratings never pass through this process; the features come back without their training
-    rows (training streams them from the shards)."""
+    """``RAILYARD_FEATURE_ENGINE=dask``: the feature folder ``out_dir`` (local or S3), built
+    partitioned on the Dask cluster from the data set's Parquet files (its partitions under
+    ``scratch_dir``), which also validates the ratings and the features and measures the online
+    store's skew (filling it when empty) on the partitions. The ratings never pass through this
+    process; the features come back without their training rows (training streams the shards)."""
     from infra.dask_cluster import dask_client
     from railyard import partitioned
 
@@ -48,6 +49,7 @@ def build_features_on_cluster(
                 fingerprint,
                 settings.validation_bounds(),
                 report_dir,
+                scratch_dir=scratch_dir,
                 per_key=per_key,
             )
 

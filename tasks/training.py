@@ -4,12 +4,13 @@ from pathlib import Path
 from infra.tfserving.export import export_for_serving
 from railyard import model, tracking
 from railyard.features import FeatureSet
+from railyard.locations import Location
 from railyard.settings import Settings
 from tasks.common import MINUTES, railyard_task
 
 
 @railyard_task(name="train", timeout_seconds=180 * MINUTES)
-def train(feature_dir: Path, settings: Settings, run_id: str) -> model.TrainResult:
+def train(feature_dir: Location, settings: Settings, run_id: str) -> model.TrainResult:
     config = settings.train_config()
     tracking.log_params(settings, run_id, asdict(config) | {"id_dropout_rate": model.ID_DROPOUT_RATE})
 

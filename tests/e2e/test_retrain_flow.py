@@ -35,6 +35,7 @@ def test_cli_run_trains_publishes_to_s3_deploys_and_tracks(tmp_path, s3_bucket):
         "RAILYARD_HOME": str(home),
         "RAILYARD_EPOCHS": "4",
         "RAILYARD_STORE_URI": s3_bucket.uri("models"),  # s3_bucket also set RAILYARD_S3_ENDPOINT_URL
+        "RAILYARD_FEATURES_URI": s3_bucket.uri("features"),  # built there, and streamed from there in training
         "RAILYARD_LOCAL_SERVING_REST_PORT": "0",
         "RAILYARD_LOCAL_SERVING_GRPC_PORT": "0",
         "RAILYARD_LOCAL_ONLINE_STORE_PORT": "0",
@@ -81,6 +82,8 @@ def test_cli_run_trains_publishes_to_s3_deploys_and_tracks(tmp_path, s3_bucket):
     assert summary["store_uri"] == s3_bucket.uri("models") + "/recmodel/1/"
     keys = {item["Key"] for item in s3_bucket.client().list_objects_v2(Bucket=s3_bucket.name)["Contents"]}
     assert {"models/recmodel/1/saved_model.pb", "models/recmodel/1/railyard.json"} <= keys
+    features_at = [key for key in keys if key.startswith("features/") and key.endswith("/meta.json")]
+    assert len(features_at) == 1 and not list(home.rglob("part-*.parquet"))  # the features live on S3 only
     assert len(summary["data_fingerprint"]) == 64
     assert (home / "prefect").is_dir()  # Prefect's state stayed inside this world
     # Deployed from S3 into the serving root, verified, and promoted.
@@ -94,6 +97,7 @@ def test_cli_run_trains_publishes_to_s3_deploys_and_tracks(tmp_path, s3_bucket):
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     run = client.get_run(summary["mlflow_run_id"])
     assert run.info.status == "FINISHED"
+    assert run.data.tags["railyard.features"] == f"s3://{s3_bucket.name}/{features_at[0].removesuffix('/meta.json')}"
     assert run.data.metrics["auc"] == pytest.approx(metrics["auc"])
     assert run.data.params["epochs"] == "4"
     assert len(client.get_metric_history(run.info.run_id, "epoch_val_auc")) >= 1
@@ -231,6 +235,7 @@ def test_with_the_dask_engine_a_daily_run_never_reads_the_ratings_in_its_own_pro
     from mlflow.tracking import MlflowClient
 
     from flows.retrain import retrain
+    from infra.local_server import background
     from infra.online_store.store import connect
     from railyard import loaders
     from railyard.settings import Settings
@@ -244,10 +249,15 @@ def test_with_the_dask_engine_a_daily_run_never_reads_the_ratings_in_its_own_pro
         monkeypatch.setenv(f"RAILYARD_{name}", value)
     monkeypatch.setenv("RAILYARD_MIN_AUC", "0")  # the subject is the engine, not the model
     monkeypatch.setenv("RAILYARD_MAX_LOGLOSS", "10")
+    monkeypatch.setenv("RAILYARD_LOCAL_SERVING_REST_PORT", "0")
+    monkeypatch.setenv("RAILYARD_LOCAL_SERVING_GRPC_PORT", "0")
     data = tmp_path / "data"
     generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=300, seed=5, fmt="parquet")
 
-    summary = retrain(data_dir=str(data), auto_approve=True)
+    try:
+        summary = retrain(data_dir=str(data), auto_approve=True)
+    finally:
+        background.stop(Settings().local_serving_dir)
     assert summary["model_version"] == 1 and _store_versions(flow_home) == ["1"]
     client = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("railyard").experiment_id])

@@ -12,6 +12,7 @@ from infra.online_store import keys
 from infra.online_store.consistency import ALL_EVENTS, check_store_partitioned, offline_samples
 from railyard import features, partitioned
 from railyard.loaders import RATINGS_SCHEMA, load_dataset, parquet_layout, read_movies
+from railyard.locations import Location, read_parquet
 from railyard.settings import Settings
 from railyard.synthetic import generate_movielens
 from railyard.validation import DataValidationError
@@ -39,7 +40,9 @@ def client(tmp_path_factory):
         yield client
 
 
-def build_on_dask(client, data, out_dir, report_dir, *, rows_per_partition: int, per_key=None) -> partitioned.Built:
+def build_on_dask(
+    client, data, out_dir, report_dir, *, rows_per_partition: int, per_key=None, scratch_dir=None
+) -> partitioned.Built:
     """The partitioned build of a Parquet data set, holdout 0.2, as the flow's task calls it."""
     files, movies_file = parquet_layout(data)
     fingerprint = features.feature_fingerprint(sorted([*files, movies_file]), 0.2)
@@ -52,6 +55,7 @@ def build_on_dask(client, data, out_dir, report_dir, *, rows_per_partition: int,
         fingerprint,
         BOUNDS,
         report_dir,
+        scratch_dir=scratch_dir,
         per_key=per_key,
         rows_per_partition=rows_per_partition,
     )
@@ -59,14 +63,15 @@ def build_on_dask(client, data, out_dir, report_dir, *, rows_per_partition: int,
 
 def assert_same_folders(built, expected) -> None:
     """Every split (its shards in order) and snapshot equal, row for row and bit for bit."""
+    built, expected = Location.of(built), Location.of(expected)
     for split in features.SPLITS:
         assert_frame_equal(
-            pl.read_parquet(features.shards(built / split)),
-            pl.read_parquet(features.shards(expected / split)),
+            read_parquet(features.shards(built / split)),
+            read_parquet(features.shards(expected / split)),
             check_exact=True,
         )
     for name in features.SNAPSHOT_FILES:
-        assert_frame_equal(pl.read_parquet(built / name), pl.read_parquet(expected / name), check_exact=True)
+        assert_frame_equal(read_parquet([built / name]), read_parquet([expected / name]), check_exact=True)
 
 
 def spread(column: str) -> pl.Expr:
@@ -119,7 +124,7 @@ def test_the_dask_build_equals_the_polars_build_row_for_row(client, awkward_data
     assert meta["rows"]["train"] > 1_000 and meta["rows"]["holdout"] > 1_000
     assert_same_folders(tmp_path / "dask", one_machine)
     assert len(features.shards(tmp_path / "dask" / "train")) > 1  # one shard per time partition
-    holdout = pl.read_parquet(features.shards(tmp_path / "dask" / "holdout"))
+    holdout = read_parquet(features.shards(tmp_path / "dask" / "holdout"))
     assert holdout.get_column("movie_genres").arr.sum().min() >= 1  # the catalogue joined on the spread ids
     assert np.all(np.diff(holdout.get_column("timestamp").to_numpy()) >= 0)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["dask", "polars", "reports"]  # no scratch left
@@ -206,7 +211,9 @@ def test_the_flows_build_step_on_a_local_cluster_never_loads_the_ratings_in_its_
     )
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     run_id = mlflow.MlflowClient().create_run(mlflow.set_experiment("dask").experiment_id).info.run_id
-    built = build_features_on_cluster.fn(awkward_data, settings, tmp_path / "dask", tmp_path / "reports", run_id)
+    built = build_features_on_cluster.fn(
+        awkward_data, settings, Location.of(tmp_path / "dask"), tmp_path / "scratch", tmp_path / "reports", run_id
+    )
     expected = features.build_feature_set(dataset, settings.holdout_fraction)
     assert (built.cutoff_ts, built.priors, built.fingerprint) == (
         expected.cutoff_ts,
@@ -223,7 +230,9 @@ def test_the_flows_build_step_on_a_local_cluster_never_loads_the_ratings_in_its_
     csv_folder = tmp_path / "csv"
     generate_movielens(csv_folder, users=20, movies=20, days=2, ratings_per_day=50, seed=1)
     with pytest.raises(DataLoadError, match="no date=YYYY-MM-DD partition folders"):
-        build_features_on_cluster.fn(csv_folder, settings, tmp_path / "from-csv", tmp_path / "reports", run_id)
+        build_features_on_cluster.fn(
+            csv_folder, settings, Location.of(tmp_path / "csv-features"), tmp_path, tmp_path / "reports", run_id
+        )
 
 
 def test_a_worker_killed_during_the_build_is_replaced_and_the_folder_is_still_exact(client, tmp_path):
@@ -283,3 +292,46 @@ def test_a_bad_row_in_one_file_stops_the_build_naming_the_expectation_the_file_a
     assert message.count("FAILED") == 2  # the range and the half-star set, in that file only
     assert not (tmp_path / "features").exists()  # nothing for training to read
     assert (tmp_path / "reports" / "partitions" / f"{where}.html").is_file()
+
+
+def test_the_feature_folder_on_s3_from_either_engine_and_training_streams_it_from_there(
+    awkward_data, s3_bucket, tmp_path
+):
+    """RAILYARD_FEATURES_URI=s3://…: the Polars build writes the folder to S3, a LocalCluster
+    whose workers take their credentials from their environment writes the same folder there
+    (partitions in a local scratch folder), and training streams its shards from S3."""
+    from distributed import Client, LocalCluster
+
+    from railyard import model
+
+    dataset = load_dataset(awkward_data)
+    local = features.write_feature_set(features.build_feature_set(dataset, 0.2), tmp_path / "polars")
+    on_s3 = Location.of(s3_bucket.uri("features/polars"), s3_bucket.endpoint_url)
+    assert on_s3.is_s3 and features.write_feature_set(features.build_feature_set(dataset, 0.2), on_s3) == on_s3
+    assert_same_folders(on_s3, local)
+    keys = [item["Key"] for item in s3_bucket.client().list_objects_v2(Bucket=s3_bucket.name)["Contents"]]
+    assert "features/polars/meta.json" in keys and "features/polars/train/part-000000.parquet" in keys
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, memory_limit="1GiB", dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        built = build_on_dask(
+            client,
+            awkward_data,
+            Location.of(s3_bucket.uri("features/dask"), s3_bucket.endpoint_url),
+            tmp_path / "reports",
+            rows_per_partition=1_500,
+            scratch_dir=tmp_path / "scratch",
+        )
+    on_s3_from_dask = Location.of(s3_bucket.uri("features/dask"), s3_bucket.endpoint_url)
+    assert built.meta == json.loads((on_s3_from_dask / "meta.json").read_text())
+    assert_same_folders(on_s3_from_dask, local)
+    assert len(features.shards(on_s3_from_dask / "train")) > 1
+    assert list((tmp_path / "scratch").iterdir()) == []  # the partitions are gone
+
+    trained = model.train_model(on_s3_from_dask, Settings(epochs=1).train_config())
+    assert trained.train_rows == built.meta["rows"]["train"] and len(trained.history["loss"]) == 1
+    assert features.read_feature_set(on_s3_from_dask, with_training_rows=False).fingerprint == built.meta["fingerprint"]
