@@ -1206,13 +1206,17 @@ def test_ranker_serves_the_workers_replicas_and_store_on_its_published_port(comp
 # --- the Dask cluster of the partitioned feature build ---------------------------------------
 
 
-def test_the_dask_services_commands_run_a_cluster_the_workers_settings_reach(config, monkeypatch, tmp_path):
+def test_the_dask_services_commands_run_a_cluster_the_workers_settings_reach(config, monkeypatch, tmp_path, s3_bucket):
     """The scheduler's and the worker's commands, run as processes here (the stack's host names
-    and ports swapped for loopback and free ones): their health checks pass, and a partitioned
-    build through the worker's settings runs on that worker."""
+    and ports swapped for loopback and free ones, MinIO for moto): their health checks pass, and
+    a partitioned build through the worker's settings runs on that worker, which writes the
+    feature folder to S3 with the credentials of its own environment."""
     import time
 
     from infra.dask_cluster import dask_client
+    from railyard import features, partitioned
+    from railyard.loaders import parquet_layout, read_movies
+    from railyard.synthetic import generate_movielens
 
     services = config["services"]
     scheduler_port, worker_port, dashboard = free_port(), free_port(), free_port()
@@ -1261,6 +1265,27 @@ def test_the_dask_services_commands_run_a_cluster_the_workers_settings_reach(con
             (limit,) = [info["memory_limit"] for info in client.scheduler_info()["workers"].values()]
             assert limit == 8 * 2**30  # DASK_WORKER_MEMORY's default
             assert client.submit(lambda: __import__("railyard.partitioned").__name__).result() == "railyard"
+
+            assert worker_env["RAILYARD_FEATURES_URI"].startswith("s3://")
+            assert environment(services["dask-worker"])["AWS_ACCESS_KEY_ID"] == worker_env["AWS_ACCESS_KEY_ID"]
+            data = tmp_path / "data"
+            generate_movielens(data, users=40, movies=30, days=3, ratings_per_day=500, seed=2, fmt="parquet")
+            files, movies = parquet_layout(data)
+            on_s3 = settings.model_copy(
+                update={"features_uri": s3_bucket.uri("features"), "s3_endpoint_url": s3_bucket.endpoint_url}
+            ).feature_folder("run-1")
+            built = partitioned.build_on_cluster(
+                client,
+                files,
+                read_movies(movies),
+                0.2,
+                on_s3,
+                "fingerprint",
+                settings.validation_bounds(),
+                tmp_path / "reports",
+                scratch_dir=home / "runs",
+            )
+            assert features.read_feature_set(on_s3).fingerprint == built.meta["fingerprint"] == "fingerprint"
     finally:
         for process in reversed(processes):
             process.terminate()
