@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,7 @@ from bench.run import SIZES, peak_rss_mib
 ENGINE_SIZES = SIZES | {"100m": dict(users=640_000, movies=120_000, days=100, ratings_per_day=1_000_000)}
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 HOLDOUT_FRACTION = 0.2
+STAGE = "stage: "
 
 
 def dataset(size: str, cache: Path) -> Path:
@@ -50,15 +52,25 @@ def polars_side(data_dir: Path, work: Path) -> dict:
 
     bounds = Settings(_env_file=None, max_rows=10**10).validation_bounds()
     started = time.perf_counter()
+    stage("load")
     data = load_dataset(data_dir)
+    stage("raw validation")
     validation.raise_for_failures(validation.validate_ratings(data.ratings, bounds, work / "reports"))
+    stage("build")
     built = features.build_feature_set(data, HOLDOUT_FRACTION)
     del data
+    stage("write")
     features.write_feature_set(built, work / "features")
+    stage("feature validation")
     validation.raise_for_failures(
         *validation.validate_features(built.train, built.holdout, built.cutoff_ts, bounds, work / "reports")
     )
     return {"seconds": time.perf_counter() - started, "peak_rss_mib": {"driver": peak_rss_mib()}}
+
+
+def stage(name: str) -> None:
+    """Where a side is, for a run stopped over the memory limit."""
+    print(f"{STAGE}{name}", file=sys.stderr, flush=True)
 
 
 def dask_side(data_dir: Path, work: Path, workers: int, worker_memory: str) -> dict:
@@ -93,15 +105,58 @@ def dask_side(data_dir: Path, work: Path, workers: int, worker_memory: str) -> d
     return {"seconds": seconds, "peak_rss_mib": peaks}
 
 
-def run_side(side: str, data_dir: Path, workers: int, worker_memory: str) -> dict:
-    """One side in a fresh subprocess, its output folder removed afterwards."""
+def run_side(side: str, data_dir: Path, workers: int, worker_memory: str, rss_limit_gib: float) -> dict:
+    """One side in a fresh subprocess, its output folder removed afterwards. A side any of whose
+    processes grows past ``rss_limit_gib`` is stopped there and reported as not fitting."""
     with tempfile.TemporaryDirectory(prefix=f"engines-{side}-") as work:
         command = [sys.executable, "-m", "bench.bench_engines", "--side", side, "--data", str(data_dir), "--work", work]
         command += ["--workers", str(workers), "--worker-memory", worker_memory]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"the {side} side failed:\n{done.stderr[-4000:]}")
-        return json.loads(done.stdout.strip().splitlines()[-1])
+        started = time.perf_counter()
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            child = subprocess.Popen(command, stdout=out, stderr=err, text=True, start_new_session=True)
+            largest = 0
+            while child.poll() is None:
+                largest = max(largest, max(rss_mib(pid) for pid in process_tree(child.pid)))
+                if largest > rss_limit_gib * 1024:
+                    os.killpg(child.pid, signal.SIGKILL)
+                    child.wait()
+                    seconds = time.perf_counter() - started
+                    err.seek(0)
+                    stages = [line.removeprefix(STAGE) for line in err.read().splitlines() if line.startswith(STAGE)]
+                    return {
+                        "seconds": seconds,
+                        "exceeded_gib": rss_limit_gib,
+                        "in_stage": stages[-1] if stages else None,
+                        "peak_rss_mib": {"largest": largest},
+                    }
+                time.sleep(0.2)
+            out.seek(0), err.seek(0)
+            if child.returncode != 0:
+                raise RuntimeError(f"the {side} side failed:\n{err.read()[-4000:]}")
+            return json.loads(out.read().strip().splitlines()[-1])
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (the Dask side's worker processes)."""
+    found, index = [pid], 0
+    while index < len(found):
+        try:
+            children = Path(f"/proc/{found[index]}/task/{found[index]}/children").read_text().split()
+        except OSError:
+            children = []
+        found += [int(child) for child in children]
+        index += 1
+    return found
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def format_table(result: dict) -> str:
@@ -123,6 +178,9 @@ def main() -> None:
     parser.add_argument(
         "--sides", default="polars,dask", help="which sides to run (100m: dask alone, if Polars does not fit)"
     )
+    parser.add_argument(
+        "--rss-limit-gib", type=float, default=20.0, help="a side with a process past this is stopped: it does not fit"
+    )
     parser.add_argument("--side", choices=("polars", "dask"), help=argparse.SUPPRESS)  # one side, in its subprocess
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
@@ -140,9 +198,10 @@ def main() -> None:
     runs: dict[str, list[dict]] = {side: [] for side in sides}
     for round_number in range(args.rounds):
         for side in sides if round_number % 2 == 0 else reversed(sides):
-            runs[side].append(run_side(side, data_dir, args.workers, args.worker_memory))
+            runs[side].append(run_side(side, data_dir, args.workers, args.worker_memory, args.rss_limit_gib))
             print(f"{side}: {runs[side][-1]}", flush=True)
-    best = {side: min(found, key=lambda run: run["seconds"]) for side, found in runs.items()}
+    finished = {side: [run for run in found if "exceeded_gib" not in run] or found for side, found in runs.items()}
+    best = {side: min(found, key=lambda run: run["seconds"]) for side, found in finished.items()}
     spec = ENGINE_SIZES[args.size]
     result = {
         "size": args.size,
@@ -154,7 +213,7 @@ def main() -> None:
         "runs": runs,
         "best": best,
     }
-    if {"polars", "dask"} <= set(best):
+    if {"polars", "dask"} <= set(best) and not any("exceeded_gib" in run for run in best.values()):
         result["dask_over_polars"] = best["dask"]["seconds"] / best["polars"]["seconds"]
         print(format_table(result))
     RESULTS_DIR.mkdir(exist_ok=True)

@@ -126,27 +126,10 @@ def build_on_cluster(
         cutoff = exact_cutoff(client, summaries, holdout_fraction, count, scratch)
         edges = time_edges([summary.days for summary in summaries], cutoff, count)
         hook = client.scatter(per_key, broadcast=True) if per_key is not None else None
-        by_user = each(
-            client,
-            add_user_history,
-            range(count),
-            scratch=scratch,
-            genres=genres,
-            cutoff=cutoff,
-            count=count,
-            hook=hook,
-        )
+        keyed = {"scratch": scratch, "genres": genres, "cutoff": cutoff, "hook": hook}
+        by_user = each(client, add_user_history, range(count), count=count, **keyed)
         shutil.rmtree(scratch / "by-user")  # every stage's results are in hand: its inputs can go
-        by_movie = each(
-            client,
-            add_movie_history,
-            range(count),
-            scratch=scratch,
-            genres=genres,
-            cutoff=cutoff,
-            edges=edges,
-            hook=hook,
-        )
+        by_movie = each(client, add_movie_history, range(count), edges=edges, **keyed)
         shutil.rmtree(scratch / "by-movie")
         writing = True  # from here on a failure removes the folder: no meta.json, yet shards
         F.clear_folder(out)
