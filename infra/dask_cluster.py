@@ -4,10 +4,13 @@ with ``RAILYARD_DASK_WORKER_MEMORY``, spilling to disk under ``$RAILYARD_HOME/da
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from railyard.settings import Settings
+
+log = logging.getLogger("railyard.dask")
 
 
 @contextmanager
@@ -28,8 +31,9 @@ def dask_client(settings: Settings) -> Iterator:
             processes=True,
             memory_limit=settings.dask_worker_memory,
             local_directory=str(spill),
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",  # loopback, any free port: two runs on one machine both get one
         ) as cluster,
         Client(cluster) as client,
     ):
+        log.info("the run's Dask cluster: %d workers, dashboard %s", settings.dask_workers, client.dashboard_link)
         yield client
