@@ -108,7 +108,7 @@ class PartitionedOnline:
     user (movie) partition, its sample of the user (movie) totals the store has seen, and, when
     ``namespace`` is set, that partition's share of a store rebuild, written from the worker.
 
-    Sent to the workers, ``store_url`` (password included) with it: they must reach the store."""
+    It travels to the workers with ``store_url``, password included: they must reach the store."""
 
     genres: pl.DataFrame
     last_event_ts: int | None
