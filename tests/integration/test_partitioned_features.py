@@ -235,24 +235,38 @@ def test_the_flows_build_step_on_a_local_cluster_never_loads_the_ratings_in_its_
         )
 
 
-def test_a_worker_killed_during_the_build_is_replaced_and_the_folder_is_still_exact(client, tmp_path):
-    """SIGKILL one worker process while the user partitions are being built: the nanny starts a
-    new one, Dask runs the lost tasks again (they read and write files), and the folder equals
-    the one-machine build."""
+def test_a_worker_killed_during_the_build_is_replaced_and_the_folder_and_the_store_are_still_exact(
+    client, online_store, online_store_server, tmp_path
+):
+    """SIGKILL one worker process while the user partitions are being built and written into an
+    empty online store: the nanny starts a new one, Dask runs the lost tasks again (they read and
+    write files; their store writes are idempotent), and both the folder and the filled store
+    equal the one-machine results. Meanwhile readers see no features and a second rebuild is
+    refused."""
     import os
     import signal
     import threading
     import time
 
+    from infra.online_store.store import RebuildRunning
+
     data = tmp_path / "data"
     generate_movielens(data, users=3_000, movies=1_000, days=10, ratings_per_day=20_000, seed=5, fmt="parquet")
     dataset = load_dataset(data)
+    genres = features.movie_genres(dataset.movies)
     outcome = {}
 
     def build():
-        outcome["meta"] = build_on_dask(
-            client, data, tmp_path / "dask", tmp_path / "reports", rows_per_partition=25_000
-        ).meta
+        outcome["checked"] = check_store_partitioned(
+            online_store,
+            online_store_server,
+            genres,
+            40,
+            7,
+            lambda per_key: build_on_dask(
+                client, data, tmp_path / "dask", tmp_path / "reports", rows_per_partition=25_000, per_key=per_key
+            ),
+        )
 
     builder = threading.Thread(target=build)
     builder.start()
@@ -263,13 +277,20 @@ def test_a_worker_killed_during_the_build_is_replaced_and_the_folder_is_still_ex
     victim = sorted(client.run(os.getpid).values())[0]
     os.kill(victim, signal.SIGKILL)
     assert not (tmp_path / "dask").exists()  # nothing published while the build runs
+    assert online_store.namespace() is None  # nor the half-filled store
+    with pytest.raises(RebuildRunning):
+        online_store.rebuild(dataset.ratings.head(10), None)  # a second run's fill waits its turn
     builder.join(240)
-    assert "meta" in outcome, "the build did not finish"
+    assert "checked" in outcome, "the build did not finish"
     assert victim not in client.run(os.getpid).values()  # a new worker process took its place
 
+    filled, reports, built = outcome["checked"]
+    assert filled and [(r.sampled, r.skewed) for r in reports] == [(40, 0), (40, 0)]
     one_machine = features.write_feature_set(features.build_feature_set(dataset, 0.2), tmp_path / "polars")
-    assert outcome["meta"] == json.loads((one_machine / "meta.json").read_text())
+    assert built.meta == json.loads((one_machine / "meta.json").read_text())
     assert_same_folders(tmp_path / "dask", one_machine)
+    filled_on_workers = namespace_contents(online_store, online_store.namespace())
+    assert namespace_contents(online_store, online_store.rebuild(dataset.ratings, dataset.movies)) == filled_on_workers
 
 
 def test_a_bad_row_in_one_file_stops_the_build_naming_the_expectation_the_file_and_the_row(client, tmp_path):
