@@ -226,12 +226,7 @@ def asks_for(store: OnlineStore, users: np.ndarray) -> list[Ask]:
             continue
         movies = found.movie_ids.tolist()
         instances = [{"userId": user, "movieId": movie} for movie in movies]
-        columns = {
-            "userId": np.full(CANDIDATES, user, np.int64),
-            "movieId": found.movie_ids,
-            "user_features": found.users.astype(np.float32),
-            "movie_features": found.movies.astype(np.float32),
-        }
+        columns = contract.feature_columns(np.full(CANDIDATES, user), found.movie_ids, found.users, found.movies)
         path = f"/v1/recommend?userId={user}&k={K}&candidates={CANDIDATES}"
         asks.append(Ask(user, path, json.dumps({"instances": instances}).encode(), columns))
     if not asks:
@@ -269,12 +264,9 @@ class Floor:
     def call(self, ask: Ask) -> None:
         self.http.call("GET", "/healthz")
         found = self.store.read_candidates(ask.user, CANDIDATES)
-        columns = {
-            "userId": np.full(len(found.movie_ids), ask.user, np.int64),
-            "movieId": found.movie_ids,
-            "user_features": found.users.astype(np.float32),
-            "movie_features": found.movies.astype(np.float32),
-        }
+        columns = contract.feature_columns(
+            np.full(len(found.movie_ids), ask.user), found.movie_ids, found.users, found.movies
+        )
         self.serving.predict_grpc_versioned(
             MODEL, columns, label=contract.STABLE, signature_name=contract.FEATURES_SIGNATURE
         )
@@ -289,7 +281,7 @@ def direct_scores(client: ServingClient, ask: Ask) -> np.ndarray:
     outputs, _ = client.predict_grpc_versioned(
         MODEL, ask.columns, label=contract.STABLE, signature_name=contract.FEATURES_SIGNATURE
     )
-    return np.asarray(outputs[contract.OUTPUT]).reshape(-1)
+    return contract.scores_of(outputs)
 
 
 def check_same_scores(port: int, target: ServingTarget, asks: list[Ask]) -> dict:

@@ -29,13 +29,8 @@ def score_online(
     """One score per pair from the served ``label`` (or ``version``). Raises the online store's
     error when it does not answer, and the serving client's when serving does not."""
     users, movies = store.read_pairs(user_ids, movie_ids)
-    columns = {
-        "userId": np.asarray(user_ids, np.int64),
-        "movieId": np.asarray(movie_ids, np.int64),
-        "user_features": users.astype(np.float32),
-        "movie_features": movies.astype(np.float32),
-    }
+    columns = contract.feature_columns(user_ids, movie_ids, users, movies)
     answer = client.predict_grpc(
         model, columns, label=label, version=version, signature_name=contract.FEATURES_SIGNATURE
     )
-    return np.asarray(answer[contract.OUTPUT], np.float64).reshape(-1)
+    return contract.scores_of(answer)

@@ -13,7 +13,10 @@ imports TensorFlow: the serving side reads the contract without loading a model.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
+
+import numpy as np
 
 SIGNATURE_NAME = "serving_default"
 FEATURES_SIGNATURE = "features"
@@ -33,6 +36,21 @@ EXAMPLE_INSTANCES = ({"userId": 6, "movieId": 1},)
 
 # TF Serving's metadata names dtypes as DataType enum names.
 _TF_DTYPE_NAMES = {"int64": "DT_INT64", "float32": "DT_FLOAT"}
+
+
+def feature_columns(user_ids, movie_ids, user_features=None, movie_features=None) -> dict[str, np.ndarray]:
+    """A request's inputs as arrays of the signatures' dtypes: ids only (``serving_default``), or
+    with the online store's feature rows (``features``)."""
+    columns = {"userId": np.asarray(user_ids, np.int64), "movieId": np.asarray(movie_ids, np.int64)}
+    if user_features is not None:
+        columns["user_features"] = np.asarray(user_features, np.float32)
+        columns["movie_features"] = np.asarray(movie_features, np.float32)
+    return columns
+
+
+def scores_of(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
+    """A predict answer's output as one float64 score per instance."""
+    return np.asarray(outputs[OUTPUT], np.float64).reshape(-1)
 
 
 def signature_dtypes(signature: str = SIGNATURE_NAME) -> tuple[dict[str, str], dict[str, str]]:

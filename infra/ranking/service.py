@@ -190,12 +190,8 @@ class Ranker:
             rows = [row for row, label in enumerate(routes) if label == routed]
             if not rows:
                 continue
-            columns = {"userId": users[rows], "movieId": movies[rows]}
-            if features is not None:
-                columns |= {
-                    "user_features": features[0][rows].astype(np.float32),
-                    "movie_features": features[1][rows].astype(np.float32),
-                }
+            fresh = (features[0][rows], features[1][rows]) if features is not None else ()
+            columns = contract.feature_columns(users[rows], movies[rows], *fresh)
             signature = contract.FEATURES_SIGNATURE if features is not None else contract.SIGNATURE_NAME
             answered = self._ask(routed, columns, signature, records)
             scores[rows] = answered.scores
@@ -219,12 +215,8 @@ class Ranker:
             raise NoCandidates("the online store's namespace was built without candidate data")
         if not len(found.movie_ids):  # no ratings yet, or the user has rated every movie rated
             return Recommended([], [], routed, self.served_labels().get(routed), 0)
-        columns = {
-            "userId": np.full(len(found.movie_ids), user_id, np.int64),
-            "movieId": found.movie_ids,
-            "user_features": found.users.astype(np.float32),
-            "movie_features": found.movies.astype(np.float32),
-        }
+        user_ids = np.full(len(found.movie_ids), user_id, np.int64)
+        columns = contract.feature_columns(user_ids, found.movie_ids, found.users, found.movies)
         answered = self._ask(routed, columns, contract.FEATURES_SIGNATURE, records)
         best = np.lexsort((found.movie_ids, -answered.scores))[:k]  # score descending, then movieId
         top_ids, top_scores = found.movie_ids[best].tolist(), answered.scores[best].tolist()
@@ -251,8 +243,7 @@ class Ranker:
                     continue
                 raise
             self.metrics.tfserving_seconds.labels(label, signature, "ok").observe(time.perf_counter() - started)
-            scores = np.asarray(outputs[contract.OUTPUT], np.float64).reshape(-1)
-            return Answered(scores, label, version)
+            return Answered(contract.scores_of(outputs), label, version)
         raise AssertionError("unreachable: stable either answers or raises")
 
     # -- live figures and readiness --------------------------------------------------------
