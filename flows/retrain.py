@@ -220,7 +220,7 @@ def validated_features(
         dataset = data.load_data(source)
         validation.validate_raw(dataset.ratings, settings, report_dir)
         online.check_skew(dataset, settings, run_id)
-        feature_set = features.build_features(dataset, source, settings, feature_dir, report_dir)
+        feature_set = features.build_features(dataset, settings, feature_dir)
         validation.validate_features(feature_set, settings, report_dir)
         del dataset  # from here on the features are the data: let the raw ratings go
     tags = {"railyard.data_fingerprint": feature_set.fingerprint, "railyard.features": str(feature_dir)}

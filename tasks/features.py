@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from infra.online_store.consistency import check_store_partitioned
-from infra.online_store.store import connect, store_url
+from infra.online_store.store import connect_url, store_url
 from railyard import features, loaders
 from railyard.loaders import RawDataset
 from railyard.locations import Location
@@ -11,9 +11,7 @@ from tasks.online import record_skew
 
 
 @railyard_task(name="build-features", timeout_seconds=60 * MINUTES)
-def build_features(
-    dataset: RawDataset, source: Path, settings: Settings, out_dir: Location, report_dir: Path
-) -> features.FeatureSet:
+def build_features(dataset: RawDataset, settings: Settings, out_dir: Location) -> features.FeatureSet:
     """The feature folder ``out_dir`` (local or S3), built here with Polars."""
     feature_set = features.build_feature_set(dataset, settings.holdout_fraction)
     features.write_feature_set(feature_set, out_dir)
@@ -36,7 +34,8 @@ def build_features_on_cluster(
     movies = loaders.read_movies(movies_file) if movies_file is not None else None
     source_files = sorted(ratings_files + ([movies_file] if movies_file is not None else []))
     fingerprint = features.feature_fingerprint(source_files, settings.holdout_fraction)
-    store = connect(settings)
+    url = store_url(settings)
+    store = connect_url(url)
 
     def build(per_key) -> partitioned.Built:
         with dask_client(settings) as client:
@@ -54,8 +53,6 @@ def build_features_on_cluster(
             )
 
     genres = features.movie_genres(movies)
-    filled, reports, _ = check_store_partitioned(
-        store, store_url(settings), genres, settings.skew_sample_size, settings.seed, build
-    )
+    filled, reports, _ = check_store_partitioned(store, url, genres, settings.skew_sample_size, settings.seed, build)
     record_skew(store, filled, reports, settings, run_id)
     return features.read_feature_set(out_dir, with_training_rows=False)
