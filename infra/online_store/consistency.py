@@ -43,27 +43,25 @@ def measure_skew(
     return compare_with_store(store, *samples)
 
 
-def seen_by_store(ratings: pl.DataFrame, last_event_ts: int | None) -> pl.DataFrame:
-    """The ratings the store has applied, as far as time tells: those up to its last event."""
-    return ratings.filter(pl.col("timestamp") <= last_event_ts) if last_event_ts is not None else ratings.clear()
-
-
 def offline_samples(
     ratings: pl.DataFrame, genres: pl.DataFrame, last_event_ts: int | None, size: int, seed: int
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Samples of the user and the movie totals of the ratings the store has seen."""
-    return user_sample(ratings, genres, last_event_ts, size, seed), movie_sample(
-        ratings, genres, last_event_ts, size, seed
-    )
+    rows = seen_rows(ratings, last_event_ts)
+    return user_sample(rows, genres, size, seed), movie_sample(rows, genres, size, seed)
 
 
-def user_sample(ratings: pl.DataFrame, genres: pl.DataFrame, last_event_ts: int | None, size: int, seed: int):
-    rows = F.labelled(seen_by_store(ratings, last_event_ts))
+def seen_rows(ratings: pl.DataFrame, last_event_ts: int | None) -> pl.DataFrame:
+    """The ratings the store has applied, as far as time tells (those up to its last event), labelled."""
+    seen = ratings.filter(pl.col("timestamp") <= last_event_ts) if last_event_ts is not None else ratings.clear()
+    return F.labelled(seen)
+
+
+def user_sample(rows: pl.DataFrame, genres: pl.DataFrame, size: int, seed: int) -> pl.DataFrame:
     return skew.sample_totals(F.user_totals(rows, genres), "userId", size, seed)
 
 
-def movie_sample(ratings: pl.DataFrame, genres: pl.DataFrame, last_event_ts: int | None, size: int, seed: int):
-    rows = F.labelled(seen_by_store(ratings, last_event_ts))
+def movie_sample(rows: pl.DataFrame, genres: pl.DataFrame, size: int, seed: int) -> pl.DataFrame:
     return skew.sample_totals(F.movie_totals(rows, genres), "movieId", size, seed)
 
 
@@ -119,12 +117,12 @@ class PartitionedOnline:
 
     def users(self, ratings: pl.DataFrame) -> Sampled:
         self._write(lambda checked: S.user_commands(self.namespace, checked, self.genres), ratings)
-        sample = user_sample(ratings, self.genres, self.last_event_ts, self.size, self.seed)
+        sample = user_sample(seen_rows(ratings, self.last_event_ts), self.genres, self.size, self.seed)
         return Sampled(sample, ratings.height, ratings.get_column("timestamp").max())
 
     def movies(self, ratings: pl.DataFrame) -> Sampled:
         self._write(lambda checked: S.movie_commands(self.namespace, checked, self.genres), ratings)
-        return Sampled(movie_sample(ratings, self.genres, self.last_event_ts, self.size, self.seed))
+        return Sampled(movie_sample(seen_rows(ratings, self.last_event_ts), self.genres, self.size, self.seed))
 
     def merged(self, users: list[Sampled], movies: list[Sampled]) -> tuple[Sampled, Sampled]:
         """The partitions' samples as one: the sample ``offline_samples`` draws from every rating."""
@@ -143,7 +141,7 @@ class PartitionedOnline:
             return
         store = S.connect_url(self.store_url)
         try:
-            store.write(commands(S.checked_batch(ratings)))
+            store.write(commands(F.labelled(S.checked_batch(ratings))))
         finally:
             store.client.close()
 
@@ -156,9 +154,10 @@ def check_store_partitioned(
     empty store is filled on the partitions as the build passes them (switched to when the build
     succeeds, dropped when it fails); the ratings never pass through this process. Whether it
     was filled, the two reports, and what ``build`` returned."""
-    empty = store.namespace() is None
+    state = store.state()
+    empty = state["namespace"] is None
     if not empty:
-        built = build(PartitionedOnline(genres, store.state()["last_event_ts"], sample_size, seed))
+        built = build(PartitionedOnline(genres, state["last_event_ts"], sample_size, seed))
     else:
         with store.rebuilding() as namespace:
             built = build(PartitionedOnline(genres, ALL_EVENTS, sample_size, seed, store_url, namespace))

@@ -367,35 +367,36 @@ def namespace_commands(namespace: str, ratings: pl.DataFrame, movies: pl.DataFra
     """The commands that write a namespace holding exactly ``ratings`` (as ``checked_batch``
     returns them) and the movie catalogue; zero fields are left out (missing is 0)."""
     genres = movie_genres(movies)
-    yield from user_commands(namespace, ratings, genres)
-    yield from movie_commands(namespace, ratings, genres)
+    rows = labelled(ratings)
+    yield from user_commands(namespace, rows, genres)
+    yield from movie_commands(namespace, rows, genres)
     yield from catalogue_commands(namespace, genres)
     last_ts = int(ratings.get_column("timestamp").max()) if ratings.height else None
     yield meta_command(namespace, ratings.height, last_ts)
 
 
-def user_commands(namespace: str, ratings: pl.DataFrame, genres: pl.DataFrame) -> Iterator[tuple]:
-    """The user side of a namespace for ``ratings`` (checked) holding every rating of its users
+def user_commands(namespace: str, rows: pl.DataFrame, genres: pl.DataFrame) -> Iterator[tuple]:
+    """The user side of a namespace for ``rows`` (checked ratings, ``labelled``) holding every rating of its users
     (a user partition will do): aggregates, applied-event markers, rated movies."""
-    for user, n, total, positives, genre_n, genre_pos in user_totals(labelled(ratings), genres).iter_rows():
+    for user, n, total, positives, genre_n, genre_pos in user_totals(rows, genres).iter_rows():
         fields = {"n": n, "sum": repr(total), "pos": positives}
         fields |= {f"gn{i}": count for i, count in enumerate(genre_n) if count}
         fields |= {f"gp{i}": count for i, count in enumerate(genre_pos) if count}
         yield ("HSET", keys.user_key(namespace, user), *_flat(fields))
-    markers = ratings.group_by("userId").agg(pl.format("{}:{}", "movieId", "timestamp").alias("events"))
+    markers = rows.group_by("userId").agg(pl.format("{}:{}", "movieId", "timestamp").alias("events"))
     for user, events in markers.iter_rows():
         for start in range(0, len(events), MEMBERS_CHUNK):
             yield ("SADD", keys.applied_key(namespace, user), *events[start : start + MEMBERS_CHUNK])
-    rated = ratings.group_by("userId").agg(pl.col("movieId").unique())  # a user's candidates exclude these
+    rated = rows.group_by("userId").agg(pl.col("movieId").unique())  # a user's candidates exclude these
     for user, movie_ids in rated.iter_rows():
         for start in range(0, len(movie_ids), MEMBERS_CHUNK):
             yield ("SADD", keys.rated_key(namespace, user), *movie_ids[start : start + MEMBERS_CHUNK])
 
 
-def movie_commands(namespace: str, ratings: pl.DataFrame, genres: pl.DataFrame) -> Iterator[tuple]:
-    """The movie side of a namespace for ``ratings`` (checked) holding every rating of its movies
+def movie_commands(namespace: str, rows: pl.DataFrame, genres: pl.DataFrame) -> Iterator[tuple]:
+    """The movie side of a namespace for ``rows`` (checked ratings, ``labelled``) holding every rating of its movies
     (a movie partition will do): aggregates and ratings counts (the popularity candidates come from)."""
-    totals = movie_totals(labelled(ratings), genres)
+    totals = movie_totals(rows, genres)
     for movie, n, total, positives in totals.iter_rows():
         yield ("HSET", keys.movie_key(namespace, movie), *_flat({"n": n, "sum": repr(total), "pos": positives}))
     counts = [item for movie, n, *_ in totals.iter_rows() for item in (n, movie)]

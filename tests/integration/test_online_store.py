@@ -21,7 +21,7 @@ from infra.online_store.store import (
     connect,
     user_commands,
 )
-from railyard.features import MOVIE_WIDTH, USER_WIDTH, movie_genres
+from railyard.features import MOVIE_WIDTH, USER_WIDTH, labelled, movie_genres
 from railyard.settings import Settings
 from tests.support.online_store import (
     as_events,
@@ -120,7 +120,7 @@ def test_a_rebuild_that_fails_midway_is_dropped_and_readers_keep_the_current_fea
     with pytest.raises(RuntimeError, match="a worker failed"):
         with online_store.rebuilding() as namespace:
             genres = movie_genres(movies)
-            online_store.write(user_commands(namespace, checked_batch(newer), genres))
+            online_store.write(user_commands(namespace, labelled(checked_batch(newer)), genres))
             assert online_store.client.keys(keys.namespace_prefix(namespace) + "*")  # half written
             raise RuntimeError("a worker failed")
     assert online_store.namespace() == current
