@@ -131,13 +131,21 @@ def read_parquet(locations: list[Location], **options) -> pl.DataFrame:
 
     if all(not location.is_s3 for location in locations):
         return pl.read_parquet([location.url for location in locations], **options)
-    return pl.concat([pl.read_parquet(location.parquet_source(), **options) for location in locations])
+    frames = []
+    for location in locations:
+        source = location.parquet_source()
+        if isinstance(source, str):
+            frames.append(pl.read_parquet(source, **options))
+            continue
+        with source:  # a remote file: closed once read
+            frames.append(pl.read_parquet(source, **options))
+    return pl.concat(frames)
 
 
 def parquet_file(location: Location) -> pq.ParquetFile:
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(location.parquet_source())
+    return pq.ParquetFile(location.parquet_source())  # a remote file stays open while the row groups stream
 
 
 @functools.cache
