@@ -437,8 +437,8 @@ class Freshness:
         self.railyard(1, SHORT_GAP_S, timeout_s=120.0)
 
 
-def bench_freshness(store: OnlineStore, url: str, data: dict, rounds: int, samples: int) -> dict:
-    freshness = Freshness(store, seed=3, start_ts=START_TS + 10**8)
+def bench_freshness(store: OnlineStore, url: str, data: dict, rounds: int, samples: int, start_ts: int) -> dict:
+    freshness = Freshness(store, seed=3, start_ts=start_ts)
     with ingester_process(url):
         freshness.wait_for_ingester()
         runs = alternate(
@@ -508,7 +508,8 @@ def bench(n_events: int, rounds: int, freshness_samples: int, read_requests: int
         store = OnlineStore(client)
         version = client.info("server").get("valkey_version") or client.info("server").get("redis_version")
         ingest = bench_ingest(store, data, events, rounds, Path(scratch))
-        fresh = bench_freshness(store, url, data, rounds, freshness_samples)
+        # Dated after the ingest's events (never before the present: the ingester refuses those).
+        fresh = bench_freshness(store, url, data, rounds, freshness_samples, events[-1].timestamp)
         read = bench_feature_read(store, rounds, read_requests)
         client.close()
     result = {

@@ -1,11 +1,14 @@
 """Read raw ratings (and optional movies) from a MovieLens folder or date-partitioned Parquet.
 
 The loaders check only what they must to read the data: the files exist, the columns are there and
-the values parse as the right types. Duplicates, out-of-range ratings and nulls are the validation
-step's job, so they pass through intact (a null stays null), with one exception: in Parquet
-partitions, a row identical to another in all four columns is dropped (the event stream's sink
-writes an event twice when a batch is redelivered cut differently); a rating of the same event
-with another value still reaches validation.
+the values parse as the right types. Out-of-range ratings and nulls are the validation step's job,
+so they pass through intact (a null stays null). Repeated events are not: the loaders apply the
+event rules' first-wins rule (``railyard.events.first_wins``, as the event stream does), keeping
+the first row of each (userId, movieId, timestamp) in stream order and counting the rest: rows
+repeated in every column (the stream's sink writes an event twice when a batch is redelivered cut
+differently) and later ratings of the same event with another value. Stream order is the order
+of the rows in a CSV file, and in a partition of Parquet files first the files the sink did not
+write (by name), then the sink's files by the stream entry ids they are named after.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ from pathlib import Path
 import polars as pl
 
 from railyard.errors import Refused
+from railyard.events import first_wins
 from railyard.fsutil import sha256_file
 
 RATINGS_SCHEMA = {"userId": pl.Int64, "movieId": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}
 MOVIES_SCHEMA = {"movieId": pl.Int64, "title": pl.String, "genres": pl.String}
 PARTITION_PREFIX = "date="
+# The event stream's sink names a file after the first and last stream entry ids (ms-seq) it holds.
+SINK_FILE = re.compile(r"part-([0-9]+)-([0-9]+)-([0-9]+)-([0-9]+)\.parquet")
 log = logging.getLogger("railyard.loaders")
 # The genres MovieLens writes in movies.csv (pipe-separated), and its marker for none.
 MOVIELENS_GENRES = (
@@ -65,7 +71,8 @@ class RawDataset:
     ratings: pl.DataFrame  # userId Int64, movieId Int64, rating Float64, timestamp Int64
     movies: pl.DataFrame | None  # movieId Int64, title String, genres String; None without a movies file
     source_files: tuple[Path, ...]  # every input file read, sorted
-    duplicates_dropped: int = 0  # Parquet rows identical to another in all four columns
+    duplicates_dropped: int = 0  # rows of an event an earlier row holds (first wins)
+    conflicts_dropped: int = 0  # of which rate it with another value than the first
 
     def fingerprint(self, *extra: str) -> str:
         """sha256 over each source file's name (relative to their common folder) and bytes, then ``extra``.
@@ -116,10 +123,11 @@ def load_movielens_dir(path: Path) -> RawDataset:
         )
     movies_file = path / "movies.csv"
     movies = read_movies(movies_file) if movies_file.is_file() else None
-    return RawDataset(
-        ratings=_read_csv(ratings_file, RATINGS_SCHEMA),
-        movies=movies,
-        source_files=tuple(sorted([ratings_file] + ([movies_file] if movies is not None else []))),
+    return _one_row_per_event(
+        path,
+        _read_csv(ratings_file, RATINGS_SCHEMA),
+        movies,
+        [ratings_file] + ([movies_file] if movies is not None else []),
     )
 
 
@@ -127,22 +135,47 @@ def load_parquet_partitions(path: Path) -> RawDataset:
     """``<path>/ratings/date=YYYY-MM-DD/*.parquet`` (or the partitions right under ``path``) and an
     optional ``movies.csv`` or ``movies.parquet`` at ``path``."""
     ratings_files, movies_file = parquet_layout(path)
-    ratings = read_parquet_files(ratings_files, RATINGS_SCHEMA)
-    distinct = ratings.unique(maintain_order=True)
-    dropped = ratings.height - distinct.height
-    if dropped:
-        log.warning("%s: dropped %d rating rows identical to another in all four columns", path, dropped)
-    return RawDataset(
-        ratings=distinct,
-        movies=read_movies(movies_file) if movies_file else None,
-        source_files=tuple(sorted(ratings_files + ([movies_file] if movies_file else []))),
-        duplicates_dropped=dropped,
+    return _one_row_per_event(
+        path,
+        read_parquet_files(ratings_files, RATINGS_SCHEMA),
+        read_movies(movies_file) if movies_file else None,
+        ratings_files + ([movies_file] if movies_file else []),
     )
 
 
+def _one_row_per_event(path: Path, ratings: pl.DataFrame, movies: pl.DataFrame | None, files: list[Path]) -> RawDataset:
+    """The data set with the first row of each event (``ratings`` in stream order); what was
+    dropped is counted and logged."""
+    kept = first_wins(ratings)
+    dropped = kept.repeats + kept.conflicts
+    if dropped:
+        log.warning(
+            "%s: dropped %d rating rows of events an earlier row holds: %d repeated it in all four columns, "
+            "%d rated an event an earlier row rated differently (the first rating wins)",
+            path,
+            dropped,
+            kept.repeats,
+            kept.conflicts,
+        )
+    return RawDataset(kept.ratings, movies, tuple(sorted(files)), dropped, kept.conflicts)
+
+
+def _stream_order(file: Path) -> tuple:
+    """Where a ratings file of a partition comes in stream order: files the event stream's sink
+    did not write first (by name), then the sink's by their entry ids (as numbers, not text)."""
+    named = SINK_FILE.fullmatch(file.name)
+    return (1, tuple(int(part) for part in named.groups()), file.name) if named else (0, (), file.name)
+
+
+def sink_file_name(first_entry: str, last_entry: str) -> str:
+    """The name the sink gives a file holding stream entries ``first_entry`` to ``last_entry``."""
+    return f"part-{first_entry}-{last_entry}.parquet"
+
+
 def parquet_layout(path: Path) -> tuple[list[Path], Path | None]:
-    """The ratings files of a date-partitioned Parquet data set, in partition order, and its
-    movies file (None without one), found without reading any data."""
+    """The ratings files of a date-partitioned Parquet data set, in partition order and within a
+    partition in stream order (``_stream_order``), and its movies file (None without one), found
+    without reading any data."""
     path = _existing_dir(Path(path))
     ratings_root = path / "ratings" if (path / "ratings").is_dir() else path
     partitions = _partition_dirs(ratings_root)
@@ -153,7 +186,9 @@ def parquet_layout(path: Path) -> tuple[list[Path], Path | None]:
     ratings_files: list[Path] = []
     for partition in partitions:
         # Spark and friends leave _SUCCESS / .crc files next to the data: only *.parquet counts.
-        found = sorted(entry for entry in partition.glob("*.parquet") if not entry.name.startswith((".", "_")))
+        found = sorted(
+            (entry for entry in partition.glob("*.parquet") if not entry.name.startswith((".", "_"))), key=_stream_order
+        )
         if not found:
             raise DataLoadError(f"partition folder {partition} has no .parquet files; found {_listing(partition)}")
         ratings_files += found

@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from railyard import features as F
 from railyard import validation as V
 from railyard.configs import ValidationBounds
+from railyard.events import first_wins
 from railyard.loaders import RATINGS_SCHEMA, read_parquet_files
 from railyard.locations import Location
 from railyard.validation import ValidationReport, raise_for_failures, row_level
@@ -50,6 +51,9 @@ ROWS_PER_PARTITION = 2_000_000  # a partition in a worker: about 1 GB with its f
 DAY_S = 86_400
 UNIQUE_RATINGS = "ExpectCompoundColumnsToBeUnique"
 _HASH_SEED = 20_261_201  # fixed: a rerun of a task puts every row where the first run did
+# A user partition's rows keep their place in stream order (input file, row), so that the first
+# rating of an event wins there as it does in the loaders.
+STREAM_ORDER = {"_file": pl.Int64, "_row": pl.Int64}
 
 
 class PerKey(Protocol):
@@ -72,7 +76,8 @@ class Built:
 
 @dataclass(frozen=True)
 class Summary:
-    """What the driver learns of a user partition: its distinct rows per day, oldest and newest."""
+    """What the driver learns of a user partition: its events (rows, one per event) per day,
+    oldest and newest."""
 
     days: Counter
     oldest: int | None  # None: the partition holds no user
@@ -117,7 +122,16 @@ def build_on_cluster(
         raw = row_level(V.ratings_expectations(bounds, now_ts=int(time.time())))
         per_file = [e for e in raw if type(e).__name__ != UNIQUE_RATINGS]
         per_user = [e for e in raw if type(e).__name__ == UNIQUE_RATINGS]  # duplicates share a user
-        reports = each(client, split_by_user, files, count=count, scratch=scratch, checks=per_file, reports=report_dir)
+        reports = each(
+            client,
+            split_by_user,
+            files,
+            range(len(files)),
+            count=count,
+            scratch=scratch,
+            checks=per_file,
+            reports=report_dir,
+        )
         summarized = each(client, summarize, range(count), scratch=scratch, checks=per_user, reports=report_dir)
         summaries = [summary for summary, _ in summarized if summary.oldest is not None]
         reports += [report for _, report in summarized]
@@ -215,17 +229,21 @@ def time_edges(days: Iterable[Counter], cutoff: int, count: int) -> list[int]:
 # -- the tasks (module functions: workers import them by name) ----------------------------------
 
 
-def split_by_user(file: str, *, count: int, scratch: Path, checks: list, reports: Path) -> ValidationReport:
-    """One input file: its rows checked (row numbers are the file's), then split by user."""
+def split_by_user(file: str, order: int, *, count: int, scratch: Path, checks: list, reports: Path) -> ValidationReport:
+    """One input file (the ``order``-th in stream order): its rows checked (row numbers are the
+    file's), then split by user."""
     ratings = read_parquet_files([Path(file)], RATINGS_SCHEMA)
     name = f"raw_ratings@{Path(file).parent.name}/{Path(file).name}"
     report = V.run_suite(name, ratings, checks, reports / "partitions")
-    write_partitions(ratings, _bucket("userId", count), scratch / "by-user", _file_key(file))
+    placed = ratings.with_columns(
+        pl.lit(order, pl.Int64).alias("_file"), pl.int_range(pl.len(), dtype=pl.Int64).alias("_row")
+    )
+    write_partitions(placed, _bucket("userId", count), scratch / "by-user", _file_key(file))
     return report
 
 
 def summarize(part: int, *, scratch: Path, checks: list, reports: Path) -> tuple[Summary, ValidationReport]:
-    """One user partition: its distinct rows per day, and the checks that need every row of a user."""
+    """One user partition: its events per day, and the checks that need every row of a user."""
     ratings = distinct_ratings(scratch, part)
     report = V.run_suite(f"raw_ratings@user-partition-{part:06d}", ratings, checks, reports / "partitions")
     stamps = ratings.get_column("timestamp")
@@ -407,9 +425,10 @@ def read_partition(root: Path, part: int, schema: dict | None = None) -> pl.Data
 
 
 def distinct_ratings(scratch: Path, part: int) -> pl.DataFrame:
-    """A user partition's ratings, rows repeated in all four columns counted once (as the loader
-    does: duplicates share their user, so they meet in one partition)."""
-    return read_partition(scratch / "by-user", part, RATINGS_SCHEMA).unique()
+    """A user partition's ratings, the first row of each event only, in stream order (as the
+    loader keeps them: the rows of an event share their user, so they meet in one partition)."""
+    rows = read_partition(scratch / "by-user", part, RATINGS_SCHEMA | STREAM_ORDER).sort(*STREAM_ORDER)
+    return first_wins(rows.drop(*STREAM_ORDER)).ratings
 
 
 def write_atomically(frame: pl.DataFrame, path: Path) -> None:

@@ -20,12 +20,11 @@ from pathlib import Path
 
 import polars as pl
 
+from railyard import events as rules
 from railyard.configs import ValidationBounds
 from railyard.errors import Refused
 from railyard.fsutil import atomic_write_text
 
-RATING_VALUES = [step / 2 for step in range(1, 11)]  # 0.5, 1.0, ..., 5.0
-_FUTURE_SLACK_S = 86_400  # clocks differ: tolerate a day, not more
 _EXAMPLES = 5
 SLICE_ROWS = 2_000_000  # rows GX's pandas engine holds at a time
 _STATISTICS = ("evaluated_expectations", "successful_expectations", "unsuccessful_expectations", "success_percent")
@@ -89,6 +88,8 @@ def raise_for_failures(*reports: ValidationReport) -> None:
 
 
 def ratings_expectations(bounds: ValidationBounds, now_ts: int) -> list:
+    """The raw ratings' suite: the event rules (``railyard.events``, which the event stream
+    applies too) for every row, and the data set's bounds."""
     import great_expectations.expectations as gxe
 
     columns = ["userId", "movieId", "rating", "timestamp"]
@@ -110,20 +111,26 @@ def ratings_expectations(bounds: ValidationBounds, now_ts: int) -> list:
             column="rating", type_list=["float64", "Float64"], description="numeric ratings"
         ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="rating", min_value=0.5, max_value=5.0, description="rating within 0.5..5.0"
+            column="rating",
+            min_value=rules.MIN_RATING,
+            max_value=rules.MAX_RATING,
+            description=f"rating within {rules.MIN_RATING}..{rules.MAX_RATING}",
         ),
         gxe.ExpectColumnValuesToBeInSet(
-            column="rating", value_set=RATING_VALUES, description="rating in half-star steps"
+            column="rating", value_set=rules.RATING_VALUES, description="rating in half-star steps"
         ),
         *(
-            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=1, description="positive ids")
+            gxe.ExpectColumnValuesToBeBetween(
+                column=c, min_value=rules.MIN_ID, max_value=rules.MAX_ID, description="positive ids"
+            )
             for c in ("userId", "movieId")
         ),
         gxe.ExpectColumnValuesToBeBetween(
             column="timestamp",
-            min_value=0,
-            max_value=now_ts + _FUTURE_SLACK_S,
-            description="timestamp from 1970 (0) up to now, not negative, not in the future",
+            min_value=rules.MIN_TIMESTAMP,
+            max_value=rules.max_timestamp(now_ts),
+            description=f"timestamp from 1970 (0) up to now (+{rules.MAX_CLOCK_SKEW_S} s of clock skew), "
+            "not negative, not in the future",
         ),
         gxe.ExpectCompoundColumnsToBeUnique(
             column_list=["userId", "movieId", "timestamp"],

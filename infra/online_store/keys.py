@@ -1,20 +1,23 @@
 """Where the online store keeps what, in one Valkey/Redis database.
 
-Feature keys carry a schema version (``railyard:fs:v1:``): a new layout gets a new prefix and
-never misreads the old one. Features live in a *namespace*, so a rebuild can fill a fresh one
-while readers keep using the current one, then switch the pointer in one step:
+Feature keys carry a schema version (``railyard:fs:v2:``): a new layout gets a new prefix and
+never misreads the old one (v2: the applied events keep their ratings; a store written as v1 is
+rebuilt from the batch data by the next ``railyard ingest``, and the v1 keys can be deleted).
+Features live in a *namespace*, so a rebuild can fill a fresh one while readers keep using the
+current one, then switch the pointer in one step:
 
-    railyard:fs:v1:current                   string: the current namespace's name
-    railyard:fs:v1:rebuild-lock              held while a rebuild runs (one at a time)
-    railyard:fs:v1:ns:<ns>:u:<userId>        hash: n, sum, pos, gn0..gn19, gp0..gp19
-    railyard:fs:v1:ns:<ns>:m:<movieId>       hash: n, sum, pos
-    railyard:fs:v1:ns:<ns>:genres            hash: movieId -> its genre indexes, e.g. "0,7"
-    railyard:fs:v1:ns:<ns>:a:<userId>        set: "<movieId>:<timestamp>" of every event applied
-                                             (the event id split at the user: small sets stay compact)
-    railyard:fs:v1:ns:<ns>:meta              hash: events (applied), last_ts, built_at, candidates
+    railyard:fs:v2:current                   string: the current namespace's name
+    railyard:fs:v2:rebuild-lock              held while a rebuild runs (one at a time)
+    railyard:fs:v2:ns:<ns>:u:<userId>        hash: n, sum, pos, gn0..gn19, gp0..gp19
+    railyard:fs:v2:ns:<ns>:m:<movieId>       hash: n, sum, pos
+    railyard:fs:v2:ns:<ns>:genres            hash: movieId -> its genre indexes, e.g. "0,7"
+    railyard:fs:v2:ns:<ns>:a:<userId>        hash: "<movieId>:<timestamp>" -> rating, of every event
+                                             applied (the event id split at the user: small hashes
+                                             stay compact; the rating tells a second one apart)
+    railyard:fs:v2:ns:<ns>:meta              hash: events (applied), last_ts, built_at, candidates
                                              (1: the namespace keeps the candidate data below)
-    railyard:fs:v1:ns:<ns>:r:<userId>        set: the movieIds the user has rated (candidates exclude them)
-    railyard:fs:v1:ns:<ns>:pop               sorted set: movieId scored by its ratings count (the
+    railyard:fs:v2:ns:<ns>:r:<userId>        set: the movieIds the user has rated (candidates exclude them)
+    railyard:fs:v2:ns:<ns>:pop               sorted set: movieId scored by its ratings count (the
                                              ranking service's candidates: the most popular first)
 
 ``n`` counts ratings, ``sum`` adds their values, ``pos`` counts positives; per genre ``gnI``
@@ -39,7 +42,7 @@ from __future__ import annotations
 
 from railyard.features import GENRES
 
-PREFIX = "railyard:fs:v1:"
+PREFIX = "railyard:fs:v2:"
 POINTER = PREFIX + "current"
 REBUILD_LOCK = PREFIX + "rebuild-lock"
 NAMESPACES = PREFIX + "ns:"

@@ -4,9 +4,10 @@ serving side in the model's input layout. ``keys`` documents the layout.
 
 - ``read_pairs``: one Lua script reads the current namespace and every hash it needs, so a
   reader sees one state of the store, never half a switch or half an event.
-- ``apply``: one Lua script per batch records each event's id and adds it to its user's and
-  movie's aggregates in the same atomic step, so an event applied twice (a redelivered or
-  replayed entry) counts once.
+- ``apply``: one Lua script per batch records each event's id and rating and adds it to its
+  user's and movie's aggregates in the same atomic step, so an event applied twice (a
+  redelivered or replayed entry) counts once, and a second rating of it with another value is
+  reported as a conflict and counts not at all (the first rating wins, ``railyard.events``).
 - ``rebuild``: the aggregates of the batch data, written into a fresh namespace, then the
   pointer switches in one step (and the stream's ``online`` group re-reads the stream from the
   start, so events applied to the old namespace and not in the batch data are applied again).
@@ -51,8 +52,11 @@ SOCKET_TIMEOUT_S = 5.0
 # (apply is idempotent, so a retried batch still counts once).
 RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
 PIPELINE_CHUNK = 1_000  # commands per round trip when a namespace is written
-MEMBERS_CHUNK = 10_000  # markers per SADD
+MEMBERS_CHUNK = 10_000  # members (or fields) per SADD (HSET)
 REBUILD_LOCK_S = 3_600  # a crashed rebuild frees the lock after this
+# Replies of a server that cannot do the work now, whatever it is (out of memory, a replica, its
+# disk failing: MISCONF, a long script: BUSY): the store is unavailable, not the request wrong.
+REFUSING_NOW = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError, redis.exceptions.MasterDownError)
 
 _USER_FIELDS_LUA = "{" + ",".join(f"'{name}'" for name in keys.USER_FIELDS) + "}"
 _MOVIE_FIELDS_LUA = "{" + ",".join(f"'{name}'" for name in keys.MOVIE_FIELDS) + "}"
@@ -76,14 +80,23 @@ return {{users, movies, genres}}
 """
 
 # KEYS: pointer; ARGV: namespaces prefix, then per event: user, movie, rating, label (0/1), timestamp.
+# Returns how many events were new, and per conflicting event its place in the batch (from 1) and
+# the rating the store counts for it.
 APPLY = """
 local ns = redis.call('GET', KEYS[1])
 if not ns then return redis.error_reply('NONAMESPACE') end
 local base = ARGV[1] .. ns .. ':'
-local applied, last, last_text = 0, nil, nil
+local applied, last, last_text, conflicts = 0, nil, nil, {}
 for i = 2, #ARGV, 5 do
   local user, movie, rating, label, ts = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
-  if redis.call('SADD', base .. 'a:' .. user, movie .. ':' .. ts) == 1 then
+  local marks, event = base .. 'a:' .. user, movie .. ':' .. ts
+  if redis.call('HSETNX', marks, event, rating) == 0 then
+    local counted = redis.call('HGET', marks, event)
+    if tonumber(counted) ~= tonumber(rating) then
+      conflicts[#conflicts + 1] = (i - 2) / 5 + 1
+      conflicts[#conflicts + 1] = counted
+    end
+  else
     local u, m = base .. 'u:' .. user, base .. 'm:' .. movie
     redis.call('HINCRBY', u, 'n', 1)
     redis.call('HINCRBYFLOAT', u, 'sum', rating)
@@ -110,7 +123,7 @@ if applied > 0 then
   local previous = redis.call('HGET', meta, 'last_ts')
   if not previous or last > tonumber(previous) then redis.call('HSET', meta, 'last_ts', last_text) end
 end
-return applied
+return {applied, conflicts}
 """
 
 # KEYS: pointer; ARGV: namespaces prefix, user id, candidates wanted, ZREVRANGE window. The most
@@ -154,6 +167,14 @@ redis.call('SET', KEYS[1], ARGV[1])
 redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[2], '0', 'MKSTREAM')  -- BUSYGROUP when it exists: fine
 redis.call('XGROUP', 'SETID', KEYS[2], ARGV[2], '0')
 """
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What ``OnlineStore.apply`` did with a batch of events."""
+
+    new: int  # events counted now (the others were counted before)
+    conflicts: list[tuple[int, float]]  # (place in the batch, rating counted) of each second rating refused
 
 
 @dataclass(frozen=True)
@@ -215,7 +236,7 @@ def connect_url(url: str) -> OnlineStore:
 
 @contextmanager
 def reachable(client: redis.Redis):
-    """Redis errors that mean "no answer" or "no features" as Railyard's errors."""
+    """Redis errors that mean "no answer", "not now" or "no features" as Railyard's errors."""
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as error:
@@ -224,6 +245,9 @@ def reachable(client: redis.Redis):
     except redis.ResponseError as error:
         if "NONAMESPACE" in str(error):
             raise OnlineStoreEmpty("the online store holds no features yet") from error
+        if isinstance(error, REFUSING_NOW) or str(error).startswith(("BUSY", "MISCONF")):
+            where = "{host}:{port}".format_map(client.connection_pool.connection_kwargs)
+            raise OnlineStoreUnavailable(f"the online store at {where} refuses work for now ({error})") from error
         raise
 
 
@@ -270,16 +294,19 @@ class OnlineStore:
         )
         return Candidates(movie_ids, users, movies, int(popular), bool(kept))
 
-    def apply(self, events: Sequence[RatingEvent]) -> int:
-        """Add the events not applied yet to the current namespace; how many were new."""
+    def apply(self, events: Sequence[RatingEvent]) -> Applied:
+        """Add the events not applied yet to the current namespace, in one atomic step; an event
+        applied before with another rating is a conflict (the first rating wins)."""
         if not events:
-            return 0
+            return Applied(0, [])
         args: list = [keys.NAMESPACES]
         for event in events:
             label = int(event.rating >= POSITIVE_RATING)
             args += [event.user_id, event.movie_id, repr(event.rating), label, event.timestamp]
         with reachable(self.client):
-            return int(self._apply(keys=[keys.POINTER], args=args))
+            new, conflicts = self._apply(keys=[keys.POINTER], args=args)
+        pairs = zip(conflicts[::2], conflicts[1::2])
+        return Applied(int(new), [(int(place) - 1, float(rating)) for place, rating in pairs])
 
     def rebuild(self, ratings: pl.DataFrame, movies: pl.DataFrame | None) -> str:
         """Materialize the aggregates of ``ratings`` (every event marked applied) and the movie
@@ -377,16 +404,19 @@ def namespace_commands(namespace: str, ratings: pl.DataFrame, movies: pl.DataFra
 
 def user_commands(namespace: str, rows: pl.DataFrame, genres: pl.DataFrame) -> Iterator[tuple]:
     """The user side of a namespace for ``rows`` (checked ratings, ``labelled``) holding every rating of its users
-    (a user partition will do): aggregates, applied-event markers, rated movies."""
+    (a user partition will do): aggregates, applied events (with their ratings), rated movies."""
     for user, n, total, positives, genre_n, genre_pos in user_totals(rows, genres).iter_rows():
         fields = {"n": n, "sum": repr(total), "pos": positives}
         fields |= {f"gn{i}": count for i, count in enumerate(genre_n) if count}
         fields |= {f"gp{i}": count for i, count in enumerate(genre_pos) if count}
         yield ("HSET", keys.user_key(namespace, user), *_flat(fields))
-    markers = rows.group_by("userId").agg(pl.format("{}:{}", "movieId", "timestamp").alias("events"))
-    for user, events in markers.iter_rows():
+    marks = rows.group_by("userId").agg(
+        pl.format("{}:{}", "movieId", "timestamp").alias("events"), pl.col("rating").cast(pl.String)
+    )
+    for user, events, ratings in marks.iter_rows():
         for start in range(0, len(events), MEMBERS_CHUNK):
-            yield ("SADD", keys.applied_key(namespace, user), *events[start : start + MEMBERS_CHUNK])
+            chunk = dict(zip(events[start : start + MEMBERS_CHUNK], ratings[start : start + MEMBERS_CHUNK]))
+            yield ("HSET", keys.applied_key(namespace, user), *_flat(chunk))
     rated = rows.group_by("userId").agg(pl.col("movieId").unique())  # a user's candidates exclude these
     for user, movie_ids in rated.iter_rows():
         for start in range(0, len(movie_ids), MEMBERS_CHUNK):

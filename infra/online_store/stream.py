@@ -11,9 +11,18 @@ An entry is acknowledged only when its work is done, so a crash leaves it pendin
 consumer of the same name takes its own pending entries first, and another consumer claims
 them (XAUTOCLAIM) once they were idle ``claim_idle_s``. Doing a batch twice is harmless: the
 store counts an event once, and a redelivered batch rewrites the same file (a batch cut
-differently writes another file, whose repeated rows the loader drops). A malformed event is
-recorded once in the dead-letter stream, with its reason, and acknowledged. While the store does
-not answer, the ingester retries with capped exponential backoff; entries stay pending.
+differently writes another file, whose repeated rows the loader drops).
+
+No single entry can stop a consumer. Each entry is judged on its own by the event rules
+(``railyard.events``, at the time the stream took it, so both groups judge it alike); one that
+breaks a rule, or that anything fails on (a bug included), is recorded once in the dead-letter
+stream with its reason and acknowledged. When a whole batch fails for a reason that is not the
+store or the disk, its entries are tried one at a time, so only the one that fails alone is
+refused. A second rating of an event with another value is refused by the online group
+(``conflicting_duplicate``: the first rating wins) and dropped by the loaders from the data set.
+While the store does not answer (or refuses work for now), the ingester retries with capped
+exponential backoff; entries stay pending. An error of the data folder's disk stops the ingester
+with its entries pending.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,24 +43,39 @@ import polars as pl
 import redis
 
 from infra.online_store import keys
-from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable, reachable
+from infra.online_store.store import Applied, OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable, reachable
+from railyard.errors import RailyardError
 from railyard.events import FIELDS, MalformedEvent, RatingEvent, parse_event
-from railyard.loaders import PARTITION_PREFIX, RATINGS_SCHEMA, DataLoadError, load_dataset
+from railyard.loaders import (
+    PARTITION_PREFIX,
+    RATINGS_SCHEMA,
+    DataLoadError,
+    load_dataset,
+    sink_file_name,
+)
 
 log = logging.getLogger("railyard.ingest")
 
 PUBLISH_CHUNK = 1_000  # XADDs per round trip
 POLL_S = 0.2  # how long an idle ingester blocks on the stream before checking its stop flag
 FIRST_RETRY_S, MAX_RETRY_S = 0.2, 5.0  # backoff while the store does not answer
+# A dead letter records at most this many of the entry's fields, each name and value cut to this
+# many bytes: an entry may be huge or have thousands of fields (the letter names the entry).
+LETTER_FIELDS, LETTER_BYTES, DETAIL_CHARS = 32, 1_024, 500
+# Failures that are not about the entry in hand: Railyard's own (the store unavailable or empty,
+# a rebuild refused) and the data folder's disk. They are never dead-lettered.
+NOT_THE_ENTRY = (RailyardError, OSError)
 
-# KEYS: dead-letter stream, its index; ARGV: entry id, reason, original fields (name, value, ...).
+# KEYS: dead-letter stream, its index; ARGV: entry id, reason, detail, original fields (name, value, ...).
 # The index records each entry once: both groups refuse it, and a redelivery must not repeat it.
 DEAD_LETTER = """
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
 local fields = {}
-for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
 fields[#fields + 1] = 'reason'
 fields[#fields + 1] = ARGV[2]
+fields[#fields + 1] = 'detail'
+fields[#fields + 1] = ARGV[3]
 fields[#fields + 1] = 'entry'
 fields[#fields + 1] = ARGV[1]
 redis.call('XADD', KEYS[1], '*', unpack(fields))
@@ -77,7 +102,7 @@ def publish(target: OnlineStore | redis.Redis, events: Iterable[RatingEvent]) ->
 
 def read_event_file(path: Path) -> list[RatingEvent]:
     """The events of a CSV or Parquet file in the ratings layout; refused whole (nothing is
-    published) when a row breaks a rule."""
+    published) when a row breaks a rule (judged now)."""
     path = Path(path)
     try:
         if path.suffix == ".csv":
@@ -89,10 +114,10 @@ def read_event_file(path: Path) -> list[RatingEvent]:
     except (pl.exceptions.PolarsError, OSError) as error:
         raise DataLoadError(f"{path} cannot be read: {str(error).splitlines()[0]}") from error
     frame = frame.select(pl.col(name).cast(pl.String) for name in FIELDS if name in frame.columns)
-    events = []
+    events, now = [], time.time()
     for row, fields in enumerate(frame.iter_rows(named=True), start=1):
         try:
-            events.append(parse_event(fields))
+            events.append(parse_event(fields, now=now))
         except MalformedEvent as bad:
             raise DataLoadError(f"{path}: data row {row}: {bad}; nothing was published") from None
     return events
@@ -127,11 +152,20 @@ def acknowledge(client: redis.Redis, group: str, entry_ids: Sequence[bytes]) -> 
         client.xack(keys.STREAM, group, *entry_ids)
 
 
-def dead_letter(client: redis.Redis, entry_id: bytes, fields: Mapping[bytes, bytes], reason: str) -> bool:
-    """Record a refused entry with its reason; False when it was recorded before."""
-    args = [entry_id, reason, *(item for pair in fields.items() for item in pair)]
+def dead_letter(
+    client: redis.Redis, entry_id: bytes, fields: Mapping[bytes, bytes], reason: str, detail: str = ""
+) -> bool:
+    """Record a refused entry with its reason (and what broke, in words), its fields as they
+    were (bytes, cut short when long); False when it was recorded before."""
+    kept = list(fields.items())[:LETTER_FIELDS]
+    args = [entry_id, reason, detail[:DETAIL_CHARS], *(_cut(item) for pair in kept for item in pair)]
     with reachable(client):
         return bool(client.eval(DEAD_LETTER, 2, keys.DEAD_LETTERS, keys.DEAD_LETTER_INDEX, *args))
+
+
+def entry_time(entry_id: bytes) -> float:
+    """When the stream took an entry (the milliseconds of its id), in seconds since 1970."""
+    return int(entry_id.split(b"-", 1)[0]) / 1_000
 
 
 def write_sink(data_dir: Path, events: Sequence[tuple[bytes, RatingEvent]]) -> list[Path]:
@@ -147,7 +181,7 @@ def write_sink(data_dir: Path, events: Sequence[tuple[bytes, RatingEvent]]) -> l
     for day, rows in sorted(by_date.items()):
         folder = Path(data_dir) / "ratings" / f"{PARTITION_PREFIX}{day}"
         folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"part-{rows[0][0].decode()}-{rows[-1][0].decode()}.parquet"
+        target = folder / sink_file_name(rows[0][0].decode(), rows[-1][0].decode())
         temporary = folder / f".{target.name}.tmp"
         frame = pl.DataFrame(
             [(e.user_id, e.movie_id, e.rating, e.timestamp) for _, e in rows], schema=RATINGS_SCHEMA, orient="row"
@@ -242,31 +276,70 @@ class Ingester:
         return reply[0][1] if reply else []
 
     def _handle(self, group: str, entries: list[Entry]) -> None:
-        events = []
+        events = []  # (entry id, fields, event)
         for entry_id, fields in entries:
             if fields is None:  # trimmed from the stream while pending: nothing left to do
                 continue
             try:
-                events.append((entry_id, parse_event(fields)))
+                events.append((entry_id, fields, parse_event(fields, now=entry_time(entry_id))))
             except MalformedEvent as bad:
-                if self._retrying(partial(dead_letter, self.client, entry_id, fields, bad.reason)):
-                    log.warning("%s: entry %s dead-lettered: %s", group, entry_id.decode(), bad)
-                    self.report.dead_letters += 1
-        if group == keys.ONLINE_GROUP:
-            self.report.applied += self._retrying(lambda: self._apply([event for _, event in events]))
-        elif events:
-            self.report.files += len(write_sink(self.data_dir, events))
-            self.report.written += len(events)
+                self._refuse(group, entry_id, fields, bad.reason, str(bad))
+            except Exception as error:  # noqa: BLE001 - whatever fails on one entry refuses that entry only
+                self._refuse_unexpected(group, entry_id, fields, error)
+        if events:
+            self._batch_or_one_by_one(group, events, self._apply if group == keys.ONLINE_GROUP else self._write)
         self._retrying(lambda: acknowledge(self.client, group, [entry_id for entry_id, _ in entries]))
         self.report.entries[group] += len(entries)
 
-    def _apply(self, events: list[RatingEvent]) -> int:
+    def _batch_or_one_by_one(self, group: str, events: list, work: Callable[[str, list], None]) -> None:
+        """``work`` on the whole batch; if that fails for a reason that is not ``NOT_THE_ENTRY``,
+        on each event alone, and an event that fails alone is refused."""
+        try:
+            work(group, events)
+            return
+        except NOT_THE_ENTRY:
+            raise
+        except Exception as error:  # noqa: BLE001 - one of its entries may be the cause: find it
+            log.warning("%s: a batch of %d events failed (%r): one at a time now", group, len(events), error)
+        for one in events:
+            try:
+                work(group, [one])
+            except NOT_THE_ENTRY:
+                raise
+            except Exception as error:  # noqa: BLE001
+                self._refuse_unexpected(group, one[0], one[1], error)
+
+    def _apply(self, group: str, events: list) -> None:
+        applied = self._retrying(lambda: self._apply_rebuilding([event for _, _, event in events]))
+        self.report.applied += applied.new
+        for place, counted in applied.conflicts:
+            entry_id, fields, event = events[place]
+            detail = (
+                f"event {event.event_id} counts with rating {counted}; this entry rates it {event.rating} "
+                "(the first rating wins)"
+            )
+            self._refuse(group, entry_id, fields, "conflicting_duplicate", detail)
+
+    def _apply_rebuilding(self, events: list[RatingEvent]) -> Applied:
         try:
             return self.store.apply(events)
         except OnlineStoreEmpty:  # flushed, or a server restarted without its data: bootstrap again
             log.warning("the online store holds no features: rebuilding it from the batch data")
             rebuild_from_batch(self.store, self.data_dir)
             return self.store.apply(events)
+
+    def _write(self, group: str, events: list) -> None:
+        self.report.files += len(write_sink(self.data_dir, [(entry_id, event) for entry_id, _, event in events]))
+        self.report.written += len(events)
+
+    def _refuse(self, group: str, entry_id: bytes, fields: Mapping[bytes, bytes], reason: str, detail: str) -> None:
+        if self._retrying(partial(dead_letter, self.client, entry_id, fields, reason, detail)):
+            log.warning("%s: entry %s dead-lettered: %s", group, entry_id.decode(), detail)
+            self.report.dead_letters += 1
+
+    def _refuse_unexpected(self, group: str, entry_id: bytes, fields: Mapping[bytes, bytes], error: Exception) -> None:
+        log.error("%s: entry %s failed unexpectedly", group, entry_id.decode(), exc_info=error)
+        self._refuse(group, entry_id, fields, f"unexpected_{type(error).__name__}", f"{type(error).__name__}: {error}")
 
     def _pending(self, group: str) -> int:
         with reachable(self.client):
@@ -285,6 +358,14 @@ class Ingester:
                 log.warning("%s; retrying in %.1f s (entries stay pending in the stream)", error, delay)
                 self.stop.wait(delay)
                 delay = min(delay * 2, MAX_RETRY_S)
+
+
+def _cut(value: bytes | str) -> bytes:
+    """A field's name or value as a dead letter records it: its first ``LETTER_BYTES`` bytes."""
+    value = value if isinstance(value, bytes) else value.encode()
+    if len(value) <= LETTER_BYTES:
+        return value
+    return value[:LETTER_BYTES] + f"…(+{len(value) - LETTER_BYTES:,} bytes)".encode()
 
 
 def _fsync(path: Path) -> None:

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -144,7 +145,7 @@ def _valid_rows(count: int = 400) -> list[str]:
     ("case", "mutate", "expected"),
     [
         ("rating_out_of_range", lambda rows: rows + ["3,3,7.0,1099999"], "rating"),
-        ("duplicate_rows", lambda rows: rows + [rows[5]], "duplicate"),
+        ("future_timestamp", lambda rows: rows + [f"3,3,4.0,{int(time.time()) + 2 * 86_400}"], "not in the future"),
     ],
 )
 def test_invalid_data_fails_validation_before_training(case, mutate, expected, flow_home, tmp_path):

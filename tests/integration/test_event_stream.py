@@ -19,7 +19,8 @@ import pytest
 from infra.online_store import keys, server
 from infra.online_store.store import OnlineStoreUnavailable, connect
 from infra.online_store.stream import Ingester, publish, rebuild_from_batch
-from railyard.loaders import load_dataset
+from railyard.events import RatingEvent
+from railyard.loaders import RATINGS_SCHEMA, load_dataset
 from railyard.settings import Settings
 from tests.support import REPO_ROOT
 from tests.support.online_store import (
@@ -163,9 +164,9 @@ def test_each_malformed_event_is_dead_lettered_once_with_its_reason(online_store
     for reason, entry_id in ids.items():
         letter = letters[entry_id]
         assert letter[b"reason"] == reason.encode()
-        assert {key.decode(): value.decode() for key, value in letter.items() if key not in (b"reason", b"entry")} == (
-            broken[reason]
-        )
+        recorded = {key.decode(): value.decode() for key, value in letter.items()}
+        assert recorded.pop("detail").startswith(f"{reason}: ") and recorded.pop("entry") == entry_id.decode()
+        assert recorded == broken[reason] | {"reason": reason}
     assert online_store.state()["dead_letters"] == 7
     assert online_store.state()["events_applied"] == 402
 
@@ -228,6 +229,31 @@ def test_an_outage_loses_nothing_and_the_ingester_resumes(tmp_path, railyard_hom
         server.stop(settings)
 
 
+def test_a_store_out_of_memory_is_waited_for_and_nothing_is_dead_lettered(online_store, batch, railyard_home, caplog):
+    """A server refusing writes for now (out of memory) is no reason to refuse the entries: the
+    ingester waits as for an outage, and applies them once the server takes writes again."""
+    ratings, movies = batch
+    online_store.rebuild(ratings, movies)
+    fresh = ratings_frame(60, users=30, movies=45, seed=24, start_ts=1_780_000_000)
+    publish(online_store, as_events(fresh))
+    client = online_store.client
+    caplog.set_level(logging.WARNING, "railyard.ingest")
+    ingester = Ingester(online_store, railyard_home / "data" / "default", groups=["online"])
+    outcome = {}
+    client.config_set("maxmemory", "1")  # noeviction (the default): every write is refused
+    try:
+        runner = threading.Thread(target=lambda: outcome.update(report=ingester.run(until_idle=True)))
+        runner.start()
+        _wait_for(lambda: "refuses work for now" in caplog.text)
+        assert runner.is_alive()
+    finally:
+        client.config_set("maxmemory", "0")
+    runner.join(60)
+    assert outcome["report"].applied == 60 and outcome["report"].dead_letters == 0
+    assert_store_matches(online_store, pl.concat([ratings, fresh]), movies)
+    assert online_store.state()["dead_letters"] == 0
+
+
 def _settled(store, group: str) -> bool:
     info = next(g for g in store.client.xinfo_groups(keys.STREAM) if g["name"].decode() == group)
     return info["pending"] == 0 and info["lag"] == 0
@@ -251,3 +277,130 @@ def test_a_fresh_deployment_without_batch_data_starts_from_an_empty_store(online
     report = Ingester(online_store, data, batch_size=50).run(until_idle=True)
     assert report.written == 120 and online_store.state()["events_applied"] == 120
     assert_store_matches(online_store, load_dataset(data).ratings, None)
+
+
+HOSTILE = {
+    "huge_movie_id": ({"movieId": "9" * 5_000}, "id_out_of_range"),
+    "timestamp_int64_max": ({"timestamp": str(2**63 - 1)}, "timestamp_in_future"),
+    "thousands_of_fields": ({f"extra{i}": "x" for i in range(10_000)} | {"rating": None}, "missing_field"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_one_hostile_entry_neither_stops_the_ingester_nor_holds_up_its_batch(case, online_store, batch, railyard_home):
+    """Item 2 of issue 32: the entry is dead-lettered with its reason, the valid events around
+    it (in the same batch) are applied and written, and nothing stays pending."""
+    ratings, movies = batch
+    fresh = ratings_frame(30, users=30, movies=45, seed=21, start_ts=1_780_000_000)
+    change, reason = HOSTILE[case]
+    hostile = {**as_events(fresh.head(1))[0].fields(), "userId": "999", **change}
+    client = online_store.client
+    entries = [client.xadd(keys.STREAM, event.fields()) for event in as_events(fresh.head(15))]
+    bad = client.xadd(keys.STREAM, {name: value for name, value in hostile.items() if value is not None})
+    entries += [client.xadd(keys.STREAM, event.fields()) for event in as_events(fresh.tail(15))]
+
+    done = railyard("ingest", "--until-idle")  # one batch of 1,000 holds every entry
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "entries done: online 31, sink 31; 30 events new to the online store, 30 written" in done.stdout
+    assert_store_matches(online_store, pl.concat([ratings, fresh]), movies)
+    state = online_store.state()
+    assert state["last_event_ts"] == fresh.get_column("timestamp").max()
+    assert state["groups"] == {"online": {"pending": 0, "lag": 0}, "sink": {"pending": 0, "lag": 0}}
+    (letter,) = [fields for _, fields in client.xrange(keys.DEAD_LETTERS)]
+    assert letter[b"entry"] == bad and letter[b"reason"] == reason.encode()
+    data = load_dataset(railyard_home / "data" / "default")
+    assert sorted(data.ratings.rows()) == sorted(pl.concat([ratings, fresh]).rows())
+    assert railyard("ingest", "--until-idle").returncode == 0  # and the next start is clean too
+
+
+def test_what_the_stream_accepts_the_retrain_accepts(online_store, railyard_home):
+    """Item 3 of issue 32: a rating dated a year ahead (or at 10^11) and a second, different
+    rating of an event already rated get through neither path; the first rating wins in both."""
+    from railyard.configs import ValidationBounds
+    from railyard.validation import validate_ratings
+
+    data = railyard_home / "data" / "default"
+    fresh = ratings_frame(200, users=20, movies=30, seed=22, start_ts=1_780_000_000)
+    rerated = fresh.row(7, named=True) | {"rating": 0.5 if fresh["rating"][7] != 0.5 else 5.0}
+    client = online_store.client
+    publish(online_store, as_events(fresh.head(100)))
+    ahead = {
+        "timestamp_in_future": {
+            **as_events(fresh.head(1))[0].fields(),
+            "timestamp": str(int(time.time()) + 31_536_000),
+        },
+        "also_in_future": {**as_events(fresh.head(1))[0].fields(), "timestamp": str(10**11)},
+        "conflicting_duplicate": {name: str(value) for name, value in rerated.items()},
+    }
+    refused = {client.xadd(keys.STREAM, fields): reason for reason, fields in ahead.items()}
+    publish(online_store, as_events(fresh.tail(100)))
+
+    done = railyard("ingest", "--until-idle", env={"RAILYARD_INGEST_BATCH_SIZE": "64"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert_store_matches(online_store, fresh, None)  # with the first rating of the re-rated event
+    letters = {fields[b"entry"]: fields[b"reason"].decode() for _, fields in client.xrange(keys.DEAD_LETTERS)}
+    assert letters == {entry: reason.replace("also_", "timestamp_") for entry, reason in refused.items()}
+
+    dataset = load_dataset(data)
+    assert sorted(dataset.ratings.rows()) == sorted(fresh.rows())
+    assert dataset.conflicts_dropped == 1  # the sink wrote the second rating; the first one wins
+    bounds = ValidationBounds(min_rows=100, max_rows=10_000, min_positive_rate=0.05, max_positive_rate=0.95)
+    report = validate_ratings(dataset.ratings, bounds, railyard_home / "reports")
+    assert report.success, report.summary()
+
+
+def test_an_entry_that_trips_a_bug_is_dead_lettered_and_its_batch_goes_on(
+    online_store, batch, railyard_home, monkeypatch
+):
+    """No single entry stops a consumer, whatever fails on it: parsing it, applying it, writing it."""
+    from infra.online_store import stream
+    from infra.online_store.store import OnlineStore
+
+    ratings, movies = batch
+    online_store.rebuild(ratings, movies)
+    fresh = ratings_frame(40, users=30, movies=45, seed=23, start_ts=1_780_000_000)
+    poisoned = {901: "parse", 902: "apply", 903: "write"}  # users of one event each
+    events = as_events(fresh)
+    for at, user in ((5, 901), (20, 902), (33, 903)):
+        events.insert(at, RatingEvent(user, 1, 4.0, 1_780_000_000 + at))
+    publish(online_store, events)
+    poison = pl.DataFrame([e for e in events if e.user_id in poisoned], schema=RATINGS_SCHEMA, orient="row")
+
+    def parse(fields, **options):
+        event = stream_parse(fields, **options)
+        if poisoned.get(event.user_id) == "parse":
+            raise KeyError("a bug in parsing")
+        return event
+
+    def apply(self, events):
+        if any(poisoned.get(event.user_id) == "apply" for event in events):
+            raise TypeError("a bug in applying")
+        return store_apply(self, events)
+
+    def write(data_dir, events):
+        if any(poisoned.get(event.user_id) == "write" for _, event in events):
+            raise ValueError("a bug in writing")
+        return sink_write(data_dir, events)
+
+    stream_parse, store_apply, sink_write = stream.parse_event, OnlineStore.apply, stream.write_sink
+    monkeypatch.setattr(stream, "parse_event", parse)
+    monkeypatch.setattr(OnlineStore, "apply", apply)
+    monkeypatch.setattr(stream, "write_sink", write)
+    report = Ingester(online_store, railyard_home / "data" / "default", batch_size=16).run(until_idle=True)
+
+    by_user = {
+        int(fields[b"userId"]): fields[b"reason"].decode()
+        for _, fields in online_store.client.xrange(keys.DEAD_LETTERS)
+    }
+    assert by_user == {
+        user: {"parse": "unexpected_KeyError", "apply": "unexpected_TypeError", "write": "unexpected_ValueError"}[kind]
+        for user, kind in poisoned.items()
+    }
+    assert report.dead_letters == 3 and report.entries == {"online": 43, "sink": 43}
+    applied = poison.filter(pl.col("userId") == 903)  # only the sink tripped on it
+    assert_store_matches(online_store, pl.concat([ratings, fresh, applied]), movies)
+    written = poison.filter(pl.col("userId") == 902)  # only the online store tripped on it
+    assert sorted(load_dataset(railyard_home / "data" / "default").ratings.rows()) == sorted(
+        pl.concat([ratings, fresh, written]).rows()
+    )
+    assert online_store.state()["groups"] == {"online": {"pending": 0, "lag": 0}, "sink": {"pending": 0, "lag": 0}}

@@ -14,6 +14,7 @@ import pytest
 
 from infra.online_store import keys, server
 from infra.online_store.store import (
+    Applied,
     OnlineStoreEmpty,
     OnlineStoreUnavailable,
     RebuildRefused,
@@ -21,6 +22,7 @@ from infra.online_store.store import (
     connect,
     user_commands,
 )
+from railyard.events import RatingEvent
 from railyard.features import MOVIE_WIDTH, USER_WIDTH, labelled, movie_genres
 from railyard.settings import Settings
 from tests.support.online_store import (
@@ -40,13 +42,33 @@ def test_rebuild_holds_the_offline_aggregates_and_apply_adds_events_once(online_
 
     fresh = ratings_frame(120, users=30, movies=45, seed=2, start_ts=1_800_000_000)
     events = as_events(fresh)
-    assert online_store.apply(events) == 120
-    assert online_store.apply(events) == 0  # the same events again: counted once
-    assert online_store.apply(events[:5] + as_events(batch.head(5))) == 0  # batch events are marked applied
+    assert online_store.apply(events) == Applied(120, [])
+    assert online_store.apply(events) == Applied(0, [])  # the same events again: counted once
+    assert online_store.apply(events[:5] + as_events(batch.head(5))) == Applied(
+        0, []
+    )  # batch events are marked applied
     assert_store_matches(online_store, batch.vstack(fresh), movies)
     state = online_store.state()
     assert state["events_applied"] == 420
     assert state["last_event_ts"] == fresh.get_column("timestamp").max()
+
+
+def test_a_second_rating_of_an_event_is_a_conflict_and_the_first_one_counts(online_store):
+    movies = movies_frame(40)
+    batch = ratings_frame(50, users=10, movies=40, seed=5)
+    online_store.rebuild(batch, movies)
+    fresh = as_events(ratings_frame(20, users=10, movies=40, seed=6, start_ts=1_780_000_000))
+    again = [
+        RatingEvent(e.user_id, e.movie_id, 5.5 - e.rating, e.timestamp) for e in (fresh[3], *as_events(batch.head(2)))
+    ]
+    assert online_store.apply(fresh + again[:1]) == Applied(20, [(20, fresh[3].rating)])  # within one batch too
+    assert online_store.apply([fresh[0], *again]) == Applied(
+        0, [(1, fresh[3].rating), (2, batch["rating"][0]), (3, batch["rating"][1])]
+    )
+    assert_store_matches(
+        online_store, batch.vstack(ratings_frame(20, users=10, movies=40, seed=6, start_ts=1_780_000_000)), movies
+    )
+    assert online_store.state()["events_applied"] == 70
 
 
 def test_read_pairs_keeps_the_order_and_layout_of_the_pairs(online_store):

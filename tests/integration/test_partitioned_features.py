@@ -82,8 +82,9 @@ def spread(column: str) -> pl.Expr:
 @pytest.fixture(scope="module")
 def awkward_data(tmp_path_factory):
     """Generated date-partitioned ratings made awkward: ids spread over int64, many ratings of one
-    user and of one movie tied at one second, and rows repeated in all four columns in a second
-    file of another partition."""
+    user and of one movie tied at one second, rows repeated in all four columns in a second
+    file of another partition, and in a third file there, later ratings of rated events (the
+    first rating wins)."""
     root = tmp_path_factory.mktemp("awkward")
     generated = root / "generated"
     generate_movielens(generated, users=300, movies=200, days=6, ratings_per_day=1500, seed=3, fmt="parquet")
@@ -104,6 +105,10 @@ def awkward_data(tmp_path_factory):
         part.drop("day").write_parquet(folder / "part-0.parquet")
     repeated = ratings.sample(200, seed=1)
     repeated.write_parquet(sorted((data / "ratings").iterdir())[-1] / "part-1.parquet")
+    rerated = ratings.sample(50, seed=2).with_columns(
+        rating=5.5 - pl.col("rating")
+    )  # another half step, never the same
+    rerated.write_parquet(sorted((data / "ratings").iterdir())[-1] / "part-2.parquet")
     movies = pl.read_csv(generated / "movies.csv")
     movies.with_columns(spread("movieId")).write_csv(data / "movies.csv")
     return data
@@ -111,7 +116,7 @@ def awkward_data(tmp_path_factory):
 
 def test_the_dask_build_equals_the_polars_build_row_for_row(client, awkward_data, tmp_path):
     dataset = load_dataset(awkward_data)
-    assert dataset.duplicates_dropped == 200
+    assert (dataset.duplicates_dropped, dataset.conflicts_dropped) == (250, 50)
     ratings = dataset.ratings
     assert ratings.get_column("userId").max() > 2**62 and ratings.get_column("movieId").max() > 2**62
     assert ratings.group_by("userId", "timestamp").len().get_column("len").max() > 1  # ties of one user

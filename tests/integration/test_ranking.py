@@ -111,7 +111,9 @@ def test_recommend_excludes_rated_movies_and_ranks_the_popular_rest_by_fresh_sco
         # A new rating reaches the candidates: the top movie is rated now, so it is gone.
         top = movies[0]
         assert (
-            store.apply(as_events(pl.DataFrame([(USER, top, 4.0, 1_790_000_000)], schema=ratings.schema, orient="row")))
+            store.apply(
+                as_events(pl.DataFrame([(USER, top, 4.0, 1_790_000_000)], schema=ratings.schema, orient="row"))
+            ).new
             == 1
         )
         again = client.get("/v1/recommend", params={"userId": USER, "k": 10}).json()

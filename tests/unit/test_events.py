@@ -1,7 +1,9 @@
+import polars as pl
 import pytest
 
 from railyard.errors import Refused
-from railyard.events import MalformedEvent, RatingEvent, parse_event
+from railyard.events import MAX_CLOCK_SKEW_S, MalformedEvent, RatingEvent, first_wins, parse_event
+from railyard.loaders import RATINGS_SCHEMA
 
 GOOD = {"userId": "7", "movieId": "42", "rating": "4.5", "timestamp": "1767225600"}
 
@@ -55,3 +57,45 @@ def test_each_broken_rule_is_named(change, reason, detail):
 def test_a_missing_field_names_every_field_missing():
     with pytest.raises(MalformedEvent, match="no movieId, rating"):
         parse_event({"userId": "1", "timestamp": "5"})
+
+
+NOW = 1_780_000_000  # the time the event is judged at (an entry's time in the stream)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"movieId": "9" * 5_000}, "id_out_of_range"),  # int() would raise Python's digit-limit ValueError
+        ({"userId": "1" + "0" * 19}, "id_out_of_range"),
+        ({"timestamp": "9" * 5_000}, "timestamp_out_of_range"),
+        ({"timestamp": str(2**63 - 1)}, "timestamp_in_future"),  # datetime.fromtimestamp raises OSError on it
+        ({"timestamp": str(10**11)}, "timestamp_in_future"),
+        ({"timestamp": str(NOW + 365 * 86_400)}, "timestamp_in_future"),
+        ({"rating": "4" + "0" * 5_000}, "rating_out_of_range"),
+    ],
+)
+def test_extreme_values_are_refused_with_a_reason_never_an_exception_of_their_own(change, reason):
+    with pytest.raises(MalformedEvent) as refused:
+        parse_event(GOOD | change, now=NOW)
+    assert refused.value.reason == reason
+    assert len(str(refused.value)) < 300  # a huge value is not copied into the message (or the log)
+
+
+def test_a_timestamp_up_to_the_stated_clock_skew_ahead_is_accepted():
+    assert parse_event(GOOD | {"timestamp": str(NOW + MAX_CLOCK_SKEW_S)}, now=NOW).timestamp == NOW + MAX_CLOCK_SKEW_S
+    with pytest.raises(MalformedEvent, match=f"more than {MAX_CLOCK_SKEW_S} s"):
+        parse_event(GOOD | {"timestamp": str(NOW + MAX_CLOCK_SKEW_S + 1)}, now=NOW)
+    assert 60 <= MAX_CLOCK_SKEW_S <= 900  # a few minutes: clocks differ, a date a day ahead is a bug
+
+
+def test_bytes_that_are_not_utf8_are_a_named_rule_not_a_crash():
+    with pytest.raises(MalformedEvent) as refused:
+        parse_event({b"userId": b"\xff\xfe7", b"movieId": b"4", b"rating": b"4.0", b"timestamp": b"1"}, now=NOW)
+    assert refused.value.reason == "id_not_integer"
+
+
+def test_first_wins_keeps_the_first_rating_of_each_event_and_counts_what_it_dropped():
+    rows = [(1, 10, 4.0, 100), (2, 10, 3.5, 101), (1, 10, 1.0, 100), (2, 10, 3.5, 101), (1, 10, 4.0, 100)]
+    kept = first_wins(pl.DataFrame(rows, schema=RATINGS_SCHEMA, orient="row"))
+    assert kept.ratings.rows() == [(1, 10, 4.0, 100), (2, 10, 3.5, 101)]
+    assert (kept.repeats, kept.conflicts) == (2, 1)

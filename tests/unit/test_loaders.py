@@ -97,15 +97,15 @@ def test_narrower_parquet_types_are_widened(tmp_path):
     assert load_parquet_partitions(tmp_path).ratings.schema == pl.Schema(RATINGS_TYPES)
 
 
-def test_nulls_duplicates_and_out_of_range_ratings_reach_validation_intact(tmp_path):
+def test_nulls_and_out_of_range_ratings_reach_validation_intact_and_an_event_counts_once(tmp_path):
     rows = "1,10,4.0,1700000000\n1,10,4.0,1700000000\n,11,9.5,1700000001\n2,,-1,\n"
     dataset = load_movielens_dir(_write(tmp_path, {"ratings.csv": HEADER + rows}))
     assert dataset.ratings.rows() == [
         (1, 10, 4.0, 1_700_000_000),
-        (1, 10, 4.0, 1_700_000_000),
         (None, 11, 9.5, 1_700_000_001),
         (2, None, -1.0, None),
     ]
+    assert (dataset.duplicates_dropped, dataset.conflicts_dropped) == (1, 0)
     assert dataset.ratings.schema == pl.Schema(RATINGS_TYPES)
 
 

@@ -1,5 +1,6 @@
-"""The event stream's sink may write an event twice (a batch redelivered cut differently): the
-Parquet loader drops exact repeats and says how many; a conflicting repeat stays for validation."""
+"""The event stream's sink may write an event twice (a batch redelivered cut differently), and a
+producer may rate an event twice: the loaders keep the first row of each event in stream order
+(the event rules' first-wins rule) and say how many they dropped."""
 
 import logging
 
@@ -25,12 +26,32 @@ def test_exact_repeats_across_files_are_dropped_and_counted(tmp_path, caplog):
         (3, 11, 1.0, 102),
         (4, 12, 5.0, 103),
     ]
-    assert "dropped 2 rating rows identical to another in all four columns" in caplog.text
+    assert "2 repeated it in all four columns, 0 rated an event an earlier row rated differently" in caplog.text
 
 
-def test_a_conflicting_repeat_reaches_validation(tmp_path):
-    _write(tmp_path, "2026-01-01", "part-a.parquet", [(1, 10, 4.0, 100)])
-    _write(tmp_path, "2026-01-01", "part-b.parquet", [(1, 10, 2.0, 100)])
-    dataset = load_dataset(tmp_path)
-    assert dataset.duplicates_dropped == 0
-    assert sorted(dataset.ratings.rows()) == [(1, 10, 2.0, 100), (1, 10, 4.0, 100)]
+def test_a_conflicting_repeat_keeps_the_first_rating_in_stream_order(tmp_path, caplog):
+    """The sink names a file after its first and last entry ids: their order is the stream's
+    (entry 9 before entry 10, though 'part-…-10-…' sorts first as text)."""
+    day = "2026-01-01"
+    _write(tmp_path, day, "part-1767225600000-10-1767225600000-11.parquet", [(1, 10, 2.0, 100), (5, 1, 3.0, 104)])
+    _write(tmp_path, day, "part-1767225600000-9-1767225600000-9.parquet", [(1, 10, 4.0, 100)])
+    _write(tmp_path, day, "part-1767225600000-12-1767225600000-12.parquet", [(5, 1, 0.5, 104)])
+    with caplog.at_level(logging.WARNING, "railyard.loaders"):
+        dataset = load_dataset(tmp_path)
+    assert sorted(dataset.ratings.rows()) == [(1, 10, 4.0, 100), (5, 1, 3.0, 104)]
+    assert (dataset.duplicates_dropped, dataset.conflicts_dropped) == (2, 2)
+    assert "2 rated an event an earlier row rated differently (the first rating wins)" in caplog.text
+
+
+def test_other_files_come_before_the_sinks_files_and_a_csv_keeps_its_first_row(tmp_path):
+    day = "2026-01-01"
+    _write(tmp_path, day, "part-1767225600000-0-1767225600000-0.parquet", [(1, 10, 2.0, 100)])
+    _write(tmp_path, day, "zz-export.parquet", [(1, 10, 4.0, 100)])  # a batch export, older than the stream
+    assert load_dataset(tmp_path).ratings.rows() == [(1, 10, 4.0, 100)]
+
+    folder = tmp_path / "csv"
+    folder.mkdir()
+    (folder / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,10,4.0,100\n2,3,1.0,5\n1,10,2.5,100\n")
+    dataset = load_dataset(folder)
+    assert dataset.ratings.rows() == [(1, 10, 4.0, 100), (2, 3, 1.0, 5)]
+    assert (dataset.duplicates_dropped, dataset.conflicts_dropped) == (1, 1)

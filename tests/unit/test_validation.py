@@ -5,7 +5,7 @@ import time
 import polars as pl
 import pytest
 
-from railyard import features, validation
+from railyard import events, features, validation
 from railyard.configs import ValidationBounds
 from railyard.loaders import RATINGS_SCHEMA
 
@@ -157,3 +157,32 @@ def test_slices_report_what_the_whole_table_reports(tmp_path, monkeypatch):
     assert (out_of_range.unexpected_count, out_of_range.rows, out_of_range.examples) == (3, [20, 60, 150], [9.5] * 3)
     assert "(rows 10, 200)" in sliced.summary()
     assert sliced.html_report.read_text().count("Failed") == whole.html_report.read_text().count("Failed")
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        lambda now: 0,
+        lambda now: now,
+        lambda now: now + events.MAX_CLOCK_SKEW_S,
+        lambda now: now + events.MAX_CLOCK_SKEW_S + 1,
+        lambda now: now + 2 * 86_400,
+        lambda now: now + 365 * 86_400,
+        lambda now: 10**11,
+        lambda now: -1,
+    ],
+    ids=["epoch", "now", "skew", "past_skew", "two_days", "a_year", "1e11", "negative"],
+)
+def test_the_batch_accepts_exactly_the_timestamps_the_stream_accepts(timestamp, tmp_path):
+    """One rule set: what `publish-events` and the ingester let through, the retrain validates."""
+    now = int(time.time())
+    stamp = timestamp(now)
+    rows = _replace_row(_clean(), 9, timestamp=stamp, userId=2**63 - 1)
+    batch = validation.run_suite("raw", rows, validation.ratings_expectations(BOUNDS, now_ts=now), tmp_path)
+    fields = {"userId": str(2**63 - 1), "movieId": "3", "rating": "4.0", "timestamp": str(stamp)}
+    try:
+        events.parse_event(fields, now=now)
+        stream = True
+    except events.MalformedEvent:
+        stream = False
+    assert batch.success == stream, batch.summary()
