@@ -234,7 +234,7 @@ def _read_csv(file: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
         raise DataLoadError(f"{file} is empty: no header line") from error
     except OSError as error:
         raise DataLoadError(f"{file} cannot be read: {error.strerror or error}") from error
-    _check_columns(str(file), header, schema)
+    check_columns(str(file), header, schema)
     try:
         frame = pl.read_csv(file, columns=list(schema), schema_overrides=schema)
     except pl.exceptions.ComputeError as error:
@@ -288,7 +288,7 @@ def read_parquet_files(files: list[Path], schema: dict[str, pl.DataType]) -> pl.
                 + _schema_difference(first_schema, file_schema)
             )
     where = str(first) if len(files) == 1 else f"{first.parent.parent} (e.g. {first.name} in {first.parent.name})"
-    _check_columns(where, list(first_schema), schema)
+    check_columns(where, list(first_schema), schema)
     for column, dtype in schema.items():
         if not _acceptable(first_schema[column], dtype):
             raise DataLoadError(_describe_parquet_type_error(files, column, first_schema[column], dtype))
@@ -337,7 +337,9 @@ def _first_unparsable(values: pl.Series, dtype: pl.DataType) -> tuple[int, objec
     return (int(bad[0]), values[int(bad[0])]) if len(bad) else None
 
 
-def _check_columns(where: str, found: list[str], schema: dict[str, pl.DataType]) -> None:
+def check_columns(where: str, found: list[str], schema: dict[str, pl.DataType]) -> None:
+    """``DataLoadError`` naming the columns of ``schema`` missing from ``found``, with a hint at
+    names that look alike and at a header split by another separator than ','."""
     missing = [column for column in schema if column not in found]
     if not missing:
         return

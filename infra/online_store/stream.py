@@ -50,6 +50,7 @@ from railyard.loaders import (
     PARTITION_PREFIX,
     RATINGS_SCHEMA,
     DataLoadError,
+    check_columns,
     load_dataset,
     sink_file_name,
 )
@@ -102,7 +103,7 @@ def publish(target: OnlineStore | redis.Redis, events: Iterable[RatingEvent]) ->
 
 def read_event_file(path: Path) -> list[RatingEvent]:
     """The events of a CSV or Parquet file in the ratings layout; refused whole (nothing is
-    published) when a row breaks a rule (judged now)."""
+    published) when a column is missing or a row breaks a rule (judged now)."""
     path = Path(path)
     try:
         if path.suffix == ".csv":
@@ -113,7 +114,8 @@ def read_event_file(path: Path) -> list[RatingEvent]:
             raise DataLoadError(f"{path}: expected a .csv or .parquet file of ratings ({', '.join(FIELDS)})")
     except (pl.exceptions.PolarsError, OSError) as error:
         raise DataLoadError(f"{path} cannot be read: {str(error).splitlines()[0]}") from error
-    frame = frame.select(pl.col(name).cast(pl.String) for name in FIELDS if name in frame.columns)
+    check_columns(str(path), frame.columns, RATINGS_SCHEMA)
+    frame = frame.select(pl.col(name).cast(pl.String) for name in FIELDS)
     events, now = [], time.time()
     for row, fields in enumerate(frame.iter_rows(named=True), start=1):
         try:

@@ -404,3 +404,20 @@ def test_an_entry_that_trips_a_bug_is_dead_lettered_and_its_batch_goes_on(
         pl.concat([ratings, fresh, written]).rows()
     )
     assert online_store.state()["groups"] == {"online": {"pending": 0, "lag": 0}, "sink": {"pending": 0, "lag": 0}}
+
+
+def test_publish_events_refuses_a_file_without_the_rating_columns(online_store, railyard_home):
+    """Item 5 of issue 32: a ';'-separated file is refused with the loader's hint, nothing is published."""
+    events = railyard_home / "events.csv"
+    events.write_text("userId;movieId;rating;timestamp\n1;2;4.0;1780000000\n")
+    sent = railyard("publish-events", str(events))
+    assert sent.returncode == 2, sent.stdout + sent.stderr
+    assert "missing column(s) userId, movieId, rating, timestamp" in sent.stderr
+    assert "the header looks like it uses another separator than ','" in sent.stderr
+    assert "\nnext: " in sent.stderr and "published" not in sent.stdout
+    assert online_store.client.xlen(keys.STREAM) == 0
+
+    renamed = railyard_home / "renamed.csv"
+    renamed.write_text("user_id,movieId,rating,timestamp\n1,2,4.0,1780000000\n")
+    sent = railyard("publish-events", str(renamed))
+    assert sent.returncode == 2 and "did you mean 'user_id' for 'userId'" in sent.stderr
