@@ -134,7 +134,11 @@ def run(
     Without --auto-approve the run pauses after the smoke tests until a reviewer answers
     (`railyard approve|reject VERSION` from another shell, or the Prefect UI).
     """
-    _settings()
+    settings = _settings()
+    if settings.online_store_url is None:  # the run needs its store: start it, or refuse its port, before any work
+        from infra.online_store import server
+
+        server.ensure_running(settings)
     from flows.retrain import retrain
 
     parameters = {"data_dir": str(data.resolve()) if data else None, "epochs": epochs}
