@@ -636,6 +636,7 @@ def rank_server(
     from infra.online_store.store import connect
     from infra.ranking import create_app, serve
     from infra.rollout.deploy import resolve_target
+    from infra.tfserving.client import ServingClient
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = resolve_target(settings, start_local=False)
@@ -648,8 +649,21 @@ def rank_server(
             err=True,
         )
     # A failing replica must not hold a request for long: two quick tries, then the next replica.
-    with target.clients(timeout_s=5.0, attempts=2, backoff_s=0.05) as clients:
-        app_ = create_app(connect(settings), clients, settings.model_name, candidates=candidates)
+    options = {"timeout_s": 5.0, "attempts": 2, "backoff_s": 0.05}
+
+    def local_replicas() -> list:
+        """The home's local servers where they run now (started again, they may be on other ports)."""
+        found = resolve_target(settings, start_local=False)
+        return [ServingClient(replica.grpc, replica.rest, **options) for replica in found.replicas] if found else []
+
+    with target.clients(**options) as clients:
+        app_ = create_app(
+            connect(settings),
+            clients,
+            settings.model_name,
+            candidates=candidates,
+            locate_replicas=None if settings.serving_replicas else local_replicas,  # a URL set is fixed
+        )
         grpc = ", ".join(replica.grpc for replica in target.replicas)
         typer.echo(f"ranking service for {settings.model_name} on http://{host}:{port} (TF Serving gRPC {grpc})")
         serve(app_, host, port)

@@ -17,7 +17,8 @@ pid, same start time, so the identity recorded is the server's.
 
 Its port: the one RAILYARD_LOCAL_ONLINE_STORE_PORT sets (refused at once when another program
 holds it), any free port for 0, and when it is not set 6399 while free, else any free port (a
-second home on this machine works with no settings). The port is in ``server.json``.
+second home on this machine works with no settings). The port is in ``server.json``: clients
+read it again when they connect anew (``store.connect``), so they follow a restart elsewhere.
 """
 
 from __future__ import annotations

@@ -13,7 +13,8 @@ them (XAUTOCLAIM) once they were idle ``claim_idle_s``. Doing a batch twice is h
 store counts an event once, and a redelivered batch rewrites the same file (a batch cut
 differently writes another file, whose repeated rows the loader drops). A malformed event is
 recorded once in the dead-letter stream, with its reason, and acknowledged. While the store does
-not answer, the ingester retries with capped exponential backoff; entries stay pending.
+not answer, the ingester retries with capped exponential backoff; entries stay pending. Each retry
+connects anew, so a home's embedded store started again on another port is found (``store.connect``).
 """
 
 from __future__ import annotations

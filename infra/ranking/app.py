@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -84,13 +84,19 @@ def create_app(
     share_ttl_s: float = SHARE_TTL_S,
     labels_ttl_s: float = LABELS_TTL_S,
     live_flush_s: float = FLUSH_S,
+    locate_replicas: Callable[[], Sequence[ServingClient]] | None = None,
 ) -> FastAPI:
     """The service over ``store`` and the TF Serving ``replicas`` (balanced, see
-    ``infra.ranking.replicas``) for ``model``; each app keeps its own caches and metrics."""
+    ``infra.ranking.replicas``; ``locate_replicas``: where they run now, when they may move) for
+    ``model``; each app keeps its own caches and metrics."""
     metrics = RankingMetrics()
     for client in replicas:
         metrics.replica_up.labels(client.grpc_target).set(1)
-    serving = ReplicaPool(replicas, on_health=lambda replica, up: metrics.replica_up.labels(replica).set(int(up)))
+    serving = ReplicaPool(
+        replicas,
+        on_health=lambda replica, up: metrics.replica_up.labels(replica).set(int(up)),
+        locate=locate_replicas,
+    )
     ranker = Ranker(
         store,
         serving,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -479,3 +480,76 @@ def post_score(base: str, user: int) -> dict:
     request = urllib.request.Request(f"{base}/v1/score", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
+
+
+@pytest.mark.timeout(480)  # two local server starts and the service's own start import TensorFlow
+def test_the_rank_server_process_follows_the_homes_store_and_local_server_to_new_ports(batch, model_root, tmp_path):
+    """`railyard rank-server` over the home's embedded store and local server (no URLs set): each
+    stops and starts again on other ports (port 0 settings), and the service finds them again
+    from the home's state without a restart."""
+    from infra.local_server import background
+    from infra.tfserving.model_config import write_config_atomically
+    from infra.tfserving.protocol import CONFIG_FILE
+
+    home = tmp_path / "home"
+    settings = Settings(home=home, local_online_store_port=0, local_serving_rest_port=0, local_serving_grpc_port=0)
+    served = settings.resolved_serving_model_root
+    shutil.copytree(model_root / MODEL_NAME / "1", served / MODEL_NAME / "1")
+    write_config_atomically(served / CONFIG_FILE, model_config(served, {1}, {STABLE: 1}))
+
+    def start_serving():
+        return background.ensure_running(settings.local_serving_dir, served / CONFIG_FILE, 0, 0)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("RAILYARD_SERVING_", "RAILYARD_ONLINE"))
+    }
+    env |= {
+        "RAILYARD_HOME": str(home),
+        "RAILYARD_LOCAL_ONLINE_STORE_PORT": "0",
+        "RAILYARD_LOCAL_SERVING_REST_PORT": "0",
+        "RAILYARD_LOCAL_SERVING_GRPC_PORT": "0",
+    }
+    base, log_path = f"http://127.0.0.1:{port}", tmp_path / "rank-server.log"
+    process = None
+    try:
+        store_before, serving_before = server.ensure_running(settings), start_serving()
+        connect(settings).rebuild(*batch)
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "cli", "rank-server", "--port", str(port)], env=env, stdout=log, stderr=log
+            )
+        wait_until(lambda: ready(base), process, log_path)
+        fresh = post_score(base, USER)
+        assert fresh["degraded"] is False
+
+        server.stop(settings)
+        while server.ensure_running(settings).port == store_before.port:  # the point is another port
+            server.stop(settings)
+        wait_until(lambda: ready(base) and post_score(base, USER)["degraded"] is False, process, log_path)
+        assert post_score(base, USER)["predictions"] == fresh["predictions"]
+
+        background.stop(settings.local_serving_dir)
+        serving_after = start_serving()
+        assert (serving_after.grpc_port, serving_after.rest_port) != (
+            serving_before.grpc_port,
+            serving_before.rest_port,
+        )
+        wait_until(lambda: ready(base), process, log_path)
+        assert post_score(base, USER)["predictions"] == fresh["predictions"]
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(30)
+        background.stop(settings.local_serving_dir)
+        server.stop(settings)
+
+
+def wait_until(condition, process, log_path, timeout_s: float = 120.0) -> None:
+    """Until ``condition()`` holds; fails (with the service's log) when the process ends or time is up."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.2)
