@@ -394,14 +394,18 @@ def status(
 
 @app.command("score")
 def score(
-    user: Annotated[int, typer.Argument(help="userId")],
-    movies: Annotated[list[int], typer.Argument(help="one or more movieIds")],
+    user: Annotated[str, typer.Argument(help="userId")],
+    movies: Annotated[list[str], typer.Argument(help="one or more movieIds")],
     label: Annotated[str, typer.Option(help="The served label to ask.")] = "stable",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Score a user's movies the online way: fresh features from the online store, then the
     served model's `features` signature over gRPC (what a ranking service in front of TF
     Serving does)."""
+    from railyard.contract import request_id
+
+    # The ranking service's id rule, before anything is started or imported.
+    user_id, movie_ids = request_id("userId", user), [request_id("movieId", movie) for movie in movies]
     settings = _settings()
     from infra.online_store.store import connect
     from infra.rollout.deploy import resolve_target
@@ -411,12 +415,13 @@ def score(
     if target is None:
         _fail("serving is not running: start it with `railyard serve --background` (or run `railyard run`)")
     with target.client() as client:
-        scores = score_online(connect(settings), client, settings.model_name, [user] * len(movies), movies, label=label)
+        store = connect(settings)
+        scores = score_online(store, client, settings.model_name, [user_id] * len(movie_ids), movie_ids, label=label)
     if as_json:
-        print(json.dumps({"userId": user, "label": label, "scores": dict(zip(movies, scores.tolist()))}))
+        print(json.dumps({"userId": user_id, "label": label, "scores": dict(zip(movie_ids, scores.tolist()))}))
         return
-    for movie, value in zip(movies, scores):
-        typer.echo(f"user {user}, movie {movie}: {value:.6f} ({label}, fresh features)")
+    for movie, value in zip(movie_ids, scores):
+        typer.echo(f"user {user_id}, movie {movie}: {value:.6f} ({label}, fresh features)")
 
 
 @app.command("restore-registry")

@@ -29,7 +29,7 @@ from infra.tfserving.client import ServingError
 from railyard.contract import CANARY, STABLE
 from railyard.gray import label_for, user_bucket
 from railyard.settings import Settings, load_settings
-from tests.support.online_store import as_events, movies_frame, ratings_frame
+from tests.support.online_store import as_events, movies_frame, railyard, ratings_frame
 from tests.support.serving_fixtures import MODEL_NAME, client_for, model_config
 
 pytest_plugins = ["tests.support.serving_fixtures"]
@@ -182,6 +182,48 @@ def test_score_with_fresh_features_equals_score_online_and_routes_each_user(stor
 
         assert client.post("/v1/score", json={"instances": []}).status_code == 422
         assert client.post("/v1/score", json={"instances": [{"userId": 1}]}).status_code == 422
+
+
+def test_score_takes_a_json_body_whatever_its_declared_type_as_tf_serving_does(store, serving):
+    body = json.dumps({"instances": [{"userId": USER, "movieId": 1}, {"userId": 2, "movieId": 3}]})
+    with make_app(store, serving) as client:
+        typed = client.post("/v1/score", content=body, headers={"Content-Type": "application/json"})
+        assert typed.status_code == 200, typed.text
+        # `curl -d` declares a form; others declare text or nothing at all.
+        for declared in ("application/x-www-form-urlencoded", "text/plain", None):
+            answer = client.post("/v1/score", content=body, headers={"Content-Type": declared} if declared else {})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["predictions"] == typed.json()["predictions"]
+
+
+def test_a_refused_request_is_a_short_json_422_that_never_echoes_the_input(store, serving):
+    marker = 987_654_321  # a movieId the answers must not repeat
+    bodies = {
+        "too many": json.dumps({"instances": [{"userId": USER, "movieId": marker}] * 100_000}),
+        "a bad instance": json.dumps({"instances": [{"userId": f"{marker}x", "movieId": marker}]}),
+        "not JSON": f"userId={USER}&movieId={marker}",
+    }
+    with make_app(store, serving) as client:
+        for case, body in bodies.items():
+            refused = client.post("/v1/score", content=body, headers={"Content-Type": "text/plain"})
+            assert refused.status_code == 422, case
+            assert refused.json()["error"] == "invalid_request", case
+            assert str(marker) not in refused.text and len(refused.text) < 1_000, (case, refused.text[:300])
+        refused = client.get("/v1/recommend", params={"userId": f"{marker}x"})
+        assert refused.status_code == 422 and str(marker) not in refused.text
+
+
+@pytest.mark.parametrize("bad", [-6, 0, 2**64])
+def test_railyard_score_refuses_the_ids_the_ranking_service_refuses(bad, store, serving):
+    with make_app(store, serving) as client:
+        for instance in ({"userId": bad, "movieId": 1}, {"userId": USER, "movieId": bad}):
+            assert client.post("/v1/score", json={"instances": [instance]}).status_code == 422, instance
+        assert client.get("/v1/recommend", params={"userId": bad}).status_code == 422
+    for args, name in ((["--", str(bad), "1"], "userId"), (["--", str(USER), "1", str(bad)], "movieId")):
+        refused = railyard("score", *args)
+        assert refused.returncode == 2, refused.stderr
+        error, next_step = refused.stderr.strip().splitlines()
+        assert error.startswith(f"error: {name} {bad} ") and next_step.startswith("next: "), refused.stderr
 
 
 @pytest.mark.parametrize("share", [0.05, 0.1, 0.25, 0.5, 0.9])
