@@ -134,7 +134,11 @@ def run(
     Without --auto-approve the run pauses after the smoke tests until a reviewer answers
     (`railyard approve|reject VERSION` from another shell, or the Prefect UI).
     """
-    _settings()
+    settings = _settings()
+    if settings.online_store_url is None:  # the run needs its store: start it, or refuse its port, before any work
+        from infra.online_store import server
+
+        server.ensure_running(settings)
     from flows.retrain import retrain
 
     parameters = {"data_dir": str(data.resolve()) if data else None, "epochs": epochs}
@@ -390,14 +394,18 @@ def status(
 
 @app.command("score")
 def score(
-    user: Annotated[int, typer.Argument(help="userId")],
-    movies: Annotated[list[int], typer.Argument(help="one or more movieIds")],
+    user: Annotated[str, typer.Argument(help="userId")],
+    movies: Annotated[list[str], typer.Argument(help="one or more movieIds")],
     label: Annotated[str, typer.Option(help="The served label to ask.")] = "stable",
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Score a user's movies the online way: fresh features from the online store, then the
     served model's `features` signature over gRPC (what a ranking service in front of TF
     Serving does)."""
+    from railyard.contract import request_id
+
+    # The ranking service's id rule, before anything is started or imported.
+    user_id, movie_ids = request_id("userId", user), [request_id("movieId", movie) for movie in movies]
     settings = _settings()
     from infra.online_store.store import connect
     from infra.rollout.deploy import resolve_target
@@ -407,12 +415,13 @@ def score(
     if target is None:
         _fail("serving is not running: start it with `railyard serve --background` (or run `railyard run`)")
     with target.client() as client:
-        scores = score_online(connect(settings), client, settings.model_name, [user] * len(movies), movies, label=label)
+        store = connect(settings)
+        scores = score_online(store, client, settings.model_name, [user_id] * len(movie_ids), movie_ids, label=label)
     if as_json:
-        print(json.dumps({"userId": user, "label": label, "scores": dict(zip(movies, scores.tolist()))}))
+        print(json.dumps({"userId": user_id, "label": label, "scores": dict(zip(movie_ids, scores.tolist()))}))
         return
-    for movie, value in zip(movies, scores):
-        typer.echo(f"user {user}, movie {movie}: {value:.6f} ({label}, fresh features)")
+    for movie, value in zip(movie_ids, scores):
+        typer.echo(f"user {user_id}, movie {movie}: {value:.6f} ({label}, fresh features)")
 
 
 @app.command("restore-registry")
@@ -632,6 +641,7 @@ def rank_server(
     from infra.online_store.store import connect
     from infra.ranking import create_app, serve
     from infra.rollout.deploy import resolve_target
+    from infra.tfserving.client import ServingClient
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = resolve_target(settings, start_local=False)
@@ -644,8 +654,21 @@ def rank_server(
             err=True,
         )
     # A failing replica must not hold a request for long: two quick tries, then the next replica.
-    with target.clients(timeout_s=5.0, attempts=2, backoff_s=0.05) as clients:
-        app_ = create_app(connect(settings), clients, settings.model_name, candidates=candidates)
+    options = {"timeout_s": 5.0, "attempts": 2, "backoff_s": 0.05}
+
+    def local_replicas() -> list:
+        """The home's local servers where they run now (started again, they may be on other ports)."""
+        found = resolve_target(settings, start_local=False)
+        return [ServingClient(replica.grpc, replica.rest, **options) for replica in found.replicas] if found else []
+
+    with target.clients(**options) as clients:
+        app_ = create_app(
+            connect(settings),
+            clients,
+            settings.model_name,
+            candidates=candidates,
+            locate_replicas=None if settings.serving_replicas else local_replicas,  # a URL set is fixed
+        )
         grpc = ", ".join(replica.grpc for replica in target.replicas)
         typer.echo(f"ranking service for {settings.model_name} on http://{host}:{port} (TF Serving gRPC {grpc})")
         serve(app_, host, port)

@@ -5,6 +5,9 @@
 - ``features`` takes the ids plus the raw aggregates read from the online feature store (the
   layouts of ``railyard.features``: USER_WIDTH and MOVIE_WIDTH floats): fresh features.
 
+A request names ids as the data set has them (``request_id``: the rating events' rule, 1 to
+2^63-1), whoever asks: the ranking service and ``railyard score`` refuse the same ids.
+
 Export writes models to this contract, smoke tests check served versions against it, the
 serving client sends requests by it, and the curl line and bench use its example. Nothing here
 imports TensorFlow: the serving side reads the contract without loading a model.
@@ -17,6 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from railyard.errors import Refused
+from railyard.events import MalformedEvent, parse_id  # the data set's id rule, shared by whatever asks for a score
 
 SIGNATURE_NAME = "serving_default"
 FEATURES_SIGNATURE = "features"
@@ -36,6 +42,21 @@ EXAMPLE_INSTANCES = ({"userId": 6, "movieId": 1},)
 
 # TF Serving's metadata names dtypes as DataType enum names.
 _TF_DTYPE_NAMES = {"int64": "DT_INT64", "float32": "DT_FLOAT"}
+
+
+class InvalidId(Refused):
+    """A userId or movieId no data set holds (ids are those of rating events, ``railyard.events``)."""
+
+    next_step = "ask about ids from 1 to 2^63-1, as the data set has them; nothing was scored"
+
+
+def request_id(name: str, value: int | str) -> int:
+    """``value`` as the ``name`` (userId, movieId) of a request for scores, by the rating events'
+    id rule; ``InvalidId`` when it breaks it."""
+    try:
+        return parse_id(name, str(value))
+    except MalformedEvent as bad:
+        raise InvalidId(bad.detail) from None
 
 
 def feature_columns(user_ids, movie_ids, user_features=None, movie_features=None) -> dict[str, np.ndarray]:

@@ -24,10 +24,12 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-
-import polars as pl
+from typing import TYPE_CHECKING
 
 from railyard.errors import Refused
+
+if TYPE_CHECKING:
+    import polars as pl
 
 FIELDS = ("userId", "movieId", "rating", "timestamp")
 KEY = ("userId", "movieId", "timestamp")  # an event's natural key
@@ -49,7 +51,7 @@ class MalformedEvent(Refused):
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+        self.reason, self.detail = reason, detail
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def parse_event(fields: Mapping[bytes | str, bytes | str | None], now: float | N
     missing = [name for name in FIELDS if not text.get(name, "").strip()]
     if missing:
         raise MalformedEvent("missing_field", f"no {', '.join(missing)} (an event has {', '.join(FIELDS)})")
-    user_id, movie_id = (_id(name, text[name]) for name in ("userId", "movieId"))
+    user_id, movie_id = (parse_id(name, text[name]) for name in ("userId", "movieId"))
     latest = max_timestamp(time.time() if now is None else now)
     return RatingEvent(user_id, movie_id, _rating(text["rating"]), _timestamp(text["timestamp"], latest))
 
@@ -100,6 +102,8 @@ class FirstWins:
 def first_wins(ratings: pl.DataFrame) -> FirstWins:
     """``ratings`` (in stream order: the order of the stream's entries, else of the files and
     their rows) with the first row of each event only."""
+    import polars as pl  # not at the top: the serving client reads the id rule without Polars
+
     kept = ratings.filter(pl.struct(KEY).is_first_distinct())
     repeats = ratings.height - ratings.n_unique()
     return FirstWins(kept, repeats, ratings.height - kept.height - repeats)
@@ -123,7 +127,8 @@ def _integer(name: str, value: str, kind: str) -> int:
     return int(value)
 
 
-def _id(name: str, value: str) -> int:
+def parse_id(name: str, value: str) -> int:
+    """``value`` (text) as the id ``name`` (userId, movieId), or ``MalformedEvent``."""
     number = _integer(name, value, "id")
     if not MIN_ID <= number <= MAX_ID:
         raise MalformedEvent("id_out_of_range", f"{name} {number} must be from {MIN_ID} to 2^63-1")

@@ -76,7 +76,9 @@ class Settings(BaseSettings):
 
     # Online feature store: no URL means an embedded Valkey server under home, on loopback.
     online_store_url: SecretStr | None = None  # redis://[:password@]host:port/db: a secret (it carries the password)
-    local_online_store_port: int = Field(default=6399, ge=0, le=65535)  # 0: any free port
+    # Unset: 6399, or any free port when 6399 is taken (a second home on this machine); 0: any free
+    # port; another number: that port, refused at once when taken.
+    local_online_store_port: int | None = Field(default=None, ge=0, le=65535)
     # Event ingestion (`railyard ingest`): events read per batch, and how long an entry may stay
     # pending with a consumer before another consumer reclaims it (the consumer crashed).
     ingest_batch_size: int = Field(default=1_000, ge=1)

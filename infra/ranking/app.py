@@ -4,29 +4,32 @@
   movies they have not rated, scored with fresh features.
 - ``POST /v1/score`` ``{"instances": [{"userId": 6, "movieId": 1}, ...]}``: TF Serving's
   ``predictions`` layout, with fresh features (ids only, flagged ``degraded``, when the online
-  store does not answer).
+  store does not answer). The body is JSON whatever type it declares, as TF Serving takes it
+  (``curl -d`` declares a form).
 - ``/healthz`` (the process answers), ``/readyz`` (a TF Serving replica serves `stable` and the
   online store answers; 503 naming what is not ready; replicas set aside are listed),
   ``/metrics`` (Prometheus text format).
 
 Failures are JSON (``{"error": kind, "detail": ...}``, the full reason in the log), never a traceback: 503
 when TF Serving or (for candidates) the online store does not answer, 502 when TF Serving
-refuses the request. Endpoints are plain functions: FastAPI runs them in its thread pool, since
-the store and gRPC clients block.
+refuses the request, 422 ``invalid_request`` naming what is wrong, never echoing the request,
+when it breaks the API's rules (ids: ``contract.request_id``). Endpoints are plain functions:
+FastAPI runs them in its thread pool, since the store and gRPC clients block.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 
 from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable
 from infra.ranking.live import FLUSH_S
@@ -34,12 +37,14 @@ from infra.ranking.metrics import RankingMetrics
 from infra.ranking.replicas import ReplicaPool
 from infra.ranking.service import LABELS_TTL_S, SHARE_TTL_S, LiveRecord, NoCandidates, Ranker
 from infra.tfserving.client import ServingClient, ServingError, ServingUnavailableError
+from railyard.contract import InvalidId, request_id
 from railyard.errors import RailyardError
 
 log = logging.getLogger("railyard.ranking")
 
-INT64_MAX = 2**63 - 1
 MAX_INSTANCES = 1_000  # per /v1/score request
+MAX_PROBLEMS = 10  # listed in a 422 (a request may break a rule a thousand times)
+MAX_MESSAGE = 200  # characters of one problem's message: it may quote a value
 MAX_K = 1_000
 MAX_CANDIDATES = 10_000
 NO_LABEL = "none"  # the metrics' label when no label answered
@@ -64,15 +69,35 @@ FAILURES: tuple[tuple[type[Exception], str, int, str], ...] = (
 )
 
 
+def _request_id(value: int, info: ValidationInfo) -> int:
+    try:
+        # A query parameter's validator is told no name: userId is the only one.
+        return request_id(info.field_name or "userId", value)
+    except InvalidId as bad:
+        raise ValueError(str(bad)) from None
+
+
+RequestId = Annotated[int, AfterValidator(_request_id)]
+
+
 class Instance(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    userId: int = Field(ge=0, le=INT64_MAX)  # noqa: N815 - the request's field names are TF Serving's
-    movieId: int = Field(ge=0, le=INT64_MAX)  # noqa: N815
+    userId: RequestId  # noqa: N815 - the request's field names are TF Serving's
+    movieId: RequestId  # noqa: N815
 
 
 class ScoreRequest(BaseModel):
     instances: list[Instance] = Field(min_length=1, max_length=MAX_INSTANCES)
+
+
+async def score_request(request: Request) -> ScoreRequest:
+    """The body read as JSON whatever type it declares, as TF Serving reads it."""
+    try:
+        return ScoreRequest.model_validate_json(await request.body())
+    except ValidationError as error:
+        problems = error.errors(include_url=False, include_input=False)
+        raise RequestValidationError([problem | {"loc": ("body", *problem["loc"])} for problem in problems]) from None
 
 
 def create_app(
@@ -84,13 +109,19 @@ def create_app(
     share_ttl_s: float = SHARE_TTL_S,
     labels_ttl_s: float = LABELS_TTL_S,
     live_flush_s: float = FLUSH_S,
+    locate_replicas: Callable[[], Sequence[ServingClient]] | None = None,
 ) -> FastAPI:
     """The service over ``store`` and the TF Serving ``replicas`` (balanced, see
-    ``infra.ranking.replicas``) for ``model``; each app keeps its own caches and metrics."""
+    ``infra.ranking.replicas``; ``locate_replicas``: where they run now, when they may move) for
+    ``model``; each app keeps its own caches and metrics."""
     metrics = RankingMetrics()
     for client in replicas:
         metrics.replica_up.labels(client.grpc_target).set(1)
-    serving = ReplicaPool(replicas, on_health=lambda replica, up: metrics.replica_up.labels(replica).set(int(up)))
+    serving = ReplicaPool(
+        replicas,
+        on_health=lambda replica, up: metrics.replica_up.labels(replica).set(int(up)),
+        locate=locate_replicas,
+    )
     ranker = Ranker(
         store,
         serving,
@@ -133,7 +164,7 @@ def create_app(
 
     @app.get("/v1/recommend")
     def recommend(
-        user_id: Annotated[int, Query(alias="userId", ge=0, le=INT64_MAX)],
+        user_id: Annotated[RequestId, Query(alias="userId")],
         k: Annotated[int, Query(ge=1, le=MAX_K)] = 10,
         candidates: Annotated[int | None, Query(ge=1, le=MAX_CANDIDATES)] = None,
     ) -> JSONResponse:
@@ -154,7 +185,7 @@ def create_app(
         return finish(body, "recommend", found.label, started, records)
 
     @app.post("/v1/score")
-    def score(request: ScoreRequest) -> JSONResponse:
+    def score(request: Annotated[ScoreRequest, Depends(score_request)]) -> JSONResponse:
         started, records = time.perf_counter(), []
         users = [instance.userId for instance in request.instances]
         movies = [instance.movieId for instance in request.instances]
@@ -193,6 +224,18 @@ def create_app(
     def prometheus() -> Response:
         content, media_type = metrics.exposition()
         return Response(content, media_type=media_type)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, error: RequestValidationError) -> JSONResponse:
+        problems = [
+            {
+                "loc": [str(part) for part in problem["loc"]],
+                "msg": problem["msg"][:MAX_MESSAGE],
+                "type": problem["type"],
+            }
+            for problem in error.errors()[:MAX_PROBLEMS]
+        ]
+        return JSONResponse({"error": "invalid_request", "detail": problems}, status_code=422)
 
     @app.exception_handler(RailyardError)
     async def railyard_error(_: Request, error: RailyardError) -> JSONResponse:

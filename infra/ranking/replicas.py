@@ -5,11 +5,16 @@ Set-aside replicas are still tried last, so a call fails only when no replica an
 
 Only "unavailable" moves a call on: any other refusal (a bad request, an unknown label) would be
 the same on every replica, and is raised as is.
+
+Replicas that can move (the home's local servers, started again on other ports) come with
+``locate``: when a replica does not answer, the pool asks it where the replicas run now (at most
+every ``relocate_s``) and calls the ones found on other endpoints, in the same call if need be.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,9 +24,12 @@ import numpy as np
 
 from infra.tfserving.client import ServingClient, ServingUnavailableError
 from railyard.contract import SIGNATURE_NAME
+from railyard.errors import RailyardError
 
+log = logging.getLogger("railyard.ranking")
 T = TypeVar("T")
 COOLDOWN_S = 5.0
+RELOCATE_S = 1.0
 
 
 class ReplicaPool:
@@ -31,13 +39,19 @@ class ReplicaPool:
         *,
         cooldown_s: float = COOLDOWN_S,
         on_health: Callable[[str, bool], None] | None = None,
+        locate: Callable[[], Sequence[ServingClient]] | None = None,
+        relocate_s: float = RELOCATE_S,
     ) -> None:
-        """``on_health(replica, up)``: called whenever a replica is set aside or answers again."""
+        """``on_health(replica, up)``: called whenever a replica is set aside or answers again (or
+        is found on a new endpoint). ``locate()``: a client for each replica where it runs now
+        (none: unknown now); None: the replicas stay where they are."""
         if not clients:
             raise ValueError("a replica pool needs at least one client")
         self.clients = list(clients)
         self.cooldown_s = cooldown_s
         self._on_health = on_health or (lambda replica, up: None)
+        self._locate, self.relocate_s = locate, relocate_s
+        self._located_at = float("-inf")
         self._down_until: dict[str, float] = {}
         self._turn = itertools.count()
         self._lock = threading.Lock()
@@ -71,15 +85,20 @@ class ReplicaPool:
 
     def _call(self, call: Callable[[ServingClient], T]) -> T:
         last: ServingUnavailableError | None = None
-        for client in self._order():
-            try:
-                answer = call(client)
-            except ServingUnavailableError as error:
-                self._set_health(client.grpc_target, up=False)
-                last = error
-                continue
-            self._set_health(client.grpc_target, up=True)
-            return answer
+        tried: set[ServingClient] = set()
+        while untried := [client for client in self._order() if client not in tried]:  # more after a relocation
+            for client in untried:
+                tried.add(client)
+                try:
+                    answer = call(client)
+                except ServingUnavailableError as error:
+                    self._set_health(client.grpc_target, up=False)
+                    last = error
+                    if self._relocate():
+                        break  # the next pass asks the replicas where they run now
+                    continue
+                self._set_health(client.grpc_target, up=True)
+                return answer
         assert last is not None
         if len(self.clients) == 1:
             raise last
@@ -97,6 +116,31 @@ class ReplicaPool:
             rotated = self.clients[start:] + self.clients[:start]
             healthy = [c for c in rotated if self._down_until.get(c.grpc_target, 0.0) <= now]
         return healthy + [c for c in rotated if c not in healthy]
+
+    def _relocate(self) -> bool:
+        """Replace the clients of replicas that ``locate`` finds on other endpoints; whether any moved."""
+        with self._lock:
+            if self._locate is None or time.monotonic() < self._located_at + self.relocate_s:
+                return False
+            self._located_at = time.monotonic()
+        try:
+            found = list(self._locate())
+        except (RailyardError, OSError) as error:
+            log.warning("the TF Serving replicas could not be located again: %s", error)
+            return False
+        with self._lock:
+            current = {client.grpc_target: client for client in self.clients}
+            if not found or [client.grpc_target for client in found] == list(current):
+                return False
+            # A replaced client is not closed: a call may still hold it (it closes when dropped).
+            self.clients = clients = [current.get(client.grpc_target, client) for client in found]
+            kept = {client.grpc_target for client in clients}
+            self._down_until = {replica: until for replica, until in self._down_until.items() if replica in kept}
+        for client in clients:
+            if client.grpc_target not in current:
+                log.info("TF Serving replica found at %s", client.grpc_target)
+                self._on_health(client.grpc_target, True)
+        return True
 
     def _set_health(self, replica: str, *, up: bool) -> None:
         with self._lock:

@@ -421,3 +421,43 @@ def test_publish_events_refuses_a_file_without_the_rating_columns(online_store, 
     renamed.write_text("user_id,movieId,rating,timestamp\n1,2,4.0,1780000000\n")
     sent = railyard("publish-events", str(renamed))
     assert sent.returncode == 2 and "did you mean 'user_id' for 'userId'" in sent.stderr
+
+
+def test_a_running_ingest_follows_the_embedded_store_to_its_new_port(railyard_home, batch, tmp_path):
+    """`railyard ingest` keeps working when the home's store stops and starts again on another
+    port (the any-free-port setting): it re-reads the address from the store's state."""
+    ratings, movies = batch
+    settings = Settings(home=railyard_home, local_online_store_port=0)
+    before = server.ensure_running(settings)
+    log = (tmp_path / "ingest.log").open("w")
+    ingest = subprocess.Popen(
+        [sys.executable, "-m", "cli", "ingest", "--group", "online"],
+        env={key: value for key, value in os.environ.items() if key != "RAILYARD_ONLINE_STORE_URL"},
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        store = connect(settings)
+        _wait_for(lambda: store.namespace() is not None, timeout_s=60)  # bootstrapped from the batch data
+        first = ratings_frame(50, users=30, movies=45, seed=18, start_ts=1_780_000_000)
+        publish(store, as_events(first))
+        _wait_for(lambda: _settled(store, keys.ONLINE_GROUP))
+
+        server.stop(settings)
+        after = server.ensure_running(settings)
+        while after.port == before.port:  # the point is another port
+            server.stop(settings)
+            after = server.ensure_running(settings)
+        store = connect(settings)
+        second = ratings_frame(70, users=30, movies=45, seed=19, start_ts=1_790_000_000)
+        publish(store, as_events(second))
+        _wait_for(lambda: _settled(store, keys.ONLINE_GROUP), timeout_s=60)
+        assert_store_matches(store, pl.concat([ratings, first, second]), movies)
+        store.client.close()
+    finally:
+        ingest.send_signal(signal.SIGTERM)
+        ingest.wait(30)
+        log.close()
+        server.stop(settings)
+    assert ingest.returncode == 0, (tmp_path / "ingest.log").read_text()

@@ -192,15 +192,70 @@ def test_the_embedded_server_is_reused_owner_only_and_survives_a_restart(tmp_pat
         server.stop(settings)
 
 
-def test_a_taken_port_is_a_clear_error(tmp_path):
+def test_a_taken_port_that_was_set_is_refused_naming_the_setting(tmp_path):
     with socket.socket() as other:  # another service on this machine holds the port
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = other.getsockname()[1]
         settings = Settings(home=tmp_path / "home", local_online_store_port=port)
-        with pytest.raises(server.OnlineStoreServerError, match=f"listens on 127.0.0.1:{port}.*RAILYARD_LOCAL_ONLINE"):
+        with pytest.raises(server.PortTaken, match=f"127.0.0.1:{port}\\b.*RAILYARD_LOCAL_ONLINE_STORE_PORT") as taken:
             server.ensure_running(settings)
+    assert taken.value.exit_code == 2 and "RAILYARD_LOCAL_ONLINE_STORE_PORT" in taken.value.next_step
     assert server.running(server.server_dir(settings)) is None
+
+
+def test_the_port_setting_tells_unset_from_the_default_port(monkeypatch):
+    monkeypatch.delenv("RAILYARD_LOCAL_ONLINE_STORE_PORT", raising=False)
+    assert Settings().local_online_store_port is None  # the default port, or any free one when it is taken
+    monkeypatch.setenv("RAILYARD_LOCAL_ONLINE_STORE_PORT", str(server.DEFAULT_PORT))
+    assert Settings().local_online_store_port == server.DEFAULT_PORT  # that port or nothing
+
+
+def test_two_homes_on_one_machine_each_start_their_store_with_no_settings(tmp_path, monkeypatch):
+    """The second home finds the default port taken (by the first home, or by anything else
+    here) and takes a free one; each home's commands reach its own store."""
+    monkeypatch.delenv("RAILYARD_LOCAL_ONLINE_STORE_PORT", raising=False)
+    monkeypatch.delenv("RAILYARD_ONLINE_STORE_URL", raising=False)
+    homes = [tmp_path / "first", tmp_path / "second"]
+    events = tmp_path / "events.csv"
+    ratings_frame(30, users=5, movies=8, seed=9).write_csv(events)
+    try:
+        for home in homes:
+            started = railyard("online-store", "start", env={"RAILYARD_HOME": str(home)})
+            assert started.returncode == 0, started.stderr
+        first, second = (server.read_state(home / "online-store") for home in homes)
+        assert first.port != second.port
+        assert f"on 127.0.0.1:{second.port}" in started.stdout
+
+        in_second = {"RAILYARD_HOME": str(homes[1])}
+        published = railyard("publish-events", str(events), env=in_second)
+        assert published.returncode == 0, published.stderr
+        ingested = railyard("ingest", "--until-idle", env=in_second)
+        assert ingested.returncode == 0, ingested.stderr
+        states = [
+            json.loads(railyard("online-store", "status", "--json", env={"RAILYARD_HOME": str(home)}).stdout)
+            for home in homes
+        ]
+        assert [state["stream_length"] for state in states] == [0, 30]
+        assert states[1]["events_applied"] == 30
+    finally:
+        for home in homes:
+            server.stop(Settings.model_construct(home=home.resolve()))
+
+
+def test_railyard_run_refuses_a_taken_port_that_was_set_before_any_work(railyard_home):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        refused = railyard("run", env={"RAILYARD_LOCAL_ONLINE_STORE_PORT": str(port)}, timeout=300)
+    assert refused.returncode == 2, refused.stderr
+    error, next_step = refused.stderr.strip().splitlines()
+    assert error.startswith("error: ") and f"127.0.0.1:{port}" in error and "RAILYARD_LOCAL_ONLINE_STORE_PORT" in error
+    assert next_step.startswith("next: ")
+    # Before any work: no data generated, no tracking database, no Prefect state, no run folder.
+    assert {path.name for path in railyard_home.iterdir()} <= {"online-store", "tmp"}
+    assert not any((railyard_home / "tmp").iterdir())
 
 
 def test_a_password_file_others_can_read_is_refused(tmp_path):

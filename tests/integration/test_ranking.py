@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from infra.tfserving.client import ServingError
 from railyard.contract import CANARY, STABLE
 from railyard.gray import label_for, user_bucket
 from railyard.settings import Settings, load_settings
-from tests.support.online_store import as_events, movies_frame, ratings_frame
+from tests.support.online_store import as_events, movies_frame, railyard, ratings_frame
 from tests.support.serving_fixtures import MODEL_NAME, client_for, model_config
 
 pytest_plugins = ["tests.support.serving_fixtures"]
@@ -183,6 +184,48 @@ def test_score_with_fresh_features_equals_score_online_and_routes_each_user(stor
 
         assert client.post("/v1/score", json={"instances": []}).status_code == 422
         assert client.post("/v1/score", json={"instances": [{"userId": 1}]}).status_code == 422
+
+
+def test_score_takes_a_json_body_whatever_its_declared_type_as_tf_serving_does(store, serving):
+    body = json.dumps({"instances": [{"userId": USER, "movieId": 1}, {"userId": 2, "movieId": 3}]})
+    with make_app(store, serving) as client:
+        typed = client.post("/v1/score", content=body, headers={"Content-Type": "application/json"})
+        assert typed.status_code == 200, typed.text
+        # `curl -d` declares a form; others declare text or nothing at all.
+        for declared in ("application/x-www-form-urlencoded", "text/plain", None):
+            answer = client.post("/v1/score", content=body, headers={"Content-Type": declared} if declared else {})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["predictions"] == typed.json()["predictions"]
+
+
+def test_a_refused_request_is_a_short_json_422_that_never_echoes_the_input(store, serving):
+    marker = 987_654_321  # a movieId the answers must not repeat
+    bodies = {
+        "too many": json.dumps({"instances": [{"userId": USER, "movieId": marker}] * 100_000}),
+        "a bad instance": json.dumps({"instances": [{"userId": f"{marker}x", "movieId": marker}]}),
+        "not JSON": f"userId={USER}&movieId={marker}",
+    }
+    with make_app(store, serving) as client:
+        for case, body in bodies.items():
+            refused = client.post("/v1/score", content=body, headers={"Content-Type": "text/plain"})
+            assert refused.status_code == 422, case
+            assert refused.json()["error"] == "invalid_request", case
+            assert str(marker) not in refused.text and len(refused.text) < 1_000, (case, refused.text[:300])
+        refused = client.get("/v1/recommend", params={"userId": f"{marker}x"})
+        assert refused.status_code == 422 and str(marker) not in refused.text
+
+
+@pytest.mark.parametrize("bad", [-6, 0, 2**64])
+def test_railyard_score_refuses_the_ids_the_ranking_service_refuses(bad, store, serving):
+    with make_app(store, serving) as client:
+        for instance in ({"userId": bad, "movieId": 1}, {"userId": USER, "movieId": bad}):
+            assert client.post("/v1/score", json={"instances": [instance]}).status_code == 422, instance
+        assert client.get("/v1/recommend", params={"userId": bad}).status_code == 422
+    for args, name in ((["--", str(bad), "1"], "userId"), (["--", str(USER), "1", str(bad)], "movieId")):
+        refused = railyard("score", *args)
+        assert refused.returncode == 2, refused.stderr
+        error, next_step = refused.stderr.strip().splitlines()
+        assert error.startswith(f"error: {name} {bad} ") and next_step.startswith("next: "), refused.stderr
 
 
 @pytest.mark.parametrize("share", [0.05, 0.1, 0.25, 0.5, 0.9])
@@ -481,3 +524,76 @@ def post_score(base: str, user: int) -> dict:
     request = urllib.request.Request(f"{base}/v1/score", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())
+
+
+@pytest.mark.timeout(480)  # two local server starts and the service's own start import TensorFlow
+def test_the_rank_server_process_follows_the_homes_store_and_local_server_to_new_ports(batch, model_root, tmp_path):
+    """`railyard rank-server` over the home's embedded store and local server (no URLs set): each
+    stops and starts again on other ports (port 0 settings), and the service finds them again
+    from the home's state without a restart."""
+    from infra.local_server import background
+    from infra.tfserving.model_config import write_config_atomically
+    from infra.tfserving.protocol import CONFIG_FILE
+
+    home = tmp_path / "home"
+    settings = Settings(home=home, local_online_store_port=0, local_serving_rest_port=0, local_serving_grpc_port=0)
+    served = settings.resolved_serving_model_root
+    shutil.copytree(model_root / MODEL_NAME / "1", served / MODEL_NAME / "1")
+    write_config_atomically(served / CONFIG_FILE, model_config(served, {1}, {STABLE: 1}))
+
+    def start_serving():
+        return background.ensure_running(settings.local_serving_dir, served / CONFIG_FILE, 0, 0)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("RAILYARD_SERVING_", "RAILYARD_ONLINE"))
+    }
+    env |= {
+        "RAILYARD_HOME": str(home),
+        "RAILYARD_LOCAL_ONLINE_STORE_PORT": "0",
+        "RAILYARD_LOCAL_SERVING_REST_PORT": "0",
+        "RAILYARD_LOCAL_SERVING_GRPC_PORT": "0",
+    }
+    base, log_path = f"http://127.0.0.1:{port}", tmp_path / "rank-server.log"
+    process = None
+    try:
+        store_before, serving_before = server.ensure_running(settings), start_serving()
+        connect(settings).rebuild(*batch)
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "cli", "rank-server", "--port", str(port)], env=env, stdout=log, stderr=log
+            )
+        wait_until(lambda: ready(base), process, log_path)
+        fresh = post_score(base, USER)
+        assert fresh["degraded"] is False
+
+        server.stop(settings)
+        while server.ensure_running(settings).port == store_before.port:  # the point is another port
+            server.stop(settings)
+        wait_until(lambda: ready(base) and post_score(base, USER)["degraded"] is False, process, log_path)
+        assert post_score(base, USER)["predictions"] == fresh["predictions"]
+
+        background.stop(settings.local_serving_dir)
+        serving_after = start_serving()
+        assert (serving_after.grpc_port, serving_after.rest_port) != (
+            serving_before.grpc_port,
+            serving_before.rest_port,
+        )
+        wait_until(lambda: ready(base), process, log_path)
+        assert post_score(base, USER)["predictions"] == fresh["predictions"]
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(30)
+        background.stop(settings.local_serving_dir)
+        server.stop(settings)
+
+
+def wait_until(condition, process, log_path, timeout_s: float = 120.0) -> None:
+    """Until ``condition()`` holds; fails (with the service's log) when the process ends or time is up."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.2)

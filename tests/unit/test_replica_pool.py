@@ -68,3 +68,25 @@ def test_one_replica_raises_its_own_error():
     only.failure = down("a")
     with pytest.raises(ServingUnavailableError, match="^a is down$"):
         ReplicaPool([only]).label_version("m", "stable")
+
+
+def test_replicas_that_moved_are_located_again_and_asked_in_the_same_call():
+    """The home's local servers started again on other ports: ``locate`` says where they run now;
+    it is asked at most every ``relocate_s``, and a replica that did not move keeps its client."""
+    a, b = Replica("a:1"), Replica("b:1")
+    a.failure = b.failure = down("old ports")
+    moved, located = Replica("b:2"), []
+    changes = []
+    pool = ReplicaPool(
+        [a, b],
+        locate=lambda: located.append(1) or [a, moved],
+        relocate_s=60,
+        on_health=lambda replica, up: changes.append((replica, up)),
+    )
+    assert pool.label_version("m", "stable") == "b:2"
+    assert [client.grpc_target for client in pool.clients] == ["a:1", "b:2"] and pool.clients[0] is a
+    assert ("b:2", True) in changes and pool.down() == ["a:1"]
+    moved.failure = down("b:2")
+    with pytest.raises(ServingUnavailableError, match="none of the 2"):
+        pool.label_version("m", "stable")
+    assert located == [1]  # not again within relocate_s
