@@ -266,8 +266,9 @@ def reachable(client: redis.Redis):
         if "NONAMESPACE" in str(error):
             raise OnlineStoreEmpty("the online store holds no features yet") from error
         if isinstance(error, REFUSING_NOW) or str(error).startswith(("BUSY", "MISCONF")):
-            where = "{host}:{port}".format_map(client.connection_pool.connection_kwargs)
-            raise OnlineStoreUnavailable(f"the online store at {where} refuses work for now ({error})") from error
+            raise OnlineStoreUnavailable(
+                f"the online store at {_address(client)} refuses work for now ({error})"
+            ) from error
         raise
 
 
