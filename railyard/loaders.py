@@ -21,7 +21,8 @@ from pathlib import Path
 
 import polars as pl
 
-from railyard.errors import Refused
+from railyard import parquet_io
+from railyard.errors import DataLoadError
 from railyard.fsutil import sha256_file
 
 RATINGS_SCHEMA = {"userId": pl.Int64, "movieId": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}
@@ -52,12 +53,6 @@ MOVIELENS_GENRES = (
 )
 NO_GENRES = "(no genres listed)"
 _LISTED_ENTRIES = 10
-
-
-class DataLoadError(Refused, ValueError):
-    """Input data that cannot be read; the message names the file and the problem."""
-
-    next_step = "fix the input data named in the message and start the run again"
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: DataFrames have no truth value to compare by
@@ -257,23 +252,10 @@ def read_parquet_files(files: list[Path], schema: dict[str, pl.DataType]) -> pl.
     for column, dtype in schema.items():
         if not _acceptable(first_schema[column], dtype):
             raise DataLoadError(_describe_parquet_type_error(files, column, first_schema[column], dtype))
-    try:
-        frame = pl.scan_parquet(files, hive_partitioning=False).select(list(schema)).cast(schema).collect()
-    except (pl.exceptions.PolarsError, OSError) as error:
-        raise DataLoadError(_describe_unreadable_parquet(files, list(schema), error)) from error
+    frame = parquet_io.read_files(files, list(schema)).select(list(schema)).cast(schema)
     if frame.height == 0:
         raise DataLoadError(f"{where} is empty: no rows in {len(files)} Parquet file(s)")
     return frame
-
-
-def _describe_unreadable_parquet(files: list[Path], columns: list[str], error: Exception) -> str:
-    """Name the file whose data does not decode (a corrupt page, a truncated file)."""
-    for file in files:
-        try:
-            pl.read_parquet(file, columns=columns)
-        except (pl.exceptions.PolarsError, OSError) as own:
-            return f"{file} is damaged and cannot be read: {str(own).splitlines()[0]}"
-    return f"the Parquet ratings could not be read: {str(error).splitlines()[0]}"
 
 
 def _acceptable(actual: pl.DataType, wanted: pl.DataType) -> bool:
@@ -288,7 +270,7 @@ def _acceptable(actual: pl.DataType, wanted: pl.DataType) -> bool:
 def _describe_parquet_type_error(files: list[Path], column: str, actual: pl.DataType, wanted: pl.DataType) -> str:
     message = f"column {column!r} has type {actual} in {files[0]}, but must be {_type_name(wanted)}"
     for file in files:  # name a value that does not convert, if there is one
-        if (bad := _first_unparsable(pl.read_parquet(file, columns=[column])[column], wanted)) is not None:
+        if (bad := _first_unparsable(parquet_io.read(file, [column])[column], wanted)) is not None:
             row, value = bad
             return f"{message}; e.g. {file} row {row + 1} holds {value!r}"
     return message

@@ -8,11 +8,12 @@ its rows' user aggregates from ``features.with_user_history`` and is split again
 and is split by time (whole days, the cut-off between two partitions); each time partition,
 sorted the way the one-machine build sorts, becomes one shard of ``train/`` or ``holdout/``. No
 feature is computed anywhere else, so the two engines cannot drift: the splits are equal row for
-row (the one-machine build writes each as one shard).
+row (the one-machine build cuts each into shards of ``features.SHARD_ROWS`` rows instead).
 
-Partitions are Parquet files in a scratch folder next to the output (on a cluster of several
-machines: storage every worker sees). Every task reads files and writes files (a temporary name,
-then a rename), so a task that a lost worker leaves undone is run again from the same inputs.
+Partitions are Parquet files (``parquet_io``: page checksums verified) in a scratch folder next
+to the output (on a cluster of several machines: storage every worker sees). Every task reads
+files and writes files (a temporary name, then a rename), so a task that a lost worker leaves
+undone is run again from the same inputs.
 The driver holds only per-file summaries (counts per day) and one day of timestamps, to place the
 cut-off exactly where ``features.split_cutoff`` places it. The output (a local folder or an S3
 prefix) gets its shards and snapshots from the workers, then ``meta.json``, the mark of a complete
@@ -39,6 +40,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from railyard import features as F
+from railyard import parquet_io
 from railyard import validation as V
 from railyard.configs import ValidationBounds
 from railyard.loaders import RATINGS_SCHEMA, read_parquet_files
@@ -376,7 +378,9 @@ def feature_table_reports(
 
 
 def write_snapshots(scratch: Path, genres: pl.DataFrame, out: Location) -> None:
-    users, movies = (pl.read_parquet(scratch / name / "*.parquet") for name in ("user-totals", "movie-totals"))
+    users, movies = (
+        parquet_io.read_files(sorted((scratch / name).glob("*.parquet"))) for name in ("user-totals", "movie-totals")
+    )
     F.write_snapshots(*F.snapshots(users, movies, genres), out)
 
 
@@ -403,7 +407,7 @@ def read_partition(root: Path, part: int, schema: dict | None = None) -> pl.Data
     """Every file of one partition (``schema``'s empty frame when there is none)."""
     folder = root / f"{part:06d}"
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    return pl.concat([pl.read_parquet(file) for file in files]) if files else pl.DataFrame(schema=schema)
+    return parquet_io.read_files(files) if files else pl.DataFrame(schema=schema)
 
 
 def distinct_ratings(scratch: Path, part: int) -> pl.DataFrame:
@@ -415,5 +419,5 @@ def distinct_ratings(scratch: Path, part: int) -> pl.DataFrame:
 def write_atomically(frame: pl.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    frame.write_parquet(temporary, compression="lz4")  # read once, soon: speed over size
+    parquet_io.write(frame, temporary, compression="lz4")  # read once, soon: speed over size
     temporary.rename(path)

@@ -136,6 +136,23 @@ def test_unreadable_input_stops_the_flow_with_a_clear_error(case, flow_home, tmp
     assert message["next_step"].startswith("fix the input data")
 
 
+def test_a_page_changed_after_it_was_written_stops_the_run_naming_the_file(flow_home, tmp_path):
+    """Issue 32's silent corruption: bytes flipped inside a compressed page of a ratings partition
+    that decode into other valid movieIds. The run is refused at loading, naming the file."""
+    from flows.retrain import retrain
+    from railyard.loaders import DataLoadError, parquet_layout
+    from tests.support.parquet_pages import flip_bytes_silently
+
+    data = tmp_path / "data"
+    generate_movielens(data, users=300, movies=500, days=3, ratings_per_day=2_000, seed=7, fmt="parquet")
+    damaged = parquet_layout(data)[0][1]
+    assert flip_bytes_silently(damaged, "movieId") > 100
+    with pytest.raises(DataLoadError, match="checksum") as refused:
+        retrain(data_dir=str(data))
+    assert str(damaged) in str(refused.value)
+    assert _store_versions(flow_home) == []
+
+
 def _valid_rows(count: int = 400) -> list[str]:
     return [f"{1 + i % 40},{1 + i % 37},{[2.0, 4.5][i % 2]},{1_000_000 + i * 60}" for i in range(count)]
 
