@@ -272,7 +272,7 @@ def _describe_parquet_type_error(files: list[Path], column: str, actual: pl.Data
     for file in files:  # name a value that does not convert, if there is one
         if (bad := _first_unparsable(parquet_io.read(file, [column])[column], wanted)) is not None:
             row, value = bad
-            return f"{message}; e.g. {file} row {row + 1} holds {value!r}"
+            return f"{message}; e.g. {file} data row {row + 1} holds {value!r}"
     return message
 
 

@@ -313,7 +313,7 @@ def test_with_the_dask_engine_a_bad_row_in_one_partition_stops_the_run_before_tr
         retrain(data_dir=str(data))
     message = str(raised.value)
     assert f"suite raw_ratings@{broken.parent.name}/{broken.name}:" in message
-    assert "rating within 0.5..5.0: 1 unexpected rows (rows 17), e.g. [7.0]" in message
+    assert "rating within 0.5..5.0: 1 unexpected rows (data rows 18), e.g. [7.0]" in message
     assert _store_versions(flow_home) == [] and not list(flow_home.rglob("part-*.parquet"))
     client = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("railyard").experiment_id])

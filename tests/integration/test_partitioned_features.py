@@ -307,7 +307,7 @@ def test_a_bad_row_in_one_file_stops_the_build_naming_the_expectation_the_file_a
     where = f"raw_ratings@{broken.parent.name}/{broken.name}"
     assert f"suite {where}:" in message
     assert (
-        "expect_column_values_to_be_between(column=rating): rating within 0.5..5.0: 1 unexpected rows (rows 17), e.g. [7.0]"
+        "expect_column_values_to_be_between(column=rating): rating within 0.5..5.0: 1 unexpected rows (data rows 18), e.g. [7.0]"
         in message
     )
     assert message.count("FAILED") == 2  # the range and the half-star set, in that file only
