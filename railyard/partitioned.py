@@ -1,6 +1,11 @@
 """The feature build on a Dask cluster, out of core (``RAILYARD_FEATURE_ENGINE=dask``): the same
 per-key code as ``railyard.features``, run on partitions that each hold whole keys.
 
+The input is read on the workers: each Parquet file of a date-partitioned data set, or a
+MovieLens ``ratings.csv`` in blocks of whole rows (``loaders.csv_blocks``: the workers scan the
+file's byte ranges for row ends first, so each block knows the data row it starts at), parsed
+and checked as the loader parses and validation checks the whole file.
+
 Every aggregate is per user or per movie, and a row's value needs only the earlier rows of its
 own user (or movie). So the ratings are split by a hash of ``userId``; each user partition gets
 its rows' user aggregates from ``features.with_user_history`` and is split again by a hash of
@@ -43,7 +48,17 @@ from railyard import features as F
 from railyard import parquet_io
 from railyard import validation as V
 from railyard.configs import ValidationBounds
-from railyard.loaders import RATINGS_SCHEMA, read_parquet_files
+from railyard.loaders import (
+    CSV_BLOCK_BYTES,
+    RATINGS_SCHEMA,
+    CsvBlock,
+    check_csv_header,
+    csv_blocks,
+    csv_ranges,
+    read_csv_block,
+    read_parquet_files,
+    scan_csv_range,
+)
 from railyard.locations import Location
 from railyard.validation import ValidationReport, raise_for_failures, row_level
 
@@ -94,12 +109,14 @@ def build_on_cluster(
     scratch_dir: Path | None = None,
     per_key: PerKey | None = None,
     rows_per_partition: int = ROWS_PER_PARTITION,
+    csv_block_bytes: int = CSV_BLOCK_BYTES,
 ) -> Built:
     """Build the feature folder ``out_dir`` on the cluster of ``client`` (a ``distributed.Client``)
-    from date-partitioned Parquet files, validating the ratings and the features on the way (as
-    the one-machine run does: ``DataValidationError`` naming each failed expectation, its
-    partition and example rows, before anything is written to ``out_dir``, and before
-    ``per_key`` sees any partition); the folder's ``meta.json`` contents and ``per_key``'s
+    from the ratings files (date-partitioned Parquet files, or a ``ratings.csv`` that the
+    workers read in blocks of about ``csv_block_bytes``), validating the ratings and the features
+    on the way (as the one-machine run does: ``DataValidationError`` naming each failed
+    expectation, its partition and example rows, before anything is written to ``out_dir``, and
+    before ``per_key`` sees any partition); the folder's ``meta.json`` contents and ``per_key``'s
     merged results are returned.
 
     ``out_dir``: a local path or an ``s3://`` prefix (``railyard.locations``). The partitions go
@@ -111,16 +128,21 @@ def build_on_cluster(
     scratch = Path(scratch_dir or out.local_path.parent) / f".{out.name}.partitions-{uuid.uuid4().hex[:8]}"
     writing = False
     genres = client.scatter(F.movie_genres(movies), broadcast=True)  # once per worker, not per task
-    rows = sum(pq.ParquetFile(file).metadata.num_rows for file in ratings_files)  # footers only
+    pieces = input_pieces(client, ratings_files, csv_block_bytes)
+    csv = any(isinstance(piece, CsvBlock) for piece in pieces)
+    rows = sum(
+        piece.rows if isinstance(piece, CsvBlock) else pq.ParquetFile(piece).metadata.num_rows for piece in pieces
+    )
     workers = max(len(client.scheduler_info()["workers"]), 1)
     count = math.ceil(rows / rows_per_partition / workers) * workers  # every worker as busy as the next
     try:
-        files = [str(file) for file in ratings_files]
         raw = row_level(V.ratings_expectations(bounds, now_ts=int(time.time())))
         per_file = [e for e in raw if type(e).__name__ != UNIQUE_RATINGS]
         per_user = [e for e in raw if type(e).__name__ == UNIQUE_RATINGS]  # duplicates share a user
-        reports = each(client, split_by_user, files, count=count, scratch=scratch, checks=per_file, reports=report_dir)
-        summarized = each(client, summarize, range(count), scratch=scratch, checks=per_user, reports=report_dir)
+        reports = each(client, split_by_user, pieces, count=count, scratch=scratch, checks=per_file, reports=report_dir)
+        summarized = each(
+            client, summarize, range(count), scratch=scratch, checks=per_user, reports=report_dir, drop_repeats=not csv
+        )
         summaries = [summary for summary, _ in summarized if summary.oldest is not None]
         reports += [report for _, report in summarized]
         distinct = sum(sum(summary.days.values()) for summary in summaries)
@@ -165,6 +187,21 @@ def build_on_cluster(
         raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def input_pieces(client, ratings_files: Sequence[Path], csv_block_bytes: int) -> list[str | CsvBlock]:
+    """What the first tasks read: each Parquet file whole; a CSV file in blocks of whole rows,
+    found by scanning it on the workers (only its header line is read here)."""
+    pieces = []
+    for file in ratings_files:
+        if Path(file).suffix != ".csv":
+            pieces.append(str(file))
+            continue
+        check_csv_header(file, RATINGS_SCHEMA)
+        ranges = csv_ranges(file, csv_block_bytes)
+        scans = each(client, scan_csv_range, [file] * len(ranges), *zip(*ranges, strict=True))
+        pieces += csv_blocks(file, ranges, scans)
+    return pieces
 
 
 def each(client, task, *iterables, **options) -> list:
@@ -217,18 +254,31 @@ def time_edges(days: Iterable[Counter], cutoff: int, count: int) -> list[int]:
 # -- the tasks (module functions: workers import them by name) ----------------------------------
 
 
-def split_by_user(file: str, *, count: int, scratch: Path, checks: list, reports: Path) -> ValidationReport:
-    """One input file: its rows checked (row numbers are the file's), then split by user."""
-    ratings = read_parquet_files([Path(file)], RATINGS_SCHEMA)
-    name = f"raw_ratings@{Path(file).parent.name}/{Path(file).name}"
-    report = V.run_suite(name, ratings, checks, reports / "partitions")
-    write_partitions(ratings, _bucket("userId", count), scratch / "by-user", _file_key(file))
+def split_by_user(piece: str | CsvBlock, *, count: int, scratch: Path, checks: list, reports: Path) -> ValidationReport:
+    """One piece of the input, a Parquet file or a block of a CSV file's rows: its rows checked
+    (row numbers are the file's data rows), then split by user."""
+    if isinstance(piece, CsvBlock):
+        ratings = read_csv_block(piece, RATINGS_SCHEMA)
+        first = piece.first_row
+        name = f"raw_ratings@{piece.file.name}/data-rows-{first}-{first + ratings.height - 1}"
+        key = f"{piece.file}@{piece.start}"
+    else:
+        ratings = read_parquet_files([Path(piece)], RATINGS_SCHEMA)
+        first, name, key = 1, f"raw_ratings@{Path(piece).parent.name}/{Path(piece).name}", piece
+    report = V.run_suite(name, ratings, checks, reports / "partitions", first_row=first)
+    write_partitions(ratings, _bucket("userId", count), scratch / "by-user", _file_key(key))
     return report
 
 
-def summarize(part: int, *, scratch: Path, checks: list, reports: Path) -> tuple[Summary, ValidationReport]:
-    """One user partition: its distinct rows per day, and the checks that need every row of a user."""
-    ratings = distinct_ratings(scratch, part)
+def summarize(
+    part: int, *, scratch: Path, checks: list, reports: Path, drop_repeats: bool = True
+) -> tuple[Summary, ValidationReport]:
+    """One user partition: its distinct rows per day, and the checks that need every row of a
+    user. ``drop_repeats``: rows repeated in all four columns count once, as the loader counts them
+    in Parquet partitions; in a CSV file they are duplicates the checks refuse, as validation does."""
+    ratings = (
+        distinct_ratings(scratch, part) if drop_repeats else read_partition(scratch / "by-user", part, RATINGS_SCHEMA)
+    )
     report = V.run_suite(f"raw_ratings@user-partition-{part:06d}", ratings, checks, reports / "partitions")
     stamps = ratings.get_column("timestamp")
     days = Counter(dict((stamps // DAY_S).value_counts().iter_rows()))

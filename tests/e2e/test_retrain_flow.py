@@ -244,11 +244,15 @@ def test_a_skewed_online_store_stops_the_run_before_training(flow_home, tmp_path
     assert not any(name.startswith("epoch_") for name in run.data.metrics)  # nothing trained
 
 
-def test_with_the_dask_engine_a_daily_run_never_reads_the_ratings_in_its_own_process(flow_home, tmp_path, monkeypatch):
-    """RAILYARD_FEATURE_ENGINE=dask end to end: the features, their validation and the online
-    store's first fill and skew check run on a LocalCluster of two worker processes; the flow's
-    process never reads a rating file (any attempt fails the test), yet it trains from the
-    shards, evaluates, publishes and releases version 1 to production."""
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_with_the_dask_engine_a_daily_run_never_reads_the_ratings_in_its_own_process(
+    flow_home, tmp_path, monkeypatch, fmt
+):
+    """RAILYARD_FEATURE_ENGINE=dask end to end, on date-partitioned Parquet and on MovieLens'
+    own layout (ratings.csv + movies.csv, read in blocks on the workers): the features, their
+    validation and the online store's first fill and skew check run on a LocalCluster of two
+    worker processes; the flow's process never reads a rating file (any attempt fails the test),
+    yet it trains from the shards, evaluates, publishes and releases version 1 to production."""
     from mlflow.tracking import MlflowClient
 
     from flows.retrain import retrain
@@ -260,7 +264,7 @@ def test_with_the_dask_engine_a_daily_run_never_reads_the_ratings_in_its_own_pro
     def refused(*_):
         raise AssertionError("the flow's process read the ratings")
 
-    for name in ("load_dataset", "load_parquet_partitions", "read_parquet_files"):
+    for name in ("load_dataset", "load_parquet_partitions", "read_parquet_files", "load_movielens_dir"):
         monkeypatch.setattr(loaders, name, refused)
     for name, value in {"FEATURE_ENGINE": "dask", "DASK_WORKERS": "2", "DASK_WORKER_MEMORY": "1GiB"}.items():
         monkeypatch.setenv(f"RAILYARD_{name}", value)
@@ -269,7 +273,7 @@ def test_with_the_dask_engine_a_daily_run_never_reads_the_ratings_in_its_own_pro
     monkeypatch.setenv("RAILYARD_LOCAL_SERVING_REST_PORT", "0")
     monkeypatch.setenv("RAILYARD_LOCAL_SERVING_GRPC_PORT", "0")
     data = tmp_path / "data"
-    generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=300, seed=5, fmt="parquet")
+    generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=300, seed=5, fmt=fmt)
 
     try:
         summary = retrain(data_dir=str(data), auto_approve=True)
