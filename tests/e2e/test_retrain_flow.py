@@ -136,12 +136,16 @@ def test_unreadable_input_stops_the_flow_with_a_clear_error(case, flow_home, tmp
     assert message["next_step"].startswith("fix the input data")
 
 
-def test_a_page_changed_after_it_was_written_stops_the_run_naming_the_file(flow_home, tmp_path):
+def test_a_page_changed_after_it_was_written_stops_the_run_naming_the_file(flow_home, tmp_path, monkeypatch):
     """Issue 32's silent corruption: bytes flipped inside a compressed page of a ratings partition
     that decode into other valid movieIds. The run is refused at loading, naming the file."""
     from flows.retrain import retrain
     from railyard.loaders import DataLoadError, parquet_layout
     from tests.support.parquet_pages import flip_bytes_silently
+
+    # Without the checksums the run went on to a canary: never on the fixed ports.
+    monkeypatch.setenv("RAILYARD_LOCAL_SERVING_REST_PORT", "0")
+    monkeypatch.setenv("RAILYARD_LOCAL_SERVING_GRPC_PORT", "0")
 
     data = tmp_path / "data"
     generate_movielens(data, users=300, movies=500, days=3, ratings_per_day=2_000, seed=7, fmt="parquet")
