@@ -26,6 +26,12 @@ class Refused(RailyardError):
     exit_code = 2
 
 
+class DataLoadError(Refused, ValueError):
+    """Input data that cannot be read; the message names the file and the problem."""
+
+    next_step = "fix the input data named in the message and start the run again"
+
+
 class ModelRejected(Refused):
     """The evaluation gate did not bless the model: nothing was published."""
 

@@ -49,6 +49,10 @@ HISTORY_SLICE_ROWS = 100_000  # bounds the memory of the per-user genre sums; sm
 HISTORY_THREADS = min(4, os.cpu_count() or 1)  # each slice in flight holds ~100 MB
 PARQUET_COMPRESSION = "lz4"
 PARQUET_ROW_GROUP = 65_536  # the training input shuffles row groups: keep them small enough to mix
+# The one-machine build writes a split as shards of this many rows, several at once: pyarrow, which
+# writes the page checksums, encodes a file on one core (bench/bench_parquet.py).
+SHARD_ROWS = 16 * PARQUET_ROW_GROUP
+SHARD_WRITERS = os.cpu_count() or 1
 
 _GENRE_COLUMNS = tuple(f"genre_{i}" for i in range(len(GENRES)))
 _GENRE_ARRAY = pl.Array(pl.Float32, len(GENRES))
@@ -400,11 +404,16 @@ def _row_numbers(ids: pl.Series, table_ids: pl.Series) -> np.ndarray:
 
 
 def write_feature_set(feature_set: FeatureSet, out_dir: Location | Path | str) -> Location:
-    """Parquet shards (one per split here) and snapshots, plus ``meta.json`` (written last: a
-    folder without it is incomplete), at a local path or an S3 prefix."""
+    """Parquet shards (``SHARD_ROWS`` each, written in parallel) and snapshots, plus
+    ``meta.json`` (written last: a folder without it is incomplete), at a local path or an S3 prefix."""
     out = clear_folder(out_dir)
-    for split, frame in zip(SPLITS, (feature_set.train, feature_set.holdout)):
-        write_shard(frame, out, split, 0)
+    shards = [
+        (frame.slice(start, SHARD_ROWS), out, split, number)
+        for split, frame in zip(SPLITS, (feature_set.train, feature_set.holdout))
+        for number, start in enumerate(range(0, max(frame.height, 1), SHARD_ROWS))
+    ]
+    with ThreadPoolExecutor(SHARD_WRITERS) as pool:
+        list(pool.map(lambda shard: write_shard(*shard), shards))
     write_snapshots(feature_set.user_snapshot, feature_set.movie_snapshot, out)
     rows = {"train": len(feature_set.train), "holdout": len(feature_set.holdout)}
     return write_meta(out, feature_set.cutoff_ts, feature_set.priors, feature_set.fingerprint, rows)
@@ -466,9 +475,7 @@ def read_feature_set(out_dir: Location | Path | str, *, with_training_rows: bool
     out = Location.of(out_dir)
     meta = _read_meta(out)
     train_shards = shards(out / "train")
-    train = read_parquet(
-        train_shards if with_training_rows else train_shards[:1], n_rows=None if with_training_rows else 0
-    )
+    train = read_parquet(train_shards) if with_training_rows else read_parquet(train_shards[:1], schema_only=True)
     holdout = read_parquet(shards(out / "holdout"))
     users, movies = (read_parquet([out / name]) for name in SNAPSHOT_FILES)
     return FeatureSet(train, holdout, meta["cutoff_ts"], users, movies, meta["priors"], meta["fingerprint"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import io
 import logging
 import os
 import re
@@ -22,9 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
-from railyard.errors import Refused
+from railyard import parquet_io
+from railyard.errors import DataLoadError
 from railyard.events import first_wins
 from railyard.fsutil import sha256_file
 
@@ -60,12 +63,6 @@ NO_GENRES = "(no genres listed)"
 _LISTED_ENTRIES = 10
 
 
-class DataLoadError(Refused, ValueError):
-    """Input data that cannot be read; the message names the file and the problem."""
-
-    next_step = "fix the input data named in the message and start the run again"
-
-
 @dataclass(frozen=True, eq=False)  # eq=False: DataFrames have no truth value to compare by
 class RawDataset:
     ratings: pl.DataFrame  # userId Int64, movieId Int64, rating Float64, timestamp Int64
@@ -96,15 +93,26 @@ def files_fingerprint(files: Sequence[Path], *extra: str) -> str:
 
 def load_dataset(path: Path) -> RawDataset:
     """Load a MovieLens folder (``ratings.csv``) or date-partitioned Parquet (``ratings/date=…/``)."""
+    ratings_files, _ = dataset_files(path)
+    if ratings_files[0].suffix == ".csv":
+        return load_movielens_dir(path)
+    return load_parquet_partitions(path)
+
+
+def dataset_files(path: Path) -> tuple[list[Path], Path | None]:
+    """The ratings files of the data set at ``path`` (its ``ratings.csv``, or its Parquet
+    partitions' files in partition order) and its movies file (None without one), found without
+    reading any data."""
     path = _existing_dir(Path(path))
     has_csv = (path / "ratings.csv").is_file()
     has_parquet = (path / "ratings").is_dir() or bool(_partition_dirs(path))
     if has_csv and has_parquet:
         raise DataLoadError(f"{path} holds both ratings.csv and Parquet ratings partitions: keep one layout per folder")
     if has_csv:
-        return load_movielens_dir(path)
+        movies_file = path / "movies.csv"
+        return [path / "ratings.csv"], (movies_file if movies_file.is_file() else None)
     if has_parquet:
-        return load_parquet_partitions(path)
+        return parquet_layout(path)
     raise DataLoadError(
         f"no ratings found in {path}: expected ratings.csv (MovieLens layout) or "
         f"ratings/{PARTITION_PREFIX}YYYY-MM-DD/*.parquet; found {_listing(path)}"
@@ -227,6 +235,15 @@ def _checked_movies(file: Path, movies: pl.DataFrame) -> pl.DataFrame:
 
 
 def _read_csv(file: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    check_csv_header(file, schema)
+    frame = _parse_csv(file, file, schema)
+    if frame.height == 0:
+        raise DataLoadError(f"{file} is empty: a header line but no data rows")
+    return frame
+
+
+def check_csv_header(file: Path, schema: dict[str, pl.DataType]) -> None:
+    """The file is not empty and its header names ``schema``'s columns (only the header is read)."""
     _check_not_empty(file)
     try:
         header = pl.read_csv(file, n_rows=0, infer_schema=False).columns
@@ -235,19 +252,28 @@ def _read_csv(file: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     except OSError as error:
         raise DataLoadError(f"{file} cannot be read: {error.strerror or error}") from error
     check_columns(str(file), header, schema)
+
+
+def _parse_csv(source: Path | bytes, file: Path, schema: dict[str, pl.DataType], first_row: int = 1) -> pl.DataFrame:
+    """``schema``'s columns of ``source``: the CSV file ``file``, or its header line and a block of
+    its rows whose first is data row ``first_row``; a value that does not parse is refused naming
+    its data row in the file."""
     try:
-        frame = pl.read_csv(file, columns=list(schema), schema_overrides=schema)
+        return pl.read_csv(_readable(source), columns=list(schema), schema_overrides=schema).select(list(schema))
     except pl.exceptions.ComputeError as error:
-        raise DataLoadError(_describe_csv_parse_error(file, schema, error)) from error
-    if frame.height == 0:
-        raise DataLoadError(f"{file} is empty: a header line but no data rows")
-    return frame.select(list(schema))
+        raise DataLoadError(_describe_csv_parse_error(source, file, schema, error, first_row)) from error
 
 
-def _describe_csv_parse_error(file: Path, schema: dict[str, pl.DataType], error: Exception) -> str:
+def _readable(source: Path | bytes) -> Path | io.BytesIO:
+    return io.BytesIO(source) if isinstance(source, bytes) else source
+
+
+def _describe_csv_parse_error(
+    source: Path | bytes, file: Path, schema: dict[str, pl.DataType], error: Exception, first_row: int
+) -> str:
     """Find the first value that does not parse (only on the error path: it reads everything as text)."""
     try:
-        text = pl.read_csv(file, columns=list(schema), infer_schema=False)
+        text = pl.read_csv(_readable(source), columns=list(schema), infer_schema=False)
     except pl.exceptions.PolarsError:
         text = None
     if text is not None:
@@ -255,21 +281,105 @@ def _describe_csv_parse_error(file: Path, schema: dict[str, pl.DataType], error:
             if (bad := _first_unparsable(text[column], dtype)) is not None:
                 row, value = bad
                 return (
-                    f"{file}: column {column!r} must be {_type_name(dtype, value)}, but data row {row + 1} "
-                    f"(line {row + 2}) holds {value!r}"
+                    f"{file}: column {column!r} must be {_type_name(dtype, value)}, but data row {first_row + row} "
+                    f"(line {first_row + row + 1}) holds {value!r}"
                 )
-    where = f" (line {line} opens a quote that never closes)" if (line := _unclosed_quote_line(file)) else ""
+    line = _unclosed_quote_line(source, first_row)
+    where = f" (line {line} opens a quote that never closes)" if line else ""
     return f"{file} could not be read as CSV{where}: {str(error).splitlines()[0]}"
 
 
-def _unclosed_quote_line(file: Path) -> int | None:
-    """The line where a quoted field starts that never ends (quotes may span lines in CSV)."""
+def _unclosed_quote_line(source: Path | bytes, first_row: int) -> int | None:
+    """The file's line where a quoted field starts that never ends (quotes may span lines in CSV);
+    ``source`` holds the header line, then lines from data row ``first_row`` on."""
     opened = None
-    with open(file, encoding="utf-8", errors="replace") as lines:
-        for number, line in enumerate(lines, start=1):
+    raw = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")  # closed with its wrapper
+    with io.TextIOWrapper(raw, encoding="utf-8", errors="replace") as lines:
+        for index, line in enumerate(lines):
             if line.count('"') % 2:
+                number = 1 if index == 0 else first_row + index
                 opened = number if opened is None else None
     return opened
+
+
+# -- a large CSV file in blocks (the partitioned build reads each block on a worker) ----------------
+
+CSV_BLOCK_BYTES = 64 << 20  # about 2.5M MovieLens rating rows: a block's frame is ~100 MB
+
+
+@dataclass(frozen=True)
+class CsvRangeScan:
+    """What a byte range of a CSV file holds, for both cases: the range starts outside (index 0)
+    or inside (1) a quoted field. Quotes are escaped by doubling in CSV, so their count's parity
+    tells which case the next range is in."""
+
+    quotes: int
+    row_ends: tuple[int, int]  # line breaks that end a row (not inside a quoted field)
+    first_row_end: tuple[int | None, int | None]  # the first one's offset in the file
+
+
+@dataclass(frozen=True)
+class CsvBlock:
+    """Whole rows of a CSV file, bytes ``start`` to ``end``; the header is bytes 0 to
+    ``header_end``; ``first_row``: the data row (counted from 1) of its first row."""
+
+    file: Path
+    header_end: int
+    start: int
+    end: int
+    first_row: int
+    rows: int  # its line breaks (a last row without one is not counted)
+
+
+def csv_ranges(file: Path, block_bytes: int) -> list[tuple[int, int]]:
+    size = Path(file).stat().st_size
+    return [(start, min(start + block_bytes, size)) for start in range(0, size, block_bytes)]
+
+
+def scan_csv_range(file: Path, start: int, end: int) -> CsvRangeScan:
+    """The quotes and row ends in bytes ``start`` to ``end`` of ``file`` (a worker's task)."""
+    with open(file, "rb") as handle:
+        handle.seek(start)
+        data = np.frombuffer(handle.read(end - start), np.uint8)
+    quotes = np.flatnonzero(data == ord('"'))
+    breaks = np.flatnonzero(data == ord("\n"))
+    inside = np.searchsorted(quotes, breaks) % 2  # odd quotes before it in the range: the other case
+    ends = [breaks[inside == case] for case in (0, 1)]
+    return CsvRangeScan(
+        len(quotes),
+        (len(ends[0]), len(ends[1])),
+        tuple(start + int(found[0]) if len(found) else None for found in ends),
+    )
+
+
+def csv_blocks(file: Path, ranges: Sequence[tuple[int, int]], scans: Sequence[CsvRangeScan]) -> list[CsvBlock]:
+    """The file's rows as blocks of whole rows, one starting in each range that holds a row end,
+    from its ranges' scans (in order); refused when it holds no data row."""
+    inside, ends_before, starts = 0, 0, []  # (offset, row ends before it)
+    for scan in scans:
+        if (first := scan.first_row_end[inside]) is not None:
+            starts.append((first + 1, ends_before + 1))
+        ends_before += scan.row_ends[inside]
+        inside = (inside + scan.quotes) % 2
+    size = ranges[-1][1] if ranges else 0
+    if not starts or starts[0][0] >= size:
+        raise DataLoadError(f"{file} is empty: a header line but no data rows")
+    header_end = starts[0][0]
+    bounds = [*starts, (size, ends_before)]
+    return [
+        CsvBlock(Path(file), header_end, start, end, first_row=ends, rows=next_ends - ends)
+        for (start, ends), (end, next_ends) in zip(bounds, bounds[1:])
+        if end > start
+    ]
+
+
+def read_csv_block(block: CsvBlock, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """A block's rows, parsed as the whole file is (the same dialect, types and error messages)."""
+    with open(block.file, "rb") as handle:
+        header = handle.read(block.header_end)
+        handle.seek(block.start)
+        rows = handle.read(block.end - block.start)
+    return _parse_csv(header + rows, block.file, schema, block.first_row)
 
 
 def read_parquet_files(files: list[Path], schema: dict[str, pl.DataType]) -> pl.DataFrame:
@@ -292,23 +402,10 @@ def read_parquet_files(files: list[Path], schema: dict[str, pl.DataType]) -> pl.
     for column, dtype in schema.items():
         if not _acceptable(first_schema[column], dtype):
             raise DataLoadError(_describe_parquet_type_error(files, column, first_schema[column], dtype))
-    try:
-        frame = pl.scan_parquet(files, hive_partitioning=False).select(list(schema)).cast(schema).collect()
-    except (pl.exceptions.PolarsError, OSError) as error:
-        raise DataLoadError(_describe_unreadable_parquet(files, list(schema), error)) from error
+    frame = parquet_io.read_files(files, list(schema)).select(list(schema)).cast(schema)
     if frame.height == 0:
         raise DataLoadError(f"{where} is empty: no rows in {len(files)} Parquet file(s)")
     return frame
-
-
-def _describe_unreadable_parquet(files: list[Path], columns: list[str], error: Exception) -> str:
-    """Name the file whose data does not decode (a corrupt page, a truncated file)."""
-    for file in files:
-        try:
-            pl.read_parquet(file, columns=columns)
-        except (pl.exceptions.PolarsError, OSError) as own:
-            return f"{file} is damaged and cannot be read: {str(own).splitlines()[0]}"
-    return f"the Parquet ratings could not be read: {str(error).splitlines()[0]}"
 
 
 def _acceptable(actual: pl.DataType, wanted: pl.DataType) -> bool:
@@ -323,9 +420,9 @@ def _acceptable(actual: pl.DataType, wanted: pl.DataType) -> bool:
 def _describe_parquet_type_error(files: list[Path], column: str, actual: pl.DataType, wanted: pl.DataType) -> str:
     message = f"column {column!r} has type {actual} in {files[0]}, but must be {_type_name(wanted)}"
     for file in files:  # name a value that does not convert, if there is one
-        if (bad := _first_unparsable(pl.read_parquet(file, columns=[column])[column], wanted)) is not None:
+        if (bad := _first_unparsable(parquet_io.read(file, [column])[column], wanted)) is not None:
             row, value = bad
-            return f"{message}; e.g. {file} row {row + 1} holds {value!r}"
+            return f"{message}; e.g. {file} data row {row + 1} holds {value!r}"
     return message
 
 

@@ -101,12 +101,15 @@ class Location:
             atomic_write_text(self.local_path, text)
 
     def write_parquet(self, frame: pl.DataFrame, **options) -> None:
+        """``frame`` as a Parquet file with page checksums (``parquet_io.write``'s options)."""
+        from railyard import parquet_io
+
         if not self.is_s3:
             self.local_path.parent.mkdir(parents=True, exist_ok=True)
-            frame.write_parquet(self.local_path, **options)
+            parquet_io.write(frame, self.local_path, **options)
             return
         with self._fs().open(self._fs_path(), "wb") as sink:
-            frame.write_parquet(sink, **options)
+            parquet_io.write(frame, sink, **options)
 
     def remove(self) -> None:
         """This folder (or file) and everything under it, if it exists."""
@@ -125,27 +128,30 @@ class Location:
         return Location(S3 + fs_path if self.is_s3 else fs_path, self.endpoint_url)
 
 
-def read_parquet(locations: list[Location], **options) -> pl.DataFrame:
-    """Files of one schema, as one frame in their order."""
+def read_parquet(locations: list[Location], columns: list[str] | None = None, *, schema_only=False) -> pl.DataFrame:
+    """Files of one schema, as one frame in their order, their page checksums verified (a
+    damaged file is refused naming it: ``parquet_io.DamagedParquet``); ``schema_only``: no rows."""
     import polars as pl
 
-    if all(not location.is_s3 for location in locations):
-        return pl.read_parquet([location.url for location in locations], **options)
+    from railyard import parquet_io
+
     frames = []
     for location in locations:
         source = location.parquet_source()
         if isinstance(source, str):
-            frames.append(pl.read_parquet(source, **options))
+            frames.append(parquet_io.read(source, columns, schema_only=schema_only))
             continue
         with source:  # a remote file: closed once read
-            frames.append(pl.read_parquet(source, **options))
+            frames.append(parquet_io.read(source, columns, name=location, schema_only=schema_only))
     return pl.concat(frames)
 
 
 def parquet_file(location: Location) -> pq.ParquetFile:
-    import pyarrow.parquet as pq
+    """An open file whose reads verify its page checksums; read it under
+    ``parquet_io.reading(location)`` to have a damaged page refused naming the file."""
+    from railyard import parquet_io
 
-    return pq.ParquetFile(location.parquet_source())  # a remote file stays open while the row groups stream
+    return parquet_io.open_file(location.parquet_source())  # a remote file stays open while the row groups stream
 
 
 @functools.cache

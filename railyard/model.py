@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from railyard import __version__, contract
+from railyard import __version__, contract, parquet_io
 from railyard import features as F
 from railyard.configs import TrainConfig
 from railyard.locations import Location, parquet_file, read_parquet
@@ -81,24 +81,33 @@ def _row_groups(split_dir: Location, rng: np.random.Generator | None) -> Iterato
     With ``rng``: row groups (of all shards) in random order and rows permuted within each
     group, so the time-sorted split is not fed in time order, without loading it all at once.
     """
-    files = [parquet_file(shard) for shard in F.shards(split_dir)]
-    groups = [(file, group) for file in files for group in range(file.num_row_groups)]
+    files = [(shard, parquet_file(shard)) for shard in F.shards(split_dir)]
+    groups = [((shard, file), group) for shard, file in files for group in range(file.num_row_groups)]
     if rng is not None:
         groups = [groups[i] for i in rng.permutation(len(groups))]
-    for file, group in groups:
-        inputs, labels = _arrow_to_inputs(file.read_row_group(group))
+    for (shard, file), group in groups:
+        with parquet_io.reading(shard):
+            table = file.read_row_group(group)
+        inputs, labels = _arrow_to_inputs(table)
         if rng is not None:
             order = rng.permutation(len(labels))
             inputs, labels = {key: value[order] for key, value in inputs.items()}, labels[order]
         yield inputs, labels
 
 
-def make_dataset(path: Location | Path | str, batch_size: int, *, shuffle_seed: int | None):
+def make_dataset(
+    path: Location | Path | str,
+    batch_size: int,
+    *,
+    shuffle_seed: int | None,
+    damaged: list[parquet_io.DamagedParquet] | None = None,
+):
     """tf.data pipeline over a split's feature shards (``path``: the split's folder, local or on
     S3), re-shuffled every epoch when seeded.
 
     Python hands over whole row groups; tf.data cuts them into batches in C++ (``rebatch``), so
-    no Python runs per training step beside Keras' own loop.
+    no Python runs per training step beside Keras' own loop. tf.data reports an error of the
+    generator as its own ``InvalidArgumentError``: a damaged shard is also appended to ``damaged``.
     """
     import tensorflow as tf
 
@@ -108,7 +117,12 @@ def make_dataset(path: Location | Path | str, batch_size: int, *, shuffle_seed: 
     def generator():
         _reuse_freed_memory()  # here, not earlier: TensorFlow tunes malloc when the iterator starts
         rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed + next(epoch_counter))
-        yield from _row_groups(path, rng)
+        try:
+            yield from _row_groups(path, rng)
+        except parquet_io.DamagedParquet as error:
+            if damaged is not None:
+                damaged.append(error)
+            raise
 
     signature = (
         {
@@ -333,14 +347,20 @@ def train_model(
                 on_epoch_end=lambda epoch, logs: on_epoch_end(epoch, {k: float(v) for k, v in logs.items()})
             )
         )
-    history = model.fit(
-        make_dataset(train_path, config.batch_size, shuffle_seed=config.seed),
-        validation_data=make_dataset(feature_dir / "holdout", 8192, shuffle_seed=None),
-        epochs=config.epochs,
-        shuffle=False,  # make_dataset shuffles row groups and rows itself
-        callbacks=callbacks,
-        verbose=0,
-    )
+    damaged = []
+    try:
+        history = model.fit(
+            make_dataset(train_path, config.batch_size, shuffle_seed=config.seed, damaged=damaged),
+            validation_data=make_dataset(feature_dir / "holdout", 8192, shuffle_seed=None, damaged=damaged),
+            epochs=config.epochs,
+            shuffle=False,  # make_dataset shuffles row groups and rows itself
+            callbacks=callbacks,
+            verbose=0,
+        )
+    except Exception:
+        if damaged:
+            raise damaged[0] from None  # the shard, named, instead of TensorFlow's wrapper of it
+        raise
     val_auc = history.history.get("val_auc", [0.0])
     return TrainResult(
         model=model,

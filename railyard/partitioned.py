@@ -1,6 +1,11 @@
 """The feature build on a Dask cluster, out of core (``RAILYARD_FEATURE_ENGINE=dask``): the same
 per-key code as ``railyard.features``, run on partitions that each hold whole keys.
 
+The input is read on the workers: each Parquet file of a date-partitioned data set, or a
+MovieLens ``ratings.csv`` in blocks of whole rows (``loaders.csv_blocks``: the workers scan the
+file's byte ranges for row ends first, so each block knows the data row it starts at), parsed
+and checked as the loader parses and validation checks the whole file.
+
 Every aggregate is per user or per movie, and a row's value needs only the earlier rows of its
 own user (or movie). So the ratings are split by a hash of ``userId``; each user partition gets
 its rows' user aggregates from ``features.with_user_history`` and is split again by a hash of
@@ -8,11 +13,12 @@ its rows' user aggregates from ``features.with_user_history`` and is split again
 and is split by time (whole days, the cut-off between two partitions); each time partition,
 sorted the way the one-machine build sorts, becomes one shard of ``train/`` or ``holdout/``. No
 feature is computed anywhere else, so the two engines cannot drift: the splits are equal row for
-row (the one-machine build writes each as one shard).
+row (the one-machine build cuts each into shards of ``features.SHARD_ROWS`` rows instead).
 
-Partitions are Parquet files in a scratch folder next to the output (on a cluster of several
-machines: storage every worker sees). Every task reads files and writes files (a temporary name,
-then a rename), so a task that a lost worker leaves undone is run again from the same inputs.
+Partitions are Parquet files (``parquet_io``: page checksums verified) in a scratch folder next
+to the output (on a cluster of several machines: storage every worker sees). Every task reads
+files and writes files (a temporary name, then a rename), so a task that a lost worker leaves
+undone is run again from the same inputs.
 The driver holds only per-file summaries (counts per day) and one day of timestamps, to place the
 cut-off exactly where ``features.split_cutoff`` places it. The output (a local folder or an S3
 prefix) gets its shards and snapshots from the workers, then ``meta.json``, the mark of a complete
@@ -39,10 +45,21 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from railyard import features as F
+from railyard import parquet_io
 from railyard import validation as V
 from railyard.configs import ValidationBounds
 from railyard.events import first_wins
-from railyard.loaders import RATINGS_SCHEMA, read_parquet_files
+from railyard.loaders import (
+    CSV_BLOCK_BYTES,
+    RATINGS_SCHEMA,
+    CsvBlock,
+    check_csv_header,
+    csv_blocks,
+    csv_ranges,
+    read_csv_block,
+    read_parquet_files,
+    scan_csv_range,
+)
 from railyard.locations import Location
 from railyard.validation import ValidationReport, raise_for_failures, row_level
 
@@ -97,12 +114,14 @@ def build_on_cluster(
     scratch_dir: Path | None = None,
     per_key: PerKey | None = None,
     rows_per_partition: int = ROWS_PER_PARTITION,
+    csv_block_bytes: int = CSV_BLOCK_BYTES,
 ) -> Built:
     """Build the feature folder ``out_dir`` on the cluster of ``client`` (a ``distributed.Client``)
-    from date-partitioned Parquet files, validating the ratings and the features on the way (as
-    the one-machine run does: ``DataValidationError`` naming each failed expectation, its
-    partition and example rows, before anything is written to ``out_dir``, and before
-    ``per_key`` sees any partition); the folder's ``meta.json`` contents and ``per_key``'s
+    from the ratings files (date-partitioned Parquet files, or a ``ratings.csv`` that the
+    workers read in blocks of about ``csv_block_bytes``), validating the ratings and the features
+    on the way (as the one-machine run does: ``DataValidationError`` naming each failed
+    expectation, its partition and example rows, before anything is written to ``out_dir``, and
+    before ``per_key`` sees any partition); the folder's ``meta.json`` contents and ``per_key``'s
     merged results are returned.
 
     ``out_dir``: a local path or an ``s3://`` prefix (``railyard.locations``). The partitions go
@@ -114,19 +133,21 @@ def build_on_cluster(
     scratch = Path(scratch_dir or out.local_path.parent) / f".{out.name}.partitions-{uuid.uuid4().hex[:8]}"
     writing = False
     genres = client.scatter(F.movie_genres(movies), broadcast=True)  # once per worker, not per task
-    rows = sum(pq.ParquetFile(file).metadata.num_rows for file in ratings_files)  # footers only
+    pieces = input_pieces(client, ratings_files, csv_block_bytes)
+    rows = sum(
+        piece.rows if isinstance(piece, CsvBlock) else pq.ParquetFile(piece).metadata.num_rows for piece in pieces
+    )
     workers = max(len(client.scheduler_info()["workers"]), 1)
     count = math.ceil(rows / rows_per_partition / workers) * workers  # every worker as busy as the next
     try:
-        files = [str(file) for file in ratings_files]
         raw = row_level(V.ratings_expectations(bounds, now_ts=int(time.time())))
         per_file = [e for e in raw if type(e).__name__ != UNIQUE_RATINGS]
         per_user = [e for e in raw if type(e).__name__ == UNIQUE_RATINGS]  # duplicates share a user
         reports = each(
             client,
             split_by_user,
-            files,
-            range(len(files)),
+            pieces,
+            range(len(pieces)),
             count=count,
             scratch=scratch,
             checks=per_file,
@@ -179,6 +200,21 @@ def build_on_cluster(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def input_pieces(client, ratings_files: Sequence[Path], csv_block_bytes: int) -> list[str | CsvBlock]:
+    """What the first tasks read: each Parquet file whole; a CSV file in blocks of whole rows,
+    found by scanning it on the workers (only its header line is read here)."""
+    pieces = []
+    for file in ratings_files:
+        if Path(file).suffix != ".csv":
+            pieces.append(str(file))
+            continue
+        check_csv_header(file, RATINGS_SCHEMA)
+        ranges = csv_ranges(file, csv_block_bytes)
+        scans = each(client, scan_csv_range, [file] * len(ranges), *zip(*ranges, strict=True))
+        pieces += csv_blocks(file, ranges, scans)
+    return pieces
+
+
 def each(client, task, *iterables, **options) -> list:
     """``task`` over the iterables on the cluster, the results in order; a task's error is raised
     as the task raised it. ``pure=False``: every call is run, never taken from a cache."""
@@ -229,16 +265,24 @@ def time_edges(days: Iterable[Counter], cutoff: int, count: int) -> list[int]:
 # -- the tasks (module functions: workers import them by name) ----------------------------------
 
 
-def split_by_user(file: str, order: int, *, count: int, scratch: Path, checks: list, reports: Path) -> ValidationReport:
-    """One input file (the ``order``-th in stream order): its rows checked (row numbers are the
-    file's), then split by user."""
-    ratings = read_parquet_files([Path(file)], RATINGS_SCHEMA)
-    name = f"raw_ratings@{Path(file).parent.name}/{Path(file).name}"
-    report = V.run_suite(name, ratings, checks, reports / "partitions")
+def split_by_user(
+    piece: str | CsvBlock, order: int, *, count: int, scratch: Path, checks: list, reports: Path
+) -> ValidationReport:
+    """One piece of the input (the ``order``-th in stream order), a Parquet file or a block of a
+    CSV file's rows: its rows checked (row numbers are the file's data rows), then split by user."""
+    if isinstance(piece, CsvBlock):
+        ratings = read_csv_block(piece, RATINGS_SCHEMA)
+        first = piece.first_row
+        name = f"raw_ratings@{piece.file.name}/data-rows-{first}-{first + ratings.height - 1}"
+        key = f"{piece.file}@{piece.start}"
+    else:
+        ratings = read_parquet_files([Path(piece)], RATINGS_SCHEMA)
+        first, name, key = 1, f"raw_ratings@{Path(piece).parent.name}/{Path(piece).name}", piece
+    report = V.run_suite(name, ratings, checks, reports / "partitions", first_row=first)
     placed = ratings.with_columns(
         pl.lit(order, pl.Int64).alias("_file"), pl.int_range(pl.len(), dtype=pl.Int64).alias("_row")
     )
-    write_partitions(placed, _bucket("userId", count), scratch / "by-user", _file_key(file))
+    write_partitions(placed, _bucket("userId", count), scratch / "by-user", _file_key(key))
     return report
 
 
@@ -394,7 +438,9 @@ def feature_table_reports(
 
 
 def write_snapshots(scratch: Path, genres: pl.DataFrame, out: Location) -> None:
-    users, movies = (pl.read_parquet(scratch / name / "*.parquet") for name in ("user-totals", "movie-totals"))
+    users, movies = (
+        parquet_io.read_files(sorted((scratch / name).glob("*.parquet"))) for name in ("user-totals", "movie-totals")
+    )
     F.write_snapshots(*F.snapshots(users, movies, genres), out)
 
 
@@ -421,7 +467,7 @@ def read_partition(root: Path, part: int, schema: dict | None = None) -> pl.Data
     """Every file of one partition (``schema``'s empty frame when there is none)."""
     folder = root / f"{part:06d}"
     files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    return pl.concat([pl.read_parquet(file) for file in files]) if files else pl.DataFrame(schema=schema)
+    return parquet_io.read_files(files) if files else pl.DataFrame(schema=schema)
 
 
 def distinct_ratings(scratch: Path, part: int) -> pl.DataFrame:
@@ -434,5 +480,5 @@ def distinct_ratings(scratch: Path, part: int) -> pl.DataFrame:
 def write_atomically(frame: pl.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    frame.write_parquet(temporary, compression="lz4")  # read once, soon: speed over size
+    parquet_io.write(frame, temporary, compression="lz4")  # read once, soon: speed over size
     temporary.rename(path)

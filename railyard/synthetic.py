@@ -39,6 +39,7 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from railyard import parquet_io
 from railyard.features import split_cutoff
 from railyard.fsutil import atomic_write_text
 from railyard.loaders import MOVIELENS_GENRES, NO_GENRES, RATINGS_SCHEMA
@@ -202,7 +203,7 @@ def _write_day(chunk: pl.DataFrame, target: Path, fmt: str, day: date, *, first:
     else:
         partition = target / f"date={day.isoformat()}"
         partition.mkdir(parents=True)
-        chunk.write_parquet(partition / "part-0.parquet")
+        parquet_io.write(chunk, partition / "part-0.parquet")
 
 
 def _check_arguments(*, users: int, movies: int, days: int, ratings_per_day: int, fmt: str, mode: str) -> None:

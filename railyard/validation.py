@@ -38,14 +38,16 @@ class ExpectationFailure:
     unexpected_count: int | None  # rows that broke it (None for table-level expectations)
     observed: object  # the observed value for aggregate expectations (mean, row count, ...)
     examples: list = field(default_factory=list)
-    rows: list[int] = field(default_factory=list)  # row numbers (from 0) of the first unexpected rows
+    # The first unexpected rows, as data rows counted from 1 (a CSV's first row after its header
+    # is data row 1, on line 2): the numbering the loader's messages use.
+    rows: list[int] = field(default_factory=list)
 
     def line(self) -> str:
         target = f"(column={self.column})" if self.column else ""
         if self.unexpected_count is not None:
             outcome = f"{self.unexpected_count} unexpected rows"
             if self.rows:
-                outcome += f" (rows {', '.join(map(str, self.rows))})"
+                outcome += f" (data rows {', '.join(map(str, self.rows))})"
             if self.examples:
                 outcome += f", e.g. {self.examples}"
         else:
@@ -207,14 +209,15 @@ def scalar_view(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def run_suite(
-    name: str, frame: pl.DataFrame, expectations: list, report_dir: Path, view=lambda frame: frame
+    name: str, frame: pl.DataFrame, expectations: list, report_dir: Path, view=lambda frame: frame, first_row: int = 1
 ) -> ValidationReport:
     """Every expectation over every row of ``frame`` (seen through ``view``), with GX's pandas
     engine never holding more than ``SLICE_ROWS`` rows of it at once.
 
     Row-level expectations (GX's column and multicolumn map expectations) and the column set run
     slice by slice and their results are merged: counts added up, examples kept, row numbers
-    those of ``frame``. Rows a compound-uniqueness check compares are hashed into the same slice,
+    those of ``frame`` as data rows counted from ``first_row`` (a part of a file: the data row
+    of its first row). Rows a compound-uniqueness check compares are hashed into the same slice,
     so duplicates are found across the whole table. Whole-table expectations (row count, column
     mean/min/max) run once, on only the columns they name.
     """
@@ -252,9 +255,10 @@ def run_suite(
         outcomes |= checker(whole_table, f"{name}.table")(data)
     if per_slice:
         check = checker(per_slice, f"{name}.rows")
-        # GX reports unexpected rows by index: make it the row's number in ``frame``.
+        # GX reports unexpected rows by index: make it the row's data-row number.
         sliced = [
-            check(view(rows).to_pandas().set_index("_row").rename_axis(None)) for rows in _row_slices(frame, per_slice)
+            check(view(rows).to_pandas().set_index("_row").rename_axis(None))
+            for rows in _row_slices(frame, per_slice, first_row)
         ]
         outcomes |= {key: _merged([outcome[key] for outcome in sliced]) for key in map(id, per_slice)}
     results = [outcomes[id(expectation)] for expectation in expectations]
@@ -307,9 +311,10 @@ def _row_level(expectation) -> bool:
     )
 
 
-def _row_slices(frame: pl.DataFrame, expectations: list) -> Iterator[pl.DataFrame]:
-    """``frame`` with its row numbers (``_row``), in slices of about ``SLICE_ROWS`` rows."""
-    numbered = frame.with_row_index("_row")
+def _row_slices(frame: pl.DataFrame, expectations: list, first_row: int) -> Iterator[pl.DataFrame]:
+    """``frame`` with its row numbers from ``first_row`` (``_row``), in slices of about
+    ``SLICE_ROWS`` rows."""
+    numbered = frame.with_row_index("_row", offset=first_row)
     count = -(-len(frame) // SLICE_ROWS)
     if count <= 1:
         yield numbered

@@ -23,14 +23,15 @@ def build_features_on_cluster(
     source: Path, settings: Settings, out_dir: Location, scratch_dir: Path, report_dir: Path, run_id: str
 ) -> features.FeatureSet:
     """``RAILYARD_FEATURE_ENGINE=dask``: the feature folder ``out_dir`` (local or S3), built
-    partitioned on the Dask cluster from the data set's Parquet files (its partitions under
-    ``scratch_dir``), which also validates the ratings and the features and measures the online
-    store's skew (filling it when empty) on the partitions. The ratings never pass through this
+    partitioned on the Dask cluster from the data set's files (Parquet partitions, or a
+    ``ratings.csv`` the workers read in blocks; the build's partitions under ``scratch_dir``),
+    which also validates the ratings and the features and measures the online store's skew
+    (filling it when empty) on the partitions. The ratings never pass through this
     process; the features come back without their training rows (training streams the shards)."""
     from infra.dask_cluster import dask_client
     from railyard import partitioned
 
-    ratings_files, movies_file = loaders.parquet_layout(source)
+    ratings_files, movies_file = loaders.dataset_files(source)
     movies = loaders.read_movies(movies_file) if movies_file is not None else None
     source_files = sorted(ratings_files + ([movies_file] if movies_file is not None else []))
     fingerprint = features.feature_fingerprint(source_files, settings.holdout_fraction)

@@ -45,6 +45,7 @@ import redis
 
 from infra.online_store import keys
 from infra.online_store.store import Applied, OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable, reachable
+from railyard import parquet_io
 from railyard.errors import RailyardError
 from railyard.events import FIELDS, MalformedEvent, RatingEvent, parse_event
 from railyard.loaders import (
@@ -110,7 +111,7 @@ def read_event_file(path: Path) -> list[RatingEvent]:
         if path.suffix == ".csv":
             frame = pl.read_csv(path, infer_schema=False)
         elif path.suffix == ".parquet":
-            frame = pl.read_parquet(path)
+            frame = parquet_io.read(path)
         else:
             raise DataLoadError(f"{path}: expected a .csv or .parquet file of ratings ({', '.join(FIELDS)})")
     except (pl.exceptions.PolarsError, OSError) as error:
@@ -189,7 +190,7 @@ def write_sink(data_dir: Path, events: Sequence[tuple[bytes, RatingEvent]]) -> l
         frame = pl.DataFrame(
             [(e.user_id, e.movie_id, e.rating, e.timestamp) for _, e in rows], schema=RATINGS_SCHEMA, orient="row"
         )
-        frame.write_parquet(temporary)
+        parquet_io.write(frame, temporary)
         _fsync(temporary)
         os.replace(temporary, target)
         _fsync(folder)  # the rename itself survives a power cut before the acknowledgement

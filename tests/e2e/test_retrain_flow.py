@@ -137,6 +137,27 @@ def test_unreadable_input_stops_the_flow_with_a_clear_error(case, flow_home, tmp
     assert message["next_step"].startswith("fix the input data")
 
 
+def test_a_page_changed_after_it_was_written_stops_the_run_naming_the_file(flow_home, tmp_path, monkeypatch):
+    """Issue 32's silent corruption: bytes flipped inside a compressed page of a ratings partition
+    that decode into other valid movieIds. The run is refused at loading, naming the file."""
+    from flows.retrain import retrain
+    from railyard.loaders import DataLoadError, parquet_layout
+    from tests.support.parquet_pages import flip_bytes_silently
+
+    # Without the checksums the run went on to a canary: never on the fixed ports.
+    monkeypatch.setenv("RAILYARD_LOCAL_SERVING_REST_PORT", "0")
+    monkeypatch.setenv("RAILYARD_LOCAL_SERVING_GRPC_PORT", "0")
+
+    data = tmp_path / "data"
+    generate_movielens(data, users=300, movies=500, days=3, ratings_per_day=2_000, seed=7, fmt="parquet")
+    damaged = parquet_layout(data)[0][1]
+    assert flip_bytes_silently(damaged, "movieId") > 100
+    with pytest.raises(DataLoadError, match="checksum") as refused:
+        retrain(data_dir=str(data))
+    assert str(damaged) in str(refused.value)
+    assert _store_versions(flow_home) == []
+
+
 def _valid_rows(count: int = 400) -> list[str]:
     return [f"{1 + i % 40},{1 + i % 37},{[2.0, 4.5][i % 2]},{1_000_000 + i * 60}" for i in range(count)]
 
@@ -228,11 +249,15 @@ def test_a_skewed_online_store_stops_the_run_before_training(flow_home, tmp_path
     assert not any(name.startswith("epoch_") for name in run.data.metrics)  # nothing trained
 
 
-def test_with_the_dask_engine_a_daily_run_never_reads_the_ratings_in_its_own_process(flow_home, tmp_path, monkeypatch):
-    """RAILYARD_FEATURE_ENGINE=dask end to end: the features, their validation and the online
-    store's first fill and skew check run on a LocalCluster of two worker processes; the flow's
-    process never reads a rating file (any attempt fails the test), yet it trains from the
-    shards, evaluates, publishes and releases version 1 to production."""
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_with_the_dask_engine_a_daily_run_never_reads_the_ratings_in_its_own_process(
+    flow_home, tmp_path, monkeypatch, fmt
+):
+    """RAILYARD_FEATURE_ENGINE=dask end to end, on date-partitioned Parquet and on MovieLens'
+    own layout (ratings.csv + movies.csv, read in blocks on the workers): the features, their
+    validation and the online store's first fill and skew check run on a LocalCluster of two
+    worker processes; the flow's process never reads a rating file (any attempt fails the test),
+    yet it trains from the shards, evaluates, publishes and releases version 1 to production."""
     from mlflow.tracking import MlflowClient
 
     from flows.retrain import retrain
@@ -244,7 +269,7 @@ def test_with_the_dask_engine_a_daily_run_never_reads_the_ratings_in_its_own_pro
     def refused(*_):
         raise AssertionError("the flow's process read the ratings")
 
-    for name in ("load_dataset", "load_parquet_partitions", "read_parquet_files"):
+    for name in ("load_dataset", "load_parquet_partitions", "read_parquet_files", "load_movielens_dir"):
         monkeypatch.setattr(loaders, name, refused)
     for name, value in {"FEATURE_ENGINE": "dask", "DASK_WORKERS": "2", "DASK_WORKER_MEMORY": "1GiB"}.items():
         monkeypatch.setenv(f"RAILYARD_{name}", value)
@@ -253,7 +278,7 @@ def test_with_the_dask_engine_a_daily_run_never_reads_the_ratings_in_its_own_pro
     monkeypatch.setenv("RAILYARD_LOCAL_SERVING_REST_PORT", "0")
     monkeypatch.setenv("RAILYARD_LOCAL_SERVING_GRPC_PORT", "0")
     data = tmp_path / "data"
-    generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=300, seed=5, fmt="parquet")
+    generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=300, seed=5, fmt=fmt)
 
     try:
         summary = retrain(data_dir=str(data), auto_approve=True)
@@ -297,7 +322,7 @@ def test_with_the_dask_engine_a_bad_row_in_one_partition_stops_the_run_before_tr
         retrain(data_dir=str(data))
     message = str(raised.value)
     assert f"suite raw_ratings@{broken.parent.name}/{broken.name}:" in message
-    assert "rating within 0.5..5.0: 1 unexpected rows (rows 17), e.g. [7.0]" in message
+    assert "rating within 0.5..5.0: 1 unexpected rows (data rows 18), e.g. [7.0]" in message
     assert _store_versions(flow_home) == [] and not list(flow_home.rglob("part-*.parquet"))
     client = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("railyard").experiment_id])

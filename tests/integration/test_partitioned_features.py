@@ -2,6 +2,7 @@
 worker processes: the same feature folder as the one-machine Polars build, row for row."""
 
 import json
+import re
 
 import numpy as np
 import polars as pl
@@ -11,7 +12,7 @@ from polars.testing import assert_frame_equal
 from infra.online_store import keys
 from infra.online_store.consistency import ALL_EVENTS, check_store_partitioned, offline_samples
 from railyard import features, partitioned
-from railyard.loaders import RATINGS_SCHEMA, load_dataset, parquet_layout, read_movies
+from railyard.loaders import RATINGS_SCHEMA, DataLoadError, dataset_files, load_dataset, parquet_layout, read_movies
 from railyard.locations import Location, read_parquet
 from railyard.settings import Settings
 from railyard.synthetic import generate_movielens
@@ -41,10 +42,10 @@ def client(tmp_path_factory):
 
 
 def build_on_dask(
-    client, data, out_dir, report_dir, *, rows_per_partition: int, per_key=None, scratch_dir=None
+    client, data, out_dir, report_dir, *, rows_per_partition: int, per_key=None, scratch_dir=None, **options
 ) -> partitioned.Built:
-    """The partitioned build of a Parquet data set, holdout 0.2, as the flow's task calls it."""
-    files, movies_file = parquet_layout(data)
+    """The partitioned build of a data set, holdout 0.2, as the flow's task calls it."""
+    files, movies_file = dataset_files(data)
     fingerprint = features.feature_fingerprint(sorted([*files, movies_file]), 0.2)
     return partitioned.build_on_cluster(
         client,
@@ -58,6 +59,7 @@ def build_on_dask(
         scratch_dir=scratch_dir,
         per_key=per_key,
         rows_per_partition=rows_per_partition,
+        **options,
     )
 
 
@@ -135,6 +137,97 @@ def test_the_dask_build_equals_the_polars_build_row_for_row(client, awkward_data
     assert sorted(path.name for path in tmp_path.iterdir()) == ["dask", "polars", "reports"]  # no scratch left
 
 
+@pytest.fixture(scope="module")
+def csv_data(awkward_data, tmp_path_factory):
+    """The awkward ratings in MovieLens' own layout (as ml-25m ships): ratings.csv, with an extra
+    column whose quoted values hold commas, doubled quotes and line breaks (the loader ignores
+    it; a block must never start inside one), and movies.csv with quoted titles."""
+    dataset = load_dataset(awkward_data)
+    folder = tmp_path_factory.mktemp("movielens")
+    note = pl.when(pl.int_range(pl.len()) % 7 == 0).then(pl.lit('seen twice, "loved" it\nreally')).otherwise(None)
+    dataset.ratings.with_columns(note.alias("note")).write_csv(folder / "ratings.csv")
+    dataset.movies.with_columns(pl.col("title") + ', The "Cut"').write_csv(folder / "movies.csv")
+    return folder
+
+
+def test_a_movielens_csv_folder_is_read_in_blocks_on_the_workers_into_the_same_folder(client, csv_data, tmp_path):
+    """RAILYARD_FEATURE_ENGINE=dask on ratings.csv + movies.csv: the workers read the file in
+    blocks, and the folder (its meta.json with the data fingerprint included) equals the Polars
+    build's from the same folder."""
+    assert '"loved"" it\nreally' in (csv_data / "ratings.csv").read_text()
+    assert ', The ""Cut""' in (csv_data / "movies.csv").read_text()
+    dataset = load_dataset(csv_data)
+    one_machine = features.write_feature_set(features.build_feature_set(dataset, 0.2), tmp_path / "polars")
+    built = build_on_dask(
+        client, csv_data, tmp_path / "dask", tmp_path / "reports", rows_per_partition=1_500, csv_block_bytes=32_768
+    )
+    assert built.meta == json.loads((one_machine / "meta.json").read_text())
+    assert built.meta["fingerprint"] == features.feature_fingerprint(dataset.source_files, 0.2)
+    assert_same_folders(tmp_path / "dask", one_machine)
+    blocks = sorted((tmp_path / "reports" / "partitions" / "raw_ratings@ratings.csv").glob("data-rows-*.html"))
+    assert len(blocks) > 10  # each block checked on its own
+    numbered = sorted(tuple(map(int, path.stem.rsplit("-", 2)[1:])) for path in blocks)
+    assert numbered[0][0] == 1 and numbered[-1][1] == dataset.ratings.height
+    assert all(later[0] == earlier[1] + 1 for earlier, later in zip(numbered, numbered[1:]))
+
+
+def _csv_folder(folder, change_data_row: int, change) -> tuple:
+    """A generated MovieLens folder with data row ``change_data_row`` of ratings.csv replaced by
+    ``change(fields)``; the folder and the changed line as `sed -n` prints it."""
+    generate_movielens(folder, users=200, movies=100, days=4, ratings_per_day=800, seed=8)
+    lines = (folder / "ratings.csv").read_text().splitlines()
+    lines[change_data_row] = ",".join(change(lines[change_data_row].split(",")))
+    (folder / "ratings.csv").write_text("\n".join(lines) + "\n")
+    return folder, lines[change_data_row]
+
+
+def test_a_bad_row_in_a_block_of_ratings_csv_stops_the_build_naming_the_file_and_its_data_row(client, tmp_path):
+    data, line = _csv_folder(tmp_path / "data", 2_345, lambda fields: [*fields[:2], "7.0", fields[3]])
+    assert (data / "ratings.csv").read_text().splitlines()[2_346 - 1] == line  # data row 2345 is line 2346
+    with pytest.raises(DataValidationError) as failed:
+        build_on_dask(
+            client, data, tmp_path / "features", tmp_path / "reports", rows_per_partition=1_000, csv_block_bytes=8_192
+        )
+    message = str(failed.value)
+    ((first, last),) = re.findall(r"suite raw_ratings@ratings.csv/data-rows-(\d+)-(\d+):", message)
+    assert 1 < int(first) <= 2_345 <= int(last)
+    assert "rating within 0.5..5.0: 1 unexpected rows (data rows 2345), e.g. [7.0]" in message
+    assert not (tmp_path / "features").exists()
+
+
+def test_a_value_that_does_not_parse_in_a_block_is_refused_as_the_loader_refuses_it(client, tmp_path):
+    data, _ = _csv_folder(tmp_path / "data", 2_345, lambda fields: [*fields[:2], "good", fields[3]])
+    with pytest.raises(DataLoadError) as loaded:
+        load_dataset(data)
+    with pytest.raises(DataLoadError) as built:
+        build_on_dask(
+            client, data, tmp_path / "features", tmp_path / "reports", rows_per_partition=1_000, csv_block_bytes=8_192
+        )
+    assert str(built.value) == str(loaded.value)
+    assert "ratings.csv: column 'rating' must be a number, but data row 2345 (line 2346) holds 'good'" in str(
+        built.value
+    )
+    assert not (tmp_path / "features").exists()
+
+
+def test_ratings_csv_keeps_the_first_rating_of_an_event_on_either_engine(client, tmp_path):
+    """First wins in a CSV file as on the stream: a row repeated in every column and a later,
+    different rating of the same event are dropped, in blocks on the workers as by the loader."""
+    data, line = _csv_folder(tmp_path / "data", 1_500, lambda fields: fields)
+    user, movie, rating, timestamp = line.split(",")
+    other = "1.0" if float(rating) != 1.0 else "5.0"
+    with open(data / "ratings.csv", "a") as ratings:
+        ratings.write(f"{line}\n{user},{movie},{other},{timestamp}\n")
+    dataset = load_dataset(data)
+    assert dataset.duplicates_dropped == 2 and dataset.conflicts_dropped == 1
+    one_machine = features.write_feature_set(features.build_feature_set(dataset, 0.2), tmp_path / "polars")
+    built = build_on_dask(
+        client, data, tmp_path / "dask", tmp_path / "reports", rows_per_partition=1_000, csv_block_bytes=8_192
+    )
+    assert built.meta == json.loads((one_machine / "meta.json").read_text())
+    assert_same_folders(tmp_path / "dask", one_machine)
+
+
 def namespace_contents(store, namespace: str) -> dict:
     """Every key of one namespace (its name cut off) and its value; the build time left out."""
     prefix = f"{keys.NAMESPACES}{namespace}:"
@@ -193,12 +286,11 @@ def test_an_empty_online_store_is_filled_on_the_partitions_as_a_rebuild_fills_it
 
 
 def test_the_flows_build_step_on_a_local_cluster_never_loads_the_ratings_in_its_process(
-    awkward_data, online_store, tmp_path, monkeypatch
+    awkward_data, csv_data, online_store, tmp_path, monkeypatch
 ):
     import mlflow
 
     from railyard import loaders
-    from railyard.loaders import DataLoadError
     from tasks.features import build_features_on_cluster
 
     def refused(*_):
@@ -232,12 +324,21 @@ def test_the_flows_build_step_on_a_local_cluster_never_loads_the_ratings_in_its_
     metrics = mlflow.MlflowClient().get_run(run_id).data.metrics
     assert metrics["online_skew_share_users"] == 0 and metrics["online_skew_share_movies"] == 0
 
-    csv_folder = tmp_path / "csv"
-    generate_movielens(csv_folder, users=20, movies=20, days=2, ratings_per_day=50, seed=1)
-    with pytest.raises(DataLoadError, match="no date=YYYY-MM-DD partition folders"):
-        build_features_on_cluster.fn(
-            csv_folder, settings, Location.of(tmp_path / "csv-features"), tmp_path, tmp_path / "reports", run_id
-        )
+    # MovieLens' own layout (ratings.csv + movies.csv) too, read on the workers in blocks.
+    from_csv = features.build_feature_set(load_dataset(csv_data), settings.holdout_fraction)
+    for name in ("load_movielens_dir", "read_csv_block"):
+        monkeypatch.setattr(loaders, name, refused)
+    monkeypatch.setattr(partitioned, "read_csv_block", refused)
+    built = build_features_on_cluster.fn(
+        csv_data, settings, Location.of(tmp_path / "csv-features"), tmp_path / "scratch", tmp_path / "reports", run_id
+    )
+    assert (built.cutoff_ts, built.priors, built.fingerprint) == (
+        from_csv.cutoff_ts,
+        from_csv.priors,
+        from_csv.fingerprint,
+    )
+    assert built.fingerprint != expected.fingerprint  # the same notion: the files read, not the rows
+    assert_frame_equal(built.holdout, from_csv.holdout, check_exact=True)
 
 
 def test_a_worker_killed_during_the_build_is_replaced_and_the_folder_and_the_store_are_still_exact(
@@ -312,7 +413,7 @@ def test_a_bad_row_in_one_file_stops_the_build_naming_the_expectation_the_file_a
     where = f"raw_ratings@{broken.parent.name}/{broken.name}"
     assert f"suite {where}:" in message
     assert (
-        "expect_column_values_to_be_between(column=rating): rating within 0.5..5.0: 1 unexpected rows (rows 17), e.g. [7.0]"
+        "expect_column_values_to_be_between(column=rating): rating within 0.5..5.0: 1 unexpected rows (data rows 18), e.g. [7.0]"
         in message
     )
     assert message.count("FAILED") == 2  # the range and the half-star set, in that file only

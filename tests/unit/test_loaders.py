@@ -234,7 +234,7 @@ def test_parquet_non_numeric_rating_names_file_row_and_value(tmp_path):
         load_dataset(tmp_path)
     message = str(error.value)
     assert "column 'rating' has type String" in message and "must be a number" in message
-    assert "date=2026-01-02/part-0.parquet row 2 holds 'great'" in message
+    assert "date=2026-01-02/part-0.parquet data row 2 holds 'great'" in message
 
 
 def test_parquet_partitions_without_rows(tmp_path):

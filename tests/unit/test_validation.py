@@ -91,7 +91,7 @@ def test_each_kind_of_bad_ratings_is_named_with_its_count(case, tmp_path, slice_
 
 def test_a_negative_timestamp_is_called_negative(tmp_path, slice_rows):
     report = validation.validate_ratings(_replace_row(_clean(), 6, timestamp=-5), BOUNDS, tmp_path)
-    assert "not negative, not in the future: 1 unexpected rows (rows 6), e.g. [-5]" in report.summary()
+    assert "not negative, not in the future: 1 unexpected rows (data rows 7), e.g. [-5]" in report.summary()
 
 
 def test_error_message_names_each_failed_expectation_and_the_report(tmp_path, slice_rows):
@@ -100,8 +100,8 @@ def test_error_message_names_each_failed_expectation_and_the_report(tmp_path, sl
     with pytest.raises(validation.DataValidationError) as raised:
         validation.raise_for_failures(report)
     message = str(raised.value)
-    assert "no duplicate (userId, movieId, timestamp) ratings: 2 unexpected rows (rows 0, 200)" in message
-    assert "rating within 0.5..5.0: 1 unexpected rows (rows 2), e.g. [9.5]" in message
+    assert "no duplicate (userId, movieId, timestamp) ratings: 2 unexpected rows (data rows 1, 201)" in message
+    assert "rating within 0.5..5.0: 1 unexpected rows (data rows 3), e.g. [9.5]" in message
     assert str(tmp_path / "raw_ratings.html") in message
     assert raised.value.reports == [report]
 
@@ -154,8 +154,8 @@ def test_slices_report_what_the_whole_table_reports(tmp_path, monkeypatch):
     assert [f.line() for f in sliced.failures] == [f.line() for f in whole.failures]  # (a null example is nan)
     assert len(whole.failures) == 4, whole.summary()
     out_of_range = next(f for f in sliced.failures if f.expectation == "expect_column_values_to_be_between")
-    assert (out_of_range.unexpected_count, out_of_range.rows, out_of_range.examples) == (3, [20, 60, 150], [9.5] * 3)
-    assert "(rows 10, 200)" in sliced.summary()
+    assert (out_of_range.unexpected_count, out_of_range.rows, out_of_range.examples) == (3, [21, 61, 151], [9.5] * 3)
+    assert "(data rows 11, 201)" in sliced.summary()
     assert sliced.html_report.read_text().count("Failed") == whole.html_report.read_text().count("Failed")
 
 
@@ -186,3 +186,29 @@ def test_the_batch_accepts_exactly_the_timestamps_the_stream_accepts(timestamp, 
     except events.MalformedEvent:
         stream = False
     assert batch.success == stream, batch.summary()
+
+
+def test_the_loader_and_the_validation_number_a_row_alike(tmp_path, slice_rows):
+    """One numbering for a row: the data row counted from 1 after the header (data row N is line
+    N + 1 of ratings.csv, what `sed -n` shows), in the loader's messages, the validation's and
+    publish-events'."""
+    from infra.online_store.stream import read_event_file
+    from railyard.loaders import DataLoadError, load_dataset
+
+    rows = [f"{1 + i % 17},{1 + i % 23},4.0,{1_600_000_000 + i * 60}" for i in range(40)]
+    unparsable, out_of_range = rows.copy(), rows.copy()
+    unparsable[16] = "17,17,good,1600000960"  # data row 17, line 18
+    out_of_range[16] = "17,17,7.0,1600000960"
+    for name, lines in (("unparsable", unparsable), ("out_of_range", out_of_range)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "\n".join(lines) + "\n")
+    assert (tmp_path / "out_of_range" / "ratings.csv").read_text().splitlines()[18 - 1] == "17,17,7.0,1600000960"
+
+    with pytest.raises(DataLoadError, match=r"data row 17 \(line 18\) holds 'good'"):
+        load_dataset(tmp_path / "unparsable")
+    report = validation.validate_ratings(load_dataset(tmp_path / "out_of_range").ratings, BOUNDS, tmp_path / "reports")
+    (failure,) = [f for f in report.failures if f.expectation == "expect_column_values_to_be_between"]
+    assert failure.rows == [17]
+    assert "rating within 0.5..5.0: 1 unexpected rows (data rows 17), e.g. [7.0]" in report.summary()
+    with pytest.raises(DataLoadError, match="ratings.csv: data row 17: rating_out_of_range"):
+        read_event_file(tmp_path / "out_of_range" / "ratings.csv")
