@@ -419,8 +419,9 @@ def score(
 def restore_registry() -> None:
     """Rebuild a lost MLflow registry from the model store's versions (only into an empty one).
 
-    The version `stable` serves becomes production again; the others are archived with a note
-    that their earlier history was lost (no rollback to them).
+    Each version takes its stage and history from the store's transition log. A version the log
+    does not know: the one `stable` serves becomes production again, the others are archived with
+    a note that their earlier history was lost (no rollback to them).
     """
     settings = _settings()
     from tasks.release import release_lock

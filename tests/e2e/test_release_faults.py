@@ -111,6 +111,9 @@ def test_two_runs_at_once_on_one_home_agree_on_production(world):
 
 def test_a_lost_tracking_database_is_refused_and_the_registry_can_be_restored(world):
     production = world.aliases()["production"]
+    earlier = max(
+        v for v in world.versions() if v != production and "production" in [e["stage"] for e in world.history(v)]
+    )
     (world.home / "mlflow.db").unlink()
     # This process's MLflow client still reads the deleted file: look through new processes and SQL.
     refused = world.finish(world.start_run(9, "--auto-approve"), code=2)
@@ -125,6 +128,10 @@ def test_a_lost_tracking_database_is_refused_and_the_registry_can_be_restored(wo
     stages = {entry["version"]: entry["stage"] for entry in status["versions"]}
     assert [v for v, stage in stages.items() if stage == "production"] == [production]
     assert stages[1] == "archived" and status["serving"]["stable"] == production
+    # The restored versions keep their history: a plain rollback finds the earlier production version.
+    rolled = world.railyard("rollback", "--reason", "after the restore")
+    assert f"version {earlier} is stable again" in rolled.stdout
+    assert world.status()["serving"]["stable"] == earlier
 
 
 def test_what_a_run_killed_mid_publication_left_is_removed_by_the_next_reconcile(world):
