@@ -110,10 +110,16 @@ def generate_data(
     )
 
 
-def _settings():
+def _settings(*, store: bool = False):
+    """The settings (a bad value refused, naming its variable); with ``store``, for a command that
+    uses the model store, a store URI that names no store is refused too, before anything runs."""
     from railyard.settings import load_settings
 
     settings = load_settings()
+    if store:
+        from model_registry import open_store
+
+        open_store(settings.resolved_store_uri, s3_endpoint_url=settings.s3_endpoint_url)  # opens nothing remote
     prepare_environment(settings.home)
     return settings
 
@@ -134,7 +140,7 @@ def run(
     Without --auto-approve the run pauses after the smoke tests until a reviewer answers
     (`railyard approve|reject VERSION` from another shell, or the Prefect UI).
     """
-    _settings()
+    _settings(store=True)
     from flows.retrain import retrain
 
     parameters = {"data_dir": str(data.resolve()) if data else None, "epochs": epochs}
@@ -240,7 +246,7 @@ def _serve_in_docker(config_path: Path, rest: int, grpc: int, stop: bool) -> Non
 
 
 def _decide(version: int, decision: str, named: str | None, comment: str) -> None:
-    settings = _settings()
+    settings = _settings(store=True)
     from pydantic import ValidationError
 
     from model_registry.stages import Stage
@@ -306,7 +312,7 @@ def rollback(
     ] = None,
 ) -> None:
     """Put an earlier production version back on `stable`."""
-    _settings()
+    _settings(store=True)
     from flows.rollback import rollback as rollback_flow
 
     result = rollback_flow(to_version=to, reason=_with_name(reason, actor), actor=_os_user())
@@ -326,7 +332,7 @@ def status(
     docs/release.md); each repair is listed. With --verify-history, first checks the model
     store's transition log (exit 2 when a record was tampered with or MLflow disagrees).
     """
-    settings = _settings()
+    settings = _settings(store=True)
     from infra.rollout.deploy import resolve_target
     from infra.tfserving.protocol import CANARY, STABLE
     from model_registry import LockTimeoutError
@@ -423,7 +429,7 @@ def restore_registry() -> None:
     does not know: the one `stable` serves becomes production again, the others are archived with
     a note that their earlier history was lost (no rollback to them).
     """
-    settings = _settings()
+    settings = _settings(store=True)
     from tasks.release import release_lock
     from tasks.release import restore_registry as restore
 
@@ -472,7 +478,7 @@ def worker(
     run_once: Annotated[bool, typer.Option("--run-once", help="Exit after the runs scheduled now.")] = False,
 ) -> None:
     """Start a process worker on the `railyard` work pool (runs scheduled and UI-started flow runs)."""
-    _settings()
+    _settings(store=True)
     args = ["worker", "start", "--pool", WORK_POOL, "--type", "process"] + (["--run-once"] if run_once else [])
     raise typer.Exit(_prefect(*args, check=False).returncode)
 

@@ -386,6 +386,10 @@ class StageRegistry:
         self.client.set_model_version_tag(self.model, str(version), STAGE_TAG, to_stage.value)
         return entry
 
+    def logged_versions(self) -> set[int]:
+        """The versions the transition log has records of (none without a store)."""
+        return set(self._logged_history())
+
     def _logged_history(self) -> dict[int, list[dict]]:
         """Each version's entries in the transition log (verified); empty without a store."""
         return versions_history(self.store.transitions(self.model)) if self.store is not None else {}
