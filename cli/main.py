@@ -477,10 +477,17 @@ def deploy() -> None:
 def worker(
     run_once: Annotated[bool, typer.Option("--run-once", help="Exit after the runs scheduled now.")] = False,
 ) -> None:
-    """Start a process worker on the `railyard` work pool (runs scheduled and UI-started flow runs)."""
-    _settings(store=True)
+    """Start a process worker on the `railyard` work pool (runs scheduled and UI-started flow runs).
+
+    One SIGTERM or Ctrl-C stops it and the runs it started: each run concludes its release as
+    interrupted (docs/release.md) within RAILYARD_WORKER_STOP_GRACE_S, then whatever still runs is killed.
+    """
+    settings = _settings(store=True)
+    from railyard.processes import run_supervised
+
     args = ["worker", "start", "--pool", WORK_POOL, "--type", "process"] + (["--run-once"] if run_once else [])
-    raise typer.Exit(_prefect(*args, check=False).returncode)
+    command = [sys.executable, "-m", "prefect", *args]
+    raise typer.Exit(run_supervised(command, grace_s=settings.worker_stop_grace_s, cwd=REPO_ROOT))
 
 
 # -- the online feature store and its event stream ------------------------------------------
