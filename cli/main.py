@@ -51,8 +51,50 @@ def main(args: list[str] | None = None) -> None:
         _report(str(error), error.next_step, debug)
         sys.exit(error.exit_code)
     except Exception as error:  # noqa: BLE001 - anything else is still one sentence, not a traceback
-        _report(f"{type(error).__name__}: {error}", f"run again with {DEBUG_FLAG} for the traceback", debug)
+        _report(*_unexpected(error), debug)
         sys.exit(1)
+
+
+def _unexpected(error: Exception) -> tuple[str, str]:
+    """An error Railyard did not raise on purpose, on one line, and the next step, naming the
+    cause where the machine shows it: a locked MLflow database, or a full disk under one of the
+    files Railyard's state lives in (a full disk often surfaces as an error of Prefect's API)."""
+    from railyard.fsutil import FULL_BELOW_BYTES, free_bytes
+
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    cause = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    files = _state_files()
+    database = files.get("MLflow's database")
+    if database is not None and "database is locked" in str(error):
+        return (
+            f"MLflow's database {database} is locked by another process ({cause})",
+            f"a process holds a lock on {database} (`fuser {database}` names it): let it finish or stop it, "
+            "then run again",
+        )
+    for what, path in files.items():
+        if (free := free_bytes(path)) < FULL_BELOW_BYTES:
+            return (
+                f"no space left on the disk of {what} {path} ({free:,} bytes free): {cause}",
+                "free space on that disk (or move RAILYARD_HOME to a larger one), then run again: the next run "
+                "concludes what this one left unfinished",
+            )
+    return cause, f"run again with {DEBUG_FLAG} for the traceback"
+
+
+def _state_files() -> dict[str, Path]:
+    """Where Railyard's state lives on this machine, by what it is (empty if the settings do not load)."""
+    from railyard.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError:
+        return {}
+    files = {}
+    if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" in os.environ:  # the embedded Prefect server
+        files["Prefect's database"] = Path(os.environ["PREFECT_HOME"]) / "prefect.db"
+    if settings.resolved_tracking_uri.startswith("sqlite:///"):
+        files["MLflow's database"] = Path(settings.resolved_tracking_uri.removeprefix("sqlite:///"))
+    return files | {"RAILYARD_HOME": settings.home}
 
 
 def _report(message: str, next_step: str, debug: bool) -> None:
