@@ -270,7 +270,7 @@ class StageRegistry:
         if current is Stage.STAGING and to_stage is Stage.PRODUCTION and not smoke_passed:
             raise IllegalTransition(f"{self.model} version {version} has no passed smoke tests on record")
         if current is Stage.ARCHIVED and to_stage is Stage.PRODUCTION:
-            if not any(entry["stage"] == Stage.PRODUCTION.value for entry in entries):
+            if not any(entry.get("stage") == Stage.PRODUCTION.value for entry in entries):
                 raise IllegalTransition(f"{self.model} version {version} was never in production: no rollback to it")
         return current
 
