@@ -51,8 +51,50 @@ def main(args: list[str] | None = None) -> None:
         _report(str(error), error.next_step, debug)
         sys.exit(error.exit_code)
     except Exception as error:  # noqa: BLE001 - anything else is still one sentence, not a traceback
-        _report(f"{type(error).__name__}: {error}", f"run again with {DEBUG_FLAG} for the traceback", debug)
+        _report(*_unexpected(error), debug)
         sys.exit(1)
+
+
+def _unexpected(error: Exception) -> tuple[str, str]:
+    """An error Railyard did not raise on purpose, on one line, and the next step, naming the
+    cause where the machine shows it: a locked MLflow database, or a full disk under one of the
+    files Railyard's state lives in (a full disk often surfaces as an error of Prefect's API)."""
+    from railyard.fsutil import FULL_BELOW_BYTES, free_bytes
+
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    cause = f"{type(error).__name__}: {lines[0] if lines else ''}"
+    files = _state_files()
+    database = files.get("MLflow's database")
+    if database is not None and "database is locked" in str(error):
+        return (
+            f"MLflow's database {database} is locked by another process ({cause})",
+            f"a process holds a lock on {database} (`fuser {database}` names it): let it finish or stop it, "
+            "then run again",
+        )
+    for what, path in files.items():
+        if (free := free_bytes(path)) < FULL_BELOW_BYTES:
+            return (
+                f"no space left on the disk of {what} {path} ({free:,} bytes free): {cause}",
+                "free space on that disk (or move RAILYARD_HOME to a larger one), then run again: the next run "
+                "concludes what this one left unfinished",
+            )
+    return cause, f"run again with {DEBUG_FLAG} for the traceback"
+
+
+def _state_files() -> dict[str, Path]:
+    """Where Railyard's state lives on this machine, by what it is (empty if the settings do not load)."""
+    from railyard.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+    except SettingsError:
+        return {}
+    files = {}
+    if "PREFECT_API_URL" not in os.environ and "PREFECT_HOME" in os.environ:  # the embedded Prefect server
+        files["Prefect's database"] = Path(os.environ["PREFECT_HOME"]) / "prefect.db"
+    if settings.resolved_tracking_uri.startswith("sqlite:///"):
+        files["MLflow's database"] = Path(settings.resolved_tracking_uri.removeprefix("sqlite:///"))
+    return files | {"RAILYARD_HOME": settings.home}
 
 
 def _report(message: str, next_step: str, debug: bool) -> None:
@@ -110,10 +152,16 @@ def generate_data(
     )
 
 
-def _settings():
+def _settings(*, store: bool = False):
+    """The settings (a bad value refused, naming its variable); with ``store``, for a command that
+    uses the model store, a store URI that names no store is refused too, before anything runs."""
     from railyard.settings import load_settings
 
     settings = load_settings()
+    if store:
+        from model_registry import open_store
+
+        open_store(settings.resolved_store_uri, s3_endpoint_url=settings.s3_endpoint_url)  # opens nothing remote
     prepare_environment(settings.home)
     return settings
 
@@ -134,7 +182,7 @@ def run(
     Without --auto-approve the run pauses after the smoke tests until a reviewer answers
     (`railyard approve|reject VERSION` from another shell, or the Prefect UI).
     """
-    settings = _settings()
+    settings = _settings(store=True)
     if settings.online_store_url is None:  # the run needs its store: start it, or refuse its port, before any work
         from infra.online_store import server
 
@@ -244,7 +292,7 @@ def _serve_in_docker(config_path: Path, rest: int, grpc: int, stop: bool) -> Non
 
 
 def _decide(version: int, decision: str, named: str | None, comment: str) -> None:
-    settings = _settings()
+    settings = _settings(store=True)
     from pydantic import ValidationError
 
     from model_registry.stages import Stage
@@ -310,7 +358,7 @@ def rollback(
     ] = None,
 ) -> None:
     """Put an earlier production version back on `stable`."""
-    _settings()
+    _settings(store=True)
     from flows.rollback import rollback as rollback_flow
 
     result = rollback_flow(to_version=to, reason=_with_name(reason, actor), actor=_os_user())
@@ -330,7 +378,7 @@ def status(
     docs/release.md); each repair is listed. With --verify-history, first checks the model
     store's transition log (exit 2 when a record was tampered with or MLflow disagrees).
     """
-    settings = _settings()
+    settings = _settings(store=True)
     from infra.rollout.deploy import resolve_target
     from infra.tfserving.protocol import CANARY, STABLE
     from model_registry import LockTimeoutError
@@ -428,10 +476,11 @@ def score(
 def restore_registry() -> None:
     """Rebuild a lost MLflow registry from the model store's versions (only into an empty one).
 
-    The version `stable` serves becomes production again; the others are archived with a note
-    that their earlier history was lost (no rollback to them).
+    Each version takes its stage and history from the store's transition log. A version the log
+    does not know: the one `stable` serves becomes production again, the others are archived with
+    a note that their earlier history was lost (no rollback to them).
     """
-    settings = _settings()
+    settings = _settings(store=True)
     from tasks.release import release_lock
     from tasks.release import restore_registry as restore
 
@@ -479,10 +528,17 @@ def deploy() -> None:
 def worker(
     run_once: Annotated[bool, typer.Option("--run-once", help="Exit after the runs scheduled now.")] = False,
 ) -> None:
-    """Start a process worker on the `railyard` work pool (runs scheduled and UI-started flow runs)."""
-    _settings()
+    """Start a process worker on the `railyard` work pool (runs scheduled and UI-started flow runs).
+
+    One SIGTERM or Ctrl-C stops it and the runs it started: each run concludes its release as
+    interrupted (docs/release.md) within RAILYARD_WORKER_STOP_GRACE_S, then whatever still runs is killed.
+    """
+    settings = _settings(store=True)
+    from railyard.processes import run_supervised
+
     args = ["worker", "start", "--pool", WORK_POOL, "--type", "process"] + (["--run-once"] if run_once else [])
-    raise typer.Exit(_prefect(*args, check=False).returncode)
+    command = [sys.executable, "-m", "prefect", *args]
+    raise typer.Exit(run_supervised(command, grace_s=settings.worker_stop_grace_s, cwd=REPO_ROOT))
 
 
 # -- the online feature store and its event stream ------------------------------------------

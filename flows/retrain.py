@@ -1,15 +1,17 @@
 """The daily retraining flow, from raw ratings to a reviewed production release.
 
 data → validation → online store skew check → features → validation → training (or the stored
-version, when this data and code were released before) → evaluation against thresholds and against the production model
-on the same holdout → under the release lock: publish, register, canary, smoke tests (rollback
-on failure) → review (suspended or paused) → under the lock again: production or rejection.
+version, when this data and code were released before) → evaluation against thresholds and
+against the production model on the same holdout → under the release lock: the gate again if
+production changed meanwhile, publish, register, canary, smoke tests (rollback on failure) →
+review (suspended or paused) → under the lock again: production or rejection.
 docs/release.md tells how a release ends in every case.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Annotated
@@ -166,6 +168,17 @@ def retrain(
             refuse(settings, decision.reason, existing, run_id, prefect_run_id)
 
         with release.release_lock(settings, holder):
+            # Production may have changed since the gate (another run promoted, someone rolled
+            # back): the model must have been compared with the version it is about to replace.
+            if (production := release.production_version(settings)) != decision.baseline_version:
+                print(
+                    f"production is version {production} now, not {decision.baseline_version} as at the gate: "
+                    "comparing again on the same holdout"
+                )
+                decision = compare_with_production(settings, metrics, feature_set, run_id, run_dir)
+                summary["gate"] = decision.as_dict()
+                if not decision.blessed:
+                    refuse(settings, decision.reason, existing, run_id, prefect_run_id, locked=True)
             if existing is None:
                 existing = publish.publish(
                     export_dir, settings, run_id, metrics, feature_set.fingerprint, code_version
@@ -234,22 +247,42 @@ def evaluate_against_production(
     """The SavedModel that would ship and the production model, on the same holdout; the gate."""
     holdout, priors = feature_set.holdout, feature_set.priors
     metrics = evaluation.evaluate(export_dir, holdout, priors, settings, run_id, report_dir / "roc.png")
+    return metrics, compare_with_production(settings, metrics, feature_set, run_id, run_dir)
+
+
+def compare_with_production(
+    settings: Settings, metrics: dict, feature_set: FeatureSet, run_id: str, run_dir: Path
+) -> GateDecision:
+    """The gate: the candidate's holdout metrics beside those of the current production version,
+    scored on the same holdout rows (absolute thresholds only while there is none)."""
     production_version = release.production_version(settings)
     production_metrics = (
-        evaluation.evaluate_production(production_version, holdout, priors, settings, run_id, run_dir)
+        evaluation.evaluate_production(
+            production_version, feature_set.holdout, feature_set.priors, settings, run_id, run_dir
+        )
         if production_version is not None
         else None
     )
-    return metrics, evaluation.gate(metrics, settings, run_id, production_metrics, production_version)
+    return evaluation.gate(metrics, settings, run_id, production_metrics, production_version)
 
 
-def refuse(settings: Settings, reason: str, existing: Manifest | None, run_id: str, prefect_run_id: str | None) -> None:
-    """The gate said no: nothing is published (a stored, never released version is rejected)."""
+def refuse(
+    settings: Settings,
+    reason: str,
+    existing: Manifest | None,
+    run_id: str,
+    prefect_run_id: str | None,
+    *,
+    locked: bool = False,
+) -> None:
+    """The gate said no: nothing is published (a stored, never released version is rejected,
+    under the release lock, which the caller holds when ``locked``)."""
     tracking.set_tags(settings, run_id, {"railyard.stage": "rejected", "railyard.rejected_reason": reason})
     tracking.rename_run(settings, run_id, f"{settings.model_name}-not-blessed")
     if existing is not None:
         verdict = release_verdict(Outcome.NOT_BLESSED, reason)
-        with release.release_lock(settings, f"retrain run {prefect_run_id}"):
+        lock = nullcontext() if locked else release.release_lock(settings, f"retrain run {prefect_run_id}")
+        with lock:
             release.apply_verdict(deploy.serving_target(settings), settings, existing.version, verdict, prefect_run_id)
     raise ModelRejected(f"model not blessed, nothing published: {reason}")
 

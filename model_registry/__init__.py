@@ -4,6 +4,7 @@ from model_registry.factory import open_store
 from model_registry.manifest import FileEntry, Manifest
 from model_registry.store import (
     IntegrityError,
+    InvalidStoreURI,
     LockLostError,
     LockTimeoutError,
     ModelStore,
@@ -18,6 +19,7 @@ from model_registry.store import (
 __all__ = [
     "FileEntry",
     "IntegrityError",
+    "InvalidStoreURI",
     "LockLostError",
     "LockTimeoutError",
     "Manifest",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import SplitResult, urlsplit
 from urllib.request import url2pathname
 
-from model_registry.store import ModelStore
+from model_registry.store import InvalidStoreURI, ModelStore
 
 if TYPE_CHECKING:
     from model_registry.s3 import S3Options
@@ -27,7 +27,7 @@ def _open_local(
     if not parsed.scheme:
         return LocalStore(Path(uri))
     if parsed.netloc not in ("", "localhost"):
-        raise ValueError(f"store URI {uri!r} names host {parsed.netloc!r}: file URIs must be local")
+        raise InvalidStoreURI(f"store URI {uri!r} names host {parsed.netloc!r}: file URIs must be local")
     return LocalStore(Path(url2pathname(parsed.path)))
 
 
@@ -35,7 +35,7 @@ def _open_s3(uri: str, parsed: SplitResult, *, s3_endpoint_url: str | None, s3_o
     from model_registry.s3 import S3Store
 
     if parsed.query or parsed.fragment:
-        raise ValueError(f"store URI {uri!r} has a query or fragment: use s3://bucket/prefix")
+        raise InvalidStoreURI(f"store URI {uri!r} has a query or fragment: use s3://bucket/prefix")
     return S3Store(parsed.netloc, parsed.path, endpoint_url=s3_endpoint_url, options=s3_options)
 
 
@@ -47,11 +47,14 @@ def open_store(uri: str, *, s3_endpoint_url: str | None = None, s3_options: S3Op
     """Open the store a URI names: ``file:///abs/path``, a plain path, or ``s3://bucket/prefix``.
 
     ``s3_options`` tunes S3 retries, timeouts and transfers; credentials come from boto3's chain.
+    A URI that names no store is ``InvalidStoreURI`` (a refusal); opening touches no store.
     """
     if not isinstance(uri, str) or not uri.strip():
-        raise ValueError(f"the model store URI is empty ({uri!r})")
+        raise InvalidStoreURI(f"the model store URI is empty ({uri!r})")
     parsed = urlsplit(uri)
     opener = BACKENDS.get(parsed.scheme)
     if opener is None:
-        raise ValueError(f"unsupported store URI {uri!r}: use file:///path, a plain path or s3://bucket/prefix")
+        raise InvalidStoreURI(
+            f"unsupported store URI {uri!r} (scheme {parsed.scheme!r}): use file:///path, a plain path or s3://bucket/prefix"
+        )
     return opener(uri, parsed, s3_endpoint_url=s3_endpoint_url, s3_options=s3_options)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from itertools import takewhile
 
 from railyard.errors import Refused
 
@@ -76,11 +77,45 @@ def versions_history(records: Sequence[dict]) -> dict[int, list[dict]]:
     return history
 
 
-def disagreements(history: dict[int, list[dict]], mlflow_stages: dict[int, str]) -> list[str]:
-    """Where MLflow's stage of a version is not the log's (versions the log never saw are not compared)."""
+# The fields of a record that MLflow's history tags mirror: who, when, why, from which run.
+ENTRY_FIELDS = ("stage", "from", "actor", "time", "reason", "flow_run_id")
+
+
+def as_entry(record: dict) -> dict:
+    """A log record as MLflow's history mirrors it (without the chain's own fields)."""
+    return {field: record.get(field) for field in ENTRY_FIELDS}
+
+
+def mirrored_history(mirrored: Sequence[dict], logged: Sequence[dict] | None) -> list[dict]:
+    """A version's history as MLflow must show it: the log's entries, after the MLflow entries
+    older than the log (a version registered before the log existed); MLflow's alone without
+    log entries."""
+    if not logged:
+        return list(mirrored)
+    entries = [as_entry(record) for record in logged]
+    if entries[0]["from"] is None:  # the log holds the version's whole history
+        return entries
+    start = entries[0]["time"]
+    return list(takewhile(lambda entry: str(entry.get("time")) < start, mirrored)) + entries
+
+
+def entry_disagreements(version: int, mirrored: Sequence[dict], expected: Sequence[dict]) -> list[tuple[str, str]]:
+    """Where MLflow's history of a version differs from ``expected``, field by field: for each,
+    what a verification reports and what a repair says."""
     found = []
-    for version, entries in sorted(history.items()):
-        logged = entries[-1]["stage"]
-        if mlflow_stages.get(version) != logged:
-            found.append(f"version {version}: the log says {logged}, MLflow says {mlflow_stages.get(version)}")
+    for index in range(max(len(mirrored), len(expected))):
+        if index >= len(mirrored):
+            want = expected[index]
+            text = f"version {version}: MLflow %s transition {index} ({want['stage']} by {want['actor']})"
+            found.append((text % "lacks", text % "lacked"))
+        elif index >= len(expected):
+            have = mirrored[index]
+            text = f"version {version}: MLflow %s transition {index} ({have.get('stage')} by {have.get('actor')}), which the log does not"
+            found.append((text % "has", text % "had"))
+        else:
+            for field in ENTRY_FIELDS:
+                have, want = mirrored[index].get(field), expected[index][field]
+                if have != want:
+                    text = f"version {version}, transition {index}: MLflow %s {field} {have!r}, the log says {want!r}"
+                    found.append((text % "says", text % "said"))
     return found

@@ -41,6 +41,7 @@ from model_registry.store import (
     HISTORY_DIR,
     LOCK_NAME,
     TOMBSTONE_DIR,
+    InvalidStoreURI,
     ModelStore,
     ReleaseLease,
     StoreError,
@@ -94,10 +95,10 @@ class S3Store(ModelStore):
         self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None, options: S3Options | None = None
     ):
         if not _BUCKET_NAME.fullmatch(bucket or ""):
-            raise ValueError(f"invalid S3 bucket name {bucket!r} in the store URI")
+            raise InvalidStoreURI(f"invalid S3 bucket name {bucket!r} in the store URI")
         parts = [part for part in prefix.split("/") if part]
         if any(part in (".", "..") for part in parts):
-            raise ValueError(f"invalid S3 prefix {prefix!r}: no '.' or '..' parts")
+            raise InvalidStoreURI(f"invalid S3 prefix {prefix!r} in the store URI: no '.' or '..' parts")
         self.bucket = bucket
         self.prefix = "/".join(parts)
         self.uri = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"

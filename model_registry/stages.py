@@ -4,7 +4,10 @@ MLflow's own stages are deprecated and keep no history; here a version's stage i
 (``railyard.stage``), the current holders of ``staging`` and ``production`` are aliases
 (``champion`` follows production), and every change is its own tag
 ``railyard.transition.<seq>`` holding {stage, from, actor, time, reason, flow_run_id}, so the
-history of what was in production, who put it there and why is never overwritten.
+history of what was in production, who put it there and why is never overwritten. With a model
+store, those tags mirror the store's transition log (model_registry/history.py): what Railyard
+shows and decides on (stage, who, when, why) is read from the log, and MLflow is compared with it
+field by field and repaired from it.
 
 One number everywhere: MLflow version N is store version N (and TF Serving version N).
 """
@@ -12,11 +15,20 @@ One number everywhere: MLflow version N is store version N (and TF Serving versi
 from __future__ import annotations
 
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
+from functools import partial
 
-from model_registry.history import HistoryMismatch, disagreements, record_hash, versions_history
+from model_registry.history import (
+    HistoryMismatch,
+    as_entry,
+    entry_disagreements,
+    mirrored_history,
+    record_hash,
+    versions_history,
+)
 from model_registry.store import ModelStore
 from railyard.errors import SEE_STATUS, Refused
 
@@ -61,6 +73,16 @@ class RegistryOutOfSync(Refused):
     """MLflow's version numbers no longer match the store's."""
 
 
+@dataclass(frozen=True)
+class Drift:
+    """One way MLflow's mirror differs from the transition log: what a verification reports,
+    what the repair says, and the repair (None: not MLflow's to repair here)."""
+
+    found: str
+    repaired: str
+    fix: Callable[[], None] | None
+
+
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
@@ -98,9 +120,7 @@ class StageRegistry:
                 f"published version {version} for run {run_id}: the registry and the store disagree"
             )
         self._fill_gaps(latest, version, source)
-        reason = "published and registered"
-        self._log_first(version, Stage.CANDIDATE, reason)
-        tags = _first_record(Stage.CANDIDATE, reason)
+        tags = _history_tags(self._log_first(version, Stage.CANDIDATE, "published and registered"))
         tags |= {f"{TAG_PREFIX}{key}": str(value) for key, value in lineage.items()}
         created = self.client.create_model_version(
             self.model, source=source, run_id=run_id, tags=tags, description=description
@@ -111,9 +131,9 @@ class StageRegistry:
     def restore(self, sources: dict[int, str], production: int | None, actor: str) -> None:
         """Rebuild a lost registry from the store: version N (``sources``: number → store URI).
 
-        Their release history went with the tracking database, so nothing is guessed: the
-        version `stable` serves becomes production again, every other one is archived without
-        a production entry (no rollback to it) and says why.
+        A version the store's transition log knows gets its stage and whole history from it.
+        Otherwise nothing is guessed: the version `stable` serves becomes production again,
+        every other one is archived without a production entry (no rollback to it) and says why.
         """
         if self._numbers():
             raise RegistryOutOfSync(f"MLflow already has versions of {self.model}: restore only into an empty registry")
@@ -127,9 +147,9 @@ class StageRegistry:
             stage = logged.get(version) or (Stage.PRODUCTION if version == production else Stage.ARCHIVED)
             known = "history in the store's transition log" if version in logged else "earlier history unknown"
             reason = f"restored from the store by {actor} after the tracking database was lost; {known}"
-            self._log_first(version, stage, reason)
+            entries = self._log_first(version, stage, reason)
             created = self.client.create_model_version(
-                self.model, source=sources[version], tags=_first_record(stage, reason), description=reason
+                self.model, source=sources[version], tags=_history_tags(entries), description=reason
             )
             self._check_number(created.version, version)
             latest = version
@@ -154,12 +174,11 @@ class StageRegistry:
         """Numbers the store skipped (an interrupted publication) become rejected fillers."""
         for gap in range(latest + 1, version):
             reason = f"store version {gap} was never completed (interrupted publication)"
-            self._log_first(gap, Stage.REJECTED, reason)
             filler = self.client.create_model_version(
                 self.model,
                 source=source,
                 description=f"store version {gap} was never completed",
-                tags=_first_record(Stage.REJECTED, reason),
+                tags=_history_tags(self._log_first(gap, Stage.REJECTED, reason)),
             )
             self._check_number(filler.version, gap)
 
@@ -174,10 +193,13 @@ class StageRegistry:
     # -- stages ------------------------------------------------------------------------
 
     def stage(self, version: int) -> Stage:
-        return Stage(self._tags(version)[STAGE_TAG])
+        """The version's stage: the transition log's when it knows the version."""
+        return _stage(self._tags(version), self._logged_history().get(version))
 
     def history(self, version: int) -> list[dict]:
-        return _history(self._tags(version))
+        """Who moved the version to which stage, when and why: the transition log's entries
+        (MLflow's tags only for what came before the log)."""
+        return mirrored_history(_history(self._tags(version)), self._logged_history().get(version))
 
     def lineage(self, version: int) -> dict[str, str]:
         """The railyard.* tags other than stage bookkeeping, without the prefix."""
@@ -248,7 +270,7 @@ class StageRegistry:
         if current is Stage.STAGING and to_stage is Stage.PRODUCTION and not smoke_passed:
             raise IllegalTransition(f"{self.model} version {version} has no passed smoke tests on record")
         if current is Stage.ARCHIVED and to_stage is Stage.PRODUCTION:
-            if not any(entry["stage"] == Stage.PRODUCTION.value for entry in entries):
+            if not any(entry.get("stage") == Stage.PRODUCTION.value for entry in entries):
                 raise IllegalTransition(f"{self.model} version {version} was never in production: no rollback to it")
         return current
 
@@ -272,7 +294,7 @@ class StageRegistry:
             self.client.set_model_version_tag(self.model, str(version), SMOKE_TAG, str(smoke_passed).lower())
         aliases = self._aliases()
         if to_stage is Stage.PRODUCTION:
-            previous = _holder(aliases, "production")
+            previous = self.production_version()
             if previous is not None and previous != version:
                 self._record(
                     previous,
@@ -296,28 +318,35 @@ class StageRegistry:
         return entry
 
     def production_version(self) -> int | None:
-        return _holder(self._aliases(), "production")
+        """The production version: the transition log's (MLflow's alias without a log)."""
+        records = self.store.transitions(self.model) if self.store is not None else []
+        if not records:
+            return _holder(self._aliases(), "production")
+        return _log_holder(versions_history(records), Stage.PRODUCTION)
 
     def previous_production(self) -> int | None:
-        """The newest version other than the current production one that was once in production."""
-        current = self.production_version()
-        for version in sorted(self._numbers(), reverse=True):
-            if version != current and any(e["stage"] == Stage.PRODUCTION.value for e in self.history(version)):
+        """The newest version other than the current production one that was once in production
+        (by the transition log, which a restored registry takes whole)."""
+        current, logged = self.production_version(), self._logged_history()
+        for version, tags in sorted(self.all_tags().items(), reverse=True):
+            history = mirrored_history(_history(tags), logged.get(version))
+            if version != current and any(e.get("stage") == Stage.PRODUCTION.value for e in history):
                 return version
         return None
 
     def versions(self) -> list[dict]:
-        """Every version: stage, the metrics of its run, who approved its production, its history."""
-        result = []
-        for version in sorted(self._numbers()):
-            details = self.client.get_model_version(self.model, str(version))
-            history = self.history(version)
-            approvals = [entry["actor"] for entry in history if entry["stage"] == Stage.PRODUCTION.value]
+        """Every version: stage, the metrics of its run, who approved its production, its history
+        (stage and history from the transition log)."""
+        logged, result = self._logged_history(), []
+        for details in sorted(self._search(), key=lambda found: int(found.version)):
+            version = int(details.version)
+            history = mirrored_history(_history(details.tags), logged.get(version))
+            approvals = [entry.get("actor") for entry in history if entry.get("stage") == Stage.PRODUCTION.value]
             metrics = self.client.get_run(details.run_id).data.metrics if details.run_id else {}
             result.append(
                 {
                     "version": version,
-                    "stage": details.tags.get(STAGE_TAG),
+                    "stage": _stage(details.tags, logged.get(version)).value,
                     "metrics": dict(metrics),
                     "approved_by": approvals[-1] if approvals else None,
                     "history": history,
@@ -339,8 +368,11 @@ class StageRegistry:
         except MlflowException as error:
             raise IllegalTransition(f"{self.model} version {version} is not registered") from error
 
+    def _search(self) -> list:
+        return self.client.search_model_versions(f"name = '{self.model}'")
+
     def _numbers(self) -> list[int]:
-        return [int(v.version) for v in self.client.search_model_versions(f"name = '{self.model}'")]
+        return [int(v.version) for v in self._search()]
 
     def _record(
         self, version: int, tags: dict[str, str], to_stage: Stage, *, actor, reason, flow_run_id, smoke_passed=None
@@ -349,73 +381,123 @@ class StageRegistry:
         in the transition log first, then in MLflow's tags."""
         sequence = sum(1 for key in tags if key.startswith(TRANSITION_PREFIX))
         entry = _entry(Stage(tags[STAGE_TAG]), to_stage, actor=actor, reason=reason, flow_run_id=flow_run_id)
-        self._log(version, entry, smoke_passed)
+        entry = as_entry(self._log(version, entry, smoke_passed))
         self.client.set_model_version_tag(self.model, str(version), _transition_key(sequence), json.dumps(entry))
         self.client.set_model_version_tag(self.model, str(version), STAGE_TAG, to_stage.value)
         return entry
+
+    def logged_versions(self) -> set[int]:
+        """The versions the transition log has records of (none without a store)."""
+        return set(self._logged_history())
 
     def _logged_history(self) -> dict[int, list[dict]]:
         """Each version's entries in the transition log (verified); empty without a store."""
         return versions_history(self.store.transitions(self.model)) if self.store is not None else {}
 
-    def _log_first(self, version: int, stage: Stage, reason: str) -> None:
-        """A version's first record in the log, unless an interrupted earlier attempt wrote it."""
-        if self.store is not None and version not in self._logged_history():
+    def _log_first(self, version: int, stage: Stage, reason: str) -> list[dict]:
+        """A version's first record in the log, unless an interrupted earlier attempt wrote it;
+        the version's entries as the log has them (just that entry without a store)."""
+        logged = self._logged_history().get(version)
+        return logged or [
             self._log(version, _entry(None, stage, actor="railyard", reason=reason, flow_run_id=None), None)
+        ]
 
-    def _log(self, version: int, entry: dict, smoke_passed: bool | None) -> None:
+    def _log(self, version: int, entry: dict, smoke_passed: bool | None) -> dict:
         """Append to the log, then note its newest record in MLflow: an edit of the last record,
-        which no later record's hash covers, shows as a different head."""
-        if self.store is not None:
-            record = self.store.append_transition(
-                self.model, {"version": version, **entry, "smoke_passed": smoke_passed}
-            )
-            self.client.set_registered_model_tag(self.model, HISTORY_HEAD_TAG, record_hash(record))
+        which no later record's hash covers, shows as a different head. The record as written."""
+        if self.store is None:
+            return entry
+        record = self.store.append_transition(self.model, {"version": version, **entry, "smoke_passed": smoke_passed})
+        self.client.set_registered_model_tag(self.model, HISTORY_HEAD_TAG, record_hash(record))
+        return record
 
     def mirror_log(self) -> list[str]:
-        """Make MLflow's stages and aliases say what the transition log says (after an edit of
-        MLflow's tags, or a crash between the log and the tags); one sentence per change."""
-        tags = self.all_tags()
-        # Only what MLflow registered: a version it does not know is register_stranded's business.
-        history = {version: entries for version, entries in self._logged_history().items() if version in tags}
-        if not history:
-            return []
+        """Make MLflow's stages, histories and aliases say what the transition log says (after
+        an edit of MLflow's tags, or a crash between the log and the tags); one sentence per change."""
         said = []
-        for version, entries in sorted(history.items()):
-            logged, mirrored = entries[-1]["stage"], tags.get(version, {}).get(STAGE_TAG)
-            if version in tags and mirrored != logged:
-                self.client.set_model_version_tag(self.model, str(version), STAGE_TAG, logged)
-                said.append(
-                    f"version {version}: MLflow said {mirrored}, the transition log says {logged}: MLflow follows the log"
-                )
-        aliases = self._aliases()
-        for stage, names in ALIASES.items():
-            holders = [version for version, entries in history.items() if entries[-1]["stage"] == stage.value]
-            wanted = max(holders, default=None)
-            for name in names:
-                if _holder(aliases, name) == wanted:
-                    continue
-                if wanted is None:
-                    self.client.delete_registered_model_alias(self.model, name)
-                else:
-                    self.client.set_registered_model_alias(self.model, name, str(wanted))
-                said.append(f"alias {name} pointed at {aliases.get(name)}, the transition log says {wanted}: moved it")
+        for drift in self._drifts():
+            if drift.fix is not None:
+                drift.fix()
+                said.append(drift.repaired)
         return said
 
     def verify_history(self) -> tuple[int, list[str]]:
         """The number of records in the transition log (its chain verified: HistoryTampered
-        otherwise) and every version whose MLflow stage disagrees with it."""
+        otherwise) and every way MLflow differs from it: exactly what ``mirror_log`` would
+        repair, and a last record that is not the one Railyard wrote last."""
         if self.store is None:
             raise ValueError("no model store: there is no transition log to verify")
         records = self.store.transitions(self.model)
-        stages = {version: tags.get(STAGE_TAG) for version, tags in self.all_tags().items()}
-        problems = disagreements(versions_history(records), stages)
+        problems = [drift.found for drift in self._drifts(records)]
         head = self.client.get_registered_model(self.model).tags.get(HISTORY_HEAD_TAG) if records else None
         if records and head != record_hash(records[-1]):
             problems.append(
                 f"the log's last record ({len(records) - 1}) is not the one Railyard wrote last (edited or removed)"
             )
         return len(records), problems
+
+    def _drifts(self, records: list[dict] | None = None) -> list[Drift]:
+        """Every difference between MLflow and the transition log: each logged version's stage
+        tag and history tags (every field of every entry), and the aliases."""
+        if records is None:
+            records = self.store.transitions(self.model) if self.store is not None else []
+        logged = versions_history(records)
+        if not logged:
+            return []
+        tags, drifts = self.all_tags(), []
+        for version, entries in sorted(logged.items()):
+            stage = entries[-1]["stage"]
+            if version not in tags:  # published, not yet registered: register_stranded's business
+                drifts.append(Drift(f"version {version}: the log says {stage}, MLflow does not have it", "", None))
+                continue
+            mirrored = _history(tags[version])
+            expected = mirrored_history(mirrored, entries)
+            if found := entry_disagreements(version, mirrored, expected):
+                drifts.append(
+                    Drift(
+                        "; ".join(problem for problem, _ in found),
+                        "; ".join(repaired for _, repaired in found) + ": MLflow's history follows the log",
+                        partial(self._rewrite_history, version, tags[version], expected),
+                    )
+                )
+            if (said := tags[version].get(STAGE_TAG)) != stage:
+                drifts.append(
+                    Drift(
+                        f"version {version}: the log says {stage}, MLflow says {said}",
+                        f"version {version}: MLflow said {said}, the transition log says {stage}: MLflow follows the log",
+                        partial(self.client.set_model_version_tag, self.model, str(version), STAGE_TAG, stage),
+                    )
+                )
+        registered = {version: entries for version, entries in logged.items() if version in tags}
+        aliases = self._aliases()
+        for stage, names in ALIASES.items():
+            wanted = _log_holder(registered, stage)
+            for name in names:
+                if _holder(aliases, name) != wanted:
+                    said = f"alias {name} %s {aliases.get(name)}, the transition log says {wanted}"
+                    drifts.append(
+                        Drift(
+                            said % "points at",
+                            said % "pointed at" + ": moved it",
+                            partial(self._set_alias, name, wanted),
+                        )
+                    )
+        return drifts
+
+    def _rewrite_history(self, version: int, tags: dict[str, str], entries: list[dict]) -> None:
+        """Make the version's history tags say ``entries`` (and nothing else)."""
+        for key, value in _history_tags(entries).items():
+            if key != STAGE_TAG and tags.get(key) != value:
+                self.client.set_model_version_tag(self.model, str(version), key, value)
+        for key in set(tags) - set(_history_tags(entries)):
+            if key.startswith(TRANSITION_PREFIX):
+                self.client.delete_model_version_tag(self.model, str(version), key)
+
+    def _set_alias(self, name: str, version: int | None) -> None:
+        if version is None:
+            self.client.delete_registered_model_alias(self.model, name)
+        else:
+            self.client.set_registered_model_alias(self.model, name, str(version))
 
     def _aliases(self) -> dict[str, str]:
         """The registered model's aliases; none before its first registration."""
@@ -434,8 +516,27 @@ def _holder(aliases: dict[str, str], alias: str) -> int | None:
     return int(holder) if holder is not None else None
 
 
+def _log_holder(history: dict[int, list[dict]], stage: Stage) -> int | None:
+    """The version holding ``stage`` by the log (the newest, should there be two)."""
+    return max((version for version, entries in history.items() if entries[-1]["stage"] == stage.value), default=None)
+
+
+def _stage(tags: dict[str, str], logged: list[dict] | None) -> Stage:
+    return Stage(logged[-1]["stage"] if logged else tags[STAGE_TAG])
+
+
 def _history(tags: dict[str, str]) -> list[dict]:
-    return [json.loads(tags[key]) for key in sorted(tags) if key.startswith(TRANSITION_PREFIX)]
+    """MLflow's history tags of a version, in order (an entry that is not a JSON object, e.g.
+    edited by hand, reads as one with no fields, which disagrees with any log entry)."""
+    return [_parse_entry(tags[key]) for key in sorted(tags) if key.startswith(TRANSITION_PREFIX)]
+
+
+def _parse_entry(value: str) -> dict:
+    try:
+        entry = json.loads(value)
+    except ValueError:
+        return {}
+    return entry if isinstance(entry, dict) else {}
 
 
 def _transition_key(sequence: int) -> str:
@@ -453,7 +554,7 @@ def _entry(current: Stage | None, to_stage: Stage, *, actor: str, reason: str, f
     }
 
 
-def _first_record(stage: Stage, reason: str) -> dict[str, str]:
-    """Stage tag and first history entry of a version being created by Railyard itself."""
-    entry = _entry(None, stage, actor="railyard", reason=reason, flow_run_id=None)
-    return {_transition_key(0): json.dumps(entry), STAGE_TAG: stage.value}
+def _history_tags(entries: list[dict]) -> dict[str, str]:
+    """The stage tag and history tags that mirror a version's entries."""
+    history = {_transition_key(index): json.dumps(as_entry(entry)) for index, entry in enumerate(entries)}
+    return history | {STAGE_TAG: entries[-1]["stage"]}

@@ -65,6 +65,15 @@ class StoreError(RailyardError):
     """A model store operation failed."""
 
 
+class InvalidStoreURI(Refused, ValueError):
+    """A store URI that names no store Railyard can open: nothing was opened or changed."""
+
+    next_step = (
+        "nothing was changed; set RAILYARD_STORE_URI to a local path, file:///path (on this host) or "
+        "s3://bucket/prefix (bucket names: 3-63 lowercase letters, digits, '.' and '-')"
+    )
+
+
 class VersionConflictError(StoreError):
     """Another publisher owns the version this one tried to write."""
 

@@ -129,6 +129,7 @@ class ThresholdCheck:
     threshold: float
     direction: str  # ">=" or "<="
     passed: bool
+    versus: int | None = None  # the production version a change check compares with
 
 
 @dataclass(frozen=True)
@@ -143,11 +144,15 @@ class GateDecision:
         return asdict(self)
 
 
-def _check(name: str, value: float, threshold: float | None, direction: str) -> ThresholdCheck | None:
+def _check(
+    name: str, value: float, threshold: float | None, direction: str, versus: int | None = None
+) -> ThresholdCheck | None:
     if threshold is None:
         return None
     passed = value >= threshold if direction == ">=" else value <= threshold
-    return ThresholdCheck(name=name, value=float(value), threshold=threshold, direction=direction, passed=passed)
+    return ThresholdCheck(
+        name=name, value=float(value), threshold=threshold, direction=direction, passed=passed, versus=versus
+    )
 
 
 def gate(
@@ -164,11 +169,12 @@ def gate(
         _check("logloss", metrics["logloss"], thresholds.max_logloss, "<="),
     ]
     if baseline_metrics is not None:
+        versus = partial(_check, versus=baseline_version)
         candidates += [
-            _check(
+            versus(
                 "auc_change_vs_production", metrics["auc"] - baseline_metrics["auc"], thresholds.min_auc_change, ">="
             ),
-            _check(
+            versus(
                 "logloss_relative_change_vs_production",
                 (metrics["logloss"] - baseline_metrics["logloss"]) / baseline_metrics["logloss"],
                 thresholds.max_logloss_change_relative,

@@ -1,4 +1,4 @@
-"""Small file helpers shared by the store, the exporter and the serving side."""
+"""Small file helpers shared by the store, the exporter, the serving side and the CLI."""
 
 from __future__ import annotations
 
@@ -10,6 +10,16 @@ import tempfile
 from pathlib import Path
 
 _CHUNK = 1 << 20
+# Less free space than this and a disk is full for Railyard: its databases and runs cannot write.
+FULL_BELOW_BYTES = 1 << 20
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the disk that holds ``path`` (or would hold it: its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
 
 
 def sha256_file(path: Path) -> str:

@@ -115,6 +115,9 @@ class Settings(BaseSettings):
     # renewed every lease/3 while held, so a crashed holder frees it after at most one lease.
     release_lock_lease_s: float = Field(default=120.0, gt=0)
     release_lock_wait_s: float = Field(default=3_600.0, ge=0)  # another release may be deploying
+    # `railyard worker` stopped (SIGTERM, Ctrl-C): how long its runs may take to conclude their
+    # releases as interrupted before whatever still runs is killed.
+    worker_stop_grace_s: float = Field(default=30.0, gt=0)
     # Housekeeping: per-run scratch folders (runs/, reports/) kept, newest first.
     keep_run_dirs: int = Field(default=10, ge=1)
     # Optional: a URL that receives a short JSON message on failure, approval needed, promotion.

@@ -49,6 +49,7 @@ def gate(
         table=[
             {
                 "check": c.name,
+                "compared with": "threshold" if c.versus is None else f"production version {c.versus}",
                 "value": round(c.value, 5),
                 "threshold": f"{SYMBOLS[c.direction]} {c.threshold}",
                 "passed": c.passed,

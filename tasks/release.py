@@ -52,6 +52,16 @@ class RegistryLost(RegistryOutOfSync):
     next_step = "restore the MLflow database, or run `railyard restore-registry`; nothing was changed"
 
 
+class StoreMismatch(RegistryOutOfSync):
+    """MLflow has versions that the model store neither holds nor has a record of: the store and
+    the tracking database do not belong together."""
+
+    next_step = (
+        "nothing was changed; point RAILYARD_STORE_URI at the store these versions were published to, "
+        "or RAILYARD_MLFLOW_TRACKING_URI at this store's tracking database"
+    )
+
+
 def registry(settings: Settings) -> StageRegistry:
     return StageRegistry(settings.resolved_tracking_uri, settings.model_name, model_store(settings))
 
@@ -137,10 +147,18 @@ def tidy(settings: Settings) -> list[str]:
 
 
 def register_stranded(settings: Settings, stages: StageRegistry) -> list[str]:
-    """Register store versions that were published but never registered; refuse unknown ones."""
+    """Register store versions that were published but never registered; refuse unknown ones,
+    and a store that knows none of MLflow's versions (neither holds them nor logged them)."""
     store, model = model_store(settings), settings.model_name
-    registered = set(stages.all_tags())
-    manifests = {v: store.get_manifest(model, v) for v in store.list_versions(model) if v not in registered}
+    registered, stored = set(stages.all_tags()), store.list_versions(model)
+    if registered and registered.isdisjoint(stored) and registered.isdisjoint(stages.logged_versions()):
+        listed = ", ".join(map(str, sorted(registered)))
+        raise StoreMismatch(
+            f"the model store {store.uri} holds none of {model} versions {listed} that the tracking database "
+            f"{settings.resolved_tracking_uri} has registered, and its transition log names none of them: the "
+            "store and the tracking database do not belong together (RAILYARD_STORE_URI, RAILYARD_MLFLOW_TRACKING_URI)"
+        )
+    manifests = {v: store.get_manifest(model, v) for v in stored if v not in registered}
     runs = {version: manifest.metadata.get("mlflow_run_id") for version, manifest in manifests.items()}
     gaps = store_gaps(runs, registered, stages.known_runs(run for run in runs.values() if run))
     if gaps.unknown:

@@ -8,10 +8,12 @@ import json
 import os
 import socket
 import sqlite3
+from pathlib import Path
 
 import pytest
 
-from tests.support.release_world import World, assert_serves_its_golden_answers, kill
+from model_registry import open_store
+from tests.support.release_world import MODEL, World, assert_serves_its_golden_answers, kill
 
 pytestmark = pytest.mark.slow
 
@@ -109,8 +111,57 @@ def test_two_runs_at_once_on_one_home_agree_on_production(world):
     assert_serves_its_golden_answers(world, "stable", production)
 
 
+def test_a_run_compares_again_with_a_production_that_changed_while_it_waited_for_the_lock(world):
+    """The run gates against production; while it waits for the release lock (held by the test),
+    an operator rolls production back by hand. Under the lock it must compare again with the
+    version it now replaces, on the same holdout rows, before it may promote."""
+    earlier = world.aliases()["production"]
+    compared = world.finish(world.start_run(11, "--auto-approve"))["model_version"]  # replaces `earlier`
+    run = world.start_run(12, "--auto-approve")
+    world.wait_for(lambda: _mlflow_run(world, 12) is not None, "the run to start (its reconcile done)", run)
+    with open_store(str(world.home / "store")).release_lock(MODEL, owner="the test", lease_s=120, wait_s=600):
+        run_id = _mlflow_run(world, 12).info.run_id
+        world.wait_for(lambda: "railyard.blessed" in world.mlflow().get_run(run_id).data.tags, "its gate", run)
+        path = world.mlflow().download_artifacts(run_id, "evaluation/gate_decision.json", str(world.root))
+        first = json.loads(Path(path).read_text())
+        assert (first["blessed"], first["baseline_version"]) == (True, compared)
+        _roll_back_by_hand(world, earlier)  # what `railyard rollback` does, under the lock the test holds
+
+    summary = world.finish(run)
+    gate = summary["gate"]
+    assert (gate["blessed"], gate["baseline_version"]) == (True, earlier), gate
+    assert f"against production version {earlier}" in gate["reason"]
+    metrics = world.mlflow().get_run(run_id).data.metrics  # the same rows as the first comparison
+    assert metrics["production_rows"] == metrics["rows"] == summary["holdout_rows"]
+    assert world.aliases()["production"] == summary["model_version"]
+    assert world.history(earlier)[-1]["reason"] == f"replaced by version {summary['model_version']}"
+    flow_run = world.mlflow().get_run(run_id).data.tags["prefect.flow_run_id"]
+    query = {"artifacts": {"key": {"any_": ["evaluation-gate"]}}, "flow_runs": {"id": {"any_": [flow_run]}}}
+    table = max(world.api("POST", "/artifacts/filter", query)[1], key=lambda artifact: artifact["created"])
+    assert f"production version {earlier}" in json.dumps(table["data"]) and f"version {compared}" not in table["data"]
+
+
+def _mlflow_run(world: World, seed: int):
+    """The MLflow run of the run on data set ``seed`` (None before it started)."""
+    experiment = world.mlflow().get_experiment_by_name("railyard")
+    runs = world.mlflow().search_runs([experiment.experiment_id], f"tags.`railyard.data` = '{world.data(seed)}'")
+    return runs[0] if runs else None
+
+
+def _roll_back_by_hand(world: World, version: int) -> None:
+    from railyard.settings import Settings
+    from tasks import deploy, release
+
+    settings = Settings(home=world.home)
+    target = deploy.serving_target.fn(settings)
+    release.promote.fn(target, settings, version, actor="ops", reason="rollback by hand", flow_run_id=None)
+
+
 def test_a_lost_tracking_database_is_refused_and_the_registry_can_be_restored(world):
     production = world.aliases()["production"]
+    earlier = max(
+        v for v in world.versions() if v != production and "production" in [e["stage"] for e in world.history(v)]
+    )
     (world.home / "mlflow.db").unlink()
     # This process's MLflow client still reads the deleted file: look through new processes and SQL.
     refused = world.finish(world.start_run(9, "--auto-approve"), code=2)
@@ -125,6 +176,10 @@ def test_a_lost_tracking_database_is_refused_and_the_registry_can_be_restored(wo
     stages = {entry["version"]: entry["stage"] for entry in status["versions"]}
     assert [v for v, stage in stages.items() if stage == "production"] == [production]
     assert stages[1] == "archived" and status["serving"]["stable"] == production
+    # The restored versions keep their history: a plain rollback finds the earlier production version.
+    rolled = world.railyard("rollback", "--reason", "after the restore")
+    assert f"version {earlier} is stable again" in rolled.stdout
+    assert world.status()["serving"]["stable"] == earlier
 
 
 def test_what_a_run_killed_mid_publication_left_is_removed_by_the_next_reconcile(world):

@@ -83,15 +83,8 @@ def _scheduled_runs(world: World, deployment_id: str, wait_s: float = 0) -> list
         time.sleep(2)
 
 
-def _start_deployment_run(world: World, parameters: dict, deployment: str = "retrain/daily") -> str:
-    _, found = world.api("GET", f"/deployments/name/{deployment}")
-    status, flow_run = world.api("POST", f"/deployments/{found['id']}/create_flow_run", {"parameters": parameters})
-    assert status == 201, flow_run
-    return flow_run["id"]
-
-
 def test_a_ui_started_run_is_picked_up_by_a_worker_and_reaches_production(world):
-    flow_run_id = _start_deployment_run(world, {"data_dir": str(world.data(1)), "auto_approve": True, "epochs": 2})
+    flow_run_id = world.start_deployment_run({"data_dir": str(world.data(1)), "auto_approve": True, "epochs": 2})
     world.railyard("worker", "--run-once")
     state = world.flow_run(flow_run_id)["state"]
     assert state["type"] == "COMPLETED" and state["message"].startswith("version 1 promoted to production by railyard")
@@ -123,7 +116,7 @@ def test_a_rerun_on_unchanged_data_has_nothing_new_to_release(world):
 
 
 def test_a_deployment_run_waits_for_its_review_without_a_process_a_slot_or_a_lease(world):
-    flow_run_id = _start_deployment_run(world, {"data_dir": str(world.data(2)), "epochs": 2})
+    flow_run_id = world.start_deployment_run({"data_dir": str(world.data(2)), "epochs": 2})
     world.railyard("worker", "--run-once")  # the worker runs it until it suspends, then exits
     suspended_at = time.monotonic()
     run = world.flow_run(flow_run_id)
@@ -143,7 +136,7 @@ def test_a_deployment_run_waits_for_its_review_without_a_process_a_slot_or_a_lea
 
     # The next scheduled run is not blocked: a new worker runs it at once. Same data: its model is
     # the one under review, so it has nothing new to release and leaves the review alone.
-    second = _start_deployment_run(world, {"data_dir": str(world.data(2)), "epochs": 2})
+    second = world.start_deployment_run({"data_dir": str(world.data(2)), "epochs": 2})
     world.railyard("worker", "--run-once")
     state = world.flow_run(second)["state"]
     assert state["type"] == "COMPLETED" and "nothing new to release: version 2" in state["message"]
@@ -254,7 +247,7 @@ def test_the_promote_deployment_approves_a_waiting_review(world):
     run = world.start_run(6)
     world.wait_until_waiting(6, run)
     parameters = {"version": 6, "reviewer": "dana", "comment": "approved from the promote form"}
-    promote_run = _start_deployment_run(world, parameters, deployment="promote/promote")
+    promote_run = world.start_deployment_run(parameters, deployment="promote/promote")
     world.railyard("worker", "--run-once")
     assert world.flow_run(promote_run)["state"]["type"] == "COMPLETED"
     summary = world.finish(run)

@@ -2,9 +2,11 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -329,3 +331,53 @@ def test_with_the_dask_engine_a_bad_row_in_one_partition_stops_the_run_before_tr
     assert run.info.status == "FAILED" and "auc" not in run.data.metrics
     store = connect(Settings())
     assert store.namespace() is None and not store.client.keys(keys.NAMESPACES + "*")  # not filled from a refused batch
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real disk that fills: a 6 MB tmpfs for the Prefect home under RAILYARD_HOME (the
+    embedded Prefect server's database). Mounting needs root, as on the machines these run on."""
+    mount_point = tmp_path / "home" / "prefect"
+    mount_point.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mount_point)], check=True)
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_disk_full_early_in_a_run_is_named_and_its_mlflow_run_ended_failed(tmp_path, small_disk):
+    from mlflow.tracking import MlflowClient
+
+    home = small_disk.parent
+    data = tmp_path / "data"
+    generate_movielens(data, users=150, movies=200, days=6, ratings_per_day=800, seed=3)
+    env = os.environ | {
+        "RAILYARD_HOME": str(home),
+        "RAILYARD_EPOCHS": "1",
+        "RAILYARD_LOCAL_SERVING_REST_PORT": "0",
+        "RAILYARD_LOCAL_SERVING_GRPC_PORT": "0",
+        "RAILYARD_LOCAL_ONLINE_STORE_PORT": "0",
+    }
+    env.pop("PREFECT_HOME")  # Prefect's state under RAILYARD_HOME, on the small disk
+    command = [sys.executable, "-m", "cli"]
+    run = partial(subprocess.run, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    try:
+        # Prefect's database is made and its server started once, with room to spare (a rollback
+        # with nothing to roll back to refuses at once), then the disk fills up.
+        warm_up = run([*command, "rollback"])
+        assert warm_up.returncode == 2 and "no earlier production version" in warm_up.stderr
+        (small_disk / "filler").write_bytes(bytes(shutil.disk_usage(small_disk).free - 128 * 1024))
+        failed = run([*command, "run", "--data", str(data), "--auto-approve"])
+    finally:
+        for stop in (("serve", "--stop"), ("online-store", "stop")):
+            run([*command, *stop])
+    lines = failed.stderr.splitlines()  # Prefect's temporary server may log after the CLI's two lines
+    (error,) = [line for line in lines if line.startswith("error: ")]
+    next_step = lines[lines.index(error) + 1]
+    assert failed.returncode == 1
+    assert error.startswith(f"error: no space left on the disk of Prefect's database {small_disk / 'prefect.db'}"), (
+        error
+    )
+    assert next_step.startswith("next: free space on that disk") and "--debug" not in next_step
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("railyard").experiment_id])
+    assert mlflow_run.info.status == "FAILED", mlflow_run.data.tags

@@ -16,6 +16,7 @@ import pytest
 from model_registry import (
     FileEntry,
     IntegrityError,
+    InvalidStoreURI,
     ProtectedVersionError,
     StoreError,
     VersionConflictError,
@@ -354,6 +355,7 @@ def test_open_store_resolves_relative_paths(tmp_path, monkeypatch):
     [
         ("", "empty"),
         ("gs://bucket/x", "unsupported store URI"),
+        ("http://example.com/models", "unsupported store URI"),
         ("s3://", "invalid S3 bucket name"),
         ("s3://Bad_Bucket/x", "invalid S3 bucket name"),
         ("s3://bucket/a/../b", "invalid S3 prefix"),
@@ -362,8 +364,9 @@ def test_open_store_resolves_relative_paths(tmp_path, monkeypatch):
     ],
 )
 def test_open_store_refuses_bad_uris(uri, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(InvalidStoreURI, match=message) as refused:
         open_store(uri)
+    assert refused.value.exit_code == 2 and "RAILYARD_STORE_URI" in refused.value.next_step
 
 
 # ---------------------------------------------------------------- S3 only: transfers and faults

@@ -81,18 +81,16 @@ def test_a_bad_setting_is_one_sentence_naming_its_variable(railyard_home, monkey
 
 
 def test_an_unexpected_failure_is_one_line_and_debug_shows_the_traceback(railyard_home, monkeypatch, capsys):
-    import sqlite3
+    def broken(**_):
+        raise RuntimeError("the server closed the connection\n(and a second line of detail)")
 
-    def locked(**_):
-        raise sqlite3.OperationalError("database is locked")
-
-    monkeypatch.setattr(flows.rollback, "rollback", locked)
+    monkeypatch.setattr(flows.rollback, "rollback", broken)
     with pytest.raises(SystemExit) as ended:
         main(["rollback"])
     assert ended.value.code == 1
     err = capsys.readouterr().err
     assert err.splitlines() == [
-        "error: OperationalError: database is locked",
+        "error: RuntimeError: the server closed the connection",
         "next: run again with --debug for the traceback",
     ]
 

@@ -84,11 +84,11 @@ def test_change_thresholds_compare_with_the_production_model():
     production = {"auc": 0.80, "logloss": 0.50}
     better = gate({"auc": 0.805, "logloss": 0.49}, WITH_CHANGE, baseline_metrics=production, baseline_version=3)
     assert better.blessed and better.baseline_version == 3 and "production version 3" in better.reason
-    assert {c.name for c in better.checks} == {
-        "auc",
-        "logloss",
-        "auc_change_vs_production",
-        "logloss_relative_change_vs_production",
+    assert {c.name: c.versus for c in better.checks} == {  # each check says what it compares with
+        "auc": None,
+        "logloss": None,
+        "auc_change_vs_production": 3,
+        "logloss_relative_change_vs_production": 3,
     }
 
     worse = gate({"auc": 0.78, "logloss": 0.52}, WITH_CHANGE, baseline_metrics=production, baseline_version=3)

@@ -217,11 +217,17 @@ def test_a_rejected_version_dressed_up_in_mlflow_stays_ineligible(logged):
 
     with pytest.raises(HistoryMismatch, match="version 2: MLflow says archived, the transition log .* says rejected"):
         logged.check_transition(2, Stage.PRODUCTION)
-    assert logged.verify_history()[1] == ["version 2: the log says rejected, MLflow says archived"]
+    assert logged.verify_history()[1] == [
+        "version 2: MLflow has transition 2 (production by alice), which the log does not",
+        "version 2: the log says rejected, MLflow says archived",
+    ]
     assert logged.mirror_log() == [
-        "version 2: MLflow said archived, the transition log says rejected: MLflow follows the log"
+        "version 2: MLflow had transition 2 (production by alice), which the log does not: "
+        "MLflow's history follows the log",
+        "version 2: MLflow said archived, the transition log says rejected: MLflow follows the log",
     ]
     assert logged.stage(2) is Stage.REJECTED and logged.verify_history()[1] == []
+    assert [entry["stage"] for entry in logged.history(2)] == ["candidate", "rejected"]
     with pytest.raises(IllegalTransition):
         logged.check_transition(2, Stage.PRODUCTION)
 
@@ -253,7 +259,9 @@ def test_a_tampered_log_is_refused_and_named(logged, damage, message):
         logged.verify_history()
     with pytest.raises(HistoryTampered):
         logged.transition(1, Stage.ARCHIVED, actor="ops", reason="anything")
-    assert logged.stage(1) is Stage.PRODUCTION  # nothing changed
+    with pytest.raises(HistoryTampered):  # nothing is read from a log that does not verify
+        logged.stage(1)
+    assert logged.all_tags()[1]["railyard.stage"] == "production"  # nothing changed
 
 
 def test_restore_takes_each_stage_from_the_log(tracking_uri, tmp_path):
@@ -270,6 +278,9 @@ def test_restore_takes_each_stage_from_the_log(tracking_uri, tmp_path):
     assert [lost.stage(v) for v in (1, 2, 3)] == [Stage.ARCHIVED, Stage.PRODUCTION, Stage.REJECTED]
     assert lost.production_version() == 2
     lost.check_transition(1, Stage.PRODUCTION)  # a rollback to 1 is legal: the log says it was in production
+    assert lost.previous_production() == 1  # what a plain `railyard rollback` goes back to
+    assert [lost.history(v) for v in (1, 2, 3)] == [first.history(v) for v in (1, 2, 3)]  # who, when, why
+    assert lost.versions()[1]["approved_by"] == "alice"
     assert lost.verify_history()[1] == []
 
 
@@ -280,7 +291,8 @@ def test_an_edit_of_the_last_record_shows_against_the_head_mlflow_keeps(logged):
     last.write_bytes(last.read_bytes().replace(b"alice", b"mallory"))  # no later record covers it
     count, problems = logged.verify_history()
     assert count == 3 and problems == [
-        "the log's last record (2) is not the one Railyard wrote last (edited or removed)"
+        "version 1, transition 2: MLflow says actor 'alice', the log says 'mallory'",
+        "the log's last record (2) is not the one Railyard wrote last (edited or removed)",
     ]
     last.unlink()  # removing it instead
     assert logged.verify_history()[1][-1].startswith("the log's last record (1) is not the one")
