@@ -30,6 +30,7 @@ from infra.tfserving.warmup import write_warmup_requests
 from railyard.processes import process_alive
 from tests.support.serving_fixtures import (
     CORRUPT_VERSION,
+    FEATURE_VALUES,
     GOLDEN_INSTANCES,
     MODEL_NAME,
     assert_scores_of,
@@ -158,6 +159,35 @@ def test_predict_errors_use_tf_servings_codes_and_messages(contract_server, sele
     answer_status, answer = rest(contract_server, "POST", f"{MODEL_PATH}{selector}:predict", body)
     assert answer_status == status
     assert list(answer) == ["error"] and message in answer["error"]
+
+
+# A features row one value short: the graph's matrix product fails at run time.
+SHORT_FEATURES = {
+    "signature_name": "features",
+    "instances": [GOLDEN_INSTANCES[0] | FEATURE_VALUES | {"movie_features": FEATURE_VALUES["movie_features"][1:]}],
+}
+
+
+def test_a_failure_inside_the_graph_keeps_tf_servings_wording_without_graph_internals(contract_server):
+    """TensorFlow's eager runtime wraps a graph's error in "Graph execution error: Detected at
+    node …" with the node's Python stack; TF Serving answers with the status message itself."""
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    status, answer = rest(contract_server, "POST", f"{MODEL_PATH}/labels/stable:predict", SHORT_FEATURES)
+    assert status == 400 and list(answer) == ["error"]
+    with grpc.insecure_channel(contract_server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = build_predict_request(
+            MODEL_NAME, SHORT_FEATURES["instances"], signature_name="features", label="stable"
+        )
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Predict(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for message in (answer["error"], error.value.details()):
+        assert message.startswith("Matrix size-incompatible: In[0]: [1,"), message
+        for internal in ("Graph execution error", "Detected at node", "{{node", "StatefulPartitionedCall", "[Op:"):
+            assert internal not in message
+        assert "\n" not in message
 
 
 def test_unknown_model_is_not_found(contract_server):
