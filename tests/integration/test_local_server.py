@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import re
 import shutil
 import socket
@@ -363,10 +364,16 @@ def test_bad_config_files_and_busy_ports_are_named(start_server, model_root, tmp
     broken.write_text("model_config_list { nonsense: 1 }")
     with pytest.raises(ValueError, match=f"{broken} is not a valid TF Serving ModelServerConfig"):
         start_server(config_path=broken)
+    garbage = tmp_path / "garbage.config"
+    garbage.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match=f"{garbage} is not a valid TF Serving ModelServerConfig: not UTF-8 text"):
+        start_server(config_path=garbage)
     first = start_server(model_config(model_root, {1}, {}))
-    with pytest.raises(OSError, match=f"cannot listen for gRPC on 127.0.0.1:{first.grpc_port}"):
+    # The holder is this process: it runs the first server.
+    taken = rf"the port is taken by pid {os.getpid()} \("
+    with pytest.raises(OSError, match=f"cannot listen for gRPC on 127.0.0.1:{first.grpc_port}: {taken}"):
         start_server(config_path=first.config_path, grpc_port=first.grpc_port)
-    with pytest.raises(OSError, match=f"cannot listen for REST on 127.0.0.1:{first.rest_port}"):
+    with pytest.raises(OSError, match=f"cannot listen for REST on 127.0.0.1:{first.rest_port}: {taken}"):
         start_server(config_path=first.config_path, rest_port=first.rest_port)
 
 
