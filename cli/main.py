@@ -134,7 +134,10 @@ def run(
     Without --auto-approve the run pauses after the smoke tests until a reviewer answers
     (`railyard approve|reject VERSION` from another shell, or the Prefect UI).
     """
-    _settings()
+    settings = _settings()
+    from infra.rollout.deploy import refuse_taken_local_ports
+
+    refuse_taken_local_ports(settings)  # at once, before Prefect and the flow start (the flow checks too)
     from flows.retrain import retrain
 
     parameters = {"data_dir": str(data.resolve()) if data else None, "epochs": epochs}

@@ -102,5 +102,5 @@ def holder_of(port: int) -> str:
     found = listener(port)
     if found is None:
         return "another program (one this user cannot see)"
-    command = found["command"]
+    command = " ".join(found["command"].split())  # one line, whatever its arguments hold
     return f"pid {found['pid']} ({command[:200]}{'…' if len(command) > 200 else ''})"
