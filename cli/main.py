@@ -183,7 +183,12 @@ def run(
     (`railyard approve|reject VERSION` from another shell, or the Prefect UI).
     """
     settings = _settings(store=True)
-    if settings.online_store_url is None:  # the run needs its store: start it, or refuse its port, before any work
+    from infra.rollout.deploy import refuse_taken_local_ports
+
+    # The run needs its serving ports and its online store: refuse a taken port set, or start the
+    # store, at once, before Prefect and the flow start (the flow checks the serving ports too).
+    refuse_taken_local_ports(settings)
+    if settings.online_store_url is None:
         from infra.online_store import server
 
         server.ensure_running(settings)
@@ -214,8 +219,12 @@ def _print_summary(summary: dict) -> None:
 
 @app.command()
 def serve(
-    rest_port: Annotated[int | None, typer.Option(help="REST port (default 8501; 0 = any free port).")] = None,
-    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 8500; 0 = any free port).")] = None,
+    rest_port: Annotated[
+        int | None, typer.Option(help="REST port (default 8501, or any free port when it is taken; 0 = any free port).")
+    ] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="gRPC port (default 8500, or any free port when it is taken; 0 = any free port).")
+    ] = None,
     background: Annotated[bool, typer.Option("--background", help="Start detached (or reuse) and return.")] = False,
     stop: Annotated[bool, typer.Option("--stop", help="Stop the background server (or the container).")] = False,
     docker: Annotated[
@@ -231,20 +240,29 @@ def serve(
 ) -> None:
     """The local TF-Serving-compatible server over RAILYARD_HOME's model root (foreground by default).
 
+    A port set (here or in the settings) that another program holds is refused at once; a port
+    left unset is TF Serving's default when free, else any free port (the server says which).
     With --docker: the tensorflow/serving container of the compose stack, serving the same model
     root; it keeps running (restart policy) until `railyard serve --docker --stop`.
     """
     settings = _settings()
     from infra.local_server import background as local
-    from infra.tfserving.protocol import CONFIG_FILE
+    from infra.tfserving.protocol import CONFIG_FILE, DEFAULT_GRPC_PORT, DEFAULT_REST_PORT
 
     rest = settings.local_serving_rest_port if rest_port is None else rest_port
     grpc = settings.local_serving_grpc_port if grpc_port is None else grpc_port
+    # Where each port was chosen: what a refusal names.
+    chosen = {
+        "RAILYARD_LOCAL_SERVING_REST_PORT" if rest_port is None else "--rest-port": rest,
+        "RAILYARD_LOCAL_SERVING_GRPC_PORT" if grpc_port is None else "--grpc-port": grpc,
+    }
     config_path = settings.resolved_serving_model_root / CONFIG_FILE
     if docker:
         if replicas > 1:
             _fail("--replicas starts local servers; the compose stack (infra/stack) runs two TF Serving replicas")
-        _serve_in_docker(config_path, rest, grpc, stop)
+        _serve_in_docker(
+            config_path, DEFAULT_REST_PORT if rest is None else rest, DEFAULT_GRPC_PORT if grpc is None else grpc, stop
+        )
         return
     from infra.rollout.deploy import local_replica_dir
 
@@ -256,17 +274,23 @@ def serve(
             if state := local.stop(replica_dir):
                 typer.echo(f"stopped local {replica_dir.name} (pid {state.pid})")
         return
+
+    def started(state: local.ServerState, name: str = "local server") -> None:
+        typer.echo(f"{name} pid {state.pid}: REST {state.rest_url}, gRPC {state.grpc_target}")
+
+    if local.running(state_dir) is None:
+        local.check_ports_free(chosen)  # before any replica starts
     try:
         settings.resolved_serving_model_root.mkdir(parents=True, exist_ok=True)
         for index in range(1, replicas):
-            state = local.ensure_running(local_replica_dir(settings, index), config_path, 0, 0)
-            typer.echo(f"local replica-{index} pid {state.pid}: REST {state.rest_url}, gRPC {state.grpc_target}")
+            started(
+                local.ensure_running(local_replica_dir(settings, index), config_path, 0, 0), f"local replica-{index}"
+            )
         if background:
-            state = local.ensure_running(state_dir, config_path, rest, grpc)
-            typer.echo(f"local server pid {state.pid}: REST {state.rest_url}, gRPC {state.grpc_target}")
+            started(local.ensure_running(state_dir, config_path, rest, grpc))
         else:
             try:
-                local.serve_foreground(state_dir, config_path, rest, grpc)
+                local.serve_foreground(state_dir, config_path, rest, grpc, on_started=started)
             finally:  # the other replicas end with the foreground one
                 for index in range(1, replicas):
                     local.stop(local_replica_dir(settings, index))
@@ -380,7 +404,9 @@ def status(
     """
     settings = _settings(store=True)
     from infra.rollout.deploy import resolve_target
+    from infra.tfserving.model_config import ConfigFileError
     from infra.tfserving.protocol import CANARY, STABLE
+    from infra.tfserving.target import serving_labels_on_file
     from model_registry import LockTimeoutError
     from model_registry.history import HistoryMismatch
     from tasks import gray
@@ -403,9 +429,15 @@ def status(
     ]
     target = resolve_target(settings, start_local=False)
     serving: dict[str, int | None] = {}
+    down = "the local server is not running (`railyard serve --background`)"
     if target is not None:
         with target.client(attempts=1) as client:
             serving = {label: client.label_version(settings.model_name, label) for label in (STABLE, CANARY)}
+    else:
+        try:
+            serving_labels_on_file(settings)  # the file it would start from
+        except ConfigFileError as error:
+            down = f"the local server is not running and cannot start: {error}"
     online = _online_store_state(settings)
     served = {label: version for label, version in serving.items() if version is not None}
     live = gray.live_figures(settings, served) if online["running"] else []
@@ -419,6 +451,7 @@ def status(
                     "online_store": online,
                     "live": [asdict(figures) | {"error_rate": figures.error_rate} for figures in live],
                     "repaired": repaired,
+                    "serving_down": None if target is not None else down,
                 },
                 sort_keys=True,
             )
@@ -431,7 +464,7 @@ def status(
         approved = f", approved by {entry['approved_by']}" if entry["approved_by"] else ""
         typer.echo(f"v{entry['version']:<4} {entry['stage']:<11} auc {auc if auc is None else f'{auc:.4f}'}{approved}")
     if target is None:
-        typer.echo("serving: the local server is not running (`railyard serve --background`)")
+        typer.echo(f"serving: {down}")
     else:
         typer.echo("serving: " + ", ".join(f"{label} -> {version}" for label, version in serving.items()))
     for figures in live:

@@ -32,6 +32,17 @@ class DataLoadError(Refused, ValueError):
     next_step = "fix the input data named in the message and start the run again"
 
 
+class PortTaken(Refused):
+    """A port set for one of Railyard's embedded servers is held by another program: nothing was started."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.next_step = (
+            f"set {setting} to a free port (0: any free port), or leave it unset (its default port when free, "
+            "else any free port); nothing was started"
+        )
+
+
 class ModelRejected(Refused):
     """The evaluation gate did not bless the model: nothing was published."""
 

@@ -69,8 +69,10 @@ class Settings(BaseSettings):
     serving_rest: str | None = None  # http://host:port[,http://host:port...]
     serving_model_root: Path | None = None  # where versions are written for the server
     serving_server_model_root: str | None = None  # the same folder as the server sees it (/models in compose)
-    local_serving_rest_port: int = Field(default=8501, ge=0, le=65535)  # 0: any free port
-    local_serving_grpc_port: int = Field(default=8500, ge=0, le=65535)
+    # The local server's ports. Unset: TF Serving's (8501, 8500) when free, else any free port (a
+    # second home on the machine); 0: any free port; a port set and taken is refused at once.
+    local_serving_rest_port: int | None = Field(default=None, ge=0, le=65535)
+    local_serving_grpc_port: int | None = Field(default=None, ge=0, le=65535)
     serving_load_timeout_s: float = Field(default=360.0, gt=0)  # TF Serving retries failed loads 5 x 60 s
     serving_attempts: int = Field(default=5, ge=1)  # per call, with exponential backoff, when serving is down
 

@@ -1,13 +1,20 @@
 from infra.rollout import deploy
 from infra.tfserving import target as served
 from infra.tfserving.client import ModelLoadError
+from infra.tfserving.protocol import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT
 from railyard.settings import Settings
 from tasks.common import MINUTES, model_store, railyard_task
+
+DEFAULT_REST_URL, DEFAULT_GRPC_TARGET = f"http://127.0.0.1:{DEFAULT_REST_PORT}", f"127.0.0.1:{DEFAULT_GRPC_PORT}"
 
 
 @railyard_task(name="resolve-serving", timeout_seconds=5 * MINUTES)
 def serving_target(settings: Settings) -> served.ServingTarget:
-    return deploy.resolve_target(settings)
+    target = deploy.resolve_target(settings)
+    if not settings.serving_replicas and (target.rest, target.grpc) != (DEFAULT_REST_URL, DEFAULT_GRPC_TARGET):
+        # Another home's server (or another program) held TF Serving's ports, or others were set.
+        print(f"the local server listens on REST {target.rest} and gRPC {target.grpc} (not on 8501/8500)")
+    return target
 
 
 def _worth_retrying(task, task_run, state) -> bool:

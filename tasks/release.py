@@ -20,6 +20,7 @@ from infra.local_server.background import LocalServerError
 from infra.rollout import deploy
 from infra.tfserving import target as served
 from infra.tfserving.client import ServingError
+from infra.tfserving.model_config import ConfigFileError
 from infra.tfserving.protocol import CANARY, STABLE
 from model_registry.release_rules import (
     SYSTEM_ACTOR,
@@ -92,8 +93,12 @@ def reconcile(
     """Bring the release state in line with what really happened; one sentence per repair.
 
     Call it holding the release lock. Refuses (RegistryLost) when the store holds versions MLflow
-    does not know. ``ended_run``: a flow run known to be over, and how (its crash hook says so).
+    does not know, and, with ``start_serving``, (PortTaken) a local serving port set in the
+    settings that another program holds, before any work. ``ended_run``: a flow run known to be
+    over, and how (its crash hook says so).
     """
+    if start_serving:
+        deploy.refuse_taken_local_ports(settings)
     stages = registry(settings)
     said = register_stranded(settings, stages)  # refuses first when the tracking database was lost
     said += stages.mirror_log()
@@ -124,7 +129,7 @@ def reconcile(
             target = deploy.resolve_target(settings)
         if target is not None:
             said += repair_serving(settings, target, stages.production_version(), in_review)
-    except (ServingError, LocalServerError, OSError, TimeoutError) as error:
+    except (ServingError, LocalServerError, ConfigFileError, OSError, TimeoutError) as error:
         # Training can go on: its version waits as a candidate if serving is still down at deploy.
         said.append(f"serving could not be checked or repaired: {error}")
     for line in said:

@@ -4,21 +4,27 @@
         [--monitoring_config_file PATH]
 
 ``background.ensure_running`` starts this detached. Every path comes from the command line, not
-from the child's own settings, so the server serves the config its caller asked for.
+from the child's own settings, so the server serves the config its caller asked for. A port left
+out is TF Serving's default (8500, 8501) when that is free, else any free port. A start that
+fails ends with one ``START_FAILED`` line saying why (its caller reads it from the log).
 """
 
 import argparse
+import sys
+import traceback
 from pathlib import Path
 
-from infra.local_server.background import serve_foreground
+from infra.local_server.background import START_FAILED, serve_foreground
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m infra.local_server", description=__doc__.splitlines()[0])
     parser.add_argument("--model_config_file", type=Path, required=True)
     parser.add_argument("--state_dir", type=Path, required=True, help="where the state file (pid, ports) goes")
-    parser.add_argument("--port", type=int, default=8500, help="gRPC port (0 = any free port)")
-    parser.add_argument("--rest_api_port", type=int, default=8501, help="REST port (0 = any free port)")
+    parser.add_argument("--port", type=int, help="gRPC port (default 8500, any free port if taken; 0 = any free port)")
+    parser.add_argument(
+        "--rest_api_port", type=int, help="REST port (default 8501, any free port if taken; 0 = any free port)"
+    )
     parser.add_argument(
         "--monitoring_config_file",
         type=Path,
@@ -26,13 +32,18 @@ def main(argv: list[str] | None = None) -> None:
         "default: monitoring.config in the state folder, written on first use with them enabled",
     )
     args = parser.parse_args(argv)
-    serve_foreground(
-        args.state_dir,
-        args.model_config_file,
-        args.rest_api_port,
-        args.port,
-        monitoring_config=args.monitoring_config_file,
-    )
+    try:
+        serve_foreground(
+            args.state_dir,
+            args.model_config_file,
+            args.rest_api_port,
+            args.port,
+            monitoring_config=args.monitoring_config_file,
+        )
+    except Exception as error:  # noqa: BLE001 - the traceback for the log, then one line for the caller
+        traceback.print_exc()
+        print(f"{START_FAILED}{' '.join(str(error).split()) or type(error).__name__}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
 """The local server as a background process that outlives one `railyard run`.
 
 The foreground server (``railyard serve``, or ``python -m infra.local_server``) writes a state
-file (pid, ports, config) once both ports listen and removes it when it stops. ``ensure_running``
-reuses a live server found through that file or starts ``python -m infra.local_server`` detached
-with the config and state folder it was given, its log beside the state file; ``stop`` ends it.
+file (pid, ports, config) once both ports listen and removes it when it stops: clients read the
+ports from there. ``ensure_running`` reuses a live server found through that file or starts
+``python -m infra.local_server`` detached with the config and state folder it was given, its log
+beside the state file; ``stop`` ends it. A port left unchosen (None) is TF Serving's default when
+that is free and any free port otherwise, so several homes share a machine; a chosen port that
+another program holds is refused before anything starts (``check_ports_free``).
 Railyard's server exposes TF Serving's Prometheus metrics by default: unless told another
 monitoring config, it reads ``monitoring.config`` of its state folder (written on first use,
 enabling ``/monitoring/prometheus/metrics``; edit it to change the path or turn them off).
@@ -12,6 +15,7 @@ enabling ``/monitoring/prometheus/metrics``; edit it to change the path or turn 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -20,18 +24,23 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from railyard.errors import RailyardError
+from railyard.errors import PortTaken, RailyardError
 from railyard.fsutil import ExposedSecretFile, atomic_write_text, owner_only_secret
-from railyard.processes import current_process, process_alive
+from railyard.processes import arguments, current_process, holder_of, identity, listener, port_free, process_alive
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"
 TOKEN_FILE = "reload.token"  # owner-only: whoever can read it may change what is served
 MONITORING_FILE = "monitoring.config"  # the default --monitoring_config_file
 START_TIMEOUT_S = 240.0  # the child imports TensorFlow (~20 s here) and loads the served versions
+# The last line a server that failed to start writes to its log (read by ensure_running).
+START_FAILED = "local server start-up failed: "
 
 
 class LocalServerError(RailyardError):
@@ -79,12 +88,17 @@ def read_state(state_dir: Path) -> ServerState | None:
 
 
 def running(state_dir: Path) -> ServerState | None:
-    """The live server of this state folder, or None (a stale state file is removed)."""
+    """The live server of this state folder, or None (a stale state file is removed). A state
+    file naming another process than the folder's server that listens on its ports (an orphan,
+    told by its command line) is written again for that server."""
     state = read_state(state_dir)
     if state is None:
         return None
     if _is_server(state) and _answers(state.rest_url):
         return state
+    found = _adopt_orphan(Path(state_dir), state)
+    if found is not None and _answers(found.rest_url):
+        return found
     (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
     return None
 
@@ -100,11 +114,26 @@ def default_monitoring_config(state_dir: Path) -> Path:
     return path
 
 
+def check_ports_free(chosen: dict[str, int | None]) -> None:
+    """Refuse (PortTaken) a chosen port that another program listens on. ``chosen`` maps the
+    setting (or option) that chose each port to it; unchosen (None) and 0 (any free port) pass."""
+    for setting, port in chosen.items():
+        if port and not port_free(port):
+            raise PortTaken(f"port {port} ({setting}) is taken by {holder_of(port)}", setting)
+
+
 def ensure_running(
-    state_dir: Path, config_path: Path, rest_port: int, grpc_port: int, monitoring_config: Path | None = None
+    state_dir: Path,
+    config_path: Path,
+    rest_port: int | None,
+    grpc_port: int | None,
+    monitoring_config: Path | None = None,
 ) -> ServerState:
     """A live local server for ``config_path``: the one already running, or a new one (reading
-    ``monitoring_config``, by default the state folder's)."""
+    ``monitoring_config``, by default the state folder's). A port None is TF Serving's default
+    when free, else any free one; 0 is any free one."""
+    from infra.tfserving.model_config import ensure_config_file
+
     state_dir = Path(state_dir)
     state = running(state_dir)
     if state is not None:
@@ -114,6 +143,7 @@ def ensure_running(
                 "stop it with `railyard serve --stop`"
             )
         return state
+    ensure_config_file(config_path)  # a file it cannot start from is named here, before the start
     state_dir.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable,
@@ -123,16 +153,16 @@ def ensure_running(
         str(config_path),
         "--state_dir",
         str(state_dir),
-        "--port",
-        str(grpc_port),
-        "--rest_api_port",
-        str(rest_port),
+        *(["--port", str(grpc_port)] if grpc_port is not None else []),
+        *(["--rest_api_port", str(rest_port)] if rest_port is not None else []),
         "--monitoring_config_file",
         str(monitoring_config or default_monitoring_config(state_dir)),
     ]
-    with open(state_dir / LOG_FILE, "ab") as log:
+    log_path = state_dir / LOG_FILE
+    with open(log_path, "ab") as log_file:
+        logged_before = log_file.tell()
         child = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -140,34 +170,48 @@ def ensure_running(
         if state is not None and state.pid == child.pid:
             return state
         if child.poll() is not None:
-            raise LocalServerError(
-                f"the local serving process exited with code {child.returncode}; see {state_dir / LOG_FILE}"
-            )
+            reason = _start_failure(log_path, logged_before) or f"exit code {child.returncode}"
+            raise LocalServerError(f"the local serving process exited: {reason} (log: {log_path})")
         time.sleep(0.2)
     child.terminate()
-    raise TimeoutError(f"the local server did not start within {START_TIMEOUT_S:g} s; see {state_dir / LOG_FILE}")
+    raise TimeoutError(f"the local server did not start within {START_TIMEOUT_S:g} s; see {log_path}")
+
+
+def _start_failure(log_path: Path, offset: int) -> str | None:
+    """Why the server started at ``offset`` of its log did not start, as it said last."""
+    with open(log_path, "rb") as log_file:
+        log_file.seek(offset)
+        lines = log_file.read().decode(errors="replace").splitlines()
+    said = [line.removeprefix(START_FAILED) for line in lines if line.startswith(START_FAILED)]
+    return said[-1] if said else None
 
 
 def serve_foreground(
     state_dir: Path,
     config_path: Path,
-    rest_port: int,
-    grpc_port: int,
+    rest_port: int | None,
+    grpc_port: int | None,
     host: str = "127.0.0.1",
     monitoring_config: Path | None = None,
+    on_started: Callable[[ServerState], None] | None = None,
 ) -> None:
-    """Serve until SIGINT/SIGTERM, announcing the server in the state folder while it runs.
+    """Serve until SIGINT/SIGTERM, announcing the server in the state folder while it runs (and
+    to ``on_started``). Ports as in ``ensure_running``.
 
-    Fails (like TF Serving) when the config's models cannot be loaded or the monitoring config
-    (by default the state folder's) is malformed, or when this state folder already has a live
-    server.
+    Models the config lists with no version to serve are dropped from it first (TF Serving would
+    wait for them forever). Fails (like TF Serving) when the config's models cannot be loaded or
+    the monitoring config (by default the state folder's) is malformed, or when this state
+    folder already has a live server.
     """
     from infra.local_server.server import LocalServingServer
+    from infra.tfserving.model_config import ensure_config_file
 
     state_dir = Path(state_dir)
     other = running(state_dir)
     if other is not None:
         raise LocalServerError(f"a local server already runs for {state_dir} (pid {other.pid}, REST {other.rest_url})")
+    for model in ensure_config_file(config_path):
+        log.warning("%s listed model %s with no version to serve: dropped it from the file", config_path, model)
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
@@ -181,9 +225,10 @@ def serve_foreground(
         monitoring_config_file=monitoring_config or default_monitoring_config(state_dir),
     ).start()
     state_dir.mkdir(parents=True, exist_ok=True)
-    write_state(
-        state_dir, ServerState(os.getpid(), server.rest_port, server.grpc_port, str(config_path), current_process())
-    )
+    state = ServerState(os.getpid(), server.rest_port, server.grpc_port, str(config_path), current_process())
+    write_state(state_dir, state)
+    if on_started is not None:
+        on_started(state)
     try:
         stopped.wait()
     finally:
@@ -206,9 +251,12 @@ def reload_token(state_dir: Path) -> str:
 def stop(state_dir: Path, timeout_s: float = 30.0) -> ServerState | None:
     """Stop the background server (SIGTERM, then SIGKILL); the state it had, or None when no
     server of this folder runs. A stale state file is removed; its pid is never signalled
-    unless it is still the very process that wrote the file (same pid and start time)."""
+    unless it is still the very process that wrote the file (same pid and start time). The
+    folder's server found on a stale file's ports by its command line (an orphan) is stopped."""
     state = read_state(state_dir)
-    if state is None or not _is_server(state):
+    if state is not None and not _is_server(state):
+        state = _adopt_orphan(Path(state_dir), state)
+    if state is None:
         (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
         return None
     os.kill(state.pid, signal.SIGTERM)
@@ -219,6 +267,25 @@ def stop(state_dir: Path, timeout_s: float = 30.0) -> ServerState | None:
         os.kill(state.pid, signal.SIGKILL)
     (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
     return state
+
+
+def _adopt_orphan(state_dir: Path, stale: ServerState) -> ServerState | None:
+    """This folder's server listening on the ports of a state file that names another process
+    (``python -m infra.local_server --state_dir <this folder>``): the file is written again for
+    it. None when no such server listens there; another program there is never touched."""
+    for port in (stale.rest_port, stale.grpc_port):
+        found = listener(port)
+        if found is None or _flag(found["pid"], "--state_dir", state_dir) != state_dir.resolve():
+            continue
+        pid = found["pid"]
+        config_path = _flag(pid, "--model_config_file", state_dir) or Path(stale.config_path)
+        adopted = ServerState(pid, stale.rest_port, stale.grpc_port, str(config_path), identity(pid))
+        log.warning(
+            "%s named pid %d, not the server of %s (pid %d): written again", STATE_FILE, stale.pid, state_dir, pid
+        )
+        write_state(state_dir, adopted)
+        return adopted
+    return None
 
 
 def _is_server(state: ServerState) -> bool:
@@ -244,11 +311,20 @@ def _is_server(state: ServerState) -> bool:
 
 def _serves(pid: int, config_path: str) -> bool:
     """The process runs ``python -m infra.local_server`` for this config file."""
+    args = arguments(pid)
+    return "infra.local_server" in args and config_path in args
+
+
+def _flag(pid: int, name: str, state_dir: Path) -> Path | None:
+    """The resolved path a ``python -m infra.local_server`` process was given for ``name``."""
+    args = arguments(pid)
+    if "infra.local_server" not in args or name not in args[:-1]:
+        return None
+    given = Path(args[args.index(name) + 1])
     try:
-        arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        return (given if given.is_absolute() else Path(f"/proc/{pid}/cwd").readlink() / given).resolve()
     except OSError:
-        return False
-    return b"infra.local_server" in arguments and config_path.encode() in arguments
+        return None
 
 
 def _answers(rest_url: str) -> bool:

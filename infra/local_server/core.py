@@ -156,7 +156,7 @@ class ServerCore:
                     continue
                 if not states:
                     # Real TF Serving waits forever here; saying why is more useful.
-                    failures.append(f"{{{name} has no version directories under {entries[name].base_path}}}, ")
+                    failures.append(f"{{{name} {_nothing_to_load(entries[name])}}}, ")
                 for number, version in sorted(states.items()):
                     reason = f" due to error: {version.error}" if version.error else ""
                     failures.append(f"{{{{name: {name} version: {number}}}{reason}}}, ")
@@ -326,6 +326,16 @@ def _validate_model_list(config: ModelServerConfig, model_root: Path | None) -> 
             raise StatusError(
                 "INVALID_ARGUMENT", f"Model {entry.name} requests unsupported platform {entry.model_platform}"
             )
+
+
+def _nothing_to_load(entry: ModelConfig) -> str:
+    policy = entry.model_version_policy
+    if policy.WhichOneof("policy_choice") == "specific":
+        if not policy.specific.versions:
+            return "has a specific version policy that lists no version"
+        listed = ", ".join(map(str, sorted(policy.specific.versions)))
+        return f"has none of its specific versions ({listed}) under {entry.base_path}"
+    return f"has no version directories under {entry.base_path}"
 
 
 def _versions_on_disk(entry: ModelConfig) -> dict[int, Path] | None:

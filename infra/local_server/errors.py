@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 # tensorflow_serving/model_servers/http_server.cc, ToHTTPStatusCode.
 HTTP_STATUS = {
     "OK": 200,
@@ -44,7 +46,7 @@ def status_from_exception(exc: BaseException) -> StatusError:
     if isinstance(exc, StatusError):
         return exc
     if isinstance(exc, tf.errors.OpError):
-        return StatusError(error_codes_pb2.Code.Name(exc.error_code), exc.message)
+        return StatusError(error_codes_pb2.Code.Name(exc.error_code), runtime_message(exc.message))
     # tensorflow/python/lib/core/pybind11_status.h: OUT_OF_RANGE -> IndexError, INVALID_ARGUMENT
     # -> ValueError, UNIMPLEMENTED -> NotImplementedError (a truncated variables file gives
     # IndexError "Read less bytes than requested").
@@ -57,3 +59,28 @@ def status_from_exception(exc: BaseException) -> StatusError:
         if isinstance(exc, kind):
             return StatusError(code, str(exc))
     return StatusError("UNKNOWN", f"{type(exc).__name__}: {exc}")
+
+
+# What TensorFlow's Python runtime adds to a graph's status message (atomic_function.py
+# InterpolateRuntimeError, error_interpolation.py): a header, per failing node its Python stack,
+# the node tags and the op that ran the function. TF Serving's answers carry none of it.
+_GRAPH_ERROR_HEADER = "Graph execution error:"
+_NODE_TAGS = re.compile(r"\s*\[\[(\{\{[^}]*\}\})+\]\]")
+_OP_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\]")
+
+
+def runtime_message(message: str) -> str:
+    """The status message of a graph's run-time error, without graph internals: node names,
+    stack traces of the server's code, function names (the graph's structure is the model's)."""
+    lines = message.splitlines()
+    if lines and lines[0] == _GRAPH_ERROR_HEADER:
+        # After the header: per node "Detected at node …", its stack (indented, or "<stack traces
+        # unavailable>"), blank lines; the message itself starts at the first other line.
+        body = [
+            line
+            for line in lines[1:]
+            if line.strip() and not line.startswith((" ", "Detected at node ", "<stack traces unavailable>"))
+        ]
+        message = "\n".join(body) or message
+    message = _OP_SUFFIX.sub("", _NODE_TAGS.sub("", message))
+    return " ".join(message.split())

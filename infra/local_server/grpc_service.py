@@ -156,7 +156,11 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
             return
         sent = dict(context.invocation_metadata()).get(RELOAD_TOKEN_HEADER, "")
         if not hmac.compare_digest(sent.encode(), f"Bearer {self._reload_token}".encode()):
-            raise StatusError("UNAUTHENTICATED", "config reloads need the server's reload token (its state folder)")
+            raise StatusError(
+                "UNAUTHENTICATED",
+                "config reloads need the server's reload token (reload.token in its state folder): Railyard "
+                "sends it when RAILYARD_HOME is the home whose `railyard serve` started this server",
+            )
 
 
 def add_services(

@@ -7,12 +7,15 @@ atomically. A stand-in for development and tests: production runs the tensorflow
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http.server import ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
@@ -21,8 +24,11 @@ from infra.local_server.grpc_service import add_services
 from infra.local_server.monitoring import ServingMetrics, read_monitoring_config
 from infra.local_server.rest import RestLimits, make_handler
 from infra.tfserving.model_config import read_config, write_config_atomically
+from infra.tfserving.protocol import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT
+from railyard.processes import holder_of, port_free
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class BoundedHTTPServer(ThreadingHTTPServer):
@@ -55,7 +61,8 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
 
 class LocalServingServer:
-    """``with LocalServingServer(config_path).start() as server: ...`` (ports 0 pick free ones).
+    """``with LocalServingServer(config_path).start() as server: ...`` (ports 0 pick free ones;
+    a port None is TF Serving's default, 8501 or 8500, when that is free, else any free one).
 
     ``allow_version_labels_for_unavailable_models`` mirrors TF Serving's flag of that name and
     defaults to True as in our compose stack: without it TF Serving refuses to start with any
@@ -73,8 +80,8 @@ class LocalServingServer:
         self,
         config_path: Path,
         *,
-        rest_port: int = 0,
-        grpc_port: int = 0,
+        rest_port: int | None = 0,
+        grpc_port: int | None = 0,
         host: str = "127.0.0.1",
         allow_version_labels_for_unavailable_models: bool = True,
         max_num_load_retries: int = 5,
@@ -136,27 +143,46 @@ class LocalServingServer:
         # Without so_reuseport=0 gRPC would silently share a port another server already uses.
         self._grpc_server = grpc.server(workers, options=[("grpc.so_reuseport", 0)])
         add_services(self._grpc_server, self.core, self._reload_token, self.metrics)
+        handler = make_handler(self.core, self._rest_limits, self.metrics, self.metrics_path)
         try:
-            self.grpc_port = self._grpc_server.add_insecure_port(f"{self.host}:{grpc_port}")
-        except RuntimeError as exc:
-            self.stop()
-            raise OSError(f"cannot listen for gRPC on {self.host}:{grpc_port}: {exc}") from exc
-        self._grpc_server.start()
-        try:
-            self._http_server = BoundedHTTPServer(
-                (self.host, rest_port),
-                make_handler(self.core, self._rest_limits, self.metrics, self.metrics_path),
-                self._rest_limits.max_connections,
+            self.grpc_port = self._listen("gRPC", grpc_port, DEFAULT_GRPC_PORT, self._add_grpc_port)
+            self._grpc_server.start()
+            self._http_server = self._listen(
+                "REST",
+                rest_port,
+                DEFAULT_REST_PORT,
+                lambda port: BoundedHTTPServer((self.host, port), handler, self._rest_limits.max_connections),
             )
-        except OSError as exc:
+        except OSError:
             self.stop()
-            raise OSError(f"cannot listen for REST on {self.host}:{rest_port}: {exc}") from exc
+            raise
         self.rest_port = self._http_server.server_address[1]
         threading.Thread(target=self._http_server.serve_forever, name="local-serving-rest", daemon=True).start()
         log.info("Local TF Serving: gRPC %s, REST %s, config %s", self.grpc_target, self.rest_url, self.config_path)
         if self.metrics_url is not None:
             log.info("Prometheus metrics at %s", self.metrics_url)
         return self
+
+    def _listen(self, kind: str, port: int | None, default: int, bind: Callable[[int], _T]) -> _T:
+        """``bind(port)``; a port None is ``default`` when that is free, else any free port."""
+        try:
+            return bind(default if port is None else port)
+        except OSError as exc:
+            taken = f"the port is taken by {holder_of(default if port is None else port)}"
+            if port is not None:
+                cause = taken if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+                raise OSError(f"cannot listen for {kind} on {self.host}:{port}: {cause}") from None
+            log.warning(
+                "%s: %s port %d: %s; listening on any free port instead", self.config_path, kind, default, taken
+            )
+            return bind(0)
+
+    def _add_grpc_port(self, port: int) -> int:
+        try:
+            return self._grpc_server.add_insecure_port(f"{self.host}:{port}")
+        except RuntimeError as exc:  # gRPC says only "Failed to bind"; the probe tells whether it is taken
+            busy = port and not port_free(port, self.host)
+            raise OSError(errno.EADDRINUSE if busy else errno.EINVAL, str(exc)) from exc
 
     def _initial_config(self) -> ModelServerConfig:
         if not self.config_path.exists():

@@ -23,7 +23,6 @@ read it again when they connect anew (``store.connect``), so they follow a resta
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import itertools
 import json
@@ -38,9 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from railyard.errors import RailyardError, Refused
+from railyard.errors import PortTaken, RailyardError
 from railyard.fsutil import ExposedSecretFile, atomic_write_text, owner_only_secret
-from railyard.processes import current_process, describe, process_alive
+from railyard.processes import current_process, describe, holder_of, port_free, process_alive
 
 if TYPE_CHECKING:  # the exec step below starts light: no settings, no pydantic
     from railyard.settings import Settings
@@ -60,12 +59,6 @@ class OnlineStoreServerError(RailyardError):
     """The embedded online store could not be started or stopped."""
 
     next_step = "see the online store's log (named in the message); `railyard online-store status` shows its state"
-
-
-class PortTaken(Refused):
-    """Another program listens on the embedded online store's port; nothing was started."""
-
-    next_step = f"set {PORT_SETTING} to a free port, or 0 for any, or unset it ({DEFAULT_PORT} when free, else any)"
 
 
 @dataclass(frozen=True)
@@ -157,17 +150,17 @@ def _port(setting: int | None) -> int:
     """The port to start on: the one set (refused when taken), any free one for 0, and when none
     is set the default while it is free, else any free one."""
     if setting:
-        if _taken(setting):
+        if not port_free(setting, HOST):
             raise _port_taken(setting)
         return setting
-    if setting is None and not _taken(DEFAULT_PORT):
+    if setting is None and port_free(DEFAULT_PORT, HOST):
         return DEFAULT_PORT
     return _free_port()
 
 
 def _port_taken(port: int) -> PortTaken:
     return PortTaken(
-        f"another program (another Railyard home?) listens on {HOST}:{port}, the online store's port ({PORT_SETTING})"
+        f"the online store's port {HOST}:{port} ({PORT_SETTING}) is taken by {holder_of(port)}", PORT_SETTING
     )
 
 
@@ -261,17 +254,6 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)  # a dead child of this process is gone only once reaped
     except ChildProcessError:
         pass  # not our child
-
-
-def _taken(port: int) -> bool:
-    """Another program listens on the port (a bind like the server's fails)."""
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server: closed connections do not count
-        try:
-            probe.bind((HOST, port))
-        except OSError as error:
-            return error.errno == errno.EADDRINUSE
-    return False
 
 
 def _free_port() -> int:

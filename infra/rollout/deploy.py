@@ -104,45 +104,77 @@ def local_replica_dir(settings: Settings, index: int) -> Path:
 def resolve_target(settings: Settings, *, start_local: bool = True) -> ServingTarget | None:
     """The configured TF Serving (every replica), or the local server (started in the background
     if needed; None when it is not running and ``start_local`` is False) with every other local
-    replica that runs (``railyard serve --replicas N``)."""
+    replica that runs (``railyard serve --replicas N``). A configured endpoint that is one of this
+    home's local servers (``railyard serve`` in the foreground) gets its reload token."""
     model_root = settings.resolved_serving_model_root
     model_root.mkdir(parents=True, exist_ok=True)
     server_root = settings.serving_server_model_root or str(model_root)
     if configured := settings.serving_replicas:
-        (grpc, rest), *others = configured
-        return ServingTarget(grpc, rest, model_root, server_root, other_replicas=tuple(Replica(*o) for o in others))
-    if start_local:
+        first, *others = (Replica(grpc, rest, _local_reload_token(settings, grpc)) for grpc, rest in configured)
+        return ServingTarget(first.grpc, first.rest, model_root, server_root, first.reload_token, tuple(others))
+    state = background.running(settings.local_serving_dir)
+    if state is None:
+        if not start_local:
+            return None
+        background.check_ports_free(_local_ports(settings))
         state = background.ensure_running(
             settings.local_serving_dir,
             model_root / CONFIG_FILE,
             settings.local_serving_rest_port,
             settings.local_serving_grpc_port,
         )
-    else:
-        state = background.running(settings.local_serving_dir)
-        if state is None:
-            return None
     token = background.reload_token(settings.local_serving_dir)
     others = tuple(_running_local_replicas(settings, model_root / CONFIG_FILE))
     return ServingTarget(state.grpc_target, state.rest_url, model_root, server_root, token, others)
 
 
-def _running_local_replicas(settings: Settings, config_path: Path) -> Iterator[Replica]:
-    """Local replicas 1, 2, ... that run (one that is down catches up from the shared config
-    file when it starts again); one serving another config file is refused."""
+def refuse_taken_local_ports(settings: Settings) -> None:
+    """Refuse at once (PortTaken) a local serving port set in the settings that another program
+    holds, unless the serving is elsewhere or this home's local server already runs."""
+    if not settings.serving_replicas and background.running(settings.local_serving_dir) is None:
+        background.check_ports_free(_local_ports(settings))
+
+
+def _local_ports(settings: Settings) -> dict[str, int | None]:
+    return {
+        "RAILYARD_LOCAL_SERVING_REST_PORT": settings.local_serving_rest_port,
+        "RAILYARD_LOCAL_SERVING_GRPC_PORT": settings.local_serving_grpc_port,
+    }
+
+
+def _local_reload_token(settings: Settings, grpc_endpoint: str) -> str | None:
+    """The reload token of this home's running local server at ``grpc_endpoint``, if it is one."""
+    host, _, port = grpc_endpoint.rpartition(":")
+    if host not in ("127.0.0.1", "localhost") or not port.isdigit():
+        return None
+    for state_dir, state in _home_servers(settings):
+        if state.grpc_port == int(port):
+            return background.reload_token(state_dir)
+    return None
+
+
+def _home_servers(settings: Settings) -> Iterator[tuple[Path, background.ServerState]]:
+    """The state folder and state of each local server of this home that runs, replica 0 first."""
     found = sorted(
         int(path.name.removeprefix("replica-"))
         for path in settings.local_serving_dir.glob("replica-*")
         if path.name.removeprefix("replica-").isdigit()
     )
-    for index in found:
+    for index in (0, *found):
         state_dir = local_replica_dir(settings, index)
-        state = background.running(state_dir)
-        if state is None:
+        if (state := background.running(state_dir)) is not None:
+            yield state_dir, state
+
+
+def _running_local_replicas(settings: Settings, config_path: Path) -> Iterator[Replica]:
+    """Local replicas 1, 2, ... that run (one that is down catches up from the shared config
+    file when it starts again); one serving another config file is refused."""
+    for state_dir, state in _home_servers(settings):
+        if state_dir == settings.local_serving_dir:
             continue
         if Path(state.config_path) != config_path:
             raise background.LocalServerError(
-                f"local replica {index} (pid {state.pid}) serves {state.config_path}, not {config_path}; "
+                f"local {state_dir.name} (pid {state.pid}) serves {state.config_path}, not {config_path}; "
                 "stop it with `railyard serve --stop`"
             )
         yield Replica(state.grpc_target, state.rest_url, background.reload_token(state_dir))

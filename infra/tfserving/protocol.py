@@ -27,6 +27,8 @@ LABEL_PATTERN = re.compile(r"[a-zA-Z0-9_]+")
 MODEL_PLATFORM = "tensorflow"
 # The served config, in the model root: the known-good config and the file servers start from.
 CONFIG_FILE = "models.config"
+# TF Serving's default ports (--port, --rest_api_port).
+DEFAULT_GRPC_PORT, DEFAULT_REST_PORT = 8500, 8501
 # gRPC metadata carrying the local server's reload token ("Bearer <token>"); TF Serving ignores it.
 RELOAD_TOKEN_HEADER = "authorization"
 

@@ -1,21 +1,23 @@
 """Releases under faults, through the real CLI, a real Prefect server and the local TF Serving:
 a run killed while it waits for its review, a newer model while one awaits review, a run killed
-between publication and registration, a serving port taken by someone else, two runs at once on
-one home, and a lost MLflow database. Each ends recorded, announced and consistent.
+between publication and registration, a serving port set and taken by someone else, TF Serving's
+ports held by another home, two runs at once on one home, and a lost MLflow database. Each ends recorded, announced and consistent.
 """
 
 import json
 import os
-import socket
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from infra.tfserving.protocol import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT
 from model_registry import open_store
+from tests.support.ports import held
 from tests.support.release_world import MODEL, World, assert_serves_its_golden_answers, kill
 
 pytestmark = pytest.mark.slow
+PORT_SETTINGS = ("RAILYARD_LOCAL_SERVING_REST_PORT", "RAILYARD_LOCAL_SERVING_GRPC_PORT")
 
 
 @pytest.fixture(scope="module")
@@ -78,20 +80,38 @@ def test_a_run_killed_between_publication_and_registration_is_released_by_the_re
     assert world.status()["serving"]["stable"] == 5
 
 
-def test_a_serving_port_taken_strands_the_version_and_the_rerun_releases_it(world):
+def test_a_serving_port_set_and_taken_is_refused_before_any_work(world):
     world.railyard("serve", "--stop")
-    with socket.socket() as squatter:
-        squatter.bind(("127.0.0.1", 0))
-        squatter.listen()
-        port = {"RAILYARD_LOCAL_SERVING_REST_PORT": str(squatter.getsockname()[1])}
-        failed = world.finish(world.start_run(6, "--auto-approve", env=port), code=1)
-        assert "local serving process exited" in failed["stderr"]
-    assert world.stage(6) == "candidate" and world.aliases()["production"] == 5
+    experiment = world.mlflow().get_experiment_by_name("railyard").experiment_id
+    runs, versions = len(world.mlflow().search_runs([experiment])), world.versions()
+    with held(0) as (port,):
+        refused = world.finish(world.start_run(6, "--auto-approve", env={PORT_SETTINGS[0]: str(port)}), code=2)
+    error, next_step = refused["stderr"].strip().splitlines()[-2:]
+    assert error.startswith(f"error: port {port} ({PORT_SETTINGS[0]}) is taken by pid {os.getpid()} (")
+    assert next_step.startswith(f"next: set {PORT_SETTINGS[0]} to a free port")
+    # Nothing trained, published or started.
+    assert len(world.mlflow().search_runs([experiment])) == runs and world.versions() == versions
+    assert not (world.home / "serving" / "server.json").exists()
 
-    summary = world.finish(world.start_run(6, "--auto-approve", env=port))
-    assert (summary["model_version"], summary["stage"]) == (6, "production")
-    assert summary["serving"]["rest"].endswith(port["RAILYARD_LOCAL_SERVING_REST_PORT"])
-    assert_serves_its_golden_answers(world, "stable", 6)
+
+def test_with_tf_servings_ports_held_elsewhere_a_run_serves_on_free_ports_and_says_which(world):
+    """Another home's server (or any program) holds 8501/8500: with the ports unset, the run's
+    local server takes free ones and the run says which."""
+    unset = dict.fromkeys(PORT_SETTINGS)
+    with held(DEFAULT_REST_PORT, DEFAULT_GRPC_PORT):
+        run = world.start_run(6, "--auto-approve", env=unset)
+        stdout, stderr = run.communicate(timeout=900)
+    assert run.returncode == 0, stderr[-4000:]
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["stage"] == "production"
+    state = world.server_state()
+    assert DEFAULT_REST_PORT != state["rest_port"] and DEFAULT_GRPC_PORT != state["grpc_port"]
+    assert summary["serving"]["rest"] == f"http://127.0.0.1:{state['rest_port']}"
+    assert (
+        f"the local server listens on REST http://127.0.0.1:{state['rest_port']} "
+        f"and gRPC 127.0.0.1:{state['grpc_port']} (not on 8501/8500)"
+    ) in stdout + stderr
+    assert_serves_its_golden_answers(world, "stable", summary["model_version"])
 
 
 def test_two_runs_at_once_on_one_home_agree_on_production(world):

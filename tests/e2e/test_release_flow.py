@@ -258,3 +258,43 @@ def test_the_promote_deployment_approves_a_waiting_review(world):
     assert world.aliases() == {"production": 6, "champion": 6}
     assert world.tags(1)["railyard.stage"] == "archived"
     assert_serves_its_golden_answers(world, "stable", 6)
+
+
+@pytest.fixture
+def first_home(tmp_path_factory, prefect_server, world):
+    """A second home on the same Prefect server whose first version is still to come; the
+    deployments are the module's (registered here when this test runs alone)."""
+    if world.api("GET", "/deployments/name/retrain/daily")[0] != 200:
+        world.railyard("deploy")
+        _, daily = world.api("GET", "/deployments/name/retrain/daily")
+        for schedule in daily["schedules"]:  # no scheduled run may reach the workers started here
+            world.api("PATCH", f"/deployments/{daily['id']}/schedules/{schedule['id']}", {"active": False})
+    home = World(tmp_path_factory.mktemp("first"), prefect_server)
+    yield home
+    home.stop_services()
+
+
+def test_after_the_only_version_is_rejected_serving_starts_again_for_the_next(first_home):
+    """Reject v1 (nothing else was ever served), stop serving (as a reboot does), then a run from
+    the deployment: serving starts with nothing to serve and v2 goes through canary and review."""
+    world = first_home
+    run = world.start_run(1)
+    world.wait_until_waiting(1, run)
+    world.railyard("reject", "1", "--comment", "not good enough")
+    assert world.finish(run)["stage"] == "rejected"
+    assert world.served_versions() == set()
+    world.railyard("serve", "--stop")
+
+    flow_run_id = world.start_deployment_run({"data_dir": str(world.data(2)), "epochs": 2})
+    world.railyard("worker", "--run-once")  # runs it until it suspends for its review
+    run = world.flow_run(flow_run_id)
+    assert (run["state"]["type"], run["state"]["name"]) == ("PAUSED", "Suspended"), run["state"]["message"]
+    assert world.stage(2) == "staging" and world.status()["serving"] == {"stable": None, "canary": 2}
+    assert_serves_its_golden_answers(world, "canary", 2)
+
+    world.railyard("approve", "2", "--comment", "better")
+    world.railyard("worker", "--run-once")
+    state = world.flow_run(flow_run_id)["state"]
+    assert state["type"] == "COMPLETED", state
+    assert world.aliases()["production"] == 2 and world.status()["serving"] == {"stable": 2, "canary": 2}
+    assert_serves_its_golden_answers(world, "stable", 2)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from railyard.synthetic import generate_movielens
+from tests.support.ports import held
 
 pytestmark = pytest.mark.slow
 WEBHOOK_TOKEN = "T0KEN-in-the-webhook-url"
@@ -221,6 +222,27 @@ def test_serving_down_fails_clearly_and_leaves_a_candidate(flow_home, tmp_path, 
     version = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}").get_model_version("recmodel", "1")
     assert version.tags["railyard.stage"] == "candidate"
     assert not (flow_home / "serving" / "models" / "models.config").exists()  # nothing else changed
+
+
+def test_a_serving_port_set_and_taken_stops_the_flow_before_any_work(flow_home, tmp_path, monkeypatch):
+    """The flow itself refuses (a deployment's run starts no CLI): its first step, before training."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.retrain import retrain
+    from railyard.errors import PortTaken
+
+    data = tmp_path / "data"
+    generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=300, seed=6)
+    with held(0) as (port,):
+        monkeypatch.setenv("RAILYARD_LOCAL_SERVING_GRPC_PORT", str(port))
+        with pytest.raises(
+            PortTaken, match=rf"port {port} \(RAILYARD_LOCAL_SERVING_GRPC_PORT\) is taken by pid {os.getpid()}"
+        ):
+            retrain(data_dir=str(data), auto_approve=True)
+    assert _store_versions(flow_home) == []
+    tracking = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}")
+    assert tracking.search_runs([e.experiment_id for e in tracking.search_experiments()]) == []
+    assert not (flow_home / "serving" / "server.json").exists()
 
 
 @pytest.mark.parametrize("engine", ["polars", "dask"])

@@ -2,6 +2,7 @@
 
 import json
 import logging
+import os
 import re
 import shutil
 import socket
@@ -30,6 +31,7 @@ from infra.tfserving.warmup import write_warmup_requests
 from railyard.processes import process_alive
 from tests.support.serving_fixtures import (
     CORRUPT_VERSION,
+    FEATURE_VALUES,
     GOLDEN_INSTANCES,
     MODEL_NAME,
     assert_scores_of,
@@ -158,6 +160,35 @@ def test_predict_errors_use_tf_servings_codes_and_messages(contract_server, sele
     answer_status, answer = rest(contract_server, "POST", f"{MODEL_PATH}{selector}:predict", body)
     assert answer_status == status
     assert list(answer) == ["error"] and message in answer["error"]
+
+
+# A features row one value short: the graph's matrix product fails at run time.
+SHORT_FEATURES = {
+    "signature_name": "features",
+    "instances": [GOLDEN_INSTANCES[0] | FEATURE_VALUES | {"movie_features": FEATURE_VALUES["movie_features"][1:]}],
+}
+
+
+def test_a_failure_inside_the_graph_keeps_tf_servings_wording_without_graph_internals(contract_server):
+    """TensorFlow's eager runtime wraps a graph's error in "Graph execution error: Detected at
+    node …" with the node's Python stack; TF Serving answers with the status message itself."""
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    status, answer = rest(contract_server, "POST", f"{MODEL_PATH}/labels/stable:predict", SHORT_FEATURES)
+    assert status == 400 and list(answer) == ["error"]
+    with grpc.insecure_channel(contract_server.grpc_target) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = build_predict_request(
+            MODEL_NAME, SHORT_FEATURES["instances"], signature_name="features", label="stable"
+        )
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Predict(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for message in (answer["error"], error.value.details()):
+        assert message.startswith("Matrix size-incompatible: In[0]: [1,"), message
+        for internal in ("Graph execution error", "Detected at node", "{{node", "StatefulPartitionedCall", "[Op:"):
+            assert internal not in message
+        assert "\n" not in message
 
 
 def test_unknown_model_is_not_found(contract_server):
@@ -333,10 +364,16 @@ def test_bad_config_files_and_busy_ports_are_named(start_server, model_root, tmp
     broken.write_text("model_config_list { nonsense: 1 }")
     with pytest.raises(ValueError, match=f"{broken} is not a valid TF Serving ModelServerConfig"):
         start_server(config_path=broken)
+    garbage = tmp_path / "garbage.config"
+    garbage.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ValueError, match=f"{garbage} is not a valid TF Serving ModelServerConfig: not UTF-8 text"):
+        start_server(config_path=garbage)
     first = start_server(model_config(model_root, {1}, {}))
-    with pytest.raises(OSError, match=f"cannot listen for gRPC on 127.0.0.1:{first.grpc_port}"):
+    # The holder is this process: it runs the first server.
+    taken = rf"the port is taken by pid {os.getpid()} \("
+    with pytest.raises(OSError, match=f"cannot listen for gRPC on 127.0.0.1:{first.grpc_port}: {taken}"):
         start_server(config_path=first.config_path, grpc_port=first.grpc_port)
-    with pytest.raises(OSError, match=f"cannot listen for REST on 127.0.0.1:{first.rest_port}"):
+    with pytest.raises(OSError, match=f"cannot listen for REST on 127.0.0.1:{first.rest_port}: {taken}"):
         start_server(config_path=first.config_path, rest_port=first.rest_port)
 
 

@@ -51,6 +51,11 @@ class World:
         self.railyard("serve", "--stop", check=False)
         self.railyard("online-store", "stop", check=False)
 
+    def env_with(self, changes: dict | None) -> dict:
+        """The world's environment with ``changes`` (a value None unsets that variable)."""
+        merged = self.env | (changes or {})
+        return {key: value for key, value in merged.items() if value is not None}
+
     def data(self, seed: int) -> Path:
         path = self.root / f"data-{seed}"
         if not path.exists():
@@ -60,7 +65,7 @@ class World:
     def railyard(self, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
         done = subprocess.run(
             [sys.executable, "-m", "cli", *args],
-            env=self.env | (env or {}),
+            env=self.env_with(env),
             capture_output=True,
             text=True,
             timeout=900,
@@ -75,7 +80,7 @@ class World:
         command = [sys.executable, "-m", "tests.support.faults", fault] if fault else [sys.executable, "-m", "cli"]
         return subprocess.Popen(
             [*command, "run", "--data", str(self.data(seed)), "--json", *extra],
-            env=self.env | (env or {}),
+            env=self.env_with(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -9,18 +9,20 @@ from flows.rollback import RollbackRefused
 from infra.docker_launcher import DockerEngineUnavailable, LauncherError
 from infra.local_server.background import LocalServerError
 from infra.tfserving.client import ModelLoadError, ServingError, ServingUnavailableError
+from infra.tfserving.model_config import ConfigFileError
 from model_registry import IntegrityError, LockTimeoutError, ProtectedVersionError, StoreError, VersionNotFoundError
 from model_registry.stages import IllegalTransition, RegistryOutOfSync
 from railyard import errors
-from railyard.errors import ModelRejected, RailyardError, Refused, SmokeTestsFailed
+from railyard.errors import ModelRejected, PortTaken, RailyardError, Refused, SmokeTestsFailed
 from railyard.loaders import DataLoadError
 from railyard.validation import DataValidationError
 from tasks.release import RegistryLost
 
 REFUSED = [DataLoadError, ModelRejected, SmokeTestsFailed, IllegalTransition, RegistryOutOfSync, RegistryLost,
-           RollbackRefused, VersionNotFoundError, ProtectedVersionError, IntegrityError, LauncherError]  # fmt: skip
+           RollbackRefused, VersionNotFoundError, ProtectedVersionError, IntegrityError, LauncherError,
+           PortTaken]  # fmt: skip
 OUTAGES = [ServingError, ServingUnavailableError, ModelLoadError, LocalServerError, StoreError, LockTimeoutError,
-           DockerEngineUnavailable]  # fmt: skip
+           DockerEngineUnavailable, ConfigFileError]  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", REFUSED)
@@ -35,6 +37,7 @@ def test_outages_and_breakage_exit_1(kind):
 
 def test_errors_that_callers_catch_as_value_errors_still_are():
     assert issubclass(DataLoadError, ValueError) and issubclass(IllegalTransition, ValueError)
+    assert issubclass(ConfigFileError, ValueError)
     assert issubclass(DataValidationError, Refused)
 
 

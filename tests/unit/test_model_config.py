@@ -56,10 +56,58 @@ def test_base_config_keeps_other_models_and_replaces_this_one():
     assert C.served_versions(updated, "absent") == (set(), {})
 
 
-def test_no_versions_means_serve_nothing():
+def test_no_versions_means_serve_nothing_and_leaves_the_model_out():
+    """TF Serving waits forever at start-up for a model listed with no version: leave it out
+    (a reload unloads a model it does not name), and keep the model list set (TF Serving takes
+    no action at all on a config without one)."""
     config = C.render_model_config("recmodel", "/models/recmodel", [], {})
     assert C.served_versions(config, "recmodel") == (set(), {})
-    assert config.model_config_list.config[0].model_version_policy.HasField("specific")
+    assert C.model_names(config) == [] and config.WhichOneof("config") == "model_config_list"
+    assert C.parse_text(C.to_text(config)).WhichOneof("config") == "model_config_list"
+
+    base = C.render_model_config("other", "/models/other", {1}, {"stable": 1})
+    base = C.render_model_config("recmodel", "/models/recmodel", {1}, {"stable": 1}, base=base)
+    assert C.model_names(C.render_model_config("recmodel", "/models/recmodel", [], {}, base=base)) == ["other"]
+
+
+# What an older Railyard wrote after the only version was rejected: TF Serving never starts from it.
+UNSERVED = """
+model_config_list {
+  config { name: "other" base_path: "/models/other" model_platform: "tensorflow"
+           model_version_policy { specific { versions: 1 } } }
+  config { name: "recmodel" base_path: "/models/recmodel" model_platform: "tensorflow"
+           model_version_policy { specific { } } }
+}
+"""
+
+
+def test_a_config_file_is_made_startable(tmp_path):
+    path = tmp_path / "models" / "models.config"
+    assert C.ensure_config_file(path) == [] and C.read_config(path) == ModelServerConfig()  # none yet: empty
+
+    path.write_text(UNSERVED)
+    assert C.ensure_config_file(path) == ["recmodel"]
+    assert C.model_names(C.read_config(path)) == ["other"]
+    kept = C.read_config(path).model_config_list.config[0]
+    assert kept.model_version_policy.specific.versions == [1]
+    assert C.ensure_config_file(path) == []  # nothing left to drop
+
+
+@pytest.mark.parametrize(
+    ("content", "cause"),
+    [(b"\xff\xfe garbage \x00\x81", "not UTF-8 text"), (b"model_config_list { nonsense: 1 }", "nonsense")],
+)
+def test_a_garbage_config_file_is_named_with_its_cause(tmp_path, content, cause):
+    path = tmp_path / "models.config"
+    path.write_bytes(content)
+    for read in (C.read_config, C.ensure_config_file):
+        with pytest.raises(C.ConfigFileError) as error:
+            read(path)
+        assert str(error.value).startswith(f"{path} is not a valid TF Serving ModelServerConfig") and cause in str(
+            error.value
+        )
+        assert "`railyard status`" in error.value.next_step
+    assert path.read_bytes() == content  # left as it was
 
 
 @pytest.mark.parametrize(
