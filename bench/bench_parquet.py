@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from bench.bench_engines import dataset
 from bench.run import SIZES
 from railyard import parquet_io
 from railyard.settings import Settings
@@ -42,16 +42,6 @@ from railyard.settings import Settings
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SMALL_FILE_ROWS = 1_000
 SMALL_FILES = 1_000
-
-
-def dataset(size: str, cache: Path) -> Path:
-    from railyard.synthetic import generate_movielens
-
-    path = cache / "bench-data" / f"{size}-parquet"
-    if not (path / "ratings").is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-        generate_movielens(path, **SIZES[size], seed=7, fmt="parquet")
-    return path
 
 
 def best_of(sides: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
