@@ -8,7 +8,7 @@ Setup, untimed, all in a temporary RAILYARD_HOME:
 
 - a synthetic MovieLens-format data set (``railyard.synthetic``: USERS users, MOVIES movies,
   DAYS x RATINGS_PER_DAY ratings) and the production model trained on it for EPOCHS epochs, as
-  the pipeline does (load, build features, ``model.train_model``, ``export_for_serving``: both
+  the pipeline does (load, build features, ``training.train_model``, ``export_for_serving``: both
   signatures, golden and warm-up requests);
 - the local TF-Serving stand-in (``python -m infra.local_server``, free ports) serving it as
   version 1, made `stable` by the release's own label moves (``deploy.make_stable``, which
@@ -104,7 +104,8 @@ def train_and_export(settings: Settings, work: Path):
     """Synthetic data, and the production model trained briefly on it and exported as the pipeline
     exports it: the data set, the export folder, figures about both."""
     from infra.tfserving.export import export_for_serving
-    from railyard import features, loaders, model
+    from railyard import features, loaders, training
+    from railyard.kinds.registry import load_kind
     from railyard.synthetic import generate_movielens
 
     data_dir = work / "data"
@@ -113,17 +114,15 @@ def train_and_export(settings: Settings, work: Path):
     feature_set = features.build_feature_set(data, settings.holdout_fraction)
     features.write_feature_set(feature_set, work / "features")
     started = time.perf_counter()
-    trained = model.train_model(work / "features", settings.train_config())
+    trained = training.train_model(work / "features", settings.train_config(), load_kind(settings.model_kind))
     info = {
         "ratings": len(data.ratings),
         "training_rows": trained.train_rows,
         "epochs": len(trained.history.get("loss", [])),
-        "holdout_auc": round(max(trained.history.get("val_auc", [0.0])), 4),
+        "validation_auc": round(max(trained.history.get("val_auc", [0.0])), 4),
         "training_seconds": round(time.perf_counter() - started, 1),
     }
-    export = export_for_serving(
-        trained.model, feature_set.without_training_rows(), work / "export", MODEL, settings.seed
-    )
+    export = export_for_serving(trained, feature_set.without_training_rows(), work / "export", MODEL, settings.seed)
     return data, export, info
 
 

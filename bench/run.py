@@ -126,7 +126,8 @@ def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, 
     from infra.rollout import deploy, smoke
     from infra.tfserving.export import export_for_serving
     from model_registry import open_store
-    from railyard import contract, evaluation, features, loaders, model, validation
+    from railyard import contract, evaluation, features, loaders, training, validation
+    from railyard.kinds.registry import load_kind
 
     stages = Stages()
     with stages.stage("load"):
@@ -156,9 +157,10 @@ def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, 
     training_rows = len(feature_set.train)
     feature_set = feature_set.without_training_rows()
     with stages.stage("training", training_rows * settings.epochs):
-        trained = model.train_model(work / "features", settings.train_config())
+        kind = load_kind(settings.model_kind)
+        trained = training.train_model(work / "features", settings.train_config(), kind)
     with stages.stage("export"):
-        export_dir = export_for_serving(trained.model, feature_set, work / "export", MODEL, settings.seed)
+        export_dir = export_for_serving(trained, feature_set, work / "export", MODEL, settings.seed)
     holdout = feature_set.holdout
     with stages.stage("evaluation", len(holdout)):
         evaluated = evaluation.evaluate_saved_model(export_dir, holdout, feature_set.priors)
@@ -172,7 +174,7 @@ def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, 
             metadata={
                 "metrics": metrics,
                 "data_fingerprint": feature_set.fingerprint,
-                "code_version": model.code_version(settings.train_config()),
+                "code_version": training.code_version(settings.train_config(), kind),
             },
         )
     with target.client() as client:
@@ -180,8 +182,11 @@ def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, 
             deploy.materialize(store, MODEL, published.version, target)
             deploy.deploy_canary(client, target, MODEL, published.version, timeout_s=600)
         with stages.stage("smoke_tests"):
-            golden = contract.read_golden(target.model_root / MODEL / str(published.version))
-            report = smoke.run_smoke_tests(client, MODEL, published.version, golden, settings.smoke_budget(), "canary")
+            version_dir = target.model_root / MODEL / str(published.version)
+            golden, served = contract.read_golden(version_dir), contract.read_contract(version_dir)
+            report = smoke.run_smoke_tests(
+                client, MODEL, published.version, golden, settings.smoke_budget(), "canary", served=served
+            )
         if not report.passed:
             raise RuntimeError(report.summary())
         with stages.stage("promote"):  # auto-approved, as the flow's run is
@@ -268,18 +273,20 @@ def whole_flow(data_dir: Path, epochs: int, settings) -> tuple[float, float, dic
 
 def training_input_baseline(feature_dir: Path, settings) -> dict:
     """Examples/s of model.fit fed by tf.data from Parquet vs. by in-memory NumPy arrays: the same
-    freshly seeded model, batch size and epochs, no validation or early stopping on either side.
+    freshly seeded network of the configured kind, batch size and epochs, on the whole training
+    split, no validation or early stopping on either side.
 
     Fits alternate and each side keeps its best (``best_of_alternating``).
     """
-    from railyard import model
+    from railyard import model_input, training
+    from railyard.kinds.registry import load_kind
 
-    config = settings.train_config()
+    config, kind = settings.train_config(), load_kind(settings.model_kind)
     path = feature_dir / "train"
-    inputs, labels = model.read_inputs(path)
+    inputs, labels = model_input.read_inputs(path)
 
     def streamed() -> float:
-        dataset = model.make_dataset(path, config.batch_size, shuffle_seed=config.seed)
+        dataset = model_input.make_dataset(path, config.batch_size, shuffle_seed=config.seed)
         return timed_fit(lambda fitted: fitted.fit(dataset, shuffle=False, epochs=config.epochs, verbose=0))
 
     def in_memory() -> float:
@@ -290,7 +297,7 @@ def training_input_baseline(feature_dir: Path, settings) -> dict:
         )
 
     def timed_fit(fit) -> float:
-        fitted = model.new_model(path, config)
+        fitted, _, _ = training.new_model(feature_dir, config, kind)
         started = time.perf_counter()
         fit(fitted)
         return time.perf_counter() - started

@@ -184,7 +184,11 @@ def run(
     """
     settings = _settings(store=True)
     from infra.rollout.deploy import refuse_taken_local_ports
+    from railyard.kinds.registry import load_kind
 
+    # A model kind that does not resolve, or bad settings of it, refuse the run at once (the flow
+    # checks them too, for a deployment's run).
+    load_kind(settings.model_kind)
     # The run needs its serving ports and its online store: refuse a taken port set, or start the
     # store, at once, before Prefect and the flow start (the flow checks the serving ports too).
     refuse_taken_local_ports(settings)
@@ -424,7 +428,7 @@ def status(
     except LockTimeoutError as busy:
         repaired = [f"not reconciled: a release is in progress ({busy})"]
     versions = [
-        {key: entry[key] for key in ("version", "stage", "metrics", "approved_by")}
+        {key: entry[key] for key in ("version", "kind", "stage", "metrics", "approved_by")}
         for entry in registry(settings).versions()
     ]
     target = resolve_target(settings, start_local=False)
@@ -462,7 +466,8 @@ def status(
     for entry in versions:
         auc = entry["metrics"].get("auc")
         approved = f", approved by {entry['approved_by']}" if entry["approved_by"] else ""
-        typer.echo(f"v{entry['version']:<4} {entry['stage']:<11} auc {auc if auc is None else f'{auc:.4f}'}{approved}")
+        auc = "auc None" if auc is None else f"auc {auc:.4f}"
+        typer.echo(f"v{entry['version']:<4} {entry['stage']:<11} {entry['kind'] or '?':<12} {auc}{approved}")
     if target is None:
         typer.echo(f"serving: {down}")
     else:

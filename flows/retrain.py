@@ -28,12 +28,13 @@ from model_registry import Manifest
 from model_registry.release_rules import SYSTEM_ACTOR, Ending, Outcome, release_verdict
 from railyard import contract, errors, tracking
 from railyard.errors import CanaryRolledBack, ModelRejected, SmokeTestsFailed
-from railyard.evaluation import GateDecision
+from railyard.evaluation import GateDecision, side_by_side, side_by_side_markdown
 from railyard.features import FeatureSet
+from railyard.kinds.registry import LoadedKind, load_kind
 from railyard.locations import Location
-from railyard.model import code_version as model_code_version
 from railyard.notify import notify
 from railyard.settings import Settings
+from railyard.training import code_version as model_code_version
 from tasks import (
     approval,
     data,
@@ -107,6 +108,7 @@ def retrain(
         float | None, Field(gt=0, lt=1, json_schema_extra={"default": _DEFAULTS.holdout_fraction})
     ] = None,
     epochs: Annotated[int | None, Field(ge=1, le=200, json_schema_extra={"default": _DEFAULTS.epochs})] = None,
+    model_kind: Annotated[str | None, Field(json_schema_extra={"default": _DEFAULTS.model_kind})] = None,
     auto_approve: bool = False,
 ) -> State:
     """Retrain the recommender on fresh data and release it through canary, smoke tests and review.
@@ -116,31 +118,43 @@ def retrain(
             Empty: RAILYARD_DATA_DIR, or the generated sample data set when that is not set either.
         holdout_fraction: Newest share of ratings (by time) held out for evaluation (RAILYARD_HOLDOUT_FRACTION).
         epochs: Maximum training epochs; early stopping may end sooner (RAILYARD_EPOCHS).
+        model_kind: The model kind to train: a registered name (neural_cf) or package.module:object
+            (RAILYARD_MODEL_KIND; its own settings are RAILYARD_<KIND>_* where the run runs).
         auto_approve: Promote without a reviewer when every check passes (off for the schedule).
     """
-    settings = settings_for_run(data_dir=data_dir, holdout_fraction=holdout_fraction, epochs=epochs)
+    settings = settings_for_run(
+        data_dir=data_dir, holdout_fraction=holdout_fraction, epochs=epochs, model_kind=model_kind
+    )
     prefect_run_id = str(flow_run.get_id()) if flow_run.get_id() else None
     holder = f"retrain run {prefect_run_id}"
     resumed = release.version_in_review_by(settings, prefect_run_id)
     if resumed is not None:  # the run was suspended for its review and now starts again
         summary = {"model_name": settings.model_name, "model_version": resumed}
         return finish_review(settings, resumed, prefect_run_id, summary, suspend=True)
+    kind = load_kind(settings.model_kind)  # a kind that does not resolve is refused before any work
     for line in release.reconcile_task(settings, holder):
         print(f"repaired: {line}")
 
     run_key = prefect_run_id or time.strftime("%Y%m%dT%H%M%S")
     run_dir, report_dir = settings.work_dir / run_key, settings.reports_dir / run_key
     feature_dir = settings.feature_folder(run_key)
+    code_version = model_code_version(settings.train_config(), kind)
     source = settings.data_dir or data.ensure_default_data(settings)
-    code_version = model_code_version(settings.train_config())
     model = settings.model_name
-    tags = {"railyard.model": model, "prefect.flow_run_id": str(prefect_run_id), "railyard.data": str(source)}
+    tags = {
+        "railyard.model": model,
+        "railyard.model_kind": kind.name,
+        "railyard.code_version": code_version,
+        "prefect.flow_run_id": str(prefect_run_id),
+        "railyard.data": str(source),
+    }
     with tracking.mlflow_run(
         settings, f"{model}-training", tags, finished_on=(ModelRejected, SmokeTestsFailed, CanaryRolledBack)
     ) as run_id:
         feature_set = validated_features(settings, source, feature_dir, run_dir, report_dir, run_id)
         summary = {
             "model_name": model,
+            "model_kind": kind.name,
             "mlflow_run_id": run_id,
             "mlflow_tracking_uri": settings.resolved_tracking_uri,
             "data_fingerprint": feature_set.fingerprint,
@@ -151,7 +165,7 @@ def retrain(
             tracking.rename_run(settings, run_id, f"{model}-unchanged-v{existing.version}")
             return nothing_new(settings, existing.version, stage, summary)
         if existing is None:
-            trained = training.train(feature_dir, settings, run_id)
+            trained = training.train(feature_dir, settings, kind, run_id)
             export_dir = training.export(trained, feature_set, run_dir / "export", settings, run_id)
         else:
             print(
@@ -181,7 +195,7 @@ def retrain(
                     refuse(settings, decision.reason, existing, run_id, prefect_run_id, locked=True)
             if existing is None:
                 existing = publish.publish(
-                    export_dir, settings, run_id, metrics, feature_set.fingerprint, code_version
+                    export_dir, settings, run_id, metrics, feature_set.fingerprint, code_version, kind.name
                 ).manifest
             version, store_uri = existing.version, publish.version_uri(settings, existing.version)
             # The version's MLflow run is the one that trained and published it (maybe an earlier run).
@@ -196,6 +210,8 @@ def retrain(
                     "store_uri": store_uri,
                     "manifest_sha256": existing.checksum,
                     "prefect_flow_run_id": str(prefect_run_id),
+                    "model_kind": kind.name,
+                    "code_version": code_version,
                 },
             )
             tracking.rename_run(settings, run_id, f"{model}-v{version}")
@@ -216,10 +232,21 @@ def retrain(
     live = "\n".join(
         f"- {figures.summary()}" for figures in gray.live_figures(settings, deploy.serving_labels(target, settings))
     )
-    evidence = f"```\n{report.summary()}\n```\n\nGate: {decision.reason}"
+    evidence = review_evidence(kind, code_version, metrics, decision) + f"\n\n```\n{report.summary()}\n```"
     evidence += f"\n\nLive traffic through the ranking service:\n\n{live}" if live else ""
     instructions = request_review(settings, version, prefect_run_id, evidence, suspend)
     return finish_review(settings, version, prefect_run_id, summary, suspend=suspend, instructions=instructions)
+
+
+def review_evidence(kind: LoadedKind, code_version: str, metrics: dict, decision: GateDecision) -> str:
+    """What the reviewer sees first: the kind, the gate, and the model beside both baselines and
+    production on the same holdout rows."""
+    figures = side_by_side(metrics, decision.baseline_metrics, decision.baseline_version)
+    checks = ", ".join(f"{c.name} {c.value:+.4f} ({'ok' if c.passed else 'FAILED'})" for c in decision.checks)
+    return (
+        f"Model kind `{kind.name}` (`{kind.spec}`), code `{code_version}`.\n\n"
+        f"Gate: {decision.reason}. Checks: {checks}.\n\n{side_by_side_markdown(figures)}"
+    )
 
 
 def validated_features(

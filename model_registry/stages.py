@@ -335,8 +335,8 @@ class StageRegistry:
         return None
 
     def versions(self) -> list[dict]:
-        """Every version: stage, the metrics of its run, who approved its production, its history
-        (stage and history from the transition log)."""
+        """Every version: its model kind, stage, the metrics of its run, who approved its
+        production, its history (stage and history from the transition log)."""
         logged, result = self._logged_history(), []
         for details in sorted(self._search(), key=lambda found: int(found.version)):
             version = int(details.version)
@@ -346,6 +346,7 @@ class StageRegistry:
             result.append(
                 {
                     "version": version,
+                    "kind": details.tags.get(f"{TAG_PREFIX}model_kind"),
                     "stage": _stage(details.tags, logged.get(version)).value,
                     "metrics": dict(metrics),
                     "approved_by": approvals[-1] if approvals else None,

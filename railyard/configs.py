@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """What every kind's training loop needs (a kind's own settings are its ``Config``)."""
+
     epochs: int
     batch_size: int
-    embedding_dim: int
     learning_rate: float
     seed: int
     early_stopping_patience: int
+    validation_fraction: float  # the newest share of the training rows: the validation window
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class GateThresholds:
     max_logloss: float | None
     min_auc_change: float | None  # challenger AUC - production AUC must be >= this
     max_logloss_change_relative: float | None  # (challenger - production) / production <= this
+    min_auc_lift: float | None  # challenger AUC - the fresh baseline's AUC on the same rows must be >= this
 
 
 @dataclass(frozen=True)

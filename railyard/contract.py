@@ -5,6 +5,11 @@
 - ``features`` takes the ids plus the raw aggregates read from the online feature store (the
   layouts of ``railyard.features``: USER_WIDTH and MOVIE_WIDTH floats): fresh features.
 
+The inputs are Railyard's, the same for every model kind; the output (one float32 per instance,
+[N, 1]) is named by the kind (``railyard.kinds``). Each version holds its contract (kind, inputs,
+output) in ``CONTRACT_FILE``: the smoke tests read the output's name there, and whoever only has
+a predict answer takes its only output (``scores_of``), never a name fixed here.
+
 A request names ids as the data set has them (``request_id``: the rating events' rule, 1 to
 2^63-1), whoever asks: the ranking service and ``railyard score`` refuse the same ids.
 
@@ -34,10 +39,12 @@ CANARY = "canary"
 INPUTS = {"userId": "int64", "movieId": "int64"}
 FEATURE_INPUTS = INPUTS | {"user_features": "float32", "movie_features": "float32"}
 SIGNATURES = {SIGNATURE_NAME: INPUTS, FEATURES_SIGNATURE: FEATURE_INPUTS}
-OUTPUT = "score"  # float32, one score per instance ([N, 1])
-OUTPUT_DTYPE = "float32"
-# Golden requests and the offline SavedModel's answers, stored inside every exported version.
+DEFAULT_OUTPUT = "score"  # the output of a version exported before kinds named theirs
+OUTPUT_DTYPE = "float32"  # one score per instance ([N, 1])
+# Golden requests and the offline SavedModel's answers, and the version's contract, stored
+# inside every exported version.
 GOLDEN_FILE = "assets.extra/railyard_golden.json"
+CONTRACT_FILE = "assets.extra/railyard_contract.json"
 EXAMPLE_INSTANCES = ({"userId": 6, "movieId": 1},)
 
 # TF Serving's metadata names dtypes as DataType enum names.
@@ -69,20 +76,27 @@ def feature_columns(user_ids, movie_ids, user_features=None, movie_features=None
     return columns
 
 
+class NotOneOutput(ValueError):
+    """A predict answer without exactly one output: not a Railyard signature."""
+
+
 def scores_of(outputs: Mapping[str, np.ndarray]) -> np.ndarray:
-    """A predict answer's output as one float64 score per instance."""
-    return np.asarray(outputs[OUTPUT], np.float64).reshape(-1)
+    """A predict answer's only output (whatever the kind named it) as one float64 score per instance."""
+    if len(outputs) != 1:
+        raise NotOneOutput(f"a Railyard signature returns one output, this answer has {sorted(outputs) or 'none'}")
+    (scores,) = outputs.values()
+    return np.asarray(scores, np.float64).reshape(-1)
 
 
-def signature_dtypes(signature: str = SIGNATURE_NAME) -> tuple[dict[str, str], dict[str, str]]:
+def signature_dtypes(signature: str, output: str) -> tuple[dict[str, str], dict[str, str]]:
     """Inputs and outputs as TF Serving's metadata reports them (``DT_INT64``, ``DT_FLOAT``)."""
     inputs = {name: _TF_DTYPE_NAMES[dtype] for name, dtype in SIGNATURES[signature].items()}
-    return inputs, {OUTPUT: _TF_DTYPE_NAMES[OUTPUT_DTYPE]}
+    return inputs, {output: _TF_DTYPE_NAMES[OUTPUT_DTYPE]}
 
 
-def describe(signature: str = SIGNATURE_NAME) -> str:
+def describe(signature: str, output: str) -> str:
     inputs = SIGNATURES[signature]
-    return f"{signature}: {', '.join(inputs)} ({'/'.join(sorted(set(inputs.values())))}) -> {OUTPUT} ({OUTPUT_DTYPE})"
+    return f"{signature}: {', '.join(inputs)} ({'/'.join(sorted(set(inputs.values())))}) -> {output} ({OUTPUT_DTYPE})"
 
 
 def example_request() -> dict:
@@ -105,6 +119,35 @@ def write_golden(saved_model_dir: Path, requests: dict[str, tuple[list[dict], li
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(golden, indent=1))
     return golden
+
+
+def write_contract(saved_model_dir: Path, *, kind: str, output: str) -> dict:
+    """Store what the version promises (its kind, each signature's inputs and output) beside the model."""
+    served = {
+        "kind": kind,
+        "output": output,
+        "output_dtype": OUTPUT_DTYPE,
+        "signatures": {name: {"inputs": dict(inputs), "output": output} for name, inputs in SIGNATURES.items()},
+    }
+    path = Path(saved_model_dir) / CONTRACT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(served, indent=1))
+    return served
+
+
+def read_contract(version_dir: Path) -> dict:
+    """The version's contract; a version exported before versions held one served ``score``."""
+    path = Path(version_dir) / CONTRACT_FILE
+    if not path.is_file():
+        return {
+            "kind": None,
+            "output": DEFAULT_OUTPUT,
+            "output_dtype": OUTPUT_DTYPE,
+            "signatures": {
+                name: {"inputs": dict(inputs), "output": DEFAULT_OUTPUT} for name, inputs in SIGNATURES.items()
+            },
+        }
+    return json.loads(path.read_text())
 
 
 def read_golden(version_dir: Path) -> dict:

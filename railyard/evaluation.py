@@ -3,7 +3,8 @@
 The holdout rows carry their point-in-time aggregates (all events strictly before each row): the
 model is judged on what the online store serves. ``auc_frozen`` (features frozen at the cut-off,
 the ids-only signature) and two non-learned baselines are measured on the same rows in the same
-call; the gate's thresholds apply to the fresh metrics.
+call; the gate's thresholds apply to the fresh metrics, and its lift check asks whether the
+model earns its keep: its AUC over the fresh baseline's on the same rows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ import polars as pl
 
 from railyard import features as F
 from railyard.configs import GateThresholds
+
+FRESH_BASELINE = "user + movie baseline"
+LIFT = "auc_lift_vs_fresh_baseline"
 
 # Clipping keeps log loss finite for a score of exactly 0 or 1.
 _EPS = 1e-7
@@ -57,7 +61,7 @@ def baseline_scores(holdout: pl.DataFrame, priors: dict[str, float]) -> dict[str
         return F.smoothed(positives.astype(np.float64), count.astype(np.float64), priors["pos"])
 
     user, movie = rate("user"), rate("movie")
-    return {"popularity baseline": movie, "user + movie baseline": _logit(user) + _logit(movie)}
+    return {"popularity baseline": movie, FRESH_BASELINE: _logit(user) + _logit(movie)}
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -74,7 +78,8 @@ def evaluate_scores(
     metrics = classification_metrics(labels, fresh)
     metrics["auc_frozen"] = _auc(labels, frozen)
     metrics["baseline_auc"] = _auc(labels, baselines["popularity baseline"])
-    metrics["fresh_baseline_auc"] = _auc(labels, baselines["user + movie baseline"])
+    metrics["fresh_baseline_auc"] = _auc(labels, baselines[FRESH_BASELINE])
+    metrics[LIFT] = metrics["auc"] - metrics["fresh_baseline_auc"]
     metrics["rows"] = float(len(labels))
     metrics["positive_rate"] = float(np.mean(labels))
     curves = {"model": np.asarray(fresh).reshape(-1), "model, features frozen": np.asarray(frozen).reshape(-1)}
@@ -91,12 +96,13 @@ def evaluate_saved_model(saved_model_dir: Path, holdout: pl.DataFrame, priors: d
     """Score the exported SavedModel itself on the holdout, through both its signatures: what is
     measured is what ships. A version exported before the ``features`` signature serves ids only:
     that is its fresh path too."""
-    from railyard import model
+    from railyard import export
+    from railyard.model_input import feature_inputs
 
-    frozen = model.predict_saved_model(saved_model_dir, holdout.get_column("userId"), holdout.get_column("movieId"))
+    frozen = export.predict_saved_model(saved_model_dir, holdout.get_column("userId"), holdout.get_column("movieId"))
     try:
-        fresh = model.predict_with_features(saved_model_dir, model.feature_inputs(holdout))
-    except model.MissingSignature:
+        fresh = export.predict_with_features(saved_model_dir, feature_inputs(holdout))
+    except export.MissingSignature:
         fresh = frozen
     return evaluate_scores(holdout, fresh, frozen, priors)
 
@@ -130,6 +136,7 @@ class ThresholdCheck:
     direction: str  # ">=" or "<="
     passed: bool
     versus: int | None = None  # the production version a change check compares with
+    compared_with: str = "threshold"  # what the value is measured against, for the gate's table
 
 
 @dataclass(frozen=True)
@@ -145,14 +152,29 @@ class GateDecision:
 
 
 def _check(
-    name: str, value: float, threshold: float | None, direction: str, versus: int | None = None
+    name: str,
+    value: float,
+    threshold: float | None,
+    direction: str,
+    versus: int | None = None,
+    compared_with: str = "threshold",
 ) -> ThresholdCheck | None:
     if threshold is None:
         return None
     passed = value >= threshold if direction == ">=" else value <= threshold
     return ThresholdCheck(
-        name=name, value=float(value), threshold=threshold, direction=direction, passed=passed, versus=versus
+        name=name,
+        value=float(value),
+        threshold=threshold,
+        direction=direction,
+        passed=passed,
+        versus=versus,
+        compared_with=compared_with,
     )
+
+
+def _rows(metrics: dict[str, float]) -> str:
+    return f"{int(metrics['rows'])} holdout rows" if "rows" in metrics else "holdout rows"
 
 
 def gate(
@@ -162,14 +184,26 @@ def gate(
     baseline_metrics: dict[str, float] | None = None,
     baseline_version: int | None = None,
 ) -> GateDecision:
-    """TFX-style blessing: absolute thresholds, plus change thresholds when a production model
-    was scored on the same holdout. Without any threshold, refuse (never bless by accident)."""
+    """TFX-style blessing: absolute thresholds; the lift over the fresh baseline (user + movie
+    rates, no learning) on the same holdout rows, with or without a production model; change
+    thresholds when a production model was scored on the same holdout. Without any threshold,
+    refuse (never bless by accident)."""
+    rows = _rows(metrics)
     candidates = [
         _check("auc", metrics["auc"], thresholds.min_auc, ">="),
         _check("logloss", metrics["logloss"], thresholds.max_logloss, "<="),
+        _check(
+            LIFT,
+            metrics["auc"] - metrics["fresh_baseline_auc"],
+            thresholds.min_auc_lift,
+            ">=",
+            compared_with=f"fresh baseline (user + movie rates) AUC {metrics['fresh_baseline_auc']:.4f} on the same {rows}",
+        ),
     ]
     if baseline_metrics is not None:
-        versus = partial(_check, versus=baseline_version)
+        versus = partial(
+            _check, versus=baseline_version, compared_with=f"production version {baseline_version} on the same {rows}"
+        )
         candidates += [
             versus(
                 "auc_change_vs_production", metrics["auc"] - baseline_metrics["auc"], thresholds.min_auc_change, ">="
@@ -187,11 +221,57 @@ def gate(
         return decide(blessed=False, reason="no thresholds configured: refusing to bless")
     failed = [c for c in checks if not c.passed]
     if failed:
-        return decide(
-            blessed=False, reason="; ".join(f"{c.name}={c.value:.4f} fails {c.direction} {c.threshold}" for c in failed)
-        )
+        return decide(blessed=False, reason="; ".join(map(_failure, failed)))
     if baseline_metrics is None:
-        return decide(blessed=True, reason="no production model yet: only absolute thresholds applied, all passed")
+        return decide(
+            blessed=True, reason="no production model yet: thresholds and the lift over the fresh baseline passed"
+        )
     return decide(
         blessed=True, reason=f"all thresholds passed, including against production version {baseline_version}"
     )
+
+
+def _failure(check: ThresholdCheck) -> str:
+    said = f"{check.name}={check.value:.4f} fails {check.direction} {check.threshold}"
+    return said if check.compared_with == "threshold" else f"{said} ({check.compared_with})"
+
+
+def side_by_side(
+    metrics: dict[str, float], production_metrics: dict[str, float] | None = None, production_version: int | None = None
+) -> list[dict]:
+    """The model, both baselines and production on the same holdout rows, one row each: AUC, log
+    loss (of scores that are probabilities) and the AUC's lift over the fresh baseline."""
+    fresh = metrics["fresh_baseline_auc"]
+
+    def row(scored: str, auc: float, logloss: float | None = None) -> dict:
+        return {
+            "scored": scored,
+            "auc": round(auc, 4),
+            "logloss": None if logloss is None else round(logloss, 4),
+            "lift": round(auc - fresh, 4),
+        }
+
+    rows = [
+        row("model (fresh features: served)", metrics["auc"], metrics["logloss"]),
+        row("model (features frozen at the cut-off)", metrics["auc_frozen"]),
+        row("popularity baseline (movie rate)", metrics["baseline_auc"]),
+        row("fresh baseline (user + movie rates)", fresh),
+    ]
+    if production_metrics is not None:
+        production = row(
+            f"production version {production_version}", production_metrics["auc"], production_metrics["logloss"]
+        )
+        rows.append(production)
+    return rows
+
+
+def side_by_side_markdown(rows: list[dict]) -> str:
+    """``side_by_side`` as a Markdown table (the review request, the Prefect UI)."""
+    lines = [
+        "| scored on the same holdout rows | AUC | log loss | AUC lift over the fresh baseline |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        logloss = "" if row["logloss"] is None else f"{row['logloss']:.4f}"
+        lines.append(f"| {row['scored']} | {row['auc']:.4f} | {logloss} | {row['lift']:+.4f} |")
+    return "\n".join(lines)

@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     # Against the production model, both scored on the same fresh holdout in the same run.
     min_auc_change: float | None = -0.01  # challenger AUC may be at most 0.01 below production
     max_logloss_change_relative: float | None = 0.02  # and its log loss at most 2% above
+    # Does the model earn its keep: its AUC over the fresh baseline's (user + movie rates) on the
+    # same holdout rows; applies with or without a production model.
+    min_auc_lift: float | None = 0.005
 
     # Gray release through the ranking service: the share of users the canary serves once its
     # smoke tests passed, for a bake period before the review; over its budget it is rolled back.
@@ -131,13 +134,16 @@ class Settings(BaseSettings):
     min_positive_rate: float = 0.05
     max_positive_rate: float = 0.95
 
-    # Training.
+    # Training: which model kind (railyard/kinds/: a registered name or package.module:object;
+    # its own settings are RAILYARD_<KIND>_*), and what every kind's training loop needs.
+    model_kind: str = "neural_cf"
     seed: int = 42
     epochs: int = 8
     batch_size: int = 1024
-    embedding_dim: int = 16
     learning_rate: float = 0.003
     early_stopping_patience: int = 2
+    # Early stopping and any selection use the newest share of the training rows, never the holdout.
+    validation_fraction: float = Field(default=0.1, gt=0, lt=1)
 
     @field_validator("model_name")
     @classmethod
@@ -177,10 +183,10 @@ class Settings(BaseSettings):
         return TrainConfig(
             epochs=self.epochs,
             batch_size=self.batch_size,
-            embedding_dim=self.embedding_dim,
             learning_rate=self.learning_rate,
             seed=self.seed,
             early_stopping_patience=self.early_stopping_patience,
+            validation_fraction=self.validation_fraction,
         )
 
     def validation_bounds(self) -> ValidationBounds:
@@ -197,6 +203,7 @@ class Settings(BaseSettings):
             max_logloss=self.max_logloss,
             min_auc_change=self.min_auc_change,
             max_logloss_change_relative=self.max_logloss_change_relative,
+            min_auc_lift=self.min_auc_lift,
         )
 
     def smoke_budget(self) -> SmokeBudget:
@@ -272,9 +279,14 @@ def load_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as error:
-        problems = []
-        for item in error.errors(include_input=False, include_url=False):
-            field = ".".join(str(part) for part in item["loc"]) if item["loc"] else "settings"
-            name = f"RAILYARD_{field.upper()}" if item["loc"] else field
-            problems.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
-        raise SettingsError("; ".join(problems)) from None
+        raise SettingsError(settings_problems(error, "RAILYARD_")) from None
+
+
+def settings_problems(error: ValidationError, prefix: str) -> str:
+    """One sentence per bad setting, naming its variable (``prefix`` + field) and never its value."""
+    problems = []
+    for item in error.errors(include_input=False, include_url=False):
+        field = ".".join(str(part) for part in item["loc"]) if item["loc"] else "settings"
+        name = f"{prefix}{field.upper()}" if item["loc"] else field
+        problems.append(f"{name}: {item['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems)

@@ -39,23 +39,32 @@ def evaluate_production(
 def gate(
     metrics: dict, settings: Settings, run_id: str, production_metrics: dict | None, production_version: int | None
 ) -> evaluation.GateDecision:
+    """The gate's checks as a table (each saying what it compares with), and beside it the model,
+    both baselines and production on the same holdout rows, in the Prefect UI and in MLflow."""
     decision = evaluation.gate(
         metrics, settings.gate_thresholds(), baseline_metrics=production_metrics, baseline_version=production_version
     )
+    figures = evaluation.side_by_side(metrics, production_metrics, production_version)
     tracking.log_dict(settings, run_id, decision.as_dict(), "evaluation/gate_decision.json")
+    tracking.log_dict(settings, run_id, {"rows": figures}, "evaluation/side_by_side.json")
     tracking.set_tags(settings, run_id, {"railyard.blessed": str(decision.blessed).lower()})
     create_table_artifact(
         key="evaluation-gate",
         table=[
             {
                 "check": c.name,
-                "compared with": "threshold" if c.versus is None else f"production version {c.versus}",
                 "value": round(c.value, 5),
                 "threshold": f"{SYMBOLS[c.direction]} {c.threshold}",
                 "passed": c.passed,
+                "compared with": c.compared_with,
             }
             for c in decision.checks
         ],
-        description=f"blessed={decision.blessed} (baseline: production version {production_version}): {decision.reason}",
+        description=f"blessed={decision.blessed}: {decision.reason}",
+    )
+    create_table_artifact(
+        key="evaluation-side-by-side",
+        table=figures,
+        description=f"{settings.model_name}: the model, both baselines and production on the same holdout rows",
     )
     return decision

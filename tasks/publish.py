@@ -9,7 +9,13 @@ from tasks.common import MINUTES, model_store, railyard_task
 
 @railyard_task(name="publish-to-store", timeout_seconds=60 * MINUTES, retries=2, retry_delay_seconds=[10, 60])
 def publish(
-    export_dir: Path, settings: Settings, run_id: str, metrics: dict, data_fingerprint: str, code_version: str
+    export_dir: Path,
+    settings: Settings,
+    run_id: str,
+    metrics: dict,
+    data_fingerprint: str,
+    code_version: str,
+    model_kind: str,
 ) -> PublishedVersion:
     published = model_store(settings).publish(
         settings.model_name,
@@ -19,6 +25,7 @@ def publish(
             "metrics": metrics,
             "data_fingerprint": data_fingerprint,
             "code_version": code_version,
+            "model_kind": model_kind,
         },
     )
     tracking.set_tags(

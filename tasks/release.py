@@ -183,6 +183,8 @@ def register_stranded(settings: Settings, stages: StageRegistry) -> list[str]:
             "store_uri": store.version_uri(model, version),
             "manifest_sha256": manifest.checksum,
         }
+        if "model_kind" in manifest.metadata:  # versions published before kinds have none
+            lineage["model_kind"] = manifest.metadata["model_kind"]
         stages.register(version, store.version_uri(model, version), runs[version], lineage, description="")
         said.append(f"version {version} was published but never registered: registered it as a candidate")
     return said

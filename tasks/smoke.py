@@ -11,10 +11,11 @@ from tasks.common import MINUTES, railyard_task
 @railyard_task(name="smoke-tests", timeout_seconds=10 * MINUTES)
 def smoke_tests(target: ServingTarget, settings: Settings, version: int, run_id: str) -> smoke.SmokeReport:
     """Check the canary through REST and gRPC on every replica; record the outcome in MLflow and the Prefect UI."""
-    golden = contract.read_golden(target.model_root / settings.model_name / str(version))
+    version_dir = target.model_root / settings.model_name / str(version)
+    golden, served = contract.read_golden(version_dir), contract.read_contract(version_dir)
     with target.clients(attempts=settings.serving_attempts) as clients:
         report = smoke.run_smoke_tests(
-            clients, settings.model_name, version, golden, settings.smoke_budget(), label=CANARY
+            clients, settings.model_name, version, golden, settings.smoke_budget(), label=CANARY, served=served
         )
     tracking.log_metrics(
         settings,

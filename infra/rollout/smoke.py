@@ -2,7 +2,8 @@
 
 Like TFX's InfraValidator, but after the push and on the live server: the version is
 AVAILABLE, its metadata has both signatures of the contract (ids only, and ids plus the online
-store's aggregates), the golden requests of each signature stored with the model at training
+store's aggregates) returning the output its version's contract names (``served``: the kind's),
+the golden requests of each signature stored with the model at training
 time get the offline SavedModel's answers (REST and gRPC, by version and by label), and a short
 bounded burst of requests stays within a latency budget with no errors.
 A check that raises is a failed check with the error as its detail: the report is always whole.
@@ -67,16 +68,22 @@ def run_smoke_tests(
     golden: dict,
     budget: SmokeBudget,
     label: str,
+    *,
+    served: dict,
 ) -> SmokeReport:
+    """``golden`` and ``served``: the version's golden requests and contract (``contract.read_golden``,
+    ``contract.read_contract``)."""
     report = SmokeReport(model=model, version=version, label=label)
     replicas = list(client) if isinstance(client, Sequence) else [client]
     for replica in replicas:
         suffix = f"@{replica.grpc_target}" if len(replicas) > 1 else ""
-        _run_suite(replica, model, version, golden, budget, label, report, suffix)
+        _run_suite(replica, model, version, golden, served["output"], budget, label, report, suffix)
     return report
 
 
-def _run_suite(client, model, version, golden, budget: SmokeBudget, label, report: SmokeReport, suffix: str) -> None:
+def _run_suite(
+    client, model, version, golden, output: str, budget: SmokeBudget, label, report: SmokeReport, suffix: str
+) -> None:
     def check(name: str, run: Callable[[], str]) -> None:
         name += suffix
         try:
@@ -85,7 +92,7 @@ def _run_suite(client, model, version, golden, budget: SmokeBudget, label, repor
             report.checks.append(SmokeCheck(name, False, f"{type(exc).__name__}: {exc}"))
 
     check("status", lambda: _status(client, model, version))
-    check("metadata", lambda: _signatures(client.metadata_rest(model, version), version))
+    check("metadata", lambda: _signatures(client.metadata_rest(model, version), version, output))
     for signature in contract.SIGNATURES:
         requests = golden[signature]
         expected = np.asarray(requests["predictions"], dtype=np.float64).reshape(-1)
@@ -95,7 +102,7 @@ def _run_suite(client, model, version, golden, budget: SmokeBudget, label, repor
                 check(
                     f"golden_{signature}_{protocol}_{next(iter(target))}",
                     lambda s=signature, r=requests, e=expected, p=protocol, t=target, w=where: _golden(
-                        client, model, s, r["instances"], e, budget, p, t, w
+                        client, model, s, r["instances"], e, output, budget, p, t, w
                     ),
                 )
     instances = golden[contract.SIGNATURE_NAME]["instances"]
@@ -109,7 +116,7 @@ def _status(client: ServingClient, model: str, version: int) -> str:
     return "AVAILABLE"
 
 
-def _signatures(metadata: dict, version: int) -> str:
+def _signatures(metadata: dict, version: int, output: str) -> str:
     served = str(metadata["model_spec"]["version"])
     if served != str(version):
         raise AssertionError(f"metadata is for version {served}, not {version}")
@@ -120,20 +127,20 @@ def _signatures(metadata: dict, version: int) -> str:
             raise AssertionError(f"the served model has no signature {name}")
         inputs = {key: spec["dtype"] for key, spec in signature["inputs"].items()}
         outputs = {key: spec["dtype"] for key, spec in signature["outputs"].items()}
-        expected_inputs, expected_outputs = contract.signature_dtypes(name)
+        expected_inputs, expected_outputs = contract.signature_dtypes(name, output)
         if inputs != expected_inputs or outputs != expected_outputs:
             raise AssertionError(
                 f"signature {name} has inputs {inputs}, outputs {outputs}; expected {expected_inputs} -> {expected_outputs}"
             )
-        described.append(contract.describe(name))
+        described.append(contract.describe(name, output))
     return "; ".join(described)
 
 
-def _golden(client, model, signature, instances, expected, budget, protocol, target, where) -> str:
+def _golden(client, model, signature, instances, expected, output, budget, protocol, target, where) -> str:
     if protocol == "rest":
         answer = client.predict_rest(model, instances, signature_name=signature, **target)
     else:
-        answer = client.predict_grpc(model, instances, signature_name=signature, **target)[contract.OUTPUT]
+        answer = client.predict_grpc(model, instances, signature_name=signature, **target)[output]
     served = np.asarray(answer, dtype=np.float64).reshape(-1)
     if served.shape != expected.shape:
         raise AssertionError(f"{len(served)} predictions for {len(expected)} golden requests at {where}")

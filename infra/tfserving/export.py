@@ -1,19 +1,24 @@
-"""A trained model as TF Serving gets it: the SavedModel, golden requests, warm-up records."""
+"""A trained model as TF Serving gets it: the SavedModel and its contract, golden requests, warm-up records."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from infra.tfserving.warmup import write_warmup_requests
-from railyard import model
+from railyard import export
 from railyard.features import FeatureSet
+from railyard.training import TrainResult
 
 
-def export_for_serving(trained_model, feature_set: FeatureSet, out_dir: Path, model_name: str, seed: int) -> Path:
-    """The SavedModel with its golden requests (for the smoke tests) and warm-up requests."""
-    export_dir = model.export_serving_model(trained_model, feature_set, out_dir)
-    instances = model.golden_instances(feature_set, seed=seed)
-    model.write_golden_requests(export_dir, feature_set, instances)
+def export_for_serving(
+    trained: TrainResult, feature_set: FeatureSet, out_dir: Path, model_name: str, seed: int
+) -> Path:
+    """The SavedModel with its contract and golden requests (for the smoke tests) and warm-up requests."""
+    export_dir = export.export_serving_model(
+        trained.model, feature_set, out_dir, kind=trained.kind.name, output=trained.kind.output
+    )
+    instances = export.golden_instances(feature_set, seed=seed)
+    export.write_golden_requests(export_dir, feature_set, instances)
     # TF Serving replays these while loading, so the first real request does not pay for warm-up.
     write_warmup_requests(export_dir, model_name, instances)
     return export_dir

@@ -23,6 +23,7 @@ def gray_home(railyard_home, monkeypatch):
         "RAILYARD_MIN_AUC": "0",
         "RAILYARD_MAX_LOGLOSS": "10",
         "RAILYARD_MIN_AUC_CHANGE": "-1",
+        "RAILYARD_MIN_AUC_LIFT": "-1",
         "RAILYARD_MAX_LOGLOSS_CHANGE_RELATIVE": "10",
         "RAILYARD_LOCAL_SERVING_REST_PORT": "0",
         "RAILYARD_LOCAL_SERVING_GRPC_PORT": "0",

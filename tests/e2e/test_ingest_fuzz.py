@@ -152,6 +152,7 @@ def _assert_the_next_run_releases(home, data, tmp_path) -> None:
     env = os.environ | {
         "RAILYARD_EPOCHS": "1",
         "RAILYARD_MIN_AUC": "0",
+        "RAILYARD_MIN_AUC_LIFT": "-1",
         "RAILYARD_MAX_LOGLOSS": "10",
         "RAILYARD_LOCAL_SERVING_REST_PORT": "0",
         "RAILYARD_LOCAL_SERVING_GRPC_PORT": "0",

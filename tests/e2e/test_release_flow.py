@@ -40,7 +40,11 @@ def test_deploy_registers_every_deployment_with_schedule_and_typed_parameters(wo
     assert daily["enforce_parameter_schema"] is True and daily["global_concurrency_limit"]["limit"] == 1
     assert daily["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     properties = daily["parameter_openapi_schema"]["properties"]
-    assert set(properties) == {"data_dir", "holdout_fraction", "epochs", "auto_approve"}
+    assert set(properties) == {"data_dir", "holdout_fraction", "epochs", "model_kind", "auto_approve"}
+    assert (
+        properties["model_kind"]["default"] == "neural_cf"
+        and "RAILYARD_MODEL_KIND" in properties["model_kind"]["description"]
+    )
     assert properties["auto_approve"]["default"] is False and "reviewer" in properties["auto_approve"]["description"]
     # The Custom run form shows the effective defaults, read from the settings (RAILYARD_EPOCHS=2 here).
     assert (properties["epochs"]["default"], properties["holdout_fraction"]["default"]) == (2, 0.2)

@@ -104,6 +104,10 @@ def test_cli_run_trains_publishes_to_s3_deploys_and_tracks(tmp_path, s3_bucket):
     assert run.data.tags["railyard.features"] == f"s3://{s3_bucket.name}/{features_at[0].removesuffix('/meta.json')}"
     assert run.data.metrics["auc"] == pytest.approx(metrics["auc"])
     assert run.data.params["epochs"] == "4"
+    assert (run.data.params["model_kind"], run.data.params["neural_cf.embedding_dim"]) == ("neural_cf", "16")
+    assert run.data.tags["railyard.model_kind"] == "neural_cf"
+    # Early stopping used the newest tenth of the training rows, never the holdout.
+    assert run.data.metrics["validation_rows"] < run.data.metrics["fit_rows"] / 5
     assert len(client.get_metric_history(run.info.run_id, "epoch_val_auc")) >= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"saved_model", "evaluation", "smoke"} <= artifacts
@@ -213,6 +217,7 @@ def test_serving_down_fails_clearly_and_leaves_a_candidate(flow_home, tmp_path, 
     # The subject is serving, not the model: a one-epoch model of this tiny data set scored an
     # AUC of 0.59 to 0.61 from run to run (threads), so the gate lets any model through.
     monkeypatch.setenv("RAILYARD_MIN_AUC", "0")
+    monkeypatch.setenv("RAILYARD_MIN_AUC_LIFT", "-1")
     monkeypatch.setenv("RAILYARD_MAX_LOGLOSS", "10")
     data = tmp_path / "data"
     generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=300, seed=6)
@@ -298,6 +303,7 @@ def test_with_the_dask_engine_a_daily_run_never_reads_the_ratings_in_its_own_pro
     for name, value in {"FEATURE_ENGINE": "dask", "DASK_WORKERS": "2", "DASK_WORKER_MEMORY": "1GiB"}.items():
         monkeypatch.setenv(f"RAILYARD_{name}", value)
     monkeypatch.setenv("RAILYARD_MIN_AUC", "0")  # the subject is the engine, not the model
+    monkeypatch.setenv("RAILYARD_MIN_AUC_LIFT", "-1")
     monkeypatch.setenv("RAILYARD_MAX_LOGLOSS", "10")
     monkeypatch.setenv("RAILYARD_LOCAL_SERVING_REST_PORT", "0")
     monkeypatch.setenv("RAILYARD_LOCAL_SERVING_GRPC_PORT", "0")

@@ -15,7 +15,7 @@ from model_registry import open_store
 from model_registry.store import StoreError
 from railyard import contract
 from railyard.configs import SmokeBudget
-from tests.support.serving_fixtures import CORRUPT_VERSION, GOLDEN_INSTANCES, MODEL_NAME, golden
+from tests.support.serving_fixtures import CORRUPT_VERSION, GOLDEN_INSTANCES, MODEL_NAME, export_tiny_model, golden
 
 # Session fixtures: tiny SavedModels and local servers, shared by the serving suites.
 pytest_plugins = ["tests.support.serving_fixtures"]
@@ -42,6 +42,10 @@ def world(tmp_path, model_root, start_server):
         yield store, target, client
 
 
+def _served(version_dir):
+    return contract.read_contract(version_dir)
+
+
 def _stable_release(store, target, client, version: int) -> None:
     deploy.materialize(store, MODEL_NAME, version, target)
     deploy.make_stable(client, target, MODEL_NAME, version, timeout_s=60)
@@ -56,7 +60,9 @@ def test_canary_beside_stable_passes_smoke_tests_then_rolls_back(world, model_ro
     assert served_versions(read_config(target.config_path), MODEL_NAME) == ({1, 2}, labels)  # the known-good file
 
     version_dir = target.model_root / MODEL_NAME / "2"
-    report = smoke.run_smoke_tests(client, MODEL_NAME, 2, contract.read_golden(version_dir), FAST, label="canary")
+    report = smoke.run_smoke_tests(
+        client, MODEL_NAME, 2, contract.read_golden(version_dir), FAST, label="canary", served=_served(version_dir)
+    )
     assert report.passed, report.summary()
     assert [c.name for c in report.checks] == [
         "status",
@@ -93,6 +99,7 @@ def test_wrong_answers_and_a_blown_latency_budget_fail_named_checks(world):
         wrong,
         SmokeBudget(p95_ms=1e-6, requests=5, concurrency=4, tolerance=1e-5),
         label="canary",
+        served=_served(version_dir),
     )
     assert not report.passed
     assert {c.name for c in report.failures()} == {
@@ -110,7 +117,9 @@ def test_smoke_tests_against_an_unserved_label_fail_without_raising(world):
     store, target, client = world
     version_dir = deploy.materialize(store, MODEL_NAME, 1, target)
     deploy.make_stable(client, target, MODEL_NAME, 1, timeout_s=60)
-    report = smoke.run_smoke_tests(client, MODEL_NAME, 1, contract.read_golden(version_dir), FAST, label="nosuchlabel")
+    report = smoke.run_smoke_tests(
+        client, MODEL_NAME, 1, contract.read_golden(version_dir), FAST, label="nosuchlabel", served=_served(version_dir)
+    )
     assert {c.name for c in report.failures()} == {
         f"golden_{signature}_{protocol}_label"
         for signature in ("serving_default", "features")
@@ -156,3 +165,32 @@ def test_materialize_verifies_and_never_overwrites_a_version_folder(world):
         deploy.materialize(store, MODEL_NAME, 1, target)
     shutil.rmtree(first)
     assert deploy.materialize(store, MODEL_NAME, 1, target) == first
+
+
+def test_the_smoke_tests_check_the_output_the_versions_contract_names(world, tmp_path):
+    """A kind names its output (here ``probability``): the version's contract says so, and the
+    smoke tests check the served signatures against it; a contract that names another output
+    than the version serves fails the metadata and gRPC golden checks."""
+    store, target, client = world
+    source = export_tiny_model(tmp_path / "probability", seed=5, output="probability")
+    published = store.publish(MODEL_NAME, source, metadata={"data_fingerprint": "d4", "code_version": "tiny"})
+    version_dir = deploy.materialize(store, MODEL_NAME, published.version, target)
+    deploy.deploy_canary(client, target, MODEL_NAME, published.version, timeout_s=60)
+    golden_requests = contract.read_golden(version_dir)
+
+    served = _served(version_dir)
+    assert served["output"] == "probability" and served["kind"] == "tiny"
+    report = smoke.run_smoke_tests(
+        client, MODEL_NAME, published.version, golden_requests, FAST, "canary", served=served
+    )
+    assert report.passed, report.summary()
+    assert "-> probability (float32)" in {c.name: c.detail for c in report.checks}["metadata"]
+
+    claims_score = served | {"output": "score"}
+    report = smoke.run_smoke_tests(
+        client, MODEL_NAME, published.version, golden_requests, FAST, "canary", served=claims_score
+    )
+    assert {c.name for c in report.failures()} == {
+        "metadata",
+        *(f"golden_{signature}_grpc_{where}" for signature in contract.SIGNATURES for where in ("version", "label")),
+    }

@@ -15,8 +15,9 @@ import pytest
 from infra.scoring import score_online
 from infra.tfserving.client import ServingClient
 from infra.tfserving.model_config import render_model_config
-from railyard import features, model
+from railyard import export, features, model_input, training
 from railyard.events import RatingEvent
+from railyard.kinds.registry import load_kind
 from railyard.loaders import load_dataset
 from railyard.settings import Settings
 from railyard.synthetic import generate_movielens
@@ -32,9 +33,11 @@ def exported(tmp_path_factory):
     dataset = load_dataset(root / "data")
     feature_set = features.build_feature_set(dataset, holdout_fraction=0.2)
     features.write_feature_set(feature_set, root / "features")
-    config = Settings(epochs=1, batch_size=256, embedding_dim=8, seed=1).train_config()
-    trained = model.train_model(root / "features", config)
-    model.export_serving_model(trained.model, feature_set, root / "models" / MODEL / "1")
+    config = Settings(epochs=1, batch_size=256, seed=1).train_config()
+    trained = training.train_model(root / "features", config, load_kind("neural_cf", embedding_dim=8))
+    export.export_serving_model(
+        trained.model, feature_set, root / "models" / MODEL / "1", kind="neural_cf", output="score"
+    )
     return dataset, feature_set, root / "models"
 
 
@@ -60,10 +63,14 @@ def test_the_replayed_holdout_reads_the_offline_features_and_scores_as_offline(e
 
     assert holdout.get_column("timestamp").n_unique() > 100  # many steps, not one batch
     # Exactly the offline features (float32 holds these counts and half-star sums exactly).
-    np.testing.assert_array_equal(np.vstack(read_users), model.user_feature_matrix(holdout).astype(np.float64))
-    np.testing.assert_array_equal(np.vstack(read_movies), model.movie_feature_matrix(holdout).astype(np.float64))
-    offline = model.predict_with_features(model_root / MODEL / "1", model.feature_inputs(holdout))
+    np.testing.assert_array_equal(
+        np.vstack(read_users), model_input.feature_inputs(holdout)["user_features"].astype(np.float64)
+    )
+    np.testing.assert_array_equal(
+        np.vstack(read_movies), model_input.feature_inputs(holdout)["movie_features"].astype(np.float64)
+    )
+    offline = export.predict_with_features(model_root / MODEL / "1", model_input.feature_inputs(holdout))
     np.testing.assert_allclose(np.concatenate(online_scores), offline, atol=1e-5, rtol=0)
     # Fresh features matter here: the ids-only signature (frozen at the cut-off) scores otherwise.
-    frozen = model.predict_saved_model(model_root / MODEL / "1", holdout["userId"], holdout["movieId"])
+    frozen = export.predict_saved_model(model_root / MODEL / "1", holdout["userId"], holdout["movieId"])
     assert np.abs(frozen - offline).max() > 0.01

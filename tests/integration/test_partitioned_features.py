@@ -429,7 +429,8 @@ def test_the_feature_folder_on_s3_from_either_engine_and_training_streams_it_fro
     (partitions in a local scratch folder), and training streams its shards from S3."""
     from distributed import Client, LocalCluster
 
-    from railyard import model
+    from railyard import training
+    from railyard.kinds.registry import load_kind
 
     dataset = load_dataset(awkward_data)
     local = features.write_feature_set(features.build_feature_set(dataset, 0.2), tmp_path / "polars")
@@ -459,6 +460,7 @@ def test_the_feature_folder_on_s3_from_either_engine_and_training_streams_it_fro
     assert len(features.shards(on_s3_from_dask / "train")) > 1
     assert list((tmp_path / "scratch").iterdir()) == []  # the partitions are gone
 
-    trained = model.train_model(on_s3_from_dask, Settings(epochs=1).train_config())
-    assert trained.train_rows == built.meta["rows"]["train"] and len(trained.history["loss"]) == 1
+    trained = training.train_model(on_s3_from_dask, Settings(epochs=1).train_config(), load_kind("neural_cf"))
+    assert trained.train_rows + trained.validation_rows == built.meta["rows"]["train"]
+    assert len(trained.history["loss"]) == 1
     assert features.read_feature_set(on_s3_from_dask, with_training_rows=False).fingerprint == built.meta["fingerprint"]

@@ -66,7 +66,8 @@ def test_a_healthy_release_lands_on_every_replica(world, model_root):
         assert_scores_of(2, client.predict_rest(MODEL_NAME, GOLDEN_INSTANCES, label="canary"), model_root)
 
     golden = contract.read_golden(target.model_root / MODEL_NAME / "2")
-    report = smoke.run_smoke_tests(clients, MODEL_NAME, 2, golden, FAST, label="canary")
+    served = contract.read_contract(target.model_root / MODEL_NAME / "2")
+    report = smoke.run_smoke_tests(clients, MODEL_NAME, 2, golden, FAST, label="canary", served=served)
     assert report.passed, report.summary()
     names = [check.name for check in report.checks]
     assert len(names) == 2 * 11 and len(set(names)) == len(names)

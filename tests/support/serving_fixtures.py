@@ -5,9 +5,10 @@ A test module registers it as a plugin, so the session fixtures are shared:
 
 The model has the trainer's contract: ``serving_default`` takes ``userId`` and ``movieId``
 (int64, [None]), ``features`` also the aggregates (float32, [None, USER_WIDTH] and
-[None, MOVIE_WIDTH]); both return ``score`` (float32, [None, 1]); lookups send unseen ids to the
-OOV row; ``assets.extra/railyard_golden.json`` holds golden requests and offline predictions of
-both signatures.
+[None, MOVIE_WIDTH]); both return ``score`` (float32, [None, 1]; another name when a test asks,
+written to the version's contract as a kind names it); lookups send unseen ids to the OOV row;
+``assets.extra/railyard_golden.json`` holds golden requests and offline predictions of both
+signatures.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pytest
 from infra.local_server import LocalServingServer
 from infra.tfserving.client import ServingClient
 from infra.tfserving.model_config import render_model_config, write_config_atomically
-from railyard.contract import FEATURES_SIGNATURE, GOLDEN_FILE, SIGNATURE_NAME
+from railyard.contract import FEATURES_SIGNATURE, GOLDEN_FILE, SIGNATURE_NAME, scores_of, write_contract
 from railyard.features import MOVIE_WIDTH, USER_WIDTH
 
 MODEL_NAME = "recmodel"
@@ -45,8 +46,9 @@ FEATURE_VALUES = {
 DTYPES = {"userId": "int64", "movieId": "int64", "user_features": "float32", "movie_features": "float32"}
 
 
-def export_tiny_model(version_dir: Path, *, seed: int) -> Path:
-    """IntegerLookup + Embedding model exported like the trainer does (keras.export.ExportArchive)."""
+def export_tiny_model(version_dir: Path, *, seed: int, output: str | None = None) -> Path:
+    """IntegerLookup + Embedding model exported like the trainer does (keras.export.ExportArchive);
+    with ``output``, the signatures' output has that name and the version's contract says so."""
     import keras
     import tensorflow as tf
 
@@ -83,7 +85,7 @@ def export_tiny_model(version_dir: Path, *, seed: int) -> Path:
             "user_features": user_features,
             "movie_features": movie_features,
         }
-        return {"score": model(inputs, training=False)}
+        return {output or "score": model(inputs, training=False)}
 
     @tf.function(input_signature=ids)
     def serve(userId, movieId):  # noqa: N803 - the signature's input names
@@ -96,6 +98,8 @@ def export_tiny_model(version_dir: Path, *, seed: int) -> Path:
     archive.add_endpoint(name=SIGNATURE_NAME, fn=serve)
     archive.add_endpoint(name=FEATURES_SIGNATURE, fn=serve_features)
     archive.write_out(str(version_dir), verbose=False)
+    if output is not None:
+        write_contract(version_dir, kind="tiny", output=output)
     with_features = [row | FEATURE_VALUES for row in GOLDEN_INSTANCES]
     (version_dir / GOLDEN_FILE).parent.mkdir(parents=True, exist_ok=True)
     golden_requests = {
@@ -114,13 +118,13 @@ def export_tiny_model(version_dir: Path, *, seed: int) -> Path:
 
 
 def offline_predictions(version_dir: Path, instances: list[dict], signature: str = SIGNATURE_NAME) -> np.ndarray:
-    """The SavedModel's own answers, [N, 1], loaded straight from disk."""
+    """The SavedModel's own answers (its only output), [N, 1], loaded straight from disk."""
     import tensorflow as tf
 
     function = tf.saved_model.load(str(version_dir)).signatures[signature]
     columns = {name: [row[name] for row in instances] for name in instances[0]}
     result = function(**{name: tf.constant(values, DTYPES[name]) for name, values in columns.items()})
-    return result["score"].numpy()
+    return scores_of({name: tensor.numpy() for name, tensor in result.items()}).reshape(-1, 1)
 
 
 def corrupt_copy(source: Path, target: Path) -> Path:

@@ -90,14 +90,17 @@ def test_files_written_by_other_tools_without_page_checksums_still_load(tmp_path
 def test_training_refuses_a_shard_changed_under_it_naming_the_shard(tmp_path):
     """Training streams the shards' row groups through tf.data, which would report the damage as
     its own InvalidArgumentError: the shard's error comes out, naming it."""
-    from railyard import model
+    from railyard import training
+    from railyard.kinds.registry import load_kind
     from railyard.settings import Settings
 
     data = tmp_path / "data"
     generate_movielens(data, users=200, movies=300, days=3, ratings_per_day=1_500, seed=2, fmt="parquet")
     folder = features.write_feature_set(features.build_feature_set(load_dataset(data), 0.2), tmp_path / "features")
     shard = features.shards(folder / "train")[0]
-    flip_bytes_silently(Path(shard.url), "timestamp")  # a column only the streaming reads
+    flip_bytes_silently(Path(shard.url), "rating")  # a column only the streaming reads
     with pytest.raises(DataLoadError, match="checksum") as refused:
-        model.train_model(folder, Settings(epochs=1, batch_size=256, embedding_dim=4).train_config())
+        training.train_model(
+            folder, Settings(epochs=1, batch_size=256).train_config(), load_kind("neural_cf", embedding_dim=4)
+        )
     assert shard.url in str(refused.value)

@@ -1,0 +1,186 @@
+"""Training any model kind: the validation window, the kind's network, Railyard's loop, the fingerprint.
+
+``train_model`` carves the validation window from the end of the training period
+(``model_input.carve_validation``), builds the kind's network (``railyard.kinds.base``),
+compiles it and fits it: with the kind's own ``fit`` when it has one, else ``keras_fit``
+(early stopping on the validation window's AUC). The holdout is never read here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from railyard import __version__, model_input
+from railyard import features as F
+from railyard.configs import TrainConfig
+from railyard.kinds.base import FitData, KindContext
+from railyard.kinds.registry import LoadedKind
+from railyard.locations import Location
+
+STEPS_PER_EXECUTION = 16
+VALIDATION_BATCH = 8192
+
+
+@dataclass
+class TrainResult:
+    model: object  # keras.Model (typed loosely: keras is imported lazily)
+    kind: LoadedKind
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_epoch: int = 0
+    train_rows: int = 0  # the fit rows
+    validation_rows: int = 0
+    validation_from: int = 0  # the first timestamp of the validation window
+    figures: dict[str, float] = field(default_factory=dict)  # what the kind reports about its network
+
+
+def code_version(config: TrainConfig, kind: LoadedKind) -> str:
+    """What produced a model besides the data: Railyard, the feature code, the kind, the training
+    settings, the kind's settings, what it reads and serves, and its module's source."""
+    identity = {
+        "train": asdict(config),
+        "kind": kind.name,
+        "settings": kind.settings(),
+        "reads": list(kind.kind.reads),
+        "output": kind.output,
+        "source": hashlib.sha256(kind.source().encode()).hexdigest(),
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+    return f"railyard-{__version__}+features-{F.FEATURE_CODE_VERSION}+{kind.name}-{digest}"
+
+
+def context_for(windows: model_input.Windows, priors: dict[str, float], config: TrainConfig) -> KindContext:
+    layout = {entity: model_input.layout(entity) for entity in model_input.VECTORS}
+    return KindContext(
+        user_ids=windows.user_ids,
+        movie_ids=windows.movie_ids,
+        priors=priors,
+        layout=layout,
+        widths={entity: max(where.stop for where in positions.values()) for entity, positions in layout.items()},
+        train=config,
+    )
+
+
+def new_model(feature_dir: Location | Path | str, config: TrainConfig, kind: LoadedKind):
+    """A freshly seeded, compiled, untrained network of ``kind`` for a feature folder, with the
+    validation window it is fit beside and the context it was built in."""
+    import keras
+
+    feature_dir = Location.of(feature_dir)
+    windows = model_input.carve_validation(feature_dir / "train", config.validation_fraction)
+    context = context_for(windows, F.read_priors(feature_dir), config)
+    keras.utils.set_random_seed(config.seed)
+    model = kind.kind.build(context, kind.config)
+    check_network(model, kind)
+    optimizer = getattr(kind.kind, "optimizer", None)
+    model.compile(
+        optimizer=optimizer(context, kind.config) if optimizer else keras.optimizers.Adam(config.learning_rate),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+        # Steps are small (batches of about 1k): one Python call per step cost a fifth of training's
+        # CPU time at 1M ratings. Epoch-end callbacks (early stopping, MLflow) are not affected.
+        steps_per_execution=STEPS_PER_EXECUTION,
+    )
+    return model, windows, context
+
+
+class BadNetwork(ValueError):
+    """A kind's ``build`` returned something Railyard cannot train and serve."""
+
+
+def check_network(model, kind: LoadedKind) -> None:
+    """One output, [N, 1] per row, over the standard inputs (all four, used or not)."""
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise BadNetwork(f"kind {kind.name!r}: build returned {type(model).__name__}, not a keras.Model")
+    if len(model.outputs) != 1 or tuple(model.outputs[0].shape[1:]) != (1,):
+        shapes = [tuple(output.shape) for output in model.outputs]
+        raise BadNetwork(f"kind {kind.name!r}: build must return one probability per row [N, 1], got {shapes}")
+    names = sorted(tensor.name for tensor in model.inputs)
+    if names != sorted(model_input.INPUT_NAMES):
+        raise BadNetwork(
+            f"kind {kind.name!r}: the network takes {names}; build it over context.inputs() "
+            f"(all of {', '.join(model_input.INPUT_NAMES)})"
+        )
+
+
+def keras_fit(model, data: FitData, context: KindContext, config) -> dict[str, list[float]]:
+    """Railyard's loop: ``model.fit`` for up to ``epochs``, early stopping on the validation
+    window's AUC with the best epoch's weights restored."""
+    import keras
+
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_auc", mode="max", patience=context.train.early_stopping_patience, restore_best_weights=True
+    )
+    history = model.fit(
+        data.train,
+        validation_data=data.validation,
+        epochs=context.train.epochs,
+        shuffle=False,  # the dataset shuffles row groups and rows itself
+        callbacks=[stop, *data.callbacks],
+        verbose=0,
+    )
+    return history.history
+
+
+def train_model(
+    feature_dir: Location | Path | str,
+    config: TrainConfig,
+    kind: LoadedKind,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Fit ``kind``'s network on the training shards before the validation window, stopping on it."""
+    import keras
+
+    model, windows, context = new_model(feature_dir, config, kind)
+    callbacks = []
+    if on_epoch_end is not None:
+        callbacks.append(
+            keras.callbacks.LambdaCallback(
+                on_epoch_end=lambda epoch, logs: on_epoch_end(epoch, {k: float(v) for k, v in logs.items()})
+            )
+        )
+    damaged = []
+    data = FitData(
+        train=windows.fit_dataset(config.batch_size, config.seed, damaged),
+        validation=windows.validation_dataset(VALIDATION_BATCH, damaged),
+        train_rows=windows.fit_rows,
+        validation_rows=windows.validation_rows,
+        callbacks=callbacks,
+    )
+    fit = getattr(kind.kind, "fit", None) or keras_fit
+    try:
+        history = fit(model, data, context, kind.config)
+    except Exception:
+        if damaged:
+            raise damaged[0] from None  # the shard, named, instead of TensorFlow's wrapper of it
+        raise
+    history = {key: [float(value) for value in values] for key, values in (history or {}).items()}
+    report = getattr(kind.kind, "metrics", None)
+    figures = report(model, context, kind.config) if report else {"trainable_params": _trainable_params(model)}
+    return TrainResult(
+        model=model,
+        kind=kind,
+        history=history,
+        best_epoch=int(np.argmax(history["val_auc"])) if history.get("val_auc") else len(history.get("loss", [1])) - 1,
+        train_rows=windows.fit_rows,
+        validation_rows=windows.validation_rows,
+        validation_from=windows.validation_from,
+        figures={name: float(value) for name, value in figures.items()},
+    )
+
+
+def _trainable_params(model) -> float:
+    return float(sum(int(np.prod(weight.shape)) for weight in model.trainable_weights))
+
+
+def predict_core(model, frame: pl.DataFrame, batch_size: int = 65536) -> np.ndarray:
+    """Scores of a trained network for a feature frame (one score per row)."""
+    return model.predict(model_input.feature_inputs(frame), batch_size=batch_size, verbose=0).reshape(-1)

@@ -1,0 +1,132 @@
+"""Training any kind: the validation window carved from the end of the training period (never the
+holdout), a kind's own output name through the export, its own fit, and networks refused."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import polars as pl
+import pytest
+
+from railyard import contract, export, features, model_input, training
+from railyard.kinds.base import KindConfig
+from railyard.kinds.registry import load_kind
+from railyard.loaders import load_dataset
+from railyard.settings import Settings
+from railyard.synthetic import generate_movielens
+
+CONFIG = Settings(epochs=2, batch_size=256, seed=1).train_config()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("training")
+    generate_movielens(root / "data", users=80, movies=120, days=5, ratings_per_day=500, seed=4)
+    feature_set = features.build_feature_set(load_dataset(root / "data"), holdout_fraction=0.2)
+    features.write_feature_set(feature_set, root / "features")
+    return root / "features", feature_set
+
+
+class RatesConfig(KindConfig):
+    l2: float = 0.0
+
+
+class Rates:
+    """Logistic regression over two declared counts, with an output of its own name."""
+
+    name = "rates"
+    Config = RatesConfig
+    reads = ("user_positives", "user_n")
+    output = "probability"
+
+    def build(self, context, config):
+        import keras
+
+        inputs = context.inputs()
+        x = keras.layers.Concatenate()([context.select(inputs, name) for name in self.reads])
+        return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(keras.ops.log1p(x)))
+
+
+class OwnFit(Rates):
+    name = "own_fit"
+    seen: dict = {}
+
+    def fit(self, model, data, context, config):
+        self.seen.update(train=data.train_rows, validation=data.validation_rows, callbacks=len(data.callbacks))
+        return model.fit(data.train, epochs=1, shuffle=False, verbose=0, callbacks=data.callbacks).history
+
+
+class TwoOutputs(Rates):
+    name = "two_outputs"
+
+    def build(self, context, config):
+        import keras
+
+        inputs = context.inputs()
+        x = context.select(inputs, "user_n")
+        return keras.Model(inputs, [keras.layers.Dense(1)(x), keras.layers.Dense(1)(x)])
+
+
+def test_the_validation_window_is_the_newest_share_of_the_training_rows(folder):
+    feature_dir, feature_set = folder
+    windows = model_input.carve_validation(feature_dir / "train", 0.1)
+    train = feature_set.train
+    fit = train.filter(pl.col("timestamp") < windows.validation_from)
+    validation = train.filter(pl.col("timestamp") >= windows.validation_from)
+    assert (windows.fit_rows, windows.validation_rows) == (len(fit), len(validation))
+    assert 0.05 * len(train) < len(validation) <= 0.1 * len(train) + 1  # about a tenth, ties on one side
+    assert fit["timestamp"].max() < validation["timestamp"].min()
+    assert validation["timestamp"].max() < feature_set.cutoff_ts  # before the holdout's cut-off
+    # The vocabularies are the fit rows' ids: a user first seen in the window is unknown to the network.
+    np.testing.assert_array_equal(windows.user_ids, np.sort(fit["userId"].unique().to_numpy()))
+    assert set(validation["userId"].to_list()) - set(windows.user_ids.tolist())
+    rows = sum(len(labels) for _, labels in windows.validation_dataset(64))
+    assert rows == len(validation)
+
+
+def test_training_stops_on_the_validation_window_and_never_reads_the_holdout(folder, tmp_path):
+    feature_dir, _ = folder
+    without_holdout = tmp_path / "features"
+    shutil.copytree(feature_dir, without_holdout)
+    shutil.rmtree(without_holdout / "holdout")
+    result = training.train_model(without_holdout, CONFIG, load_kind("neural_cf", embedding_dim=4))
+    assert len(result.history["val_auc"]) == len(result.history["loss"]) >= 1
+    assert (
+        result.validation_rows > 0
+        and result.train_rows + result.validation_rows == features.read_feature_set(feature_dir).train.height
+    )
+
+
+def test_a_kind_names_its_output_and_both_signatures_serve_it(folder, tmp_path):
+    feature_dir, feature_set = folder
+    kind = load_kind(f"{__name__}:Rates")
+    result = training.train_model(feature_dir, CONFIG, kind)
+    export_dir = export.export_serving_model(
+        result.model, feature_set, tmp_path / "export", kind=kind.name, output=kind.output
+    )
+    for name in contract.SIGNATURES:
+        assert list(export.load_signature(export_dir, name).structured_outputs) == ["probability"]
+    assert contract.read_contract(export_dir)["output"] == "probability"
+    assert contract.read_contract(export_dir)["kind"] == "rates"
+    holdout = feature_set.holdout
+    fresh = export.predict_with_features(export_dir, model_input.feature_inputs(holdout))
+    np.testing.assert_allclose(fresh, training.predict_core(result.model, holdout), atol=1e-6)
+
+
+def test_a_kind_may_bring_its_own_fit(folder):
+    feature_dir, _ = folder
+    result = training.train_model(
+        feature_dir, CONFIG, load_kind(f"{__name__}:OwnFit"), on_epoch_end=lambda epoch, logs: None
+    )
+    windows = model_input.carve_validation(feature_dir / "train", CONFIG.validation_fraction)
+    assert OwnFit.seen == {"train": windows.fit_rows, "validation": windows.validation_rows, "callbacks": 1}
+    assert len(result.history["loss"]) == 1 and result.best_epoch == 0
+
+
+def test_a_network_that_is_not_one_probability_per_row_is_refused(folder):
+    feature_dir, _ = folder
+    with pytest.raises(
+        training.BadNetwork, match=r"one probability per row \[N, 1\], got \[\(None, 1\), \(None, 1\)\]"
+    ):
+        training.train_model(feature_dir, CONFIG, load_kind(f"{__name__}:TwoOutputs"))
