@@ -7,6 +7,7 @@ serving model root, data cache, reports.
 
 from __future__ import annotations
 
+import os
 import re
 from functools import cached_property
 from pathlib import Path
@@ -30,6 +31,11 @@ def validate_model_name(name: str) -> str:
             "(no '/', no '..', not empty, at most 100 characters)"
         )
     return name
+
+
+# Settings that moved to a model kind's own settings: a value left under the old name would be
+# silently ignored, so it is refused naming the new one.
+RENAMED = {"RAILYARD_EMBEDDING_DIM": "RAILYARD_NEURAL_CF_EMBEDDING_DIM"}
 
 
 def _endpoints(value: str) -> list[str]:
@@ -158,6 +164,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _absolute_home(self) -> Settings:
         self.home = self.home.expanduser().resolve()
+        for old, new in RENAMED.items():
+            if old in os.environ:
+                raise ValueError(f"{old} is now {new} (a setting of the neural_cf model kind): rename it")
         if (self.serving_grpc is None) != (self.serving_rest is None):
             raise ValueError("set both RAILYARD_SERVING_GRPC and RAILYARD_SERVING_REST, or neither (local server)")
         if self.serving_grpc is not None:

@@ -12,7 +12,7 @@ from railyard.kinds.base import KindConfig
 from railyard.kinds.neural_cf import NeuralCF
 from railyard.kinds.registry import KINDS, BadModelKind, load_kind, resolve_kind
 from railyard.model_input import declared_aggregates, layout
-from railyard.settings import Settings, SettingsError
+from railyard.settings import Settings, SettingsError, load_settings
 from railyard.training import code_version
 
 TRAIN = Settings().train_config()
@@ -76,6 +76,11 @@ def test_a_kinds_settings_are_its_own_read_with_its_prefix(monkeypatch):
     assert load_kind(f"{__name__}:Tiny").config.width == 7
     assert load_kind("neural_cf", embedding_dim=4).config.embedding_dim == 4  # a test's override on top
     assert not hasattr(Settings(), "embedding_dim")  # not a field of the global settings any more
+
+    monkeypatch.setenv("RAILYARD_EMBEDDING_DIM", "24")  # its old name: refused, naming the new one
+    with pytest.raises(SettingsError, match="RAILYARD_EMBEDDING_DIM is now RAILYARD_NEURAL_CF_EMBEDDING_DIM"):
+        load_settings()
+    monkeypatch.delenv("RAILYARD_EMBEDDING_DIM")
 
     monkeypatch.setenv("RAILYARD_NEURAL_CF_EMBEDDING_DIM", "sixteen")
     with pytest.raises(SettingsError, match="RAILYARD_NEURAL_CF_EMBEDDING_DIM: Input should be a valid integer"):
