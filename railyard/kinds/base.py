@@ -13,7 +13,7 @@ then follows ``object`` (dots allowed: ``module:Outer.KIND``). The object is the
 is instantiated once with no arguments. The kind is checked when it is loaded, before any data
 is read: a name that does not resolve or an object missing a member is refused (exit 2).
 
-**Members** (Railyard calls them in this order, once per training run, in the training process):
+**Members** (the methods are called once per training run, in this order, in the training process):
 
 ``name: str``
     Lower-case letters, digits and ``_`` (``neural_cf``). It names the kind's settings
@@ -40,8 +40,8 @@ is read: a name that does not resolve or an object missing a member is refused (
     int64 scalars per row; ``user_features`` and ``movie_features``, float32 vectors of the
     declared layout) and return an uncompiled ``keras.Model`` taking that whole dict (inputs it
     does not use included) and returning one probability of a positive rating per row (float32
-    [N, 1], e.g. a sigmoid). Every
-    transformation (smoothing, rates, vocabularies) belongs inside the model: it is exported.
+    [N, 1], e.g. a sigmoid). Every transformation (smoothing, rates, vocabularies) belongs inside
+    the model: it is exported.
     ``context`` gives the id vocabularies (``user_ids``, ``movie_ids``: the fit rows' ids),
     the training priors (``priors["mean"]``, ``priors["pos"]``, for ``features.smoothed``), the
     layout and the training settings. Layers of your own must be defined so that Keras can trace
@@ -82,12 +82,34 @@ or take a signature's only output. The example request and the curl line are Rai
 Railyard version, the feature code version, the kind's name and a digest of the training
 settings, the kind's config, ``reads``, ``output`` and the source of the module that defines the
 kind object; the same data and code give the same stored version (nothing new to release).
+
+**A kind in a few lines** (``RAILYARD_MODEL_KIND=my_team.kinds:KIND``; tests/e2e/test_model_kinds.py
+takes one through the whole release)::
+
+    class RatesConfig(KindConfig):
+        learning_rate: float = 0.05  # RAILYARD_RATES_LEARNING_RATE
+
+    class Rates:
+        name, Config, output = "rates", RatesConfig, "probability"
+        reads = ("user_n", "user_positives", "movie_n", "movie_positives")
+
+        def build(self, context, config):
+            import keras
+            inputs = context.inputs()
+            x = keras.ops.concatenate([context.select(inputs, name) for name in self.reads], axis=1)
+            return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(keras.ops.log1p(x)))
+
+        def optimizer(self, context, config):
+            import keras
+            return keras.optimizers.Adam(config.learning_rate)
+
+    KIND = Rates()
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import numpy as np
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -145,9 +167,9 @@ class FitData:
     callbacks: list = field(default_factory=list)  # Railyard's Keras callbacks: pass them to model.fit
 
 
-@runtime_checkable
 class Kind(Protocol):
-    """The members every kind has (the optional ones are documented above)."""
+    """The members every kind has, for type checkers (the optional ones are documented above;
+    ``registry.check_kind`` checks a kind when it is loaded)."""
 
     name: str
     Config: type[KindConfig]

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from railyard.errors import Refused
-from railyard.kinds.base import DEFAULT_OUTPUT, KindConfig
+from railyard.kinds.base import DEFAULT_OUTPUT, Kind, KindConfig
 from railyard.settings import SettingsError, settings_problems
 
 # Registered name -> where its kind object lives.
@@ -42,7 +42,7 @@ class LoadedKind:
     """A resolved kind and its config, as one run trains it."""
 
     spec: str  # what RAILYARD_MODEL_KIND said
-    kind: Any
+    kind: Kind
     config: KindConfig
 
     @property
@@ -73,7 +73,7 @@ class LoadedKind:
             return ""
 
 
-def resolve_kind(spec: str) -> Any:
+def resolve_kind(spec: str) -> Kind:
     """The kind object ``spec`` names (a registered name or ``package.module:object``), checked."""
     reference = KINDS.get(spec, spec)
     module_name, colon, attribute = reference.partition(":")
