@@ -185,12 +185,12 @@ def _layers():
             return rate, scaled
 
         def call(self, user, movie):
-            genres = len(F.GENRES)
+            users, movies = F.layout("user"), F.layout("movie")
             user_rate, user_x = self._scalars(user)
             # A genre never rated says nothing new: its rate shrinks toward the user's own rate.
-            genre_rate = F.smoothed(user[:, 3 + genres :], user[:, 3 : 3 + genres], user_rate)
+            genre_rate = F.smoothed(user[:, users["user_genre_pos"]], user[:, users["user_genre_n"]], user_rate)
             _, movie_x = self._scalars(movie)
-            movie_genres = movie[:, 3:]
+            movie_genres = movie[:, movies["movie_genres"]]
             taste = genre_rate - user_rate
             affinity = ops.sum(taste * movie_genres, axis=1, keepdims=True) / ops.maximum(
                 ops.sum(movie_genres, axis=1, keepdims=True), 1.0

@@ -22,15 +22,18 @@ from infra.online_store.store import (
     connect,
     user_commands,
 )
+from railyard import feature_spec as spec
 from railyard.events import RatingEvent
 from railyard.features import MOVIE_WIDTH, USER_WIDTH, labelled, movie_genres
 from railyard.settings import Settings
 from tests.support.online_store import (
+    START_TS,
     as_events,
     assert_store_matches,
     movies_frame,
     railyard,
     ratings_frame,
+    ratings_of,
 )
 
 
@@ -69,6 +72,35 @@ def test_a_second_rating_of_an_event_is_a_conflict_and_the_first_one_counts(onli
         online_store, batch.vstack(ratings_frame(20, users=10, movies=40, seed=6, start_ts=1_780_000_000)), movies
     )
     assert online_store.state()["events_applied"] == 70
+
+
+@pytest.mark.parametrize("order", ["in time order", "reversed", "shuffled and redelivered"])
+def test_the_latest_rating_is_the_same_whatever_order_the_events_arrive_in(online_store, order):
+    """The latest event is the greatest (timestamp, movieId), compared exactly: movie ids beyond
+    2**53 that a Lua number cannot tell apart, and ratings in one second, decided alike in any order."""
+    big = 2**62  # as doubles, big + 1 == big + 2
+    movies = movies_frame(5)
+    batch = ratings_frame(30, users=3, movies=5, seed=8)
+    events = [
+        RatingEvent(7, 5, 3.0, START_TS + 5),
+        RatingEvent(7, big + 1, 1.5, START_TS + 10),
+        RatingEvent(7, big + 2, 4.0, START_TS + 10),  # the latest: same second, greater movie
+        RatingEvent(1, 2, 0.5, START_TS - 1),  # older than user 1's batch ratings: not the latest
+        RatingEvent(8, 1, 2.5, START_TS + 1),
+    ]
+    arriving = {
+        "in time order": sorted(events, key=lambda e: (e.timestamp, e.movie_id)),
+        "reversed": sorted(events, key=lambda e: (e.timestamp, e.movie_id), reverse=True),
+        "shuffled and redelivered": [events[i] for i in (2, 0, 4, 1, 3, 2, 1)],
+    }[order]
+    online_store.rebuild(batch, movies)
+    for event in arriving:  # one batch each: every event is compared with what the store holds
+        online_store.apply([event])
+    assert_store_matches(online_store, batch.vstack(ratings_of(events)), movies)
+    users, _ = online_store.read_pairs([7, 8], [1, 1])
+    last = spec.layout("user")
+    assert users[:, last["user_last_rating"]].ravel().tolist() == [4.0, 2.5]
+    assert users[0, last["user_last_ts"]].tolist() == [(START_TS + 10) // 86_400, (START_TS + 10) % 86_400]
 
 
 def test_read_pairs_keeps_the_order_and_layout_of_the_pairs(online_store):
@@ -237,7 +269,7 @@ def test_two_homes_on_one_machine_each_start_their_store_with_no_settings(tmp_pa
             for home in homes
         ]
         assert [state["stream_length"] for state in states] == [0, 30]
-        assert states[1]["events_applied"] == 30
+        assert states[1]["events_applied"] == 30 and states[1]["key_prefix"] == keys.PREFIX
     finally:
         for home in homes:
             server.stop(Settings.model_construct(home=home.resolve()))

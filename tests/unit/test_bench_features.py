@@ -29,6 +29,7 @@ def test_polars_and_pandas_features_agree_row_for_row(data):
     compare(ours, theirs)
     assert len(ours.train) > 5_000 and len(ours.holdout) > 1_000
     assert ours.train["user_n"].max() > 10 and np.ptp(np.stack(ours.holdout["user_genre_pos"].to_numpy())) > 1
+    assert ours.holdout["user_last_rating"].n_unique() > 5 and (ours.holdout["user_last_ts"] > 0).mean() > 0.5
 
 
 def test_compare_catches_a_single_differing_value(data):
@@ -37,4 +38,8 @@ def test_compare_catches_a_single_differing_value(data):
     train, holdout = build_features_pandas(ratings.to_pandas(), movies.to_pandas(), holdout_fraction=0.2)
     train.loc[17, "user_genre_pos_3"] += 1
     with pytest.raises(AssertionError, match="train.user_genre_pos"):
+        compare(ours, (train, holdout))
+    train.loc[17, "user_genre_pos_3"] -= 1
+    holdout.loc[5, "user_last_ts"] += 1  # a time is compared to the second
+    with pytest.raises(AssertionError, match="holdout.user_last_ts"):
         compare(ours, (train, holdout))
