@@ -265,9 +265,11 @@ class _EventValues:
         return self._genre_table.take(self._genre_rows, axis=0)
 
     def of(self, aggregates: tuple[Aggregate, ...], rows: np.ndarray) -> Values:
-        """Each aggregate's value for each of ``rows`` (row numbers), a new array each: counts
-        int32, with ratings float64, times int64; a genre vector has the genres first."""
+        """Each aggregate's value for each of ``rows`` (row numbers), an array of its own (the
+        sums overwrite theirs): counts int32, with ratings float64, times int64; a genre vector
+        has the genres first."""
         factors: dict[str, np.ndarray] = {}  # each factor taken once for all the aggregates
+        handed_out: set[str] = set()  # factors given as they are to an aggregate of one factor
 
         def factor(name: str) -> np.ndarray:
             if name not in factors:
@@ -279,10 +281,16 @@ class _EventValues:
                     factors[name] = self._columns[name].take(rows)
             return factors[name]
 
-        return {
-            aggregate.name: reduce(np.multiply, map(factor, aggregate.factors[1:]), factor(aggregate.factors[0]).copy())
-            for aggregate in aggregates
-        }
+        def value(aggregate: Aggregate) -> np.ndarray:
+            if len(aggregate.factors) > 1:
+                return reduce(np.multiply, map(factor, aggregate.factors))  # a new array
+            (name,) = aggregate.factors
+            if name in handed_out:
+                return factor(name).copy()
+            handed_out.add(name)
+            return factor(name)
+
+        return {aggregate.name: value(aggregate) for aggregate in aggregates}
 
 
 Values = dict[str, np.ndarray]  # name -> values with one entry per row (or per key) on the last axis
@@ -317,7 +325,9 @@ def _key_aggregates(
         runs = _KeyRuns.of(keys[part], timestamps[part])
         totals = {}
         for aggregate, (name, events) in zip(declared, values.of(declared, order[part]).items()):
-            if aggregate.kind == "latest":
+            if aggregate.kind == "latest" and before is None:
+                totals[name] = runs.last(events)
+            elif aggregate.kind == "latest":
                 at_rows, totals[name] = runs.latest(events)
             elif before is None:
                 totals[name] = np.add.reduceat(events, runs.key_starts, axis=-1, dtype=events.dtype)
@@ -417,8 +427,12 @@ class _KeyRuns:
         opens_key[self.key_starts] = True
         before = values[..., first_of_second - 1]
         before[..., opens_key[first_of_second]] = 0  # nothing earlier of its key
-        key_ends = np.append(self.key_starts[1:], rows)[: len(self.key_starts)] - 1
-        return before, values[..., key_ends]
+        return before, self.last(values)
+
+    def last(self, values: np.ndarray) -> np.ndarray:
+        """Per key, the value of its last row."""
+        key_ends = np.append(self.key_starts[1:], values.shape[-1])[: len(self.key_starts)] - 1
+        return values[..., key_ends]
 
 
 def _genre_array(columns: tuple[str, ...]) -> pl.Expr:
