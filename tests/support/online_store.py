@@ -35,6 +35,21 @@ START_TS = 1_767_225_600  # 2026-01-01T00:00:00Z
 # What tests add to ``feature_spec.MOVIE_AGGREGATES``, and nowhere else, to show a new aggregate
 # carried through the builds, the store and the replay parity check.
 THROWAWAY = spec.Aggregate("movie_rating_sq", "movie", "sum", ("rating", "rating"))
+# Declarations of the kinds today's do not use: a genre vector of ratings, the latest event's
+# genres, a movie's latest values (of one second, the greater userId's), a time times a flag.
+EVERY_KIND = (
+    spec.Aggregate("user_genre_rating_sum", "user", "sum", ("rating", "genres")),
+    spec.Aggregate("user_last_genres", "user", "latest", ("genres",)),
+    spec.Aggregate("movie_last_rating", "movie", "latest", ("rating",)),
+    spec.Aggregate("movie_last_liked_ts", "movie", "latest", ("label", "timestamp")),
+)
+
+
+def declare(monkeypatch: pytest.MonkeyPatch, *aggregates: spec.Aggregate) -> None:
+    """``aggregates`` added to the declarations, in the one place they are declared."""
+    for entity, name in (("user", "USER_AGGREGATES"), ("movie", "MOVIE_AGGREGATES")):
+        added = tuple(aggregate for aggregate in aggregates if aggregate.entity == entity)
+        monkeypatch.setattr(spec, name, (*getattr(spec, name), *added))
 
 
 @pytest.fixture(scope="session")
