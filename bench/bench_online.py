@@ -11,8 +11,9 @@ and measures:
    real consumer drains them (``Ingester``, ``online`` group: read, parse, the exactly-once Lua
    apply, acknowledge) in batches of 1,000; publish and consume are timed apart. The plain side
    sends the same aggregate updates with redis-py, no stream and no exactly-once markers:
-   pipelined HINCRBY/HINCRBYFLOAT per event (user n/sum/pos, per genre gnI/gpI from a catalogue
-   held in memory, movie n/sum/pos), one round trip per 1,000 events. Both sides start each
+   pipelined per event, for every declared aggregate (``feature_spec``), an HINCRBY/HINCRBYFLOAT
+   of each sum (per genre from a catalogue held in memory) and one HSET of the latest values
+   (the events come in time order, so it need not compare), one round trip per 1,000 events. Both sides start each
    round from the same namespace, written by the same commands, and end equal (checked).
 2. Freshness: an ingester in a subprocess (the shape ``railyard ingest`` runs in) consumes the
    stream; single events are published at a modest rate, and the clock runs from just before
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import signal
@@ -50,6 +52,7 @@ import redis
 from infra.online_store import keys, server
 from infra.online_store.store import OnlineStore, model_inputs, namespace_commands
 from infra.online_store.stream import POLL_S, Ingester, publish
+from railyard import feature_spec as spec
 from railyard.events import RatingEvent
 from railyard.features import POSITIVE_RATING, movie_genres
 from railyard.loaders import MOVIELENS_GENRES, NO_GENRES, RATINGS_SCHEMA
@@ -124,21 +127,32 @@ def genre_indexes(movies: pl.DataFrame) -> dict[int, tuple[int, ...]]:
 def plain_commands(
     namespace: str, events: Sequence[RatingEvent], genres_of: dict[int, tuple[int, ...]]
 ) -> Iterator[tuple]:
-    """The aggregate updates of ``events`` as plain hash increments (what the apply script does
-    per event, without its exactly-once marker and meta counters)."""
+    """The aggregate updates of ``events`` as plain hash commands (what the apply script does
+    per event, without its exactly-once marker and meta counters): every declared sum as an
+    increment, the latest values set outright (the bench's events come in time order, so the
+    last one set is the latest; the script compares with the latest it holds instead)."""
     for event in events:
-        user, movie = keys.user_key(namespace, event.user_id), keys.movie_key(namespace, event.movie_id)
-        label, rating = int(event.rating >= POSITIVE_RATING), repr(event.rating)
-        yield ("HINCRBY", user, "n", 1)
-        yield ("HINCRBYFLOAT", user, "sum", rating)
-        yield ("HINCRBY", user, "pos", label)
-        for genre in genres_of.get(event.movie_id, ()):
-            yield ("HINCRBY", user, f"gn{genre}", 1)
-            if label:
-                yield ("HINCRBY", user, f"gp{genre}", 1)
-        yield ("HINCRBY", movie, "n", 1)
-        yield ("HINCRBYFLOAT", movie, "sum", rating)
-        yield ("HINCRBY", movie, "pos", label)
+        label = int(event.rating >= POSITIVE_RATING)
+        factors = {"one": 1, "rating": event.rating, "label": label, "timestamp": event.timestamp}
+        sides = (
+            ("user", keys.user_key(namespace, event.user_id), event.movie_id),
+            ("movie", keys.movie_key(namespace, event.movie_id), event.user_id),
+        )
+        for entity, key, other in sides:
+            latest = [keys.LATEST_TS, event.timestamp, keys.LATEST_ID, other]
+            for aggregate in spec.aggregates(entity):
+                value = math.prod(factors[factor] for factor in aggregate.factors if factor != "genres")
+                genres = genres_of.get(event.movie_id, ())
+                fields = (
+                    [f"{aggregate.field}.{genre}" for genre in genres] if aggregate.per_genre else [aggregate.field]
+                )
+                if aggregate.kind == "latest":
+                    latest += [item for field in fields for item in (field, value)]
+                elif value:
+                    command = "HINCRBYFLOAT" if aggregate.is_float else "HINCRBY"
+                    yield from ((command, key, field, repr(value) if aggregate.is_float else value) for field in fields)
+            if len(latest) > 4:
+                yield ("HSET", key, *latest)
 
 
 def plain_ingest(
@@ -159,9 +173,9 @@ def plain_read(
     movies, movie_rows = np.unique(np.asarray(movie_ids, np.int64), return_inverse=True)
     pipe = client.pipeline(transaction=False)
     for user in users.tolist():
-        pipe.hmget(keys.user_key(namespace, user), keys.USER_FIELDS)
+        pipe.hmget(keys.user_key(namespace, user), keys.fields("user"))
     for movie in movies.tolist():
-        pipe.hmget(keys.movie_key(namespace, movie), keys.MOVIE_FIELDS)
+        pipe.hmget(keys.movie_key(namespace, movie), keys.fields("movie"))
     pipe.hmget(keys.genres_key(namespace), movies.tolist())
     replies = pipe.execute()
     return model_inputs(replies[: len(users)], replies[len(users) : -1], replies[-1], user_rows, movie_rows)

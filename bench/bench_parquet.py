@@ -10,7 +10,7 @@ RAILYARD_BENCH_CACHE/bench-data/<size>-parquet) and the features built from it:
 - ``ratings``: all ratings as one file (zstd, as generate-data and the event sink write);
 - ``features``: the training split of the feature build as one file (lz4, 64k-row groups);
 - ``feature folder``: the whole feature folder as the one-machine build writes it
-  (``features.write_feature_set``: shards of ``SHARD_ROWS`` written in parallel; before: one
+  (``feature_folder.write_feature_set``: shards of ``SHARD_ROWS`` written in parallel; before: one
   shard per split, written by Polars);
 - ``partitions``: reading the data set's date partitions (``loaders.read_parquet_files``; before:
   one ``pl.scan_parquet`` over the files);
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
 
-    from railyard import features
+    from railyard import feature_folder, features
     from railyard.loaders import RATINGS_SCHEMA, load_dataset, parquet_layout, read_parquet_files
 
     data = dataset(args.size, Settings(home=os.environ.get("RAILYARD_BENCH_CACHE", ".railyard")).home)
@@ -101,7 +101,7 @@ def main() -> None:
             (
                 "features",
                 train,
-                {"compression": features.PARQUET_COMPRESSION, "row_group_size": features.PARQUET_ROW_GROUP},
+                {"compression": feature_folder.PARQUET_COMPRESSION, "row_group_size": feature_folder.PARQUET_ROW_GROUP},
             ),
         ):
             path = scratch / f"{case}.parquet"
@@ -111,16 +111,19 @@ def main() -> None:
             results[case] = {"rows": frame.height, "mib": path.stat().st_size / 2**20, "write": write, "read": read}
 
         def polars_folder():
-            folder = features.clear_folder(scratch / "folder")
-            options = {"compression": features.PARQUET_COMPRESSION, "row_group_size": features.PARQUET_ROW_GROUP}
-            for split, frame in zip(features.SPLITS, (built.train, built.holdout)):
+            folder = feature_folder.clear_folder(scratch / "folder")
+            options = {
+                "compression": feature_folder.PARQUET_COMPRESSION,
+                "row_group_size": feature_folder.PARQUET_ROW_GROUP,
+            }
+            for split, frame in zip(feature_folder.SPLITS, (built.train, built.holdout)):
                 (folder.local_path / split).mkdir(parents=True)
                 frame.write_parquet(folder.local_path / split / "part-000000.parquet", **options)
-            for name, frame in zip(features.SNAPSHOT_FILES, (built.user_snapshot, built.movie_snapshot)):
+            for name, frame in zip(feature_folder.SNAPSHOT_FILES, (built.user_snapshot, built.movie_snapshot)):
                 frame.write_parquet(folder.local_path / name, **options)
 
         write = best_of(
-            {"polars": polars_folder, "railyard": lambda: features.write_feature_set(built, scratch / "folder")},
+            {"polars": polars_folder, "railyard": lambda: feature_folder.write_feature_set(built, scratch / "folder")},
             args.rounds,
         )
         results["feature folder"] = {"rows": built.train.height + built.holdout.height, "write": write}

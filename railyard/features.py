@@ -4,73 +4,67 @@ for the running sums).
 - Label: ``rating >= 3.5``.
 - Split: the newest slice of time is the holdout (every rating at or after the cut-off timestamp);
   ratings sharing a timestamp are never split across the two sides.
-- Features are raw additive aggregates per user and per movie (count, sum of ratings, positives,
-  and per genre: the user's counts and positives), the same numbers the online store keeps
-  (``aggregate_totals`` computes them for any set of events). Every transformation (smoothing
-  toward the training priors, rates, genre affinity) happens inside the model, so one model
-  version can read any state of the store and a new one never needs the store rebuilt.
+- Features are the raw aggregates per user and per movie declared in ``railyard.feature_spec``
+  (additive sums: count, sum of ratings, positives, and per genre the user's counts and
+  positives; order-free latest values: the user's most recent rating and its time), the same
+  numbers the online store keeps (``aggregate_totals`` computes them for any set of events).
+  Every transformation (smoothing toward the training priors, rates, genre affinity) happens
+  inside the model, so one model version can read any state of the store and a new one never
+  needs the store rebuilt.
 - Every row, training or holdout, carries the aggregates of all events strictly before its own
   timestamp (ratings at the same second do not see each other): exactly what the online store
   held when that rating's request was scored. Holdout rows therefore see earlier holdout events
   (never their own label), as production does.
 - The snapshots hold each user's and movie's totals over the training rows: what the model's
   ids-only signature serves (features frozen at the cut-off).
+
+The feature folder these are written to and read from is ``railyard.feature_folder``.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from functools import reduce
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from railyard.loaders import MOVIELENS_GENRES, NO_GENRES, RawDataset, files_fingerprint
-from railyard.locations import Location, read_parquet
+from railyard import feature_spec as spec
+from railyard.feature_folder import FeatureSet as FeatureSet  # re-exported: the build's result
+from railyard.feature_folder import read_feature_set as read_feature_set  # and the folder's I/O, as before
+from railyard.feature_folder import read_priors as read_priors
+from railyard.feature_folder import shards as shards
+from railyard.feature_folder import write_feature_set as write_feature_set
+from railyard.feature_spec import FEATURE_CODE_VERSION, GENRES, POSITIVE_RATING, Aggregate
+from railyard.feature_spec import layout as layout  # re-exported: the vectors' slots by name
+from railyard.loaders import RawDataset, files_fingerprint
 
-# Bump whenever a feature's meaning changes: it is part of the data fingerprint and code version.
-FEATURE_CODE_VERSION = "2"
-POSITIVE_RATING = 3.5
 SMOOTHING = 5.0  # pseudo-ratings at the prior, added by the model's transformations
-GENRES = (*MOVIELENS_GENRES, NO_GENRES)
-USER_FEATURES = ("user_n", "user_rating_sum", "user_positives", "user_genre_n", "user_genre_pos")
-MOVIE_FEATURES = ("movie_n", "movie_rating_sum", "movie_positives", "movie_genres")
-# The model's input vectors: the features above side by side, arrays flattened in genre order.
-USER_WIDTH = 3 + 2 * len(GENRES)
-MOVIE_WIDTH = 3 + len(GENRES)
-FEATURE_COLUMNS = ("userId", "movieId", "timestamp", "rating", "label", *USER_FEATURES, *MOVIE_FEATURES)
-SPLITS = ("train", "holdout")  # folders of Parquet shards, part-NNNNNN.parquet in row order
-SNAPSHOT_FILES = ("user_snapshot.parquet", "movie_snapshot.parquet")
+EVENT_COLUMNS = ("userId", "movieId", "timestamp", "rating", "label")
 HISTORY_SLICE_ROWS = 100_000  # bounds the memory of the per-user genre sums; small arrays stay in cache
 HISTORY_THREADS = min(4, os.cpu_count() or 1)  # each slice in flight holds ~100 MB
-PARQUET_COMPRESSION = "lz4"
-PARQUET_ROW_GROUP = 65_536  # the training input shuffles row groups: keep them small enough to mix
-# The one-machine build writes a split as shards of this many rows, several at once: pyarrow, which
-# writes the page checksums, encodes a file on one core (bench/bench_parquet.py).
-SHARD_ROWS = 16 * PARQUET_ROW_GROUP
-SHARD_WRITERS = os.cpu_count() or 1
 
 _GENRE_COLUMNS = tuple(f"genre_{i}" for i in range(len(GENRES)))
 _GENRE_ARRAY = pl.Array(pl.Float32, len(GENRES))
 
 
-@dataclass(frozen=True, eq=False)  # eq=False: DataFrames have no truth value to compare by
-class FeatureSet:
-    train: pl.DataFrame
-    holdout: pl.DataFrame
-    cutoff_ts: int  # holdout = timestamp >= cutoff_ts
-    user_snapshot: pl.DataFrame  # userId + USER_FEATURES: totals over the training rows
-    movie_snapshot: pl.DataFrame  # movieId + MOVIE_FEATURES (training movies and every catalogue movie)
-    priors: dict[str, float]  # mean rating and positive rate of the training rows
-    fingerprint: str
+def __getattr__(name: str):
+    """USER_FEATURES, MOVIE_FEATURES, USER_WIDTH, MOVIE_WIDTH (``railyard.feature_spec``) and
+    FEATURE_COLUMNS, computed from the declarations when read."""
+    if name == "FEATURE_COLUMNS":
+        return feature_columns()
+    if name in ("USER_FEATURES", "MOVIE_FEATURES", "USER_WIDTH", "MOVIE_WIDTH"):
+        return getattr(spec, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def without_training_rows(self) -> FeatureSet:
-        """The same set with an empty ``train`` (same schema), for steps that need only the rest."""
-        return replace(self, train=self.train.clear())
+
+def feature_columns() -> tuple[str, ...]:
+    """A feature row's columns: the event, then the user's and the movie's declared features."""
+    return (*EVENT_COLUMNS, *spec.names("user"), *spec.names("movie"))
 
 
 def smoothed(total, count, prior):
@@ -82,8 +76,15 @@ def smoothed(total, count, prior):
 
 def feature_matrix(frame: pl.DataFrame, names: tuple[str, ...], dtype=np.float32) -> np.ndarray:
     """Scalar and fixed-size array columns side by side, one row per row: the model's input
-    vectors (USER_WIDTH, MOVIE_WIDTH) in the order of ``names``."""
-    parts = [frame.get_column(name).to_numpy().reshape(len(frame), -1).astype(dtype, copy=False) for name in names]
+    vectors (USER_WIDTH, MOVIE_WIDTH) in the order of ``names``, a time as its UTC day and
+    second of the day (``feature_spec.vector_part``)."""
+    declared = _declared()
+    parts = []
+    for name in names:
+        raw = frame.get_column(name).to_numpy().reshape(len(frame), -1)
+        if name in declared:
+            raw = spec.vector_part(declared[name], raw)
+        parts.append(raw.astype(dtype, copy=False))
     return np.concatenate(parts, axis=1)
 
 
@@ -147,7 +148,7 @@ def build_features(
     rows = labelled(ratings)
     training_rows = int((rows.get_column("timestamp") < cutoff).sum())  # in time order they come first
     train = rows.head(training_rows)
-    per_row = with_movie_history(with_user_history(rows, genres), genres).select(*FEATURE_COLUMNS)
+    per_row = with_movie_history(with_user_history(rows, genres), genres).select(*feature_columns())
     user_snapshot, movie_snapshot = snapshots(user_totals(train, genres), movie_totals(train, genres), genres)
     return FeatureSet(
         train=per_row.head(training_rows),
@@ -174,32 +175,34 @@ def priors_of(rows: int, rating_sum: float, positives: float) -> dict[str, float
 def with_user_history(rows: pl.DataFrame, genres: pl.DataFrame) -> pl.DataFrame:
     """``rows`` (``labelled``, in its order) with each row's user aggregates before its timestamp.
     Needs every earlier row of each user present: all rows, or a partition holding whole users."""
-    history, _ = _key_sums(rows, "userId", _EventSums(rows, genres).user, per_row=True)
+    history, _ = _key_aggregates(rows, "user", _EventValues(rows, genres), per_row=True)
     return pl.concat([rows, history], how="horizontal")
 
 
 def with_movie_history(rows: pl.DataFrame, genres: pl.DataFrame) -> pl.DataFrame:
-    """``rows`` with each row's movie aggregates before its timestamp, and the movie's genres
-    (every earlier row of each movie present)."""
-    sums = _EventSums(rows, genres)
-    history, _ = _key_sums(rows, "movieId", sums.movie, per_row=True)
-    return pl.concat([rows, history, pl.DataFrame({"movie_genres": sums.genres_of_rows()})], how="horizontal")
+    """``rows`` (``labelled``'s order) with each row's movie aggregates before its timestamp, and
+    the movie's genres (every earlier row of each movie present)."""
+    values = _EventValues(rows, genres)
+    history, _ = _key_aggregates(rows, "movie", values, per_row=True)
+    genre_flags = pl.DataFrame({spec.MOVIE_GENRES: values.genres_of_rows()})
+    return pl.concat([rows, history, genre_flags], how="horizontal")
 
 
 def user_totals(rows: pl.DataFrame, genres: pl.DataFrame) -> pl.DataFrame:
-    """userId + USER_FEATURES over all of ``rows`` (Int64 counts, Float64 sums), one row per user."""
-    return _key_sums(rows, "userId", _EventSums(rows, genres).user, per_row=False)[1]
+    """userId + USER_FEATURES over all of ``rows`` (``labelled``'s order), one row per user:
+    Float64 where ratings are summed or kept, else Int64."""
+    return _key_aggregates(rows, "user", _EventValues(rows, genres), per_row=False)[1]
 
 
 def movie_totals(rows: pl.DataFrame, genres: pl.DataFrame) -> pl.DataFrame:
     """movieId + the movie aggregates over all of ``rows`` (without the static genres)."""
-    return _key_sums(rows, "movieId", _EventSums(rows, genres).movie, per_row=False)[1]
+    return _key_aggregates(rows, "movie", _EventValues(rows, genres), per_row=False)[1]
 
 
 def snapshots(users: pl.DataFrame, movies: pl.DataFrame, genres: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The served snapshots from the training totals: users sorted, and every movie rated in
-    training or listed in the catalogue, with its genres."""
-    return users.with_columns(_as_float32(USER_FEATURES)).sort("userId"), _movie_snapshot(movies, genres)
+    training or listed in the catalogue, with its genres (in the feature rows' dtypes)."""
+    return users.with_columns(_as_row_dtypes(spec.names("user"))).sort("userId"), _movie_snapshot(movies, genres)
 
 
 def build_feature_set(dataset: RawDataset, holdout_fraction: float) -> FeatureSet:
@@ -215,22 +218,33 @@ def feature_fingerprint(source_files: Sequence[Path], holdout_fraction: float) -
 
 def aggregate_totals(ratings: pl.DataFrame, movies: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Each user's and each rated movie's aggregates over all of ``ratings``: what the online
-    store holds after ingesting exactly these events. Counts are Int64, rating sums Float64;
-    users: userId + USER_FEATURES, movies: movieId + MOVIE_FEATURES without the (static) genres."""
+    store holds after ingesting exactly these events. Values with ratings are Float64, the
+    others Int64; users: userId + USER_FEATURES, movies: movieId + MOVIE_FEATURES without the
+    (static) genres."""
     rows, genres = labelled(ratings), movie_genres(movies)
     return user_totals(rows, genres), movie_totals(rows, genres)
 
 
-def _as_float32(names: tuple[str, ...]) -> list[pl.Expr]:
-    """The model's input dtype: exact for counts below 2**24 and rating sums below 2**23."""
-    return [
-        pl.col(name).cast(_GENRE_ARRAY if name.endswith(("genre_n", "genre_pos", "genres")) else pl.Float32)
-        for name in names
-    ]
+def _declared() -> dict[str, Aggregate]:
+    return {aggregate.name: aggregate for entity in spec.ENTITIES for aggregate in spec.aggregates(entity)}
 
 
-class _EventSums:
-    """The values each event adds to its user's and its movie's aggregates, for any rows."""
+def _as_row_dtypes(names: tuple[str, ...]) -> list[pl.Expr]:
+    """The feature rows' dtypes: Float32, the model's input (exact for counts below 2**24 and
+    rating sums below 2**23), genre vectors as arrays of it, and times Int64 (exact)."""
+    declared = _declared()
+
+    def dtype(name: str) -> pl.DataType:
+        aggregate = declared.get(name)
+        if aggregate is None or aggregate.per_genre:  # None: the static movie_genres
+            return _GENRE_ARRAY
+        return pl.Int64 if aggregate.is_time else pl.Float32
+
+    return [pl.col(name).cast(dtype(name)) for name in names]
+
+
+class _EventValues:
+    """What each event contributes to the declared aggregates (``feature_spec``'s factors), for any rows."""
 
     def __init__(self, rows: pl.DataFrame, genres: pl.DataFrame):
         # Each row's movie as a row of the genre table; the extra last row (no genres) stands for
@@ -239,62 +253,89 @@ class _EventSums:
             [genres.select(_GENRE_COLUMNS).to_numpy(), np.zeros((1, len(GENRES)), np.float32)]
         )
         self._genre_rows = _row_numbers(rows.get_column("movieId"), genres.get_column("movieId"))
-        self._ratings = rows.get_column("rating").to_numpy().astype(np.float64)
-        self._labels = rows.get_column("label").to_numpy().astype(np.int32)
+        self._columns = {
+            "rating": rows.get_column("rating").to_numpy().astype(np.float64),
+            "label": rows.get_column("label").to_numpy().astype(np.int32),
+            "timestamp": rows.get_column("timestamp").to_numpy().astype(np.int64),
+        }
         # (genre, movie): a slice's genres come out row-contiguous
         self._genres_by_column = np.ascontiguousarray(self._genre_table.T, dtype=np.int32)
 
     def genres_of_rows(self) -> np.ndarray:
         return self._genre_table.take(self._genre_rows, axis=0)
 
-    def user(self, rows: np.ndarray) -> Sums:
-        seen = self._genres_by_column.take(self._genre_rows.take(rows), axis=1)
-        label = self._labels.take(rows)
-        return {
-            "user_n": np.ones(len(rows), np.int32),
-            "user_rating_sum": self._ratings.take(rows),
-            "user_positives": label,
-            "user_genre_n": seen,
-            "user_genre_pos": seen * label,
-        }
+    def of(self, aggregates: tuple[Aggregate, ...], rows: np.ndarray) -> Values:
+        """Each aggregate's value for each of ``rows`` (row numbers), an array of its own (the
+        sums overwrite theirs): counts int32, with ratings float64, times int64; a genre vector
+        has the genres first."""
+        factors: dict[str, np.ndarray] = {}  # each factor taken once for all the aggregates
+        handed_out: set[str] = set()  # factors given as they are to an aggregate of one factor
 
-    def movie(self, rows: np.ndarray) -> Sums:
-        return {
-            "movie_n": np.ones(len(rows), np.int32),
-            "movie_rating_sum": self._ratings.take(rows),
-            "movie_positives": self._labels.take(rows),
-        }
+        def factor(name: str) -> np.ndarray:
+            if name not in factors:
+                if name == "one":
+                    factors[name] = np.ones(len(rows), np.int32)
+                elif name == "genres":
+                    factors[name] = self._genres_by_column.take(self._genre_rows.take(rows), axis=1)
+                else:
+                    factors[name] = self._columns[name].take(rows)
+            return factors[name]
+
+        def value(aggregate: Aggregate) -> np.ndarray:
+            if len(aggregate.factors) > 1:
+                return reduce(np.multiply, map(factor, aggregate.factors))  # a new array
+            (name,) = aggregate.factors
+            if name in handed_out:
+                return factor(name).copy()
+            handed_out.add(name)
+            return factor(name)
+
+        return {aggregate.name: value(aggregate) for aggregate in aggregates}
 
 
-Sums = dict[str, np.ndarray]  # name -> values with one entry per row (or per key) on the last axis
+Values = dict[str, np.ndarray]  # name -> values with one entry per row (or per key) on the last axis
 
 
-def _key_sums(
-    rows: pl.DataFrame, key: str, sums_of: Callable[[np.ndarray], Sums], *, per_row: bool
+def _key_aggregates(
+    rows: pl.DataFrame, entity: str, values: _EventValues, *, per_row: bool
 ) -> tuple[pl.DataFrame | None, pl.DataFrame]:
-    """Sums of ``sums_of(rows)`` per row, over its key's rows with an earlier timestamp (float32,
-    the model's input; only with ``per_row``), and per key over all its rows (Int64 / Float64).
+    """The entity's declared aggregates per row, over its key's rows with an earlier timestamp
+    (in the feature rows' dtypes; only with ``per_row``), and per key over all its rows.
 
-    ``rows`` are sorted by timestamp, so a stable sort by key puts each key's rows in time order.
+    ``rows`` are in ``labelled``'s order (timestamp, userId, movieId), so a stable sort by key
+    puts each key's rows in (timestamp, the other id) order: the order ``latest`` goes by.
     The work goes a slice of whole keys at a time, on every core, so the user's 40 genre sums
-    never exist for all rows at once, and each slice's sums are written straight to their rows.
+    never exist for all rows at once, and each slice's values are written straight to their rows.
     """
+    key, declared = spec.ENTITIES[entity], spec.aggregates(entity)
     order = _stable_order(rows.get_column(key).to_numpy())
     keys, timestamps = (rows.get_column(column).to_numpy().take(order) for column in (key, "timestamp"))
-    shapes = {name: values.shape[:-1] for name, values in sums_of(order[:0]).items()}
-    before = {name: np.empty((len(rows), *shape), np.float32) for name, shape in shapes.items()} if per_row else None
+    shapes = {name: part.shape[:-1] for name, part in values.of(declared, order[:0]).items()}
+    before = None
+    if per_row:
+        before = {
+            aggregate.name: np.empty(
+                (len(rows), *shapes[aggregate.name]), np.int64 if aggregate.is_time else np.float32
+            )
+            for aggregate in declared
+        }
 
-    def slice_sums(bounds: tuple[int, int]) -> pl.DataFrame:
+    def slice_aggregates(bounds: tuple[int, int]) -> pl.DataFrame:
         part = slice(bounds[0], sum(bounds))
         runs = _KeyRuns.of(keys[part], timestamps[part])
         totals = {}
-        for name, values in sums_of(order[part]).items():
-            if before is None:
-                totals[name] = np.add.reduceat(values, runs.key_starts, axis=-1, dtype=values.dtype)
-                continue
-            sums_before, totals[name] = runs.sums(values)
-            # slices hold disjoint rows: safe across threads
-            _put_rows(before[name], order[part], np.ascontiguousarray(sums_before.T, dtype=np.float32))
+        for aggregate, (name, events) in zip(declared, values.of(declared, order[part]).items()):
+            if aggregate.kind == "latest" and before is None:
+                totals[name] = runs.last(events)
+            elif aggregate.kind == "latest":
+                at_rows, totals[name] = runs.latest(events)
+            elif before is None:
+                totals[name] = np.add.reduceat(events, runs.key_starts, axis=-1, dtype=events.dtype)
+            else:
+                at_rows, totals[name] = runs.sums(events)
+            if before is not None:
+                # slices hold disjoint rows: safe across threads
+                _put_rows(before[name], order[part], np.ascontiguousarray(at_rows.T, dtype=before[name].dtype))
         wide = {
             name: total.T.astype(np.float64 if total.dtype.kind == "f" else np.int64) for name, total in totals.items()
         }
@@ -302,7 +343,7 @@ def _key_sums(
 
     # NumPy releases the GIL in these array operations, so threads use every core.
     with ThreadPoolExecutor(HISTORY_THREADS) as pool:
-        per_key = list(pool.map(slice_sums, _whole_key_slices(keys, HISTORY_SLICE_ROWS)))
+        per_key = list(pool.map(slice_aggregates, _whole_key_slices(keys, HISTORY_SLICE_ROWS)))
     return (None if before is None else pl.DataFrame(before)), pl.concat(per_key)
 
 
@@ -375,6 +416,24 @@ class _KeyRuns:
         before[..., self.tied_rows] = before[..., self.tied_to]  # ratings at one second never see each other
         return before, totals
 
+    def latest(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per row, the value of its key's latest row with an earlier timestamp (0 when there is
+        none), and per key the value of its last row. Each key's rows are in (timestamp, the
+        other id) order, so a row's latest is the row just before the first of its own second."""
+        rows = values.shape[-1]
+        first_of_second = np.arange(rows)
+        first_of_second[self.tied_rows] = self.tied_to
+        opens_key = np.zeros(rows, bool)
+        opens_key[self.key_starts] = True
+        before = values[..., first_of_second - 1]
+        before[..., opens_key[first_of_second]] = 0  # nothing earlier of its key
+        return before, self.last(values)
+
+    def last(self, values: np.ndarray) -> np.ndarray:
+        """Per key, the value of its last row."""
+        key_ends = np.append(self.key_starts[1:], values.shape[-1])[: len(self.key_starts)] - 1
+        return values[..., key_ends]
+
 
 def _genre_array(columns: tuple[str, ...]) -> pl.Expr:
     return pl.concat_arr(list(columns)).cast(_GENRE_ARRAY)
@@ -390,7 +449,7 @@ def _movie_snapshot(totals: pl.DataFrame, genres: pl.DataFrame) -> pl.DataFrame:
             pl.exclude("movieId", *_GENRE_COLUMNS).fill_null(0),
             _genre_array(_GENRE_COLUMNS).fill_null(pl.lit([0.0] * len(GENRES), _GENRE_ARRAY)).alias("movie_genres"),
         )
-        .select("movieId", *_as_float32(MOVIE_FEATURES))
+        .select("movieId", *_as_row_dtypes(spec.names("movie")))
         .sort("movieId")
     )
 
@@ -401,94 +460,3 @@ def _row_numbers(ids: pl.Series, table_ids: pl.Series) -> np.ndarray:
     table = table_ids.rename(ids.name).to_frame().with_row_index("row")
     joined = ids.to_frame().join(table, on=ids.name, how="left", maintain_order="left")
     return joined.get_column("row").fill_null(len(table_ids)).to_numpy()
-
-
-def write_feature_set(feature_set: FeatureSet, out_dir: Location | Path | str) -> Location:
-    """Parquet shards (``SHARD_ROWS`` each, written in parallel) and snapshots, plus
-    ``meta.json`` (written last: a folder without it is incomplete), at a local path or an S3 prefix."""
-    out = clear_folder(out_dir)
-    shards = [
-        (frame.slice(start, SHARD_ROWS), out, split, number)
-        for split, frame in zip(SPLITS, (feature_set.train, feature_set.holdout))
-        for number, start in enumerate(range(0, max(frame.height, 1), SHARD_ROWS))
-    ]
-    with ThreadPoolExecutor(SHARD_WRITERS) as pool:
-        list(pool.map(lambda shard: write_shard(*shard), shards))
-    write_snapshots(feature_set.user_snapshot, feature_set.movie_snapshot, out)
-    rows = {"train": len(feature_set.train), "holdout": len(feature_set.holdout)}
-    return write_meta(out, feature_set.cutoff_ts, feature_set.priors, feature_set.fingerprint, rows)
-
-
-def clear_folder(out_dir: Location | Path | str) -> Location:
-    """The feature folder, emptied first: a build that ran there before and failed left no
-    ``meta.json``, but maybe shards that the new build would not overwrite."""
-    out = Location.of(out_dir)
-    out.remove()
-    return out
-
-
-def write_shard(frame: pl.DataFrame, out_dir: Location | Path | str, split: str, number: int) -> None:
-    """Shard ``number`` of a split: shards in number order are the split's rows in order."""
-    target = Location.of(out_dir) / split / f"part-{number:06d}.parquet"
-    target.write_parquet(frame, compression=PARQUET_COMPRESSION, row_group_size=PARQUET_ROW_GROUP)
-
-
-def write_snapshots(users: pl.DataFrame, movies: pl.DataFrame, out_dir: Location | Path | str) -> None:
-    for name, frame in zip(SNAPSHOT_FILES, (users, movies)):
-        target = Location.of(out_dir) / name
-        target.write_parquet(frame, compression=PARQUET_COMPRESSION, row_group_size=PARQUET_ROW_GROUP)
-
-
-def shards(split_dir: Location | Path | str) -> list[Location]:
-    """A split's shards, in row order."""
-    found = Location.of(split_dir).glob("part-*.parquet")
-    if not found:
-        raise FileNotFoundError(f"{split_dir} holds no feature shards (part-*.parquet)")
-    return found
-
-
-def write_meta(
-    out_dir: Location | Path | str, cutoff_ts: int, priors: dict[str, float], fingerprint: str, rows: dict[str, int]
-) -> Location:
-    """``meta.json``, the mark of a complete feature folder: written last, whole."""
-    meta = {
-        "feature_code_version": FEATURE_CODE_VERSION,
-        "cutoff_ts": cutoff_ts,
-        "priors": priors,
-        "fingerprint": fingerprint,
-        "genres": list(GENRES),
-        "rows": rows,
-    }
-    out = Location.of(out_dir)
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
-    return out
-
-
-def read_priors(out_dir: Location | Path | str) -> dict[str, float]:
-    """The training priors of a feature folder (what the model's transformations freeze)."""
-    return _read_meta(Location.of(out_dir))["priors"]
-
-
-def read_feature_set(out_dir: Location | Path | str, *, with_training_rows: bool = True) -> FeatureSet:
-    """A feature folder; without its training rows (``train`` empty, same schema) for steps that
-    need only the rest: training streams them from the shards."""
-    out = Location.of(out_dir)
-    meta = _read_meta(out)
-    train_shards = shards(out / "train")
-    train = read_parquet(train_shards) if with_training_rows else read_parquet(train_shards[:1], schema_only=True)
-    holdout = read_parquet(shards(out / "holdout"))
-    users, movies = (read_parquet([out / name]) for name in SNAPSHOT_FILES)
-    return FeatureSet(train, holdout, meta["cutoff_ts"], users, movies, meta["priors"], meta["fingerprint"])
-
-
-def _read_meta(out_dir: Location) -> dict:
-    meta_path = out_dir / "meta.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{out_dir} holds no complete feature set (meta.json missing)")
-    meta = json.loads(meta_path.read_text())
-    if meta["feature_code_version"] != FEATURE_CODE_VERSION:
-        raise ValueError(
-            f"{out_dir} was built by feature code version {meta['feature_code_version']}, "
-            f"this is {FEATURE_CODE_VERSION}: rebuild the features"
-        )
-    return meta

@@ -29,6 +29,7 @@ import polars as pl
 from railyard import parquet_io
 from railyard.errors import DataLoadError
 from railyard.events import first_wins
+from railyard.feature_spec import MOVIELENS_GENRES, NO_GENRES
 from railyard.fsutil import sha256_file
 
 RATINGS_SCHEMA = {"userId": pl.Int64, "movieId": pl.Int64, "rating": pl.Float64, "timestamp": pl.Int64}
@@ -37,29 +38,6 @@ PARTITION_PREFIX = "date="
 # The event stream's sink names a file after the first and last stream entry ids (ms-seq) it holds.
 SINK_FILE = re.compile(r"part-([0-9]+)-([0-9]+)-([0-9]+)-([0-9]+)\.parquet")
 log = logging.getLogger("railyard.loaders")
-# The genres MovieLens writes in movies.csv (pipe-separated), and its marker for none.
-MOVIELENS_GENRES = (
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "IMAX",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-)
-NO_GENRES = "(no genres listed)"
 _LISTED_ENTRIES = 10
 
 

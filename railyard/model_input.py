@@ -27,29 +27,21 @@ import numpy as np
 import polars as pl
 import pyarrow.compute as pc
 
+from railyard import feature_spec as spec
 from railyard import features as F
 from railyard import parquet_io
 from railyard.locations import Location, parquet_file, read_parquet
 
 INPUT_NAMES = ("userId", "movieId", "user_features", "movie_features")
-VECTORS = {"user": ("user_features", F.USER_FEATURES), "movie": ("movie_features", F.MOVIE_FEATURES)}
+VECTORS = ("user", "movie")  # the entities whose declared aggregates are an input vector each
 
 
 def layout(entity: str) -> dict[str, slice]:
-    """Where each declared aggregate of ``entity`` ("user" or "movie") sits in its input vector.
-
-    Computed from ``railyard.features``' declarations (an array aggregate spans len(GENRES)
-    positions). The features work moves the declarations to ``railyard.feature_spec``, whose
-    ``layout`` this becomes.
-    """
+    """Where each declared aggregate of ``entity`` ("user" or "movie") sits in its input vector
+    (``feature_spec.layout``, read when called: a declaration added later is in it)."""
     if entity not in VECTORS:
         raise ValueError(f"no declared entity {entity!r}: use one of {sorted(VECTORS)}")
-    widths = {"user_genre_n": len(F.GENRES), "user_genre_pos": len(F.GENRES), "movie_genres": len(F.GENRES)}
-    positions, start = {}, 0
-    for name in VECTORS[entity][1]:
-        positions[name] = slice(start, start + widths.get(name, 1))
-        start += widths.get(name, 1)
-    return positions
+    return spec.layout(entity)
 
 
 def declared_aggregates() -> dict[str, str]:
@@ -63,8 +55,8 @@ def feature_inputs(frame: pl.DataFrame) -> dict[str, np.ndarray]:
     return {
         "userId": frame.get_column("userId").to_numpy().astype(np.int64, copy=False),
         "movieId": frame.get_column("movieId").to_numpy().astype(np.int64, copy=False),
-        "user_features": F.feature_matrix(frame, F.USER_FEATURES),
-        "movie_features": F.feature_matrix(frame, F.MOVIE_FEATURES),
+        "user_features": F.feature_matrix(frame, spec.names("user")),
+        "movie_features": F.feature_matrix(frame, spec.names("movie")),
     }
 
 
@@ -196,8 +188,8 @@ def input_signature():
         {
             "userId": tf.TensorSpec((None,), tf.int64),
             "movieId": tf.TensorSpec((None,), tf.int64),
-            "user_features": tf.TensorSpec((None, F.USER_WIDTH), tf.float32),
-            "movie_features": tf.TensorSpec((None, F.MOVIE_WIDTH), tf.float32),
+            "user_features": tf.TensorSpec((None, spec.width("user")), tf.float32),
+            "movie_features": tf.TensorSpec((None, spec.width("movie")), tf.float32),
         },
         tf.TensorSpec((None, 1), tf.float32),
     )

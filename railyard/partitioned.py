@@ -13,7 +13,7 @@ its rows' user aggregates from ``features.with_user_history`` and is split again
 and is split by time (whole days, the cut-off between two partitions); each time partition,
 sorted the way the one-machine build sorts, becomes one shard of ``train/`` or ``holdout/``. No
 feature is computed anywhere else, so the two engines cannot drift: the splits are equal row for
-row (the one-machine build cuts each into shards of ``features.SHARD_ROWS`` rows instead).
+row (the one-machine build cuts each into shards of ``feature_folder.SHARD_ROWS`` rows instead).
 
 Partitions are Parquet files (``parquet_io``: page checksums verified) in a scratch folder next
 to the output (on a cluster of several machines: storage every worker sees). Every task reads
@@ -44,6 +44,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from railyard import feature_folder as folder
 from railyard import features as F
 from railyard import parquet_io
 from railyard import validation as V
@@ -167,7 +168,7 @@ def build_on_cluster(
         by_movie = each(client, add_movie_history, range(count), edges=edges, **keyed)
         shutil.rmtree(scratch / "by-movie")
         writing = True  # from here on a failure removes the folder: no meta.json, yet shards
-        F.clear_folder(out)
+        folder.clear_folder(out)
         periods = each(
             client,
             check_period,
@@ -182,7 +183,7 @@ def build_on_cluster(
             *(period.report for period in periods if period.report),
             *feature_table_reports(periods, cutoff, bounds, report_dir),
         )
-        written = {side: sum(period.rows for period in periods if period.side == side) for side in F.SPLITS}
+        written = {side: sum(period.rows for period in periods if period.side == side) for side in folder.SPLITS}
         client.submit(write_snapshots, scratch, genres, out, pure=False).result()
         priors = F.priors_of(*(sum(part) for part in zip(*(sums for sums, _ in by_user))))
         merged = None
@@ -190,7 +191,7 @@ def build_on_cluster(
             merged = per_key.merged(
                 [done for _, done in by_user if done is not None], [d for d in by_movie if d is not None]
             )
-        F.write_meta(out, cutoff, priors, fingerprint, written)  # last: the folder is complete
+        folder.write_meta(out, cutoff, priors, fingerprint, written)  # last: the folder is complete
         return Built(json.loads((out / "meta.json").read_text()), merged)
     except BaseException:
         if writing:
@@ -332,7 +333,7 @@ def add_movie_history(
     done = hook.movies(rows.select(RATINGS_SCHEMA.keys())) if hook is not None else None
     train = rows.filter(pl.col("timestamp") < cutoff)
     write_atomically(F.movie_totals(train, genres), scratch / "movie-totals" / f"{part:06d}.parquet")
-    built = F.with_movie_history(rows, genres).select(*F.FEATURE_COLUMNS)
+    built = F.with_movie_history(rows, genres).select(*F.feature_columns())
     period = pl.Series(np.searchsorted(np.asarray(edges), built.get_column("timestamp").to_numpy(), side="right"))
     write_partitions(built, period, scratch / "by-time", f"{part:06d}")
     return done
@@ -361,7 +362,7 @@ def check_period(
         return Period("train", 0, 0.0, None, None, None)
     rows = rows.sort("timestamp", "userId", "movieId")
     side = "train" if rows.item(0, "timestamp") < cutoff else "holdout"  # the edges include the cut-off
-    F.write_shard(rows, out, side, part)
+    folder.write_shard(rows, out, side, part)
     checks = row_level(V.feature_expectations(bounds, side, cutoff))
     report = V.run_suite(
         f"features_{side}@time-partition-{part:06d}", rows, checks, reports / "partitions", view=V.scalar_view
@@ -441,7 +442,7 @@ def write_snapshots(scratch: Path, genres: pl.DataFrame, out: Location) -> None:
     users, movies = (
         parquet_io.read_files(sorted((scratch / name).glob("*.parquet"))) for name in ("user-totals", "movie-totals")
     )
-    F.write_snapshots(*F.snapshots(users, movies, genres), out)
+    folder.write_snapshots(*F.snapshots(users, movies, genres), out)
 
 
 # -- partitions on disk ---------------------------------------------------------------------------

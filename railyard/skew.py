@@ -1,9 +1,10 @@
 """Train/serve skew: the online store's aggregates against the offline ones, for the same events.
 
-Both sides keep the same raw additive aggregates (``railyard.features``), so for one set of
-events they must agree: counts exactly, rating sums within ``TOLERANCE`` (sums of half stars are
-exact in float64). An entity whose vector differs anywhere is skewed; the share of skewed
-entities in a sample is the figure a retrain records and gates on.
+Both sides keep the same raw aggregates, every one declared in ``railyard.feature_spec``, so for
+one set of events they must agree in every slot of the model's input vector: counts, times and
+latest values exactly, rating sums within ``TOLERANCE`` (sums of half stars are exact in
+float64). An entity whose vector differs anywhere is skewed; the share of skewed entities in a
+sample is the figure a retrain records and gates on.
 """
 
 from __future__ import annotations

@@ -16,11 +16,9 @@ import polars as pl
 
 from infra.online_store import store as S
 from infra.online_store.store import OnlineStore
+from railyard import feature_spec as spec
 from railyard import features as F
 from railyard import skew
-
-# The movie's genres are the catalogue's, not aggregates: compared are the totals before them.
-MOVIE_TOTALS = F.MOVIE_FEATURES[: len(F.MOVIE_FEATURES) - 1]
 
 
 def check_store(
@@ -76,13 +74,15 @@ def compare_with_store(
         return empty, skew.compare("movie", movie_ids, np.zeros((0, 0)), np.zeros((0, 0)))
     # read_pairs reads pairs: pad the shorter side with its first id (or 0) and drop the extra rows.
     online_users, online_movies = store.read_pairs(_padded(user_ids, pairs), _padded(movie_ids, pairs))
+    # Every declared aggregate is compared; the movie's genres (last) are the catalogue's, not aggregates.
+    movie_aggregates = tuple(aggregate.name for aggregate in spec.aggregates("movie"))
     return (
-        skew.compare("user", user_ids, online_users[: len(user_ids)], skew.offline_vectors(users, F.USER_FEATURES)),
+        skew.compare("user", user_ids, online_users[: len(user_ids)], skew.offline_vectors(users, spec.names("user"))),
         skew.compare(
             "movie",
             movie_ids,
-            online_movies[: len(movie_ids), : len(MOVIE_TOTALS)],
-            skew.offline_vectors(movies, MOVIE_TOTALS),
+            online_movies[: len(movie_ids), : spec.layout("movie")[spec.MOVIE_GENRES].start],
+            skew.offline_vectors(movies, movie_aggregates),
         ),
     )
 

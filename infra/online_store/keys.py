@@ -1,29 +1,34 @@
 """Where the online store keeps what, in one Valkey/Redis database.
 
-Feature keys carry a schema version (``railyard:fs:v2:``): a new layout gets a new prefix and
-never misreads the old one (v2: the applied events keep their ratings; a store written as v1 is
-rebuilt from the batch data by the next ``railyard ingest``, and the v1 keys can be deleted).
+Feature keys carry the feature code's version (``railyard:fs:v3-<digest>:``, the digest of the
+declarations in ``railyard.feature_spec``): a new layout, a new aggregate declared included, gets
+a new prefix and never misreads the old one. A store written under another prefix is rebuilt
+from the batch data by the next ``railyard ingest`` (it finds no current namespace under its
+own), and the old keys can be deleted (v2 → v3: docs/operations.md).
 Features live in a *namespace*, so a rebuild can fill a fresh one while readers keep using the
-current one, then switch the pointer in one step:
+current one, then switch the pointer in one step (``<prefix>`` is ``railyard:fs:v3-<digest>:``):
 
-    railyard:fs:v2:current                   string: the current namespace's name
-    railyard:fs:v2:rebuild-lock              held while a rebuild runs (one at a time)
-    railyard:fs:v2:ns:<ns>:u:<userId>        hash: n, sum, pos, gn0..gn19, gp0..gp19
-    railyard:fs:v2:ns:<ns>:m:<movieId>       hash: n, sum, pos
-    railyard:fs:v2:ns:<ns>:genres            hash: movieId -> its genre indexes, e.g. "0,7"
-    railyard:fs:v2:ns:<ns>:a:<userId>        hash: "<movieId>:<timestamp>" -> rating, of every event
-                                             applied (the event id split at the user: small hashes
-                                             stay compact; the rating tells a second one apart)
-    railyard:fs:v2:ns:<ns>:meta              hash: events (applied), last_ts, built_at, candidates
-                                             (1: the namespace keeps the candidate data below)
-    railyard:fs:v2:ns:<ns>:r:<userId>        set: the movieIds the user has rated (candidates exclude them)
-    railyard:fs:v2:ns:<ns>:pop               sorted set: movieId scored by its ratings count (the
-                                             ranking service's candidates: the most popular first)
+    <prefix>current                   string: the current namespace's name
+    <prefix>rebuild-lock              held while a rebuild runs (one at a time)
+    <prefix>ns:<ns>:u:<userId>        hash: one field per declared user aggregate, and @ts, @id
+    <prefix>ns:<ns>:m:<movieId>       hash: one field per declared movie aggregate (and @ts, @id)
+    <prefix>ns:<ns>:genres            hash: movieId -> its genre indexes, e.g. "0,7"
+    <prefix>ns:<ns>:a:<userId>        hash: "<movieId>:<timestamp>" -> rating, of every event
+                                      applied (the event id split at the user: small hashes
+                                      stay compact; the rating tells a second one apart)
+    <prefix>ns:<ns>:meta              hash: events (applied), last_ts, built_at, candidates
+                                      (1: the namespace keeps the candidate data below)
+    <prefix>ns:<ns>:r:<userId>        set: the movieIds the user has rated (candidates exclude them)
+    <prefix>ns:<ns>:pop               sorted set: movieId scored by its ratings count (the
+                                      ranking service's candidates: the most popular first)
 
-``n`` counts ratings, ``sum`` adds their values, ``pos`` counts positives; per genre ``gnI``
-counts the user's ratings of movies of genre I and ``gpI`` the positive ones (GENRES order). A
-missing field or hash is zero. Scripts compute these names from the pointer, so the store
-needs one server (no cluster).
+An aggregate's field is its name without the entity (``user_rating_sum``: ``rating_sum``), one
+per genre for a genre vector (``genre_n.0`` .. ``genre_n.19``, GENRES order); a time is kept as
+its epoch seconds. Today's user hash: n, rating_sum, positives, genre_n.I, genre_pos.I,
+last_rating, last_ts; the movie's: n, rating_sum, positives. An entity with ``latest``
+aggregates also keeps ``@ts`` and ``@id``: the timestamp and the other entity's id of its latest
+event, which a new event must exceed to replace the latest values. A missing field or hash is
+zero. Scripts compute these names from the pointer, so the store needs one server (no cluster).
 
 The event stream and its dead letters are not versioned with the features:
 
@@ -40,9 +45,9 @@ The gray release's state, read by every ranking-service replica (``gray_release`
 
 from __future__ import annotations
 
-from railyard.features import GENRES
+from railyard.feature_spec import FEATURE_CODE_VERSION, aggregates
 
-PREFIX = "railyard:fs:v2:"
+PREFIX = f"railyard:fs:v{FEATURE_CODE_VERSION}:"
 POINTER = PREFIX + "current"
 REBUILD_LOCK = PREFIX + "rebuild-lock"
 NAMESPACES = PREFIX + "ns:"
@@ -54,14 +59,12 @@ ONLINE_GROUP = "online"  # applies events to the features
 SINK_GROUP = "sink"  # appends events to the batch data set
 GROUPS = (ONLINE_GROUP, SINK_GROUP)
 
-# Hash fields in the order of the model's input vectors (features.USER_WIDTH, MOVIE_WIDTH).
-TOTALS_FIELDS = ("n", "sum", "pos")
-USER_FIELDS = (
-    *TOTALS_FIELDS,
-    *(f"gn{i}" for i in range(len(GENRES))),
-    *(f"gp{i}" for i in range(len(GENRES))),
-)
-MOVIE_FIELDS = TOTALS_FIELDS
+LATEST_TS, LATEST_ID = "@ts", "@id"  # of an entity's latest event (no declared field starts with @)
+
+
+def fields(entity: str) -> tuple[str, ...]:
+    """The hash fields of an entity's declared aggregates, in the model's input order."""
+    return tuple(field for aggregate in aggregates(entity) for field in aggregate.fields)
 
 
 def namespace_prefix(namespace: str) -> str:

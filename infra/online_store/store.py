@@ -1,11 +1,13 @@
-"""The online feature store: each user's and movie's raw additive aggregates (``features.
-aggregate_totals``, the same numbers the offline build computes) in Valkey/Redis, read by the
-serving side in the model's input layout. ``keys`` documents the layout.
+"""The online feature store: each user's and movie's declared aggregates (``railyard.feature_spec``;
+``features.aggregate_totals`` computes the same numbers offline) in Valkey/Redis, read by the
+serving side in the model's input layout. ``keys`` documents the layout, ``scripts`` the Lua
+generated from the declarations.
 
 - ``read_pairs``: one Lua script reads the current namespace and every hash it needs, so a
   reader sees one state of the store, never half a switch or half an event.
-- ``apply``: one Lua script per batch records each event's id and rating and adds it to its
-  user's and movie's aggregates in the same atomic step, so an event applied twice (a
+- ``apply``: one Lua script per batch records each event's id and rating and applies it to its
+  user's and movie's aggregates (sums add, latest values are replaced by a later event's) in
+  the same atomic step, so an event applied twice (a
   redelivered or replayed entry) counts once, and a second rating of it with another value is
   reported as a conflict and counts not at all (the first rating wins, ``railyard.events``).
 - ``rebuild``: the aggregates of the batch data, written into a fresh namespace, then the
@@ -32,18 +34,11 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from infra.online_store import keys, server
+from infra.online_store import keys, scripts, server
+from railyard import feature_spec as spec
 from railyard.errors import RailyardError, Refused
 from railyard.events import RatingEvent
-from railyard.features import (
-    MOVIE_WIDTH,
-    POSITIVE_RATING,
-    USER_WIDTH,
-    labelled,
-    movie_genres,
-    movie_totals,
-    user_totals,
-)
+from railyard.features import POSITIVE_RATING, labelled, movie_genres, movie_totals, user_totals
 
 if TYPE_CHECKING:
     from railyard.settings import Settings
@@ -59,106 +54,6 @@ REBUILD_LOCK_S = 3_600  # a crashed rebuild frees the lock after this
 # disk failing: MISCONF, a long script: BUSY): the store is unavailable, not the request wrong.
 REFUSING_NOW = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError, redis.exceptions.MasterDownError)
 
-_USER_FIELDS_LUA = "{" + ",".join(f"'{name}'" for name in keys.USER_FIELDS) + "}"
-_MOVIE_FIELDS_LUA = "{" + ",".join(f"'{name}'" for name in keys.MOVIE_FIELDS) + "}"
-
-# KEYS: pointer; ARGV: namespaces prefix, number of users, user ids..., movie ids...
-READ_PAIRS = f"""
-local ns = redis.call('GET', KEYS[1])
-if not ns then return redis.error_reply('NONAMESPACE') end
-local base = ARGV[1] .. ns .. ':'
-local n_users = tonumber(ARGV[2])
-local user_fields, movie_fields = {_USER_FIELDS_LUA}, {_MOVIE_FIELDS_LUA}
-local users, movies, genres = {{}}, {{}}, {{}}
-for i = 3, 2 + n_users do
-  users[#users + 1] = redis.call('HMGET', base .. 'u:' .. ARGV[i], unpack(user_fields))
-end
-for i = 3 + n_users, #ARGV do
-  movies[#movies + 1] = redis.call('HMGET', base .. 'm:' .. ARGV[i], unpack(movie_fields))
-  genres[#genres + 1] = redis.call('HGET', base .. 'genres', ARGV[i])
-end
-return {{users, movies, genres}}
-"""
-
-# KEYS: pointer; ARGV: namespaces prefix, then per event: user, movie, rating, label (0/1), timestamp.
-# Returns how many events were new, and per conflicting event its place in the batch (from 1) and
-# the rating the store counts for it.
-APPLY = """
-local ns = redis.call('GET', KEYS[1])
-if not ns then return redis.error_reply('NONAMESPACE') end
-local base = ARGV[1] .. ns .. ':'
-local applied, last, last_text, conflicts = 0, nil, nil, {}
-for i = 2, #ARGV, 5 do
-  local user, movie, rating, label, ts = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
-  local marks, event = base .. 'a:' .. user, movie .. ':' .. ts
-  if redis.call('HSETNX', marks, event, rating) == 0 then
-    local counted = redis.call('HGET', marks, event)
-    if tonumber(counted) ~= tonumber(rating) then
-      conflicts[#conflicts + 1] = (i - 2) / 5 + 1
-      conflicts[#conflicts + 1] = counted
-    end
-  else
-    local u, m = base .. 'u:' .. user, base .. 'm:' .. movie
-    redis.call('HINCRBY', u, 'n', 1)
-    redis.call('HINCRBYFLOAT', u, 'sum', rating)
-    redis.call('HINCRBY', u, 'pos', label)
-    local genres = redis.call('HGET', base .. 'genres', movie)
-    if genres then
-      for genre in string.gmatch(genres, '%d+') do
-        redis.call('HINCRBY', u, 'gn' .. genre, 1)
-        if label == 1 then redis.call('HINCRBY', u, 'gp' .. genre, 1) end
-      end
-    end
-    redis.call('HINCRBY', m, 'n', 1)
-    redis.call('HINCRBYFLOAT', m, 'sum', rating)
-    redis.call('HINCRBY', m, 'pos', label)
-    redis.call('SADD', base .. 'r:' .. user, movie)
-    redis.call('ZINCRBY', base .. 'pop', 1, movie)
-    applied = applied + 1
-    if last == nil or tonumber(ts) > last then last, last_text = tonumber(ts), ts end
-  end
-end
-if applied > 0 then
-  local meta = base .. 'meta'
-  redis.call('HINCRBY', meta, 'events', applied)
-  local previous = redis.call('HGET', meta, 'last_ts')
-  if not previous or last > tonumber(previous) then redis.call('HSET', meta, 'last_ts', last_text) end
-end
-return {applied, conflicts}
-"""
-
-# KEYS: pointer; ARGV: namespaces prefix, user id, candidates wanted, ZREVRANGE window. The most
-# popular movies (ratings count, ties by movieId descending as text: ZREVRANGE's order) that the
-# user has not rated, then the user's and each candidate's hash fields, as READ_PAIRS reads them.
-READ_CANDIDATES = f"""
-local ns = redis.call('GET', KEYS[1])
-if not ns then return redis.error_reply('NONAMESPACE') end
-local base = ARGV[1] .. ns .. ':'
-local user, wanted, window = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local pop, rated = base .. 'pop', base .. 'r:' .. user
-local kept = redis.call('HEXISTS', base .. 'meta', 'candidates')
-local popular = redis.call('ZCARD', pop)
-local candidates, start = {{}}, 0
-while #candidates < wanted and start < popular do
-  local ids = redis.call('ZREVRANGE', pop, start, start + window - 1)
-  local seen = redis.call('SMISMEMBER', rated, unpack(ids))
-  for i = 1, #ids do
-    if seen[i] == 0 then
-      candidates[#candidates + 1] = ids[i]
-      if #candidates == wanted then break end
-    end
-  end
-  start = start + window
-end
-local user_values = redis.call('HMGET', base .. 'u:' .. user, unpack({_USER_FIELDS_LUA}))
-local movie_fields = {_MOVIE_FIELDS_LUA}
-local movies, genres = {{}}, {{}}
-for i = 1, #candidates do
-  movies[i] = redis.call('HMGET', base .. 'm:' .. candidates[i], unpack(movie_fields))
-  genres[i] = redis.call('HGET', base .. 'genres', candidates[i])
-end
-return {{candidates, {{user_values}}, movies, genres, popular, kept}}
-"""
 CANDIDATES_WINDOW = (200, 1_000)  # movies a ZREVRANGE step looks at: at least, at most
 
 # KEYS: pointer, stream; ARGV: new namespace, the group that applies events. The group re-reads
@@ -275,10 +170,11 @@ def reachable(client: redis.Redis):
 class OnlineStore:
     def __init__(self, client: redis.Redis):
         self.client = client
-        self._read_pairs = client.register_script(READ_PAIRS)
-        self._apply = client.register_script(APPLY)
+        # Generated from the declared aggregates as they are now (``scripts``).
+        self._read_pairs = client.register_script(scripts.read_pairs())
+        self._apply = client.register_script(scripts.apply())
         self._switch = client.register_script(SWITCH)
-        self._read_candidates = client.register_script(READ_CANDIDATES)
+        self._read_candidates = client.register_script(scripts.read_candidates())
 
     def namespace(self) -> str | None:
         with reachable(self.client):
@@ -378,6 +274,7 @@ class OnlineStore:
                 for group in self.client.xinfo_groups(keys.STREAM):
                     groups[_text(group["name"])] = {"pending": group["pending"], "lag": group.get("lag")}
             return {
+                "key_prefix": keys.PREFIX,  # the declarations' layout the store is read and written in
                 "namespace": namespace,
                 "events_applied": int(meta.get(b"events", 0)),
                 "last_event_ts": int(meta[b"last_ts"]) if b"last_ts" in meta else None,
@@ -400,15 +297,27 @@ def model_inputs(
     user_values: list, movie_values: list, genres: list, user_rows: np.ndarray, movie_rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Hash fields as read (one list per distinct user and movie, the movies' genre indexes) as the
-    model's input rows per pair: missing fields are 0, genres one-hot."""
-    user_table = np.array([_numbers(row) for row in user_values], np.float64).reshape(-1, USER_WIDTH)
-    movie_table = np.zeros((len(movie_values), MOVIE_WIDTH), np.float64)
-    for row, (values, indexes) in enumerate(zip(movie_values, genres)):
-        movie_table[row, : len(keys.MOVIE_FIELDS)] = _numbers(values)
+    model's input rows per pair: missing fields are 0, a time is its day and second
+    (``feature_spec.vector_part``), genres one-hot."""
+    genre_slots = spec.layout("movie")[spec.MOVIE_GENRES]
+    user_table = _vectors("user", user_values)
+    movie_table = np.zeros((len(movie_values), spec.width("movie")), np.float64)
+    movie_table[:, : genre_slots.start] = _vectors("movie", movie_values)
+    for row, indexes in enumerate(genres):
         for genre in (indexes or b"").split(b","):
             if genre:
-                movie_table[row, len(keys.MOVIE_FIELDS) + int(genre)] = 1.0
+                movie_table[row, genre_slots.start + int(genre)] = 1.0
     return user_table[user_rows], movie_table[movie_rows]
+
+
+def _vectors(entity: str, values: list) -> np.ndarray:
+    """An entity's declared fields as read (one list per entity) as its aggregates' vector slots."""
+    raw = np.array([_numbers(row) for row in values], np.float64).reshape(len(values), len(keys.fields(entity)))
+    parts, start = [], 0
+    for aggregate in spec.aggregates(entity):
+        parts.append(spec.vector_part(aggregate, raw[:, start : start + len(aggregate.fields)]))
+        start += len(aggregate.fields)
+    return np.concatenate(parts, axis=1) if parts else raw
 
 
 def namespace_commands(namespace: str, ratings: pl.DataFrame, movies: pl.DataFrame | None) -> Iterator[tuple]:
@@ -426,11 +335,7 @@ def namespace_commands(namespace: str, ratings: pl.DataFrame, movies: pl.DataFra
 def user_commands(namespace: str, rows: pl.DataFrame, genres: pl.DataFrame) -> Iterator[tuple]:
     """The user side of a namespace for ``rows`` (checked ratings, ``labelled``) holding every rating of its users
     (a user partition will do): aggregates, applied events (with their ratings), rated movies."""
-    for user, n, total, positives, genre_n, genre_pos in user_totals(rows, genres).iter_rows():
-        fields = {"n": n, "sum": repr(total), "pos": positives}
-        fields |= {f"gn{i}": count for i, count in enumerate(genre_n) if count}
-        fields |= {f"gp{i}": count for i, count in enumerate(genre_pos) if count}
-        yield ("HSET", keys.user_key(namespace, user), *_flat(fields))
+    yield from aggregate_commands(namespace, "user", rows, user_totals(rows, genres))
     marks = rows.group_by("userId").agg(
         pl.format("{}:{}", "movieId", "timestamp").alias("events"), pl.col("rating").cast(pl.String)
     )
@@ -447,12 +352,38 @@ def user_commands(namespace: str, rows: pl.DataFrame, genres: pl.DataFrame) -> I
 def movie_commands(namespace: str, rows: pl.DataFrame, genres: pl.DataFrame) -> Iterator[tuple]:
     """The movie side of a namespace for ``rows`` (checked ratings, ``labelled``) holding every rating of its movies
     (a movie partition will do): aggregates and ratings counts (the popularity candidates come from)."""
-    totals = movie_totals(rows, genres)
-    for movie, n, total, positives in totals.iter_rows():
-        yield ("HSET", keys.movie_key(namespace, movie), *_flat({"n": n, "sum": repr(total), "pos": positives}))
-    counts = [item for movie, n, *_ in totals.iter_rows() for item in (n, movie)]
+    yield from aggregate_commands(namespace, "movie", rows, movie_totals(rows, genres))
+    counts = [item for movie, n in rows.group_by("movieId").len().iter_rows() for item in (n, movie)]
     for start in range(0, len(counts), 2 * MEMBERS_CHUNK):
         yield ("ZADD", keys.popularity_key(namespace), *counts[start : start + 2 * MEMBERS_CHUNK])
+
+
+def aggregate_commands(namespace: str, entity: str, rows: pl.DataFrame, totals: pl.DataFrame) -> Iterator[tuple]:
+    """Each entity's hash: its declared aggregates over ``rows`` (``totals``: the entity's id and
+    them, as ``features`` computes them), zero fields left out, and with ``latest`` aggregates
+    the (timestamp, other id) of its latest event, which the apply script compares with."""
+    declared = spec.aggregates(entity)
+    key = spec.ENTITIES[entity]
+    bookkeeping: tuple[str, ...] = ()
+    if any(aggregate.kind == "latest" for aggregate in declared):
+        other = spec.ENTITIES[spec.other_entity(entity)]
+        # rows in ``labelled``'s order: each key's last row is its greatest (timestamp, other id)
+        latest = rows.group_by(key).agg(pl.col("timestamp").last().alias(keys.LATEST_TS), pl.col(other).last())
+        totals = totals.join(latest.rename({other: keys.LATEST_ID}), on=key, how="left")
+        bookkeeping = (keys.LATEST_TS, keys.LATEST_ID)
+    hash_key = keys.user_key if entity == "user" else keys.movie_key
+    # Each aggregate's field (a genre vector: its fields, a tuple), and whether it holds ratings.
+    columns = [
+        (aggregate.fields if aggregate.per_genre else aggregate.field, aggregate.is_float) for aggregate in declared
+    ]
+    for entity_id, *values in totals.select(key, *(aggregate.name for aggregate in declared), *bookkeeping).iter_rows():
+        fields = []
+        for (names, is_float), value in zip(columns, values):
+            pairs = zip(names, value) if isinstance(names, tuple) else ((names, value),)
+            fields += [item for field, x in pairs if x for item in (field, repr(x) if is_float else x)]
+        fields += [item for pair in zip(bookkeeping, values[len(columns) :]) for item in pair]  # a time of 0 too
+        if fields:
+            yield ("HSET", hash_key(namespace, entity_id), *fields)
 
 
 def catalogue_commands(namespace: str, genres: pl.DataFrame) -> Iterator[tuple]:

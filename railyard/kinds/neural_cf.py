@@ -114,7 +114,17 @@ def row_sparse_adam():
 class NeuralCF:
     name = "neural_cf"
     Config = NeuralCFConfig
-    reads = (*F.USER_FEATURES, *F.MOVIE_FEATURES)
+    reads = (
+        "user_n",
+        "user_rating_sum",
+        "user_positives",
+        "user_genre_n",
+        "user_genre_pos",
+        "movie_n",
+        "movie_rating_sum",
+        "movie_positives",
+        "movie_genres",
+    )
 
     def build(self, context: KindContext, config: NeuralCFConfig):
         import keras

@@ -12,22 +12,34 @@ import numpy as np
 import polars as pl
 import pytest
 
+from infra.online_store.store import OnlineStore
 from infra.scoring import score_online
 from infra.tfserving.client import ServingClient
 from infra.tfserving.model_config import render_model_config
 from railyard import export, features, model_input, training
+from railyard import feature_spec as spec
 from railyard.events import RatingEvent
 from railyard.kinds.registry import load_kind
 from railyard.loaders import load_dataset
 from railyard.settings import Settings
 from railyard.synthetic import generate_movielens
+from tests.support.online_store import THROWAWAY
 
 pytest_plugins = ["tests.support.serving_fixtures"]
 MODEL = "recmodel"
 
 
+@pytest.fixture(scope="module", params=["declared", "with a throwaway aggregate declared"])
+def declarations(request):
+    """The declared aggregates, and once more with one added in the one place they are declared."""
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param != "declared":
+            patch.setattr(spec, "MOVIE_AGGREGATES", (*spec.MOVIE_AGGREGATES, THROWAWAY))
+        yield request.param
+
+
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
+def exported(declarations, tmp_path_factory):
     root = tmp_path_factory.mktemp("replay")
     generate_movielens(root / "data", users=60, movies=120, days=6, ratings_per_day=300, seed=21)
     dataset = load_dataset(root / "data")
@@ -42,9 +54,11 @@ def exported(tmp_path_factory):
 
 
 def test_the_replayed_holdout_reads_the_offline_features_and_scores_as_offline(exported, online_store, start_server):
+    """Every declared aggregate: today's sums, the latest rating and its time, and a new one."""
     dataset, feature_set, model_root = exported
     server = start_server(render_model_config(MODEL, model_root / MODEL, {1}, {}))
     client = ServingClient(server.grpc_target, server.rest_url)
+    online_store = OnlineStore(online_store.client)  # its scripts from the declarations as they are now
     online_store.rebuild(dataset.ratings.filter(pl.col("timestamp") < feature_set.cutoff_ts), dataset.movies)
 
     holdout = feature_set.holdout  # in time order
@@ -62,6 +76,8 @@ def test_the_replayed_holdout_reads_the_offline_features_and_scores_as_offline(e
     client.close()
 
     assert holdout.get_column("timestamp").n_unique() > 100  # many steps, not one batch
+    for name in ("user_last_rating", "user_last_ts", *([THROWAWAY.name] if THROWAWAY in spec.MOVIE_AGGREGATES else [])):
+        assert holdout.get_column(name).n_unique() > 10, name  # each one varies: compared below, it counts
     # Exactly the offline features (float32 holds these counts and half-star sums exactly).
     np.testing.assert_array_equal(
         np.vstack(read_users), model_input.feature_inputs(holdout)["user_features"].astype(np.float64)

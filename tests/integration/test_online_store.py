@@ -15,6 +15,7 @@ import pytest
 from infra.online_store import keys, server
 from infra.online_store.store import (
     Applied,
+    OnlineStore,
     OnlineStoreEmpty,
     OnlineStoreUnavailable,
     RebuildRefused,
@@ -22,15 +23,20 @@ from infra.online_store.store import (
     connect,
     user_commands,
 )
+from railyard import feature_spec as spec
 from railyard.events import RatingEvent
 from railyard.features import MOVIE_WIDTH, USER_WIDTH, labelled, movie_genres
 from railyard.settings import Settings
 from tests.support.online_store import (
+    EVERY_KIND,
+    START_TS,
     as_events,
     assert_store_matches,
+    declare,
     movies_frame,
     railyard,
     ratings_frame,
+    ratings_of,
 )
 
 
@@ -69,6 +75,61 @@ def test_a_second_rating_of_an_event_is_a_conflict_and_the_first_one_counts(onli
         online_store, batch.vstack(ratings_frame(20, users=10, movies=40, seed=6, start_ts=1_780_000_000)), movies
     )
     assert online_store.state()["events_applied"] == 70
+
+
+@pytest.mark.parametrize("order", ["in time order", "reversed", "shuffled and redelivered"])
+def test_the_latest_rating_is_the_same_whatever_order_the_events_arrive_in(online_store, order):
+    """The latest event is the greatest (timestamp, movieId), compared exactly: movie ids beyond
+    2**53 that a Lua number cannot tell apart, and ratings in one second, decided alike in any order."""
+    big = 2**62  # as doubles, big + 1 == big + 2
+    movies = movies_frame(5)
+    batch = ratings_frame(30, users=3, movies=5, seed=8)
+    events = [
+        RatingEvent(7, 5, 3.0, START_TS + 5),
+        RatingEvent(7, big + 1, 1.5, START_TS + 10),
+        RatingEvent(7, big + 2, 4.0, START_TS + 10),  # the latest: same second, greater movie
+        RatingEvent(1, 2, 0.5, START_TS - 1),  # older than user 1's batch ratings: not the latest
+        RatingEvent(8, 1, 2.5, START_TS + 1),
+    ]
+    arriving = {
+        "in time order": sorted(events, key=lambda e: (e.timestamp, e.movie_id)),
+        "reversed": sorted(events, key=lambda e: (e.timestamp, e.movie_id), reverse=True),
+        "shuffled and redelivered": [events[i] for i in (2, 0, 4, 1, 3, 2, 1)],
+    }[order]
+    online_store.rebuild(batch, movies)
+    for event in arriving:  # one batch each: every event is compared with what the store holds
+        online_store.apply([event])
+    assert_store_matches(online_store, batch.vstack(ratings_of(events)), movies)
+    users, _ = online_store.read_pairs([7, 8], [1, 1])
+    last = spec.layout("user")
+    assert users[:, last["user_last_rating"]].ravel().tolist() == [4.0, 2.5]
+    assert users[0, last["user_last_ts"]].tolist() == [(START_TS + 10) // 86_400, (START_TS + 10) % 86_400]
+
+
+def test_every_kind_of_declaration_is_applied_as_the_offline_build_computes_it_in_any_order(online_store, monkeypatch):
+    declare(monkeypatch, *EVERY_KIND)
+    store = OnlineStore(online_store.client)  # its scripts from the declarations as they are now
+    movies = movies_frame(6)
+    batch = ratings_frame(40, users=4, movies=6, seed=9)
+    later = START_TS + 86_400  # after the batch
+    events = [
+        RatingEvent(7, 5, 4.0, later + 5),
+        RatingEvent(9, 5, 1.0, later + 5),  # movie 5's latest: same second, greater user
+        RatingEvent(7, 3, 2.0, later + 8),
+        RatingEvent(7, 6, 5.0, later + 8),  # user 7's latest: its genres, not movie 3's
+        RatingEvent(2, 1, 3.5, START_TS - 2),  # older than what the batch holds of user 2 and movie 1
+    ]
+    for arriving in (events, events[::-1], [events[i] for i in (3, 1, 4, 0, 2, 3)]):
+        online_store.client.flushall()
+        store.rebuild(batch, movies)
+        for event in arriving:
+            store.apply([event])
+        assert_store_matches(store, batch.vstack(ratings_of(events)), movies)
+    users, found = store.read_pairs([7, 7], [5, 1])
+    assert found[0, spec.layout("movie")["movie_last_rating"]].tolist() == [1.0]
+    assert found[0, spec.layout("movie")["movie_last_liked_ts"]].tolist() == [0, 0]  # 1.0 is no positive
+    last_genres = users[0, spec.layout("user")["user_last_genres"]]
+    assert np.flatnonzero(last_genres).tolist() == np.flatnonzero(movie_genres(movies).row(5)[1:]).tolist() != []
 
 
 def test_read_pairs_keeps_the_order_and_layout_of_the_pairs(online_store):
@@ -237,7 +298,7 @@ def test_two_homes_on_one_machine_each_start_their_store_with_no_settings(tmp_pa
             for home in homes
         ]
         assert [state["stream_length"] for state in states] == [0, 30]
-        assert states[1]["events_applied"] == 30
+        assert states[1]["events_applied"] == 30 and states[1]["key_prefix"] == keys.PREFIX
     finally:
         for home in homes:
             server.stop(Settings.model_construct(home=home.resolve()))

@@ -10,13 +10,17 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from infra.online_store import keys
-from infra.online_store.consistency import ALL_EVENTS, check_store_partitioned, offline_samples
-from railyard import features, partitioned
+from infra.online_store.consistency import ALL_EVENTS, check_store_partitioned, measure_skew, offline_samples
+from infra.online_store.store import OnlineStore
+from infra.online_store.stream import Ingester, publish
+from railyard import feature_folder, features, partitioned
+from railyard import feature_spec as spec
 from railyard.loaders import RATINGS_SCHEMA, DataLoadError, dataset_files, load_dataset, parquet_layout, read_movies
 from railyard.locations import Location, read_parquet
 from railyard.settings import Settings
 from railyard.synthetic import generate_movielens
 from railyard.validation import DataValidationError
+from tests.support.online_store import THROWAWAY, as_events, assert_store_matches
 
 pytestmark = pytest.mark.timeout(300)
 BOUNDS = Settings().validation_bounds()
@@ -66,13 +70,13 @@ def build_on_dask(
 def assert_same_folders(built, expected) -> None:
     """Every split (its shards in order) and snapshot equal, row for row and bit for bit."""
     built, expected = Location.of(built), Location.of(expected)
-    for split in features.SPLITS:
+    for split in feature_folder.SPLITS:
         assert_frame_equal(
             read_parquet(features.shards(built / split)),
             read_parquet(features.shards(expected / split)),
             check_exact=True,
         )
-    for name in features.SNAPSHOT_FILES:
+    for name in feature_folder.SNAPSHOT_FILES:
         assert_frame_equal(read_parquet([built / name]), read_parquet([expected / name]), check_exact=True)
 
 
@@ -148,6 +152,57 @@ def csv_data(awkward_data, tmp_path_factory):
     dataset.ratings.with_columns(note.alias("note")).write_csv(folder / "ratings.csv")
     dataset.movies.with_columns(pl.col("title") + ', The "Cut"').write_csv(folder / "movies.csv")
     return folder
+
+
+def test_an_aggregate_declared_in_one_place_reaches_both_builds_the_store_and_the_skew_check(
+    awkward_data, online_store, railyard_home, tmp_path, monkeypatch
+):
+    """A throwaway aggregate, added to the declarations and nowhere else (the replay parity
+    check carries it too: tests/integration/test_online_replay.py)."""
+    monkeypatch.setattr(spec, "MOVIE_AGGREGATES", (*spec.MOVIE_AGGREGATES, THROWAWAY))
+    dataset = load_dataset(awkward_data)
+    one_machine = features.write_feature_set(features.build_feature_set(dataset, 0.2), tmp_path / "polars")
+
+    # Offline: per row, the squared ratings of the movie's earlier ratings (ties at one second excluded).
+    rows = pl.concat([read_parquet(features.shards(one_machine / split)) for split in feature_folder.SPLITS])
+    earlier = dataset.ratings.select("movieId", pl.col("timestamp").alias("then"), "rating")
+    expected = (
+        rows.select("movieId", "timestamp")
+        .unique()
+        .join(earlier, on="movieId")
+        .filter(pl.col("then") < pl.col("timestamp"))
+        .group_by("movieId", "timestamp")
+        .agg((pl.col("rating") ** 2).sum().alias("want"))
+    )
+    checked = rows.join(expected, on=["movieId", "timestamp"], how="left").with_columns(pl.col("want").fill_null(0))
+    assert checked.get_column("movie_rating_sq").to_list() == checked.get_column("want").to_list()
+    assert checked.get_column("want").max() > 100
+
+    # Dask, on a cluster of threads of this process (whose workers see the declaration): the same folder.
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster,
+        Client(cluster) as threads,
+    ):
+        build_on_dask(threads, awkward_data, tmp_path / "dask", tmp_path / "reports", rows_per_partition=1_500)
+    assert_same_folders(tmp_path / "dask", one_machine)
+
+    # Online: half of the events rebuilt from batch data, half applied from the stream by `ingest`
+    # (through a store opened now: a store generates its scripts from the declarations when opened).
+    online_store = OnlineStore(online_store.client)
+    ratings = dataset.ratings.sort("timestamp")
+    online_store.rebuild(ratings.head(ratings.height // 2), dataset.movies)
+    publish(online_store, as_events(ratings.tail(ratings.height - ratings.height // 2)))
+    assert Ingester(online_store, railyard_home / "data", groups=["online"]).run(until_idle=True).applied > 4_000
+    assert_store_matches(online_store, ratings, dataset.movies)
+
+    # The skew check compares it with the rest: no skew, until one movie's value is off.
+    assert [report.skewed for report in measure_skew(online_store, ratings, dataset.movies, 1_000, seed=1)] == [0, 0]
+    movie = int(ratings.get_column("movieId")[0])
+    online_store.client.hincrbyfloat(keys.movie_key(online_store.namespace(), movie), THROWAWAY.field, 0.25)
+    _, movies = measure_skew(online_store, ratings, dataset.movies, 1_000, seed=1)
+    assert movies.skewed == 1 and movies.max_difference == 0.25
 
 
 def test_a_movielens_csv_folder_is_read_in_blocks_on_the_workers_into_the_same_folder(client, csv_data, tmp_path):

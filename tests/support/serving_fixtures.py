@@ -64,7 +64,9 @@ def export_tiny_model(version_dir: Path, *, seed: int, output: str | None = None
     )
     user_features = keras.Input(shape=(USER_WIDTH,), dtype="float32", name="user_features")
     movie_features = keras.Input(shape=(MOVIE_WIDTH,), dtype="float32", name="movie_features")
-    joined = keras.layers.Concatenate()([keras.layers.Dot(axes=1)([users, movies]), user_features, movie_features])
+    # Log-scaled, as a model must scale its inputs: a time's day number (about 20,000) would saturate the score.
+    scaled = [keras.layers.Activation(keras.ops.log1p)(part) for part in (user_features, movie_features)]
+    joined = keras.layers.Concatenate()([keras.layers.Dot(axes=1)([users, movies]), *scaled])
     score = keras.layers.Dense(1, activation="sigmoid", kernel_initializer=spread)(joined)
     inputs = {"userId": user_id, "movieId": movie_id, "user_features": user_features, "movie_features": movie_features}
     model = keras.Model(inputs, score)

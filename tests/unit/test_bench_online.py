@@ -9,19 +9,21 @@ import pytest
 from bench import bench_online
 from infra.online_store import keys
 from infra.online_store.store import model_inputs
+from railyard import feature_spec as spec
 from railyard.features import GENRES, aggregate_totals
 
 
 def apply_commands(commands) -> dict[str, dict[str, float]]:
-    """HINCRBY / HINCRBYFLOAT on dicts of hashes: what the server would hold."""
+    """HINCRBY / HINCRBYFLOAT / HSET on dicts of hashes: what the server would hold."""
     hashes: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    for command, key, field, amount in commands:
-        assert command in ("HINCRBY", "HINCRBYFLOAT")
-        hashes[key][field] += float(amount)
+    for command, key, *pairs in commands:
+        assert command in ("HINCRBY", "HINCRBYFLOAT", "HSET")
+        for field, value in zip(pairs[::2], pairs[1::2]):
+            hashes[key][field] = float(value) + (hashes[key][field] if command != "HSET" else 0)
     return hashes
 
 
-def test_the_plain_increments_add_up_to_the_offline_aggregates():
+def test_the_plain_commands_hold_the_offline_aggregates():
     rng = np.random.default_rng(0)
     movies = bench_online.catalogue(60, rng)
     ratings = bench_online.draw_ratings(3_000, rng, bench_online.START_TS)
@@ -31,25 +33,25 @@ def test_the_plain_increments_add_up_to_the_offline_aggregates():
     )
     users, rated = aggregate_totals(ratings, movies)
     assert users.height == 40 and rated.height == 60
-    for user, n, total, positives, genre_n, genre_pos in users.iter_rows():
-        fields = hashes[keys.user_key("ns", user)]
-        assert (fields["n"], fields["pos"]) == (n, positives)
-        assert fields["sum"] == pytest.approx(total, abs=1e-9)
-        assert [fields.get(f"gn{i}", 0) for i in range(len(GENRES))] == list(genre_n)
-        assert [fields.get(f"gp{i}", 0) for i in range(len(GENRES))] == list(genre_pos)
-    for movie, n, total, positives in rated.iter_rows():
-        fields = hashes[keys.movie_key("ns", movie)]
-        assert (fields["n"], fields["pos"], fields["sum"]) == (n, positives, pytest.approx(total, abs=1e-9))
+    for entity, totals, key_of in (("user", users, keys.user_key), ("movie", rated, keys.movie_key)):
+        for entity_id, *values in totals.iter_rows():
+            fields = hashes[key_of("ns", entity_id)]
+            for aggregate, value in zip(spec.aggregates(entity), values):
+                got = [fields.get(field, 0) for field in aggregate.fields]
+                assert got == pytest.approx(value if aggregate.per_genre else [value], abs=1e-9), aggregate.name
 
 
 def test_hash_fields_as_read_become_the_model_input_layout():
-    """The assembly read_pairs and the plain read share: missing fields 0, genres one-hot."""
-    user_values = [[b"4", b"13.5", b"3", *[None] * 40]]
+    """The assembly read_pairs and the plain read share: missing fields 0, a time as its day and
+    second, genres one-hot."""
+    user_values = [[b"4", b"13.5", b"3", *[None] * (2 * len(GENRES)), b"4.5", b"1767225601"]]
     movie_values = [[b"2", b"7", b"1"], [None, None, None]]
     genres = [b"0,7", None]
     users, movies = model_inputs(user_values, movie_values, genres, np.array([0, 0, 0]), np.array([1, 0, 1]))
-    assert users.shape == (3, 3 + 2 * len(GENRES)) and movies.shape == (3, 3 + len(GENRES))
+    assert users.shape == (3, spec.width("user")) and movies.shape == (3, 3 + len(GENRES))
     assert users[:, :4].tolist() == [[4, 13.5, 3, 0]] * 3
+    assert users[0, spec.layout("user")["user_last_rating"]].tolist() == [4.5]
+    assert users[0, spec.layout("user")["user_last_ts"]].tolist() == [20454, 1]
     assert movies[1, :3].tolist() == [2, 7, 1] and np.flatnonzero(movies[1, 3:]).tolist() == [0, 7]
     assert not movies[0].any() and not movies[2].any()  # unknown movie, no genres: zeros
 

@@ -123,6 +123,33 @@ def test_entity_totals_are_the_aggregates_after_every_event():
     assert train_users.cast(dict(built.user_snapshot.schema)).sort("userId").equals(built.user_snapshot)
 
 
+def test_the_latest_rating_is_the_one_of_the_greatest_timestamp_then_movie_in_any_order():
+    built = features.build_features(TIED, MOVIES, holdout_fraction=0.2)
+    # User 1 rated movies 1 (4.0) and 2 (2.0) at t=100: of one second, the greater movieId is the latest.
+    later = _row(built.train, 1, 3, 200)
+    assert (later["user_last_rating"], later["user_last_ts"]) == (2.0, 100)
+    # Ratings in one second never see each other; nothing before: zeros.
+    assert _row(built.train, 1, 2, 100)["user_last_rating"] == _row(built.train, 1, 2, 100)["user_last_ts"] == 0
+    assert _row(built.train, 1, 1, 300)["user_last_rating"] == 4.5  # t=200
+    assert built.train.schema["user_last_ts"] == pl.Int64  # exact; the model's vector splits it
+    # Order-free: the events in any order give the same rows and the same totals.
+    shuffled = features.build_features(TIED.sample(fraction=1.0, shuffle=True, seed=3), MOVIES, holdout_fraction=0.2)
+    assert shuffled.train.equals(built.train) and shuffled.holdout.equals(built.holdout)
+    users, _ = features.aggregate_totals(TIED.reverse(), MOVIES)
+    user_1 = users.filter(pl.col("userId") == 1).row(0, named=True)
+    assert (user_1["user_last_rating"], user_1["user_last_ts"]) == (5.0, 500)
+    assert built.user_snapshot.filter(pl.col("userId") == 1).row(0, named=True)["user_last_ts"] == 300
+
+
+def test_the_input_vector_holds_a_time_as_day_and_second():
+    built = features.build_features(TIED, MOVIES, holdout_fraction=0.2)
+    vectors = features.feature_matrix(built.train, features.USER_FEATURES)
+    assert vectors.shape == (len(built.train), features.USER_WIDTH) and vectors.dtype == np.float32
+    last_ts = features.layout("user")["user_last_ts"]
+    days, seconds = vectors[:, last_ts].T
+    np.testing.assert_array_equal(days * 86_400 + seconds, built.train.get_column("user_last_ts").to_numpy())
+
+
 def _reference_features(ratings: pl.DataFrame, movies: pl.DataFrame) -> dict:
     """Row-by-row reference: for every row, recompute the aggregates of all earlier events."""
     genre_of = {
@@ -136,12 +163,15 @@ def _reference_features(ratings: pl.DataFrame, movies: pl.DataFrame) -> dict:
         theirs = [r for r in events if r["movieId"] == row["movieId"] and r["timestamp"] < row["timestamp"]]
         genres_seen = [genre_of.get(r["movieId"], [0.0] * len(GENRES)) for r in mine]
         liked = [float(r["rating"] >= 3.5) for r in mine]
+        latest = max(mine, key=lambda r: (r["timestamp"], r["movieId"]), default={"rating": 0.0, "timestamp": 0})
         expected[(row["userId"], row["movieId"], row["timestamp"])] = {
             "user_n": len(mine),
             "user_rating_sum": sum(r["rating"] for r in mine),
             "user_positives": sum(liked),
             "user_genre_n": [sum(g[i] for g in genres_seen) for i in range(len(GENRES))],
             "user_genre_pos": [sum(g[i] * y for g, y in zip(genres_seen, liked)) for i in range(len(GENRES))],
+            "user_last_rating": latest["rating"],
+            "user_last_ts": latest["timestamp"],
             "movie_n": len(theirs),
             "movie_rating_sum": sum(r["rating"] for r in theirs),
             "movie_positives": sum(float(r["rating"] >= 3.5) for r in theirs),

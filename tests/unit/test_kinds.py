@@ -107,15 +107,12 @@ def test_params_name_the_kind_what_it_reads_and_its_settings():
     }
 
 
-def test_the_layout_places_every_declared_aggregate_in_its_vector():
-    from railyard import features as F
+def test_kinds_read_the_declared_layout_by_name():
+    from railyard import feature_spec as spec
 
-    for entity, width in (("user", F.USER_WIDTH), ("movie", F.MOVIE_WIDTH)):
-        positions = layout(entity)
-        covered = sorted(i for where in positions.values() for i in range(where.start, where.stop))
-        assert covered == list(range(width))  # every position once, in declaration order
-    assert layout("movie")["movie_genres"] == slice(3, 3 + len(F.GENRES))
-    assert set(declared_aggregates()) == {*F.USER_FEATURES, *F.MOVIE_FEATURES}
+    for entity in ("user", "movie"):
+        assert layout(entity) == spec.layout(entity)
+    assert set(declared_aggregates()) == {*spec.names("user"), *spec.names("movie")}
     with pytest.raises(ValueError, match="no declared entity 'session'"):
         layout("session")
 
