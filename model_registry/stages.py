@@ -31,6 +31,7 @@ from model_registry.history import (
 )
 from model_registry.store import ModelStore
 from railyard.errors import SEE_STATUS, Refused
+from railyard.tracking import mlflow_client
 
 TAG_PREFIX = "railyard."
 STAGE_TAG = "railyard.stage"
@@ -93,9 +94,7 @@ class StageRegistry:
     what is eligible; MLflow's tags mirror it and must agree with it."""
 
     def __init__(self, tracking_uri: str, model_name: str, store: ModelStore | None = None):
-        from mlflow.tracking import MlflowClient
-
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.client = mlflow_client(tracking_uri)
         self.model = model_name
         self.store = store
 

@@ -6,6 +6,7 @@ Prefect runs tasks in worker threads.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import time
 from collections.abc import Iterator
@@ -20,13 +21,32 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 PROCESS_TAG = "railyard.process"  # which process runs it: a run left RUNNING by a killed one is found
 FAILURE_TAG = "railyard.failure"
 _TAG_LIMIT = 5_000  # MLflow caps run tag values at 8,000 characters
+_READY_DATABASES: set[str] = set()  # the SQLite URIs this process saw created and migrated
+
+
+def mlflow_client(uri: str):
+    """A client for tracking and registry at ``uri``.
+
+    A SQLite database is created (or migrated) by one process at a time: MLflow's migrations
+    fail when two processes run them on one new file, as a run and a reviewer's ``railyard
+    status`` do when they open a fresh home together.
+    """
+    from mlflow.tracking import MlflowClient
+
+    if not uri.startswith("sqlite:///") or uri in _READY_DATABASES:
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    database = Path(uri.removeprefix("sqlite:///"))
+    with open(database.with_name(f"{database.name}.create-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        mlflow_client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # creates the tracking tables
+        mlflow_client.search_registered_models(max_results=1)  # and the registry's
+    _READY_DATABASES.add(uri)
+    return mlflow_client
 
 
 def client(settings: Settings):
-    from mlflow.tracking import MlflowClient
-
     settings.home.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=settings.resolved_tracking_uri, registry_uri=settings.resolved_tracking_uri)
+    return mlflow_client(settings.resolved_tracking_uri)
 
 
 def ensure_experiment(settings: Settings) -> str:
