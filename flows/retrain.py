@@ -118,7 +118,7 @@ def retrain(
             Empty: RAILYARD_DATA_DIR, or the generated sample data set when that is not set either.
         holdout_fraction: Newest share of ratings (by time) held out for evaluation (RAILYARD_HOLDOUT_FRACTION).
         epochs: Maximum training epochs; early stopping may end sooner (RAILYARD_EPOCHS).
-        model_kind: The model kind to train: a registered name (neural_cf) or package.module:object
+        model_kind: The model kind to train: a registered name (fresh_wd, neural_cf) or package.module:object
             (RAILYARD_MODEL_KIND; its own settings are RAILYARD_<KIND>_* where the run runs).
         auto_approve: Promote without a reviewer when every check passes (off for the schedule).
     """

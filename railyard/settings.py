@@ -142,7 +142,7 @@ class Settings(BaseSettings):
 
     # Training: which model kind (railyard/kinds/: a registered name or package.module:object;
     # its own settings are RAILYARD_<KIND>_*), and what every kind's training loop needs.
-    model_kind: str = "neural_cf"
+    model_kind: str = "fresh_wd"
     seed: int = 42
     epochs: int = 8
     batch_size: int = 1024

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -156,25 +157,49 @@ def train_model(
         callbacks=callbacks,
     )
     fit = getattr(kind.kind, "fit", None) or keras_fit
-    try:
+    with _naming_damaged_shards(damaged):
         history = fit(model, data, context, kind.config)
-    except Exception:
-        if damaged:
-            raise damaged[0] from None  # the shard, named, instead of TensorFlow's wrapper of it
-        raise
     history = {key: [float(value) for value in values] for key, values in (history or {}).items()}
+    best_epoch = int(np.argmax(history["val_auc"])) if history.get("val_auc") else len(history.get("loss", [1])) - 1
+    if getattr(kind.config, "refit", False):
+        model = refit(feature_dir, config, kind, epochs=best_epoch + 1)
     report = getattr(kind.kind, "metrics", None)
     figures = report(model, context, kind.config) if report else {"trainable_params": _trainable_params(model)}
     return TrainResult(
         model=model,
         kind=kind,
         history=history,
-        best_epoch=int(np.argmax(history["val_auc"])) if history.get("val_auc") else len(history.get("loss", [1])) - 1,
+        best_epoch=best_epoch,
         train_rows=windows.fit_rows,
         validation_rows=windows.validation_rows,
         validation_from=windows.validation_from,
         figures={name: float(value) for name, value in figures.items()},
     )
+
+
+def refit(feature_dir: Location | Path | str, config: TrainConfig, kind: LoadedKind, *, epochs: int):
+    """A fresh network of ``kind`` (the same seed, vocabularies and priors) trained on every
+    training row, the validation window included, for the ``epochs`` early stopping chose: the
+    newest ratings before the cut-off are the most telling ones. The holdout is never read."""
+    model, _, _ = new_model(feature_dir, config, kind)
+    damaged = []
+    everything = model_input.make_dataset(
+        Location.of(feature_dir) / "train", config.batch_size, shuffle_seed=config.seed, damaged=damaged
+    )
+    with _naming_damaged_shards(damaged):
+        model.fit(everything, epochs=epochs, shuffle=False, verbose=0)
+    return model
+
+
+@contextmanager
+def _naming_damaged_shards(damaged: list):
+    """A damaged shard's own error (naming it) instead of TensorFlow's wrapper of it."""
+    try:
+        yield
+    except Exception:
+        if damaged:
+            raise damaged[0] from None
+        raise
 
 
 def _trainable_params(model) -> float:

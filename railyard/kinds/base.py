@@ -3,8 +3,8 @@
 Railyard's pipeline (data validation, point-in-time features, the gate, the model store,
 serving, smoke tests, review, the gray release, the ranking service, the streaming path and the
 replay parity check) is the product; the network is yours. ``RAILYARD_MODEL_KIND`` names the
-kind a run trains: a registered name (``railyard/kinds/registry.py``: ``neural_cf``, the
-default) or ``package.module:object``. In the spirit of TFX's ``run_fn``, a kind is a small
+kind a run trains: a registered name (``railyard/kinds/registry.py``: ``fresh_wd``, the
+default, or ``neural_cf``) or ``package.module:object``. In the spirit of TFX's ``run_fn``, a kind is a small
 object with the members below; everything else works for any kind through them, unchanged.
 
 **Resolving ``package.module:object``.** Railyard imports ``package.module`` with the process's
@@ -64,6 +64,12 @@ Optional members (Railyard's defaults in brackets):
     MLflow metrics) to pass to Keras. The default is ``model.fit`` for up to ``epochs`` with early
     stopping on the validation window's AUC (``patience``), best weights restored. Early stopping
     and any selection a kind makes use the validation window, never the holdout.
+
+``Config.refit: bool`` [``False``]
+    With ``True``, once the kind's fit chose the epochs (the best epoch of ``val_auc``), Railyard
+    builds a fresh network (same seed, vocabularies and priors) and trains it on every training row,
+    the validation window included, for that many epochs with Railyard's own ``model.fit``; that
+    network is the version. The newest ratings before the cut-off are often the most telling ones.
 
 ``metrics(model, context, config) -> dict[str, float]`` [the trainable parameters]
     Figures the kind reports about its trained network, logged to MLflow as ``kind_<figure>``.

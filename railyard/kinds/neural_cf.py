@@ -13,6 +13,7 @@ import numpy as np
 
 from railyard import features as F
 from railyard.kinds.base import KindConfig, KindContext
+from railyard.kinds.layers import id_dropout
 
 _LOG_COUNT_SCALE = 5.0  # log1p(counts) reach ~5-10 on MovieLens; keep inputs near unit scale
 
@@ -58,21 +59,7 @@ def _layers():
             )
             return ops.concatenate([*user_x, genre_rate, *movie_x, movie_genres, affinity], axis=1)
 
-    class IdDropout(keras.layers.Layer):
-        """In training, sends a few ids to the OOV index 0 so the OOV embedding learns cold start."""
-
-        def __init__(self, rate: float, seed: int, **kwargs):
-            super().__init__(**kwargs)
-            self.rate = rate
-            self.seed_generator = keras.random.SeedGenerator(seed)
-
-        def call(self, index, training=None):
-            if not training:
-                return index
-            drop = keras.random.uniform(ops.shape(index), seed=self.seed_generator) < self.rate
-            return ops.where(drop, ops.zeros_like(index), index)
-
-    return AggregateTransform, IdDropout
+    return AggregateTransform
 
 
 def row_sparse_adam():
@@ -129,7 +116,7 @@ class NeuralCF:
     def build(self, context: KindContext, config: NeuralCFConfig):
         import keras
 
-        AggregateTransform, IdDropout = _layers()
+        AggregateTransform, IdDropout = _layers(), id_dropout()
         inputs = context.inputs()
 
         def id_tower(ids, vocabulary: np.ndarray, name: str):

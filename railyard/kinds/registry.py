@@ -22,8 +22,8 @@ from railyard.settings import SettingsError, settings_problems
 # Registered name -> where its kind object lives.
 KINDS = {
     "neural_cf": "railyard.kinds.neural_cf:KIND",
+    "fresh_wd": "railyard.kinds.fresh_wd:KIND",
 }
-DEFAULT_KIND = "neural_cf"
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 OUTPUT_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 

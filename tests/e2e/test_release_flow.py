@@ -42,7 +42,7 @@ def test_deploy_registers_every_deployment_with_schedule_and_typed_parameters(wo
     properties = daily["parameter_openapi_schema"]["properties"]
     assert set(properties) == {"data_dir", "holdout_fraction", "epochs", "model_kind", "auto_approve"}
     assert (
-        properties["model_kind"]["default"] == "neural_cf"
+        properties["model_kind"]["default"] == "fresh_wd"
         and "RAILYARD_MODEL_KIND" in properties["model_kind"]["description"]
     )
     assert properties["auto_approve"]["default"] is False and "reviewer" in properties["auto_approve"]["description"]

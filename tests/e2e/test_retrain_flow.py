@@ -105,8 +105,8 @@ def test_cli_run_trains_publishes_to_s3_deploys_and_tracks(tmp_path, s3_bucket):
     assert run.data.tags["railyard.features"] == f"s3://{s3_bucket.name}/{features_at[0].removesuffix('/meta.json')}"
     assert run.data.metrics["auc"] == pytest.approx(metrics["auc"])
     assert run.data.params["epochs"] == "8"
-    assert (run.data.params["model_kind"], run.data.params["neural_cf.embedding_dim"]) == ("neural_cf", "16")
-    assert run.data.tags["railyard.model_kind"] == "neural_cf"
+    assert (run.data.params["model_kind"], run.data.params["fresh_wd.refit"]) == ("fresh_wd", "True")
+    assert run.data.tags["railyard.model_kind"] == "fresh_wd"
     # Early stopping used the newest tenth of the training rows, never the holdout.
     assert run.data.metrics["validation_rows"] < run.data.metrics["fit_rows"] / 5
     assert len(client.get_metric_history(run.info.run_id, "epoch_val_auc")) >= 1

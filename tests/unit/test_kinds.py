@@ -9,6 +9,7 @@ import pytest
 
 from railyard.configs import TrainConfig
 from railyard.kinds.base import KindConfig
+from railyard.kinds.fresh_wd import FreshWideDeep
 from railyard.kinds.neural_cf import NeuralCF
 from railyard.kinds.registry import KINDS, BadModelKind, load_kind, resolve_kind
 from railyard.model_input import declared_aggregates, layout
@@ -48,7 +49,8 @@ TINY = Tiny()
 
 
 def test_a_registered_name_and_package_module_object_resolve():
-    assert list(KINDS) == ["neural_cf"] and isinstance(resolve_kind("neural_cf"), NeuralCF)
+    assert list(KINDS) == ["neural_cf", "fresh_wd"] and isinstance(resolve_kind("neural_cf"), NeuralCF)
+    assert isinstance(resolve_kind("fresh_wd"), FreshWideDeep)
     assert isinstance(resolve_kind(f"{__name__}:Tiny"), Tiny)  # a class is instantiated
     assert resolve_kind(f"{__name__}:TINY") is TINY  # an instance is the kind
 
@@ -56,7 +58,7 @@ def test_a_registered_name_and_package_module_object_resolve():
 @pytest.mark.parametrize(
     ("spec", "said"),
     [
-        ("neural_fc", "neither a registered kind (neural_cf) nor package.module:object"),
+        ("neural_fc", "neither a registered kind (neural_cf, fresh_wd) nor package.module:object"),
         ("tests.unit.no_such_module:Kind", "cannot import tests.unit.no_such_module"),
         (f"{__name__}:Missing", f"{__name__} has no Missing"),
         (f"{__name__}:ReadsNothingDeclared", "reads 'user_shoe_size', which no declaration names"),

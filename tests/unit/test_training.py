@@ -130,3 +130,46 @@ def test_a_network_that_is_not_one_probability_per_row_is_refused(folder):
         training.BadNetwork, match=r"one probability per row \[N, 1\], got \[\(None, 1\), \(None, 1\)\]"
     ):
         training.train_model(feature_dir, CONFIG, load_kind(f"{__name__}:TwoOutputs"))
+
+
+class RefitConfig(KindConfig):
+    refit: bool = True
+
+
+class Refitted(Rates):
+    name = "refitted"
+    Config = RefitConfig
+    built: list = []
+
+    def build(self, context, config):
+        model = super().build(context, config)
+        self.built.append(model)
+        return model
+
+
+def test_a_kind_asking_for_a_refit_is_trained_again_on_every_training_row_for_the_chosen_epochs(folder, tmp_path):
+    feature_dir, _ = folder
+    without_holdout = tmp_path / "features"  # the refit never reads the holdout either
+    shutil.copytree(feature_dir, without_holdout)
+    shutil.rmtree(without_holdout / "holdout")
+    result = training.train_model(without_holdout, CONFIG, load_kind(f"{__name__}:Refitted"))
+    assert len(Refitted.built) == 2 and result.model is Refitted.built[-1]  # a fresh network, then trained
+    every_row = result.train_rows + result.validation_rows
+    steps = -(-every_row // CONFIG.batch_size) * (result.best_epoch + 1)
+    assert int(result.model.optimizer.iterations.numpy()) == steps
+
+
+def test_fresh_wd_serves_fresh_and_frozen_features_and_unknown_ids(folder, tmp_path):
+    feature_dir, feature_set = folder
+    kind = load_kind("fresh_wd")
+    result = training.train_model(feature_dir, CONFIG, kind)
+    assert kind.config.refit and result.figures["trainable_params"] < 20_000
+    export_dir = export.export_serving_model(
+        result.model, feature_set, tmp_path / "export", kind=kind.name, output=kind.output
+    )
+    holdout = feature_set.holdout
+    fresh = export.predict_with_features(export_dir, model_input.feature_inputs(holdout))
+    np.testing.assert_allclose(fresh, training.predict_core(result.model, holdout), atol=1e-6)
+    unknown = 10**12
+    frozen = export.predict_saved_model(export_dir, [unknown, unknown, 1], [1, unknown, unknown])
+    assert np.all((frozen > 0) & (frozen < 1))
