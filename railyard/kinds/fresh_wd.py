@@ -18,11 +18,16 @@ ratings are the most telling ones. Settings: ``RAILYARD_FRESH_WD_*`` (``Config``
 
 from __future__ import annotations
 
+import math
+
 from railyard import features as F
 from railyard.kinds.base import KindConfig, KindContext
 from railyard.kinds.layers import id_dropout, logit
 
 _LOG_COUNT_SCALE = 5.0  # log1p(counts) reach ~5-10 on MovieLens; keep inputs near unit scale
+# The wide part's starting weights: 1 on the user's and the movie's rate logits (the first two wide
+# features), 0 on the other seven.
+_WIDE_START = [[1.0], [1.0]] + [[0.0]] * 7
 
 
 class FreshWideDeepConfig(KindConfig):
@@ -144,11 +149,25 @@ class FreshWideDeep:
             x = keras.layers.Dense(units, activation="relu", kernel_regularizer=regularizer, name=f"deep_{number}")(x)
             if config.dropout:
                 x = keras.layers.Dropout(config.dropout, seed=seed + number, name=f"deep_dropout_{number}")(x)
-        deep_logit = keras.layers.Dense(1, kernel_regularizer=regularizer, name="deep_logit")(x)
-        wide_logit = keras.layers.Dense(1, name="wide_logit")(wide)
+        # The network starts as the fresh baseline (user and movie rates combined as naive Bayes
+        # does) and learns what it adds: on a small or short fit it stays near the baseline
+        # instead of near random.
+        deep_logit = keras.layers.Dense(
+            1, kernel_initializer="zeros", kernel_regularizer=regularizer, name="deep_logit"
+        )(x)
+        wide_logit = keras.layers.Dense(
+            1,
+            kernel_initializer=keras.initializers.Constant(_WIDE_START),
+            bias_initializer=keras.initializers.Constant(-_logit_of(context.priors["pos"])),
+            name="wide_logit",
+        )(wide)
         joined = keras.layers.Add(name="wide_and_deep")([wide_logit, deep_logit])
         score = keras.layers.Activation("sigmoid", name="score")(joined)
         return keras.Model(inputs=inputs, outputs=score, name="fresh_wd")
+
+
+def _logit_of(probability: float) -> float:
+    return math.log(probability / (1 - probability))
 
 
 KIND = FreshWideDeep()

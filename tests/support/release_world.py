@@ -96,9 +96,10 @@ class World:
         return json.loads(stdout.strip().splitlines()[-1]) if code == 0 else {"stderr": stderr}
 
     def mlflow(self):
-        from mlflow.tracking import MlflowClient
+        from railyard.tracking import mlflow_client
 
-        return MlflowClient(f"sqlite:///{self.home / 'mlflow.db'}")
+        # Railyard's own client: it never migrates a new database while a run does.
+        return mlflow_client(f"sqlite:///{self.home / 'mlflow.db'}")
 
     def tags(self, version: int) -> dict:
         return self.mlflow().get_model_version(MODEL, str(version)).tags

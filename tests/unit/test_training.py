@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from railyard import contract, export, features, model_input, training
+from railyard import contract, evaluation, export, features, model_input, training
 from railyard.kinds.base import KindConfig
 from railyard.kinds.registry import load_kind
 from railyard.loaders import load_dataset
@@ -173,3 +173,15 @@ def test_fresh_wd_serves_fresh_and_frozen_features_and_unknown_ids(folder, tmp_p
     unknown = 10**12
     frozen = export.predict_saved_model(export_dir, [unknown, unknown, 1], [1, unknown, unknown])
     assert np.all((frozen > 0) & (frozen < 1))
+
+
+def test_fresh_wd_starts_as_the_fresh_baseline_so_a_short_fit_cannot_score_worse_than_chance(folder):
+    """Before any step the network is the fresh baseline: the user's and the movie's rate logits
+    summed (less the prior's), the deep part silent; training learns what it adds to them."""
+    feature_dir, feature_set = folder
+    untrained, _, _ = training.new_model(feature_dir, CONFIG, load_kind("fresh_wd"))
+    holdout = feature_set.holdout
+    scores = training.predict_core(untrained, holdout).astype(np.float64)
+    baseline = evaluation.baseline_scores(holdout, feature_set.priors)[evaluation.FRESH_BASELINE]
+    offset = np.log(scores) - np.log1p(-scores) - baseline
+    assert np.ptp(offset) < 1e-3
