@@ -172,7 +172,7 @@ def close_review(flow_run_id: str, outcome: str) -> None:
                 client.set_flow_run_state(run.id, Failed(message=outcome), force=True)
     except Exception as error:  # noqa: BLE001 - the release state is already recorded in MLflow
         log.warning("could not close the review of flow run %s in Prefect: %s", flow_run_id, error)
-    post_artifact(flow_run_id, APPROVAL_ARTIFACT, f"## Closed\n\n{outcome}")
+    post_artifact(flow_run_id, APPROVAL_ARTIFACT, f"## Closed\n\n{outcome}", description="review closed")
 
 
 def post_artifact(flow_run_id: str, key: str, markdown: str, description: str | None = None) -> None:
