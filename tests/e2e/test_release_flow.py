@@ -325,10 +325,11 @@ def test_after_the_only_version_is_rejected_serving_starts_again_for_the_next(fi
     (deadline_run,) = _deadline_runs(world, deadline)
     assert deadline_run["state"]["type"] == "CANCELLED", deadline_run["state"]
     logs = _log_lines(world, flow_run_id)
-    waiting = [line for line in logs if "waits for a reviewer" in line]
-    assert waiting and "recmodel version 2" in waiting[0] and " UTC" in waiting[0], logs
-    resumed = logs[logs.index(waiting[0]) + 1 :]
-    assert not [line for line in resumed if "Suspending" in line], resumed
+    waiting = [index for index, line in enumerate(logs) if "waits for a reviewer" in line]
+    suspended = [index for index, line in enumerate(logs) if "Suspending flow run" in line]
+    assert len(waiting) == 1 and len(suspended) == 1 and waiting[0] < suspended[0], logs  # once, before suspending
+    assert "recmodel version 2" in logs[waiting[0]] and " UTC" in logs[waiting[0]], logs
+    resumed = logs[suspended[0] + 1 :]
     assert any(f"{ME} answered approve: better" in line for line in resumed), resumed
     decided = [a for a in _artifacts(world, flow_run_id) if "## Decided" in str(a["data"])]
     assert decided and decided[-1]["description"] == f"recmodel v2: production ({ME})", decided
