@@ -235,6 +235,7 @@ def retrain(
         version=version,
         flow_run=prefect_run_id,
         model_kind=kind.name,
+        kind_spec=kind.spec,
         code_version=code_version,
         window=data_window(source, feature_set, metrics),
         metrics=metrics,

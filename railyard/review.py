@@ -46,6 +46,7 @@ class ReviewRequest:
     version: int
     flow_run: str | None
     model_kind: str
+    kind_spec: str  # where the kind is defined (railyard.kinds.registry)
     code_version: str
     window: DataWindow
     metrics: Mapping[str, float]
@@ -110,7 +111,7 @@ def review_markdown(request: ReviewRequest) -> str:
             f"## {request.model} version {request.version} awaits your review",
             f"Serving as `canary`; decide by **{when(request.deadline)}**: without an answer by then the canary "
             "is unloaded and the version rejected (timed out).",
-            f"Model kind `{request.model_kind}`, code `{request.code_version}`.",
+            f"Model kind `{request.model_kind}` (`{request.kind_spec}`), code `{request.code_version}`.",
             request.window.markdown(),
             f"### Evaluation gate: {'passed' if request.decision.blessed else 'FAILED'}",
             request.decision.reason + ".",

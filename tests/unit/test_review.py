@@ -30,6 +30,7 @@ def _request(live=()) -> ReviewRequest:
         version=5,
         flow_run="run-1",
         model_kind="fresh_wd",
+        kind_spec="railyard.kinds.fresh_wd:KIND",
         code_version="abc123",
         window=DataWindow("/data/ratings", 1796300000, 1796600000, 18000, "f" * 64),
         metrics=METRICS,
@@ -46,6 +47,7 @@ def test_the_request_shows_every_figure_a_reviewer_decides_from():
     markdown = review_markdown(_request())
     for shown in (
         "## recmodel version 5 awaits your review",
+        "Model kind `fresh_wd` (`railyard.kinds.fresh_wd:KIND`), code `abc123`.",
         "decide by **2026-12-07 10:00:00 UTC**",
         "| auc | +0.8312 | ≥ 0.7 | threshold | yes |",
         "| logloss | +0.5123 | ≤ 0.65 | threshold | yes |",
