@@ -357,7 +357,7 @@ def _the_review_request_holds_the_numbers(world: World, flow_run_id: str, deadli
         assert shown in markdown, shown
     assert "```" not in markdown and "86400 s" not in markdown
     assert when in request["description"]
-    _, inputs = world.api("POST", f"/flow_runs/{flow_run_id}/input/filter", {"prefix": "suspended-"})
+    _, inputs = world.api("POST", f"/flow_runs/{flow_run_id}/input/filter", {"prefix": "suspended-", "limit": 10})
     (description,) = [json.loads(i["value"]) for i in inputs if i["key"].endswith("-description")]
     assert description == markdown
 
