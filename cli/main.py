@@ -400,13 +400,15 @@ def status(
         bool, typer.Option("--verify-history", help="Check the transition log's hash chain and MLflow against it.")
     ] = False,
 ) -> None:
-    """Model versions with stage, metrics and approver, and what each serving label points at.
+    """Model versions with their stage and who moved them there, when and why (a version under
+    review: since when, its run, its deadline), what each serving label points at, live figures.
 
     Concludes first what can be concluded: reviews that timed out, runs that crashed (see
     docs/release.md); each repair is listed. With --verify-history, first checks the model
     store's transition log (exit 2 when a record was tampered with or MLflow disagrees).
     """
     settings = _settings(store=True)
+    from cli.status_view import distinct_labels, status_lines, version_story
     from infra.rollout.deploy import resolve_target
     from infra.tfserving.model_config import ConfigFileError
     from infra.tfserving.protocol import CANARY, STABLE
@@ -427,10 +429,7 @@ def status(
             repaired = reconcile(settings, start_serving=False)
     except LockTimeoutError as busy:
         repaired = [f"not reconciled: a release is in progress ({busy})"]
-    versions = [
-        {key: entry[key] for key in ("version", "kind", "stage", "metrics", "approved_by")}
-        for entry in registry(settings).versions()
-    ]
+    versions = [version_story(entry) for entry in registry(settings).versions()]
     target = resolve_target(settings, start_local=False)
     serving: dict[str, int | None] = {}
     down = "the local server is not running (`railyard serve --background`)"
@@ -443,8 +442,7 @@ def status(
         except ConfigFileError as error:
             down = f"the local server is not running and cannot start: {error}"
     online = _online_store_state(settings)
-    served = {label: version for label, version in serving.items() if version is not None}
-    live = gray.live_figures(settings, served) if online["running"] else []
+    live = gray.live_figures(settings, distinct_labels(serving)) if online["running"] else []
     if as_json:
         print(
             json.dumps(
@@ -461,19 +459,8 @@ def status(
             )
         )
         return
-    for line in repaired:
-        typer.echo(f"repaired: {line}")
-    for entry in versions:
-        auc = entry["metrics"].get("auc")
-        approved = f", approved by {entry['approved_by']}" if entry["approved_by"] else ""
-        auc = "auc None" if auc is None else f"auc {auc:.4f}"
-        typer.echo(f"v{entry['version']:<4} {entry['stage']:<11} {entry['kind'] or '?':<12} {auc}{approved}")
-    if target is None:
-        typer.echo(f"serving: {down}")
-    else:
-        typer.echo("serving: " + ", ".join(f"{label} -> {version}" for label, version in serving.items()))
-    for figures in live:
-        typer.echo(f"live: {figures.summary()}")
+    for line in status_lines(versions, serving, None if target is not None else down, live, repaired):
+        typer.echo(line)
     for line in _online_store_lines(online):
         typer.echo(line)
 

@@ -28,11 +28,12 @@ from model_registry import Manifest
 from model_registry.release_rules import SYSTEM_ACTOR, Ending, Outcome, release_verdict
 from railyard import contract, errors, tracking
 from railyard.errors import CanaryRolledBack, ModelRejected, SmokeTestsFailed
-from railyard.evaluation import GateDecision, side_by_side, side_by_side_markdown
+from railyard.evaluation import GateDecision
 from railyard.features import FeatureSet
-from railyard.kinds.registry import LoadedKind, load_kind
+from railyard.kinds.registry import load_kind
 from railyard.locations import Location
 from railyard.notify import notify
+from railyard.review import DataWindow, ReviewRequest, decision_line, review_markdown, waiting_line, when
 from railyard.settings import Settings
 from railyard.training import code_version as model_code_version
 from tasks import (
@@ -229,24 +230,30 @@ def retrain(
         )
 
     suspend = deployment.get_id() is not None  # only a deployment's run can be rescheduled
-    live = "\n".join(
-        f"- {figures.summary()}" for figures in gray.live_figures(settings, deploy.serving_labels(target, settings))
+    request = ReviewRequest(
+        model=model,
+        version=version,
+        flow_run=prefect_run_id,
+        model_kind=kind.name,
+        kind_spec=kind.spec,
+        code_version=code_version,
+        window=data_window(source, feature_set, metrics),
+        metrics=metrics,
+        decision=decision,
+        smoke=report,
+        skew=tracking.run_metrics(settings, run_id, prefix=online.SKEW_METRIC_PREFIX),
+        max_skew_share=settings.max_skew_share,
+        deadline=time.time() + settings.approval_timeout_s,
+        live=gray.live_figures(settings, deploy.serving_labels(target, settings)),
     )
-    evidence = review_evidence(kind, code_version, metrics, decision) + f"\n\n```\n{report.summary()}\n```"
-    evidence += f"\n\nLive traffic through the ranking service:\n\n{live}" if live else ""
-    instructions = request_review(settings, version, prefect_run_id, evidence, suspend)
+    instructions = request_review(settings, request, suspend)
     return finish_review(settings, version, prefect_run_id, summary, suspend=suspend, instructions=instructions)
 
 
-def review_evidence(kind: LoadedKind, code_version: str, metrics: dict, decision: GateDecision) -> str:
-    """What the reviewer sees first: the kind, the gate, and the model beside both baselines and
-    production on the same holdout rows."""
-    figures = side_by_side(metrics, decision.baseline_metrics, decision.baseline_version)
-    checks = ", ".join(f"{c.name} {c.value:+.4f} ({'ok' if c.passed else 'FAILED'})" for c in decision.checks)
-    return (
-        f"Model kind `{kind.name}` (`{kind.spec}`), code `{code_version}`.\n\n"
-        f"Gate: {decision.reason}. Checks: {checks}.\n\n{side_by_side_markdown(figures)}"
-    )
+def data_window(source: Path, feature_set: FeatureSet, metrics: dict) -> DataWindow:
+    holdout = feature_set.holdout
+    last = int(holdout["timestamp"].max()) if "timestamp" in holdout.columns and holdout.height else None
+    return DataWindow(str(source), feature_set.cutoff_ts, last, int(metrics["rows"]), feature_set.fingerprint)
 
 
 def validated_features(
@@ -355,27 +362,23 @@ def canary_release(
     return target, report
 
 
-def request_review(settings: Settings, version: int, prefect_run_id: str | None, evidence: str, suspend: bool) -> str:
+def request_review(settings: Settings, request: ReviewRequest, suspend: bool) -> str:
     """Record how this run waits, ask for a review; the instructions shown with the form."""
-    model, timeout_s = settings.model_name, settings.approval_timeout_s
-    deadline = time.time() + timeout_s
+    model, version, flow_run_id = request.model, request.version, request.flow_run
     stages = release.registry(settings)
-    stages.set_release_run(version, release.release_owner(prefect_run_id, "suspend" if suspend else "pause", deadline))
-    stages.set_lineage(version, review_run=str(prefect_run_id))
-    instructions = (
-        f"## {model} version {version} is serving as `canary` and awaits approval\n\n{evidence}\n\n"
-        "Choose **approve** or **reject** in the **Resume** form of this flow run (a rejection needs a "
-        "comment), or from a shell:\n\n"
-        f"`railyard approve {version} --reviewer NAME --comment TEXT` / "
-        f"`railyard reject {version} --reviewer NAME --comment TEXT`\n\n"
-        f"Without an answer within {timeout_s} s the canary is unloaded and the version rejected."
-    )
+    mode = "suspend" if suspend else "pause"
+    stages.set_release_run(version, release.release_owner(flow_run_id, mode, request.deadline))
+    stages.set_lineage(version, review_run=str(flow_run_id))
+    instructions = review_markdown(request)
     create_markdown_artifact(
-        key=approval.APPROVAL_ARTIFACT, markdown=instructions, description=f"{model} v{version}: approval needed"
+        key=approval.APPROVAL_ARTIFACT,
+        markdown=instructions,
+        description=f"{model} v{version}: approval needed by {when(request.deadline)}",
     )
     notify(settings, "approval_needed", f"{model} version {version} awaits approval", version=version)
-    if suspend:
-        approval.schedule_deadline_check(deadline)
+    if suspend and (deadline_run := approval.schedule_deadline_check(request.deadline)) is not None:
+        stages.set_lineage(version, deadline_run=deadline_run)
+    print(waiting_line(model, version, flow_run_id, request.deadline))
     return instructions
 
 
@@ -393,11 +396,17 @@ def finish_review(
     decision = approval.await_decision(
         settings.model_name, version, instructions, settings.approval_timeout_s, suspend=suspend
     )
+    print(decision_line(settings.model_name, version, decision))
     target = deploy.serving_target(settings)
     with release.release_lock(settings, f"retrain run {prefect_run_id}"):
         last = release.conclude_review(target, settings, version, decision, prefect_run_id)
     state = ending_state(settings, version, last, summary | serving_summary(target, settings))
-    create_markdown_artifact(key=approval.APPROVAL_ARTIFACT, markdown=f"## Decided\n\n{state.message}")
+    approval.cancel_deadline_check(release.registry(settings).lineage(version).get("deadline_run"), state.message)
+    create_markdown_artifact(
+        key=approval.APPROVAL_ARTIFACT,
+        markdown=f"## Decided\n\n{state.message}",
+        description=f"{settings.model_name} v{version}: {last['stage']} ({last['actor']})",
+    )
     return state
 
 

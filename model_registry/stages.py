@@ -335,7 +335,8 @@ class StageRegistry:
 
     def versions(self) -> list[dict]:
         """Every version: its model kind, stage, the metrics of its run, who approved its
-        production, its history (stage and history from the transition log)."""
+        production, its history (stage and history from the transition log), and the run that
+        carries its release (``release_run``: flow run, how it waits, the review's deadline)."""
         logged, result = self._logged_history(), []
         for details in sorted(self._search(), key=lambda found: int(found.version)):
             version = int(details.version)
@@ -350,6 +351,7 @@ class StageRegistry:
                     "metrics": dict(metrics),
                     "approved_by": approvals[-1] if approvals else None,
                     "history": history,
+                    "release_run": json.loads(details.tags.get(RELEASE_RUN_TAG) or "null"),
                 }
             )
         return result

@@ -21,6 +21,8 @@ from railyard.configs import GateThresholds
 
 FRESH_BASELINE = "user + movie baseline"
 LIFT = "auc_lift_vs_fresh_baseline"
+# How a check's direction is shown: in a markdown table cell a leading ">" starts a quote.
+SYMBOLS = {">=": "≥", "<=": "≤"}
 
 # Clipping keeps log loss finite for a score of exactly 0 or 1.
 _EPS = 1e-7

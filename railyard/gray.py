@@ -47,6 +47,10 @@ def request_counters(latency_ms: float, error: bool, score: float | None) -> dic
     return counters
 
 
+# Below this many requests the p99 is the slowest request (a cold first one included): say so.
+FEW_REQUESTS = 100
+
+
 @dataclass(frozen=True)
 class LiveFigures:
     label: str
@@ -55,6 +59,7 @@ class LiveFigures:
     errors: int
     p99_ms: float | None  # the upper bound of the bucket holding the 99th percentile
     mean_score: float | None
+    p50_ms: float | None = None  # the same for the median
 
     @property
     def error_rate(self) -> float:
@@ -63,12 +68,17 @@ class LiveFigures:
     def summary(self) -> str:
         if not self.requests:
             return f"{self.label} v{self.version}: no requests yet"
-        p99 = "-" if self.p99_ms is None else f"≤ {self.p99_ms:g} ms"
+        p50, p99 = (_bound(value) for value in (self.p50_ms, self.p99_ms))
+        slowest = f" (of {self.requests:,} requests: the slowest one)" if self.requests < FEW_REQUESTS else ""
         score = "-" if self.mean_score is None else f"{self.mean_score:.4f}"
         return (
             f"{self.label} v{self.version}: {self.requests:,} requests, {self.error_rate:.2%} errors, "
-            f"p99 {p99}, mean score {score}"
+            f"latency p50 {p50}, p99 {p99}{slowest}, mean score {score}"
         )
+
+
+def _bound(upper_ms: float | None) -> str:
+    return "-" if upper_ms is None else f"≤ {upper_ms:g} ms"
 
 
 def live_figures(label: str, version: int | None, counters: dict[str, float]) -> LiveFigures:
@@ -76,17 +86,21 @@ def live_figures(label: str, version: int | None, counters: dict[str, float]) ->
     (scored answers) and ``score_sum``, and ``latency_<i>`` per bucket (not cumulative)."""
     requests, errors = int(counters.get("requests", 0)), int(counters.get("errors", 0))
     counts = [int(counters.get(f"latency_{i}", 0)) for i in range(len(LATENCY_BUCKETS_MS) + 1)]
-    p99 = None
-    if sum(counts):
-        wanted, seen = 0.99 * sum(counts), 0
-        for index, count in enumerate(counts):
-            seen += count
-            if seen >= wanted:
-                p99 = float(LATENCY_BUCKETS_MS[index]) if index < len(LATENCY_BUCKETS_MS) else float("inf")
-                break
     scored = int(counters.get("scores", 0))
     mean = counters.get("score_sum", 0.0) / scored if scored else None
-    return LiveFigures(label, version, requests, errors, p99, mean)
+    return LiveFigures(label, version, requests, errors, _quantile(counts, 0.99), mean, _quantile(counts, 0.5))
+
+
+def _quantile(counts: list[int], share: float) -> float | None:
+    """The upper bound of the latency bucket that holds the ``share`` quantile (None: no request)."""
+    if not sum(counts):
+        return None
+    wanted, seen = share * sum(counts), 0
+    for index, count in enumerate(counts):
+        seen += count
+        if seen >= wanted:
+            break
+    return float(LATENCY_BUCKETS_MS[index]) if index < len(LATENCY_BUCKETS_MS) else float("inf")
 
 
 def bake_verdict(canary: LiveFigures, budget: BakeBudget) -> str | None:

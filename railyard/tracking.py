@@ -113,6 +113,12 @@ def running_runs(settings: Settings) -> list:
     )
 
 
+def run_metrics(settings: Settings, run_id: str, prefix: str = "") -> dict[str, float]:
+    """A run's latest metrics whose names start with ``prefix`` (without it)."""
+    metrics = client(settings).get_run(run_id).data.metrics
+    return {name.removeprefix(prefix): value for name, value in metrics.items() if name.startswith(prefix)}
+
+
 def log_params(settings: Settings, run_id: str, params: dict) -> None:
     from mlflow.entities import Param
 

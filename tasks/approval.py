@@ -17,7 +17,7 @@ from uuid import UUID
 from prefect.client.orchestration import get_client
 from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
 from prefect.flow_runs import pause_flow_run, resume_flow_run, suspend_flow_run
-from prefect.input import RunInput
+from prefect.input import RunInput, keyset_from_base_key, read_flow_run_input
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from model_registry.release_rules import RunView
@@ -44,15 +44,24 @@ class ApprovalDecision(RunInput):
 
     model_config = ConfigDict(json_schema_extra=_COMMENT_REQUIRED_FOR_REJECT)
 
+    # The titles are the form's labels: each says when the field is required. The UI adds
+    # "(Optional)" to a field the schema does not require, as the comment must be for approvals.
     # No default: submitting the form without choosing is refused, never read as a rejection.
     decision: Literal["approve", "reject"] = Field(
-        description="approve: the canary becomes production (stable). reject: the canary is unloaded."
+        title="Decision: approve or reject (required)",
+        description="approve: the canary becomes production (stable). reject: the canary is unloaded.",
     )
     # The pattern is for the server's check of the form; Python's check below says it in words.
     reviewer: str = Field(
-        description="Who decides: a name or e-mail, recorded in the audit trail.", json_schema_extra={"pattern": r"\S"}
+        title="Reviewer: your name or e-mail (required)",
+        description="Recorded in the audit trail with your decision.",
+        json_schema_extra={"pattern": r"\S"},
     )
-    comment: str = Field(default="", description="Why, recorded with the stage change. Required for a rejection.")
+    comment: str = Field(
+        default="",
+        title="Comment: required to reject",
+        description="Why you decide so, recorded with the stage change. A rejection needs one.",
+    )
 
     @field_validator("reviewer", "comment")
     @classmethod
@@ -88,6 +97,11 @@ def await_decision(
     form = ApprovalDecision.with_initial_data(description=instructions)
     key = pause_key(model, version)
     if suspend:
+        # Started again after the answer: read it. Calling suspend_flow_run again would return it
+        # too, but would first log "Suspending flow run…" although the run is about to apply it.
+        answered = read_flow_run_input(keyset_from_base_key(f"suspended-{key}")["response"])
+        if answered is not None:
+            return ApprovalDecision(**answered)
         return suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
     try:
         return pause_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
@@ -158,7 +172,7 @@ def close_review(flow_run_id: str, outcome: str) -> None:
                 client.set_flow_run_state(run.id, Failed(message=outcome), force=True)
     except Exception as error:  # noqa: BLE001 - the release state is already recorded in MLflow
         log.warning("could not close the review of flow run %s in Prefect: %s", flow_run_id, error)
-    post_artifact(flow_run_id, APPROVAL_ARTIFACT, f"## Closed\n\n{outcome}")
+    post_artifact(flow_run_id, APPROVAL_ARTIFACT, f"## Closed\n\n{outcome}", description="review closed")
 
 
 def post_artifact(flow_run_id: str, key: str, markdown: str, description: str | None = None) -> None:
@@ -175,13 +189,14 @@ def post_artifact(flow_run_id: str, key: str, markdown: str, description: str | 
         log.warning("could not post the %s artifact on flow run %s: %s", key, flow_run_id, error)
 
 
-def schedule_deadline_check(deadline: float) -> None:
-    """A run of the reconcile deployment at the review's deadline rejects it if nobody answered."""
+def schedule_deadline_check(deadline: float) -> str | None:
+    """A run of the reconcile deployment at the review's deadline rejects it if nobody answered;
+    the id of that scheduled run (None when it could not be scheduled)."""
     from prefect.deployments import run_deployment
 
     try:
         when = datetime.fromtimestamp(deadline + DEADLINE_MARGIN_S, UTC)
-        run_deployment(DEADLINE_DEPLOYMENT, scheduled_time=when, timeout=0, as_subflow=False)
+        scheduled = run_deployment(DEADLINE_DEPLOYMENT, scheduled_time=when, timeout=0, as_subflow=False)
     except Exception as error:  # noqa: BLE001 - without it the next run or `railyard status` rejects it
         log.warning(
             "could not schedule %s at the review deadline (%s); the next run or `railyard status` will close "
@@ -189,3 +204,22 @@ def schedule_deadline_check(deadline: float) -> None:
             DEADLINE_DEPLOYMENT,
             error,
         )
+        return None
+    return str(scheduled.id)
+
+
+def cancel_deadline_check(flow_run_id: str | None, why: str) -> None:
+    """Cancel the deadline's reconcile run of a review that is over. Cancelled, not deleted: the UI
+    keeps it, saying why it never ran. Only while it is still scheduled (once it runs, it is the
+    reconciliation that concludes the review)."""
+    from prefect.states import Cancelled
+
+    if not flow_run_id:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(flow_run_id))
+            if run.state is not None and run.state.is_scheduled():
+                client.set_flow_run_state(run.id, Cancelled(message=why), force=True)
+    except Exception as error:  # noqa: BLE001 - it would find nothing to do at the deadline anyway
+        log.warning("could not cancel the deadline check %s: %s", flow_run_id, error)

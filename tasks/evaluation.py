@@ -7,9 +7,6 @@ from railyard import evaluation, tracking
 from railyard.settings import Settings
 from tasks.common import MINUTES, model_store, railyard_task
 
-# The UI renders table cells as markdown, where a leading ">" starts a quote.
-SYMBOLS = {">=": "≥", "<=": "≤"}
-
 
 @railyard_task(name="evaluate", timeout_seconds=60 * MINUTES)
 def evaluate(
@@ -54,7 +51,7 @@ def gate(
             {
                 "check": c.name,
                 "value": round(c.value, 5),
-                "threshold": f"{SYMBOLS[c.direction]} {c.threshold}",
+                "threshold": f"{evaluation.SYMBOLS[c.direction]} {c.threshold}",
                 "passed": c.passed,
                 "compared with": c.compared_with,
             }

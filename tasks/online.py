@@ -13,6 +13,8 @@ from railyard.settings import Settings
 from railyard.skew import FeatureSkew, SkewReport
 from tasks.common import MINUTES, railyard_task
 
+SKEW_METRIC_PREFIX = "online_skew_share_"  # then the entity: users, movies
+
 
 @railyard_task(name="online-store-skew", timeout_seconds=30 * MINUTES, retries=2, retry_delay_seconds=[10, 60])
 def check_skew(dataset: RawDataset, settings: Settings, run_id: str) -> dict:
@@ -28,7 +30,7 @@ def record_skew(
     if built:
         print("the online store was empty: built it from this run's validated data")
     state = store.state()
-    metrics = {f"online_skew_share_{report.entity}s": report.share for report in reports}
+    metrics = {f"{SKEW_METRIC_PREFIX}{report.entity}s": report.share for report in reports}
     metrics["online_events_applied"] = state["events_applied"]
     tracking.log_metrics(settings, run_id, metrics)
     tracking.log_dict(

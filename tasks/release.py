@@ -200,6 +200,7 @@ def end_release(settings: Settings, version: int, stage: Stage, ending: Ending, 
         settings, version, actor=SYSTEM_ACTOR, reason=reason, ending=ending.kind, flow_run_id=owner.get("flow_run_id")
     )
     approval.close_review(owner["flow_run_id"], f"version {version} was rejected ({reason})")
+    approval.cancel_deadline_check(registry(settings).lineage(version).get("deadline_run"), f"rejected: {reason}")
     return f"version {version} was rejected: {reason}"
 
 

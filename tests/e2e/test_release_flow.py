@@ -9,13 +9,16 @@ times out; run 5 fails its smoke tests; then rollbacks; run 6 is approved by the
 """
 
 import getpass
+import json
 import os
+import re
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from tasks.approval import DEADLINE_MARGIN_S
 from tests.support.prefect_server import LEASE_S
 from tests.support.release_world import World, assert_serves_its_golden_answers, predict
 
@@ -295,6 +298,18 @@ def test_after_the_only_version_is_rejected_serving_starts_again_for_the_next(fi
     assert (run["state"]["type"], run["state"]["name"]) == ("PAUSED", "Suspended"), run["state"]["message"]
     assert world.stage(2) == "staging" and world.status()["serving"] == {"stable": None, "canary": 2}
     assert_serves_its_golden_answers(world, "canary", 2)
+    deadline = json.loads(world.tags(2)["railyard.release_run"])["deadline"]
+    _the_review_request_holds_the_numbers(world, flow_run_id, deadline)
+    said = world.railyard("status").stdout
+    assert "None" not in said and "canary" in said and "stable ->" not in said, said
+    assert re.search(rf"v2 +staging .*awaiting review since .* UTC, flow run {flow_run_id}, deadline .* UTC", said), (
+        said
+    )
+    assert re.search(rf"v1 +rejected .*rejected by {ME} at .* UTC: not good enough", said), said
+    rejected = {entry["version"]: entry for entry in world.status()["versions"]}[1]
+    assert (rejected["rejected_by"], rejected["reason"]) == (ME, "not good enough")
+    review = {entry["version"]: entry for entry in world.status()["versions"]}[2]["review"]
+    assert (review["flow_run_id"], review["deadline"]) == (flow_run_id, deadline)
 
     world.railyard("approve", "2", "--comment", "better")
     world.railyard("worker", "--run-once")
@@ -302,3 +317,72 @@ def test_after_the_only_version_is_rejected_serving_starts_again_for_the_next(fi
     assert state["type"] == "COMPLETED", state
     assert world.aliases()["production"] == 2 and world.status()["serving"] == {"stable": 2, "canary": 2}
     assert_serves_its_golden_answers(world, "stable", 2)
+    said = world.railyard("status").stdout
+    assert "serving: stable -> 2\n" in said and "canary" not in said, said
+    assert re.search(rf"v2 +production .*by {ME} at .* UTC: better", said), said
+
+    # The answered review's deadline check is cancelled, not left scheduled for the whole window.
+    (deadline_run,) = _deadline_runs(world, deadline)
+    assert deadline_run["state"]["type"] == "CANCELLED", deadline_run["state"]
+    logs = _log_lines(world, flow_run_id)
+    waiting = [index for index, line in enumerate(logs) if "waits for a reviewer" in line]
+    suspended = [index for index, line in enumerate(logs) if "Suspending flow run" in line]
+    assert len(waiting) == 1 and len(suspended) == 1 and waiting[0] < suspended[0], logs  # once, before suspending
+    assert "recmodel version 2" in logs[waiting[0]] and " UTC" in logs[waiting[0]], logs
+    resumed = logs[suspended[0] + 1 :]
+    assert any(f"{ME} answered approve: better" in line for line in resumed), resumed
+    decided = [a for a in _artifacts(world, flow_run_id) if "## Decided" in str(a["data"])]
+    assert decided and decided[-1]["description"] == f"recmodel v2: production ({ME})", decided
+
+
+def _the_review_request_holds_the_numbers(world: World, flow_run_id: str, deadline: float) -> None:
+    """The artifact and the Resume form's description: the gate with its thresholds, the model
+    beside the baselines and production, smoke tests and skew in tables, the deadline as a time."""
+    (request,) = [a for a in _artifacts(world, flow_run_id) if "awaits your review" in str(a["data"])]
+    markdown = request["data"]
+    when = datetime.fromtimestamp(deadline, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    for shown in (
+        "| check | value | threshold | measured against | passed |",
+        "| auc |",
+        "| auc_lift_vs_fresh_baseline |",
+        "fresh baseline (user + movie rates)",
+        "popularity baseline",
+        "| latency_burst |",
+        "Online store vs. offline features",
+        "Data `",
+        when,
+        "`railyard approve 2 --comment WHY`",
+        "`railyard reject 2 --comment WHY`",
+    ):
+        assert shown in markdown, shown
+    assert "```" not in markdown and "86400 s" not in markdown
+    assert when in request["description"]
+    _, inputs = world.api("POST", f"/flow_runs/{flow_run_id}/input/filter", {"prefix": "suspended-", "limit": 10})
+    (description,) = [json.loads(i["value"]) for i in inputs if i["key"].endswith("-description")]
+    assert description == markdown
+
+
+def _artifacts(world: World, flow_run_id: str) -> list[dict]:
+    query = {"artifacts": {"key": {"any_": ["approval-needed"]}}, "flow_runs": {"id": {"any_": [flow_run_id]}}}
+    return sorted(world.api("POST", "/artifacts/filter", query)[1], key=lambda artifact: artifact["created"])
+
+
+def _deadline_runs(world: World, deadline: float) -> list[dict]:
+    """The reconcile runs scheduled for this deadline (it plus the margin)."""
+    _, reconcile = world.api("GET", "/deployments/name/reconcile/reconcile")
+    _, runs = world.api("POST", "/flow_runs/filter", {"deployments": {"id": {"any_": [reconcile["id"]]}}})
+    return [
+        run
+        for run in runs
+        if abs(datetime.fromisoformat(run["expected_start_time"]).timestamp() - deadline - DEADLINE_MARGIN_S) < 2
+    ]
+
+
+def _log_lines(world: World, flow_run_id: str) -> list[str]:
+    lines: list[str] = []
+    while True:
+        query = {"logs": {"flow_run_id": {"any_": [flow_run_id]}}, "sort": "TIMESTAMP_ASC", "offset": len(lines)}
+        page = [entry["message"] for entry in world.api("POST", "/logs/filter", query)[1]]
+        if not page:
+            return lines
+        lines += page

@@ -67,6 +67,13 @@ def test_a_real_prefect_server_refuses_bad_answers_and_resumes_with_a_good_one(p
         run_id = _wait_for_paused_run(prefect_server)
         schema = _saved_schema(prefect_server, run_id)
         assert "default" not in schema["properties"]["decision"] and "decision" in schema["required"]
+        # The form's labels say what is required when.
+        titles = {name: field["title"] for name, field in schema["properties"].items()}
+        assert titles == {
+            "decision": "Decision: approve or reject (required)",
+            "reviewer": "Reviewer: your name or e-mail (required)",
+            "comment": "Comment: required to reject",
+        }
 
         bad = [
             {"reviewer": "alice", "comment": ""},

@@ -26,7 +26,11 @@ def test_live_figures_from_counters():
     figures = gray.live_figures("canary", 7, counters)
     assert (figures.requests, figures.errors, figures.error_rate) == (200, 4, 0.02)
     assert figures.p99_ms == 100.0 and figures.mean_score == 0.5  # the 198th of 200 is in the <=100 ms bucket
-    assert "canary v7: 200 requests, 2.00% errors, p99 ≤ 100 ms, mean score 0.5000" == figures.summary()
+    assert figures.p50_ms == 5.0
+    assert (
+        figures.summary()
+        == "canary v7: 200 requests, 2.00% errors, latency p50 ≤ 5 ms, p99 ≤ 100 ms, mean score 0.5000"
+    )
     assert gray.live_figures("stable", 1, {}).summary() == "stable v1: no requests yet"
     assert gray.latency_bucket(0.3) == 0 and gray.latency_bucket(10) == 3 and gray.latency_bucket(1e6) == 12
 
@@ -39,3 +43,13 @@ def test_the_bake_verdict_waits_for_evidence_then_judges_errors_and_latency():
     assert gray.bake_verdict(fine, budget) is None
     bad = gray.LiveFigures("canary", 2, requests=500, errors=50, p99_ms=200.0, mean_score=0.5)
     assert gray.bake_verdict(bad, budget) == "error rate 10.00% over the 1.00% budget; p99 200 ms over the 50 ms budget"
+
+
+def test_latency_over_few_requests_says_how_many_it_covers():
+    """One cold first request among a few makes the p99: the line says so instead of passing it off
+    as the 99th percentile of real traffic."""
+    figures = gray.live_figures("stable", 1, {"requests": 57, "latency_1": 56, "latency_10": 1})  # one ≤ 2 s
+    assert figures.summary() == (
+        "stable v1: 57 requests, 0.00% errors, latency p50 ≤ 2 ms, p99 ≤ 2000 ms (of 57 requests: the slowest one), "
+        "mean score -"
+    )
