@@ -43,8 +43,8 @@ class World:
             # Nor a lift over the fresh baseline: two epochs on 4,800 ratings scored from -0.011
             # to +0.006 over it (three draws).
             "RAILYARD_MIN_AUC_LIFT": "-1",
-            # Nor absolute bounds: two epochs of fresh_wd on such a draw scored AUC 0.584 (seed 1).
-            # These tests are about the release, not the model.
+            # Nor absolute bounds (a draw this small sits near them): these tests are about the
+            # release, not the model.
             "RAILYARD_MIN_AUC": "0",
             "RAILYARD_MAX_LOGLOSS": "10",
             "PREFECT_API_URL": api_url,
