@@ -18,8 +18,9 @@ fresh process (`python -m cli ...`), in the same order each round:
 - `reject 3 --comment …`: refused after the whole check: version 3 is already rejected;
 - `serve --stop`: stops the running local server (restarted, untimed, before the next round).
 
-Medians per command and each as a ratio to `--help`'s median of the same run go to
-bench/results/commands.json. Targets: status <= 2 s, approve/reject <= 3 s, serve --stop <= 1 s.
+Medians per command (wall, and CPU seconds of the command's process: on a shared machine the
+wall time follows the others' load) and each as a ratio to `--help`'s median of the same run go
+to bench/results/commands.json (git-ignored; bench/README.md keeps the figures). Targets: status <= 2 s, approve/reject <= 3 s, serve --stop <= 1 s.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -100,13 +102,17 @@ def build_home(home: Path, env: dict[str, str]) -> None:
         register_versions(settings, export_dir, VERSIONS - 1)
 
 
-def timed(command: list[str], env: dict[str, str], expected_code: int) -> float:
+def timed(command: list[str], env: dict[str, str], expected_code: int) -> tuple[float, float]:
+    """Wall seconds, and the CPU seconds (user + system) the command's process used: on a shared
+    machine the wall time follows the load, the CPU time much less."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "cli", *command], env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != expected_code:
         raise SystemExit(f"`railyard {' '.join(command)}` exited {done.returncode}:\n{done.stderr[-2000:]}")
-    return seconds
+    return seconds, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def main() -> None:
@@ -132,11 +138,14 @@ def main() -> None:
     print(f"{len(state['versions'])} versions; serving {state['serving']}; repaired {state['repaired']}", flush=True)
 
     times: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    cpu: dict[str, list[float]] = {name: [] for name in COMMANDS}
     load = [os.getloadavg()[0]]
     for round_ in range(args.rounds):
         subprocess.run([*cli, "serve", "--background"], env=env, check=True, capture_output=True)
         for name, (command, _, code) in COMMANDS.items():
-            times[name].append(timed(command, env, code))
+            seconds, cpu_seconds = timed(command, env, code)
+            times[name].append(seconds)
+            cpu[name].append(cpu_seconds)
         load.append(os.getloadavg()[0])
         print(f"round {round_ + 1}: " + ", ".join(f"{name} {times[name][-1]:.2f} s" for name in COMMANDS), flush=True)
     subprocess.run([*cli, "serve", "--stop"], env=env, capture_output=True)
@@ -151,11 +160,16 @@ def main() -> None:
             "seconds": [round(t, 3) for t in times[name]],
             "median_s": round(median, 3),
             "ratio_to_help": round(median / floor, 2),
+            "cpu_seconds": [round(t, 3) for t in cpu[name]],
+            "median_cpu_s": round(statistics.median(cpu[name]), 3),
             "target_s": target,
             "met": None if target is None else median <= target,
         }
         met = "" if target is None else f" (target {target:g} s: {'met' if median <= target else 'NOT met'})"
-        print(f"{name:38s} median {median:6.2f} s  {median / floor:5.1f}x --help{met}")
+        print(
+            f"{name:38s} median {median:6.2f} s  {median / floor:5.1f}x --help  "
+            f"cpu {statistics.median(cpu[name]):5.2f} s{met}"
+        )
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(
         json.dumps(
