@@ -247,9 +247,9 @@ def _run_log(folder: Path, keep: int) -> Iterator[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"run-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
-    for old in sorted(folder.glob("run-*.log"))[:-keep] if keep else []:
-        old.unlink(missing_ok=True)
     to_file = logging.FileHandler(path, encoding="utf-8")
+    for old in sorted(folder.glob("run-*.log"))[:-keep]:  # this run's is the newest
+        old.unlink(missing_ok=True)
     to_file.setFormatter(
         PrefectFormatter(
             "%(asctime)s | %(levelname)-7s | %(name)s - %(message)s",
