@@ -388,7 +388,7 @@ def main() -> None:
 
     cache_home = Settings(home=os.environ.get("RAILYARD_BENCH_CACHE", ".railyard")).home
     settings = Settings()
-    prepare_environment(settings.home)
+    prepare_environment(settings.home, settings.tf_log_level)
     data_dir = dataset(args.size, cache_home)
     import great_expectations  # noqa: F401 - imports are paid once, before any timing
     import tensorflow  # noqa: F401

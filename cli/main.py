@@ -9,16 +9,20 @@ purpose ends the command with one ``error:`` line, the next step, and the error'
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
-from railyard.errors import RailyardError
+from railyard.errors import SEE_STATUS, RailyardError, Refused
 from railyard.runtime import prepare_environment
 
 app = typer.Typer(
@@ -31,13 +35,19 @@ app = typer.Typer(
 
 
 DEBUG_FLAG = "--debug"
+# This invocation's global options (set by ``options`` before the command runs), and the log
+# file of a run it started.
+_options: dict = {"debug": False, "run_log": None}
 
 
 @app.callback()
 def options(
-    debug: Annotated[bool, typer.Option(DEBUG_FLAG, help="Show the traceback of an error.")] = False,
+    debug: Annotated[
+        bool, typer.Option(DEBUG_FLAG, help="Show the traceback of an error, and TensorFlow's own log lines.")
+    ] = False,
 ) -> None:
     """Options that apply to every command (give them before the command)."""
+    _options.update(debug=debug, run_log=None)
 
 
 def main(args: list[str] | None = None) -> None:
@@ -100,13 +110,18 @@ def _state_files() -> dict[str, Path]:
 def _report(message: str, next_step: str, debug: bool) -> None:
     if debug:
         traceback.print_exc()
+    if _options.get("run_log"):  # a run that failed: its log file holds the whole story
+        next_step = f"{next_step} (the run's full log: {_options['run_log']})"
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     typer.echo(f"next: {next_step}", err=True)
 
 
-def _fail(message: str, code: int = 1) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
+def _fail(message: str, next_step: str, code: int = 1) -> NoReturn:
+    """End the command: ``code`` 2 when Refused (nothing changed), 1 otherwise; ``main`` prints
+    the ``error:`` and ``next:`` lines."""
+    error = (Refused if code == 2 else RailyardError)(message)
+    error.next_step = next_step
+    raise error
 
 
 @app.command("generate-data")
@@ -130,9 +145,12 @@ def generate_data(
     from railyard.synthetic import generate_movielens
 
     if fmt not in ("csv", "parquet"):
-        _fail(f"--format must be csv or parquet, not {fmt!r}")
+        _fail(f"--format must be csv or parquet, not {fmt!r}", "nothing was written; give --format csv or parquet")
     if mode not in ("sessions", "stationary"):
-        _fail(f"--mode must be sessions or stationary, not {mode!r}")
+        _fail(
+            f"--mode must be sessions or stationary, not {mode!r}",
+            "nothing was written; give --mode sessions or stationary",
+        )
     try:
         summary = generate_movielens(
             out,
@@ -145,7 +163,7 @@ def generate_data(
             mode=mode,
         )
     except (FileExistsError, ValueError) as error:
-        _fail(str(error))
+        _fail(str(error), "nothing was written; fix what the message names (another --out folder, an option's value)")
     typer.echo(
         f"wrote {summary.n_ratings:,} ratings ({summary.n_users:,} users, {summary.n_movies:,} movies, "
         f"positive rate {summary.positive_rate:.2f}) to {summary.out_dir}"
@@ -162,7 +180,8 @@ def _settings(*, store: bool = False):
         from model_registry import open_store
 
         open_store(settings.resolved_store_uri, s3_endpoint_url=settings.s3_endpoint_url)  # opens nothing remote
-    prepare_environment(settings.home)
+    # --debug: TensorFlow's own log lines too, here and in the processes this one starts.
+    prepare_environment(settings.home, 0 if _options["debug"] else settings.tf_log_level)
     return settings
 
 
@@ -199,11 +218,60 @@ def run(
     from flows.retrain import retrain
 
     parameters = {"data_dir": str(data.resolve()) if data else None, "epochs": epochs}
-    summary = retrain(**{k: v for k, v in parameters.items() if v is not None}, auto_approve=auto_approve)
+    with _run_log(settings.home / "logs", settings.keep_run_dirs):
+        summary = retrain(**{k: v for k, v in parameters.items() if v is not None}, auto_approve=auto_approve)
     if as_json:
         print(json.dumps(summary, sort_keys=True), flush=True)
     else:
         _print_summary(summary)
+
+
+class _UntilFailure(logging.Filter):
+    """Passes a run's log records to the terminal until its first failure (an error or a
+    traceback): from then on they go to the run's log file only, and the CLI's ``error:`` and
+    ``next:`` lines say what happened and where that file is."""
+
+    failed = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.failed = self.failed or record.levelno >= logging.ERROR or record.exc_info is not None
+        return not self.failed
+
+
+@contextmanager
+def _run_log(folder: Path, keep: int) -> Iterator[Path]:
+    """Every log record of the run, tracebacks included, in a new file under ``folder`` (the
+    newest ``keep`` are kept); without --debug the terminal shows them only until a failure."""
+    from prefect.logging.formatters import PrefectFormatter
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"run-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
+    to_file = logging.FileHandler(path, encoding="utf-8")
+    for old in sorted(folder.glob("run-*.log"))[:-keep]:  # this run's is the newest
+        old.unlink(missing_ok=True)
+    to_file.setFormatter(
+        PrefectFormatter(
+            "%(asctime)s | %(levelname)-7s | %(name)s - %(message)s",
+            flow_run_fmt="%(asctime)s | %(levelname)-7s | Flow run %(flow_run_name)r - %(message)s",
+            task_run_fmt="%(asctime)s | %(levelname)-7s | Task run %(task_run_name)r - %(message)s",
+        )
+    )
+    root = logging.getLogger()
+    consoles = [handler for handler in root.handlers if isinstance(handler, PrefectConsoleHandler)]
+    until_failure = _UntilFailure()
+    root.addHandler(to_file)
+    if not _options["debug"]:
+        for console in consoles:
+            console.addFilter(until_failure)
+    _options["run_log"] = path
+    try:
+        yield path
+    finally:
+        root.removeHandler(to_file)
+        to_file.close()
+        for console in consoles:
+            console.removeFilter(until_failure)
 
 
 def _print_summary(summary: dict) -> None:
@@ -263,7 +331,10 @@ def serve(
     config_path = settings.resolved_serving_model_root / CONFIG_FILE
     if docker:
         if replicas > 1:
-            _fail("--replicas starts local servers; the compose stack (infra/stack) runs two TF Serving replicas")
+            _fail(
+                "--replicas starts local servers; the compose stack (infra/stack) runs two TF Serving replicas",
+                "nothing was started; leave out --replicas with --docker, or --docker with --replicas",
+            )
         _serve_in_docker(
             config_path, DEFAULT_REST_PORT if rest is None else rest, DEFAULT_GRPC_PORT if grpc is None else grpc, stop
         )
@@ -299,7 +370,9 @@ def serve(
                 for index in range(1, replicas):
                     local.stop(local_replica_dir(settings, index))
     except (OSError, TimeoutError) as error:
-        _fail(str(error))
+        _fail(
+            str(error), f"the server's log is {state_dir / local.LOG_FILE}; `railyard serve --stop` ends what started"
+        )
 
 
 def _serve_in_docker(config_path: Path, rest: int, grpc: int, stop: bool) -> None:
@@ -332,28 +405,36 @@ def _decide(version: int, decision: str, named: str | None, comment: str) -> Non
         noted = comment if decision == approval.REJECT and not comment else _with_name(comment, named)
         answer = approval.ApprovalDecision(decision=decision, reviewer=_os_user(), comment=noted)
     except ValidationError as error:
-        _fail("; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors()), code=2)
+        _fail(
+            "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors()),
+            f'nothing changed; e.g. `railyard {decision} {version} --comment "why"`',
+            code=2,
+        )
     with release.release_lock(settings, f"railyard {decision}"):
         repaired = release.reconcile(settings, start_serving=False)
     for line in repaired:
         typer.echo(f"repaired: {line}")
     stages = release.registry(settings)
     if version not in stages.all_tags():
-        _fail(f"{settings.model_name} version {version} is not registered", code=2)
+        _fail(f"{settings.model_name} version {version} is not registered", SEE_STATUS, code=2)
     if (stage := stages.stage(version)) is not Stage.STAGING:
         last = stages.history(version)[-1]
         _fail(
             f"{settings.model_name} version {version} is {stage.value} ({last['actor']}: {last['reason']}): "
             "there is no review to answer",
+            SEE_STATUS,
             code=2,
         )
     flow_run_id = stages.lineage(version).get("review_run")
     if not flow_run_id:
-        _fail(f"{settings.model_name} version {version} has no retrain run waiting for a review", code=2)
+        _fail(f"{settings.model_name} version {version} has no retrain run waiting for a review", SEE_STATUS, code=2)
     try:
         approval.answer(flow_run_id, answer)
     except Exception as error:  # noqa: BLE001 - NotPausedError, a refused answer, an unreachable API
-        _fail(f"could not resume flow run {flow_run_id} for version {version}: {error}")
+        _fail(
+            f"could not resume flow run {flow_run_id} for version {version}: {error}",
+            "nothing changed; check that the Prefect API the run uses answers (PREFECT_API_URL), then answer again",
+        )
     typer.echo(f"{decision}d {settings.model_name} version {version}; flow run {flow_run_id} resumes and applies it")
 
 
@@ -486,7 +567,7 @@ def score(
 
     target = resolve_target(settings, start_local=False)
     if target is None:
-        _fail("serving is not running: start it with `railyard serve --background` (or run `railyard run`)")
+        _fail("serving is not running", "start it with `railyard serve --background` (or run `railyard run`)")
     with target.client() as client:
         store = connect(settings)
         scores = score_online(store, client, settings.model_name, [user_id] * len(movie_ids), movie_ids, label=label)
@@ -543,7 +624,11 @@ def deploy() -> None:
     """Register the deployments of prefect.yaml (daily retrain, promote, rollback) with the Prefect API."""
     _settings()
     if "PREFECT_API_URL" not in os.environ:
-        _fail("set PREFECT_API_URL to your Prefect server (deployments need a server, not the ephemeral API)")
+        _fail(
+            "PREFECT_API_URL is not set: deployments need a Prefect server, not the ephemeral API",
+            "start a Prefect server (`prefect server start`), set PREFECT_API_URL to its API, then deploy again",
+            code=2,
+        )
     if _prefect("work-pool", "inspect", WORK_POOL, check=False).returncode != 0:
         _prefect("work-pool", "create", WORK_POOL, "--type", "process")
     _prefect("--no-prompt", "deploy", "--all")
@@ -605,7 +690,7 @@ def ingest(
     from infra.online_store.stream import Ingester, rebuild_from_batch
 
     if group not in (*GROUPS, "both"):
-        _fail(f"--group must be online, sink or both, not {group!r}", code=2)
+        _fail(f"--group must be online, sink or both, not {group!r}", "give --group online, sink or both", code=2)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     store = connect(settings)
     if rebuild:
@@ -727,7 +812,7 @@ def rank_server(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = resolve_target(settings, start_local=False)
     if target is None:
-        _fail("serving is not running: start it with `railyard serve --background` (or run `railyard run`)")
+        _fail("serving is not running", "start it with `railyard serve --background` (or run `railyard run`)")
     if host not in ("127.0.0.1", "::1", "localhost"):
         typer.secho(
             f"warning: listening on {host}: the ranking service has no authentication; put a proxy that has in front",

@@ -19,6 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from railyard.configs import BakeBudget, GateThresholds, SmokeBudget, TrainConfig, ValidationBounds
 from railyard.errors import Refused
 from railyard.locations import Location
+from railyard.runtime import DEFAULT_TF_LOG_LEVEL
 
 # Model names become path components and S3 key prefixes: keep them to a safe alphabet.
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -131,6 +132,9 @@ class Settings(BaseSettings):
     worker_stop_grace_s: float = Field(default=30.0, gt=0)
     # Housekeeping: per-run scratch folders (runs/, reports/) kept, newest first.
     keep_run_dirs: int = Field(default=10, ge=1)
+    # TensorFlow's C++ log lines in every Railyard process (TF_CPP_MIN_LOG_LEVEL, inherited by the
+    # processes it starts): 3 none (its errors reach Python as exceptions), 0 all; `--debug` gives 0.
+    tf_log_level: int = Field(default=DEFAULT_TF_LOG_LEVEL, ge=0, le=3)
     # Optional: a URL that receives a short JSON message on failure, approval needed, promotion.
     webhook_url: SecretStr | None = None  # a secret: webhook URLs carry their token
 

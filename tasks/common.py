@@ -6,7 +6,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from model_registry import ModelStore, open_store
+from railyard.runtime import quiet_tensorflow
 from railyard.settings import Settings
+
+# Every flow run imports this before TensorFlow, in a process a Prefect worker started too.
+quiet_tensorflow()
 
 # Inputs are data frames and models: hashing them for Prefect's cache would cost more than the
 # work, and a retraining run must never be skipped by a cache hit.

@@ -10,11 +10,14 @@ fails ends with one ``START_FAILED`` line saying why (its caller reads it from t
 """
 
 import argparse
+import logging
+import os
 import sys
 import traceback
 from pathlib import Path
 
 from infra.local_server.background import START_FAILED, serve_foreground
+from railyard.runtime import quiet_tensorflow
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         "default: monitoring.config in the state folder, written on first use with them enabled",
     )
     args = parser.parse_args(argv)
+    quiet_tensorflow()  # at the level of the Railyard process that started this one
     try:
         serve_foreground(
             args.state_dir,
@@ -44,6 +48,12 @@ def main(argv: list[str] | None = None) -> None:
         traceback.print_exc()
         print(f"{START_FAILED}{' '.join(str(error).split()) or type(error).__name__}", file=sys.stderr, flush=True)
         sys.exit(1)
+    # Stopped and its state file cleared: the interpreter's teardown with TensorFlow loaded takes
+    # seconds (which `railyard serve --stop` would wait for) and has nothing left to save.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

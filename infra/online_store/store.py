@@ -16,6 +16,9 @@ generated from the declarations.
 - ``read_candidates``: the ranking service's candidates for a user (the most popular movies the
   user has not rated) and their model inputs, in one Lua call. ``apply`` and ``rebuild`` keep the
   candidate data (each user's rated movies, the movies' ratings counts) with the aggregates.
+
+Polars is imported by the rebuild alone: readers (`railyard status`, `score`, the ranking
+service) do not pay for it.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -38,9 +40,10 @@ from infra.online_store import keys, scripts, server
 from railyard import feature_spec as spec
 from railyard.errors import RailyardError, Refused
 from railyard.events import RatingEvent
-from railyard.features import POSITIVE_RATING, labelled, movie_genres, movie_totals, user_totals
 
 if TYPE_CHECKING:
+    import polars as pl
+
     from railyard.settings import Settings
 
 SOCKET_TIMEOUT_S = 5.0
@@ -218,7 +221,7 @@ class OnlineStore:
             return Applied(0, [])
         args: list = [keys.NAMESPACES]
         for event in events:
-            label = int(event.rating >= POSITIVE_RATING)
+            label = int(event.rating >= spec.POSITIVE_RATING)
             args += [event.user_id, event.movie_id, repr(event.rating), label, event.timestamp]
         with reachable(self.client):
             new, conflicts = self._apply(keys=[keys.POINTER], args=args)
@@ -323,6 +326,8 @@ def _vectors(entity: str, values: list) -> np.ndarray:
 def namespace_commands(namespace: str, ratings: pl.DataFrame, movies: pl.DataFrame | None) -> Iterator[tuple]:
     """The commands that write a namespace holding exactly ``ratings`` (as ``checked_batch``
     returns them) and the movie catalogue; zero fields are left out (missing is 0)."""
+    from railyard.features import labelled, movie_genres  # Polars: a rebuild's, not a reader's
+
     genres = movie_genres(movies)
     rows = labelled(ratings)
     yield from user_commands(namespace, rows, genres)
@@ -335,6 +340,10 @@ def namespace_commands(namespace: str, ratings: pl.DataFrame, movies: pl.DataFra
 def user_commands(namespace: str, rows: pl.DataFrame, genres: pl.DataFrame) -> Iterator[tuple]:
     """The user side of a namespace for ``rows`` (checked ratings, ``labelled``) holding every rating of its users
     (a user partition will do): aggregates, applied events (with their ratings), rated movies."""
+    import polars as pl
+
+    from railyard.features import user_totals
+
     yield from aggregate_commands(namespace, "user", rows, user_totals(rows, genres))
     marks = rows.group_by("userId").agg(
         pl.format("{}:{}", "movieId", "timestamp").alias("events"), pl.col("rating").cast(pl.String)
@@ -352,6 +361,8 @@ def user_commands(namespace: str, rows: pl.DataFrame, genres: pl.DataFrame) -> I
 def movie_commands(namespace: str, rows: pl.DataFrame, genres: pl.DataFrame) -> Iterator[tuple]:
     """The movie side of a namespace for ``rows`` (checked ratings, ``labelled``) holding every rating of its movies
     (a movie partition will do): aggregates and ratings counts (the popularity candidates come from)."""
+    from railyard.features import movie_totals
+
     yield from aggregate_commands(namespace, "movie", rows, movie_totals(rows, genres))
     counts = [item for movie, n in rows.group_by("movieId").len().iter_rows() for item in (n, movie)]
     for start in range(0, len(counts), 2 * MEMBERS_CHUNK):
@@ -362,6 +373,8 @@ def aggregate_commands(namespace: str, entity: str, rows: pl.DataFrame, totals: 
     """Each entity's hash: its declared aggregates over ``rows`` (``totals``: the entity's id and
     them, as ``features`` computes them), zero fields left out, and with ``latest`` aggregates
     the (timestamp, other id) of its latest event, which the apply script compares with."""
+    import polars as pl
+
     declared = spec.aggregates(entity)
     key = spec.ENTITIES[entity]
     bookkeeping: tuple[str, ...] = ()
@@ -405,6 +418,8 @@ def meta_command(namespace: str, events: int, last_ts: int | None) -> tuple:
 def checked_batch(ratings: pl.DataFrame) -> pl.DataFrame:
     """The batch's distinct events; refused when a value is missing or one event has two ratings
     (the store counts an event once: it could not hold both)."""
+    import polars as pl
+
     ratings = ratings.select("userId", "movieId", "rating", "timestamp").unique(maintain_order=True)
     if ratings.null_count().sum_horizontal().item():
         raise RebuildRefused("the batch data has ratings with missing values")

@@ -410,3 +410,58 @@ def test_a_disk_full_early_in_a_run_is_named_and_its_mlflow_run_ended_failed(tmp
     client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("railyard").experiment_id])
     assert mlflow_run.info.status == "FAILED", mlflow_run.data.tags
+
+
+TENSORFLOW_NOISE = ("absl::InitializeLog", "oneDNN", "cuda drivers", "cuInit")
+
+
+@pytest.mark.parametrize(
+    ("case", "settings", "error"),
+    [
+        ("unreadable_data", {}, "error: {data}/ratings.csv: column 'rating' must be a number"),
+        ("gate_refusal", {"RAILYARD_MIN_AUC": "0.9999"}, "error: model not blessed, nothing published"),
+    ],
+)
+def test_a_failed_run_prints_its_error_next_step_and_log_file_only(tmp_path, case, settings, error):
+    """Without --debug: no Prefect traceback or failure lines and no TensorFlow start-up lines
+    above the error (the gate's case fails after training, TensorFlow loaded); the next step
+    names the run's log file, which holds the whole story."""
+    data = tmp_path / "data"
+    if case == "unreadable_data":
+        _write_ratings(data, "userId,movieId,rating,timestamp\n1,1,4.0,100\n2,1,good,101\n")
+    else:
+        generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=200, seed=5)
+    env = (
+        os.environ
+        | settings
+        | {
+            "RAILYARD_HOME": str(tmp_path / "home"),
+            "RAILYARD_EPOCHS": "1",
+            "RAILYARD_MIN_ROWS": "50",
+            "RAILYARD_LOCAL_SERVING_REST_PORT": "0",
+            "RAILYARD_LOCAL_SERVING_GRPC_PORT": "0",
+            "RAILYARD_LOCAL_ONLINE_STORE_PORT": "0",
+        }
+    )
+    env.pop("PREFECT_HOME")
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the CLI sets it from its settings
+    command = [sys.executable, "-m", "cli"]
+    try:
+        failed = subprocess.run(
+            [*command, "run", "--data", str(data)], env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path
+        )
+    finally:
+        subprocess.run([*command, "online-store", "stop"], env=env, capture_output=True, timeout=120, cwd=tmp_path)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    lines = failed.stderr.splitlines()
+    (error_line,) = [line for line in lines if line.startswith("error: ")]
+    above, next_step = lines[: lines.index(error_line)], lines[lines.index(error_line) + 1]
+    assert error_line.startswith(error.format(data=data)), error_line
+    for line in above:
+        assert "Traceback" not in line and "| ERROR" not in line and "Failed(" not in line, failed.stderr
+        assert not any(noise in line for noise in TENSORFLOW_NOISE), failed.stderr
+    assert next_step.startswith("next: ") and "(the run's full log: " in next_step, next_step
+    log = Path(next_step.rsplit("(the run's full log: ", 1)[1].removesuffix(")"))
+    assert log.parent == tmp_path / "home" / "logs"
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and error_line.removeprefix("error: ") in text
