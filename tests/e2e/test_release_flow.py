@@ -9,6 +9,7 @@ times out; run 5 fails its smoke tests; then rollbacks; run 6 is approved by the
 """
 
 import getpass
+import json
 import os
 import time
 from datetime import datetime
@@ -104,6 +105,13 @@ def test_a_ui_started_run_is_picked_up_by_a_worker_and_reaches_production(world)
     run = world.mlflow().get_run(tags["railyard.mlflow_run_id"])
     assert run.data.metrics["smoke_passed"] == 1.0 and "smoke_latency_p95_ms" in run.data.metrics
     assert run.info.run_name == "recmodel-v1" and run.info.status == "FINISHED"
+    assert run.data.tags["railyard.release_ended"] == "approved"
+    (linked,) = world.mlflow().search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
+    assert json.loads(linked.tags["mlflow.modelVersions"]) == [
+        {"name": "recmodel", "version": "1"}
+    ]  # the Models column
     experiment = world.mlflow().get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's training view
 
@@ -187,6 +195,10 @@ def test_a_rejected_canary_is_unloaded_and_stable_keeps_serving(world):
     assert state["message"] == f"version 3 rejected by {ME}: odd scores for new users [named: bob]"
     assert world.aliases()["production"] == 2
     assert world.served_versions() == {2}  # the rejected canary is unloaded
+    assert (
+        world.mlflow().get_run(world.tags(3)["railyard.mlflow_run_id"]).data.tags["railyard.release_ended"]
+        == "rejected"
+    )
     assert len(predict(summary["serving"]["rest"], "stable")) == 2
 
     # The same data again: that model was rejected, and stays so.
@@ -203,6 +215,10 @@ def test_no_answer_within_the_timeout_rejects_the_canary(world, webhook):
     assert world.served_versions() == {2}
     rejected = [message for message in webhook if message["event"] == "rejected"]
     assert [(m["version"], m["ending"]) for m in rejected] == [(4, "timed out")]
+    assert (
+        world.mlflow().get_run(world.tags(4)["railyard.mlflow_run_id"]).data.tags["railyard.release_ended"]
+        == "timed out"
+    )
 
 
 def test_a_canary_failing_its_smoke_tests_is_rolled_back_by_the_flow(world):
