@@ -12,6 +12,7 @@ a computed style, ``wait_for_text`` waits until the page shows a text.
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -87,13 +88,14 @@ def computed(driver, css: str, prop: str) -> str:
     )
 
 
-def wait_for_text(driver, text: str, timeout_s: float = WAIT_S) -> str:
-    """The page's visible text once it contains ``text``; fails naming what it shows instead."""
+def wait_for_text(driver, text: str | re.Pattern, timeout_s: float = WAIT_S) -> str:
+    """The page's visible text once it contains ``text`` (a string, or a pattern it matches);
+    fails naming what it shows instead."""
     deadline = time.monotonic() + timeout_s
     shown = ""
     while time.monotonic() < deadline:
         shown = driver.execute_script("return document.body ? document.body.innerText : '';") or ""
-        if text in shown:
+        if (text in shown) if isinstance(text, str) else text.search(shown):
             return shown
         time.sleep(0.5)
     raise AssertionError(f"the page never showed {text!r}; it shows:\n{shown[:2000]}")
