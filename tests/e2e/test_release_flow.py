@@ -38,6 +38,10 @@ def test_deploy_registers_every_deployment_with_schedule_and_typed_parameters(wo
     assert status == 200
     (schedule,) = daily["schedules"]
     assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("0 3 * * *", "Europe/Berlin")
+    # The zone is in sight: the UI's schedule card shows the slug (else "At 03:00 AM every day"), the
+    # deployment page its description; the run lists show times in the browser's zone.
+    assert schedule["slug"] == "daily at 03:00 Europe/Berlin"
+    assert "03:00 Europe/Berlin" in daily["description"]
     assert daily["enforce_parameter_schema"] is True and daily["global_concurrency_limit"]["limit"] == 1
     assert daily["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     properties = daily["parameter_openapi_schema"]["properties"]
