@@ -1,9 +1,15 @@
-"""What a person sees in a browser with no internet: the Data Docs validation pages and the
-MLflow UI's experiment. (The ranking service's /docs: tests/integration/test_ranking.py.)"""
+"""What a person sees in a browser with no internet: the Data Docs validation pages, the MLflow
+UI's experiment, the Prefect UI's daily deployment. (The ranking service's /docs:
+tests/integration/test_ranking.py.)"""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
+import urllib.request
 
 import polars as pl
 import pytest
@@ -72,3 +78,18 @@ def test_the_mlflow_experiment_opens_on_its_training_runs_with_the_version_besid
         shown = wait_for_text(offline_browser, re.compile(r"recmodel-v1\n(.*\n)*recmodel\s+v1\n"))
         screenshot(offline_browser, "mlflow-experiment-training-runs")
     assert "Runs" in shown and "Token Usage" not in shown
+
+
+def test_the_prefect_ui_shows_the_daily_schedule_with_its_zone(railyard_home, prefect_ui_server, offline_browser):
+    """`railyard deploy` against a server on another port than 4200, started with
+    PREFECT_SERVER_UI_API_URL as the README says: the UI reaches it and the schedule says its zone."""
+    env = os.environ | {"PREFECT_API_URL": prefect_ui_server}
+    subprocess.run([sys.executable, "-m", "cli", "deploy"], env=env, check=True, capture_output=True, timeout=300)
+    with urllib.request.urlopen(f"{prefect_ui_server}/deployments/name/retrain/daily", timeout=10) as response:
+        daily = json.loads(response.read())
+    ui = prefect_ui_server.removesuffix("/api")
+    offline_browser.get(f"{ui}/deployments/deployment/{daily['id']}")
+    wait_for_text(offline_browser, "daily at 03:00 Europe/Berlin")  # the schedule card
+    screenshot(offline_browser, "prefect-daily-deployment-schedule")
+    offline_browser.get(f"{ui}/deployments/deployment/{daily['id']}?tab=Description")
+    wait_for_text(offline_browser, "Daily at 03:00 Europe/Berlin (the schedule's zone")
