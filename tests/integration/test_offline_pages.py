@@ -82,13 +82,18 @@ def test_the_mlflow_experiment_opens_on_its_training_runs_with_the_version_besid
 
 def test_the_prefect_ui_shows_the_daily_schedule_with_its_zone(railyard_home, prefect_ui_server, offline_browser):
     """`railyard deploy` against a server on another port than 4200, started with
-    PREFECT_SERVER_UI_API_URL as the README says: the UI reaches it and the schedule says its zone."""
+    PREFECT_SERVER_UI_API_URL as the README says: the UI reaches it and the schedule says its zone
+    where Prefect lets it: the description (both UIs), the V1 UI's schedule card (the slug; the
+    default V2 UI shows "At 03:00 AM" there)."""
     env = os.environ | {"PREFECT_API_URL": prefect_ui_server}
     subprocess.run([sys.executable, "-m", "cli", "deploy"], env=env, check=True, capture_output=True, timeout=300)
     with urllib.request.urlopen(f"{prefect_ui_server}/deployments/name/retrain/daily", timeout=10) as response:
         daily = json.loads(response.read())
     ui = prefect_ui_server.removesuffix("/api")
-    offline_browser.get(f"{ui}/deployments/deployment/{daily['id']}")
+    offline_browser.get(f"{ui}/v2/deployments/deployment/{daily['id']}?tab=Description")  # `/` leads to V2
+    wait_for_text(offline_browser, "Daily at 03:00 Europe/Berlin (the schedule's zone")
+    screenshot(offline_browser, "prefect-v2-daily-deployment-description")
+    offline_browser.get(f"{ui}/deployments/deployment/{daily['id']}")  # the V1 UI
     wait_for_text(offline_browser, "daily at 03:00 Europe/Berlin")  # the schedule card
     screenshot(offline_browser, "prefect-daily-deployment-schedule")
     offline_browser.get(f"{ui}/deployments/deployment/{daily['id']}?tab=Description")
