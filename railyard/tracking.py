@@ -17,7 +17,7 @@ from railyard.processes import current_process
 from railyard.settings import Settings
 
 # The experiment's kind. Earlier MLflow 3 UIs opened it on its training runs for this tag; 3.17's
-# follows the link's `workflowType=machine_learning` (or the browser's last choice) instead.
+# follows the browser's choice in its sidebar (or a link's `workflowType=machine_learning`) instead.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 PROCESS_TAG = "railyard.process"  # which process runs it: a run left RUNNING by a killed one is found
 FAILURE_TAG = "railyard.failure"

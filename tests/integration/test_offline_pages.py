@@ -63,21 +63,37 @@ def test_the_mlflow_experiment_opens_on_its_training_runs_with_the_version_besid
     railyard_home, tmp_path, offline_browser
 ):
     """MLflow 3.17's UI opens an experiment in its GenAI view unless the link says
-    `workflowType=machine_learning` (the experiment's `mlflow.experimentKind` tag no longer
-    decides): the README's link does. The runs table's Models column shows the version."""
+    `workflowType=machine_learning` or the browser chose **Model training** once (the experiment's
+    `mlflow.experimentKind` tag no longer decides): the README says both. The runs table's Models
+    column shows the version; the run's page stays in the training view."""
     settings = Settings()
     run_id = tracking.start_run(settings, "recmodel-training", {"railyard.model": "recmodel"})
+    tracking.log_metrics(settings, run_id, {"auc": 0.74})
     tracking.rename_run(settings, run_id, "recmodel-v1")
     tracking.end_run(settings, run_id, failed=False)
     StageRegistry(settings.resolved_tracking_uri, "recmodel").register(1, "file:///store/1", run_id, {}, "")
     experiment_id = tracking.ensure_experiment(settings)
     offline_browser.set_window_size(1900, 1000)  # the table's columns up to Models in sight
+    runs_with_version = re.compile(r"recmodel-v1\n(.*\n)*recmodel\s+v1\n")
     with mlflow_ui(settings.resolved_tracking_uri, tmp_path) as base:
-        offline_browser.get(f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning")
-        # The run, and in its Models column the version registered from it.
-        shown = wait_for_text(offline_browser, re.compile(r"recmodel-v1\n(.*\n)*recmodel\s+v1\n"))
+        experiment = f"{base}/#/experiments/{experiment_id}"
+        offline_browser.get(f"{experiment}?workflowType=machine_learning")  # the README's link
+        shown = wait_for_text(offline_browser, runs_with_version)
         screenshot(offline_browser, "mlflow-experiment-training-runs")
-    assert "Runs" in shown and "Token Usage" not in shown
+        assert "Runs" in shown and "Token Usage" not in shown
+
+        offline_browser.get(experiment)  # a plain link, in a browser that never chose: GenAI
+        wait_for_text(offline_browser, "Token Usage")
+        for tip in offline_browser.find_elements(By.XPATH, "//button[normalize-space(.)='Got it']"):
+            tip.click()  # the GenAI view's first-visit tip covers the page
+        offline_browser.find_element(By.XPATH, "//*[normalize-space(text())='Model training']").click()
+        wait_for_text(offline_browser, runs_with_version)
+        offline_browser.find_element(By.LINK_TEXT, "recmodel-v1").click()  # the run's page
+        run_page = wait_for_text(offline_browser, re.compile(r"Registered models\n(.*\n)*recmodel"))
+        screenshot(offline_browser, "mlflow-training-run")
+        assert "Evaluation runs" not in run_page  # the GenAI view's name for a run's section
+        offline_browser.get(experiment)  # the choice is remembered
+        wait_for_text(offline_browser, runs_with_version)
 
 
 def test_the_prefect_ui_shows_the_daily_schedule_with_its_zone(railyard_home, prefect_ui_server, offline_browser):
