@@ -296,7 +296,7 @@ def run_suite(
     html_path = report_dir / f"{name}.html"
     report_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(html_path, _render_html(outcome))
-    write_index(report_dir)
+    _write_index(report_dir)
     failures = [_failure(result) for result in results if not result.success]
     return ValidationReport(name, not failures, len(results), len(frame), failures, html_path)
 
@@ -322,7 +322,7 @@ def table_report(name: str, rows: int, checks: list[tuple], report_dir: Path) ->
     html_path.parent.mkdir(parents=True, exist_ok=True)
     body = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
     atomic_write_text(html_path, f"<html><body><h1>{html.escape(name)}: {rows} rows</h1><ul>{body}</ul></body></html>")
-    write_index(html_path.parent)
+    _write_index(html_path.parent)
     return ValidationReport(name, not failures, len(checks), rows, failures, html_path)
 
 
@@ -429,7 +429,7 @@ def _render_html(outcome) -> str:
     from great_expectations.render.renderer import ValidationResultsPageRenderer
     from great_expectations.render.view import DefaultJinjaPageView
 
-    return offline_page(DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(outcome)))
+    return _offline_page(DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(outcome)))
 
 
 # GX's pass/fail (and other) icons are Font Awesome glyphs; these characters stand in for them.
@@ -449,7 +449,7 @@ _HOME = re.compile(r'href="(?:\.\./)+index\.html"')
 _SUITE_LINK = re.compile(r'<a href="(?:\.\./)+expectations/[^"]*"\s*>([^<]*)</a>')  # GX's suite pages: none here
 
 
-def offline_page(page: str) -> str:
+def _offline_page(page: str) -> str:
     """A GX Data Docs page that needs no network: the CDN style sheets give way to Bootstrap's
     (where the first of them was, so GX's own styles still come after it), the CDN scripts to
     jQuery and Bootstrap's (GX's inline scripts need them), the logo is inline; Home is this
@@ -463,7 +463,7 @@ def offline_page(page: str) -> str:
     return _SUITE_LINK.sub(r"\1", page)
 
 
-def write_index(report_dir: Path) -> Path:
+def _write_index(report_dir: Path) -> None:
     """``index.html``: the folder's reports, each a link (the reports' Home)."""
     styles, _ = _inline_assets()
     pages = sorted(path.name for path in Path(report_dir).glob("*.html") if path.name != "index.html")
@@ -472,13 +472,11 @@ def write_index(report_dir: Path) -> Path:
         for name in pages
     )
     title = f"Validation reports of run {html.escape(Path(report_dir).name)}"
-    index = Path(report_dir) / "index.html"
     atomic_write_text(
-        index,
+        Path(report_dir) / "index.html",
         f'<!DOCTYPE html><html><head><meta charset="UTF-8"><title>{title}</title>{styles}</head>'
         f'<body class="container pt-4"><h1 class="h3">{title}</h1><ul class="list-group">{items}</ul></body></html>',
     )
-    return index
 
 
 def _first_replaced(pattern: re.Pattern, page: str, replacement: str) -> str:
