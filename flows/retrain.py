@@ -260,16 +260,21 @@ def validated_features(
     settings: Settings, source: Path, feature_dir: Location, run_dir: Path, report_dir: Path, run_id: str
 ) -> FeatureSet:
     """Raw data → validation → point-in-time features → validation; the features without the
-    training rows (training streams them from the shards written to ``feature_dir``)."""
-    if settings.feature_engine == "dask":  # on the cluster, validation and the skew check too
-        feature_set = features.build_features_on_cluster(source, settings, feature_dir, run_dir, report_dir, run_id)
-    else:
-        dataset = data.load_data(source)
-        validation.validate_raw(dataset.ratings, settings, report_dir)
-        online.check_skew(dataset, settings, run_id)
-        feature_set = features.build_features(dataset, settings, feature_dir)
-        validation.validate_features(feature_set, settings, report_dir)
-        del dataset  # from here on the features are the data: let the raw ratings go
+    training rows (training streams them from the shards written to ``feature_dir``). The
+    suites' reports go to the MLflow run (``validation/``), whether they passed or not."""
+    try:
+        if settings.feature_engine == "dask":  # on the cluster, validation and the skew check too
+            feature_set = features.build_features_on_cluster(source, settings, feature_dir, run_dir, report_dir, run_id)
+        else:
+            dataset = data.load_data(source)
+            validation.validate_raw(dataset.ratings, settings, report_dir)
+            online.check_skew(dataset, settings, run_id)
+            feature_set = features.build_features(dataset, settings, feature_dir)
+            validation.validate_features(feature_set, settings, report_dir)
+            del dataset  # from here on the features are the data: let the raw ratings go
+    finally:
+        if report_dir.exists():
+            tracking.log_artifact(settings, run_id, report_dir, "validation")
     tags = {"railyard.data_fingerprint": feature_set.fingerprint, "railyard.features": str(feature_dir)}
     tracking.set_tags(settings, run_id, tags)
     return feature_set.without_training_rows()

@@ -42,6 +42,9 @@ TRANSITION_PREFIX = "railyard.transition."
 # that a later process can tell when that run is gone (model_registry/release_rules.py).
 RELEASE_RUN_TAG = "railyard.release_run"
 SERVING_LABEL_TAG = "railyard.serving_label"  # mirrors the serving label for the MLflow UI
+RELEASE_ENDED_TAG = "railyard.release_ended"  # on the version's run: approved, rejected, timed out, crashed, …
+# MLflow 3 links a run to registered versions through a logged model of the run naming them in this tag.
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"
 _BOOKKEEPING = (STAGE_TAG, SMOKE_TAG, RELEASE_RUN_TAG)
 _REASON_LIMIT = 2_000  # MLflow caps tag values (8000 chars); keep each entry well inside
 
@@ -113,6 +116,7 @@ class StageRegistry:
         if latest >= version:
             existing = self.client.get_model_version(self.model, str(version))
             if existing.run_id == run_id:
+                self._link_run(version, run_id)  # an earlier attempt may have stopped before it
                 return version
             raise RegistryOutOfSync(
                 f"MLflow already has {self.model} version {version} (run {existing.run_id}), but the store "
@@ -125,7 +129,25 @@ class StageRegistry:
             self.model, source=source, run_id=run_id, tags=tags, description=description
         )
         self._check_number(created.version, version)
+        self._link_run(version, run_id)
         return version
+
+    def _link_run(self, version: int, run_id: str) -> None:
+        """Show the version in its run's Models column (MLflow 3's UI): a logged model of the
+        run, without artifacts (the SavedModel is the run's `saved_model` artifact and the
+        store's version), naming the version. Idempotent."""
+        from mlflow.entities import LoggedModelStatus
+
+        experiment_id = self.client.get_run(run_id).info.experiment_id
+        name = f"{self.model}-v{version}"
+        found = self.client.search_logged_models([experiment_id], filter_string=f"source_run_id = '{run_id}'")
+        if any(model.name == name for model in found):
+            return
+        link = json.dumps([{"name": self.model, "version": str(version)}])
+        logged = self.client.create_logged_model(
+            experiment_id, name=name, source_run_id=run_id, tags={MODEL_VERSIONS_TAG: link}
+        )
+        self.client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
 
     def restore(self, sources: dict[int, str], production: int | None, actor: str) -> None:
         """Rebuild a lost registry from the store: version N (``sources``: number → store URI).
@@ -222,6 +244,13 @@ class StageRegistry:
             self.client.delete_model_version_tag(self.model, str(version), RELEASE_RUN_TAG)
         else:
             self.client.set_model_version_tag(self.model, str(version), RELEASE_RUN_TAG, json.dumps(owner))
+
+    def tag_release_ending(self, version: int, ending: str) -> None:
+        """Say on the MLflow run behind the version how its release ended (a version restored
+        from the store has no run)."""
+        run_id = self.client.get_model_version(self.model, str(version)).run_id
+        if run_id:
+            self.client.set_tag(run_id, RELEASE_ENDED_TAG, ending)
 
     def all_tags(self) -> dict[int, dict[str, str]]:
         """Every version's tags, in one query."""

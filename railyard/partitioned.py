@@ -279,7 +279,7 @@ def split_by_user(
     else:
         ratings = read_parquet_files([Path(piece)], RATINGS_SCHEMA)
         first, name, key = 1, f"raw_ratings@{Path(piece).parent.name}/{Path(piece).name}", piece
-    report = V.run_suite(name, ratings, checks, reports / "partitions", first_row=first)
+    report = V.run_suite(name, ratings, checks, reports / "partitions", first_row=first, run_name=reports.name)
     placed = ratings.with_columns(
         pl.lit(order, pl.Int64).alias("_file"), pl.int_range(pl.len(), dtype=pl.Int64).alias("_row")
     )
@@ -290,7 +290,9 @@ def split_by_user(
 def summarize(part: int, *, scratch: Path, checks: list, reports: Path) -> tuple[Summary, ValidationReport]:
     """One user partition: its events per day, and the checks that need every row of a user."""
     ratings = distinct_ratings(scratch, part)
-    report = V.run_suite(f"raw_ratings@user-partition-{part:06d}", ratings, checks, reports / "partitions")
+    report = V.run_suite(
+        f"raw_ratings@user-partition-{part:06d}", ratings, checks, reports / "partitions", run_name=reports.name
+    )
     stamps = ratings.get_column("timestamp")
     days = Counter(dict((stamps // DAY_S).value_counts().iter_rows()))
     return Summary(days, stamps.min(), stamps.max()), report
@@ -365,7 +367,12 @@ def check_period(
     folder.write_shard(rows, out, side, part)
     checks = row_level(V.feature_expectations(bounds, side, cutoff))
     report = V.run_suite(
-        f"features_{side}@time-partition-{part:06d}", rows, checks, reports / "partitions", view=V.scalar_view
+        f"features_{side}@time-partition-{part:06d}",
+        rows,
+        checks,
+        reports / "partitions",
+        view=V.scalar_view,
+        run_name=reports.name,
     )
     stamps = rows.get_column("timestamp")
     return Period(

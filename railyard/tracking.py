@@ -16,7 +16,8 @@ from pathlib import Path
 from railyard.processes import current_process
 from railyard.settings import Settings
 
-# MLflow 3's UI opens an experiment without this tag in its GenAI (traces) view.
+# The experiment's kind. Earlier MLflow 3 UIs opened it on its training runs for this tag; 3.17's
+# follows the browser's choice in its sidebar (or a link's `workflowType=machine_learning`) instead.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 PROCESS_TAG = "railyard.process"  # which process runs it: a run left RUNNING by a killed one is found
 FAILURE_TAG = "railyard.failure"

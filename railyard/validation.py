@@ -4,18 +4,29 @@ Each suite runs in an ephemeral GX context (no project folder to manage) and yie
 `ValidationReport`: what failed, with its unexpected count and examples, plus an HTML report
 rendered by GX's own renderer. `raise_for_failures` turns failed reports into one readable error.
 
+The HTML report is a Data Docs validation page that works offline and on its own (as an MLflow
+artifact too): GX's templates load Bootstrap, jQuery and more from CDNs, so the page carries
+Bootstrap 4 and jQuery inline instead (from the `bootstrap-flask` package), its logo as a data
+URI, plain-character icons for Font Awesome's; it names the run (its report folder) and the time;
+Home is the folder's `index.html`, which lists the folder's reports.
+
 Array feature columns are checked through per-row min/max columns derived first, because GX's
 pandas engine compares scalars only.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import html
+import re
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from importlib.util import find_spec
 from pathlib import Path
 
 import polars as pl
@@ -209,7 +220,13 @@ def scalar_view(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def run_suite(
-    name: str, frame: pl.DataFrame, expectations: list, report_dir: Path, view=lambda frame: frame, first_row: int = 1
+    name: str,
+    frame: pl.DataFrame,
+    expectations: list,
+    report_dir: Path,
+    view=lambda frame: frame,
+    first_row: int = 1,
+    run_name: str | None = None,
 ) -> ValidationReport:
     """Every expectation over every row of ``frame`` (seen through ``view``), with GX's pandas
     engine never holding more than ``SLICE_ROWS`` rows of it at once.
@@ -219,11 +236,13 @@ def run_suite(
     those of ``frame`` as data rows counted from ``first_row`` (a part of a file: the data row
     of its first row). Rows a compound-uniqueness check compares are hashed into the same slice,
     so duplicates are found across the whole table. Whole-table expectations (row count, column
-    mean/min/max) run once, on only the columns they name.
+    mean/min/max) run once, on only the columns they name. The report names the run
+    ``run_name`` (default: the report folder's name, the run's key).
     """
     import great_expectations as gx
     import pandas as pd
     from great_expectations.core.expectation_validation_result import ExpectationSuiteValidationResult
+    from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
     from great_expectations.validator.validation_statistics import calc_validation_statistics
 
@@ -267,13 +286,17 @@ def run_suite(
         success=statistics.success,
         results=results,
         suite_name=name,
-        meta={"great_expectations_version": gx.__version__},
+        meta={
+            "great_expectations_version": gx.__version__,
+            "run_id": RunIdentifier(run_name=run_name or Path(report_dir).name, run_time=datetime.now(UTC)),
+        },
         statistics={key: getattr(statistics, key) for key in _STATISTICS},
     )
     report_dir = Path(report_dir)
     html_path = report_dir / f"{name}.html"
     report_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(html_path, _render_html(outcome))
+    _write_index(report_dir)
     failures = [_failure(result) for result in results if not result.success]
     return ValidationReport(name, not failures, len(results), len(frame), failures, html_path)
 
@@ -299,6 +322,7 @@ def table_report(name: str, rows: int, checks: list[tuple], report_dir: Path) ->
     html_path.parent.mkdir(parents=True, exist_ok=True)
     body = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
     atomic_write_text(html_path, f"<html><body><h1>{html.escape(name)}: {rows} rows</h1><ul>{body}</ul></body></html>")
+    _write_index(html_path.parent)
     return ValidationReport(name, not failures, len(checks), rows, failures, html_path)
 
 
@@ -405,4 +429,81 @@ def _render_html(outcome) -> str:
     from great_expectations.render.renderer import ValidationResultsPageRenderer
     from great_expectations.render.view import DefaultJinjaPageView
 
-    return DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(outcome))
+    return _offline_page(DefaultJinjaPageView().render(ValidationResultsPageRenderer().render(outcome)))
+
+
+# GX's pass/fail (and other) icons are Font Awesome glyphs; these characters stand in for them.
+_ICONS = """
+.fas { font-style: normal; display: inline-block; }
+.fa-check-circle::before { content: "\\2714"; }
+.fa-times::before { content: "\\2716"; }
+.fa-exclamation-triangle::before { content: "\\26A0"; }
+.fa-question-circle::before { content: "?"; }
+.fa-comment::before { content: "\\1F4AC"; }
+"""
+_REMOTE_STYLE = re.compile(r'<link\b[^>]*href="https?://[^"]*"[^>]*>\s*')
+_REMOTE_SCRIPT = re.compile(r'<script\b[^>]*src="https?://[^"]*"[^>]*>\s*</script>\s*')
+_LOGO = re.compile(r'src="https?://[^"]*/logo-long\.png[^"]*"')
+_FAVICON = re.compile(r'<link rel="shortcut icon"[^>]*>')
+_HOME = re.compile(r'href="(?:\.\./)+index\.html"')
+_SUITE_LINK = re.compile(r'<a href="(?:\.\./)+expectations/[^"]*"\s*>([^<]*)</a>')  # GX's suite pages: none here
+
+
+def _offline_page(page: str) -> str:
+    """A GX Data Docs page that needs no network: the CDN style sheets give way to Bootstrap's
+    (where the first of them was, so GX's own styles still come after it), the CDN scripts to
+    jQuery and Bootstrap's (GX's inline scripts need them), the logo is inline; Home is this
+    folder's index and links to suite pages that are not rendered are plain text."""
+    styles, scripts = _inline_assets()
+    page = _first_replaced(_REMOTE_STYLE, page, styles)
+    page = _first_replaced(_REMOTE_SCRIPT, page, scripts)
+    page = _LOGO.sub(f'src="{_gx_image("logo-long.png", "image/png")}"', page)
+    page = _FAVICON.sub(f'<link rel="shortcut icon" href="{_gx_image("favicon.ico", "image/x-icon")}">', page)
+    page = _HOME.sub('href="index.html"', page)
+    return _SUITE_LINK.sub(r"\1", page)
+
+
+def _write_index(report_dir: Path) -> None:
+    """``index.html``: the folder's reports, each a link (the reports' Home)."""
+    styles, _ = _inline_assets()
+    pages = sorted(path.name for path in Path(report_dir).glob("*.html") if path.name != "index.html")
+    items = "".join(
+        f'<li class="list-group-item"><a href="{html.escape(name)}">{html.escape(name.removesuffix(".html"))}</a></li>'
+        for name in pages
+    )
+    title = f"Validation reports of run {html.escape(Path(report_dir).name)}"
+    atomic_write_text(
+        Path(report_dir) / "index.html",
+        f'<!DOCTYPE html><html><head><meta charset="UTF-8"><title>{title}</title>{styles}</head>'
+        f'<body class="container pt-4"><h1 class="h3">{title}</h1><ul class="list-group">{items}</ul></body></html>',
+    )
+
+
+def _first_replaced(pattern: re.Pattern, page: str, replacement: str) -> str:
+    """Every match of ``pattern`` removed, the first one replaced by ``replacement``."""
+    first = pattern.search(page)
+    if first is None:
+        return page
+    return page[: first.start()] + replacement + pattern.sub("", page[first.start() :])
+
+
+@cache
+def _inline_assets() -> tuple[str, str]:
+    """(style elements, script elements) with Bootstrap 4's CSS and the icons; jQuery and
+    Bootstrap 4's JavaScript, as the package `bootstrap-flask` ships them."""
+    root = Path(find_spec("flask_bootstrap").submodule_search_locations[0]) / "static" / "bootstrap4"
+
+    def text(relative: str) -> str:  # without the source map comment: there is no map beside the page
+        return re.sub(r"\n?[/][*/]# sourceMappingURL=\S+( \*/)?\s*$", "", (root / relative).read_text())
+
+    styles = f"<style>{text('css/bootstrap.min.css')}</style><style>{_ICONS}</style>"
+    scripts = f"<script>{text('jquery.min.js')}</script><script>{text('js/bootstrap.min.js')}</script>"
+    return styles, scripts
+
+
+@cache
+def _gx_image(name: str, media_type: str) -> str:
+    """One of GX's own images (it ships them, its pages load them from the web) as a data URI."""
+    root = Path(find_spec("great_expectations").submodule_search_locations[0])
+    data = (root / "render" / "view" / "static" / "images" / name).read_bytes()
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"

@@ -296,6 +296,7 @@ def record_rejection(
     stages = registry(settings)
     stages.transition(version, Stage.REJECTED, actor=actor, reason=reason, flow_run_id=flow_run_id)
     stages.set_release_run(version, None)
+    stages.tag_release_ending(version, ending)
     message = f"{settings.model_name} version {version} was rejected ({ending}) by {actor}: {reason}"
     print(message)
     notify(settings, "rejected", message, version=version, actor=actor, ending=ending)
@@ -405,6 +406,7 @@ def apply_verdict(
         reject(target, settings, version, ending=verdict.ending, **record)
     elif verdict.stage is Stage.PRODUCTION:
         promote(target, settings, version, **record)
+        registry(settings).tag_release_ending(version, Outcome.APPROVED.value)  # not a rollback's promotion
     elif verdict.stage is Stage.STAGING:  # reached only through passed smoke tests
         record_stage(settings, version, Stage.STAGING.value, smoke_passed=True, **record)
     else:

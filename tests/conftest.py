@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.support.prefect_server",
     "tests.support.stores",
     "tests.support.online_store",
+    "tests.support.browser",
 ]
 
 # Quiet, offline-friendly defaults for every test process.

@@ -8,7 +8,8 @@
   (``curl -d`` declares a form).
 - ``/healthz`` (the process answers), ``/readyz`` (a TF Serving replica serves `stable` and the
   online store answers; 503 naming what is not ready; replicas set aside are listed),
-  ``/metrics`` (Prometheus text format).
+  ``/metrics`` (Prometheus text format); ``/docs`` and ``/redoc`` (the API's pages, their
+  scripts served here too: they work without internet).
 
 Failures are JSON (``{"error": kind, "detail": ...}``, the full reason in the log), never a traceback: 503
 when TF Serving or (for candidates) the online store does not answer, 502 when TF Serving
@@ -29,6 +30,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo
 
 from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable
@@ -140,7 +142,8 @@ def create_app(
         yield
         await run_in_threadpool(ranker.live.close)  # the last live figures, before the process ends
 
-    app = FastAPI(title="Railyard ranking service", lifespan=lifespan)
+    # /docs and /redoc with Swagger UI and ReDoc served by the service itself: no CDN needed.
+    app = FastAPIOffline(title="Railyard ranking service", lifespan=lifespan)
     app.state.ranker = ranker
 
     def finish(

@@ -41,6 +41,9 @@ def test_a_run_killed_while_awaiting_approval_is_rejected_as_crashed_and_announc
     assert (rejected["stage"], rejected["actor"]) == ("rejected", "railyard")
     assert rejected["reason"].startswith("crashed:") and "is gone" in rejected["reason"]
     assert [(m["event"], m["version"], m["ending"]) for m in webhook] == [("rejected", 2, "crashed")]
+    assert (
+        world.mlflow().get_run(world.tags(2)["railyard.mlflow_run_id"]).data.tags["railyard.release_ended"] == "crashed"
+    )
     # Its Resume form is gone: the run that can never resume is failed, saying why.
     state = world.flow_run(flow_run["id"])["state"]
     assert state["type"] == "FAILED" and "rejected (crashed" in state["message"]
@@ -57,6 +60,9 @@ def test_a_newer_model_supersedes_a_version_still_awaiting_review(world):
     superseded = world.finish(waiting)  # the waiting run was answered by Railyard and ended
     assert (superseded["model_version"], superseded["stage"], superseded["decided_by"]) == (3, "rejected", "railyard")
     assert superseded["reason"].startswith("superseded by version 4")
+    assert world.mlflow().get_run(world.tags(3)["railyard.mlflow_run_id"]).data.tags["railyard.release_ended"] == (
+        "superseded"
+    )
     state = world.review_run(3)["state"]
     assert (state["type"], state["name"]) == ("COMPLETED", "Rejected")
     assert world.aliases()["production"] == 4 and world.served_versions() == {4}

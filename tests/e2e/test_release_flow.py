@@ -40,6 +40,10 @@ def test_deploy_registers_every_deployment_with_schedule_and_typed_parameters(wo
     assert status == 200
     (schedule,) = daily["schedules"]
     assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == ("0 3 * * *", "Europe/Berlin")
+    # The zone is in sight: the UI's schedule card shows the slug (else "At 03:00 AM every day"), the
+    # deployment page its description; the run lists show times in the browser's zone.
+    assert schedule["slug"] == "daily at 03:00 Europe/Berlin"
+    assert "03:00 Europe/Berlin" in daily["description"]
     assert daily["enforce_parameter_schema"] is True and daily["global_concurrency_limit"]["limit"] == 1
     assert daily["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     properties = daily["parameter_openapi_schema"]["properties"]
@@ -107,6 +111,13 @@ def test_a_ui_started_run_is_picked_up_by_a_worker_and_reaches_production(world)
     run = world.mlflow().get_run(tags["railyard.mlflow_run_id"])
     assert run.data.metrics["smoke_passed"] == 1.0 and "smoke_latency_p95_ms" in run.data.metrics
     assert run.info.run_name == "recmodel-v1" and run.info.status == "FINISHED"
+    assert run.data.tags["railyard.release_ended"] == "approved"
+    (linked,) = world.mlflow().search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+    )
+    assert json.loads(linked.tags["mlflow.modelVersions"]) == [
+        {"name": "recmodel", "version": "1"}
+    ]  # the Models column
     experiment = world.mlflow().get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # MLflow's training view
 
@@ -190,6 +201,10 @@ def test_a_rejected_canary_is_unloaded_and_stable_keeps_serving(world):
     assert state["message"] == f"version 3 rejected by {ME}: odd scores for new users [named: bob]"
     assert world.aliases()["production"] == 2
     assert world.served_versions() == {2}  # the rejected canary is unloaded
+    assert (
+        world.mlflow().get_run(world.tags(3)["railyard.mlflow_run_id"]).data.tags["railyard.release_ended"]
+        == "rejected"
+    )
     assert len(predict(summary["serving"]["rest"], "stable")) == 2
 
     # The same data again: that model was rejected, and stays so.
@@ -206,6 +221,10 @@ def test_no_answer_within_the_timeout_rejects_the_canary(world, webhook):
     assert world.served_versions() == {2}
     rejected = [message for message in webhook if message["event"] == "rejected"]
     assert [(m["version"], m["ending"]) for m in rejected] == [(4, "timed out")]
+    assert (
+        world.mlflow().get_run(world.tags(4)["railyard.mlflow_run_id"]).data.tags["railyard.release_ended"]
+        == "timed out"
+    )
 
 
 def test_a_canary_failing_its_smoke_tests_is_rolled_back_by_the_flow(world):

@@ -111,7 +111,13 @@ def test_cli_run_trains_publishes_to_s3_deploys_and_tracks(tmp_path, s3_bucket):
     assert run.data.metrics["validation_rows"] < run.data.metrics["fit_rows"] / 5
     assert len(client.get_metric_history(run.info.run_id, "epoch_val_auc")) >= 1
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"saved_model", "evaluation", "smoke"} <= artifacts
+    assert {"saved_model", "evaluation", "smoke", "validation"} <= artifacts
+    reports = {"raw_ratings.html", "features_train.html", "features_holdout.html", "index.html"}
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "validation")} == {
+        f"validation/{r}" for r in reports
+    }
+    assert "evaluation/roc.png" in {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert run.data.tags["railyard.release_ended"] == "approved"
     registered = client.get_model_version("recmodel", "1")
     assert registered.tags["railyard.store_uri"] == summary["store_uri"]
 
@@ -191,6 +197,13 @@ def test_invalid_data_fails_validation_before_training(case, mutate, expected, f
     )
     assert _store_versions(flow_home) == []
     assert list((flow_home / "reports").rglob("*.html")), "an HTML report is written"
+    # ... and attached to the run's MLflow run, failed as it is.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("railyard").experiment_id])
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "validation")}
+    assert {"validation/raw_ratings.html", "validation/index.html"} <= logged and run.info.status == "FAILED"
 
 
 def test_unblessed_model_is_not_published(flow_home, tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,8 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import polars as pl
@@ -29,6 +32,7 @@ from infra.tfserving.client import ServingError
 from railyard.contract import CANARY, STABLE
 from railyard.gray import label_for, user_bucket
 from railyard.settings import Settings, load_settings
+from tests.support.browser import computed, screenshot, wait_for_text
 from tests.support.online_store import as_events, movies_frame, railyard, ratings_frame
 from tests.support.serving_fixtures import MODEL_NAME, client_for, model_config
 
@@ -403,13 +407,14 @@ def test_with_the_online_store_down_scores_are_degraded_and_candidates_a_json_50
         server.stop(settings)
 
 
-def test_a_real_uvicorn_server_answers_on_loopback(store, serving):
+@contextmanager
+def uvicorn_serving(app) -> Iterator[str]:
+    """The app on a real uvicorn server on loopback, for the block; yields its base URL."""
     import uvicorn
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = create_app(store, [serving], MODEL_NAME)
     web = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     runner = threading.Thread(target=web.run, daemon=True)
     runner.start()
@@ -418,16 +423,42 @@ def test_a_real_uvicorn_server_answers_on_loopback(store, serving):
         while not web.started:
             assert time.monotonic() < deadline and runner.is_alive(), "uvicorn did not start"
             time.sleep(0.02)
-        base = f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        web.should_exit = True
+        runner.join(10)
+
+
+def test_a_real_uvicorn_server_answers_on_loopback(store, serving):
+    with uvicorn_serving(create_app(store, [serving], MODEL_NAME)) as base:
         with urllib.request.urlopen(f"{base}/v1/recommend?userId={USER}&k=3", timeout=10) as response:
             answer = json.loads(response.read())
         assert answer["label"] == STABLE and len(answer["recommendations"]) == 3
         with urllib.request.urlopen(f"{base}/healthz", timeout=10) as response:
             assert response.status == 200
-    finally:
-        web.should_exit = True
-        runner.join(10)
     assert gray_release.live(store.client, MODEL_NAME, STABLE, 1).requests == 1
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_docs_need_nothing_but_the_service(store, serving, page):
+    """Swagger UI and ReDoc come from the service itself, not from a CDN: every script, style
+    sheet and icon the page names is a path of the service, and it answers."""
+    client = make_app(store, serving)
+    html = client.get(page).text
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets and [url for url in assets if not url.startswith("/")] == []
+    for url in assets:
+        assert client.get(url).status_code == 200, url
+
+
+def test_the_api_docs_render_in_a_browser_with_no_network(store, serving, offline_browser):
+    with uvicorn_serving(create_app(store, [serving], MODEL_NAME)) as base:
+        offline_browser.get(f"{base}/docs")
+        shown = wait_for_text(offline_browser, "/v1/recommend")
+        screenshot(offline_browser, "ranking-service-docs-offline")
+    assert "Railyard ranking service" in shown and "/v1/score" in shown
+    # Swagger UI's own style sheet is applied: its operation blocks are laid out as flex rows.
+    assert computed(offline_browser, ".opblock-summary", "display") == "flex"
 
 
 def grpc_predictions(server) -> int:

@@ -1,6 +1,7 @@
-"""A real Prefect API server (``prefect server start``, SQLite) on 127.0.0.1 for one test session.
+"""A real Prefect API server (``prefect server start``, SQLite) on 127.0.0.1 for one test session
+(``prefect_server``; ``prefect_ui_server`` serves its UI too, for browser tests).
 
-Registered for every test module by tests/conftest.py. The fixture yields the
+Registered for every test module by tests/conftest.py. The fixtures yield the
 API URL; processes started with ``PREFECT_API_URL`` set to it (the CLI, workers) talk to it.
 In-process code keeps the settings it imported with, so drive the server from subprocesses.
 """
@@ -13,6 +14,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,16 +29,32 @@ LEASE_S = 30
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("prefect-server")
+    with _serving(tmp_path_factory.mktemp("prefect-server"), ui=False) as api_url:
+        yield api_url
+
+
+@pytest.fixture(scope="session")
+def prefect_ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Prefect server with its UI, on a free port (not 4200), started as the README says:
+    with PREFECT_SERVER_UI_API_URL, so that the UI calls this server's API. Yields the API URL
+    (the UI is at the same address without ``/api``)."""
+    with _serving(tmp_path_factory.mktemp("prefect-ui-server"), ui=True) as api_url:
+        yield api_url
+
+
+@contextmanager
+def _serving(home: Path, *, ui: bool) -> Iterator[str]:
     port = free_port()
     api_url = f"http://127.0.0.1:{port}/api"
     env = os.environ | {
         "PREFECT_HOME": str(home),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true" if ui else "false",
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION": str(LEASE_S),
     }
+    if ui:
+        env["PREFECT_SERVER_UI_API_URL"] = api_url
     env.pop("PREFECT_API_URL", None)
     log_path = Path(home) / "server.log"
     with open(log_path, "wb") as log:

@@ -296,3 +296,22 @@ def test_an_edit_of_the_last_record_shows_against_the_head_mlflow_keeps(logged):
     ]
     last.unlink()  # removing it instead
     assert logged.verify_history()[1][-1].startswith("the log's last record (1) is not the one")
+
+
+def test_a_registered_version_is_linked_to_its_run_as_mlflow_3_links_models(registry):
+    """The runs table's Models column lists a run's logged models and the registered versions
+    each names in its `mlflow.modelVersions` tag (MLflow 3 UI); a version's `run_id` alone shows
+    nothing there."""
+    run_id = _register(registry, 1)
+    registry.register(1, "file:///store/1", run_id, lineage={}, description="")  # again: still one link
+    experiment_id = registry.client.get_run(run_id).info.experiment_id
+    linked = [m for m in registry.client.search_logged_models([experiment_id]) if m.source_run_id == run_id]
+    assert [json.loads(m.tags["mlflow.modelVersions"]) for m in linked] == [[{"name": registry.model, "version": "1"}]]
+    assert linked[0].status.name == "READY"
+
+
+def test_how_a_release_ended_is_tagged_on_the_run_behind_the_version(registry):
+    run_id = _register(registry, 2)  # version 1 becomes a filler with no run behind it
+    registry.tag_release_ending(2, "timed out")
+    assert registry.client.get_run(run_id).data.tags["railyard.release_ended"] == "timed out"
+    registry.tag_release_ending(1, "rejected")  # nothing to tag

@@ -1,6 +1,8 @@
 """Great Expectations suites: clean data passes; every kind of bad data is named with its count."""
 
+import re
 import time
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -115,7 +117,7 @@ def test_built_features_pass_both_suites(tmp_path, slice_rows):
     built = _feature_set()
     train, holdout = validation.validate_features(built.train, built.holdout, built.cutoff_ts, BOUNDS, tmp_path)
     assert train.success and holdout.success, train.summary() + holdout.summary()
-    assert {p.name for p in tmp_path.iterdir()} == {"features_train.html", "features_holdout.html"}
+    assert {p.name for p in tmp_path.iterdir()} == {"features_train.html", "features_holdout.html", "index.html"}
 
 
 def test_label_balance_outside_bounds_fails(tmp_path, slice_rows):
@@ -212,3 +214,39 @@ def test_the_loader_and_the_validation_number_a_row_alike(tmp_path, slice_rows):
     assert "rating within 0.5..5.0: 1 unexpected rows (data rows 17), e.g. [7.0]" in report.summary()
     with pytest.raises(DataLoadError, match="ratings.csv: data row 17: rating_out_of_range"):
         read_event_file(tmp_path / "out_of_range" / "ratings.csv")
+
+
+def _assets(html: str) -> list[str]:
+    """What a browser loads to show the page: style sheets, scripts, images, icons."""
+    tags = re.findall(r"<(?:link|script|img)\b[^>]*>", html)
+    return [url for tag in tags for url in re.findall(r'(?:src|href)="([^"]*)"', tag)]
+
+
+def test_a_report_page_needs_no_network_and_says_which_run_it_belongs_to(tmp_path):
+    """Data Docs load Bootstrap, jQuery and the logo from CDNs; Railyard's pages carry them."""
+    report_dir = tmp_path / "reports" / "flow-run-42"
+    page = validation.validate_ratings(
+        _replace_row(_clean(), 3, rating=7.0), BOUNDS, report_dir
+    ).html_report.read_text()
+    assert [url for url in _assets(page) if not url.startswith("data:")] == []
+    assert "Bootstrap v4" in page and "jQuery v3" in page  # inline, in the page itself
+    assert ".fa-check-circle::before" in page  # the pass/fail icons without Font Awesome's font
+    assert "__none__" not in page
+    run_name = re.search(r"Run Name</div></td><td[^>]*><div[^>]*>([^<]*)<", page).group(1)
+    run_time = re.search(r"Run Time</div></td><td[^>]*><div[^>]*>([^<]*)<", page).group(1)
+    assert run_name == "flow-run-42" and run_time.startswith(time.strftime("%Y-%m-%dT", time.gmtime()))
+
+
+def test_home_leads_to_an_index_of_the_runs_reports(tmp_path):
+    built = _feature_set()
+    validation.validate_ratings(_clean(), BOUNDS, tmp_path)
+    validation.validate_features(built.train, built.holdout, built.cutoff_ts, BOUNDS, tmp_path)
+    for page in ("raw_ratings.html", "features_train.html"):
+        links = re.findall(r'<a [^>]*href="([^"#]+)"', (tmp_path / page).read_text())
+        local = [link for link in links if not link.startswith("https://")]
+        assert "index.html" in local and all((tmp_path / link).exists() for link in local), (page, local)
+    index = (tmp_path / "index.html").read_text()
+    links = re.findall(r'<a href="([^"]*)"', index)
+    assert sorted(links) == ["features_holdout.html", "features_train.html", "raw_ratings.html"]
+    assert all(Path(tmp_path, link).exists() for link in links)
+    assert [url for url in _assets(index) if not url.startswith("data:")] == []
