@@ -33,9 +33,12 @@ RESUME_ATTEMPTS = 3
 APPROVE, REJECT = "approve", "reject"
 # Prefect's server checks the answer against this JSON schema before it resumes a run, so a
 # rejection without a comment never reaches the flow (pydantic repeats the check in Python).
+# The UI shows the first failed check's jsonschema message: minLength before the pattern, so an
+# empty field reads "'' should be non-empty", not "'' does not match '\S'" (blanks still do).
+_NOT_BLANK = {"minLength": 1, "pattern": r"\S"}
 _COMMENT_REQUIRED_FOR_REJECT = {
     "if": {"properties": {"decision": {"const": REJECT}}, "required": ["decision"]},
-    "then": {"properties": {"comment": {"pattern": r"\S"}}, "required": ["comment"]},
+    "then": {"properties": {"comment": _NOT_BLANK}, "required": ["comment"]},
 }
 
 
@@ -51,11 +54,11 @@ class ApprovalDecision(RunInput):
         title="Decision: approve or reject (required)",
         description="approve: the canary becomes production (stable). reject: the canary is unloaded.",
     )
-    # The pattern is for the server's check of the form; Python's check below says it in words.
+    # The checks are for the server's check of the form; Python's check below says it in words.
     reviewer: str = Field(
         title="Reviewer: your name or e-mail (required)",
         description="Recorded in the audit trail with your decision.",
-        json_schema_extra={"pattern": r"\S"},
+        json_schema_extra=_NOT_BLANK,
     )
     comment: str = Field(
         default="",
