@@ -13,7 +13,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 
 from tests.support.browser import screenshot, wait_for_text
-from tests.support.release_world import MODEL, World
+from tests.support.release_world import MODEL, World, kill
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -41,8 +41,12 @@ def _form_text(driver) -> str:
     return driver.find_element(By.CSS_SELECTOR, ".p-modal").text
 
 
-def test_the_resume_form_shows_the_figures_and_refuses_a_rejection_without_a_comment_in_words(world, offline_browser):
+def test_the_resume_form_shows_the_figures_and_refuses_a_rejection_without_a_comment_in_words(
+    world, offline_browser, request
+):
     run = world.start_run(1)
+    # A failed check leaves the run paused for its whole review window: it goes with the test.
+    request.addfinalizer(lambda: run.poll() is None and kill(run))
     flow_run = world.wait_until_waiting(1, run)
     mlflow = world.mlflow()
     metrics = mlflow.get_run(mlflow.get_model_version(MODEL, "1").run_id).data.metrics
