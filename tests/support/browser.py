@@ -23,6 +23,7 @@ import pytest
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 LOCAL = "127.0.0.1;localhost;[::1]"
 WAIT_S = 60  # a React UI's first render on a busy 2-core machine
+START_ATTEMPTS = 3
 
 
 def start_chromium(tmp_dir: Path):
@@ -61,16 +62,28 @@ def start_chromium(tmp_dir: Path):
 def offline_browser(tmp_path: Path) -> Iterator:
     """A headless Chromium with no network beyond this machine; the test is skipped, saying why,
     where the browser cannot start."""
-    try:
-        driver = start_chromium(tmp_path)
-    except Exception as error:  # noqa: BLE001 - any reason the browser cannot start is a skip
-        pytest.skip(
-            f"headless Chromium cannot start here ({type(error).__name__}: {error}); `make browsers` installs it"
-        )
+    driver = _started_chromium(tmp_path)
     try:
         yield driver
     finally:
         driver.quit()
+
+
+def _started_chromium(tmp_path: Path):
+    """A started browser, or the test skipped saying why. A browser that is installed gets a few
+    tries: on a loaded machine Chromium now and then exits before its first session."""
+    for attempt in range(START_ATTEMPTS):
+        folder = tmp_path / f"chromium-{attempt}"
+        folder.mkdir(exist_ok=True)
+        try:
+            return start_chromium(folder)
+        except Exception as error:  # noqa: BLE001 - any reason the browser cannot start is a skip
+            failure = f"{type(error).__name__}: {str(error)[:300]}"
+            if shutil.which("chromium") is None or shutil.which("chromedriver") is None:
+                pytest.skip(f"headless Chromium cannot start here ({failure}); `make browsers` installs it")
+    log = folder / "chromedriver.log"
+    tail = log.read_text(errors="replace")[-1500:] if log.exists() else "(no log)"
+    pytest.skip(f"headless Chromium cannot start here ({failure}); chromedriver's log ends:\n{tail}")
 
 
 def screenshot(driver, name: str) -> Path:
