@@ -112,8 +112,8 @@ def _report(message: str, next_step: str, debug: bool) -> None:
         traceback.print_exc()
     if _options.get("run_log"):  # a run that failed: its log file holds the whole story
         next_step = f"{next_step} (the run's full log: {_options['run_log']})"
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    typer.echo(f"next: {next_step}", err=True)
+    # One write: another process sharing stderr (Prefect's temporary server) never lands between them.
+    typer.echo(typer.style(f"error: {message}", fg=typer.colors.RED) + f"\nnext: {next_step}", err=True)
 
 
 def _fail(message: str, next_step: str, code: int = 1) -> NoReturn:

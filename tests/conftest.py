@@ -38,8 +38,16 @@ def railyard_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home.mkdir()
     monkeypatch.setenv("RAILYARD_HOME", str(home))
     monkeypatch.setenv("RAILYARD_LOCAL_ONLINE_STORE_PORT", "0")
+    scratch = os.environ.get("TMPDIR")
     yield home
     server.stop(Settings.model_construct(home=home.resolve()))  # the test may have left a bad setting
+    # A command run in this process pointed TMPDIR under this home (railyard/runtime.py): the next
+    # test's processes (Chromium's socket among them) must not inherit it.
+    if scratch is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = scratch
+    tempfile.tempdir = None  # the module caches what it found
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ a computed style, ``wait_for_text`` waits until the page shows a text.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import time
@@ -52,7 +53,11 @@ def start_chromium(tmp_dir: Path):
         "--allow-file-access-from-files",
     ):
         options.add_argument(argument)
-    service = Service(executable_path=driver_binary, log_output=str(tmp_dir / "chromedriver.log"))
+    # Chromium's singleton socket lives under TMPDIR, whose path must stay short (a socket path
+    # has at most 107 bytes): a home's deep scratch folder is refused.
+    service = Service(
+        executable_path=driver_binary, log_output=str(tmp_dir / "chromedriver.log"), env=os.environ | {"TMPDIR": "/tmp"}
+    )
     driver = webdriver.Chrome(options=options, service=service)
     driver.set_page_load_timeout(WAIT_S)
     return driver
