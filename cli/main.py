@@ -397,24 +397,26 @@ def _decide(version: int, decision: str, named: str | None, comment: str) -> Non
     from pydantic import ValidationError
 
     from model_registry.stages import Stage
-    from tasks import approval, release
+    from release.decision import REJECT, ReviewAnswer
+    from release.reconcile import reconcile
+    from release.state import registry, release_lock
 
     try:
         # The reviewer is who runs the command; a name they give is kept beside their comment.
         # A name alone is no reason: a rejection without a comment is refused as before.
-        noted = comment if decision == approval.REJECT and not comment else _with_name(comment, named)
-        answer = approval.ApprovalDecision(decision=decision, reviewer=_os_user(), comment=noted)
+        noted = comment if decision == REJECT and not comment else _with_name(comment, named)
+        answer = ReviewAnswer(decision=decision, reviewer=_os_user(), comment=noted)
     except ValidationError as error:
         _fail(
             "; ".join(str(e["msg"]).removeprefix("Value error, ") for e in error.errors()),
             f'nothing changed; e.g. `railyard {decision} {version} --comment "why"`',
             code=2,
         )
-    with release.release_lock(settings, f"railyard {decision}"):
-        repaired = release.reconcile(settings, start_serving=False)
+    with release_lock(settings, f"railyard {decision}"):
+        repaired = reconcile(settings, start_serving=False)
     for line in repaired:
         typer.echo(f"repaired: {line}")
-    stages = release.registry(settings)
+    stages = registry(settings)
     if version not in stages.all_tags():
         _fail(f"{settings.model_name} version {version} is not registered", SEE_STATUS, code=2)
     if (stage := stages.stage(version)) is not Stage.STAGING:
@@ -428,8 +430,10 @@ def _decide(version: int, decision: str, named: str | None, comment: str) -> Non
     flow_run_id = stages.lineage(version).get("review_run")
     if not flow_run_id:
         _fail(f"{settings.model_name} version {version} has no retrain run waiting for a review", SEE_STATUS, code=2)
+    from release import review_runs  # Prefect's client: only for a review that can be answered
+
     try:
-        approval.answer(flow_run_id, answer)
+        review_runs.answer(flow_run_id, answer)
     except Exception as error:  # noqa: BLE001 - NotPausedError, a refused answer, an unreachable API
         _fail(
             f"could not resume flow run {flow_run_id} for version {version}: {error}",
@@ -496,8 +500,9 @@ def status(
     from infra.tfserving.target import serving_labels_on_file
     from model_registry import LockTimeoutError
     from model_registry.history import HistoryMismatch
-    from tasks import gray
-    from tasks.release import reconcile, registry, release_lock
+    from release.reconcile import reconcile
+    from release.state import registry, release_lock
+    from release.traffic import live_figures
 
     if verify_history:
         records, problems = registry(settings).verify_history()
@@ -523,7 +528,7 @@ def status(
         except ConfigFileError as error:
             down = f"the local server is not running and cannot start: {error}"
     online = _online_store_state(settings)
-    live = gray.live_figures(settings, distinct_labels(serving)) if online["running"] else []
+    live = live_figures(settings, distinct_labels(serving)) if online["running"] else []
     if as_json:
         print(
             json.dumps(
@@ -587,8 +592,8 @@ def restore_registry() -> None:
     a note that their earlier history was lost (no rollback to them).
     """
     settings = _settings(store=True)
-    from tasks.release import release_lock
-    from tasks.release import restore_registry as restore
+    from release.reconcile import restore_registry as restore
+    from release.state import release_lock
 
     with release_lock(settings, "railyard restore-registry"):
         versions, production = restore(settings, actor=_os_user())

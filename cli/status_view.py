@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from railyard.gray import LiveFigures
-from railyard.review import when
+from railyard.moments import when
 
-WAITING_MODES = ("pause", "suspend")  # how a run waits for its review (tasks/release.release_owner)
+WAITING_MODES = ("pause", "suspend")  # how a run waits for its review (release/state.release_owner)
 # How the last stage change of a version reads.
 MOVES = {
     "candidate": "registered",

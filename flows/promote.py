@@ -10,7 +10,10 @@ from pydantic import Field
 
 from model_registry.release_rules import Outcome, release_verdict
 from railyard.settings import Settings
-from tasks import approval, deploy, release
+from release import review_runs
+from release.decision import APPROVE, ReviewAnswer
+from release.state import registry, release_lock
+from tasks import deploy, release_steps
 
 
 @flow(name="promote", log_prints=True)
@@ -29,18 +32,16 @@ def promote(
     settings = Settings()
     target = deploy.serving_target(settings)
     run_id = str(flow_run.get_id()) if flow_run.get_id() else None
-    with release.release_lock(settings, f"promote run {run_id}"):
-        release.apply_verdict(
+    with release_lock(settings, f"promote run {run_id}"):
+        release_steps.apply_verdict(
             target, settings, version, release_verdict(Outcome.APPROVED, comment, actor=reviewer), run_id
         )
     labels = deploy.serving_labels(target, settings)
     # The retrain run waiting for this review wakes up, finds the decision made and ends with it.
-    waiting = release.registry(settings).lineage(version).get("review_run")
+    waiting = registry(settings).lineage(version).get("review_run")
     if waiting:
         try:
-            approval.answer(
-                waiting, approval.ApprovalDecision(decision=approval.APPROVE, reviewer=reviewer, comment=comment)
-            )
+            review_runs.answer(waiting, ReviewAnswer(decision=APPROVE, reviewer=reviewer, comment=comment))
         except Exception as error:  # noqa: BLE001 - it is not waiting any more: nothing to wake
             print(f"the retrain run {waiting} was not waiting for this review ({error})")
     return {"model_name": settings.model_name, "version": version, "serving": labels}

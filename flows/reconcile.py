@@ -10,7 +10,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 
 from railyard.settings import Settings
-from tasks import release
+from tasks import release_steps
 
 
 @flow(name="reconcile", log_prints=True)
@@ -19,7 +19,7 @@ def reconcile() -> list[str]:
     end MLflow runs left RUNNING by killed processes, and put `stable` back on MLflow's
     production version; each repair is printed."""
     settings = Settings()
-    repaired = release.reconcile_task(settings, f"reconcile run {flow_run.get_id()}")
+    repaired = release_steps.reconcile_task(settings, f"reconcile run {flow_run.get_id()}")
     for line in repaired or ["nothing to repair"]:
         print(line)
     return repaired

@@ -32,20 +32,22 @@ from railyard.evaluation import GateDecision
 from railyard.features import FeatureSet
 from railyard.kinds.registry import load_kind
 from railyard.locations import Location
+from railyard.moments import when
 from railyard.notify import notify
-from railyard.review import DataWindow, ReviewRequest, decision_line, review_markdown, waiting_line, when
+from railyard.review import DataWindow, ReviewRequest, decision_line, review_markdown, waiting_line
 from railyard.settings import Settings
 from railyard.training import code_version as model_code_version
+from release import review_runs, traffic
+from release import state as release_state
+from release.reconcile import reconcile
 from tasks import (
-    approval,
     data,
     deploy,
     evaluation,
     features,
-    gray,
     online,
     publish,
-    release,
+    release_steps,
     smoke,
     training,
     validation,
@@ -80,8 +82,8 @@ def report_interruption(flow, flow_run, state) -> None:
     settings = Settings()
     ending = Ending(kind, f"its run {flow_run.name} {kind}: {state.message}")
     try:
-        with release.release_lock(settings, f"{kind} hook of retrain run {flow_run.id}"):
-            said = release.reconcile(settings, start_serving=False, ended_run=(str(flow_run.id), ending))
+        with release_state.release_lock(settings, f"{kind} hook of retrain run {flow_run.id}"):
+            said = reconcile(settings, start_serving=False, ended_run=(str(flow_run.id), ending))
     except Exception as error:  # noqa: BLE001 - announce the interruption even so
         said = [f"its release could not be concluded now ({error}); the next run or `railyard status` will"]
     details = "\n".join(f"- {line}" for line in said)
@@ -92,7 +94,7 @@ def report_interruption(flow, flow_run, state) -> None:
 
 def _announce_failure(flow_run, message: str, kind: str, next_step: str) -> None:
     markdown = f"## What happened\n\n{message}\n\n## What to do\n\n{next_step}"
-    approval.post_artifact(str(flow_run.id), "run-failed", markdown, description=kind)
+    review_runs.post_artifact(str(flow_run.id), "run-failed", markdown, description=kind)
     notify(Settings(), "run_failed", message, next_step=next_step, flow_run_id=str(flow_run.id))
 
 
@@ -128,12 +130,12 @@ def retrain(
     )
     prefect_run_id = str(flow_run.get_id()) if flow_run.get_id() else None
     holder = f"retrain run {prefect_run_id}"
-    resumed = release.version_in_review_by(settings, prefect_run_id)
+    resumed = release_steps.version_in_review_by(settings, prefect_run_id)
     if resumed is not None:  # the run was suspended for its review and now starts again
         summary = {"model_name": settings.model_name, "model_version": resumed}
         return finish_review(settings, resumed, prefect_run_id, summary, suspend=True)
     kind = load_kind(settings.model_kind)  # a kind that does not resolve is refused before any work
-    for line in release.reconcile_task(settings, holder):
+    for line in release_steps.reconcile_task(settings, holder):
         print(f"repaired: {line}")
 
     run_key = prefect_run_id or time.strftime("%Y%m%dT%H%M%S")
@@ -162,7 +164,7 @@ def retrain(
         }
         # The same data and code as a stored version: that version is the model (no new training).
         existing = publish.find_published(settings, feature_set.fingerprint, code_version)
-        if existing is not None and (stage := release.stage_of(settings, existing.version)) != "candidate":
+        if existing is not None and (stage := release_steps.stage_of(settings, existing.version)) != "candidate":
             tracking.rename_run(settings, run_id, f"{model}-unchanged-v{existing.version}")
             return nothing_new(settings, existing.version, stage, summary)
         if existing is None:
@@ -182,10 +184,10 @@ def retrain(
         if not decision.blessed:
             refuse(settings, decision.reason, existing, run_id, prefect_run_id)
 
-        with release.release_lock(settings, holder):
+        with release_state.release_lock(settings, holder):
             # Production may have changed since the gate (another run promoted, someone rolled
             # back): the model must have been compared with the version it is about to replace.
-            if (production := release.production_version(settings)) != decision.baseline_version:
+            if (production := release_steps.production_version(settings)) != decision.baseline_version:
                 print(
                     f"production is version {production} now, not {decision.baseline_version} as at the gate: "
                     "comparing again on the same holdout"
@@ -200,7 +202,7 @@ def retrain(
                 ).manifest
             version, store_uri = existing.version, publish.version_uri(settings, existing.version)
             # The version's MLflow run is the one that trained and published it (maybe an earlier run).
-            release.register(
+            release_steps.register(
                 settings,
                 version,
                 store_uri,
@@ -217,7 +219,7 @@ def retrain(
             )
             tracking.rename_run(settings, run_id, f"{model}-v{version}")
             summary |= {"model_version": version, "store_uri": store_uri, "mlflow_model_version": str(version)}
-            if (stage := release.stage_of(settings, version)) != "candidate":  # another run released it meanwhile
+            if (stage := release_steps.stage_of(settings, version)) != "candidate":  # another run released it meanwhile
                 return nothing_new(settings, version, stage, summary)
             target, report = canary_release(settings, version, run_id, prefect_run_id, auto_approve, decision.reason)
     summary |= {"smoke": {"passed": report.passed, "latency_ms": report.latency_ms, "requests": report.requests}}
@@ -225,7 +227,7 @@ def retrain(
         return ending_state(
             settings,
             version,
-            release.registry(settings).history(version)[-1],
+            release_state.registry(settings).history(version)[-1],
             summary | serving_summary(target, settings),
         )
 
@@ -244,7 +246,7 @@ def retrain(
         skew=tracking.run_metrics(settings, run_id, prefix=online.SKEW_METRIC_PREFIX),
         max_skew_share=settings.max_skew_share,
         deadline=time.time() + settings.approval_timeout_s,
-        live=gray.live_figures(settings, deploy.serving_labels(target, settings)),
+        live=traffic.live_figures(settings, deploy.serving_labels(target, settings)),
     )
     instructions = request_review(settings, request, suspend)
     return finish_review(settings, version, prefect_run_id, summary, suspend=suspend, instructions=instructions)
@@ -294,7 +296,7 @@ def compare_with_production(
 ) -> GateDecision:
     """The gate: the candidate's holdout metrics beside those of the current production version,
     scored on the same holdout rows (absolute thresholds only while there is none)."""
-    production_version = release.production_version(settings)
+    production_version = release_steps.production_version(settings)
     production_metrics = (
         evaluation.evaluate_production(
             production_version, feature_set.holdout, feature_set.priors, settings, run_id, run_dir
@@ -320,9 +322,11 @@ def refuse(
     tracking.rename_run(settings, run_id, f"{settings.model_name}-not-blessed")
     if existing is not None:
         verdict = release_verdict(Outcome.NOT_BLESSED, reason)
-        lock = nullcontext() if locked else release.release_lock(settings, f"retrain run {prefect_run_id}")
+        lock = nullcontext() if locked else release_state.release_lock(settings, f"retrain run {prefect_run_id}")
         with lock:
-            release.apply_verdict(deploy.serving_target(settings), settings, existing.version, verdict, prefect_run_id)
+            release_steps.apply_verdict(
+                deploy.serving_target(settings), settings, existing.version, verdict, prefect_run_id
+            )
     raise ModelRejected(f"model not blessed, nothing published: {reason}")
 
 
@@ -332,56 +336,56 @@ def canary_release(
     """Under the release lock: older pending releases give way, canary, smoke tests, staging (and
     production at once with ``auto_approve``). The serving target and the smoke report."""
     target = deploy.serving_target(settings)  # serving down: the version stays a candidate for a re-run
-    stages = release.registry(settings)
-    stages.set_release_run(version, release.release_owner(prefect_run_id, "run"))
-    for other in release.supersede(target, settings, version, prefect_run_id):
+    stages = release_state.registry(settings)
+    stages.set_release_run(version, release_state.release_owner(prefect_run_id, "run"))
+    for other in release_steps.supersede(target, settings, version, prefect_run_id):
         print(f"version {other} was superseded by version {version}")
     try:
-        gray.hold_canary(settings, version)  # no user reaches the new canary before its smoke tests pass
+        traffic.hold_canary(settings, version)  # no user reaches the new canary before its smoke tests pass
         deploy.deploy_canary(target, settings, version)
     except ModelLoadError as error:  # the model itself is broken: it never becomes servable
-        release.apply_verdict(
+        release_steps.apply_verdict(
             target, settings, version, release_verdict(Outcome.LOAD_FAILED, str(error)), prefect_run_id
         )
         raise
     except BaseException as error:  # serving or the store down, a timeout: the version waits for a re-run
-        release.apply_verdict(
+        release_steps.apply_verdict(
             target, settings, version, release_verdict(Outcome.SERVING_DOWN, str(error)), prefect_run_id
         )
         raise
     report = smoke.smoke_tests(target, settings, version, run_id)
     failed = "; ".join(f"{c.name}: {c.detail}" for c in report.failures())
     outcome = Outcome.SMOKE_PASSED if report.passed else Outcome.SMOKE_FAILED
-    release.apply_verdict(target, settings, version, release_verdict(outcome, failed), prefect_run_id)
+    release_steps.apply_verdict(target, settings, version, release_verdict(outcome, failed), prefect_run_id)
     if not report.passed:
         raise SmokeTestsFailed(report.summary())
     # Its share of users now goes to the canary (apply_verdict set it); over budget: rolled back.
-    if (over_budget := gray.bake(settings, version)) is not None:
-        release.apply_verdict(
+    if (over_budget := release_steps.bake(settings, version)) is not None:
+        release_steps.apply_verdict(
             target, settings, version, release_verdict(Outcome.BAKE_FAILED, over_budget), prefect_run_id
         )
         raise CanaryRolledBack(f"version {version} rolled back during the bake: {over_budget}")
     if auto_approve:
         approved = release_verdict(Outcome.APPROVED, gate_reason, actor=f"{SYSTEM_ACTOR} (auto_approve)")
-        release.apply_verdict(target, settings, version, approved, prefect_run_id)
+        release_steps.apply_verdict(target, settings, version, approved, prefect_run_id)
     return target, report
 
 
 def request_review(settings: Settings, request: ReviewRequest, suspend: bool) -> str:
     """Record how this run waits, ask for a review; the instructions shown with the form."""
     model, version, flow_run_id = request.model, request.version, request.flow_run
-    stages = release.registry(settings)
+    stages = release_state.registry(settings)
     mode = "suspend" if suspend else "pause"
-    stages.set_release_run(version, release.release_owner(flow_run_id, mode, request.deadline))
+    stages.set_release_run(version, release_state.release_owner(flow_run_id, mode, request.deadline))
     stages.set_lineage(version, review_run=str(flow_run_id))
     instructions = review_markdown(request)
     create_markdown_artifact(
-        key=approval.APPROVAL_ARTIFACT,
+        key=review_runs.APPROVAL_ARTIFACT,
         markdown=instructions,
         description=f"{model} v{version}: approval needed by {when(request.deadline)}",
     )
     notify(settings, "approval_needed", f"{model} version {version} awaits approval", version=version)
-    if suspend and (deadline_run := approval.schedule_deadline_check(request.deadline)) is not None:
+    if suspend and (deadline_run := review_runs.schedule_deadline_check(request.deadline)) is not None:
         stages.set_lineage(version, deadline_run=deadline_run)
     print(waiting_line(model, version, flow_run_id, request.deadline))
     return instructions
@@ -398,17 +402,19 @@ def finish_review(
 ) -> State:
     """Wait for the decision (a suspended run ends here and starts again once answered), then
     apply it under the release lock unless someone decided meanwhile."""
-    decision = approval.await_decision(
+    decision = review_runs.await_decision(
         settings.model_name, version, instructions, settings.approval_timeout_s, suspend=suspend
     )
     print(decision_line(settings.model_name, version, decision))
     target = deploy.serving_target(settings)
-    with release.release_lock(settings, f"retrain run {prefect_run_id}"):
-        last = release.conclude_review(target, settings, version, decision, prefect_run_id)
+    with release_state.release_lock(settings, f"retrain run {prefect_run_id}"):
+        last = release_steps.conclude_review(target, settings, version, decision, prefect_run_id)
     state = ending_state(settings, version, last, summary | serving_summary(target, settings))
-    approval.cancel_deadline_check(release.registry(settings).lineage(version).get("deadline_run"), state.message)
+    review_runs.cancel_deadline_check(
+        release_state.registry(settings).lineage(version).get("deadline_run"), state.message
+    )
     create_markdown_artifact(
-        key=approval.APPROVAL_ARTIFACT,
+        key=review_runs.APPROVAL_ARTIFACT,
         markdown=f"## Decided\n\n{state.message}",
         description=f"{settings.model_name} v{version}: {last['stage']} ({last['actor']})",
     )

@@ -10,15 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from railyard.evaluation import SYMBOLS, GateDecision, side_by_side, side_by_side_markdown
 from railyard.gray import LiveFigures
-
-
-def when(timestamp: float) -> str:
-    """A moment as a reader wants it: date, time and zone (UTC, the zone every process shares)."""
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+from railyard.moments import when
 
 
 @dataclass(frozen=True)

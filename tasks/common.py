@@ -5,9 +5,7 @@ from functools import partial
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from model_registry import ModelStore, open_store
 from railyard.runtime import quiet_tensorflow
-from railyard.settings import Settings
 
 # Every flow run imports this before TensorFlow, in a process a Prefect worker started too.
 quiet_tensorflow()
@@ -17,7 +15,3 @@ quiet_tensorflow()
 railyard_task = partial(task, cache_policy=NO_CACHE, persist_result=False)
 
 MINUTES = 60
-
-
-def model_store(settings: Settings) -> ModelStore:
-    return open_store(settings.resolved_store_uri, s3_endpoint_url=settings.s3_endpoint_url)

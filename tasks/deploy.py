@@ -3,7 +3,8 @@ from infra.tfserving import target as served
 from infra.tfserving.client import ModelLoadError
 from infra.tfserving.protocol import DEFAULT_GRPC_PORT, DEFAULT_REST_PORT
 from railyard.settings import Settings
-from tasks.common import MINUTES, model_store, railyard_task
+from release.state import model_store
+from tasks.common import MINUTES, railyard_task
 
 DEFAULT_REST_URL, DEFAULT_GRPC_TARGET = f"http://127.0.0.1:{DEFAULT_REST_PORT}", f"127.0.0.1:{DEFAULT_GRPC_PORT}"
 

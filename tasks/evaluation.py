@@ -5,7 +5,8 @@ from prefect.artifacts import create_table_artifact
 
 from railyard import evaluation, tracking
 from railyard.settings import Settings
-from tasks.common import MINUTES, model_store, railyard_task
+from release.state import model_store
+from tasks.common import MINUTES, railyard_task
 
 
 @railyard_task(name="evaluate", timeout_seconds=60 * MINUTES)

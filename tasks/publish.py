@@ -4,7 +4,8 @@ from model_registry import Manifest
 from model_registry.store import PublishedVersion
 from railyard import tracking
 from railyard.settings import Settings
-from tasks.common import MINUTES, model_store, railyard_task
+from release.state import model_store
+from tasks.common import MINUTES, railyard_task
 
 
 @railyard_task(name="publish-to-store", timeout_seconds=60 * MINUTES, retries=2, retry_delay_seconds=[10, 60])

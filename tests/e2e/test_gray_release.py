@@ -67,8 +67,8 @@ def test_a_canary_over_its_error_budget_is_rolled_back_during_the_bake(gray_home
     from infra.tfserving.target import serving_labels
     from railyard.errors import CanaryRolledBack
     from railyard.settings import Settings
+    from release.state import registry
     from tasks.deploy import serving_target
-    from tasks.release import registry
 
     data = tmp_path / "data"
     generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=300, seed=6)

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from tasks.approval import DEADLINE_MARGIN_S
+from release.review_runs import DEADLINE_MARGIN_S
 from tests.support.prefect_server import LEASE_S
 from tests.support.release_world import World, assert_serves_its_golden_answers, predict
 

@@ -11,11 +11,11 @@ import urllib.request
 import pytest
 from pydantic import ValidationError
 
-from tasks.approval import ApprovalDecision
+from release.review_runs import ApprovalDecision
 
 WAITING_FLOW = """
 from prefect import flow
-from tasks.approval import await_decision
+from release.review_runs import await_decision
 
 @flow
 def waits():
@@ -100,7 +100,7 @@ def test_a_real_prefect_server_refuses_bad_answers_and_resumes_with_a_good_one(p
             [
                 sys.executable,
                 "-c",
-                "from tasks.approval import ApprovalDecision, answer; "
+                "from release.review_runs import ApprovalDecision, answer; "
                 f"answer({run_id!r}, ApprovalDecision(decision='reject', reviewer='bob', comment='odd scores'))",
             ],
             env=os.environ | client_env,

@@ -7,7 +7,7 @@ import pytest
 from cli.main import main
 from model_registry.stages import Stage
 from railyard.settings import Settings
-from tasks.release import registry, release_lock
+from release.state import registry, release_lock
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from cli.main import main
 from model_registry.stages import Stage
 from railyard.settings import Settings
-from tasks.release import registry
+from release.state import registry
 
 
 def test_a_locked_mlflow_database_is_named_with_what_to_do(railyard_home, capsys):

@@ -142,7 +142,7 @@ def test_reconcile_sends_the_known_good_config_to_each_replica_that_drifted(worl
     and repaired; the one that serves the known-good config is left alone."""
     from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
-    from tasks.release import repair_serving
+    from release.reconcile import repair_serving
 
     target, clients, servers = world
     nothing = ModelServerConfig()

@@ -7,7 +7,7 @@ import pytest
 from cli.main import main
 from model_registry.stages import Stage
 from railyard.settings import Settings
-from tasks.release import registry
+from release.state import registry
 
 
 def _railyard(capsys, *args: str) -> tuple[int, str]:

@@ -8,7 +8,7 @@ OPEN_AND_READ = """
 import sys
 from railyard.settings import Settings
 from railyard import tracking
-from tasks.release import registry
+from release.state import registry
 
 settings = Settings()
 tracking.ensure_experiment(settings) if sys.argv[1] == "tracking" else registry(settings).client.search_registered_models()

@@ -1290,3 +1290,12 @@ def test_the_dask_services_commands_run_a_cluster_the_workers_settings_reach(con
         for process in reversed(processes):
             process.terminate()
             process.wait(30)
+
+
+def test_worker_image_copies_every_package_the_wheel_holds():
+    """The image runs the project from its copied folders: a package left out fails on import."""
+    packages = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"][
+        "packages"
+    ]
+    copied = {line.split()[1] for line in stage_lines("worker") if line.startswith("COPY")}
+    assert set(packages) <= copied

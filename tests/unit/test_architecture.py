@@ -14,16 +14,17 @@ import pytest
 
 from tests.support import REPO_ROOT
 
-PACKAGES = ("railyard", "model_registry", "infra", "tasks", "flows", "cli", "bench")
+PACKAGES = ("railyard", "model_registry", "infra", "release", "tasks", "flows", "cli", "bench")
 # What each package may import besides itself (lower layers only).
 MAY_IMPORT = {
     "railyard": set(),
     "model_registry": {"railyard"},
     "infra": {"railyard", "model_registry"},
-    "tasks": {"railyard", "model_registry", "infra"},
-    "flows": {"railyard", "model_registry", "infra", "tasks"},
-    "cli": {"railyard", "model_registry", "infra", "tasks", "flows"},
-    "bench": {"railyard", "model_registry", "infra", "flows"},  # the library, never tasks or the CLI
+    "release": {"railyard", "model_registry", "infra"},
+    "tasks": {"railyard", "model_registry", "infra", "release"},
+    "flows": {"railyard", "model_registry", "infra", "release", "tasks"},
+    "cli": {"railyard", "model_registry", "infra", "release", "tasks", "flows"},
+    "bench": {"railyard", "model_registry", "infra", "release", "flows"},  # the library, never tasks or the CLI
 }
 # Inside infra: the protocol side imports no other part; the local server only the protocol side.
 # An allowed name covers its submodules (a package allows all of its modules).

@@ -16,7 +16,7 @@ from railyard import errors
 from railyard.errors import ModelRejected, PortTaken, RailyardError, Refused, SmokeTestsFailed
 from railyard.loaders import DataLoadError
 from railyard.validation import DataValidationError
-from tasks.release import RegistryLost
+from release.reconcile import RegistryLost
 
 REFUSED = [DataLoadError, ModelRejected, SmokeTestsFailed, IllegalTransition, RegistryOutOfSync, RegistryLost,
            RollbackRefused, VersionNotFoundError, ProtectedVersionError, IntegrityError, LauncherError,

@@ -4,8 +4,9 @@ from infra.rollout.smoke import SmokeCheck, SmokeReport
 from railyard.configs import GateThresholds
 from railyard.evaluation import gate
 from railyard.gray import LiveFigures
-from railyard.review import DataWindow, ReviewRequest, decision_line, review_markdown, waiting_line, when
-from tasks.approval import ApprovalDecision
+from railyard.moments import when
+from railyard.review import DataWindow, ReviewRequest, decision_line, review_markdown, waiting_line
+from release.review_runs import ApprovalDecision
 
 METRICS = {
     "auc": 0.8312,

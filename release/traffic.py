@@ -1,5 +1,6 @@
-"""The gray release as the release flow drives it: the canary's share of users in the online
-store (read by every ranking-service replica), its bake on live traffic, and its live figures."""
+"""The gray release: the canary's share of users in the online store (read by every
+ranking-service replica, which routes by it), its bake on live traffic, and its live figures.
+Every function that changes the share says so in its name or docstring: it moves live traffic."""
 
 import logging
 import time
@@ -11,7 +12,6 @@ from model_registry.release_rules import canary_share_after
 from model_registry.stages import Stage
 from railyard.gray import LiveFigures, bake_verdict
 from railyard.settings import Settings
-from tasks.common import MINUTES, railyard_task
 
 log = logging.getLogger(__name__)
 BAKE_POLL_S = 5.0
@@ -26,7 +26,7 @@ def hold_canary(settings: Settings, version: int) -> None:
     gray_release.reset_live(client, settings.model_name, CANARY, version)
 
 
-def follow_stage(settings: Settings, stage: Stage | None) -> None:
+def set_share_for_stage(settings: Settings, stage: Stage | None) -> None:
     """The share a version's new stage calls for (``canary_share_after``). Best effort: a stale
     share after the canary label left the version routes users to what `stable` serves anyway."""
     share = canary_share_after(stage, settings.canary_share)
@@ -41,8 +41,7 @@ def set_share(settings: Settings, share: float) -> None:
         log.warning("the canary's share of users could not be set to %s: %s", share, error)
 
 
-@railyard_task(name="bake-canary", timeout_seconds=24 * 60 * MINUTES)
-def bake(settings: Settings, version: int) -> str | None:
+def bake_canary(settings: Settings, version: int) -> str | None:
     """Let the canary serve its share for the bake period, watching its live figures; why it
     must be rolled back, or None when it stayed within budget (at once without a bake)."""
     budget = settings.bake_budget()

@@ -1,11 +1,8 @@
-"""The release of model versions: one at a time per model, every ending recorded and announced.
+"""Reconciliation: bring the release state in line with what really happened.
 
-Each change of release state (publish + register, canary, stage changes, label moves) happens
-under the model's release lock, which lives in the model store: two runs, a worker and the CLI
-on different machines all see it; nothing of it is in process memory. What a run needs to know
-later (which run carries a version through its release, how it waits for its review) is
-written on the MLflow model version, so a process that was killed leaves enough behind for the
-next one to conclude its release (``reconcile``). See docs/release.md.
+A run that was killed, a review nobody answered, a publication cut short, a server that serves
+what its config does not say: each is concluded here, one sentence per repair, by whoever holds
+the release lock next (a run, the deadline's reconcile run, the CLI). See docs/release.md.
 """
 
 from __future__ import annotations
@@ -13,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from infra.local_server.background import LocalServerError
 from infra.rollout import deploy
@@ -22,29 +17,15 @@ from infra.tfserving import target as served
 from infra.tfserving.client import ServingError
 from infra.tfserving.model_config import ConfigFileError
 from infra.tfserving.protocol import CANARY, STABLE
-from model_registry.release_rules import (
-    SYSTEM_ACTOR,
-    Ending,
-    Outcome,
-    Verdict,
-    release_ending,
-    release_verdict,
-    review_outcome,
-    serving_plan,
-    store_gaps,
-)
+from model_registry.release_rules import SYSTEM_ACTOR, Ending, release_ending, serving_plan, store_gaps
 from model_registry.stages import RELEASE_RUN_TAG, STAGE_TAG, RegistryOutOfSync, Stage, StageRegistry
 from railyard import tracking
 from railyard.fsutil import prune_oldest
-from railyard.notify import notify
-from railyard.processes import current_process, describe, process_alive
+from railyard.processes import describe, process_alive
 from railyard.settings import Settings
-from tasks import approval, gray
-from tasks.common import MINUTES, model_store, railyard_task
+from release.state import IN_FLIGHT, model_store, record_rejection, registry
 
 log = logging.getLogger("railyard.release")
-REVIEW_RUN_TAG = "railyard.review_run"  # the flow run that put a version up for review (kept)
-IN_FLIGHT = (Stage.CANDIDATE.value, Stage.STAGING.value)
 
 
 class RegistryLost(RegistryOutOfSync):
@@ -61,30 +42,6 @@ class StoreMismatch(RegistryOutOfSync):
         "nothing was changed; point RAILYARD_STORE_URI at the store these versions were published to, "
         "or RAILYARD_MLFLOW_TRACKING_URI at this store's tracking database"
     )
-
-
-def registry(settings: Settings) -> StageRegistry:
-    return StageRegistry(settings.resolved_tracking_uri, settings.model_name, model_store(settings))
-
-
-@contextmanager
-def release_lock(settings: Settings, holder: str, *, wait_s: float | None = None) -> Iterator:
-    """Hold the model's release lock (waiting up to ``release_lock_wait_s`` for another release)."""
-    owner = f"{holder} ({describe(current_process())})"
-    wait = settings.release_lock_wait_s if wait_s is None else wait_s
-    with model_store(settings).release_lock(
-        settings.model_name, owner=owner, lease_s=settings.release_lock_lease_s, wait_s=wait
-    ) as lease:
-        yield lease
-
-
-def release_owner(flow_run_id: str | None, mode: str, deadline: float | None = None) -> dict:
-    """What a run records on a version it carries: ``mode`` "run" (working on it), "pause" (waits
-    for its review in this process) or "suspend" (waits without a process)."""
-    return {"flow_run_id": flow_run_id, "process": current_process(), "mode": mode, "deadline": deadline}
-
-
-# -- reconciliation ---------------------------------------------------------------------------
 
 
 def reconcile(
@@ -112,7 +69,7 @@ def reconcile(
         else:
             ending = release_ending(
                 owner,
-                approval.run_view(owner["flow_run_id"]),
+                _review_runs().run_view(owner["flow_run_id"]),
                 now=time.time(),
                 process_alive=process_alive(owner.get("process")),
             )
@@ -199,8 +156,9 @@ def end_release(settings: Settings, version: int, stage: Stage, ending: Ending, 
     record_rejection(
         settings, version, actor=SYSTEM_ACTOR, reason=reason, ending=ending.kind, flow_run_id=owner.get("flow_run_id")
     )
-    approval.close_review(owner["flow_run_id"], f"version {version} was rejected ({reason})")
-    approval.cancel_deadline_check(registry(settings).lineage(version).get("deadline_run"), f"rejected: {reason}")
+    review_runs = _review_runs()
+    review_runs.close_review(owner["flow_run_id"], f"version {version} was rejected ({reason})")
+    review_runs.cancel_deadline_check(registry(settings).lineage(version).get("deadline_run"), f"rejected: {reason}")
     return f"version {version} was rejected: {reason}"
 
 
@@ -257,185 +215,6 @@ def repair_serving(
     return said
 
 
-@railyard_task(name="reconcile-release-state", timeout_seconds=30 * MINUTES)
-def reconcile_task(settings: Settings, holder: str) -> list[str]:
-    with release_lock(settings, holder):
-        return reconcile(settings)
-
-
-# -- the steps of one release ----------------------------------------------------------------
-
-
-@railyard_task(name="register-model-version", timeout_seconds=5 * MINUTES, retries=2, retry_delay_seconds=10)
-def register(settings: Settings, version: int, source: str, run_id: str, lineage: dict[str, str]) -> int:
-    """Store version N becomes MLflow version N, a candidate with its lineage (idempotent)."""
-    description = f"store version {version} at {source}"
-    return registry(settings).register(version, source, run_id, lineage, description=description)
-
-
-@railyard_task(name="record-stage", timeout_seconds=5 * MINUTES, retries=2, retry_delay_seconds=10)
-def record_stage(
-    settings: Settings,
-    version: int,
-    stage: str,
-    *,
-    actor: str,
-    reason: str,
-    flow_run_id: str | None,
-    smoke_passed: bool | None = None,
-) -> dict:
-    return registry(settings).transition(
-        version, Stage(stage), actor=actor, reason=reason, flow_run_id=flow_run_id, smoke_passed=smoke_passed
-    )
-
-
-def record_rejection(
-    settings: Settings, version: int, *, actor: str, reason: str, ending: str, flow_run_id: str | None
-) -> None:
-    """Reject a version and say so: MLflow's history, the log and the webhook."""
-    stages = registry(settings)
-    stages.transition(version, Stage.REJECTED, actor=actor, reason=reason, flow_run_id=flow_run_id)
-    stages.set_release_run(version, None)
-    stages.tag_release_ending(version, ending)
-    message = f"{settings.model_name} version {version} was rejected ({ending}) by {actor}: {reason}"
-    print(message)
-    notify(settings, "rejected", message, version=version, actor=actor, ending=ending)
-
-
-@railyard_task(name="reject-version", timeout_seconds=10 * MINUTES, retries=1, retry_delay_seconds=10)
-def reject(
-    target: served.ServingTarget,
-    settings: Settings,
-    version: int,
-    *,
-    actor: str,
-    reason: str,
-    ending: str,
-    flow_run_id: str | None,
-) -> None:
-    """Unload the version if it is served (stable keeps answering), then reject it."""
-    registry(settings).check_transition(version, Stage.REJECTED)
-    if version in served.served_version_numbers(target, settings.model_name):
-        with target.client(attempts=settings.serving_attempts) as client:
-            deploy.remove_canary(client, target, settings.model_name, version)
-    record_rejection(settings, version, actor=actor, reason=reason, ending=ending, flow_run_id=flow_run_id)
-
-
-@railyard_task(name="supersede-older-releases", timeout_seconds=10 * MINUTES)
-def supersede(target: served.ServingTarget, settings: Settings, version: int, flow_run_id: str | None) -> list[int]:
-    """Older versions still awaiting review (or never deployed) give way to this newer one.
-
-    A waiting retrain run is answered "reject" by Railyard, so it wakes up and ends, recording
-    why; its version is rejected here at once so that this release can go on.
-    """
-    superseded = []
-    for other, tags in sorted(registry(settings).all_tags().items()):
-        if other >= version or tags.get(STAGE_TAG) not in IN_FLIGHT:
-            continue
-        verdict = release_verdict(Outcome.SUPERSEDED, str(version))
-        reject.fn(
-            target,
-            settings,
-            other,
-            actor=verdict.actor,
-            reason=verdict.reason,
-            ending=verdict.ending,
-            flow_run_id=flow_run_id,
-        )
-        waiting_run = tags.get(REVIEW_RUN_TAG) if tags[STAGE_TAG] == Stage.STAGING.value else None
-        if waiting_run:
-            decision = approval.ApprovalDecision(
-                decision=approval.REJECT, reviewer=SYSTEM_ACTOR, comment=verdict.reason
-            )
-            try:
-                approval.answer(waiting_run, decision)
-            except Exception as error:  # noqa: BLE001 - the run is gone: reconcile closes its review
-                log.info("could not answer the review of flow run %s: %s", waiting_run, error)
-        superseded.append(other)
-    return superseded
-
-
-@railyard_task(name="promote-to-production", timeout_seconds=20 * MINUTES)
-def promote(
-    target: served.ServingTarget, settings: Settings, version: int, *, actor: str, reason: str, flow_run_id: str | None
-) -> dict:
-    """Checks the stage change is legal, serves the version as ``stable``, then records it.
-
-    The version is copied into the model root first if it is not there (a rollback to an
-    archived version); the previous production version is archived by the registry.
-    """
-    stages = registry(settings)
-    stages.check_transition(version, Stage.PRODUCTION)
-    deploy.materialize(model_store(settings), settings.model_name, version, target)
-    with target.client(attempts=settings.serving_attempts) as client:
-        labels = deploy.make_stable(client, target, settings.model_name, version, settings.serving_load_timeout_s)
-    stages.transition(version, Stage.PRODUCTION, actor=actor, reason=reason, flow_run_id=flow_run_id)
-    stages.set_release_run(version, None)
-    message = f"{settings.model_name} version {version} promoted to production by {actor} ({reason})"
-    print(message)
-    notify(settings, "promoted", message, version=version, actor=actor)
-    return labels
-
-
-def conclude_review(
-    target: served.ServingTarget,
-    settings: Settings,
-    version: int,
-    decision: approval.ApprovalDecision | None,
-    flow_run_id: str | None,
-) -> dict:
-    """Apply the reviewer's decision (None: the approval window ran out) if the version still
-    awaits it; the last history entry either way (someone else may have decided meanwhile)."""
-    stages = registry(settings)
-    if stages.stage(version) is Stage.STAGING:
-        if decision is None:
-            verdict = release_verdict(Outcome.TIMED_OUT, f"{settings.approval_timeout_s} s")
-        else:
-            verdict = release_verdict(review_outcome(decision.decision), decision.comment, actor=decision.reviewer)
-        apply_verdict(target, settings, version, verdict, flow_run_id)
-    return stages.history(version)[-1]
-
-
-def apply_verdict(
-    target: served.ServingTarget, settings: Settings, version: int, verdict: Verdict, flow_run_id: str | None
-) -> None:
-    """Carry out a release verdict: reject (unloading the canary), promote, record staging, or
-    leave the version a candidate that no run carries any more."""
-    record = dict(actor=verdict.actor, reason=verdict.reason, flow_run_id=flow_run_id)
-    if verdict.stage is Stage.REJECTED:
-        reject(target, settings, version, ending=verdict.ending, **record)
-    elif verdict.stage is Stage.PRODUCTION:
-        promote(target, settings, version, **record)
-        registry(settings).tag_release_ending(version, Outcome.APPROVED.value)  # not a rollback's promotion
-    elif verdict.stage is Stage.STAGING:  # reached only through passed smoke tests
-        record_stage(settings, version, Stage.STAGING.value, smoke_passed=True, **record)
-    else:
-        registry(settings).set_release_run(version, None)
-    gray.follow_stage(settings, verdict.stage)
-
-
-def version_in_review_by(settings: Settings, flow_run_id: str | None) -> int | None:
-    """The version this flow run put up for review (it is being resumed after suspending)."""
-    if flow_run_id is None:
-        return None
-    found = [v for v, tags in registry(settings).all_tags().items() if tags.get(REVIEW_RUN_TAG) == flow_run_id]
-    return max(found, default=None)
-
-
-@railyard_task(name="read-production-version", timeout_seconds=2 * MINUTES, retries=2, retry_delay_seconds=10)
-def production_version(settings: Settings) -> int | None:
-    return registry(settings).production_version()
-
-
-def stage_of(settings: Settings, version: int) -> str:
-    return registry(settings).stage(version).value
-
-
-@railyard_task(name="read-previous-production-version", timeout_seconds=2 * MINUTES, retries=2, retry_delay_seconds=10)
-def previous_production_version(settings: Settings) -> int | None:
-    return registry(settings).previous_production()
-
-
 def restore_registry(settings: Settings, actor: str) -> tuple[list[int], int | None]:
     """Rebuild a lost registry from the store (see ``StageRegistry.restore``): the versions, and
     the one that is production again because `stable` serves it."""
@@ -445,3 +224,11 @@ def restore_registry(settings: Settings, actor: str) -> tuple[list[int], int | N
     sources = {version: store.version_uri(model, version) for version in versions}
     registry(settings).restore(sources, production if production in sources else None, actor=actor)
     return versions, production
+
+
+def _review_runs():
+    """Prefect's client, imported only when a version in flight needs its run asked about: it costs
+    about a second and a half of every `railyard status` otherwise."""
+    from release import review_runs
+
+    return review_runs

@@ -11,16 +11,15 @@ from __future__ import annotations
 import logging
 import time
 from datetime import UTC, datetime
-from typing import Literal
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect.exceptions import FlowPauseTimeout, ObjectNotFound
 from prefect.flow_runs import pause_flow_run, resume_flow_run, suspend_flow_run
 from prefect.input import RunInput, keyset_from_base_key, read_flow_run_input
-from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from model_registry.release_rules import RunView
+from release.decision import ReviewAnswer
 
 log = logging.getLogger("railyard.approval")
 APPROVAL_ARTIFACT = "approval-needed"
@@ -30,58 +29,9 @@ DEADLINE_DEPLOYMENT = "reconcile/reconcile"
 DEADLINE_MARGIN_S = 10  # Prefect's server fails an expired pause within 5 s (its loop)
 RESUME_ATTEMPTS = 3
 
-APPROVE, REJECT = "approve", "reject"
-# Prefect's server checks the answer against this JSON schema before it resumes a run, so a
-# rejection without a comment never reaches the flow (pydantic repeats the check in Python).
-# The UI shows the first failed check's jsonschema message: minLength before the pattern, so an
-# empty field reads "'' should be non-empty", not "'' does not match '\S'" (blanks still do).
-_NOT_BLANK = {"minLength": 1, "pattern": r"\S"}
-_COMMENT_REQUIRED_FOR_REJECT = {
-    "if": {"properties": {"decision": {"const": REJECT}}, "required": ["decision"]},
-    "then": {"properties": {"comment": _NOT_BLANK}, "required": ["comment"]},
-}
 
-
-class ApprovalDecision(RunInput):
-    """The reviewer's answer (the Prefect UI renders these fields as the Resume form)."""
-
-    model_config = ConfigDict(json_schema_extra=_COMMENT_REQUIRED_FOR_REJECT)
-
-    # The titles are the form's labels: each says when the field is required. The UI adds
-    # "(Optional)" to a field the schema does not require, as the comment must be for approvals.
-    # No default: submitting the form without choosing is refused, never read as a rejection.
-    decision: Literal["approve", "reject"] = Field(
-        title="Decision: approve or reject (required)",
-        description="approve: the canary becomes production (stable). reject: the canary is unloaded.",
-    )
-    # The checks are for the server's check of the form; Python's check below says it in words.
-    reviewer: str = Field(
-        title="Reviewer: your name or e-mail (required)",
-        description="Recorded in the audit trail with your decision.",
-        json_schema_extra=_NOT_BLANK,
-    )
-    comment: str = Field(
-        default="",
-        title="Comment: required to reject",
-        description="Why you decide so, recorded with the stage change. A rejection needs one.",
-    )
-
-    @field_validator("reviewer", "comment")
-    @classmethod
-    def _strip(cls, value: str) -> str:
-        return value.strip()
-
-    @model_validator(mode="after")
-    def _reason_for_rejection(self) -> ApprovalDecision:
-        if not self.reviewer:
-            raise ValueError("reviewer must not be blank")
-        if self.decision == REJECT and not self.comment:
-            raise ValueError("a rejection needs a comment saying why")
-        return self
-
-    @property
-    def approve(self) -> bool:
-        return self.decision == APPROVE
+class ApprovalDecision(ReviewAnswer, RunInput):
+    """The reviewer's answer as the Prefect run input the Resume form renders and the run reads."""
 
 
 def pause_key(model: str, version: int) -> str:
@@ -129,7 +79,7 @@ def _conclude_here() -> None:
         )
 
 
-def answer(flow_run_id: str, decision: ApprovalDecision, *, attempts: int = RESUME_ATTEMPTS) -> None:
+def answer(flow_run_id: str, decision: ReviewAnswer, *, attempts: int = RESUME_ATTEMPTS) -> None:
     """Resume a waiting retrain run with a decision, through the Prefect API.
 
     A refusal (the run is not waiting, the answer does not fit the form) is final; anything else
