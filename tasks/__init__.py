@@ -1,1 +1,1 @@
-"""Prefect tasks: thin wrappers over the plain functions in ``railyard``, ``model_registry`` and ``infra``."""
+"""Prefect tasks: thin wrappers over the plain functions in ``railyard``, ``model_registry``, ``infra`` and ``release``."""
