@@ -4,7 +4,7 @@ UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 # Two workers, one test file each at a time: the end-to-end files mostly wait on servers and
 # subprocesses, so they overlap well on two cores.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 SIZE ?= 1m 5m
 ROUNDS ?= 2
 
