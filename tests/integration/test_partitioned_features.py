@@ -10,16 +10,23 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from infra.online_store import keys
-from infra.online_store.consistency import ALL_EVENTS, check_store_partitioned, measure_skew, offline_samples
+from infra.online_store.consistency import (
+    ALL_EVENTS,
+    PartitionedOnline,
+    check_store_partitioned,
+    measure_skew,
+    offline_samples,
+)
 from infra.online_store.store import OnlineStore
 from infra.online_store.stream import Ingester, publish
-from railyard import feature_folder, features, partitioned
+from railyard import drift, feature_folder, features, partitioned
 from railyard import feature_spec as spec
 from railyard.loaders import RATINGS_SCHEMA, DataLoadError, dataset_files, load_dataset, parquet_layout, read_movies
 from railyard.locations import Location, read_parquet
 from railyard.settings import Settings
 from railyard.synthetic import generate_movielens
 from railyard.validation import DataValidationError
+from tests.support.approx import assert_close
 from tests.support.online_store import THROWAWAY, as_events, assert_store_matches
 
 pytestmark = pytest.mark.timeout(300)
@@ -139,6 +146,26 @@ def test_the_dask_build_equals_the_polars_build_row_for_row(client, awkward_data
     assert holdout.get_column("movie_genres").arr.sum().min() >= 1  # the catalogue joined on the spread ids
     assert np.all(np.diff(holdout.get_column("timestamp").to_numpy()) >= 0)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["dask", "polars", "reports"]  # no scratch left
+
+
+def test_the_dask_build_gives_the_drift_statistics_of_the_polars_engine(client, awkward_data, tmp_path):
+    """The statistics of the window, on the partitions beside the skew check's work (``Together``),
+    equal those of one machine within float tolerance."""
+    dataset = load_dataset(awkward_data)
+    expected = drift.statistics(dataset.ratings, dataset.movies, 2)
+    statistics = drift.PartitionedStatistics(drift.genre_table(dataset.movies), 2)
+    online = PartitionedOnline(features.movie_genres(dataset.movies), None, 10, 1)
+    built = build_on_dask(
+        client,
+        awkward_data,
+        tmp_path / "dask",
+        tmp_path / "reports",
+        rows_per_partition=1_500,
+        per_key=partitioned.Together((online, statistics)),
+    )
+    _, on_dask = built.per_key
+    assert on_dask["span"]["days"] == 2 and on_dask["span"]["rows"] > 0
+    assert_close(on_dask, expected)
 
 
 @pytest.fixture(scope="module")
