@@ -32,11 +32,13 @@ and per kind of feature for the declared aggregates); ``Verdict`` names what cro
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -454,3 +456,66 @@ def table_markdown(verdict: Verdict, limit: int = 12) -> str:
         for m in shown
     ]
     return "\n".join(lines)
+
+
+def distributions(feature: str, new: dict, reference: dict, limit: int = 12) -> tuple[list[str], list, list]:
+    """A feature's two distributions as (labels, new shares, reference shares), for the picture."""
+    a, b = new["span"], reference["span"]
+    if feature == "events_per_day":
+        days = list(new["window"]["events_per_day"].items())[-limit:]
+        mean = b["rows"] / b["days"] if b["days"] else 0
+        return [day for day, _ in days], [count for _, count in days], [mean] * len(days)
+    if feature not in a["columns"] and feature not in a["features"]:
+        return [feature], [a[feature]], [b[feature]]  # a rate or a share
+    x = a["columns"].get(feature) or a["features"][feature]
+    y = b["columns"].get(feature) or b["features"][feature]
+    if x["kind"] == "numeric":
+        labels = [f"{v:g}" for v in (x["histogram"].get("values") or x["histogram"]["edges"])]
+        p, q = (np.asarray(s["histogram"]["counts"], float) for s in (x, y))
+        used = np.flatnonzero((p > 0) | (q > 0))
+        used = range(used.min(), used.max() + 1) if len(used) else range(0)
+        return [labels[i] for i in used], [p[i] / max(p.sum(), 1) for i in used], [q[i] / max(q.sum(), 1) for i in used]
+    shares_a, shares_b = dict(map(tuple, x["top"])), dict(map(tuple, y["top"]))
+    values = sorted({*shares_a, *shares_b}, key=lambda v: -max(shares_a.get(v, 0), shares_b.get(v, 0)))[:limit]
+    return [str(v) for v in values], [shares_a.get(v, 0.0) for v in values], [shares_b.get(v, 0.0) for v in values]
+
+
+def plot(verdict: Verdict, new: dict, reference: dict, path: Path, limit: int = 10) -> Path:
+    """One picture: the largest distances against their thresholds, and the worst feature's two
+    distributions (new window and reference)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
+    shown = list(verdict.measures[:limit])[::-1]
+    colours = {"pass": "tab:green", "warn": "tab:orange", "block": "tab:red"}
+    rows = range(len(shown))
+    left.barh(rows, [m.distance for m in shown], color=[colours[m.level] for m in shown])
+    left.scatter([m.warn for m in shown], rows, marker="|", s=200, color="tab:orange", label="warn")
+    left.scatter([m.block for m in shown], rows, marker="|", s=200, color="tab:red", label="block")
+    left.set_yticks(list(rows), [f"{m.feature} ({m.kind})" for m in shown])
+    left.set(xlabel="distance", title=f"drift against {verdict.reference}: {verdict.level}")
+    left.legend(loc="lower right")
+    if verdict.measures:
+        worst = verdict.measures[0]
+        labels, p, q = distributions(worst.feature, new, reference)
+        at = np.arange(len(labels))
+        right.bar(at - 0.2, q, width=0.4, label=f"reference ({reference['span']['last_day']})")
+        right.bar(at + 0.2, p, width=0.4, label=f"new ({new['span']['last_day']})")
+        right.set_xticks(at, labels, rotation=60, ha="right", fontsize=8)
+        right.set(title=f"{worst.feature}: {worst.kind} {worst.distance:.3f}", ylabel="share")
+        right.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def write_statistics(statistics: dict, version_dir: Path) -> None:
+    """The statistics into a version's folder before it is published (its manifest covers them)."""
+    target = Path(version_dir) / STATISTICS_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(statistics, indent=1, sort_keys=True))

@@ -10,13 +10,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from infra.online_store import keys
-from infra.online_store.consistency import (
-    ALL_EVENTS,
-    PartitionedOnline,
-    check_store_partitioned,
-    measure_skew,
-    offline_samples,
-)
+from infra.online_store.consistency import ALL_EVENTS, check_store_partitioned, measure_skew, offline_samples
 from infra.online_store.store import OnlineStore
 from infra.online_store.stream import Ingester, publish
 from railyard import drift, feature_folder, features, partitioned
@@ -146,26 +140,6 @@ def test_the_dask_build_equals_the_polars_build_row_for_row(client, awkward_data
     assert holdout.get_column("movie_genres").arr.sum().min() >= 1  # the catalogue joined on the spread ids
     assert np.all(np.diff(holdout.get_column("timestamp").to_numpy()) >= 0)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["dask", "polars", "reports"]  # no scratch left
-
-
-def test_the_dask_build_gives_the_drift_statistics_of_the_polars_engine(client, awkward_data, tmp_path):
-    """The statistics of the window, on the partitions beside the skew check's work (``Together``),
-    equal those of one machine within float tolerance."""
-    dataset = load_dataset(awkward_data)
-    expected = drift.statistics(dataset.ratings, dataset.movies, 2)
-    statistics = drift.PartitionedStatistics(drift.genre_table(dataset.movies), 2)
-    online = PartitionedOnline(features.movie_genres(dataset.movies), None, 10, 1)
-    built = build_on_dask(
-        client,
-        awkward_data,
-        tmp_path / "dask",
-        tmp_path / "reports",
-        rows_per_partition=1_500,
-        per_key=partitioned.Together((online, statistics)),
-    )
-    _, on_dask = built.per_key
-    assert on_dask["span"]["days"] == 2 and on_dask["span"]["rows"] > 0
-    assert_close(on_dask, expected)
 
 
 @pytest.fixture(scope="module")
@@ -390,9 +364,12 @@ def test_the_flows_build_step_on_a_local_cluster_never_loads_the_ratings_in_its_
     )
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     run_id = mlflow.MlflowClient().create_run(mlflow.set_experiment("dask").experiment_id).info.run_id
-    built = build_features_on_cluster.fn(
+    built, statistics = build_features_on_cluster.fn(
         awkward_data, settings, Location.of(tmp_path / "dask"), tmp_path / "scratch", tmp_path / "reports", run_id
     )
+    # The window's drift statistics, on the partitions beside the skew check: those of one machine.
+    assert statistics["span"]["rows"] > 0
+    assert_close(statistics, drift.statistics(dataset.ratings, dataset.movies, settings.drift_span_days))
     expected = features.build_feature_set(dataset, settings.holdout_fraction)
     assert (built.cutoff_ts, built.priors, built.fingerprint) == (
         expected.cutoff_ts,
@@ -411,7 +388,7 @@ def test_the_flows_build_step_on_a_local_cluster_never_loads_the_ratings_in_its_
     for name in ("load_movielens_dir", "read_csv_block"):
         monkeypatch.setattr(loaders, name, refused)
     monkeypatch.setattr(partitioned, "read_csv_block", refused)
-    built = build_features_on_cluster.fn(
+    built, _ = build_features_on_cluster.fn(
         csv_data, settings, Location.of(tmp_path / "csv-features"), tmp_path / "scratch", tmp_path / "reports", run_id
     )
     assert (built.cutoff_ts, built.priors, built.fingerprint) == (
