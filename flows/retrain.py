@@ -1,6 +1,7 @@
 """The daily retraining flow, from raw ratings to a reviewed production release.
 
-data → validation → online store skew check → features → validation → training (or the stored
+data → validation → online store skew check → features → validation → drift check of the
+window's statistics against production's (a block stops the run here) → training (or the stored
 version, when this data and code were released before) → evaluation against thresholds and
 against the production model on the same holdout → under the release lock: the gate again if
 production changed meanwhile, publish, register, canary, smoke tests (rollback on failure) →

@@ -115,9 +115,12 @@ class Settings(BaseSettings):
 
     # Drift between training windows (railyard/drift.py): the newest days described, the
     # thresholds that differ from DRIFT_THRESHOLDS (JSON: {"userId": [0.25, 0.4]}; a declared
-    # aggregate by name, or a kind: js, linf, difference, day_change), and why a block is overridden.
+    # aggregate by name, or a kind: js, linf, difference, day_change), whether a block stops the
+    # run (false: it is shown as a block but the run goes on, e.g. while thresholds are tuned on
+    # new data), and why this run's block is overridden.
     drift_span_days: int = Field(default=1, ge=1)
     drift_thresholds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    drift_block: bool = True
     drift_override: str = ""
 
     # Post-deploy smoke tests.

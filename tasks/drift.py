@@ -46,7 +46,8 @@ def reference_statistics(settings: Settings) -> tuple[str, dict] | None:
 
 @railyard_task(name="drift-check", timeout_seconds=10 * MINUTES)
 def check(statistics: dict, settings: Settings, run_id: str, work_dir: Path) -> drift.Verdict | None:
-    """The verdict (None: nothing to compare with); raises ``DataDrift`` on a block not overridden."""
+    """The verdict (None: nothing to compare with); raises ``DataDrift`` on a block not overridden
+    (unless RAILYARD_DRIFT_BLOCK is off)."""
     tracking.log_dict(settings, run_id, statistics, "drift/statistics.json")
     found = reference_statistics(settings)
     if found is None:
@@ -70,7 +71,7 @@ def check(statistics: dict, settings: Settings, run_id: str, work_dir: Path) -> 
         description=f"the window's data against {name}'s: {verdict.level}{overridden}",
     )
     print(f"drift check: {verdict.summary()}{overridden}")
-    if verdict.level == "block" and not verdict.override:
+    if verdict.level == "block" and not verdict.override and settings.drift_block:
         tracking.rename_run(settings, run_id, f"{settings.model_name}-drift-blocked")
         raise drift.DataDrift(verdict)
     return verdict
