@@ -145,8 +145,8 @@ def _totals(span: pl.DataFrame, entity: str, genres) -> pl.DataFrame:
 
 def _aggregate_sums(values: pl.Series) -> dict:
     """Mergeable sums of one aggregate over entities: a per-genre one as its totals per genre."""
-    if values.dtype in (pl.Array, pl.List) or isinstance(values.dtype, (pl.Array, pl.List)):
-        matrix = np.asarray(values.to_list(), np.float64).reshape(len(values), -1)
+    if isinstance(values.dtype, pl.Array):
+        matrix = values.to_numpy().astype(np.float64).reshape(len(values), -1)
         return {"per_genre": matrix.sum(axis=0).tolist()}
     x = values.cast(pl.Float64).to_numpy()
     counts = np.histogram(x, bins=[*AGGREGATE_EDGES, math.inf])[0] if len(x) else np.zeros(len(AGGREGATE_EDGES))
