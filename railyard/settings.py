@@ -40,19 +40,22 @@ RENAMED = {"RAILYARD_EMBEDDING_DIM": "RAILYARD_NEURAL_CF_EMBEDDING_DIM"}
 
 
 # The drift check's (warn, block) thresholds (railyard/drift.py): per feature, then per kind of
-# distance for the declared aggregates. Measured on 20 ordinary generated days, each against the
-# day before (railyard/drift.py's tests): the largest distances stayed below every warn.
+# distance for the declared aggregates. Measured on six generated worlds (sessions mode, 3,000
+# ratings a day, 600 or 1,000 users, seeds 3, 7, 11), 20 ordinary days each against the day
+# before: one warning in 120 days (label_rate 0.166), no block (tests/unit/test_drift.py).
 DRIFT_THRESHOLDS = {
     "rating": (0.2, 0.3),  # Jensen-Shannon distance of the half-star histograms
     "userId": (0.2, 0.3),  # L-infinity of the top users' shares (a day has a few dozen sessions)
     "movieId": (0.05, 0.1),
     "genres": (0.05, 0.1),
     "label_rate": (0.15, 0.25),  # absolute difference
-    "new_user_share": (0.35, 0.5),
+    "new_user_share": (0.45, 0.6),
     "new_movie_share": (0.02, 0.05),
     "events_per_day": (0.5, 0.9),  # a day's relative change against the reference's mean
 }
-DRIFT_KIND_THRESHOLDS = {"js": (0.5, 0.7), "linf": (0.05, 0.1), "difference": (0.1, 0.2), "day_change": (0.5, 0.9)}
+# A declared aggregate's histogram is over the day's users (a few dozen sessions in generated
+# data: their distances reached 0.63 on ordinary days) or movies.
+DRIFT_KIND_THRESHOLDS = {"js": (0.7, 0.9), "linf": (0.05, 0.1), "difference": (0.1, 0.2), "day_change": (0.5, 0.9)}
 
 
 def _endpoints(value: str) -> list[str]:
