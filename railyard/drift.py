@@ -323,9 +323,9 @@ class Verdict:
     def level(self) -> str:
         return max((m.level for m in self.measures), key=LEVELS.index, default="pass")
 
-    def crossed(self, level: str | None = None) -> list[Measure]:
-        wanted = (level,) if level else ("warn", "block")
-        return [m for m in self.measures if m.level in wanted]
+    def crossed(self) -> list[Measure]:
+        """The features past their warn or block threshold, worst first."""
+        return [m for m in self.measures if m.level != "pass"]
 
     def summary(self) -> str:
         if self.level == "pass":
@@ -447,7 +447,7 @@ def linf_distance(a: Mapping, b: Mapping) -> tuple[float, object]:
 
 def table_markdown(verdict: Verdict, limit: int = 12) -> str:
     """The drift table: the largest distances (every crossed one), for the review and the gate."""
-    shown = [m for m in verdict.measures if m.level != "pass"]
+    shown = verdict.crossed()
     shown += [m for m in verdict.measures if m.level == "pass"][: max(limit - len(shown), 0)]
     lines = ["| feature | distance | measure | warn | block | level | moved most |", "|---|---|---|---|---|---|---|"]
     lines += [
