@@ -484,10 +484,14 @@ def test_data_drift_blocks_the_run_before_training_and_an_override_is_recorded(f
     """Version 1 keeps its window's statistics in the store (under its manifest). The next day
     a bot rates 2,000 films 5.0: the run stops before training, naming the feature, its
     distance and threshold, and publishes nothing; `railyard status` names the run. Re-run with
-    RAILYARD_DRIFT_OVERRIDE: it trains and publishes, the reason in the version's lineage."""
+    RAILYARD_DRIFT_OVERRIDE: it trains and publishes, the reason in the version's lineage and in
+    the gate's table."""
     import numpy as np
     import polars as pl
     from mlflow.tracking import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     from cli.status_view import drift_run_line
     from flows.retrain import retrain
@@ -544,3 +548,10 @@ def test_data_drift_blocks_the_run_before_training_and_an_override_is_recorded(f
     lineage = client.get_model_version("recmodel", "2").tags
     assert lineage["railyard.drift"] == "block"
     assert lineage["railyard.drift_override"] == "a partner imported its catalogue ratings"
+    with get_client(sync_client=True) as prefect:  # the gate's table names the drift beside its checks
+        (gate,) = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["evaluation-gate"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    assert "data drift: userId (linf)" in str(gate.data) and "overridden: a partner" in str(gate.data)
