@@ -505,7 +505,8 @@ def plot(verdict: Verdict, new: dict, reference: dict, path: Path, limit: int = 
         right.bar(at - 0.2, q, width=0.4, label=f"reference ({reference['span']['last_day']})")
         right.bar(at + 0.2, p, width=0.4, label=f"new ({new['span']['last_day']})")
         right.set_xticks(at, labels, rotation=60, ha="right", fontsize=8)
-        right.set(title=f"{worst.feature}: {worst.kind} {worst.distance:.3f}", ylabel="share")
+        unit = "events" if worst.feature == "events_per_day" else "share"
+        right.set(title=f"{worst.feature}: {worst.kind} {worst.distance:.3f}", ylabel=unit)
         right.legend()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -188,6 +188,22 @@ def test_parts_of_whole_keys_merge_into_the_same_statistics(world):
     assert_close(hook.merged(users, movie_parts), whole)
 
 
+@pytest.mark.parametrize(
+    ("fault", "worst"), [(day_missing, "events_per_day"), (label_shifted, "label_rate"), (genre_halved, "genres")]
+)
+def test_the_picture_shows_the_worst_features_two_distributions(world, tmp_path, fault, worst):
+    ratings, movies, first = world
+    reference = drift.statistics(up_to(ratings, first, 38 if fault is day_missing else 39), movies, 1)
+    new = drift.statistics(fault(ratings, movies, first, 40), movies, 1)
+    result = drift.compare(new, reference, LIMITS, "production version 1")
+    assert result.measures[0].feature == worst
+    for feature in (worst, "rating", "user_n"):  # and a raw column's and an aggregate's histogram
+        labels, p, q = drift.distributions(feature, new, reference)
+        assert len(labels) == len(p) == len(q) > 0
+    picture = drift.plot(result, new, reference, tmp_path / "drift.png")
+    assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_thresholds_come_from_the_settings(monkeypatch):
     monkeypatch.setenv("RAILYARD_DRIFT_THRESHOLDS", '{"userId": [0.5, 0.9], "js": [0.6, 0.8]}')
     limits = Settings().drift_limits()
