@@ -493,13 +493,14 @@ def status(
     store's transition log (exit 2 when a record was tampered with or MLflow disagrees).
     """
     settings = _settings(store=True)
-    from cli.status_view import distinct_labels, status_lines, version_story
+    from cli.status_view import distinct_labels, drift_run_line, status_lines, version_story
     from infra.rollout.deploy import resolve_target
     from infra.tfserving.model_config import ConfigFileError
     from infra.tfserving.protocol import CANARY, STABLE
     from infra.tfserving.target import serving_labels_on_file
     from model_registry import LockTimeoutError
     from model_registry.history import HistoryMismatch
+    from railyard.tracking import last_run as last_training_run
     from release.reconcile import reconcile
     from release.state import registry, release_lock
     from release.traffic import live_figures
@@ -516,6 +517,7 @@ def status(
     except LockTimeoutError as busy:
         repaired = [f"not reconciled: a release is in progress ({busy})"]
     versions = [version_story(entry) for entry in registry(settings).versions()]
+    last_run = last_training_run(settings)
     target = resolve_target(settings, start_local=False)
     serving: dict[str, int | None] = {}
     down = "the local server is not running (`railyard serve --background`)"
@@ -540,12 +542,13 @@ def status(
                     "live": [asdict(figures) | {"error_rate": figures.error_rate} for figures in live],
                     "repaired": repaired,
                     "serving_down": None if target is not None else down,
+                    "last_run_drift": drift_run_line(last_run),
                 },
                 sort_keys=True,
             )
         )
         return
-    for line in status_lines(versions, serving, None if target is not None else down, live, repaired):
+    for line in status_lines(versions, serving, None if target is not None else down, live, repaired, last_run):
         typer.echo(line)
     for line in _online_store_lines(online):
         typer.echo(line)

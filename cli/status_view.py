@@ -27,7 +27,7 @@ def version_story(entry: Mapping) -> dict:
     ``review`` (since, flow run, deadline, how the run waits) while it awaits its review."""
     history = entry.get("history") or []
     last = history[-1] if history else {}
-    story = {key: entry.get(key) for key in ("version", "kind", "stage", "metrics", "approved_by")}
+    story = {key: entry.get(key) for key in ("version", "kind", "stage", "metrics", "approved_by", "drift")}
     story |= {
         "since": last.get("time"),
         "moved_by": last.get("actor"),
@@ -35,6 +35,7 @@ def version_story(entry: Mapping) -> dict:
         "flow_run_id": last.get("flow_run_id"),
         "rejected_by": last.get("actor") if entry.get("stage") == "rejected" else None,
         "review": None,
+        "drift_override": entry.get("drift_override"),
     }
     owner = entry.get("release_run") or {}
     if entry.get("stage") == "staging" and owner.get("mode") in WAITING_MODES:
@@ -72,10 +73,32 @@ def version_line(story: Mapping) -> str:
             f"deadline {deadline}"
         )
     if story.get("moved_by") is None:
-        return head
+        return head + _drift_note(story)
     reason = f": {story['reason']}" if story.get("reason") else ""
     move = MOVES.get(story["stage"], story["stage"])
-    return f"{head}  {move} by {story['moved_by']} at {_moment(story['since'])}{reason}"
+    return f"{head}  {move} by {story['moved_by']} at {_moment(story['since'])}{reason}{_drift_note(story)}"
+
+
+def _drift_note(story: Mapping) -> str:
+    """A version trained on data that drifted: warned, or a block overridden (and why)."""
+    if story.get("drift_override"):
+        return f"; data drift block overridden: {story['drift_override']}"
+    return "; data drift warned" if story.get("drift") == "warn" else ""
+
+
+def drift_run_line(run: Mapping | None) -> str | None:
+    """The newest retrain run, when its drift check blocked it (it stopped before training) or warned."""
+    tags = (run or {}).get("tags", {})
+    level = tags.get("railyard.drift")
+    if level not in ("block", "warn"):
+        return None
+    if level == "block" and not tags.get("railyard.drift_override"):
+        what = "stopped before training by data drift"
+    elif level == "block":
+        what = f"data drift block overridden ({tags['railyard.drift_override']})"
+    else:
+        what = "data drift warned"
+    return f"last run {run['name']} ({run['run_id']}): {what}: {tags.get('railyard.drift_summary', '')}"
 
 
 def serving_line(serving: Mapping[str, int | None], down: str | None) -> str:
@@ -94,9 +117,12 @@ def status_lines(
     down: str | None,
     live: Sequence[LiveFigures],
     repaired: Sequence[str] = (),
+    last_run: Mapping | None = None,
 ) -> list[str]:
-    """The lines of `railyard status` before the online store's: repairs, versions, serving, live."""
+    """The lines of `railyard status` before the online store's: repairs, versions, the newest
+    run when data drift blocked it or warned, serving, live."""
     lines = [f"repaired: {line}" for line in repaired]
     lines += [version_line(story) for story in stories]
+    lines += [line for line in (drift_run_line(last_run),) if line]
     lines.append(serving_line(serving, down))
     return lines + [f"live: {figures.summary()}" for figures in live]

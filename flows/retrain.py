@@ -1,6 +1,7 @@
 """The daily retraining flow, from raw ratings to a reviewed production release.
 
-data → validation → online store skew check → features → validation → training (or the stored
+data → validation → online store skew check → features → validation → drift check of the
+window's statistics against production's (a block stops the run here) → training (or the stored
 version, when this data and code were released before) → evaluation against thresholds and
 against the production model on the same holdout → under the release lock: the gate again if
 production changed meanwhile, publish, register, canary, smoke tests (rollback on failure) →
@@ -27,6 +28,7 @@ from infra.tfserving.target import ServingTarget
 from model_registry import Manifest
 from model_registry.release_rules import SYSTEM_ACTOR, Ending, Outcome, release_verdict
 from railyard import contract, errors, tracking
+from railyard.drift import DataDrift, Verdict, write_statistics
 from railyard.errors import CanaryRolledBack, ModelRejected, SmokeTestsFailed
 from railyard.evaluation import GateDecision
 from railyard.features import FeatureSet
@@ -43,6 +45,7 @@ from release.reconcile import reconcile
 from tasks import (
     data,
     deploy,
+    drift,
     evaluation,
     features,
     online,
@@ -152,15 +155,17 @@ def retrain(
         "railyard.data": str(source),
     }
     with tracking.mlflow_run(
-        settings, f"{model}-training", tags, finished_on=(ModelRejected, SmokeTestsFailed, CanaryRolledBack)
+        settings, f"{model}-training", tags, finished_on=(ModelRejected, SmokeTestsFailed, CanaryRolledBack, DataDrift)
     ) as run_id:
-        feature_set = validated_features(settings, source, feature_dir, run_dir, report_dir, run_id)
+        feature_set, statistics = validated_features(settings, source, feature_dir, run_dir, report_dir, run_id)
+        verdict = drift.check(statistics, settings, run_id, run_dir)  # a block stops the run here
         summary = {
             "model_name": model,
             "model_kind": kind.name,
             "mlflow_run_id": run_id,
             "mlflow_tracking_uri": settings.resolved_tracking_uri,
             "data_fingerprint": feature_set.fingerprint,
+            "drift": verdict.as_dict() if verdict is not None else None,
         }
         # The same data and code as a stored version: that version is the model (no new training).
         existing = publish.find_published(settings, feature_set.fingerprint, code_version)
@@ -170,12 +175,15 @@ def retrain(
         if existing is None:
             trained = training.train(feature_dir, settings, kind, run_id)
             export_dir = training.export(trained, feature_set, run_dir / "export", settings, run_id)
+            write_statistics(statistics, export_dir)  # kept with the version, under its manifest
         else:
             print(
                 f"version {existing.version} holds a model of this data and code that was never released: releasing it"
             )
             export_dir = publish.fetch(settings, existing.version, run_dir / "stored")
-        metrics, decision = evaluate_against_production(settings, export_dir, feature_set, run_id, run_dir, report_dir)
+        metrics, decision = evaluate_against_production(
+            settings, export_dir, feature_set, run_id, run_dir, report_dir, verdict
+        )
         summary |= {
             "metrics": {name: metrics[name] for name in SUMMARY_METRICS},
             "gate": decision.as_dict(),
@@ -192,7 +200,7 @@ def retrain(
                     f"production is version {production} now, not {decision.baseline_version} as at the gate: "
                     "comparing again on the same holdout"
                 )
-                decision = compare_with_production(settings, metrics, feature_set, run_id, run_dir)
+                decision = compare_with_production(settings, metrics, feature_set, run_id, run_dir, verdict)
                 summary["gate"] = decision.as_dict()
                 if not decision.blessed:
                     refuse(settings, decision.reason, existing, run_id, prefect_run_id, locked=True)
@@ -215,7 +223,8 @@ def retrain(
                     "prefect_flow_run_id": str(prefect_run_id),
                     "model_kind": kind.name,
                     "code_version": code_version,
-                },
+                }
+                | drift_lineage(verdict),
             )
             tracking.rename_run(settings, run_id, f"{model}-v{version}")
             summary |= {"model_version": version, "store_uri": store_uri, "mlflow_model_version": str(version)}
@@ -247,9 +256,17 @@ def retrain(
         max_skew_share=settings.max_skew_share,
         deadline=time.time() + settings.approval_timeout_s,
         live=traffic.live_figures(settings, deploy.serving_labels(target, settings)),
+        drift=verdict,
     )
     instructions = request_review(settings, request, suspend)
     return finish_review(settings, version, prefect_run_id, summary, suspend=suspend, instructions=instructions)
+
+
+def drift_lineage(verdict: Verdict | None) -> dict[str, str]:
+    """What the version's lineage records of the drift check (an override and its reason included)."""
+    if verdict is None:
+        return {"drift": "unchecked"}
+    return {"drift": verdict.level} | ({"drift_override": verdict.override} if verdict.override else {})
 
 
 def data_window(source: Path, feature_set: FeatureSet, metrics: dict) -> DataWindow:
@@ -260,16 +277,20 @@ def data_window(source: Path, feature_set: FeatureSet, metrics: dict) -> DataWin
 
 def validated_features(
     settings: Settings, source: Path, feature_dir: Location, run_dir: Path, report_dir: Path, run_id: str
-) -> FeatureSet:
+) -> tuple[FeatureSet, dict]:
     """Raw data → validation → point-in-time features → validation; the features without the
-    training rows (training streams them from the shards written to ``feature_dir``). The
-    suites' reports go to the MLflow run (``validation/``), whether they passed or not."""
+    training rows (training streams them from the shards written to ``feature_dir``), and the
+    window's statistics (railyard/drift.py). The suites' reports go to the MLflow run
+    (``validation/``), whether they passed or not."""
     try:
-        if settings.feature_engine == "dask":  # on the cluster, validation and the skew check too
-            feature_set = features.build_features_on_cluster(source, settings, feature_dir, run_dir, report_dir, run_id)
+        if settings.feature_engine == "dask":  # on the cluster, validation, skew and statistics too
+            feature_set, statistics = features.build_features_on_cluster(
+                source, settings, feature_dir, run_dir, report_dir, run_id
+            )
         else:
             dataset = data.load_data(source)
             validation.validate_raw(dataset.ratings, settings, report_dir)
+            statistics = drift.window_statistics(dataset, settings)
             online.check_skew(dataset, settings, run_id)
             feature_set = features.build_features(dataset, settings, feature_dir)
             validation.validate_features(feature_set, settings, report_dir)
@@ -279,23 +300,35 @@ def validated_features(
             tracking.log_artifact(settings, run_id, report_dir, "validation")
     tags = {"railyard.data_fingerprint": feature_set.fingerprint, "railyard.features": str(feature_dir)}
     tracking.set_tags(settings, run_id, tags)
-    return feature_set.without_training_rows()
+    return feature_set.without_training_rows(), statistics
 
 
 def evaluate_against_production(
-    settings: Settings, export_dir: Path, feature_set: FeatureSet, run_id: str, run_dir: Path, report_dir: Path
+    settings: Settings,
+    export_dir: Path,
+    feature_set: FeatureSet,
+    run_id: str,
+    run_dir: Path,
+    report_dir: Path,
+    drift_verdict: Verdict | None,
 ) -> tuple[dict, GateDecision]:
     """The SavedModel that would ship and the production model, on the same holdout; the gate."""
     holdout, priors = feature_set.holdout, feature_set.priors
     metrics = evaluation.evaluate(export_dir, holdout, priors, settings, run_id, report_dir / "roc.png")
-    return metrics, compare_with_production(settings, metrics, feature_set, run_id, run_dir)
+    return metrics, compare_with_production(settings, metrics, feature_set, run_id, run_dir, drift_verdict)
 
 
 def compare_with_production(
-    settings: Settings, metrics: dict, feature_set: FeatureSet, run_id: str, run_dir: Path
+    settings: Settings,
+    metrics: dict,
+    feature_set: FeatureSet,
+    run_id: str,
+    run_dir: Path,
+    drift_verdict: Verdict | None,
 ) -> GateDecision:
     """The gate: the candidate's holdout metrics beside those of the current production version,
-    scored on the same holdout rows (absolute thresholds only while there is none)."""
+    scored on the same holdout rows (absolute thresholds only while there is none); the drift
+    check's warnings shown beside its checks."""
     production_version = release_steps.production_version(settings)
     production_metrics = (
         evaluation.evaluate_production(
@@ -304,7 +337,7 @@ def compare_with_production(
         if production_version is not None
         else None
     )
-    return evaluation.gate(metrics, settings, run_id, production_metrics, production_version)
+    return evaluation.gate(metrics, settings, run_id, production_metrics, production_version, drift_verdict)
 
 
 def refuse(

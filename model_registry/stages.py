@@ -381,6 +381,8 @@ class StageRegistry:
                     "approved_by": approvals[-1] if approvals else None,
                     "history": history,
                     "release_run": json.loads(details.tags.get(RELEASE_RUN_TAG) or "null"),
+                    "drift": details.tags.get(f"{TAG_PREFIX}drift"),
+                    "drift_override": details.tags.get(f"{TAG_PREFIX}drift_override"),
                 }
             )
         return result

@@ -259,6 +259,17 @@ class ModelStore(ABC):
         logger.info("downloaded %s version %d (%d bytes, verified) to %s", model, version, manifest.total_size, dest)
         return dest
 
+    def read_file(self, model: str, version: int, path: str) -> bytes | None:
+        """One file of a version, checked against its manifest (None: the version has no such file)."""
+        entry = self.get_manifest(model, version).files.get(path)
+        if entry is None:
+            return None
+        with tempfile.TemporaryDirectory(prefix=".railyard-read-") as staging:
+            self._download(model, version, [path], Path(staging))
+            local = Path(staging) / path
+            self._verify(model, version, local, path, entry)
+            return local.read_bytes()
+
     def delete_version(self, model: str, version: int, *, protected: Collection[int] = ()) -> None:
         validate_model_name(model)
         check_version(version)

@@ -56,3 +56,14 @@ class BakeBudget:
     max_error_rate: float
     max_p99_ms: float
     min_requests: int  # fewer requests say nothing yet
+
+
+@dataclass(frozen=True)
+class DriftThresholds:
+    """(warn, block) per feature of the drift check, and per kind of distance for the rest."""
+
+    by_feature: dict[str, tuple[float, float]]
+    by_kind: dict[str, tuple[float, float]]  # js, linf, difference, day_change
+
+    def of(self, feature: str, kind: str) -> tuple[float, float]:
+        return self.by_feature.get(feature, self.by_kind[kind])

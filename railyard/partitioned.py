@@ -77,13 +77,38 @@ STREAM_ORDER = {"_file": pl.Int64, "_row": pl.Int64}
 class PerKey(Protocol):
     """Work that needs every rating of its keys, done on the partitions as the build passes them
     (``users`` on each user partition's distinct ratings, ``movies`` on each movie partition's),
-    on the workers; their results come back to the driver, which ``merged`` puts together."""
+    on the workers; their results come back to the driver, which ``merged`` puts together.
+    ``planned`` gives the work the events per UTC day (day number -> events) before any
+    partition reaches it, and returns the work to do."""
+
+    def planned(self, days: Counter) -> PerKey: ...
 
     def users(self, ratings: pl.DataFrame) -> Any: ...
 
     def movies(self, ratings: pl.DataFrame) -> Any: ...
 
     def merged(self, users: list, movies: list) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Together:
+    """Several per-key works on the same partitions: their merged results, in order."""
+
+    works: tuple[PerKey, ...]
+
+    def planned(self, days: Counter) -> Together:
+        return Together(tuple(work.planned(days) for work in self.works))
+
+    def users(self, ratings: pl.DataFrame) -> tuple:
+        return tuple(work.users(ratings) for work in self.works)
+
+    def movies(self, ratings: pl.DataFrame) -> tuple:
+        return tuple(work.movies(ratings) for work in self.works)
+
+    def merged(self, users: list, movies: list) -> tuple:
+        return tuple(
+            work.merged([done[i] for done in users], [done[i] for done in movies]) for i, work in enumerate(self.works)
+        )
 
 
 @dataclass(frozen=True)
@@ -161,6 +186,8 @@ def build_on_cluster(
         raise_for_failures(*reports, raw_table_report(distinct, bounds, report_dir))
         cutoff = exact_cutoff(client, summaries, holdout_fraction, count, scratch)
         edges = time_edges([summary.days for summary in summaries], cutoff, count)
+        if per_key is not None:
+            per_key = per_key.planned(sum((summary.days for summary in summaries), Counter()))
         hook = client.scatter(per_key, broadcast=True) if per_key is not None else None
         keyed = {"scratch": scratch, "genres": genres, "cutoff": cutoff, "hook": hook}
         by_user = each(client, add_user_history, range(count), count=count, **keyed)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from railyard.drift import Verdict, table_markdown
 from railyard.evaluation import SYMBOLS, GateDecision, side_by_side, side_by_side_markdown
 from railyard.gray import LiveFigures
 from railyard.moments import when
@@ -51,6 +52,7 @@ class ReviewRequest:
     max_skew_share: float
     deadline: float
     live: Sequence[LiveFigures] = field(default_factory=tuple)
+    drift: Verdict | None = None  # the drift check before training (None: nothing to compare with)
 
 
 def gate_table(decision: GateDecision) -> str:
@@ -85,6 +87,21 @@ def skew_line(skew: Mapping[str, float], max_share: float) -> str:
     return f"Online store vs. offline features, share of sampled entities that differ: {shares} (allowed: {max_share:.2%})."
 
 
+def drift_section(verdict: Verdict | None) -> str:
+    """The drift check's verdict, and its table when a feature crossed a threshold."""
+    if verdict is None:
+        return "### Data drift\n\nNot checked: no earlier version keeps statistics of its data."
+    if verdict.level == "pass":
+        return f"### Data drift\n\nNone: every feature within its thresholds against {verdict.reference}."
+    head = f"### Data drift: {verdict.level.upper()}"
+    override = (
+        f"\n\nThe block was **overridden** for this run (RAILYARD_DRIFT_OVERRIDE): {verdict.override}"
+        if verdict.override
+        else ""
+    )
+    return f"{head}\n\nThis window's data against {verdict.reference}'s.{override}\n\n{table_markdown(verdict)}"
+
+
 def live_lines(live: Sequence[LiveFigures]) -> str:
     if not live:
         return "Live traffic: none through the ranking service yet."
@@ -108,6 +125,7 @@ def review_markdown(request: ReviewRequest) -> str:
             "is unloaded and the version rejected (timed out).",
             f"Model kind `{request.model_kind}` (`{request.kind_spec}`), code `{request.code_version}`.",
             request.window.markdown(),
+            drift_section(request.drift),
             f"### Evaluation gate: {'passed' if request.decision.blessed else 'FAILED'}",
             request.decision.reason + ".",
             gate_table(request.decision),

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from railyard.configs import BakeBudget, GateThresholds, SmokeBudget, TrainConfig, ValidationBounds
+from railyard.configs import BakeBudget, DriftThresholds, GateThresholds, SmokeBudget, TrainConfig, ValidationBounds
 from railyard.errors import Refused
 from railyard.locations import Location
 from railyard.runtime import DEFAULT_TF_LOG_LEVEL
@@ -37,6 +37,25 @@ def validate_model_name(name: str) -> str:
 # Settings that moved to a model kind's own settings: a value left under the old name would be
 # silently ignored, so it is refused naming the new one.
 RENAMED = {"RAILYARD_EMBEDDING_DIM": "RAILYARD_NEURAL_CF_EMBEDDING_DIM"}
+
+
+# The drift check's (warn, block) thresholds (railyard/drift.py): per feature, then per kind of
+# distance for the declared aggregates. Measured on six generated worlds (sessions mode, 3,000
+# ratings a day, 600 or 1,000 users, seeds 3, 7, 11), 20 ordinary days each against the day
+# before: one warning in 120 days (label_rate 0.166), no block (tests/unit/test_drift.py).
+DRIFT_THRESHOLDS = {
+    "rating": (0.2, 0.3),  # Jensen-Shannon distance of the half-star histograms
+    "userId": (0.2, 0.3),  # L-infinity of the top users' shares (a day has a few dozen sessions)
+    "movieId": (0.05, 0.1),
+    "genres": (0.05, 0.1),
+    "label_rate": (0.15, 0.25),  # absolute difference
+    "new_user_share": (0.45, 0.6),
+    "new_movie_share": (0.02, 0.05),
+    "events_per_day": (0.5, 0.9),  # a day's relative change against the reference's mean
+}
+# A declared aggregate's histogram is over the day's users (a few dozen sessions in generated
+# data: their distances reached 0.63 on ordinary days) or movies.
+DRIFT_KIND_THRESHOLDS = {"js": (0.7, 0.9), "linf": (0.05, 0.1), "difference": (0.1, 0.2), "day_change": (0.5, 0.9)}
 
 
 def _endpoints(value: str) -> list[str]:
@@ -96,6 +115,16 @@ class Settings(BaseSettings):
     # share of them whose aggregates may differ from the offline ones before the run fails.
     skew_sample_size: int = Field(default=1_000, ge=1)
     max_skew_share: float = Field(default=0.01, ge=0, le=1)
+
+    # Drift between training windows (railyard/drift.py): the newest days described, the
+    # thresholds that differ from DRIFT_THRESHOLDS (JSON: {"userId": [0.25, 0.4]}; a declared
+    # aggregate by name, or a kind: js, linf, difference, day_change), whether a block stops the
+    # run (false: it is shown as a block but the run goes on, e.g. while thresholds are tuned on
+    # new data), and why this run's block is overridden.
+    drift_span_days: int = Field(default=1, ge=1)
+    drift_thresholds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    drift_block: bool = True
+    drift_override: str = ""
 
     # Post-deploy smoke tests.
     smoke_p95_ms: float = Field(default=250.0, gt=0)
@@ -160,6 +189,14 @@ class Settings(BaseSettings):
     def _check_model_name(cls, value: str) -> str:
         return validate_model_name(value)
 
+    @field_validator("drift_thresholds")
+    @classmethod
+    def _check_drift_thresholds(cls, value: dict) -> dict:
+        for name, (warn, block) in value.items():
+            if not 0 <= warn <= block:
+                raise ValueError(f"{name}: [warn, block] must be 0 <= warn <= block, got [{warn}, {block}]")
+        return value
+
     @field_validator("features_uri")
     @classmethod
     def _check_features_uri(cls, value: str) -> str:
@@ -218,6 +255,11 @@ class Settings(BaseSettings):
             max_logloss_change_relative=self.max_logloss_change_relative,
             min_auc_lift=self.min_auc_lift,
         )
+
+    def drift_limits(self) -> DriftThresholds:
+        kinds = {kind: self.drift_thresholds.get(kind, pair) for kind, pair in DRIFT_KIND_THRESHOLDS.items()}
+        named = DRIFT_THRESHOLDS | {k: v for k, v in self.drift_thresholds.items() if k not in DRIFT_KIND_THRESHOLDS}
+        return DriftThresholds(by_feature=named, by_kind=kinds)
 
     def smoke_budget(self) -> SmokeBudget:
         return SmokeBudget(

@@ -114,6 +114,17 @@ def running_runs(settings: Settings) -> list:
     )
 
 
+def last_run(settings: Settings) -> dict | None:
+    """The experiment's newest run: its id, name and tags (None: no run yet)."""
+    experiment = client(settings).get_experiment_by_name(settings.mlflow_experiment)
+    if experiment is None:
+        return None
+    runs = client(settings).search_runs(
+        [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1
+    )
+    return {"run_id": runs[0].info.run_id, "name": runs[0].info.run_name, "tags": runs[0].data.tags} if runs else None
+
+
 def run_metrics(settings: Settings, run_id: str, prefix: str = "") -> dict[str, float]:
     """A run's latest metrics whose names start with ``prefix`` (without it)."""
     metrics = client(settings).get_run(run_id).data.metrics

@@ -3,7 +3,7 @@ from pathlib import Path
 import polars as pl
 from prefect.artifacts import create_table_artifact
 
-from railyard import evaluation, tracking
+from railyard import drift, evaluation, tracking
 from railyard.settings import Settings
 from release.state import model_store
 from tasks.common import MINUTES, railyard_task
@@ -35,10 +35,16 @@ def evaluate_production(
 
 @railyard_task(name="evaluation-gate", timeout_seconds=5 * MINUTES)
 def gate(
-    metrics: dict, settings: Settings, run_id: str, production_metrics: dict | None, production_version: int | None
+    metrics: dict,
+    settings: Settings,
+    run_id: str,
+    production_metrics: dict | None,
+    production_version: int | None,
+    drift_verdict: drift.Verdict | None = None,
 ) -> evaluation.GateDecision:
-    """The gate's checks as a table (each saying what it compares with), and beside it the model,
-    both baselines and production on the same holdout rows, in the Prefect UI and in MLflow."""
+    """The gate's checks as a table (each saying what it compares with; below them, the drift
+    check's warnings, which the gate does not decide on), and beside it the model, both
+    baselines and production on the same holdout rows, in the Prefect UI and in MLflow."""
     decision = evaluation.gate(
         metrics, settings.gate_thresholds(), baseline_metrics=production_metrics, baseline_version=production_version
     )
@@ -57,6 +63,17 @@ def gate(
                 "compared with": c.compared_with,
             }
             for c in decision.checks
+        ]
+        + [
+            {
+                "check": f"data drift: {m.feature} ({m.kind})",
+                "value": round(m.distance, 5),
+                "threshold": f"warn {m.warn}, block {m.block}",
+                "passed": f"{m.level} (not gated)"
+                + (f", overridden: {drift_verdict.override}" if m.level == "block" else ""),
+                "compared with": drift_verdict.reference,
+            }
+            for m in (drift_verdict.crossed() if drift_verdict is not None else [])
         ],
         description=f"blessed={decision.blessed}: {decision.reason}",
     )

@@ -1,8 +1,9 @@
+from dataclasses import replace
 from pathlib import Path
 
 from infra.online_store.consistency import check_store_partitioned
 from infra.online_store.store import connect_url, store_url
-from railyard import features, loaders
+from railyard import drift, features, loaders
 from railyard.loaders import RawDataset
 from railyard.locations import Location
 from railyard.settings import Settings
@@ -21,13 +22,14 @@ def build_features(dataset: RawDataset, settings: Settings, out_dir: Location) -
 @railyard_task(name="build-features-on-cluster", timeout_seconds=60 * MINUTES)
 def build_features_on_cluster(
     source: Path, settings: Settings, out_dir: Location, scratch_dir: Path, report_dir: Path, run_id: str
-) -> features.FeatureSet:
+) -> tuple[features.FeatureSet, dict]:
     """``RAILYARD_FEATURE_ENGINE=dask``: the feature folder ``out_dir`` (local or S3), built
     partitioned on the Dask cluster from the data set's files (Parquet partitions, or a
     ``ratings.csv`` the workers read in blocks; the build's partitions under ``scratch_dir``),
-    which also validates the ratings and the features and measures the online store's skew
-    (filling it when empty) on the partitions. The ratings never pass through this
-    process; the features come back without their training rows (training streams the shards)."""
+    which also validates the ratings and the features, measures the online store's skew
+    (filling it when empty) and the window's statistics (railyard/drift.py) on the partitions.
+    The ratings never pass through this process; the features come back without their training
+    rows (training streams the shards), with the statistics."""
     from infra.dask_cluster import dask_client
     from railyard import partitioned
 
@@ -38,9 +40,12 @@ def build_features_on_cluster(
     url = store_url(settings)
     store = connect_url(url)
 
+    statistics = drift.PartitionedStatistics(drift.genre_table(movies), settings.drift_span_days)
+    kept = {}
+
     def build(per_key) -> partitioned.Built:
         with dask_client(settings) as client:
-            return partitioned.build_on_cluster(
+            built = partitioned.build_on_cluster(
                 client,
                 ratings_files,
                 movies,
@@ -50,10 +55,12 @@ def build_features_on_cluster(
                 settings.validation_bounds(),
                 report_dir,
                 scratch_dir=scratch_dir,
-                per_key=per_key,
+                per_key=partitioned.Together((per_key, statistics)),
             )
+        skew, kept["statistics"] = built.per_key
+        return replace(built, per_key=skew)
 
     genres = features.movie_genres(movies)
     filled, reports, _ = check_store_partitioned(store, url, genres, settings.skew_sample_size, settings.seed, build)
     record_skew(store, filled, reports, settings, run_id)
-    return features.read_feature_set(out_dir, with_training_rows=False)
+    return features.read_feature_set(out_dir, with_training_rows=False), kept["statistics"]

@@ -115,6 +115,9 @@ class PartitionedOnline:
     store_url: str | None = None
     namespace: str | None = None  # the namespace being rebuilt (``OnlineStore.rebuilding``)
 
+    def planned(self, days) -> PartitionedOnline:
+        return self  # the same whatever the days
+
     def users(self, ratings: pl.DataFrame) -> Sampled:
         self._write(lambda checked: S.user_commands(self.namespace, checked, self.genres), ratings)
         sample = user_sample(seen_rows(ratings, self.last_event_ts), self.genres, self.size, self.seed)

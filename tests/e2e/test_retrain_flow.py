@@ -478,3 +478,80 @@ def test_a_failed_run_prints_its_error_next_step_and_log_file_only(tmp_path, cas
     assert log.parent == tmp_path / "home" / "logs"
     text = log.read_text()
     assert "Traceback (most recent call last)" in text and error_line.removeprefix("error: ") in text
+
+
+def test_data_drift_blocks_the_run_before_training_and_an_override_is_recorded(flow_home, tmp_path, monkeypatch):
+    """Version 1 keeps its window's statistics in the store (under its manifest). The next day
+    a bot rates 2,000 films 5.0: the run stops before training, naming the feature, its
+    distance and threshold, and publishes nothing; `railyard status` names the run. Re-run with
+    RAILYARD_DRIFT_OVERRIDE: it trains and publishes, the reason in the version's lineage and in
+    the gate's table."""
+    import numpy as np
+    import polars as pl
+    from mlflow.tracking import MlflowClient
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from cli.status_view import drift_run_line
+    from flows.retrain import retrain
+    from infra.tfserving.client import ServingUnavailableError
+    from railyard import drift
+    from railyard.loaders import RATINGS_SCHEMA
+    from railyard.settings import Settings
+    from railyard.tracking import last_run
+    from release.state import model_store
+    from tests.support.s3_server import free_port
+
+    # Serving is not the subject: it is down, so a run ends after publishing (as above).
+    monkeypatch.setenv("RAILYARD_SERVING_GRPC", f"127.0.0.1:{free_port()}")
+    monkeypatch.setenv("RAILYARD_SERVING_REST", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("RAILYARD_SERVING_ATTEMPTS", "1")
+    for name, value in {"MIN_AUC": "0", "MIN_AUC_LIFT": "-1", "MAX_LOGLOSS": "10", "MAX_SKEW_SHARE": "1"}.items():
+        monkeypatch.setenv(f"RAILYARD_{name}", value)
+    generated = tmp_path / "generated"
+    generate_movielens(generated, users=60, movies=80, days=5, ratings_per_day=300, seed=6, fmt="parquet")
+    days = sorted((generated / "ratings").iterdir())
+    first, second = tmp_path / "day4", tmp_path / "day5"
+    for data, kept in ((first, days[:4]), (second, days)):
+        for day in kept:
+            shutil.copytree(day, data / "ratings" / day.name)
+        shutil.copy(generated / "movies.csv", data / "movies.csv")
+    start = int(pl.read_parquet(days[-1]).get_column("timestamp").min())
+    bot = pl.DataFrame(
+        {"userId": [61] * 2000, "movieId": np.arange(1, 2001) % 80 + 1, "rating": [5.0] * 2000},
+        schema={k: RATINGS_SCHEMA[k] for k in ("userId", "movieId", "rating")},
+    ).with_columns(pl.Series("timestamp", start + np.arange(2000) * 40, RATINGS_SCHEMA["timestamp"]))
+    bot.write_parquet(second / "ratings" / days[-1].name / "part-1.parquet")
+
+    with pytest.raises(ServingUnavailableError):
+        retrain(data_dir=str(first))
+    store = model_store(Settings())
+    kept = json.loads(store.read_file("recmodel", 1, drift.STATISTICS_FILE))
+    assert kept["schema"] == drift.SCHEMA and kept["window"]["last_day"] == days[3].name.removeprefix("date=")
+
+    with pytest.raises(drift.DataDrift, match=r"userId: linf \d\.\d+ \(61\) > block 0\.3") as blocked:
+        retrain(data_dir=str(second))
+    assert "RAILYARD_DRIFT_OVERRIDE" in blocked.value.next_step
+    assert store.list_versions("recmodel") == [1]  # nothing published
+    client = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}")
+    run = client.get_run(last_run(Settings())["run_id"])
+    assert run.data.tags["railyard.drift"] == "block" and run.info.status == "FINISHED"
+    assert not any(name.startswith("epoch_") for name in run.data.metrics)  # stopped before training
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "drift")} >= {"drift/drift.png"}
+    assert "stopped before training by data drift" in drift_run_line(last_run(Settings()))
+
+    monkeypatch.setenv("RAILYARD_DRIFT_OVERRIDE", "a partner imported its catalogue ratings")
+    with pytest.raises(ServingUnavailableError):
+        retrain(data_dir=str(second))
+    assert store.list_versions("recmodel") == [1, 2]
+    lineage = client.get_model_version("recmodel", "2").tags
+    assert lineage["railyard.drift"] == "block"
+    assert lineage["railyard.drift_override"] == "a partner imported its catalogue ratings"
+    with get_client(sync_client=True) as prefect:  # the gate's table names the drift beside its checks
+        (gate,) = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["evaluation-gate"])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    assert "data drift: userId (linf)" in str(gate.data) and "overridden: a partner" in str(gate.data)

@@ -13,13 +13,14 @@ from infra.online_store import keys
 from infra.online_store.consistency import ALL_EVENTS, check_store_partitioned, measure_skew, offline_samples
 from infra.online_store.store import OnlineStore
 from infra.online_store.stream import Ingester, publish
-from railyard import feature_folder, features, partitioned
+from railyard import drift, feature_folder, features, partitioned
 from railyard import feature_spec as spec
 from railyard.loaders import RATINGS_SCHEMA, DataLoadError, dataset_files, load_dataset, parquet_layout, read_movies
 from railyard.locations import Location, read_parquet
 from railyard.settings import Settings
 from railyard.synthetic import generate_movielens
 from railyard.validation import DataValidationError
+from tests.support.approx import assert_close
 from tests.support.online_store import THROWAWAY, as_events, assert_store_matches
 
 pytestmark = pytest.mark.timeout(300)
@@ -363,9 +364,12 @@ def test_the_flows_build_step_on_a_local_cluster_never_loads_the_ratings_in_its_
     )
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     run_id = mlflow.MlflowClient().create_run(mlflow.set_experiment("dask").experiment_id).info.run_id
-    built = build_features_on_cluster.fn(
+    built, statistics = build_features_on_cluster.fn(
         awkward_data, settings, Location.of(tmp_path / "dask"), tmp_path / "scratch", tmp_path / "reports", run_id
     )
+    # The window's drift statistics, on the partitions beside the skew check: those of one machine.
+    assert statistics["span"]["rows"] > 0
+    assert_close(statistics, drift.statistics(dataset.ratings, dataset.movies, settings.drift_span_days))
     expected = features.build_feature_set(dataset, settings.holdout_fraction)
     assert (built.cutoff_ts, built.priors, built.fingerprint) == (
         expected.cutoff_ts,
@@ -384,7 +388,7 @@ def test_the_flows_build_step_on_a_local_cluster_never_loads_the_ratings_in_its_
     for name in ("load_movielens_dir", "read_csv_block"):
         monkeypatch.setattr(loaders, name, refused)
     monkeypatch.setattr(partitioned, "read_csv_block", refused)
-    built = build_features_on_cluster.fn(
+    built, _ = build_features_on_cluster.fn(
         csv_data, settings, Location.of(tmp_path / "csv-features"), tmp_path / "scratch", tmp_path / "reports", run_id
     )
     assert (built.cutoff_ts, built.priors, built.fingerprint) == (

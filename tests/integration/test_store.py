@@ -219,6 +219,19 @@ def test_a_damaged_version_is_refused_on_download(store, tmp_path, damage, messa
     assert not dest.exists() and list(dest.parent.iterdir()) == []  # nothing half-written is left
 
 
+def test_one_file_of_a_version_is_read_checked_against_its_manifest(store, tmp_path):
+    """What the drift check reads of production: its statistics file alone, verified."""
+    source = make_saved_model(tmp_path / "export", seed=1)
+    (source / "assets.extra").mkdir(exist_ok=True)
+    (source / "assets.extra" / "stats.json").write_text('{"rows": 3}')
+    store.publish(MODEL, source, metadata=metadata(1))
+    assert store.read_file(MODEL, 1, "assets.extra/stats.json") == b'{"rows": 3}'
+    assert store.read_file(MODEL, 1, "assets.extra/absent.json") is None
+    write_stored(store, 1, "assets.extra/stats.json", b'{"rows": 4}')
+    with pytest.raises(IntegrityError, match=r"assets\.extra/stats\.json does not match the sha256"):
+        store.read_file(MODEL, 1, "assets.extra/stats.json")
+
+
 def test_download_refuses_a_non_empty_destination_but_fills_an_empty_one(store, tmp_path):
     source = make_saved_model(tmp_path / "export", seed=1)
     store.publish(MODEL, source, metadata=metadata(1))

@@ -2,6 +2,7 @@
 
 from infra.rollout.smoke import SmokeCheck, SmokeReport
 from railyard.configs import GateThresholds
+from railyard.drift import Measure, Verdict
 from railyard.evaluation import gate
 from railyard.gray import LiveFigures
 from railyard.moments import when
@@ -22,7 +23,7 @@ THRESHOLDS = GateThresholds(
 DEADLINE = 1796637600.0  # 2026-12-07 10:00:00 UTC
 
 
-def _request(live=()) -> ReviewRequest:
+def _request(live=(), drift=None) -> ReviewRequest:
     decision = gate(METRICS, THRESHOLDS, baseline_metrics={"auc": 0.8201, "logloss": 0.52}, baseline_version=4)
     smoke = SmokeReport("recmodel", 5, "canary", requests=40, latency_ms={"p50": 3.2, "p95": 7.9})
     smoke.checks += [SmokeCheck("status", True, "AVAILABLE"), SmokeCheck("latency_burst", True, "p95 7.9 ms ≤ 2000 ms")]
@@ -41,6 +42,7 @@ def _request(live=()) -> ReviewRequest:
         max_skew_share=0.05,
         deadline=DEADLINE,
         live=live,
+        drift=drift,
     )
 
 
@@ -75,6 +77,20 @@ def test_live_figures_appear_when_there_are_some():
     live = [LiveFigures("stable", 4, 500, 0, 20.0, 0.5, 5.0), LiveFigures("canary", 5, 50, 1, 50.0, 0.52, 5.0)]
     markdown = review_markdown(_request(live))
     assert "- stable v4: 500 requests" in markdown and "- canary v5: 50 requests, 2.00% errors" in markdown
+
+
+def test_drift_warnings_and_an_overridden_block_are_shown_with_their_thresholds():
+    userid = Measure("userId", 0.42, "linf", 0.2, 0.3, "1001")
+    label = Measure("label_rate", 0.17, "difference", 0.15, 0.25, "0.560 -> 0.730")
+    calm = Measure("rating", 0.05, "js", 0.2, 0.3, "bin 4")
+    warned = review_markdown(_request(drift=Verdict((label, calm), "production version 4")))
+    assert "### Data drift: WARN" in warned and "against production version 4's" in warned
+    assert "| label_rate | 0.170 | difference | 0.15 | 0.25 | **warn** | 0.560 -> 0.730 |" in warned
+    overridden = review_markdown(_request(drift=Verdict((userid, label), "production version 4", "a new partner")))
+    assert "### Data drift: BLOCK" in overridden and "**overridden** for this run" in overridden
+    assert "a new partner" in overridden and "| userId | 0.420 | linf | 0.2 | 0.3 | **block** | 1001 |" in overridden
+    assert "### Data drift\n\nNone" in review_markdown(_request(drift=Verdict((calm,), "production version 4")))
+    assert "Not checked" in review_markdown(_request())
 
 
 def test_the_log_says_who_waits_until_when_and_then_the_decision():

@@ -76,3 +76,23 @@ def test_status_lines_repairs_versions_serving_then_live():
         "serving: stable -> 2",
         "live: stable v2: no requests yet",
     ]
+
+
+def test_a_version_trained_on_drifted_data_and_a_run_drift_blocked_are_named():
+    history = [("candidate", "railyard", "")]
+    warned = version_story(_entry(5, "candidate", history) | {"drift": "warn"})
+    assert version_line(warned).endswith("registered by railyard at 2026-12-01 10:00:00 UTC; data drift warned")
+    overridden = version_story(_entry(6, "candidate", history) | {"drift": "block", "drift_override": "new partner"})
+    assert version_line(overridden).endswith("; data drift block overridden: new partner")
+    blocked = {
+        "run_id": "r1",
+        "name": "recmodel-drift-blocked",
+        "tags": {"railyard.drift": "block", "railyard.drift_summary": "drift against production version 2: userId"},
+    }
+    lines = status_lines([warned], {"stable": None, "canary": None}, None, [], last_run=blocked)
+    assert lines[1] == (
+        "last run recmodel-drift-blocked (r1): stopped before training by data drift: "
+        "drift against production version 2: userId"
+    )
+    calm = {"run_id": "r2", "name": "recmodel-v7", "tags": {"railyard.drift": "pass"}}
+    assert len(status_lines([warned], {}, None, [], last_run=calm)) == 2
