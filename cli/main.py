@@ -838,3 +838,94 @@ def rank_server(
         grpc = ", ".join(replica.grpc for replica in target.replicas)
         typer.echo(f"ranking service for {settings.model_name} on http://{host}:{port} (TF Serving gRPC {grpc})")
         serve(app_, host, port)
+
+
+# -- streaming inference (infra/streaming) ----------------------------------------------------
+
+
+@app.command("score-stream")
+def score_stream(
+    consumer: Annotated[str | None, typer.Option(help="Consumer name in group `scorer` (default host-pid).")] = None,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Return once no request is new or pending (else run until Ctrl-C).")
+    ] = False,
+    metrics_host: Annotated[str, typer.Option(help="Address of /metrics, /healthz, /readyz.")] = "127.0.0.1",
+) -> None:
+    """Score requests from the requests stream in micro-batches through TF Serving's gRPC Predict,
+    one result per request id in the results stream (docs/operations.md, streaming inference)."""
+    settings = _settings()
+    import logging
+    import signal
+
+    from infra.online_store.store import connect
+    from infra.rollout.deploy import resolve_target
+    from infra.streaming.http import serve_status
+    from infra.streaming.scorer import Scorer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    target = resolve_target(settings, start_local=False)
+    if target is None:
+        _fail("serving is not running", "start it with `railyard serve --background` (or run `railyard run`)")
+    config = settings.scorer_config()
+    # One quick try per call: the scorer's own loop waits for serving with backoff, requests pending.
+    with target.client(timeout_s=config.serving_timeout_s, attempts=1) as client:
+        scorer = Scorer(connect(settings), client, settings.model_name, config, consumer_name=consumer)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: scorer.stop.set())  # the batch in hand is finished first
+        scorer.warm_up()
+        status = serve_status(scorer, metrics_host, settings.scorer_metrics_port)
+        typer.echo(
+            f"scoring {settings.model_name} from the requests stream; /metrics on "
+            f"http://{metrics_host}:{status.server_address[1]}",
+            err=True,
+        )
+        scorer.run(until_idle=until_idle)
+        status.shutdown()
+    done = scorer.consumer.entries[scorer.consumer.groups[0]]
+    typer.echo(f"requests done: {done:,}, {scorer.consumer.dead_letters:,} dead-lettered")
+
+
+@app.command("publish-requests")
+def publish_requests(
+    file: Annotated[Path, typer.Argument(help="JSON lines: id, userId, movieIds (a list), optional deadline_ms.")],
+    timeout_ms: Annotated[
+        int | None, typer.Option(min=1, help="A deadline this many ms from now for requests without one.")
+    ] = None,
+) -> None:
+    """Publish score requests to the requests stream (all or none: a malformed line refuses the file)."""
+    settings = _settings()
+    import time
+
+    from infra.online_store.keys import SCORE_REQUESTS
+    from infra.online_store.store import connect
+    from infra.streaming.requests import read_request_file
+    from infra.streaming.scorer import publish_requests as publish
+
+    requests = read_request_file(file, settings.scorer_max_movies, timeout_ms, time.time_ns() // 1_000_000)
+    typer.echo(f"published {publish(connect(settings).client, requests):,} requests to {SCORE_REQUESTS}")
+
+
+@app.command("results")
+def results(
+    last: Annotated[int, typer.Option("--last", min=1, max=100_000, help="How many of the newest results.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Print the newest results of the streaming scorer, oldest first."""
+    settings = _settings()
+    from infra.online_store.store import connect
+    from infra.streaming.requests import read_result
+    from infra.streaming.scorer import last_results
+
+    for _, fields in last_results(connect(settings).client, last):
+        result = read_result(fields)
+        if as_json:
+            print(json.dumps(result))
+        elif result["status"] != "ok":
+            typer.echo(f"{result['id']}: {result['status']} (user {result['userId']}, {result['latency_ms']:.1f} ms)")
+        else:
+            scores = ", ".join(f"{m}: {s:.6f}" for m, s in zip(result["movieIds"], result["scores"]))
+            flag = ", degraded" if result["degraded"] else ""
+            typer.echo(
+                f"{result['id']}: user {result['userId']} {scores} (v{result['version']} {result['label']}{flag}, "
+                f"{result['latency_ms']:.1f} ms)"
+            )

@@ -4,6 +4,9 @@ ingester, ``infra.online_store.stream``; the streaming scorer, ``infra.streaming
 The transport is a small interface (``Transport``); ``ValkeyStreams`` implements it on Valkey
 Streams. What the loop promises, whatever the work:
 
+- **Micro-batches.** With ``flush_ms``, a read of new entries that returned fewer than
+  ``batch_size`` reads on until the batch is full or ``flush_ms`` passed since its first entry
+  came (flush at N entries or T milliseconds, whichever comes first).
 - **Pending first.** On start a consumer takes the entries it left pending (read from id 0 of
   its own pending list), then new ones; before each new read it claims entries another
   consumer of the group left pending longer than ``claim_idle_s`` (XAUTOCLAIM: that consumer
@@ -31,6 +34,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -163,9 +167,11 @@ class Consumer:
     name: str | None = None
     batch_size: int = 1_000
     claim_idle_s: float = 60.0
+    flush_ms: float = 0.0  # 0: a batch is what one read returns
     stop: threading.Event = field(default_factory=threading.Event)
     unavailable: tuple[type[Exception], ...] = (OnlineStoreUnavailable,)  # waited for: never the entry's fault
     not_the_entry: tuple[type[Exception], ...] = NOT_THE_ENTRY  # raised, never dead-lettered
+    on_dead_letter: Callable[[str], None] | None = None  # told each new dead letter's reason
     entries: dict[str, int] = field(init=False)  # entries done per group
     dead_letters: int = field(init=False, default=0)  # entries this consumer dead-lettered
 
@@ -187,8 +193,11 @@ class Consumer:
         """Consume until ``stop`` is set or, with ``until_idle``, until no entry is new or pending.
         ``start`` must have been called."""
         for group in self.groups:  # what this consumer left pending when it stopped, first
+            before = self.entries[group]
             while self.step(group, "0"):
                 pass
+            if self.entries[group] > before:
+                log.info("%s: took back %d entries left pending by %s", group, self.entries[group] - before, self.name)
         while not self.stop.is_set():
             busy = [self.step(group, ">") for group in self.groups]
             if any(busy):
@@ -215,7 +224,19 @@ class Consumer:
             if claimed:
                 log.info("%s: claimed %d entries left pending by a stopped consumer", group, len(claimed))
                 return claimed
-        return self.transport.read(group, self.name, start, self.batch_size, block_ms)
+        entries = self.transport.read(group, self.name, start, self.batch_size, block_ms)
+        if start == ">" and entries and self.flush_ms > 0:
+            entries = fill(entries, self._read_more(group), self.batch_size, self.flush_ms)
+        return entries
+
+    def _read_more(self, group: str) -> Callable[[int, int], list[Entry]]:
+        def read(count: int, block_ms: int) -> list[Entry]:
+            try:
+                return self.transport.read(group, self.name, ">", count, block_ms)
+            except self.unavailable:  # the batch so far is delivered: handle it, retry later
+                return []
+
+        return read
 
     def _handle(self, group: str, entries: list[Entry]) -> None:
         work, parsed = self.work[group], []
@@ -256,6 +277,8 @@ class Consumer:
         if self.retrying(lambda: self.transport.dead_letter(entry_id, fields, reason, detail)):
             log.warning("%s: entry %s dead-lettered: %s", group, entry_id.decode(), detail)
             self.dead_letters += 1
+            if self.on_dead_letter is not None:
+                self.on_dead_letter(reason)
 
     def _refuse_unexpected(self, group: str, entry_id: bytes, fields: Fields, error: Exception) -> None:
         log.error("%s: entry %s failed unexpectedly", group, entry_id.decode(), exc_info=error)
@@ -277,6 +300,27 @@ class Consumer:
                 log.warning("%s; retrying in %.1f s (entries stay pending in the stream)", error, delay)
                 self.stop.wait(delay)
                 delay = min(delay * 2, MAX_RETRY_S)
+
+
+def fill(
+    first: list[Entry],
+    read: Callable[[int, int], list[Entry]],
+    size: int,
+    flush_ms: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[Entry]:
+    """A micro-batch: ``first`` and what ``read(count, block_ms)`` returns next, until ``size``
+    entries or ``flush_ms`` since ``first`` came (a read that returns nothing ends it too)."""
+    batch, until = list(first), clock() + flush_ms / 1000
+    while len(batch) < size:
+        left_ms = int((until - clock()) * 1000)
+        if left_ms <= 0:
+            break
+        more = read(size - len(batch), left_ms)
+        if not more:
+            break
+        batch += more
+    return batch
 
 
 def _cut(value: bytes | str) -> bytes:

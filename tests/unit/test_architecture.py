@@ -40,6 +40,14 @@ MAY_IMPORT_IN_INFRA = {
     # The ranking service: the online store (features, candidates, the gray release's share and
     # live figures) and TF Serving's client side; never the rollout or the local server.
     "infra.ranking": {"infra.online_store", "infra.tfserving.client", "infra.tfserving.protocol"},
+    # The streaming scorer: the online store (its streams, the consumer loop, features), TF
+    # Serving's client side and the one scoring path; never the rollout or the ranking service.
+    "infra.streaming": {
+        "infra.online_store",
+        "infra.tfserving.client",
+        "infra.tfserving.protocol",
+        "infra.scoring",
+    },
 }
 
 
@@ -109,6 +117,15 @@ def test_infra_parts_keep_to_their_role(part):
         if within(target, "infra") and not within(target, part) and not any(within(target, a) for a in allowed)
     )
     assert wrong == []
+
+
+def test_only_the_cli_imports_the_scorer():
+    importers = sorted(
+        module
+        for module, targets in GRAPH.items()
+        if not within(module, "infra.streaming") and any(within(t, "infra.streaming") for t in targets)
+    )
+    assert importers == ["cli.main"]
 
 
 def test_the_store_base_knows_no_backend():
