@@ -744,7 +744,8 @@ def online_store_stop() -> None:
 
 @online_store_app.command("status")
 def online_store_status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
-    """Features held (namespace, events applied, last event), stream length, pending per group, dead letters."""
+    """Features held (namespace, events applied, last event), stream length, pending per group, dead
+    letters; the streaming scorer's requests, lag, dead letters and results."""
     state = _online_store_state(_settings())
     if as_json:
         print(json.dumps(state, sort_keys=True))
@@ -761,8 +762,11 @@ def _online_store_state(settings) -> dict:
 
     if settings.online_store_url is None and server.running(server.server_dir(settings)) is None:
         return {"running": False, "error": "not running (`railyard online-store start`)"}
+    from infra.streaming.scorer import stream_state
+
     try:
-        return {"running": True} | connect(settings).state()
+        store = connect(settings)
+        return {"running": True} | store.state() | {"scorer": stream_state(store.client)}
     except OnlineStoreUnavailable as error:
         return {"running": False, "error": str(error)}
 
@@ -772,11 +776,14 @@ def _online_store_lines(state: dict) -> list[str]:
         return [f"online store: {state['error']}"]
     last = state["last_event_ts"]
     groups = ", ".join(f"{name}: {g['pending']} pending, lag {g['lag']}" for name, g in state["groups"].items())
+    from cli.status_view import scorer_line
+
     return [
         f"online store: namespace {state['namespace'] or '(none: run `railyard ingest --rebuild`)'}, "
         f"{state['events_applied']:,} events applied, last event at {last if last is None else _utc(last)}",
         f"event stream: {state['stream_length']:,} entries ({groups or 'no consumer groups yet'}), "
         f"{state['dead_letters']:,} dead letters",
+        scorer_line(state["scorer"]),
     ]
 
 

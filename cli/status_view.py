@@ -100,3 +100,17 @@ def status_lines(
     lines += [version_line(story) for story in stories]
     lines.append(serving_line(serving, down))
     return lines + [f"live: {figures.summary()}" for figures in live]
+
+
+def scorer_line(state: Mapping) -> str:
+    """The streaming scorer's requests stream: its length, each group's pending and lag (requests
+    not yet delivered), the dead letters and results (``infra.streaming.scorer.stream_state``)."""
+    groups = ", ".join(
+        f"{name}: {figures['pending']:,} pending, "
+        + ("lag unknown" if figures["lag"] is None else f"lag {figures['lag']:,}")
+        for name, figures in state["groups"].items()
+    )
+    return (
+        f"streaming scorer: {state['length']:,} requests ({groups or 'no scorer has read them yet'}), "
+        f"{state['dead_letters']:,} dead letters, {state['results']:,} results"
+    )

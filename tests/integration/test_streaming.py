@@ -465,3 +465,5 @@ def test_publish_requests_and_results_through_the_cli(store, serving, railyard_h
     np.testing.assert_allclose(results[0]["scores"], expected, rtol=0, atol=1e-6)
     text = railyard("results", "--last", "1").stdout
     assert text.startswith("cli-2: user 7 2: ") and "(v1 stable, " in text
+    status = railyard("online-store", "status").stdout  # `railyard status` prints the same lines
+    assert "streaming scorer: 2 requests (scorer: 0 pending, lag 0), 0 dead letters, 2 results" in status

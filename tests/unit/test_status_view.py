@@ -76,3 +76,17 @@ def test_status_lines_repairs_versions_serving_then_live():
         "serving: stable -> 2",
         "live: stable v2: no requests yet",
     ]
+
+
+def test_the_streaming_scorer_line_shows_lag_pending_and_dead_letters():
+    from cli.status_view import scorer_line
+
+    state = {"length": 1_500, "groups": {"scorer": {"pending": 20, "lag": 1_234}}, "dead_letters": 3, "results": 246}
+    assert scorer_line(state) == (
+        "streaming scorer: 1,500 requests (scorer: 20 pending, lag 1,234), 3 dead letters, 246 results"
+    )
+    assert scorer_line({"length": 0, "groups": {}, "dead_letters": 0, "results": 0}) == (
+        "streaming scorer: 0 requests (no scorer has read them yet), 0 dead letters, 0 results"
+    )
+    unknown = {"length": 5, "groups": {"scorer": {"pending": 0, "lag": None}}, "dead_letters": 0, "results": 5}
+    assert "lag unknown" in scorer_line(unknown)
