@@ -912,6 +912,20 @@ def publish_requests(
     typer.echo(f"published {publish(connect(settings).client, requests):,} requests to {SCORE_REQUESTS}")
 
 
+@app.command("replay-requests")
+def replay_requests(
+    start_ms: Annotated[int, typer.Option("--from", min=0, help="Arrived at or after (Unix ms).")],
+    end_ms: Annotated[int, typer.Option("--to", min=0, help="Arrived at or before (Unix ms).")],
+    suffix: Annotated[str, typer.Option(help="Added to each request id (a new id gets a new result).")] = "-replay",
+) -> None:
+    """Publish again the requests of a time range, with new ids (docs/operations.md, streaming inference)."""
+    settings = _settings()
+    from infra.online_store.store import connect
+    from infra.streaming.scorer import replay_requests as replay
+
+    typer.echo(f"published {replay(connect(settings).client, start_ms, end_ms, suffix):,} requests again")
+
+
 @app.command("results")
 def results(
     last: Annotated[int, typer.Option("--last", min=1, max=100_000, help="How many of the newest results.")] = 10,

@@ -97,6 +97,25 @@ def publish_requests(client: redis.Redis, requests: Iterable[ScoreRequest]) -> i
     return published
 
 
+def replay_requests(client: redis.Redis, start_ms: int, end_ms: int, suffix: str) -> int:
+    """Publish again the requests that arrived from ``start_ms`` to ``end_ms`` (Unix ms, both
+    included), each id with ``suffix`` (a new id: the old ones keep their results); how many.
+    An id made too long by the suffix is dead-lettered as any bad id is."""
+    published = 0
+    with reachable(client):
+        last = f"{start_ms}-0"
+        while entries := client.xrange(
+            keys.SCORE_REQUESTS, last, f"{end_ms}-18446744073709551615", count=PUBLISH_CHUNK
+        ):
+            pipe = client.pipeline(transaction=False)
+            for _, fields in entries:
+                pipe.xadd(keys.SCORE_REQUESTS, {**fields, b"id": fields.get(b"id", b"") + suffix.encode()})
+            pipe.execute()
+            published += len(entries)
+            last = "(" + entries[-1][0].decode()  # exclusive: after the last one read
+    return published
+
+
 def stream_state(client: redis.Redis) -> dict:
     """The requests stream's length, each group's pending and lag, the dead letters and results."""
     with reachable(client):

@@ -31,7 +31,7 @@ from infra.online_store.store import connect_url
 from infra.scoring import predict_pairs, score_online
 from infra.streaming.http import serve_status
 from infra.streaming.requests import ScoreRequest, read_result, request_fields
-from infra.streaming.scorer import Scorer, now_ms, publish_requests, stream_state
+from infra.streaming.scorer import Scorer, now_ms, publish_requests, replay_requests, stream_state
 from infra.tfserving.protocol import CANARY, STABLE
 from railyard.configs import ScorerConfig
 from railyard.gray import label_for
@@ -467,3 +467,22 @@ def test_publish_requests_and_results_through_the_cli(store, serving, railyard_h
     assert text.startswith("cli-2: user 7 2: ") and "(v1 stable, " in text
     status = railyard("online-store", "status").stdout  # `railyard status` prints the same lines
     assert "streaming scorer: 2 requests (scorer: 0 pending, lag 0), 0 dead letters, 2 results" in status
+    again = railyard("replay-requests", "--from", "0", "--to", str(now_ms()), "--suffix", "-b")
+    assert again.stdout.strip() == "published 2 requests again", again.stderr
+    assert store.client.xlen(keys.SCORE_REQUESTS) == 4
+
+
+def test_a_replayed_time_range_is_scored_again_under_new_ids(store, serving):
+    client = store.client
+    for at, request in zip((1_000, 2_000, 3_000, 4_000), requests_of(4, prefix="old-")):
+        client.xadd(keys.SCORE_REQUESTS, request_fields(request), id=f"{at}-0")
+    scorer_of(store, serving).run(until_idle=True)
+
+    assert replay_requests(client, 2_000, 3_000, "-again") == 2  # both ends included
+    scorer_of(store, serving).run(until_idle=True)
+    results = results_by_id(client)
+    assert sorted(results) == ["old-0", "old-1", "old-1-again", "old-2", "old-2-again", "old-3"]
+    assert results["old-1-again"][0]["scores"] == results["old-1"][0]["scores"]
+    assert replay_requests(client, 2_000, 3_000, "x" * 128) == 2  # ids too long now: dead-lettered
+    scorer_of(store, serving).run(until_idle=True)
+    assert sorted(letters(client).values()) == ["bad_request_id", "bad_request_id"]
