@@ -65,6 +65,13 @@ class ScorerMetrics:
             buckets=LATENCY_BUCKETS_S,
             **common,
         )
+        self.online_store_seconds = Histogram(
+            "online_store_seconds",
+            "Online store calls per micro-batch: read_pairs (fresh features), write_results.",
+            ["operation"],
+            buckets=LATENCY_BUCKETS_S,
+            **common,
+        )
         self.results = Counter("results", "Results written, by status (ok, deadline_exceeded).", ["status"], **common)
         self.degraded = Counter(
             "degraded_results", "Results scored ids-only: the online store did not answer.", **common

@@ -248,7 +248,8 @@ class Scorer:
         users = np.repeat([request.user_id for request in requests], counts).astype(np.int64)
         movies = np.fromiter((movie for request in requests for movie in request.movie_ids), np.int64, counts.sum())
         starts = np.concatenate([[0], np.cumsum(counts)])
-        features = fresh_features(self.features, users, movies)
+        with self.metrics.online_store_seconds.labels("read_pairs").time():
+            features = fresh_features(self.features, users, movies)
         answers: list[Scores | None] = [None] * len(requests)
         for label in (STABLE, CANARY):
             picked = [place for place, routed_to in enumerate(routed) if routed_to == label]
@@ -293,7 +294,7 @@ class Scorer:
         args: list[str | int] = [keys.SCORE_DONE, self.config.result_ttl_s, self.config.results_maxlen]
         for request, fields, _ in results:
             args += [request.request_id, 2 * len(fields), *(item for pair in fields.items() for item in pair)]
-        with reachable(self.store.client):
+        with reachable(self.store.client), self.metrics.online_store_seconds.labels("write_results").time():
             written = self._write(keys=[keys.SCORE_RESULTS], args=args)
         for (_, fields, latency_ms), new in zip(results, written, strict=True):
             if not new:

@@ -212,11 +212,16 @@ def test_one_result_per_request_id_and_none_past_its_deadline(store, serving):
     assert client.xlen(keys.SCORE_RESULTS) == 3
 
 
-def test_with_the_feature_store_down_scores_are_ids_only_and_flagged_degraded(store, serving):
-    down = connect_url(f"redis://127.0.0.1:{closed_port()}/0")  # nothing listens there
+@pytest.mark.parametrize("case", ["feature store down", "no features held"])
+def test_without_fresh_features_scores_are_ids_only_and_flagged_degraded(case, store, serving):
+    features = store
+    if case == "feature store down":
+        features = connect_url(f"redis://127.0.0.1:{closed_port()}/0")  # nothing listens there
+    else:
+        store.client.delete(keys.POINTER)  # flushed features: the streams are still there
     requests = requests_of(30)
     publish_requests(store.client, requests)
-    scorer_of(store, serving, features=down).run(until_idle=True)
+    scorer_of(store, serving, features=features).run(until_idle=True)
 
     results = results_by_id(store.client)
     for request in requests:
