@@ -153,13 +153,14 @@ class Reader(threading.Thread):
                     self.seen.setdefault(fields[b"id"].decode(), now)
                     last = entry_id
 
-    def wait_for(self, count: int, timeout_s: float = 300) -> float:
-        deadline = time.monotonic() + timeout_s
-        while len(self.seen) < count:
+    def wait_for(self, requests: list[ScoreRequest], timeout_s: float = 300) -> float:
+        """When the last of the requests' results became readable."""
+        deadline, ids = time.monotonic() + timeout_s, {request.request_id for request in requests}
+        while missing := ids - self.seen.keys():
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(self.seen)} of {count} results after {timeout_s:g} s")
+                raise TimeoutError(f"{len(missing)} of {len(ids)} results missing after {timeout_s:g} s")
             time.sleep(0.005)
-        return max(self.seen.values())
+        return max(self.seen[request_id] for request_id in ids)
 
 
 def scorer_sums(port: int) -> dict[str, float]:
@@ -200,7 +201,7 @@ def throughput(client: redis.Redis, requests: list[ScoreRequest]) -> float:
     reader.start()
     started = time.perf_counter()
     publish_requests(client, requests)
-    finished = reader.wait_for(len(requests))
+    finished = reader.wait_for(requests)
     reader.stop.set()
     return len(requests) / (finished - started)
 
@@ -223,7 +224,7 @@ def latency_at(client: redis.Redis, requests: list[ScoreRequest], rate: float, s
             sent = due
         time.sleep(TICK_S)
     offered = count / (time.perf_counter() - started)
-    reader.wait_for(count)
+    reader.wait_for(requests[:count])
     reader.stop.set()
     latencies = np.array([reader.seen[rid] - at for rid, at in published.items()]) * 1000
     return {

@@ -11,7 +11,8 @@ One user of the generic consumer (``infra.online_store.consumer``): group ``scor
   late score (checked before scoring and again when its result is written).
 - **Route** each user as the ranking service does (``railyard.gray.routes``, the canary's share
   from the online store, only while a canary other than stable's version is served; both read
-  at most every ``labels_ttl_s``); a canary call that fails is answered by ``stable``.
+  again every ``labels_ttl_s`` on a thread of their own); a canary call that fails is answered
+  by ``stable``.
 - **Score** with ``infra.scoring``: fresh features for every pair in one store read, one gRPC
   Predict per label. When the online store does not answer, ids only, flagged ``degraded``.
   Results name the version TF Serving answered with (the response's ``model_spec``), so a
@@ -174,15 +175,30 @@ class Scorer:
 
     def run(self, until_idle: bool = False) -> None:
         """Score until ``stop`` is set or, with ``until_idle``, until no request is new or pending."""
-        self.consumer.start()
-        self.consumer.run(until_idle)
+        done = threading.Event()
+        self._labels.get(), self._share.get()  # the first batch routes by what is served now
+        refresher = threading.Thread(target=self._refresh_routing, args=(done,), name="scorer-routing", daemon=True)
+        refresher.start()
+        try:
+            self.consumer.start()
+            self.consumer.run(until_idle)
+        finally:
+            done.set()
+            refresher.join()
+
+    def _refresh_routing(self, done: threading.Event) -> None:
+        """Read the served labels and the canary's share again twice per TTL on a thread of its
+        own, so a batch never waits for those reads (TF Serving's REST answers slowly under load)."""
+        while True:
+            self._labels.get()
+            self._share.get()
+            if done.wait(self.config.labels_ttl_s / 2) or self.stop.is_set():
+                return
 
     def warm_up(self) -> None:
-        """Import TensorFlow (the gRPC request encoding needs it) and read the labels, so the
-        first batch does not pay for them."""
+        """Import TensorFlow (the gRPC request encoding needs it), so the first batch does not
+        pay for it."""
         import tensorflow  # noqa: F401 - seconds of import, paid before the first request
-
-        self._labels.get()
 
     def readiness(self) -> dict[str, str]:
         """What is not ready, and why (empty: ready)."""
