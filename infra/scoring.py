@@ -3,17 +3,21 @@ round trip), then one gRPC predict call with the model's ``features`` signature;
 features (the store down or empty), the ids-only ``serving_default`` signature (degraded).
 
 This is the path a ranking service takes in front of TF Serving; the smoke tests, the replay
-check, ``railyard score`` and the streaming scorer (``infra.streaming``) use it as it is.
+check, ``railyard score``, the ranking service (``infra.ranking``) and the streaming scorer
+(``infra.streaming``) use it as it is: ``predict_routed`` is how both services ask a routed label,
+with the canary's fallback to stable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable
-from infra.tfserving.client import ServingClient
+from infra.tfserving.client import ServingClient, ServingError
+from infra.tfserving.protocol import CANARY, STABLE
 from railyard import contract
 
 Features = tuple[np.ndarray, np.ndarray]  # users [n, USER_WIDTH], movies [n, MOVIE_WIDTH]
@@ -62,3 +66,35 @@ def predict_pairs(
         model, columns, label=label, version=version, signature_name=signature
     )
     return contract.scores_of(outputs), answered
+
+
+def predict_routed(
+    client: ServingClient,
+    model: str,
+    routed: str,
+    user_ids: Sequence[int],
+    movie_ids: Sequence[int],
+    features: Features | None,
+    *,
+    observe: Callable[[str, str, bool, float], None],
+    failed: Callable[[str, ServingError], None],
+) -> tuple[np.ndarray, str, int | None]:
+    """``predict_pairs`` on the ``routed`` label (``client``: a ServingClient, or anything with its
+    ``predict_grpc_versioned``, as a pool of replicas): the scores, the label and the version that
+    answered. A canary call that fails is answered by stable. ``observe`` sees each call's label,
+    signature, success and seconds; ``failed`` each failed call's label and error, before stable
+    takes the canary's place or the error is raised."""
+    signature = contract.FEATURES_SIGNATURE if features is not None else contract.SIGNATURE_NAME
+    for label in (CANARY, STABLE) if routed == CANARY else (STABLE,):
+        started = time.perf_counter()
+        try:
+            scores, version = predict_pairs(client, model, user_ids, movie_ids, features, label=label)
+        except ServingError as error:
+            observe(label, signature, False, time.perf_counter() - started)
+            failed(label, error)
+            if label == CANARY:
+                continue
+            raise
+        observe(label, signature, True, time.perf_counter() - started)
+        return scores, label, version
+    raise AssertionError("unreachable: stable either answers or raises")

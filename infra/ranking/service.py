@@ -31,9 +31,9 @@ from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreU
 from infra.ranking.live import FLUSH_S, LiveBuffer
 from infra.ranking.metrics import RankingMetrics
 from infra.ranking.replicas import ReplicaPool
+from infra.scoring import Features, predict_routed
 from infra.tfserving.client import ServingError, ServingUnavailableError
 from infra.tfserving.protocol import CANARY, STABLE
-from railyard import contract
 from railyard.errors import RailyardError
 from railyard.gray import canary_serves, routes
 from railyard.refreshed import Refreshed
@@ -155,10 +155,8 @@ class Ranker:
             rows = [row for row, label in enumerate(routes) if label == routed]
             if not rows:
                 continue
-            fresh = (features[0][rows], features[1][rows]) if features is not None else ()
-            columns = contract.feature_columns(users[rows], movies[rows], *fresh)
-            signature = contract.FEATURES_SIGNATURE if features is not None else contract.SIGNATURE_NAME
-            answered = self._ask(routed, columns, signature, records)
+            fresh = (features[0][rows], features[1][rows]) if features is not None else None
+            answered = self._ask(routed, users[rows], movies[rows], fresh, records)
             scores[rows] = answered.scores
             groups.setdefault((answered.label, answered.version), []).extend(rows)  # a fallback joins stable's
             records.append(LiveRecord(answered.label, answered.version, False, float(answered.scores.mean())))
@@ -181,35 +179,34 @@ class Ranker:
         if not len(found.movie_ids):  # no ratings yet, or the user has rated every movie rated
             return Recommended([], [], routed, self.served_labels().get(routed), 0)
         user_ids = np.full(len(found.movie_ids), user_id, np.int64)
-        columns = contract.feature_columns(user_ids, found.movie_ids, found.users, found.movies)
-        answered = self._ask(routed, columns, contract.FEATURES_SIGNATURE, records)
+        answered = self._ask(routed, user_ids, found.movie_ids, (found.users, found.movies), records)
         best = np.lexsort((found.movie_ids, -answered.scores))[:k]  # score descending, then movieId
         top_ids, top_scores = found.movie_ids[best].tolist(), answered.scores[best].tolist()
         records.append(LiveRecord(answered.label, answered.version, False, float(np.mean(top_scores))))
         return Recommended(top_ids, top_scores, answered.label, answered.version, len(found.movie_ids))
 
-    def _ask(self, routed: str, columns: dict[str, np.ndarray], signature: str, records: list[LiveRecord]) -> Answered:
-        """One predict on the routed label; a failed canary is recorded, then stable answers."""
-        for label in (CANARY, STABLE) if routed == CANARY else (STABLE,):
-            started = time.perf_counter()
-            try:
-                outputs, version = self.serving.predict_grpc_versioned(
-                    self.model, columns, label=label, signature_name=signature
-                )
-            except ServingError as error:
-                seconds = time.perf_counter() - started
-                self.metrics.tfserving_seconds.labels(label, signature, "error").observe(seconds)
-                unavailable = isinstance(error, ServingUnavailableError)
-                self.metrics.errors.labels("tfserving_unavailable" if unavailable else "tfserving_error").inc()
-                records.append(LiveRecord(label, self.served_labels().get(label), True, None))
-                if label == CANARY:
-                    self.metrics.errors.labels("canary_fallback").inc()
-                    log.warning("the canary failed (%s); answering from stable", error)
-                    continue
-                raise
-            self.metrics.tfserving_seconds.labels(label, signature, "ok").observe(time.perf_counter() - started)
-            return Answered(contract.scores_of(outputs), label, version)
-        raise AssertionError("unreachable: stable either answers or raises")
+    def _ask(
+        self, routed: str, users: np.ndarray, movies: np.ndarray, features: Features | None, records: list[LiveRecord]
+    ) -> Answered:
+        """One predict on the routed label (``infra.scoring.predict_routed``, on the next healthy
+        replica); a failed call is counted and recorded, and a failed canary's request answered
+        by stable."""
+
+        def observe(label: str, signature: str, ok: bool, seconds: float) -> None:
+            self.metrics.tfserving_seconds.labels(label, signature, "ok" if ok else "error").observe(seconds)
+
+        def failed(label: str, error: ServingError) -> None:
+            unavailable = isinstance(error, ServingUnavailableError)
+            self.metrics.errors.labels("tfserving_unavailable" if unavailable else "tfserving_error").inc()
+            records.append(LiveRecord(label, self.served_labels().get(label), True, None))
+            if label == CANARY:
+                self.metrics.errors.labels("canary_fallback").inc()
+                log.warning("the canary failed (%s); answering from stable", error)
+
+        scores, label, version = predict_routed(
+            self.serving, self.model, routed, users, movies, features, observe=observe, failed=failed
+        )
+        return Answered(scores, label, version)
 
     # -- live figures and readiness --------------------------------------------------------
 

@@ -40,12 +40,11 @@ import redis
 from infra.online_store import gray_release, keys
 from infra.online_store.consumer import Consumer, Parsed, ValkeyStreams, Work, entry_time
 from infra.online_store.store import OnlineStore, OnlineStoreUnavailable, reachable
-from infra.scoring import Features, fresh_features, predict_pairs
+from infra.scoring import Features, fresh_features, predict_routed
 from infra.streaming.metrics import ScorerMetrics
 from infra.streaming.requests import ScoreRequest, Scores, parse_request, request_fields, result_fields
 from infra.tfserving.client import ServingClient, ServingError
 from infra.tfserving.protocol import CANARY, STABLE
-from railyard import contract
 from railyard.configs import ScorerConfig
 from railyard.errors import RailyardError
 from railyard.gray import canary_serves, routes
@@ -286,23 +285,24 @@ class Scorer:
     def _ask(
         self, routed: str, users: np.ndarray, movies: np.ndarray, features: Features | None
     ) -> tuple[np.ndarray, str, int | None]:
-        """One Predict on the routed label; a failed canary call is answered by stable."""
-        signature = contract.FEATURES_SIGNATURE if features is not None else contract.SIGNATURE_NAME
-        for label in (CANARY, STABLE) if routed == CANARY else (STABLE,):
-            started = time.perf_counter()
-            try:
-                scores, version = predict_pairs(self.serving, self.model, users, movies, features, label=label)
-            except ServingError as error:
-                self.metrics.predict_seconds.labels(label, signature, "error").observe(time.perf_counter() - started)
-                if label == CANARY:
-                    log.warning("the canary failed (%s); scoring with stable", error)
-                    continue
-                if error.code == "INVALID_ARGUMENT":
-                    raise  # about the requests in hand: the consumer tries them one at a time
-                raise ServingDown(f"TF Serving cannot score now: {error}") from error
-            self.metrics.predict_seconds.labels(label, signature, "ok").observe(time.perf_counter() - started)
-            return scores, label, version
-        raise AssertionError("unreachable: stable either answers or raises")
+        """One Predict on the routed label (``infra.scoring.predict_routed``: a failed canary call
+        is answered by stable); serving that cannot answer is ``ServingDown``."""
+
+        def observe(label: str, signature: str, ok: bool, seconds: float) -> None:
+            self.metrics.predict_seconds.labels(label, signature, "ok" if ok else "error").observe(seconds)
+
+        def failed(label: str, error: ServingError) -> None:
+            if label == CANARY:
+                log.warning("the canary failed (%s); scoring with stable", error)
+
+        try:
+            return predict_routed(
+                self.serving, self.model, routed, users, movies, features, observe=observe, failed=failed
+            )
+        except ServingError as error:
+            if error.code == "INVALID_ARGUMENT":
+                raise  # about the requests in hand: the consumer tries them one at a time
+            raise ServingDown(f"TF Serving cannot score now: {error}") from error
 
     def _write_results(self, results: list[tuple[ScoreRequest, dict[str, str], float]]) -> None:
         if not results:

@@ -36,10 +36,10 @@ MAY_IMPORT_IN_INFRA = {
     "infra.docker_launcher": set(),
     "infra.dask_cluster": set(),  # the cluster a partitioned feature build runs on
     "infra.online_store": set(),  # the feature store and its event stream stand alone
-    "infra.scoring": {"infra.online_store.store", "infra.tfserving.client"},
+    "infra.scoring": {"infra.online_store.store", "infra.tfserving.client", "infra.tfserving.protocol"},
     # The ranking service: the online store (features, candidates, the gray release's share and
     # live figures) and TF Serving's client side; never the rollout or the local server.
-    "infra.ranking": {"infra.online_store", "infra.tfserving.client", "infra.tfserving.protocol"},
+    "infra.ranking": {"infra.online_store", "infra.tfserving.client", "infra.tfserving.protocol", "infra.scoring"},
     # The streaming scorer: the online store (its streams, the consumer loop, features), TF
     # Serving's client side and the one scoring path; never the rollout or the ranking service.
     "infra.streaming": {
