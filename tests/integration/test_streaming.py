@@ -37,7 +37,7 @@ from railyard.configs import ScorerConfig
 from railyard.gray import label_for
 from tests.support import REPO_ROOT
 from tests.support.online_store import movies_frame, railyard, ratings_frame
-from tests.support.serving_fixtures import MODEL_NAME, client_for, model_config
+from tests.support.serving_fixtures import MODEL_NAME, CanaryFails, client_for, model_config
 
 pytest_plugins = ["tests.support.serving_fixtures"]
 pytestmark = pytest.mark.timeout(120)
@@ -260,7 +260,10 @@ def test_serving_down_then_back_loses_nothing_and_late_requests_are_dead_lettere
     assert sorted(results) == sorted([f"before-{i}" for i in range(50)] + [f"during-{i}" for i in range(50)])
     assert all(len(found) == 1 and found[0]["status"] == "ok" for found in results.values())
     assert set(letters(client).values()) == {"serving_unavailable"}
-    assert scorer.metrics.retries.labels("serving")._value.get() >= 1
+    retries = scorer.metrics.registry.get_sample_value(
+        "railyard_scorer_dependency_retries_total", {"dependency": "serving"}
+    )
+    assert retries >= 1
 
 
 def test_a_promotion_while_the_scorer_runs_names_the_version_that_scored(store, model_root, start_server):
@@ -491,3 +494,17 @@ def test_a_replayed_time_range_is_scored_again_under_new_ids(store, serving):
     assert replay_requests(client, 2_000, 3_000, "x" * 128) == 2  # ids too long now: dead-lettered
     scorer_of(store, serving).run(until_idle=True)
     assert sorted(letters(client).values()) == ["bad_request_id", "bad_request_id"]
+
+
+def test_a_failing_canary_is_answered_by_stable(store, serving):
+    gray_release.set_canary_share(store.client, MODEL_NAME, 1.0)
+    requests = requests_of(20)
+    publish_requests(store.client, requests)
+    scorer = scorer_of(store, CanaryFails(serving))
+    scorer.run(until_idle=True)
+
+    results = results_by_id(store.client)
+    assert {(found[0]["label"], found[0]["version"]) for found in results.values()} == {(STABLE, 1)}
+    assert len(results) == 20 and nothing_pending(store.client) and not letters(store.client)
+    failed = {"label": CANARY, "signature": "features", "outcome": "error"}
+    assert scorer.metrics.registry.get_sample_value("railyard_scorer_predict_seconds_count", failed) >= 1
