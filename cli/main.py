@@ -814,7 +814,6 @@ def rank_server(
     from infra.online_store.store import connect
     from infra.ranking import create_app, serve
     from infra.rollout.deploy import resolve_target
-    from infra.tfserving.client import ServingClient
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = resolve_target(settings, start_local=False)
@@ -828,23 +827,32 @@ def rank_server(
         )
     # A failing replica must not hold a request for long: two quick tries, then the next replica.
     options = {"timeout_s": 5.0, "attempts": 2, "backoff_s": 0.05}
-
-    def local_replicas() -> list:
-        """The home's local servers where they run now (started again, they may be on other ports)."""
-        found = resolve_target(settings, start_local=False)
-        return [ServingClient(replica.grpc, replica.rest, **options) for replica in found.replicas] if found else []
-
     with target.clients(**options) as clients:
         app_ = create_app(
             connect(settings),
             clients,
             settings.model_name,
             candidates=candidates,
-            locate_replicas=None if settings.serving_replicas else local_replicas,  # a URL set is fixed
+            locate_replicas=_replica_locator(settings, options),
         )
         grpc = ", ".join(replica.grpc for replica in target.replicas)
         typer.echo(f"ranking service for {settings.model_name} on http://{host}:{port} (TF Serving gRPC {grpc})")
         serve(app_, host, port)
+
+
+def _replica_locator(settings, options: dict):
+    """Where the home's local servers run now (started again, they may be on other ports), as
+    clients with ``options``; None when RAILYARD_SERVING_* name the replicas (they are fixed)."""
+    if settings.serving_replicas:
+        return None
+    from infra.rollout.deploy import resolve_target
+    from infra.tfserving.client import ServingClient
+
+    def locate() -> list:
+        found = resolve_target(settings, start_local=False)
+        return [ServingClient(replica.grpc, replica.rest, **options) for replica in found.replicas] if found else []
+
+    return locate
 
 
 # -- streaming inference (infra/streaming) ----------------------------------------------------
@@ -868,15 +876,18 @@ def score_stream(
     from infra.rollout.deploy import resolve_target
     from infra.streaming.http import serve_status
     from infra.streaming.scorer import Scorer
+    from infra.tfserving.replicas import ReplicaPool
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = resolve_target(settings, start_local=False)
     if target is None:
         _fail("serving is not running", "start it with `railyard serve --background` (or run `railyard run`)")
     config = settings.scorer_config()
-    # One quick try per call: the scorer's own loop waits for serving with backoff, requests pending.
-    with target.client(timeout_s=config.serving_timeout_s, attempts=1) as client:
-        scorer = Scorer(connect(settings), client, settings.model_name, config, consumer_name=consumer)
+    # One quick try per call and replica: the scorer's own loop waits for serving with backoff, requests pending.
+    options = {"timeout_s": config.serving_timeout_s, "attempts": 1}
+    with target.clients(**options) as clients:
+        serving = ReplicaPool(clients, locate=_replica_locator(settings, options))
+        scorer = Scorer(connect(settings), serving, settings.model_name, config, consumer_name=consumer)
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: scorer.stop.set())  # the batch in hand is finished first
         scorer.warm_up()

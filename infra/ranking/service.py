@@ -30,10 +30,10 @@ from infra.online_store import gray_release
 from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable
 from infra.ranking.live import FLUSH_S, LiveBuffer
 from infra.ranking.metrics import RankingMetrics
-from infra.ranking.replicas import ReplicaPool
 from infra.scoring import Features, predict_routed
 from infra.tfserving.client import ServingError, ServingUnavailableError
 from infra.tfserving.protocol import CANARY, STABLE
+from infra.tfserving.replicas import ReplicaPool
 from railyard.errors import RailyardError
 from railyard.gray import canary_serves, routes
 from railyard.refreshed import Refreshed

@@ -45,6 +45,7 @@ from infra.streaming.metrics import ScorerMetrics
 from infra.streaming.requests import ScoreRequest, Scores, parse_request, request_fields, result_fields
 from infra.tfserving.client import ServingClient, ServingError
 from infra.tfserving.protocol import CANARY, STABLE
+from infra.tfserving.replicas import ReplicaPool
 from railyard.configs import ScorerConfig
 from railyard.errors import RailyardError
 from railyard.gray import canary_serves, routes
@@ -141,7 +142,7 @@ def last_results(client: redis.Redis, count: int) -> list[tuple[bytes, dict[byte
 @dataclass
 class Scorer:
     store: OnlineStore
-    serving: ServingClient
+    serving: ReplicaPool | ServingClient  # a pool balances over TF Serving's replicas
     model: str
     config: ScorerConfig
     consumer_name: str | None = None

@@ -32,6 +32,7 @@ MAY_IMPORT_IN_INFRA = {
     "infra.tfserving.model_config": {"infra.tfserving.protocol"},
     "infra.tfserving.warmup": {"infra.tfserving.protocol"},
     "infra.tfserving.client": {"infra.tfserving.protocol"},
+    "infra.tfserving.replicas": {"infra.tfserving.client", "infra.tfserving.protocol"},
     "infra.local_server": {"infra.tfserving.protocol", "infra.tfserving.model_config", "infra.tfserving.warmup"},
     "infra.docker_launcher": set(),
     "infra.dask_cluster": set(),  # the cluster a partitioned feature build runs on
@@ -39,13 +40,20 @@ MAY_IMPORT_IN_INFRA = {
     "infra.scoring": {"infra.online_store.store", "infra.tfserving.client", "infra.tfserving.protocol"},
     # The ranking service: the online store (features, candidates, the gray release's share and
     # live figures) and TF Serving's client side; never the rollout or the local server.
-    "infra.ranking": {"infra.online_store", "infra.tfserving.client", "infra.tfserving.protocol", "infra.scoring"},
+    "infra.ranking": {
+        "infra.online_store",
+        "infra.tfserving.client",
+        "infra.tfserving.protocol",
+        "infra.tfserving.replicas",
+        "infra.scoring",
+    },
     # The streaming scorer: the online store (its streams, the consumer loop, features), TF
     # Serving's client side and the one scoring path; never the rollout or the ranking service.
     "infra.streaming": {
         "infra.online_store",
         "infra.tfserving.client",
         "infra.tfserving.protocol",
+        "infra.tfserving.replicas",
         "infra.scoring",
     },
 }
