@@ -50,8 +50,9 @@ import polars as pl
 import redis
 
 from infra.online_store import keys, server
+from infra.online_store.consumer import POLL_S
 from infra.online_store.store import OnlineStore, model_inputs, namespace_commands
-from infra.online_store.stream import POLL_S, Ingester, publish
+from infra.online_store.stream import Ingester, publish
 from railyard import feature_spec as spec
 from railyard.events import RatingEvent
 from railyard.features import POSITIVE_RATING, movie_genres

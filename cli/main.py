@@ -752,7 +752,8 @@ def online_store_stop() -> None:
 
 @online_store_app.command("status")
 def online_store_status(as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False) -> None:
-    """Features held (namespace, events applied, last event), stream length, pending per group, dead letters."""
+    """Features held (namespace, events applied, last event), stream length, pending per group, dead
+    letters; the streaming scorer's requests, lag, dead letters and results."""
     state = _online_store_state(_settings())
     if as_json:
         print(json.dumps(state, sort_keys=True))
@@ -769,8 +770,11 @@ def _online_store_state(settings) -> dict:
 
     if settings.online_store_url is None and server.running(server.server_dir(settings)) is None:
         return {"running": False, "error": "not running (`railyard online-store start`)"}
+    from infra.streaming.scorer import stream_state
+
     try:
-        return {"running": True} | connect(settings).state()
+        store = connect(settings)
+        return {"running": True} | store.state() | {"scorer": stream_state(store.client)}
     except OnlineStoreUnavailable as error:
         return {"running": False, "error": str(error)}
 
@@ -780,11 +784,14 @@ def _online_store_lines(state: dict) -> list[str]:
         return [f"online store: {state['error']}"]
     last = state["last_event_ts"]
     groups = ", ".join(f"{name}: {g['pending']} pending, lag {g['lag']}" for name, g in state["groups"].items())
+    from cli.status_view import scorer_line
+
     return [
         f"online store: namespace {state['namespace'] or '(none: run `railyard ingest --rebuild`)'}, "
         f"{state['events_applied']:,} events applied, last event at {last if last is None else _utc(last)}",
         f"event stream: {state['stream_length']:,} entries ({groups or 'no consumer groups yet'}), "
         f"{state['dead_letters']:,} dead letters",
+        scorer_line(state["scorer"]),
     ]
 
 
@@ -815,7 +822,6 @@ def rank_server(
     from infra.online_store.store import connect
     from infra.ranking import create_app, serve
     from infra.rollout.deploy import resolve_target
-    from infra.tfserving.client import ServingClient
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = resolve_target(settings, start_local=False)
@@ -829,20 +835,137 @@ def rank_server(
         )
     # A failing replica must not hold a request for long: two quick tries, then the next replica.
     options = {"timeout_s": 5.0, "attempts": 2, "backoff_s": 0.05}
-
-    def local_replicas() -> list:
-        """The home's local servers where they run now (started again, they may be on other ports)."""
-        found = resolve_target(settings, start_local=False)
-        return [ServingClient(replica.grpc, replica.rest, **options) for replica in found.replicas] if found else []
-
     with target.clients(**options) as clients:
         app_ = create_app(
             connect(settings),
             clients,
             settings.model_name,
             candidates=candidates,
-            locate_replicas=None if settings.serving_replicas else local_replicas,  # a URL set is fixed
+            locate_replicas=_replica_locator(settings, options),
         )
         grpc = ", ".join(replica.grpc for replica in target.replicas)
         typer.echo(f"ranking service for {settings.model_name} on http://{host}:{port} (TF Serving gRPC {grpc})")
         serve(app_, host, port)
+
+
+def _replica_locator(settings, options: dict):
+    """Where the home's local servers run now (started again, they may be on other ports), as
+    clients with ``options``; None when RAILYARD_SERVING_* name the replicas (they are fixed)."""
+    if settings.serving_replicas:
+        return None
+    from infra.rollout.deploy import resolve_target
+    from infra.tfserving.client import ServingClient
+
+    def locate() -> list:
+        found = resolve_target(settings, start_local=False)
+        return [ServingClient(replica.grpc, replica.rest, **options) for replica in found.replicas] if found else []
+
+    return locate
+
+
+# -- streaming inference (infra/streaming) ----------------------------------------------------
+
+
+@app.command("score-stream")
+def score_stream(
+    consumer: Annotated[str | None, typer.Option(help="Consumer name in group `scorer` (default host-pid).")] = None,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Return once no request is new or pending (else run until Ctrl-C).")
+    ] = False,
+    metrics_host: Annotated[str, typer.Option(help="Address of /metrics, /healthz, /readyz.")] = "127.0.0.1",
+) -> None:
+    """Score requests from the requests stream in micro-batches through TF Serving's gRPC Predict,
+    one result per request id in the results stream (docs/operations.md, streaming inference)."""
+    settings = _settings()
+    import logging
+    import signal
+
+    from infra.online_store.store import connect
+    from infra.rollout.deploy import resolve_target
+    from infra.streaming.http import serve_status
+    from infra.streaming.scorer import Scorer
+    from infra.tfserving.replicas import ReplicaPool
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    target = resolve_target(settings, start_local=False)
+    if target is None:
+        _fail("serving is not running", "start it with `railyard serve --background` (or run `railyard run`)")
+    config = settings.scorer_config()
+    # One quick try per call and replica: the scorer's own loop waits for serving with backoff, requests pending.
+    options = {"timeout_s": config.serving_timeout_s, "attempts": 1}
+    with target.clients(**options) as clients:
+        serving = ReplicaPool(clients, locate=_replica_locator(settings, options))
+        scorer = Scorer(connect(settings), serving, settings.model_name, config, consumer_name=consumer)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: scorer.stop.set())  # the batch in hand is finished first
+        scorer.warm_up()
+        status = serve_status(scorer, metrics_host, settings.scorer_metrics_port)
+        typer.echo(
+            f"scoring {settings.model_name} from the requests stream; /metrics on "
+            f"http://{metrics_host}:{status.server_address[1]}",
+            err=True,
+        )
+        scorer.run(until_idle=until_idle)
+        status.shutdown()
+    done = scorer.consumer.entries[scorer.consumer.groups[0]]
+    typer.echo(f"requests done: {done:,}, {scorer.consumer.dead_letters:,} dead-lettered")
+
+
+@app.command("publish-requests")
+def publish_requests(
+    file: Annotated[Path, typer.Argument(help="JSON lines: id, userId, movieIds (a list), optional deadline_ms.")],
+    timeout_ms: Annotated[
+        int | None, typer.Option(min=1, help="A deadline this many ms from now for requests without one.")
+    ] = None,
+) -> None:
+    """Publish score requests to the requests stream (all or none: a malformed line refuses the file)."""
+    settings = _settings()
+    import time
+
+    from infra.online_store.keys import SCORE_REQUESTS
+    from infra.online_store.store import connect
+    from infra.streaming.requests import read_request_file
+    from infra.streaming.scorer import publish_requests as publish
+
+    requests = read_request_file(file, settings.scorer_max_movies, timeout_ms, time.time_ns() // 1_000_000)
+    typer.echo(f"published {publish(connect(settings).client, requests):,} requests to {SCORE_REQUESTS}")
+
+
+@app.command("replay-requests")
+def replay_requests(
+    start_ms: Annotated[int, typer.Option("--from", min=0, help="Arrived at or after (Unix ms).")],
+    end_ms: Annotated[int, typer.Option("--to", min=0, help="Arrived at or before (Unix ms).")],
+    suffix: Annotated[str, typer.Option(help="Added to each request id (a new id gets a new result).")] = "-replay",
+) -> None:
+    """Publish again the requests of a time range, with new ids (docs/operations.md, streaming inference)."""
+    settings = _settings()
+    from infra.online_store.store import connect
+    from infra.streaming.scorer import replay_requests as replay
+
+    typer.echo(f"published {replay(connect(settings).client, start_ms, end_ms, suffix):,} requests again")
+
+
+@app.command("results")
+def results(
+    last: Annotated[int, typer.Option("--last", min=1, max=100_000, help="How many of the newest results.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Print the newest results of the streaming scorer, oldest first."""
+    settings = _settings()
+    from infra.online_store.store import connect
+    from infra.streaming.requests import read_result
+    from infra.streaming.scorer import last_results
+
+    for _, fields in last_results(connect(settings).client, last):
+        result = read_result(fields)
+        if as_json:
+            print(json.dumps(result))
+        elif result["status"] != "ok":
+            typer.echo(f"{result['id']}: {result['status']} (user {result['userId']}, {result['latency_ms']:.1f} ms)")
+        else:
+            scores = ", ".join(f"{m}: {s:.6f}" for m, s in zip(result["movieIds"], result["scores"]))
+            flag = ", degraded" if result["degraded"] else ""
+            typer.echo(
+                f"{result['id']}: user {result['userId']} {scores} (v{result['version']} {result['label']}{flag}, "
+                f"{result['latency_ms']:.1f} ms)"
+            )

@@ -126,3 +126,17 @@ def status_lines(
     lines += [line for line in (drift_run_line(last_run),) if line]
     lines.append(serving_line(serving, down))
     return lines + [f"live: {figures.summary()}" for figures in live]
+
+
+def scorer_line(state: Mapping) -> str:
+    """The streaming scorer's requests stream: its length, each group's pending and lag (requests
+    not yet delivered), the dead letters and results (``infra.streaming.scorer.stream_state``)."""
+    groups = ", ".join(
+        f"{name}: {figures['pending']:,} pending, "
+        + ("lag unknown" if figures["lag"] is None else f"lag {figures['lag']:,}")
+        for name, figures in state["groups"].items()
+    )
+    return (
+        f"streaming scorer: {state['length']:,} requests ({groups or 'no scorer has read them yet'}), "
+        f"{state['dead_letters']:,} dead letters, {state['results']:,} results"
+    )

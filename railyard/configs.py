@@ -67,3 +67,17 @@ class DriftThresholds:
 
     def of(self, feature: str, kind: str) -> tuple[float, float]:
         return self.by_feature.get(feature, self.by_kind[kind])
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """The streaming scorer (``railyard score-stream``)."""
+
+    batch_size: int  # requests per micro-batch: a batch is flushed when it has this many
+    flush_ms: float  # or when this long passed since its first request came
+    claim_idle_s: float  # a request pending this long with a stopped scorer is claimed by another
+    result_ttl_s: int  # how long a request id's result marker is kept (a later duplicate gets no result)
+    results_maxlen: int  # the results stream is trimmed to about this many entries
+    max_movies: int  # movieIds per request
+    serving_timeout_s: float  # per Predict call
+    labels_ttl_s: float  # the served labels and the canary's share are read again at most this often

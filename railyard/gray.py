@@ -29,6 +29,18 @@ def label_for(user_id: int, canary_share: float) -> str:
     return CANARY if user_bucket(user_id) < canary_share else STABLE
 
 
+def canary_serves(labels: dict[str, int]) -> bool:
+    """Whether a canary other than stable's version is served (label -> version): after a
+    promotion both labels name one version, and every user goes to stable."""
+    return labels.get(CANARY, labels.get(STABLE)) != labels.get(STABLE)
+
+
+def routes(user_ids, canary_share: float) -> list[str]:
+    """Each user's label (the ranking service and the streaming scorer route alike); give a
+    share of 0 while ``canary_serves`` says no."""
+    return [label_for(user, canary_share) for user in user_ids]
+
+
 def latency_bucket(latency_ms: float) -> int:
     """The index of the histogram bucket a latency falls in."""
     for index, bound in enumerate(LATENCY_BUCKETS_MS):

@@ -16,7 +16,15 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from railyard.configs import BakeBudget, DriftThresholds, GateThresholds, SmokeBudget, TrainConfig, ValidationBounds
+from railyard.configs import (
+    BakeBudget,
+    DriftThresholds,
+    GateThresholds,
+    ScorerConfig,
+    SmokeBudget,
+    TrainConfig,
+    ValidationBounds,
+)
 from railyard.errors import Refused
 from railyard.locations import Location
 from railyard.runtime import DEFAULT_TF_LOG_LEVEL
@@ -111,6 +119,19 @@ class Settings(BaseSettings):
     # pending with a consumer before another consumer reclaims it (the consumer crashed).
     ingest_batch_size: int = Field(default=1_000, ge=1)
     ingest_claim_idle_s: float = Field(default=60.0, gt=0)
+    # The streaming scorer (`railyard score-stream`): micro-batches flushed at N requests or T ms,
+    # a stopped scorer's requests claimed by another after the idle time, each request id's
+    # result marker kept for the TTL (a duplicate within it gets no second result), the results
+    # stream trimmed to about a length, and its /metrics, /healthz, /readyz port (0: any free port).
+    scorer_batch_size: int = Field(default=64, ge=1, le=10_000)
+    scorer_flush_ms: float = Field(default=5.0, ge=0)
+    scorer_claim_idle_s: float = Field(default=30.0, gt=0)
+    scorer_result_ttl_s: int = Field(default=7 * 86_400, ge=1)
+    scorer_results_maxlen: int = Field(default=1_000_000, ge=1)
+    scorer_max_movies: int = Field(default=100, ge=1, le=10_000)
+    scorer_serving_timeout_s: float = Field(default=5.0, gt=0)
+    scorer_labels_ttl_s: float = Field(default=1.0, gt=0)
+    scorer_metrics_port: int = Field(default=8610, ge=0, le=65535)
     # Train/serve skew: entities sampled from the online store at each retrain, and the largest
     # share of them whose aggregates may differ from the offline ones before the run fails.
     skew_sample_size: int = Field(default=1_000, ge=1)
@@ -267,6 +288,18 @@ class Settings(BaseSettings):
             requests=self.smoke_requests,
             concurrency=self.smoke_concurrency,
             tolerance=self.smoke_tolerance,
+        )
+
+    def scorer_config(self) -> ScorerConfig:
+        return ScorerConfig(
+            batch_size=self.scorer_batch_size,
+            flush_ms=self.scorer_flush_ms,
+            claim_idle_s=self.scorer_claim_idle_s,
+            result_ttl_s=self.scorer_result_ttl_s,
+            results_maxlen=self.scorer_results_maxlen,
+            max_movies=self.scorer_max_movies,
+            serving_timeout_s=self.scorer_serving_timeout_s,
+            labels_ttl_s=self.scorer_labels_ttl_s,
         )
 
     def bake_budget(self) -> BakeBudget:

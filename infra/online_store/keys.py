@@ -36,6 +36,14 @@ The event stream and its dead letters are not versioned with the features:
     railyard:events:dead                     stream: an entry's fields + reason + entry (its id)
     railyard:events:dead:index               hash: entry id -> reason (each entry dead-lettered once)
 
+The streaming scorer's streams (``infra.streaming``), not versioned either:
+
+    railyard:scores:requests                 stream: id, userId, movieIds, deadline_ms (group `scorer`)
+    railyard:scores:requests:dead            stream: a refused request's fields + reason + detail + entry
+    railyard:scores:requests:dead:index      hash: entry id -> reason (each entry dead-lettered once)
+    railyard:scores:results                  stream: one result per request id (trimmed to a length)
+    railyard:scores:done:<request id>        string, with a TTL: the request id has its result
+
 The gray release's state, read by every ranking-service replica (``gray_release``):
 
     railyard:release:v1:<model>:canary-share        string: the share of users the canary serves
@@ -58,6 +66,13 @@ DEAD_LETTER_INDEX = DEAD_LETTERS + ":index"
 ONLINE_GROUP = "online"  # applies events to the features
 SINK_GROUP = "sink"  # appends events to the batch data set
 GROUPS = (ONLINE_GROUP, SINK_GROUP)
+
+SCORE_REQUESTS = "railyard:scores:requests"
+SCORE_DEAD_LETTERS = SCORE_REQUESTS + ":dead"
+SCORE_DEAD_LETTER_INDEX = SCORE_DEAD_LETTERS + ":index"
+SCORE_RESULTS = "railyard:scores:results"
+SCORE_DONE = "railyard:scores:done:"
+SCORER_GROUP = "scorer"
 
 LATEST_TS, LATEST_ID = "@ts", "@id"  # of an entity's latest event (no declared field starts with @)
 

@@ -36,9 +36,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable
 from infra.ranking.live import FLUSH_S
 from infra.ranking.metrics import RankingMetrics
-from infra.ranking.replicas import ReplicaPool
 from infra.ranking.service import LABELS_TTL_S, SHARE_TTL_S, LiveRecord, NoCandidates, Ranker
 from infra.tfserving.client import ServingClient, ServingError, ServingUnavailableError
+from infra.tfserving.replicas import ReplicaPool
 from railyard.contract import InvalidId, request_id
 from railyard.errors import RailyardError
 
@@ -114,7 +114,7 @@ def create_app(
     locate_replicas: Callable[[], Sequence[ServingClient]] | None = None,
 ) -> FastAPI:
     """The service over ``store`` and the TF Serving ``replicas`` (balanced, see
-    ``infra.ranking.replicas``; ``locate_replicas``: where they run now, when they may move) for
+    ``infra.tfserving.replicas``; ``locate_replicas``: where they run now, when they may move) for
     ``model``; each app keeps its own caches and metrics."""
     metrics = RankingMetrics()
     for client in replicas:

@@ -1,7 +1,7 @@
 """The ranking service's work, without HTTP: route a user to a label, read candidates and fresh
 features from the online store, ask TF Serving, fall back, and keep the live figures.
 
-- **Routing**: ``railyard.gray.label_for(userId, share)``, the share read from the online store
+- **Routing**: ``railyard.gray.routes`` (``label_for(userId, share)``), the share read from the online store
   at most every ``share_ttl_s`` (so a change reaches every replica within that), and only while
   TF Serving serves a ``canary`` label (the labels are read at most every ``labels_ttl_s``).
 - **Canary fallback**: a canary call that fails is counted against the canary (its live error
@@ -17,12 +17,10 @@ features from the online store, ask TF Serving, fall back, and keep the live fig
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
 
 import numpy as np
 import redis
@@ -32,15 +30,15 @@ from infra.online_store import gray_release
 from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable
 from infra.ranking.live import FLUSH_S, LiveBuffer
 from infra.ranking.metrics import RankingMetrics
-from infra.ranking.replicas import ReplicaPool
+from infra.scoring import Features, predict_routed
 from infra.tfserving.client import ServingError, ServingUnavailableError
 from infra.tfserving.protocol import CANARY, STABLE
-from railyard import contract
+from infra.tfserving.replicas import ReplicaPool
 from railyard.errors import RailyardError
-from railyard.gray import label_for
+from railyard.gray import canary_serves, routes
+from railyard.refreshed import Refreshed
 
 log = logging.getLogger("railyard.ranking")
-T = TypeVar("T")
 
 SHARE_TTL_S = 0.5  # a share change reaches this process within this (plus one request)
 LABELS_TTL_S = 1.0  # how long the served labels' versions are trusted
@@ -50,37 +48,6 @@ class NoCandidates(RailyardError):
     """The online store's namespace keeps no candidate data (built before the store kept it)."""
 
     next_step = "rebuild the online store (`railyard ingest --rebuild`): the new namespace keeps candidate data"
-
-
-class Refreshed(Generic[T]):
-    """A value read again at most every ``ttl_s``; while a read fails, the last good value.
-
-    One caller reads while the others go on with the last value, so a slow source (a TF Serving
-    that hangs until the client's timeout) holds up one request, not all; only the very first read
-    is waited for.
-    """
-
-    def __init__(self, read: Callable[[], T], ttl_s: float, initial: T, on_error: Callable[[Exception], None]):
-        self._read, self._ttl_s, self._value, self._on_error = read, ttl_s, initial, on_error
-        self._read_at: float | None = None
-        self._reading = threading.Lock()
-
-    def get(self) -> T:
-        if self._fresh() or not self._reading.acquire(blocking=self._read_at is None):
-            return self._value
-        try:
-            if not self._fresh():
-                self._read_at = time.monotonic()
-                try:
-                    self._value = self._read()
-                except (RailyardError, redis.RedisError, ValueError) as error:
-                    self._on_error(error)
-        finally:
-            self._reading.release()
-        return self._value
-
-    def _fresh(self) -> bool:
-        return self._read_at is not None and time.monotonic() - self._read_at < self._ttl_s
 
 
 @dataclass(frozen=True)
@@ -138,8 +105,9 @@ class Ranker:
 
     def __post_init__(self) -> None:
         self.live = LiveBuffer(self._write_live, flush_s=self.live_flush_s, on_error=self._live_not_written)
-        self._share = Refreshed(self._read_share, self.share_ttl_s, 0.0, self._error("canary_share"))
-        self._labels = Refreshed(self._read_labels, self.labels_ttl_s, {}, self._error("serving_labels"))
+        errors = (RailyardError, redis.RedisError, ValueError)
+        self._share = Refreshed(self._read_share, self.share_ttl_s, 0.0, self._error("canary_share"), errors)
+        self._labels = Refreshed(self._read_labels, self.labels_ttl_s, {}, self._error("serving_labels"), errors)
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -154,10 +122,7 @@ class Ranker:
         """Each user's label: the canary's share of users only while a canary other than stable's
         version is served (after a promotion both labels name one version)."""
         labels = self.served_labels()
-        if labels.get(CANARY, labels.get(STABLE)) == labels.get(STABLE):
-            return [STABLE] * len(user_ids)
-        share = self.canary_share()
-        return [label_for(user, share) for user in user_ids]
+        return routes(user_ids, self.canary_share() if canary_serves(labels) else 0.0)
 
     def _read_share(self) -> float:
         with timed(self.metrics.online_store_seconds, "canary_share"):
@@ -190,10 +155,8 @@ class Ranker:
             rows = [row for row, label in enumerate(routes) if label == routed]
             if not rows:
                 continue
-            fresh = (features[0][rows], features[1][rows]) if features is not None else ()
-            columns = contract.feature_columns(users[rows], movies[rows], *fresh)
-            signature = contract.FEATURES_SIGNATURE if features is not None else contract.SIGNATURE_NAME
-            answered = self._ask(routed, columns, signature, records)
+            fresh = (features[0][rows], features[1][rows]) if features is not None else None
+            answered = self._ask(routed, users[rows], movies[rows], fresh, records)
             scores[rows] = answered.scores
             groups.setdefault((answered.label, answered.version), []).extend(rows)  # a fallback joins stable's
             records.append(LiveRecord(answered.label, answered.version, False, float(answered.scores.mean())))
@@ -216,35 +179,34 @@ class Ranker:
         if not len(found.movie_ids):  # no ratings yet, or the user has rated every movie rated
             return Recommended([], [], routed, self.served_labels().get(routed), 0)
         user_ids = np.full(len(found.movie_ids), user_id, np.int64)
-        columns = contract.feature_columns(user_ids, found.movie_ids, found.users, found.movies)
-        answered = self._ask(routed, columns, contract.FEATURES_SIGNATURE, records)
+        answered = self._ask(routed, user_ids, found.movie_ids, (found.users, found.movies), records)
         best = np.lexsort((found.movie_ids, -answered.scores))[:k]  # score descending, then movieId
         top_ids, top_scores = found.movie_ids[best].tolist(), answered.scores[best].tolist()
         records.append(LiveRecord(answered.label, answered.version, False, float(np.mean(top_scores))))
         return Recommended(top_ids, top_scores, answered.label, answered.version, len(found.movie_ids))
 
-    def _ask(self, routed: str, columns: dict[str, np.ndarray], signature: str, records: list[LiveRecord]) -> Answered:
-        """One predict on the routed label; a failed canary is recorded, then stable answers."""
-        for label in (CANARY, STABLE) if routed == CANARY else (STABLE,):
-            started = time.perf_counter()
-            try:
-                outputs, version = self.serving.predict_grpc_versioned(
-                    self.model, columns, label=label, signature_name=signature
-                )
-            except ServingError as error:
-                seconds = time.perf_counter() - started
-                self.metrics.tfserving_seconds.labels(label, signature, "error").observe(seconds)
-                unavailable = isinstance(error, ServingUnavailableError)
-                self.metrics.errors.labels("tfserving_unavailable" if unavailable else "tfserving_error").inc()
-                records.append(LiveRecord(label, self.served_labels().get(label), True, None))
-                if label == CANARY:
-                    self.metrics.errors.labels("canary_fallback").inc()
-                    log.warning("the canary failed (%s); answering from stable", error)
-                    continue
-                raise
-            self.metrics.tfserving_seconds.labels(label, signature, "ok").observe(time.perf_counter() - started)
-            return Answered(contract.scores_of(outputs), label, version)
-        raise AssertionError("unreachable: stable either answers or raises")
+    def _ask(
+        self, routed: str, users: np.ndarray, movies: np.ndarray, features: Features | None, records: list[LiveRecord]
+    ) -> Answered:
+        """One predict on the routed label (``infra.scoring.predict_routed``, on the next healthy
+        replica); a failed call is counted and recorded, and a failed canary's request answered
+        by stable."""
+
+        def observe(label: str, signature: str, ok: bool, seconds: float) -> None:
+            self.metrics.tfserving_seconds.labels(label, signature, "ok" if ok else "error").observe(seconds)
+
+        def failed(label: str, error: ServingError) -> None:
+            unavailable = isinstance(error, ServingUnavailableError)
+            self.metrics.errors.labels("tfserving_unavailable" if unavailable else "tfserving_error").inc()
+            records.append(LiveRecord(label, self.served_labels().get(label), True, None))
+            if label == CANARY:
+                self.metrics.errors.labels("canary_fallback").inc()
+                log.warning("the canary failed (%s); answering from stable", error)
+
+        scores, label, version = predict_routed(
+            self.serving, self.model, routed, users, movies, features, observe=observe, failed=failed
+        )
+        return Answered(scores, label, version)
 
     # -- live figures and readiness --------------------------------------------------------
 

@@ -28,13 +28,12 @@ from infra.online_store import gray_release, keys, server
 from infra.online_store.store import connect
 from infra.ranking import create_app
 from infra.scoring import score_online
-from infra.tfserving.client import ServingError
 from railyard.contract import CANARY, STABLE
 from railyard.gray import label_for, user_bucket
 from railyard.settings import Settings, load_settings
 from tests.support.browser import computed, screenshot, wait_for_text
 from tests.support.online_store import as_events, movies_frame, railyard, ratings_frame
-from tests.support.serving_fixtures import MODEL_NAME, client_for, model_config
+from tests.support.serving_fixtures import MODEL_NAME, CanaryFails, client_for, model_config
 
 pytest_plugins = ["tests.support.serving_fixtures"]
 pytestmark = pytest.mark.timeout(120)
@@ -303,21 +302,6 @@ def test_live_figures_are_recorded_per_label_and_metrics_are_exposed(store, serv
     assert sample("railyard_ranking_online_store_seconds_count", operation="record", outcome="ok") == 1
     assert sample("railyard_ranking_canary_share") == 0.5
     assert not any(name == "railyard_ranking_errors_total" for name, _ in samples)  # no error yet
-
-
-class CanaryFails:
-    """The module's serving client, except that every call to the `canary` label fails."""
-
-    def __init__(self, inner):
-        self.inner, self.grpc_target = inner, inner.grpc_target
-
-    def label_version(self, model, label):
-        return self.inner.label_version(model, label)
-
-    def predict_grpc_versioned(self, model, columns, version=None, label=None, signature_name="serving_default"):
-        if label == CANARY:
-            raise ServingError("Predict failed: INTERNAL: the canary broke", code="INTERNAL", details="broke")
-        return self.inner.predict_grpc_versioned(model, columns, version, label, signature_name)
 
 
 def test_a_failing_canary_is_counted_against_it_and_stable_answers(store, serving):

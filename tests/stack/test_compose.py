@@ -172,6 +172,7 @@ def test_compose_file_is_valid(config):
         "valkey",
         "ingester",
         "ranker",
+        "scorer",
         "dask-scheduler",
         "dask-worker",
     }
@@ -400,6 +401,7 @@ def test_dependencies_wait_for_health_or_completion(compose):
     expected_order = {
         "worker": {"prefect-server", "mlflow", "tfserving", "tfserving-2", "minio-init", "volume-init", "valkey"},
         "ingester": {"valkey", "volume-init"},
+        "scorer": {"valkey", "tfserving", "tfserving-2"},
         "valkey": set(),
         "mlflow": {"postgres", "postgres-init", "minio-init"},
         "prefect-server": {"postgres"},
@@ -797,7 +799,9 @@ def health_server():
         yield server
 
 
-@pytest.mark.parametrize("name, port", [("prefect-server", 4200), ("mlflow", 5000), ("worker", 8080), ("ranker", 8600)])
+@pytest.mark.parametrize(
+    "name, port", [("prefect-server", 4200), ("mlflow", 5000), ("worker", 8080), ("ranker", 8600), ("scorer", 8610)]
+)
 def test_python_health_checks_need_a_200(config, health_server, name, port):
     service = config["services"][name]
     cmd, *argv = service["healthcheck"]["test"]
@@ -1093,6 +1097,36 @@ def test_ingester_runs_railyard_ingest_as_a_consumer_named_after_its_container(c
     dependencies = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     assert any(re.match(r"redis\b(?![-_])", requirement) for requirement in dependencies)
     assert "import os, redis;" in service["healthcheck"]["test"][-1]
+
+
+def test_scorer_runs_score_stream_named_after_its_container_on_the_stacks_serving(compose, config, tmp_path):
+    service = config["services"]["scorer"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_tool(bin_dir, "railyard", 'echo "$*" >> "$LOG"\n')
+    env = {**os.environ, **environment(service), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env |= {"LOG": str(tmp_path / "log"), "HOSTNAME": "3f2a9c1d0e7b"}
+    subprocess.run(service["command"], env=env, check=True, timeout=20)
+    assert (tmp_path / "log").read_text() == "score-stream --consumer 3f2a9c1d0e7b --metrics-host 0.0.0.0\n"
+    import typer
+
+    from cli.main import app
+
+    command = typer.main.get_command(app).commands["score-stream"]
+    assert {"--consumer", "--metrics-host"} <= {option for param in command.params for option in param.opts}
+    # Its settings are Railyard's, and they point at the stack's store and both serving replicas.
+    from railyard.settings import Settings
+
+    settings = Settings(**{key.removeprefix("RAILYARD_").lower(): value for key, value in environment(service).items()})
+    assert settings.scorer_metrics_port == 8610 and not service.get("ports")
+    assert settings.serving_replicas == [
+        ("tfserving:8500", "http://tfserving:8501"),
+        ("tfserving-2:8500", "http://tfserving-2:8501"),
+    ]
+    assert (
+        environment(service)["RAILYARD_ONLINE_STORE_URL"]
+        == environment(config["services"]["ingester"])["RAILYARD_ONLINE_STORE_URL"]
+    )
 
 
 # --- TF Serving's static config files -------------------------------------------------------

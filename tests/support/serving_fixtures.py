@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from infra.local_server import LocalServingServer
-from infra.tfserving.client import ServingClient
+from infra.tfserving.client import ServingClient, ServingError
 from infra.tfserving.model_config import render_model_config, write_config_atomically
-from railyard.contract import FEATURES_SIGNATURE, GOLDEN_FILE, SIGNATURE_NAME, scores_of, write_contract
+from railyard.contract import CANARY, FEATURES_SIGNATURE, GOLDEN_FILE, SIGNATURE_NAME, scores_of, write_contract
 from railyard.features import MOVIE_WIDTH, USER_WIDTH
 
 MODEL_NAME = "recmodel"
@@ -178,6 +178,21 @@ def contract_server(model_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     write_config_atomically(path, model_config(model_root, {1, 2}, {"stable": 1, "canary": 2}))
     with LocalServingServer(path, max_num_load_retries=0).start() as server:
         yield server
+
+
+class CanaryFails:
+    """A serving client (``inner``), except that every Predict on the `canary` label fails."""
+
+    def __init__(self, inner):
+        self.inner, self.grpc_target = inner, inner.grpc_target
+
+    def label_version(self, model, label):
+        return self.inner.label_version(model, label)
+
+    def predict_grpc_versioned(self, model, columns, version=None, label=None, signature_name="serving_default"):
+        if label == CANARY:
+            raise ServingError("Predict failed: INTERNAL: the canary broke", code="INTERNAL", details="broke")
+        return self.inner.predict_grpc_versioned(model, columns, version, label, signature_name)
 
 
 def client_for(server: LocalServingServer, **options) -> ServingClient:

@@ -33,14 +33,30 @@ MAY_IMPORT_IN_INFRA = {
     "infra.tfserving.model_config": {"infra.tfserving.protocol"},
     "infra.tfserving.warmup": {"infra.tfserving.protocol"},
     "infra.tfserving.client": {"infra.tfserving.protocol"},
+    "infra.tfserving.replicas": {"infra.tfserving.client", "infra.tfserving.protocol"},
     "infra.local_server": {"infra.tfserving.protocol", "infra.tfserving.model_config", "infra.tfserving.warmup"},
     "infra.docker_launcher": set(),
     "infra.dask_cluster": set(),  # the cluster a partitioned feature build runs on
     "infra.online_store": set(),  # the feature store and its event stream stand alone
-    "infra.scoring": {"infra.online_store.store", "infra.tfserving.client"},
+    "infra.scoring": {"infra.online_store.store", "infra.tfserving.client", "infra.tfserving.protocol"},
     # The ranking service: the online store (features, candidates, the gray release's share and
     # live figures) and TF Serving's client side; never the rollout or the local server.
-    "infra.ranking": {"infra.online_store", "infra.tfserving.client", "infra.tfserving.protocol"},
+    "infra.ranking": {
+        "infra.online_store",
+        "infra.tfserving.client",
+        "infra.tfserving.protocol",
+        "infra.tfserving.replicas",
+        "infra.scoring",
+    },
+    # The streaming scorer: the online store (its streams, the consumer loop, features), TF
+    # Serving's client side and the one scoring path; never the rollout or the ranking service.
+    "infra.streaming": {
+        "infra.online_store",
+        "infra.tfserving.client",
+        "infra.tfserving.protocol",
+        "infra.tfserving.replicas",
+        "infra.scoring",
+    },
 }
 
 
@@ -110,6 +126,15 @@ def test_infra_parts_keep_to_their_role(part):
         if within(target, "infra") and not within(target, part) and not any(within(target, a) for a in allowed)
     )
     assert wrong == []
+
+
+def test_only_the_cli_and_its_benchmark_import_the_scorer():
+    importers = sorted(
+        module
+        for module, targets in GRAPH.items()
+        if not within(module, "infra.streaming") and any(within(t, "infra.streaming") for t in targets)
+    )
+    assert importers == ["bench.bench_streaming", "cli.main"]
 
 
 def test_the_store_base_knows_no_backend():

@@ -4,7 +4,7 @@ reads, the others go on with the last value, so a hanging source holds up one re
 import threading
 import time
 
-from infra.ranking.service import Refreshed
+from railyard.refreshed import Refreshed
 
 
 def test_while_one_caller_reads_the_others_get_the_last_value_at_once():

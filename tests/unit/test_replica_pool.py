@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from infra.ranking.replicas import ReplicaPool
 from infra.tfserving.client import ServingError, ServingUnavailableError
+from infra.tfserving.replicas import ReplicaPool
 
 
 class Replica:

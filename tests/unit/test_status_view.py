@@ -96,3 +96,17 @@ def test_a_version_trained_on_drifted_data_and_a_run_drift_blocked_are_named():
     )
     calm = {"run_id": "r2", "name": "recmodel-v7", "tags": {"railyard.drift": "pass"}}
     assert len(status_lines([warned], {}, None, [], last_run=calm)) == 2
+
+
+def test_the_streaming_scorer_line_shows_lag_pending_and_dead_letters():
+    from cli.status_view import scorer_line
+
+    state = {"length": 1_500, "groups": {"scorer": {"pending": 20, "lag": 1_234}}, "dead_letters": 3, "results": 246}
+    assert scorer_line(state) == (
+        "streaming scorer: 1,500 requests (scorer: 20 pending, lag 1,234), 3 dead letters, 246 results"
+    )
+    assert scorer_line({"length": 0, "groups": {}, "dead_letters": 0, "results": 0}) == (
+        "streaming scorer: 0 requests (no scorer has read them yet), 0 dead letters, 0 results"
+    )
+    unknown = {"length": 5, "groups": {"scorer": {"pending": 0, "lag": None}}, "dead_letters": 0, "results": 5}
+    assert "lag unknown" in scorer_line(unknown)

@@ -1,6 +1,7 @@
-"""TF Serving replicas behind one client, for the ranking service: each call goes to the next
-healthy replica (round robin); a replica that does not answer is set aside for ``cooldown_s`` and
-the call moves on to the next, so one replica down costs one failed attempt, not every request.
+"""TF Serving replicas behind one client, for the ranking service and the streaming scorer: each
+call goes to the next healthy replica (round robin); a replica that does not answer is set aside
+for ``cooldown_s`` and the call moves on to the next, so one replica down costs one failed
+attempt, not every request.
 Set-aside replicas are still tried last, so a call fails only when no replica answers.
 
 Only "unavailable" moves a call on: any other refusal (a bad request, an unknown label) would be
@@ -26,7 +27,7 @@ from infra.tfserving.client import ServingClient, ServingUnavailableError
 from railyard.contract import SIGNATURE_NAME
 from railyard.errors import RailyardError
 
-log = logging.getLogger("railyard.ranking")
+log = logging.getLogger("railyard.replicas")
 T = TypeVar("T")
 COOLDOWN_S = 5.0
 RELOCATE_S = 1.0
