@@ -516,7 +516,7 @@ def status(
     except LockTimeoutError as busy:
         repaired = [f"not reconciled: a release is in progress ({busy})"]
     versions = [version_story(entry) for entry in registry(settings).versions()]
-    target = resolve_target(settings, start_local=False)
+    target = resolve_target(settings)
     serving: dict[str, int | None] = {}
     down = "the local server is not running (`railyard serve --background`)"
     if target is not None:
@@ -570,7 +570,7 @@ def score(
     from infra.rollout.deploy import resolve_target
     from infra.scoring import score_online
 
-    target = resolve_target(settings, start_local=False)
+    target = resolve_target(settings)
     if target is None:
         _fail("serving is not running", "start it with `railyard serve --background` (or run `railyard run`)")
     with target.client() as client:
@@ -815,7 +815,7 @@ def rank_server(
     from infra.tfserving.client import ServingClient
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    target = resolve_target(settings, start_local=False)
+    target = resolve_target(settings)
     if target is None:
         _fail("serving is not running", "start it with `railyard serve --background` (or run `railyard run`)")
     if host not in ("127.0.0.1", "::1", "localhost"):
@@ -829,7 +829,7 @@ def rank_server(
 
     def local_replicas() -> list:
         """The home's local servers where they run now (started again, they may be on other ports)."""
-        found = resolve_target(settings, start_local=False)
+        found = resolve_target(settings)
         return [ServingClient(replica.grpc, replica.rest, **options) for replica in found.replicas] if found else []
 
     with target.clients(**options) as clients:

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 
+from infra.local_server import background
 from infra.local_server.background import LocalServerError
 from infra.rollout import deploy
 from infra.tfserving import target as served
@@ -80,9 +81,10 @@ def reconcile(
     said += fail_interrupted_runs(settings, ended_run)
     said += tidy(settings)
     try:
-        target = deploy.resolve_target(settings, start_local=False)
+        target = deploy.resolve_target(settings)
         if target is None and start_serving and served.serving_labels_on_file(settings):
             said.append("the local serving process was not running: started it again")
+            background.start_for(settings)
             target = deploy.resolve_target(settings)
         if target is not None:
             said += repair_serving(settings, target, stages.production_version(), in_review)
