@@ -130,6 +130,18 @@ class Settings(BaseSettings):
     # `railyard worker` stopped (SIGTERM, Ctrl-C): how long its runs may take to conclude their
     # releases as interrupted before whatever still runs is killed.
     worker_stop_grace_s: float = Field(default=30.0, gt=0)
+    # `railyard up` (every service of the product on this machine, supervised): the restart backoff
+    # of a service that died (doubling from base to cap), the grace a stopping service gets before
+    # SIGKILL, and how long a service may take to become healthy when the platform starts.
+    platform_restart_base_s: float = Field(default=1.0, gt=0)
+    platform_restart_cap_s: float = Field(default=30.0, gt=0)
+    platform_stop_grace_s: float = Field(default=15.0, gt=0)
+    platform_start_timeout_s: float = Field(default=300.0, gt=0)
+    # Ports: the tools' usual ones (Prefect 4200, MLflow 5000, TF Serving 8501/8500, 6399, 8600)
+    # while free, else free ones; false: free ones only. Either way the home records them.
+    platform_usual_ports: bool = True
+    # Prefect's and MLflow's databases under `railyard up`: the embedded PostgreSQL, or SQLite files.
+    platform_database: Literal["postgresql", "sqlite"] = "postgresql"
     # Housekeeping: per-run scratch folders (runs/, reports/) kept, newest first.
     keep_run_dirs: int = Field(default=10, ge=1)
     # TensorFlow's C++ log lines in every Railyard process (TF_CPP_MIN_LOG_LEVEL, inherited by the

@@ -95,13 +95,15 @@ def wait_started(
     return value
 
 
-def stop_process(pid: int, alive: Callable[[], bool], grace_s: float, *, group: bool = False) -> None:
-    """SIGTERM to ``pid`` (with ``group``, to its whole process group: a service and what it
+def stop_process(
+    pid: int, alive: Callable[[], bool], grace_s: float, *, group: bool = False, signum: int = signal.SIGTERM
+) -> None:
+    """``signum`` to ``pid`` (with ``group``, to its whole process group: a service and what it
     started), then SIGKILL once ``grace_s`` passed while ``alive()`` still holds. Call it only for
     a process known to be the recorded one (its identity checked)."""
     send = os.killpg if group else os.kill
     try:
-        send(pid, signal.SIGTERM)
+        send(pid, signum)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace_s

@@ -1,0 +1,178 @@
+"""`railyard up` / `ps` / `down` on a fresh home, real processes all the way: the embedded
+PostgreSQL from its wheel under Prefect's server (UI included) and MLflow's, the deployments, a
+worker, the local serving process, the online store, the ingester and the ranking service. One
+platform for the whole module (it is the slow part): up, up again, a kill -9 of PostgreSQL
+restarted and counted, down leaving no process (checked by pid)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from infra.platform import postgres
+from railyard.processes import descendants, identity, process_alive
+from tests.support import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+SERVICES = [
+    "postgres",
+    "databases",
+    "serving",
+    "online-store",
+    "prefect",
+    "mlflow",
+    "deployments",
+    "worker",
+    "ingester",
+    "ranker",
+]
+
+
+@pytest.fixture(scope="module")
+def platform():
+    # Not under pytest's temporary folder: another pytest session on the machine makes its root
+    # owner-only again, and PostgreSQL runs as another user when this is root (it must reach its data).
+    scratch = Path(tempfile.mkdtemp(prefix="railyard-up-"))
+    home = scratch / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAILYARD_", "PREFECT_API_URL"))}
+    env |= {
+        "RAILYARD_HOME": str(home),
+        "RAILYARD_PLATFORM_USUAL_PORTS": "false",
+        "RAILYARD_PLATFORM_RESTART_BASE_S": "0.5",
+    }
+
+    def railyard(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "cli", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+        )
+
+    started = railyard("up", "--json")
+    try:
+        assert started.returncode == 0, started.stderr
+        yield home, railyard, {row["name"]: row for row in json.loads(started.stdout)}
+    finally:
+        railyard("down")
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def get(url: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return answer.status, answer.read()
+
+
+def status(url: str) -> int | None:
+    try:
+        return get(url)[0]
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+def test_up_runs_every_service_on_loopback_on_postgresql_then_down_leaves_no_process(platform):
+    home, railyard, rows = platform
+    assert list(rows) == SERVICES
+    assert {name: row["health"] for name, row in rows.items()} == {
+        name: "done" if name in ("databases", "deployments") else "healthy" for name in SERVICES
+    }
+    ports = [row["port"] for row in rows.values() if row["port"]]
+    assert len(set(ports)) == len(ports) == 6  # and the serving gRPC port, in ports.json
+    assert json.loads((home / "platform" / "ports.json").read_text())["prefect"] == rows["prefect"]["port"]
+
+    # Prefect: its UI calls this server's API; the deployments are registered; its data is in PostgreSQL.
+    prefect = rows["prefect"]["url"]
+    assert json.loads(get(f"{prefect}/ui-settings")[1])["api_url"] == f"{prefect}/api"
+    assert get(f"{prefect}/api/deployments/name/retrain/daily")[0] == 200
+    assert get(rows["mlflow"]["url"] + "/health")[0] == 200
+    pg = home / "postgres"
+    assert (pg / "password").stat().st_mode & 0o077 == 0
+    for database, table in (("prefect", "flow_run"), ("mlflow", "experiments")):
+        with psycopg2.connect(postgres.url(pg, rows["postgres"]["port"], database)) as connection:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT to_regclass(%s)", (table,))
+                assert cursor.fetchone()[0] == table
+
+    again = railyard("up")
+    assert again.returncode == 0 and again.stdout.startswith("the platform was already up:"), again.stdout
+
+    # kill -9 of PostgreSQL: restarted, counted, shown; Prefect answers from it again.
+    os.kill(rows["postgres"]["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while True:
+        now = {row["name"]: row for row in json.loads(railyard("ps", "--json").stdout)}
+        if now["postgres"]["restarts"] == 1 and now["postgres"]["health"] == "healthy":
+            break
+        assert time.monotonic() < deadline, now["postgres"]
+        time.sleep(0.5)
+    assert now["postgres"]["pid"] != rows["postgres"]["pid"]
+    assert (
+        f"postgres (pid {rows['postgres']['pid']}) exited with code -9"
+        in (home / "platform" / "supervisor.log").read_text()
+    )
+    deadline = time.monotonic() + 60
+    while status(f"{prefect}/api/ready") != 200:  # it reconnects to the restarted database
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    shown = next(line.split() for line in railyard("ps").stdout.splitlines() if line.startswith("postgres "))
+    assert shown[1:6] == [str(now["postgres"]["pid"]), str(now["postgres"]["port"]), "healthy", shown[4], "1"]
+
+    supervisor = json.loads((home / "platform" / "supervisor.json").read_text())
+    everything = [identity(supervisor["pid"])] + descendants(supervisor["pid"])
+    everything += [process for row in now.values() if row["pid"] for process in descendants(row["pid"])]
+    stopped = railyard("down")
+    assert stopped.returncode == 0, stopped.stderr
+    assert [process for process in everything if process_alive(process)] == []
+    assert railyard("ps").stdout.strip() == "the platform is not up (`railyard up`)"
+
+
+def test_a_postgresql_that_does_not_start_is_reported_from_its_log_and_nothing_is_left():
+    scratch = Path(tempfile.mkdtemp(prefix="railyard-up-"))
+    home = scratch / "home"
+    try:
+        postgres.prepare(home / "postgres")
+        with open(home / "postgres" / "data" / "postgresql.conf", "a") as conf:
+            conf.write("shared_buffers = plenty\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAILYARD_", "PREFECT_API_URL"))}
+        env |= {"RAILYARD_HOME": str(home), "RAILYARD_PLATFORM_USUAL_PORTS": "false"}
+        done = subprocess.run(
+            [sys.executable, "-m", "cli", "up"], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+        )
+        assert done.returncode == 1
+        assert done.stderr.startswith("error: postgres did not start (exited with code 1): "), done.stderr
+        assert 'invalid value for parameter "shared_buffers": "plenty"' in done.stderr
+        assert json.loads(
+            subprocess.run(
+                [sys.executable, "-m", "cli", "ps", "--json"], env=env, cwd=REPO_ROOT, capture_output=True, text=True
+            ).stdout
+        ) == [
+            {
+                "name": "postgres",
+                "pid": None,
+                "port": ANY_PORT,
+                "health": "unhealthy",
+                "uptime_s": None,
+                "restarts": 0,
+                "status": "failed",
+                "url": None,
+            }
+        ]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+class _AnyPort:
+    def __eq__(self, other) -> bool:
+        return isinstance(other, int) and 0 < other < 65536
+
+
+ANY_PORT = _AnyPort()
