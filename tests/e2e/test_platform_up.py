@@ -79,6 +79,119 @@ def status(url: str) -> int | None:
         return None
 
 
+REVIEW_KEYS = {"schema": "review-schema", "response": "review-response", "description": "review-description"}
+REVIEW_SCHEMA = {
+    "type": "object",
+    "properties": {"approve": {"type": "boolean"}, "reviewer": {"type": "string"}},
+    "required": ["approve", "reviewer"],
+}
+
+
+def call(method: str, url: str, body=None):
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        return json.loads(answer.read() or b"null")
+
+
+def setup_call(method: str, url: str, body=None):
+    """A call of the test's set-up, one at a time: retried while a locked SQLite answers 503."""
+    for _ in range(20):
+        try:
+            return call(method, url, body)
+        except urllib.error.HTTPError as error:
+            if error.code != 503:
+                raise
+        time.sleep(0.5)
+    return call(method, url, body)
+
+
+def concurrent_resumes_and_creations(api: str, count: int = 50) -> dict[str, list]:
+    """``count`` review answers (resumes of suspended runs, with their input) and ``count`` new flow
+    runs, all sent at once; what was lost: failed calls, runs not resumed, answers not stored,
+    runs not created."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    flow = setup_call("POST", f"{api}/flows/", {"name": "lost-writes"})["id"]
+    # A suspended run is a deployment's (Prefect reschedules it from there when it is resumed).
+    deployment = setup_call("POST", f"{api}/deployments/", {"name": "lost-writes", "flow_id": flow})["id"]
+    suspended = {
+        "type": "PAUSED",
+        "name": "Suspended",
+        "state_details": {"pause_reschedule": True, "pause_key": "review", "run_input_keyset": REVIEW_KEYS},
+    }
+    waiting = []
+    for index in range(count):
+        run = setup_call(
+            "POST",
+            f"{api}/flow_runs/",
+            {"flow_id": flow, "deployment_id": deployment, "name": f"review-{index}", "state": suspended},
+        )
+        setup_call(
+            "POST",
+            f"{api}/flow_runs/{run['id']}/input",
+            {"key": REVIEW_KEYS["schema"], "value": json.dumps(REVIEW_SCHEMA)},
+        )
+        waiting.append(run["id"])
+
+    def resume(index: int):
+        answer = {"approve": True, "reviewer": f"reviewer-{index}"}
+        return call("POST", f"{api}/flow_runs/{waiting[index]}/resume", {"run_input": answer})["status"]
+
+    def create(index: int):
+        return call("POST", f"{api}/flow_runs/", {"flow_id": flow, "name": f"created-{index}"})["id"]
+
+    lost: dict[str, list] = {"calls": [], "not_resumed": [], "answers": [], "not_created": []}
+    with ThreadPoolExecutor(max_workers=2 * count) as pool:
+        futures = [("resume", i, pool.submit(resume, i)) for i in range(count)]
+        futures += [("create", i, pool.submit(create, i)) for i in range(count)]
+        for kind, index, future in futures:
+            try:
+                outcome = future.result()
+            except OSError as error:  # an HTTP error included
+                lost["calls"].append(f"{kind} {index}: {error}")
+                continue
+            if kind == "resume" and outcome != "ACCEPT":
+                lost["calls"].append(f"resume {index}: {outcome}")
+    for index, run_id in enumerate(waiting):
+        if setup_call("GET", f"{api}/flow_runs/{run_id}")["state"]["type"] != "SCHEDULED":
+            lost["not_resumed"].append(index)
+        try:
+            stored = setup_call("GET", f"{api}/flow_runs/{run_id}/input/{REVIEW_KEYS['response']}")
+        except urllib.error.HTTPError:
+            stored = None
+        if stored != {"approve": True, "reviewer": f"reviewer-{index}"}:
+            lost["answers"].append(index)
+    names = {
+        run["name"]
+        for run in setup_call("POST", f"{api}/flow_runs/filter", {"flows": {"id": {"any_": [flow]}}, "limit": 200})
+    }
+    lost["not_created"] = [index for index in range(count) if f"created-{index}" not in names]
+    return lost
+
+
+def test_fifty_concurrent_review_answers_and_run_creations_lose_nothing_on_postgresql(platform):
+    _, _, rows = platform
+    assert concurrent_resumes_and_creations(rows["prefect"]["url"] + "/api") == {
+        "calls": [],
+        "not_resumed": [],
+        "answers": [],
+        "not_created": [],
+    }
+
+
+def test_the_same_against_prefects_sqlite_database_loses_writes(prefect_server):
+    """Why PostgreSQL: the session's Prefect server on SQLite answers most of the same calls with
+    503 ("database is locked" in its log): review answers and new runs that never happened."""
+    lost = concurrent_resumes_and_creations(prefect_server)
+    assert lost["calls"] and all("503" in call for call in lost["calls"])
+    assert lost["not_resumed"] and lost["not_created"]
+
+
 def test_up_runs_every_service_on_loopback_on_postgresql_then_down_leaves_no_process(platform):
     home, railyard, rows = platform
     assert list(rows) == SERVICES
