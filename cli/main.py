@@ -529,6 +529,9 @@ def status(
             down = f"the local server is not running and cannot start: {error}"
     online = _online_store_state(settings)
     live = live_figures(settings, distinct_labels(serving)) if online["running"] else []
+    from cli import platform_up
+
+    platform = platform_up.ps(settings)
     if as_json:
         print(
             json.dumps(
@@ -540,6 +543,7 @@ def status(
                     "live": [asdict(figures) | {"error_rate": figures.error_rate} for figures in live],
                     "repaired": repaired,
                     "serving_down": None if target is not None else down,
+                    "platform": platform,
                 },
                 sort_keys=True,
             )
@@ -549,6 +553,8 @@ def status(
         typer.echo(line)
     for line in _online_store_lines(online):
         typer.echo(line)
+    if platform:
+        typer.echo(platform_up.summary(platform))
 
 
 @app.command("score")

@@ -17,7 +17,7 @@ import infra.platform.service as service
 from infra.platform import postgres, supervisor
 from railyard.errors import PortTaken, RailyardError, Refused
 from railyard.processes import describe, holder_of, port_free, process_alive
-from railyard.settings import Settings
+from railyard.settings import TRACKING_FILE, Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PORTS_FILE = "ports.json"
@@ -129,7 +129,15 @@ def services(settings: Settings, ports: dict[str, int]) -> list[dict]:
             {
                 "name": "databases",
                 "stage": 1,
-                "command": [python, "-m", "infra.platform.postgres", str(pg), str(ports["postgres"])],
+                # Also moves a home's MLflow SQLite database (from before `railyard up`) in, once.
+                "command": [
+                    python,
+                    "-m",
+                    "infra.platform.postgres",
+                    str(pg),
+                    str(ports["postgres"]),
+                    str(home / "mlflow.db"),
+                ],
                 "cwd": str(REPO_ROOT),
                 "once": True,
             },
@@ -251,6 +259,9 @@ def up(settings: Settings) -> tuple[bool, list[dict]]:
     service.write_state(where / PORTS_FILE, ports)
     if settings.platform_database == "postgresql":
         postgres.prepare(settings.home / "postgres")
+    if settings.platform_database == "postgresql" and settings.mlflow_tracking_uri is None:
+        # From now on this home's MLflow is the platform's (its SQLite file is migrated into it).
+        service.write_state(settings.home / TRACKING_FILE, {"uri": f"http://127.0.0.1:{ports['mlflow']}"})
     spec = {
         "folder": str(where),
         "restart_base_s": settings.platform_restart_base_s,
@@ -350,6 +361,16 @@ def _stage_order(settings: Settings):
     spec = service.read_state(folder(settings) / SPEC_FILE) or {"services": []}
     order = {entry["name"]: index for index, entry in enumerate(spec["services"])}
     return lambda path: order.get(path.stem, len(order))
+
+
+def summary(rows: list[dict]) -> str:
+    """One line for `railyard status`: the platform's health, and the services that restarted."""
+    unhealthy = [row["name"] for row in rows if row["health"] not in ("healthy", "done")]
+    restarted = [f"{row['name']} {row['restarts']}" for row in rows if row["restarts"]]
+    return (
+        f"platform: {len(rows)} services, {'unhealthy: ' + ', '.join(unhealthy) if unhealthy else 'all healthy'}; "
+        f"restarts: {', '.join(restarted) or 'none'} (`railyard ps`)"
+    )
 
 
 def table(rows: list[dict]) -> list[str]:

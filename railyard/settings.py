@@ -7,6 +7,7 @@ serving model root, data cache, reports.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from functools import cached_property
@@ -20,6 +21,9 @@ from railyard.configs import BakeBudget, GateThresholds, SmokeBudget, TrainConfi
 from railyard.errors import Refused
 from railyard.locations import Location
 from railyard.runtime import DEFAULT_TF_LOG_LEVEL
+
+# Written by `railyard up` on PostgreSQL: the home's MLflow is the platform's server from then on.
+TRACKING_FILE = "platform/tracking.json"
 
 # Model names become path components and S3 key prefixes: keep them to a safe alphabet.
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -257,7 +261,14 @@ class Settings(BaseSettings):
 
     @cached_property
     def resolved_tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+        """RAILYARD_MLFLOW_TRACKING_URI; else the MLflow server of this home's platform once
+        `railyard up` moved the home's MLflow onto PostgreSQL (TRACKING_FILE); else SQLite."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        try:
+            return json.loads((self.home / TRACKING_FILE).read_text())["uri"]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return f"sqlite:///{self.home / 'mlflow.db'}"
 
     @cached_property
     def mlflow_artifacts_dir(self) -> Path:

@@ -156,6 +156,67 @@ def create_databases(folder: Path, port: int) -> list[str]:
     return created
 
 
+MIGRATED_SUFFIX = ".migrated-to-postgresql"  # what a home's SQLite MLflow database is renamed to
+
+
+def migrate_mlflow(sqlite_path: Path, target_url: str) -> dict[str, int]:
+    """Move an MLflow SQLite database (a home from before ``railyard up``) into the empty MLflow
+    database at ``target_url``, once: both brought to MLflow's latest schema by MLflow's own
+    migrations, every row copied in dependency order (booleans SQLite kept as integers made
+    booleans again, id sequences moved past the copied ids; the rows MLflow seeds a new database
+    with are replaced by the source's), then the SQLite file renamed
+    (``MIGRATED_SUFFIX``) so that it is neither migrated again nor used by mistake. Rows copied
+    per table."""
+    import sqlalchemy as sa
+    from mlflow.store.db.utils import _initialize_tables, _upgrade_db
+
+    source = sa.create_engine(f"sqlite:///{sqlite_path}")
+    target = sa.create_engine(target_url)
+    try:
+        _upgrade_db(source)
+        if sa.inspect(target).get_table_names():
+            raise PostgresError(
+                f"MLflow's PostgreSQL database already holds tables: {sqlite_path} was not migrated into it; "
+                f"move that file aside to start from PostgreSQL's data, or empty the database"
+            )
+        _initialize_tables(target)
+        tables = sa.MetaData()
+        tables.reflect(target)
+        copied = {}
+        with source.connect() as reading, target.begin() as writing:
+            for table in reversed(tables.sorted_tables):  # the rows MLflow seeds a new database with
+                if table.name != "alembic_version":
+                    writing.execute(table.delete())
+            for table in tables.sorted_tables:
+                if table.name == "alembic_version":
+                    continue
+                booleans = {column.name for column in table.columns if isinstance(column.type, sa.Boolean)}
+                rows = [
+                    {key: bool(value) if key in booleans and value is not None else value for key, value in row.items()}
+                    for row in reading.execute(sa.text(f'SELECT * FROM "{table.name}"')).mappings()
+                ]
+                if rows:
+                    writing.execute(table.insert(), rows)
+                copied[table.name] = len(rows)
+                for column in table.primary_key.columns:
+                    if isinstance(column.type, sa.Integer):  # a column without a sequence: setval(NULL) does nothing
+                        writing.execute(
+                            sa.text(
+                                f"SELECT setval(pg_get_serial_sequence('\"{table.name}\"', '{column.name}'), "
+                                f'COALESCE((SELECT MAX("{column.name}") FROM "{table.name}"), 0) + 1, false)'
+                            )
+                        )
+    finally:
+        source.dispose()
+        target.dispose()
+    sqlite_path.rename(sqlite_path.with_name(sqlite_path.name + MIGRATED_SUFFIX))
+    return copied
+
+
 if __name__ == "__main__":  # the supervisor's one-shot step after the server is up
-    made = create_databases(Path(sys.argv[1]), int(sys.argv[2]))
+    folder, port = Path(sys.argv[1]), int(sys.argv[2])
+    made = create_databases(folder, port)
     print(f"databases created: {', '.join(made) or 'none (all there)'}", flush=True)
+    if len(sys.argv) > 3 and Path(sys.argv[3]).exists():
+        counts = migrate_mlflow(Path(sys.argv[3]), url(folder, port, "mlflow"))
+        print(f"MLflow's {sys.argv[3]} migrated: {sum(counts.values())} rows ({counts})", flush=True)

@@ -239,6 +239,10 @@ def test_up_runs_every_service_on_loopback_on_postgresql_then_down_leaves_no_pro
     shown = next(line.split() for line in railyard("ps").stdout.splitlines() if line.startswith("postgres "))
     assert shown[1:6] == [str(now["postgres"]["pid"]), str(now["postgres"]["port"]), "healthy", shown[4], "1"]
 
+    said = railyard("status")  # on the platform's MLflow (the home's tracking moved there)
+    assert said.returncode == 0, said.stderr
+    assert said.stdout.splitlines()[-1] == "platform: 10 services, all healthy; restarts: postgres 1 (`railyard ps`)"
+
     supervisor = json.loads((home / "platform" / "supervisor.json").read_text())
     everything = [identity(supervisor["pid"])] + descendants(supervisor["pid"])
     everything += [process for row in now.values() if row["pid"] for process in descendants(row["pid"])]
