@@ -248,6 +248,7 @@ def up(settings: Settings) -> tuple[bool, list[dict]]:
         return False, ps(settings)
     where = folder(settings)
     check_writable(settings)
+    _refuse_servers_started_alone(settings)
     leftovers = _live_services(settings)
     if leftovers:
         raise PlatformError(
@@ -286,6 +287,23 @@ def up(settings: Settings) -> tuple[bool, list[dict]]:
         if child.poll() is not None:
             raise PlatformError(_why_not_up(settings, log_path, offset))
         time.sleep(0.5)
+
+
+def _refuse_servers_started_alone(settings: Settings) -> None:
+    """The home's local server or online store started on their own (`railyard serve
+    --background`, `online-store start`, a run) would be started a second time on the same data."""
+    from infra.local_server import background
+    from infra.online_store import server as online_server
+
+    alone = {
+        "the local serving process": ("railyard serve --stop", background.running(settings.local_serving_dir)),
+        "the online store": ("railyard online-store stop", online_server.running(online_server.server_dir(settings))),
+    }
+    running = {name: stop for name, (stop, state) in alone.items() if state is not None}
+    if running:
+        error = Refused(f"already running outside the platform in this home: {', '.join(running)}; nothing was started")
+        error.next_step = f"stop them (`{'`, `'.join(running.values())}`), then `railyard up` runs them supervised"
+        raise error
 
 
 def _why_not_up(settings: Settings, log_path: Path, offset: int) -> str:

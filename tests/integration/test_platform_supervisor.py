@@ -170,3 +170,20 @@ def test_up_in_a_home_that_cannot_be_written_is_refused(tmp_path):
     done = subprocess.run([sys.executable, "-m", "cli", "up"], env=env, cwd=REPO_ROOT, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.startswith(f"error: the home {tmp_path / 'file' / 'home'} is not writable: ")
+
+
+def test_up_refuses_a_home_whose_online_store_was_started_alone(tmp_path):
+    from infra.online_store import server
+    from railyard.errors import Refused
+
+    settings = Settings(home=tmp_path, local_online_store_port=0)
+    server.ensure_running(settings)
+    try:
+        with pytest.raises(
+            Refused, match="^already running outside the platform in this home: the online store; nothing was started$"
+        ) as refused:
+            platform_up.up(settings)
+        assert refused.value.next_step.startswith("stop them (`railyard online-store stop`)")
+        assert platform_up.supervisor_state(settings) is None
+    finally:
+        server.stop(settings)
