@@ -22,6 +22,7 @@ import pytest
 from infra.platform import postgres
 from railyard.processes import descendants, identity, process_alive
 from tests.support import REPO_ROOT
+from tests.support.browser import screenshot, wait_for_text
 
 pytestmark = pytest.mark.slow
 SERVICES = [
@@ -190,6 +191,16 @@ def test_the_same_against_prefects_sqlite_database_loses_writes(prefect_server):
     lost = concurrent_resumes_and_creations(prefect_server)
     assert lost["calls"] and all("503" in call for call in lost["calls"])
     assert lost["not_resumed"] and lost["not_created"]
+
+
+def test_the_uis_load_at_the_urls_up_printed_and_prefects_shows_the_deployments(platform, offline_browser):
+    _, _, rows = platform
+    offline_browser.get(rows["prefect"]["url"] + "/deployments")
+    wait_for_text(offline_browser, "daily")  # the UI called this server's API (not port 4200's)
+    screenshot(offline_browser, "platform-prefect-deployments")
+    offline_browser.get(rows["mlflow"]["url"] + "/")
+    wait_for_text(offline_browser, "Default")  # the experiment every MLflow database starts with
+    screenshot(offline_browser, "platform-mlflow")
 
 
 def test_up_runs_every_service_on_loopback_on_postgresql_then_down_leaves_no_process(platform):
