@@ -176,6 +176,9 @@ def _settings(*, store: bool = False):
     from railyard.settings import load_settings
 
     settings = load_settings()
+    if "PREFECT_API_URL" not in os.environ and settings.platform_prefect_api_url:
+        # The home's runs live in its platform's Prefect (`railyard up`), not a temporary one.
+        os.environ["PREFECT_API_URL"] = settings.platform_prefect_api_url
     if store:
         from model_registry import open_store
 

@@ -9,6 +9,7 @@ service) and then whatever a killed supervisor left, each by its recorded pid.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -103,7 +104,9 @@ def services(settings: Settings, ports: dict[str, int]) -> list[dict]:
     # Every Railyard process of the platform: this home, these ports, these servers.
     railyard_env = {
         "RAILYARD_HOME": str(home),
-        "RAILYARD_MLFLOW_TRACKING_URI": mlflow_url,
+        # Straight to MLflow's database, as with SQLite: MLflow's server refuses a model version
+        # whose source is a local path outside the run's artifacts (the local model store's).
+        "RAILYARD_MLFLOW_TRACKING_URI": mlflow_db,
         "RAILYARD_LOCAL_SERVING_REST_PORT": str(ports["serving-rest"]),
         "RAILYARD_LOCAL_SERVING_GRPC_PORT": str(ports["serving-grpc"]),
         "RAILYARD_LOCAL_ONLINE_STORE_PORT": str(ports["online-store"]),
@@ -260,9 +263,12 @@ def up(settings: Settings) -> tuple[bool, list[dict]]:
     service.write_state(where / PORTS_FILE, ports)
     if settings.platform_database == "postgresql":
         postgres.prepare(settings.home / "postgres")
+    # From now on this home's Prefect is the platform's server, and its MLflow the platform's
+    # database (its SQLite file is migrated into it); the URL holds the password: owner-only.
+    tracking = {"prefect_api_url": f"http://127.0.0.1:{ports['prefect']}/api"}
     if settings.platform_database == "postgresql" and settings.mlflow_tracking_uri is None:
-        # From now on this home's MLflow is the platform's (its SQLite file is migrated into it).
-        service.write_state(settings.home / TRACKING_FILE, {"uri": f"http://127.0.0.1:{ports['mlflow']}"})
+        tracking["uri"] = postgres.url(settings.home / "postgres", ports["postgres"], "mlflow")
+    _write_owner_only(settings.home / TRACKING_FILE, json.dumps(tracking))
     spec = {
         "folder": str(where),
         "restart_base_s": settings.platform_restart_base_s,
@@ -274,8 +280,7 @@ def up(settings: Settings) -> tuple[bool, list[dict]]:
     for stale in (where / supervisor.SERVICES).glob("*.json"):
         stale.unlink()
     spec_path = where / SPEC_FILE
-    spec_path.touch(mode=0o600)  # it holds the database URLs and their password
-    spec_path.write_text(json.dumps(spec, indent=1))
+    _write_owner_only(spec_path, json.dumps(spec, indent=1))  # it holds the database URLs and their password
     log_path = where / SUPERVISOR_LOG
     child, offset = service.start_detached(
         [sys.executable, "-m", "infra.platform.supervisor", str(spec_path)], log_path, cwd=REPO_ROOT
@@ -304,6 +309,15 @@ def _refuse_servers_started_alone(settings: Settings) -> None:
         error = Refused(f"already running outside the platform in this home: {', '.join(running)}; nothing was started")
         error.next_step = f"stop them (`{'`, `'.join(running.values())}`), then `railyard up` runs them supervised"
         raise error
+
+
+def _write_owner_only(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(f".{path.name}.tmp")
+    scratch.unlink(missing_ok=True)
+    with os.fdopen(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+        out.write(text)
+    os.replace(scratch, path)
 
 
 def _why_not_up(settings: Settings, log_path: Path, offset: int) -> str:

@@ -22,7 +22,8 @@ from railyard.errors import Refused
 from railyard.locations import Location
 from railyard.runtime import DEFAULT_TF_LOG_LEVEL
 
-# Written by `railyard up` on PostgreSQL: the home's MLflow is the platform's server from then on.
+# Written by `railyard up` (owner-only: the MLflow URL holds a password): the home's Prefect server,
+# and on PostgreSQL its MLflow database, are the platform's from then on.
 TRACKING_FILE = "platform/tracking.json"
 
 # Model names become path components and S3 key prefixes: keep them to a safe alphabet.
@@ -261,14 +262,25 @@ class Settings(BaseSettings):
 
     @cached_property
     def resolved_tracking_uri(self) -> str:
-        """RAILYARD_MLFLOW_TRACKING_URI; else the MLflow server of this home's platform once
-        `railyard up` moved the home's MLflow onto PostgreSQL (TRACKING_FILE); else SQLite."""
+        """RAILYARD_MLFLOW_TRACKING_URI; else the platform's PostgreSQL database once `railyard up`
+        moved the home's MLflow there (TRACKING_FILE); else SQLite."""
         if self.mlflow_tracking_uri:
             return self.mlflow_tracking_uri
+        return self.platform_record.get("uri") or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @cached_property
+    def platform_prefect_api_url(self) -> str | None:
+        """The API of this home's Prefect server once `railyard up` ran it (its runs live there)."""
+        return self.platform_record.get("prefect_api_url")
+
+    @cached_property
+    def platform_record(self) -> dict:
+        """What `railyard up` recorded for this home (TRACKING_FILE), or nothing."""
         try:
-            return json.loads((self.home / TRACKING_FILE).read_text())["uri"]
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            return f"sqlite:///{self.home / 'mlflow.db'}"
+            found = json.loads((self.home / TRACKING_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
 
     @cached_property
     def mlflow_artifacts_dir(self) -> Path:

@@ -187,3 +187,34 @@ def test_up_refuses_a_home_whose_online_store_was_started_alone(tmp_path):
         assert platform_up.supervisor_state(settings) is None
     finally:
         server.stop(settings)
+
+
+def test_the_commands_of_a_home_that_ran_up_use_its_platforms_prefect_and_mlflow(tmp_path):
+    """Not a temporary Prefect: there its runs "no longer exist", and a review would be concluded as lost."""
+    import subprocess
+
+    from railyard.settings import TRACKING_FILE
+    from tests.support import REPO_ROOT
+
+    (tmp_path / TRACKING_FILE).parent.mkdir()
+    (tmp_path / TRACKING_FILE).write_text(
+        json.dumps(
+            {"prefect_api_url": "http://127.0.0.1:4242/api", "uri": "postgresql://railyard:pw@127.0.0.1:1/mlflow"}
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAILYARD_", "PREFECT_API_URL"))}
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os; from cli.main import _settings; s = _settings(); "
+            "print(os.environ['PREFECT_API_URL'], s.resolved_tracking_uri)",
+        ],
+        env=env | {"RAILYARD_HOME": str(tmp_path)},
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.split() == ["http://127.0.0.1:4242/api", "postgresql://railyard:pw@127.0.0.1:1/mlflow"]
+    assert Settings(home=tmp_path / "other").resolved_tracking_uri.startswith("sqlite:///")
