@@ -159,7 +159,7 @@ def retrain(
             "model_name": model,
             "model_kind": kind.name,
             "mlflow_run_id": run_id,
-            "mlflow_tracking_uri": settings.resolved_tracking_uri,
+            "mlflow_tracking_uri": settings.shown_tracking_uri,
             "data_fingerprint": feature_set.fingerprint,
         }
         # The same data and code as a stored version: that version is the model (no new training).

@@ -268,6 +268,11 @@ class Settings(BaseSettings):
             return self.mlflow_tracking_uri
         return self.platform_record.get("uri") or f"sqlite:///{self.home / 'mlflow.db'}"
 
+    @property
+    def shown_tracking_uri(self) -> str:
+        """The tracking URI as output and logs may show it: a password in it masked."""
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", self.resolved_tracking_uri)
+
     @cached_property
     def platform_prefect_api_url(self) -> str | None:
         """The API of this home's Prefect server once `railyard up` ran it (its runs live there)."""

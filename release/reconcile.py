@@ -119,7 +119,7 @@ def register_stranded(settings: Settings, stages: StageRegistry) -> list[str]:
         listed = ", ".join(map(str, sorted(registered)))
         raise StoreMismatch(
             f"the model store {store.uri} holds none of {model} versions {listed} that the tracking database "
-            f"{settings.resolved_tracking_uri} has registered, and its transition log names none of them: the "
+            f"{settings.shown_tracking_uri} has registered, and its transition log names none of them: the "
             "store and the tracking database do not belong together (RAILYARD_STORE_URI, RAILYARD_MLFLOW_TRACKING_URI)"
         )
     manifests = {v: store.get_manifest(model, v) for v in stored if v not in registered}
@@ -129,7 +129,7 @@ def register_stranded(settings: Settings, stages: StageRegistry) -> list[str]:
         listed = ", ".join(map(str, gaps.unknown))
         raise RegistryLost(
             f"the model store {store.uri} holds {model} version(s) {listed}, published by MLflow runs that "
-            f"{settings.resolved_tracking_uri} does not know: the tracking database was lost or replaced. "
+            f"{settings.shown_tracking_uri} does not know: the tracking database was lost or replaced. "
             "Nothing was changed. Restore the database (or point RAILYARD_MLFLOW_TRACKING_URI at it), or "
             "rebuild the registry from the store with `railyard restore-registry`."
         )

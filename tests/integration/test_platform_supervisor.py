@@ -208,7 +208,7 @@ def test_the_commands_of_a_home_that_ran_up_use_its_platforms_prefect_and_mlflow
             sys.executable,
             "-c",
             "import os; from cli.main import _settings; s = _settings(); "
-            "print(os.environ['PREFECT_API_URL'], s.resolved_tracking_uri)",
+            "print(os.environ['PREFECT_API_URL'], s.resolved_tracking_uri, s.shown_tracking_uri)",
         ],
         env=env | {"RAILYARD_HOME": str(tmp_path)},
         cwd=REPO_ROOT,
@@ -216,5 +216,9 @@ def test_the_commands_of_a_home_that_ran_up_use_its_platforms_prefect_and_mlflow
         text=True,
         check=True,
     )
-    assert shown.stdout.split() == ["http://127.0.0.1:4242/api", "postgresql://railyard:pw@127.0.0.1:1/mlflow"]
+    assert shown.stdout.split() == [
+        "http://127.0.0.1:4242/api",
+        "postgresql://railyard:pw@127.0.0.1:1/mlflow",
+        "postgresql://railyard:***@127.0.0.1:1/mlflow",  # as a run's summary and errors show it
+    ]
     assert Settings(home=tmp_path / "other").resolved_tracking_uri.startswith("sqlite:///")
