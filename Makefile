@@ -1,5 +1,6 @@
-# Two commands for a fresh machine: `make run` (the daily retraining flow on embedded
-# defaults) and `make test` (the test suite). Each sets up the environment itself.
+# Three commands for a fresh machine: `make run` (the daily retraining flow on embedded
+# defaults), `make test` (the test suite) and `make up` (the whole platform, supervised; it prints
+# the URLs to open). Each sets up the environment itself.
 UV_VERSION := 0.13.8
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 # Two workers, one test file each at a time: the end-to-end files mostly wait on servers and
@@ -8,7 +9,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 SIZE ?= 1m 5m
 ROUNDS ?= 2
 
-.PHONY: setup browsers run lint test test-unit bench clean
+.PHONY: setup browsers run up lint test test-unit bench clean
 
 # Bytecode compiled at install: where PYTHONDONTWRITEBYTECODE is set (as on our CI machines) every
 # process would otherwise recompile TensorFlow's sources on import (15.6 s -> 4.6 s measured).
@@ -27,6 +28,9 @@ browsers:
 
 run: setup
 	$(UV) run --frozen railyard run --auto-approve
+
+up: setup
+	$(UV) run --frozen railyard up
 
 lint: setup
 	$(UV) run --frozen ruff check

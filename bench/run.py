@@ -248,6 +248,7 @@ def whole_flow(data_dir: Path, epochs: int, settings) -> tuple[float, float, dic
     from prefect import flow
 
     from flows.retrain import retrain
+    from infra.local_server import background
     from infra.online_store import server as online_server
     from infra.rollout.deploy import resolve_target
     from railyard import tracking
@@ -257,6 +258,7 @@ def whole_flow(data_dir: Path, epochs: int, settings) -> tuple[float, float, dic
         return None
 
     warm_up()
+    background.start_for(settings)
     resolve_target(settings)
     online_server.ensure_running(settings)
     tracking.ensure_experiment(settings)

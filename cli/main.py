@@ -176,6 +176,9 @@ def _settings(*, store: bool = False):
     from railyard.settings import load_settings
 
     settings = load_settings()
+    if "PREFECT_API_URL" not in os.environ and settings.platform_prefect_api_url:
+        # The home's runs live in its platform's Prefect (`railyard up`), not a temporary one.
+        os.environ["PREFECT_API_URL"] = settings.platform_prefect_api_url
     if store:
         from model_registry import open_store
 
@@ -518,7 +521,7 @@ def status(
         repaired = [f"not reconciled: a release is in progress ({busy})"]
     versions = [version_story(entry) for entry in registry(settings).versions()]
     last_run = last_training_run(settings)
-    target = resolve_target(settings, start_local=False)
+    target = resolve_target(settings)
     serving: dict[str, int | None] = {}
     down = "the local server is not running (`railyard serve --background`)"
     if target is not None:
@@ -531,6 +534,9 @@ def status(
             down = f"the local server is not running and cannot start: {error}"
     online = _online_store_state(settings)
     live = live_figures(settings, distinct_labels(serving)) if online["running"] else []
+    from cli import platform_up
+
+    platform = platform_up.ps(settings)
     if as_json:
         print(
             json.dumps(
@@ -543,6 +549,7 @@ def status(
                     "repaired": repaired,
                     "serving_down": None if target is not None else down,
                     "last_run_drift": drift_run_line(last_run),
+                    "platform": platform,
                 },
                 sort_keys=True,
             )
@@ -552,6 +559,8 @@ def status(
         typer.echo(line)
     for line in _online_store_lines(online):
         typer.echo(line)
+    if platform:
+        typer.echo(platform_up.summary(platform))
 
 
 @app.command("score")
@@ -573,7 +582,7 @@ def score(
     from infra.rollout.deploy import resolve_target
     from infra.scoring import score_online
 
-    target = resolve_target(settings, start_local=False)
+    target = resolve_target(settings)
     if target is None:
         _fail("serving is not running", "start it with `railyard serve --background` (or run `railyard run`)")
     with target.client() as client:
@@ -657,6 +666,51 @@ def worker(
     args = ["worker", "start", "--pool", WORK_POOL, "--type", "process"] + (["--run-once"] if run_once else [])
     command = [sys.executable, "-m", "prefect", *args]
     raise typer.Exit(run_supervised(command, grace_s=settings.worker_stop_grace_s, cwd=REPO_ROOT))
+
+
+# -- the whole platform on this machine ------------------------------------------------------
+
+
+@app.command()
+def up(as_json: Annotated[bool, typer.Option("--json", help="What runs, as one JSON list.")] = False) -> None:
+    """Start every service under RAILYARD_HOME, supervised: PostgreSQL, Prefect (server, UI,
+    deployments, a worker), MLflow (tracking, UI), serving, the online store, the ingester, the
+    ranking service. Each on 127.0.0.1 on a port the home records; `railyard down` stops them."""
+    from cli import platform_up
+    from railyard.settings import load_settings
+
+    platform_up.check_writable(load_settings())  # before anything is written under the home
+    started, rows = platform_up.up(_settings())
+    if as_json:
+        print(json.dumps(rows), flush=True)
+        return
+    typer.echo("the platform is up:" if started else "the platform was already up:")
+    for line in platform_up.table(rows):
+        typer.echo(line)
+
+
+@app.command()
+def down() -> None:
+    """Stop every service `railyard up` started, by the pids it recorded."""
+    from cli import platform_up
+
+    said = platform_up.down(_settings())
+    typer.echo("\n".join(said) if said else "the platform is not up: nothing to stop")
+
+
+@app.command()
+def ps(as_json: Annotated[bool, typer.Option("--json", help="One JSON list.")] = False) -> None:
+    """The platform's services: pid, port, health, uptime, restarts, URL."""
+    from cli import platform_up
+
+    rows = platform_up.ps(_settings())
+    if as_json:
+        print(json.dumps(rows), flush=True)
+    elif not rows:
+        typer.echo("the platform is not up (`railyard up`)")
+    else:
+        for line in platform_up.table(rows):
+            typer.echo(line)
 
 
 # -- the online feature store and its event stream ------------------------------------------
@@ -824,7 +878,7 @@ def rank_server(
     from infra.rollout.deploy import resolve_target
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    target = resolve_target(settings, start_local=False)
+    target = resolve_target(settings)
     if target is None:
         _fail("serving is not running", "start it with `railyard serve --background` (or run `railyard run`)")
     if host not in ("127.0.0.1", "::1", "localhost"):
@@ -857,7 +911,7 @@ def _replica_locator(settings, options: dict):
     from infra.tfserving.client import ServingClient
 
     def locate() -> list:
-        found = resolve_target(settings, start_local=False)
+        found = resolve_target(settings)
         return [ServingClient(replica.grpc, replica.rest, **options) for replica in found.replicas] if found else []
 
     return locate
@@ -887,7 +941,7 @@ def score_stream(
     from infra.tfserving.replicas import ReplicaPool
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    target = resolve_target(settings, start_local=False)
+    target = resolve_target(settings)
     if target is None:
         _fail("serving is not running", "start it with `railyard serve --background` (or run `railyard run`)")
     config = settings.scorer_config()

@@ -163,7 +163,7 @@ def retrain(
             "model_name": model,
             "model_kind": kind.name,
             "mlflow_run_id": run_id,
-            "mlflow_tracking_uri": settings.resolved_tracking_uri,
+            "mlflow_tracking_uri": settings.shown_tracking_uri,
             "data_fingerprint": feature_set.fingerprint,
             "drift": verdict.as_dict() if verdict is not None else None,
         }

@@ -7,6 +7,7 @@ serving model root, data cache, reports.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from functools import cached_property
@@ -28,6 +29,10 @@ from railyard.configs import (
 from railyard.errors import Refused
 from railyard.locations import Location
 from railyard.runtime import DEFAULT_TF_LOG_LEVEL
+
+# Written by `railyard up` (owner-only: the MLflow URL holds a password): the home's Prefect server,
+# and on PostgreSQL its MLflow database, are the platform's from then on.
+TRACKING_FILE = "platform/tracking.json"
 
 # Model names become path components and S3 key prefixes: keep them to a safe alphabet.
 MODEL_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -180,6 +185,18 @@ class Settings(BaseSettings):
     # `railyard worker` stopped (SIGTERM, Ctrl-C): how long its runs may take to conclude their
     # releases as interrupted before whatever still runs is killed.
     worker_stop_grace_s: float = Field(default=30.0, gt=0)
+    # `railyard up` (every service of the product on this machine, supervised): the restart backoff
+    # of a service that died (doubling from base to cap), the grace a stopping service gets before
+    # SIGKILL, and how long a service may take to become healthy when the platform starts.
+    platform_restart_base_s: float = Field(default=1.0, gt=0)
+    platform_restart_cap_s: float = Field(default=30.0, gt=0)
+    platform_stop_grace_s: float = Field(default=15.0, gt=0)
+    platform_start_timeout_s: float = Field(default=300.0, gt=0)
+    # Ports: the tools' usual ones (Prefect 4200, MLflow 5000, TF Serving 8501/8500, 6399, 8600)
+    # while free, else free ones; false: free ones only. Either way the home records them.
+    platform_usual_ports: bool = True
+    # Prefect's and MLflow's databases under `railyard up`: the embedded PostgreSQL, or SQLite files.
+    platform_database: Literal["postgresql", "sqlite"] = "postgresql"
     # Housekeeping: per-run scratch folders (runs/, reports/) kept, newest first.
     keep_run_dirs: int = Field(default=10, ge=1)
     # TensorFlow's C++ log lines in every Railyard process (TF_CPP_MIN_LOG_LEVEL, inherited by the
@@ -320,7 +337,30 @@ class Settings(BaseSettings):
 
     @cached_property
     def resolved_tracking_uri(self) -> str:
-        return self.mlflow_tracking_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+        """RAILYARD_MLFLOW_TRACKING_URI; else the platform's PostgreSQL database once `railyard up`
+        moved the home's MLflow there (TRACKING_FILE); else SQLite."""
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return self.platform_record.get("uri") or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def shown_tracking_uri(self) -> str:
+        """The tracking URI as output and logs may show it: a password in it masked."""
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", self.resolved_tracking_uri)
+
+    @cached_property
+    def platform_prefect_api_url(self) -> str | None:
+        """The API of this home's Prefect server once `railyard up` ran it (its runs live there)."""
+        return self.platform_record.get("prefect_api_url")
+
+    @cached_property
+    def platform_record(self) -> dict:
+        """What `railyard up` recorded for this home (TRACKING_FILE), or nothing."""
+        try:
+            found = json.loads((self.home / TRACKING_FILE).read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return found if isinstance(found, dict) else {}
 
     @cached_property
     def mlflow_artifacts_dir(self) -> Path:

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 
+from infra.local_server import background
 from infra.local_server.background import LocalServerError
 from infra.rollout import deploy
 from infra.tfserving import target as served
@@ -80,9 +81,10 @@ def reconcile(
     said += fail_interrupted_runs(settings, ended_run)
     said += tidy(settings)
     try:
-        target = deploy.resolve_target(settings, start_local=False)
+        target = deploy.resolve_target(settings)
         if target is None and start_serving and served.serving_labels_on_file(settings):
             said.append("the local serving process was not running: started it again")
+            background.start_for(settings)
             target = deploy.resolve_target(settings)
         if target is not None:
             said += repair_serving(settings, target, stages.production_version(), in_review)
@@ -117,7 +119,7 @@ def register_stranded(settings: Settings, stages: StageRegistry) -> list[str]:
         listed = ", ".join(map(str, sorted(registered)))
         raise StoreMismatch(
             f"the model store {store.uri} holds none of {model} versions {listed} that the tracking database "
-            f"{settings.resolved_tracking_uri} has registered, and its transition log names none of them: the "
+            f"{settings.shown_tracking_uri} has registered, and its transition log names none of them: the "
             "store and the tracking database do not belong together (RAILYARD_STORE_URI, RAILYARD_MLFLOW_TRACKING_URI)"
         )
     manifests = {v: store.get_manifest(model, v) for v in stored if v not in registered}
@@ -127,7 +129,7 @@ def register_stranded(settings: Settings, stages: StageRegistry) -> list[str]:
         listed = ", ".join(map(str, gaps.unknown))
         raise RegistryLost(
             f"the model store {store.uri} holds {model} version(s) {listed}, published by MLflow runs that "
-            f"{settings.resolved_tracking_uri} does not know: the tracking database was lost or replaced. "
+            f"{settings.shown_tracking_uri} does not know: the tracking database was lost or replaced. "
             "Nothing was changed. Restore the database (or point RAILYARD_MLFLOW_TRACKING_URI at it), or "
             "rebuild the registry from the store with `railyard restore-registry`."
         )

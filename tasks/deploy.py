@@ -1,3 +1,4 @@
+from infra.local_server import background
 from infra.rollout import deploy
 from infra.tfserving import target as served
 from infra.tfserving.client import ModelLoadError
@@ -11,6 +12,8 @@ DEFAULT_REST_URL, DEFAULT_GRPC_TARGET = f"http://127.0.0.1:{DEFAULT_REST_PORT}",
 
 @railyard_task(name="resolve-serving", timeout_seconds=5 * MINUTES)
 def serving_target(settings: Settings) -> served.ServingTarget:
+    if not settings.serving_replicas:  # the local server: this run needs it, so it starts it
+        background.start_for(settings)
     target = deploy.resolve_target(settings)
     if not settings.serving_replicas and (target.rest, target.grpc) != (DEFAULT_REST_URL, DEFAULT_GRPC_TARGET):
         # Another home's server (or another program) held TF Serving's ports, or others were set.

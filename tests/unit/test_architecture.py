@@ -34,10 +34,18 @@ MAY_IMPORT_IN_INFRA = {
     "infra.tfserving.warmup": {"infra.tfserving.protocol"},
     "infra.tfserving.client": {"infra.tfserving.protocol"},
     "infra.tfserving.replicas": {"infra.tfserving.client", "infra.tfserving.protocol"},
-    "infra.local_server": {"infra.tfserving.protocol", "infra.tfserving.model_config", "infra.tfserving.warmup"},
+    "infra.local_server": {
+        "infra.tfserving.protocol",
+        "infra.tfserving.model_config",
+        "infra.tfserving.warmup",
+        "infra.platform.service",
+    },
     "infra.docker_launcher": set(),
     "infra.dask_cluster": set(),  # the cluster a partitioned feature build runs on
-    "infra.online_store": set(),  # the feature store and its event stream stand alone
+    # The embedded servers' one supervisor: it starts what it is given, knowing none of them.
+    "infra.platform": set(),
+    # The feature store and its event stream stand alone (the embedded server starts through the platform).
+    "infra.online_store": {"infra.platform.service"},
     "infra.scoring": {"infra.online_store.store", "infra.tfserving.client", "infra.tfserving.protocol"},
     # The ranking service: the online store (features, candidates, the gray release's share and
     # live figures) and TF Serving's client side; never the rollout or the local server.
