@@ -21,11 +21,9 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 import time
-from pathlib import Path
 
-from bench.run import RESULTS_DIR, SIZES, dataset, peak_rss_mib, reset_peak_rss, whole_flow
+from bench.run import RESULTS_DIR, SIZES, dataset, peak_rss_mib, reset_peak_rss, scratch_home, whole_flow
 
 
 def best_of(rounds: int, call) -> tuple[float, float]:
@@ -66,15 +64,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args()
 
-    scratch = Path(tempfile.mkdtemp(prefix="railyard-bench-drift-"))
-    os.environ.update(
-        RAILYARD_HOME=str(scratch / "home"),
-        RAILYARD_EPOCHS=str(args.epochs),
-        RAILYARD_LOCAL_SERVING_REST_PORT="0",
-        RAILYARD_LOCAL_SERVING_GRPC_PORT="0",
-        RAILYARD_LOCAL_ONLINE_STORE_PORT="0",
-        RAILYARD_MAX_ROWS=str(10**9),
-    )
+    scratch = scratch_home("railyard-bench-drift-", args.epochs)
     from railyard import loaders
     from railyard.runtime import prepare_environment
     from railyard.settings import Settings

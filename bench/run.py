@@ -367,6 +367,20 @@ def feature_baseline(data_dir: Path, holdout_fraction: float) -> dict:
     return {"polars_s": round(polars_s, 3), "pandas_s": round(pandas_s, 3), "speedup": round(pandas_s / polars_s, 2)}
 
 
+def scratch_home(prefix: str, epochs: int) -> Path:
+    """A scratch folder whose ``home`` this process's runs use: free local ports, no row cap."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ.update(
+        RAILYARD_HOME=str(scratch / "home"),
+        RAILYARD_EPOCHS=str(epochs),
+        RAILYARD_LOCAL_SERVING_REST_PORT="0",
+        RAILYARD_LOCAL_SERVING_GRPC_PORT="0",
+        RAILYARD_LOCAL_ONLINE_STORE_PORT="0",
+        RAILYARD_MAX_ROWS=str(10**9),
+    )
+    return scratch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="1m")
@@ -376,15 +390,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    scratch = Path(tempfile.mkdtemp(prefix="railyard-bench-"))
-    os.environ.update(
-        RAILYARD_HOME=str(scratch / "home"),
-        RAILYARD_EPOCHS=str(args.epochs),
-        RAILYARD_LOCAL_SERVING_REST_PORT="0",
-        RAILYARD_LOCAL_SERVING_GRPC_PORT="0",
-        RAILYARD_LOCAL_ONLINE_STORE_PORT="0",
-        RAILYARD_MAX_ROWS=str(10**9),
-    )
+    scratch = scratch_home("railyard-bench-", args.epochs)
     from railyard.runtime import prepare_environment
     from railyard.settings import Settings
 
