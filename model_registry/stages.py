@@ -31,6 +31,7 @@ from model_registry.history import (
 )
 from model_registry.store import ModelStore
 from railyard.errors import SEE_STATUS, Refused
+from railyard.mlflow_reads import open_reads
 from railyard.tracking import mlflow_client
 
 TAG_PREFIX = "railyard."
@@ -97,9 +98,19 @@ class StageRegistry:
     what is eligible; MLflow's tags mirror it and must agree with it."""
 
     def __init__(self, tracking_uri: str, model_name: str, store: ModelStore | None = None):
-        self.client = mlflow_client(tracking_uri)
+        self.tracking_uri = tracking_uri
         self.model = model_name
         self.store = store
+        self._client = None
+        # What status reads, without MLflow's import where the database allows (railyard/mlflow_reads.py).
+        self.reads = open_reads(tracking_uri, lambda: self.client)
+
+    @property
+    def client(self):
+        """MLflow's client, made on first use (every write, and reads the fast path does not serve)."""
+        if self._client is None:
+            self._client = mlflow_client(self.tracking_uri)
+        return self._client
 
     # -- registration ------------------------------------------------------------------
 
@@ -254,22 +265,11 @@ class StageRegistry:
 
     def all_tags(self) -> dict[int, dict[str, str]]:
         """Every version's tags, in one query."""
-        return {int(v.version): dict(v.tags) for v in self.client.search_model_versions(f"name = '{self.model}'")}
+        return {version: tags for version, _, tags in self.reads.model_versions(self.model)}
 
     def known_runs(self, run_ids: Collection[str]) -> set[str]:
         """The run ids MLflow knows (a lost or replaced tracking database knows none)."""
-        from mlflow.exceptions import MlflowException
-
-        known = set()
-        for run_id in set(run_ids):
-            try:
-                self.client.get_run(run_id)
-            except MlflowException as error:
-                if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-                    raise
-            else:
-                known.add(run_id)
-        return known
+        return self.reads.known_runs(run_ids)
 
     def check_transition(self, version: int, to_stage: Stage) -> Stage:
         """The current stage, if moving to ``to_stage`` is legal; IllegalTransition otherwise."""
@@ -367,22 +367,20 @@ class StageRegistry:
         production, its history (stage and history from the transition log), and the run that
         carries its release (``release_run``: flow run, how it waits, the review's deadline)."""
         logged, result = self._logged_history(), []
-        for details in sorted(self._search(), key=lambda found: int(found.version)):
-            version = int(details.version)
-            history = mirrored_history(_history(details.tags), logged.get(version))
+        for version, run_id, tags in sorted(self.reads.model_versions(self.model)):
+            history = mirrored_history(_history(tags), logged.get(version))
             approvals = [entry.get("actor") for entry in history if entry.get("stage") == Stage.PRODUCTION.value]
-            metrics = self.client.get_run(details.run_id).data.metrics if details.run_id else {}
             result.append(
                 {
                     "version": version,
-                    "kind": details.tags.get(f"{TAG_PREFIX}model_kind"),
-                    "stage": _stage(details.tags, logged.get(version)).value,
-                    "metrics": dict(metrics),
+                    "kind": tags.get(f"{TAG_PREFIX}model_kind"),
+                    "stage": _stage(tags, logged.get(version)).value,
+                    "metrics": self.reads.run_metrics(run_id) if run_id else {},
                     "approved_by": approvals[-1] if approvals else None,
                     "history": history,
-                    "release_run": json.loads(details.tags.get(RELEASE_RUN_TAG) or "null"),
-                    "drift": details.tags.get(f"{TAG_PREFIX}drift"),
-                    "drift_override": details.tags.get(f"{TAG_PREFIX}drift_override"),
+                    "release_run": json.loads(tags.get(RELEASE_RUN_TAG) or "null"),
+                    "drift": tags.get(f"{TAG_PREFIX}drift"),
+                    "drift_override": tags.get(f"{TAG_PREFIX}drift_override"),
                 }
             )
         return result
@@ -534,14 +532,7 @@ class StageRegistry:
 
     def _aliases(self) -> dict[str, str]:
         """The registered model's aliases; none before its first registration."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self.client.get_registered_model(self.model).aliases
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            return {}
+        return self.reads.aliases(self.model)
 
 
 def _holder(aliases: dict[str, str], alias: str) -> int | None:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from railyard.mlflow_reads import MlflowReads, open_reads
 from railyard.processes import current_process
 from railyard.settings import Settings
 
@@ -102,27 +103,20 @@ def fail_run(settings: Settings, run_id: str, cause: str) -> None:
     end_run(settings, run_id, failed=True)
 
 
-def running_runs(settings: Settings) -> list:
-    """The experiment's runs still marked RUNNING (each with its tags)."""
-    from mlflow.entities import ViewType
+def reads(settings: Settings) -> MlflowReads:
+    """The reads `railyard status` makes, without MLflow's import where the database allows."""
+    return open_reads(settings.resolved_tracking_uri, lambda: client(settings))
 
-    experiment = client(settings).get_experiment_by_name(settings.mlflow_experiment)
-    if experiment is None:
-        return []
-    return client(settings).search_runs(
-        [experiment.experiment_id], "attributes.status = 'RUNNING'", run_view_type=ViewType.ACTIVE_ONLY
-    )
+
+def running_runs(settings: Settings) -> list[dict]:
+    """The experiment's runs still marked RUNNING: each ``{"run_id", "name", "tags"}``."""
+    return reads(settings).runs(settings.mlflow_experiment, running=True)
 
 
 def last_run(settings: Settings) -> dict | None:
     """The experiment's newest run: its id, name and tags (None: no run yet)."""
-    experiment = client(settings).get_experiment_by_name(settings.mlflow_experiment)
-    if experiment is None:
-        return None
-    runs = client(settings).search_runs(
-        [experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1
-    )
-    return {"run_id": runs[0].info.run_id, "name": runs[0].info.run_name, "tags": runs[0].data.tags} if runs else None
+    runs = reads(settings).runs(settings.mlflow_experiment, limit=1)
+    return runs[0] if runs else None
 
 
 def run_metrics(settings: Settings, run_id: str, prefix: str = "") -> dict[str, float]:

@@ -168,16 +168,16 @@ def fail_interrupted_runs(settings: Settings, ended_run: tuple[str, Ending] | No
     """End FAILED the MLflow runs left RUNNING by a process that is gone, with the cause."""
     said = []
     for run in tracking.running_runs(settings):
-        flow_run_id = run.data.tags.get("prefect.flow_run_id")
-        process = json.loads(run.data.tags.get(tracking.PROCESS_TAG) or "null")
+        flow_run_id = run["tags"].get("prefect.flow_run_id")
+        process = json.loads(run["tags"].get(tracking.PROCESS_TAG) or "null")
         if ended_run is not None and flow_run_id == ended_run[0]:
             cause = f"{ended_run[1].kind}: {ended_run[1].reason}"
         elif process_alive(process) is False:
             cause = f"interrupted: its process ({describe(process)}) is gone"
         else:
             continue
-        tracking.fail_run(settings, run.info.run_id, cause)
-        said.append(f"MLflow run {run.info.run_id} was still RUNNING: ended it FAILED ({cause})")
+        tracking.fail_run(settings, run["run_id"], cause)
+        said.append(f"MLflow run {run['run_id']} was still RUNNING: ended it FAILED ({cause})")
     return said
 
 

@@ -1,18 +1,24 @@
 """The operator's quick commands against a real home (versions published to the local model
 store and registered in MLflow through the registry's own code): in a fresh interpreter they
-import no TensorFlow and print none of its start-up lines; every refusal says what to do next."""
+import no TensorFlow and print none of its start-up lines; every refusal says what to do next.
+`status` on a settled home imports no MLflow either, and still concludes what needs MLflow."""
 
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from bench.bench_commands import register_versions
 from cli.main import main
+from model_registry.history import ENTRY_FIELDS
+from model_registry.stages import RELEASE_RUN_TAG
 from railyard.errors import SEE_STATUS
 from railyard.settings import Settings
+from railyard.tracking import mlflow_client
+from release.state import model_store, registry
 from tests.support import REPO_ROOT
 from tests.support.stores import make_saved_model
 
@@ -45,9 +51,10 @@ def _imports(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
 @pytest.mark.parametrize(
     ("args", "code", "also_not"),
     [
-        # Prefect's client (a second and a half to import) only where a review can be answered.
-        (["status"], 0, ("prefect",)),
-        (["status", "--json"], 0, ("prefect",)),
+        # Prefect's client (a second and a half to import) only where a review can be answered;
+        # MLflow's (1.8 s) only where status must change something (railyard/mlflow_reads.py).
+        (["status"], 0, ("mlflow", "prefect")),
+        (["status", "--json"], 0, ("mlflow", "prefect")),
         (["approve", "3"], 2, ("prefect",)),
         (["reject", "3"], 2, ("prefect",)),
         (["reject", "1", "--comment", "worse"], 2, ("prefect",)),
@@ -112,3 +119,57 @@ def test_the_local_server_starts_quietly_and_stops_without_tensorflow(versions, 
         subprocess.run([*command, "serve", "--stop"], env=env, capture_output=True, timeout=120, cwd=REPO_ROOT)
     assert done.returncode == 0 and done.stdout.startswith("stopped the local server (pid "), done.stderr
     assert not imported & {*HEAVY, "mlflow", "prefect"}
+
+
+
+def _status(*args: str) -> tuple[subprocess.CompletedProcess, bool]:
+    """`railyard status` in a fresh interpreter: what it did, and whether it imported MLflow."""
+    done, imported = _imports("status", *args)
+    return done, "mlflow" in imported
+
+
+def test_status_still_concludes_what_needs_mlflow(versions, tmp_path):
+    """What status reads without MLflow is what MLflow holds now: a version to register, a log
+    record to mirror and a replaced database are each found (MLflow opened only to act)."""
+    settings = Settings()
+    run = mlflow_client(settings.resolved_tracking_uri).create_run(registry(settings).client.create_experiment("x"))
+    metadata = {"mlflow_run_id": run.info.run_id, "data_fingerprint": "stranded", "code_version": "test"}
+    model_store(settings).publish(settings.model_name, tmp_path / "export", metadata=metadata)  # never registered
+    # A rejection in the transition log that MLflow's tags lack (killed between the two writes).
+    entry = dict.fromkeys(ENTRY_FIELDS) | {"stage": "rejected", "from": "staging", "actor": "carol", "reason": "worse"}
+    entry |= {"time": "2026-12-07T03:00:00Z", "version": 3, "smoke_passed": None}
+    model_store(settings).append_transition(settings.model_name, entry)
+
+    done, opened_mlflow = _status()
+    assert done.returncode == 0 and opened_mlflow, done.stderr[-3000:]
+    repaired = [line for line in done.stdout.splitlines() if line.startswith("repaired: ")]
+    assert repaired == [
+        "repaired: version 4 was published but never registered: registered it as a candidate",
+        "repaired: version 3: MLflow lacked transition 2 (rejected by carol): MLflow's history follows the log",
+        "repaired: version 3: MLflow said staging, the transition log says rejected: MLflow follows the log",
+        "repaired: alias staging pointed at 3, the transition log says None: moved it",
+    ]
+    done, opened_mlflow = _status()  # settled again: read without MLflow, the same story
+    assert done.returncode == 0 and not opened_mlflow, done.stderr[-3000:]
+    assert "repaired" not in done.stdout and "v3    rejected    " in done.stdout and "rejected by carol" in done.stdout
+    assert "v4    candidate   " in done.stdout
+
+    mlflow_client(f"sqlite:///{tmp_path / 'fresh.db'}")  # a fresh, empty database where the home's was
+    (tmp_path / "fresh.db").replace(settings.home / "mlflow.db")
+    done, opened_mlflow = _status()
+    assert done.returncode == 2 and not opened_mlflow
+    assert "the tracking database was lost or replaced" in done.stderr
+    assert "next: restore the MLflow database, or run `railyard restore-registry`" in done.stderr
+
+
+def test_status_shows_a_version_under_review_without_mlflow(versions, monkeypatch):
+    """Version 3 waits for its review without a process (Prefect's API, unreachable here, cannot
+    say more: nothing is concluded): its run and deadline come from the registry's tags."""
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    flow_run_id = "00000000-0000-0000-0000-000000000003"
+    owner = {"flow_run_id": flow_run_id, "process": None, "mode": "suspend", "deadline": time.time() + 86_400}
+    registry(Settings()).client.set_model_version_tag("recmodel", "3", RELEASE_RUN_TAG, json.dumps(owner))
+    done, opened_mlflow = _status()
+    assert done.returncode == 0 and not opened_mlflow, done.stderr[-3000:]
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("v3 ")]
+    assert "awaiting review since 2026-" in line and f"flow run {flow_run_id}, deadline 20" in line, line
