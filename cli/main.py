@@ -506,7 +506,6 @@ def status(
     from railyard.tracking import last_run as last_training_run
     from release.reconcile import reconcile
     from release.state import registry, release_lock
-    from release.traffic import live_figures
 
     if verify_history:
         records, problems = registry(settings).verify_history()
@@ -533,7 +532,11 @@ def status(
         except ConfigFileError as error:
             down = f"the local server is not running and cannot start: {error}"
     online = _online_store_state(settings)
-    live = live_figures(settings, distinct_labels(serving)) if online["running"] else []
+    live = []
+    if online["running"]:  # the store's client (redis) only where there is a store to ask
+        from release.traffic import live_figures
+
+        live = live_figures(settings, distinct_labels(serving))
     from cli import platform_up
 
     platform = platform_up.ps(settings)
@@ -820,10 +823,10 @@ def _online_store_state(settings) -> dict:
     """The online store's state, or ``{"running": False}`` when the embedded one is not running
     (never starts it: a status must not change anything) or the store does not answer."""
     from infra.online_store import server
-    from infra.online_store.store import OnlineStoreUnavailable, connect
 
     if settings.online_store_url is None and server.running(server.server_dir(settings)) is None:
         return {"running": False, "error": "not running (`railyard online-store start`)"}
+    from infra.online_store.store import OnlineStoreUnavailable, connect
     from infra.streaming.scorer import stream_state
 
     try:

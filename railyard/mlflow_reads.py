@@ -91,7 +91,9 @@ class SqliteReads:
     def known_runs(self, run_ids: Collection[str]) -> set[str]:
         wanted = sorted(set(run_ids))
         marks = ", ".join("?" * len(wanted))
-        return {row[0] for row in self.connection.execute(f"SELECT run_uuid FROM runs WHERE run_uuid IN ({marks})", wanted)}
+        return {
+            row[0] for row in self.connection.execute(f"SELECT run_uuid FROM runs WHERE run_uuid IN ({marks})", wanted)
+        }
 
     def run_metrics(self, run_id: str) -> dict[str, float]:
         if not self.known_runs([run_id]):
@@ -100,7 +102,9 @@ class SqliteReads:
         return {key: float("nan") if is_nan else value for key, value, is_nan in rows}
 
     def runs(self, experiment: str, *, running: bool = False, limit: int | None = None) -> list[dict]:
-        found = self.connection.execute("SELECT experiment_id FROM experiments WHERE name = ?", (experiment,)).fetchone()
+        found = self.connection.execute(
+            "SELECT experiment_id FROM experiments WHERE name = ?", (experiment,)
+        ).fetchone()
         if found is None:
             return []
         status = " AND status = 'RUNNING'" if running else ""

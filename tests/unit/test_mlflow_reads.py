@@ -41,7 +41,10 @@ def database(tmp_path_factory):
     for version in range(1, 5):
         run_id = runs[version - 1] if version != 2 else None
         client.create_model_version(
-            MODEL, source=f"file:///store/{version}", run_id=run_id, tags={"railyard.stage": "candidate", "n": str(version)}
+            MODEL,
+            source=f"file:///store/{version}",
+            run_id=run_id,
+            tags={"railyard.stage": "candidate", "n": str(version)},
         )
     client.create_model_version("other", source="file:///other/1", tags={"railyard.stage": "production"})
     client.set_model_version_tag(MODEL, "1", "railyard.transition.0000", '{"stage": "candidate"}')
@@ -98,7 +101,12 @@ def test_any_other_database_is_read_through_mlflow(database, tmp_path, monkeypat
     other = tmp_path / "older.db"
     other.write_bytes(path.read_bytes())
     sqlite3.connect(other, isolation_level=None).execute("UPDATE alembic_version SET version_num = 'older'")
-    for uri in (f"sqlite:///{other}", f"sqlite:///{tmp_path / 'not-yet.db'}", "postgresql://db/mlflow", "http://mlflow:5000"):
+    for uri in (
+        f"sqlite:///{other}",
+        f"sqlite:///{tmp_path / 'not-yet.db'}",
+        "postgresql://db/mlflow",
+        "http://mlflow:5000",
+    ):
         assert isinstance(open_reads(uri, lambda: client), ClientReads), uri
     monkeypatch.setenv("MLFLOW_ENABLE_WORKSPACES", "true")
     assert isinstance(open_reads(f"sqlite:///{path}", lambda: client), ClientReads)
