@@ -14,7 +14,7 @@ import pytest
 from bench.bench_commands import register_versions
 from cli.main import main
 from model_registry.history import ENTRY_FIELDS
-from model_registry.stages import RELEASE_RUN_TAG
+from model_registry.stages import Stage
 from railyard.errors import SEE_STATUS
 from railyard.settings import Settings
 from railyard.tracking import mlflow_client
@@ -128,12 +128,15 @@ def _status(*args: str) -> tuple[subprocess.CompletedProcess, bool]:
     return done, "mlflow" in imported
 
 
-def test_status_still_concludes_what_needs_mlflow(versions, tmp_path):
+def test_status_still_concludes_what_needs_mlflow(versions, tmp_path, monkeypatch):
     """What status reads without MLflow is what MLflow holds now: a version to register, a log
-    record to mirror and a replaced database are each found (MLflow opened only to act)."""
+    record to mirror and a replaced database are each found (MLflow opened only to act); a
+    version under review shows its run and deadline without MLflow."""
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # unreachable: nothing concluded from it
     settings = Settings()
-    run = mlflow_client(settings.resolved_tracking_uri).create_run(registry(settings).client.create_experiment("x"))
-    metadata = {"mlflow_run_id": run.info.run_id, "data_fingerprint": "stranded", "code_version": "test"}
+    stages = registry(settings)
+    run = stages.client.create_run(stages.client.create_experiment("x")).info.run_id
+    metadata = {"mlflow_run_id": run, "data_fingerprint": "stranded", "code_version": "test"}
     model_store(settings).publish(settings.model_name, tmp_path / "export", metadata=metadata)  # never registered
     # A rejection in the transition log that MLflow's tags lack (killed between the two writes).
     entry = dict.fromkeys(ENTRY_FIELDS) | {"stage": "rejected", "from": "staging", "actor": "carol", "reason": "worse"}
@@ -149,10 +152,17 @@ def test_status_still_concludes_what_needs_mlflow(versions, tmp_path):
         "repaired: version 3: MLflow said staging, the transition log says rejected: MLflow follows the log",
         "repaired: alias staging pointed at 3, the transition log says None: moved it",
     ]
-    done, opened_mlflow = _status()  # settled again: read without MLflow, the same story
+
+    # Version 4 waits for its review without a process (its run and deadline: MLflow's tags).
+    stages.transition(4, Stage.STAGING, actor="railyard", reason="smoke tests passed", smoke_passed=True)
+    flow_run_id = "00000000-0000-0000-0000-000000000004"
+    owner = {"flow_run_id": flow_run_id, "process": None, "mode": "suspend", "deadline": time.time() + 86_400}
+    stages.set_release_run(4, owner)
+    done, opened_mlflow = _status()  # settled: read without MLflow
     assert done.returncode == 0 and not opened_mlflow, done.stderr[-3000:]
     assert "repaired" not in done.stdout and "v3    rejected    " in done.stdout and "rejected by carol" in done.stdout
-    assert "v4    candidate   " in done.stdout
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("v4 ")]
+    assert "awaiting review since 20" in line and f"flow run {flow_run_id}, deadline 20" in line, line
 
     mlflow_client(f"sqlite:///{tmp_path / 'fresh.db'}")  # a fresh, empty database where the home's was
     (tmp_path / "fresh.db").replace(settings.home / "mlflow.db")
@@ -160,16 +170,3 @@ def test_status_still_concludes_what_needs_mlflow(versions, tmp_path):
     assert done.returncode == 2 and not opened_mlflow
     assert "the tracking database was lost or replaced" in done.stderr
     assert "next: restore the MLflow database, or run `railyard restore-registry`" in done.stderr
-
-
-def test_status_shows_a_version_under_review_without_mlflow(versions, monkeypatch):
-    """Version 3 waits for its review without a process (Prefect's API, unreachable here, cannot
-    say more: nothing is concluded): its run and deadline come from the registry's tags."""
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-    flow_run_id = "00000000-0000-0000-0000-000000000003"
-    owner = {"flow_run_id": flow_run_id, "process": None, "mode": "suspend", "deadline": time.time() + 86_400}
-    registry(Settings()).client.set_model_version_tag("recmodel", "3", RELEASE_RUN_TAG, json.dumps(owner))
-    done, opened_mlflow = _status()
-    assert done.returncode == 0 and not opened_mlflow, done.stderr[-3000:]
-    (line,) = [line for line in done.stdout.splitlines() if line.startswith("v3 ")]
-    assert "awaiting review since 2026-" in line and f"flow run {flow_run_id}, deadline 20" in line, line
