@@ -15,7 +15,9 @@ from bench.bench_commands import register_versions
 from cli.main import main
 from model_registry.history import ENTRY_FIELDS
 from model_registry.stages import Stage
+from railyard import tracking
 from railyard.errors import SEE_STATUS
+from railyard.processes import current_process, describe
 from railyard.settings import Settings
 from railyard.tracking import mlflow_client
 from release.state import model_store, registry
@@ -130,8 +132,9 @@ def _status(*args: str) -> tuple[subprocess.CompletedProcess, bool]:
 
 def test_status_still_concludes_what_needs_mlflow(versions, tmp_path, monkeypatch):
     """What status reads without MLflow is what MLflow holds now: a version to register, a log
-    record to mirror and a replaced database are each found (MLflow opened only to act); a
-    version under review shows its run and deadline without MLflow."""
+    record to mirror, a run left RUNNING by a killed process and a replaced database are each
+    found (MLflow opened only to act); a version under review shows its run and deadline
+    without MLflow."""
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")  # unreachable: nothing concluded from it
     settings = Settings()
     stages = registry(settings)
@@ -142,6 +145,10 @@ def test_status_still_concludes_what_needs_mlflow(versions, tmp_path, monkeypatc
     entry = dict.fromkeys(ENTRY_FIELDS) | {"stage": "rejected", "from": "staging", "actor": "carol", "reason": "worse"}
     entry |= {"time": "2026-12-07T03:00:00Z", "version": 3, "smoke_passed": None}
     model_store(settings).append_transition(settings.model_name, entry)
+    # A retrain's MLflow run left RUNNING by a process that is gone.
+    killed = tracking.start_run(settings, "killed", {})
+    gone = current_process() | {"start": current_process()["start"] - 1}
+    tracking.set_tags(settings, killed, {tracking.PROCESS_TAG: json.dumps(gone)})
 
     done, opened_mlflow = _status()
     assert done.returncode == 0 and opened_mlflow, done.stderr[-3000:]
@@ -151,6 +158,8 @@ def test_status_still_concludes_what_needs_mlflow(versions, tmp_path, monkeypatc
         "repaired: version 3: MLflow lacked transition 2 (rejected by carol): MLflow's history follows the log",
         "repaired: version 3: MLflow said staging, the transition log says rejected: MLflow follows the log",
         "repaired: alias staging pointed at 3, the transition log says None: moved it",
+        f"repaired: MLflow run {killed} was still RUNNING: ended it FAILED (interrupted: its process "
+        f"({describe(gone)}) is gone)",
     ]
 
     # Version 4 waits for its review without a process (its run and deadline: MLflow's tags).
