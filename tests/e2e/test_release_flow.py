@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from release.review_runs import DEADLINE_MARGIN_S
-from tests.support.prefect_server import LEASE_S
+from tests.support.prefect_server import LEASE_S, REAPER_S
 from tests.support.release_world import World, assert_serves_its_golden_answers, predict
 
 pytestmark = pytest.mark.slow
@@ -160,7 +160,8 @@ def test_a_deployment_run_waits_for_its_review_without_a_process_a_slot_or_a_lea
     assert state["type"] == "COMPLETED" and "nothing new to release: version 2" in state["message"]
     assert state["message"].endswith("is staging") and world.flow_run(flow_run_id)["state"]["type"] == "PAUSED"
 
-    time.sleep(max(0.0, 3 * LEASE_S - (time.monotonic() - suspended_at)))  # three lease periods at least
+    # Long enough for a lease held across the wait to have expired and been taken back.
+    time.sleep(max(0.0, LEASE_S + 3 * REAPER_S - (time.monotonic() - suspended_at)))
     world.railyard("approve", "2", "--reviewer", "alice", "--comment", "looks good")  # alice: a name beside ours
     world.railyard("worker", "--run-once")  # a third worker process resumes it
     state = world.flow_run(flow_run_id)["state"]
