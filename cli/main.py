@@ -215,9 +215,9 @@ def run(
     # store, at once, before Prefect and the flow start (the flow checks the serving ports too).
     refuse_taken_local_ports(settings)
     if settings.online_store_url is None:
-        from infra.online_store import server
+        from infra.online_store import valkey_process
 
-        server.ensure_running(settings)
+        valkey_process.ensure_valkey(settings)
     from flows.retrain import retrain
 
     parameters = {"data_dir": str(data.resolve()) if data else None, "epochs": epochs}
@@ -353,7 +353,7 @@ def serve(
                 typer.echo(f"stopped local {replica_dir.name} (pid {state.pid})")
         return
 
-    def started(state: local.ServerState, name: str = "local server") -> None:
+    def started(state: local.LocalServerState, name: str = "local server") -> None:
         typer.echo(f"{name} pid {state.pid}: REST {state.rest_url}, gRPC {state.grpc_target}")
 
     if local.running(state_dir) is None:
@@ -362,10 +362,11 @@ def serve(
         settings.resolved_serving_model_root.mkdir(parents=True, exist_ok=True)
         for index in range(1, replicas):
             started(
-                local.ensure_running(local_replica_dir(settings, index), config_path, 0, 0), f"local replica-{index}"
+                local.ensure_local_server(local_replica_dir(settings, index), config_path, 0, 0),
+                f"local replica-{index}",
             )
         if background:
-            started(local.ensure_running(state_dir, config_path, rest, grpc))
+            started(local.ensure_local_server(state_dir, config_path, rest, grpc))
         else:
             try:
                 local.serve_foreground(state_dir, config_path, rest, grpc, on_started=started)
@@ -785,22 +786,24 @@ app.add_typer(online_store_app, name="online-store")
 def online_store_start() -> None:
     """Start the embedded store in the background (or reuse the running one)."""
     settings = _settings()
-    from infra.online_store import server
+    from infra.online_store import valkey_process
 
     if settings.online_store_url is not None:
         typer.echo("RAILYARD_ONLINE_STORE_URL is set: Railyard uses that server; nothing to start")
         return
-    state = server.ensure_running(settings)
-    typer.echo(f"online store pid {state.pid} on {server.HOST}:{state.port} (data in {server.server_dir(settings)})")
+    state = valkey_process.ensure_valkey(settings)
+    typer.echo(
+        f"online store pid {state.pid} on {valkey_process.HOST}:{state.port} (data in {valkey_process.server_dir(settings)})"
+    )
 
 
 @online_store_app.command("stop")
 def online_store_stop() -> None:
     """Stop the embedded store (its data stays on disk)."""
     settings = _settings()
-    from infra.online_store import server
+    from infra.online_store import valkey_process
 
-    state = server.stop(settings)
+    state = valkey_process.stop(settings)
     typer.echo(f"stopped the online store (pid {state.pid})" if state else "the online store is not running")
 
 
@@ -819,10 +822,10 @@ def online_store_status(as_json: Annotated[bool, typer.Option("--json", help="On
 def _online_store_state(settings) -> dict:
     """The online store's state, or ``{"running": False}`` when the embedded one is not running
     (never starts it: a status must not change anything) or the store does not answer."""
-    from infra.online_store import server
+    from infra.online_store import valkey_process
     from infra.online_store.store import OnlineStoreUnavailable, connect
 
-    if settings.online_store_url is None and server.running(server.server_dir(settings)) is None:
+    if settings.online_store_url is None and valkey_process.running(valkey_process.server_dir(settings)) is None:
         return {"running": False, "error": "not running (`railyard online-store start`)"}
     from infra.streaming.scorer import stream_state
 

@@ -44,13 +44,13 @@ from release import state as release_state
 from release.reconcile import reconcile
 from tasks import (
     data,
-    deploy,
     drift,
     evaluation,
     features,
     online,
     publish,
     release_steps,
+    serving,
     smoke,
     training,
     validation,
@@ -255,7 +255,7 @@ def retrain(
         skew=tracking.run_metrics(settings, run_id, prefix=online.SKEW_METRIC_PREFIX),
         max_skew_share=settings.max_skew_share,
         deadline=time.time() + settings.approval_timeout_s,
-        live=traffic.live_figures(settings, deploy.serving_labels(target, settings)),
+        live=traffic.live_figures(settings, serving.serving_labels(target, settings)),
         drift=verdict,
     )
     instructions = request_review(settings, request, suspend)
@@ -358,7 +358,7 @@ def refuse(
         lock = nullcontext() if locked else release_state.release_lock(settings, f"retrain run {prefect_run_id}")
         with lock:
             release_steps.apply_verdict(
-                deploy.serving_target(settings), settings, existing.version, verdict, prefect_run_id
+                serving.serving_target(settings), settings, existing.version, verdict, prefect_run_id
             )
     raise ModelRejected(f"model not blessed, nothing published: {reason}")
 
@@ -368,14 +368,14 @@ def canary_release(
 ):
     """Under the release lock: older pending releases give way, canary, smoke tests, staging (and
     production at once with ``auto_approve``). The serving target and the smoke report."""
-    target = deploy.serving_target(settings)  # serving down: the version stays a candidate for a re-run
+    target = serving.serving_target(settings)  # serving down: the version stays a candidate for a re-run
     stages = release_state.registry(settings)
     stages.set_release_run(version, release_state.release_owner(prefect_run_id, "run"))
     for other in release_steps.supersede(target, settings, version, prefect_run_id):
         print(f"version {other} was superseded by version {version}")
     try:
         traffic.hold_canary(settings, version)  # no user reaches the new canary before its smoke tests pass
-        deploy.deploy_canary(target, settings, version)
+        serving.deploy_canary(target, settings, version)
     except ModelLoadError as error:  # the model itself is broken: it never becomes servable
         release_steps.apply_verdict(
             target, settings, version, release_verdict(Outcome.LOAD_FAILED, str(error)), prefect_run_id
@@ -439,7 +439,7 @@ def finish_review(
         settings.model_name, version, instructions, settings.approval_timeout_s, suspend=suspend
     )
     print(decision_line(settings.model_name, version, decision))
-    target = deploy.serving_target(settings)
+    target = serving.serving_target(settings)
     with release_state.release_lock(settings, f"retrain run {prefect_run_id}"):
         last = release_steps.conclude_review(target, settings, version, decision, prefect_run_id)
     state = ending_state(settings, version, last, summary | serving_summary(target, settings))
@@ -468,7 +468,7 @@ def ending_state(settings: Settings, version: int, last: dict, summary: dict) ->
 def nothing_new(settings: Settings, version: int, stage: str, summary: dict) -> State:
     message = f"nothing new to release: version {version} already holds this model (same data and code) and is {stage}"
     print(message)
-    target = deploy.serving_target(settings)
+    target = serving.serving_target(settings)
     return _ended(
         Completed, message, summary | {"model_version": version, "stage": stage} | serving_summary(target, settings)
     )
@@ -480,7 +480,7 @@ def _ended(state, message: str, summary: dict) -> State:
 
 
 def serving_summary(target: ServingTarget, settings: Settings) -> dict:
-    labels = deploy.serving_labels(target, settings)
+    labels = serving.serving_labels(target, settings)
     served_label = "stable" if "stable" in labels else "canary"
     return {
         "serving": {"rest": target.rest, "grpc": target.grpc, "labels": labels},

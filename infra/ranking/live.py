@@ -13,7 +13,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 
-from railyard.gray import request_counters
+from railyard.gray_rules import request_counters
 
 log = logging.getLogger("railyard.ranking")
 FLUSH_S = 0.25
@@ -29,7 +29,7 @@ class LiveBuffer:
         flush_s: float = FLUSH_S,
         on_error: Callable[[Exception], None] = lambda error: None,
     ) -> None:
-        """``write(counts)`` adds the counts to the store, all or nothing (``gray_release.add_live``)."""
+        """``write(counts)`` adds the counts to the store, all or nothing (``gray_state.add_live``)."""
         self._write, self._flush_s, self._on_error = write, flush_s, on_error
         self._pending: Counts = {}
         self._lock = threading.Lock()

@@ -1,7 +1,7 @@
 """The ranking service's work, without HTTP: route a user to a label, read candidates and fresh
 features from the online store, ask TF Serving, fall back, and keep the live figures.
 
-- **Routing**: ``railyard.gray.routes`` (``label_for(userId, share)``), the share read from the online store
+- **Routing**: ``railyard.gray_rules.routes`` (``label_for(userId, share)``), the share read from the online store
   at most every ``share_ttl_s`` (so a change reaches every replica within that), and only while
   TF Serving serves a ``canary`` label (the labels are read at most every ``labels_ttl_s``).
 - **Canary fallback**: a canary call that fails is counted against the canary (its live error
@@ -26,7 +26,7 @@ import numpy as np
 import redis
 from prometheus_client import Histogram
 
-from infra.online_store import gray_release
+from infra.online_store import gray_state
 from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable
 from infra.ranking.live import FLUSH_S, LiveBuffer
 from infra.ranking.metrics import RankingMetrics
@@ -35,7 +35,7 @@ from infra.tfserving.client import ServingError, ServingUnavailableError
 from infra.tfserving.protocol import CANARY, STABLE
 from infra.tfserving.replicas import ReplicaPool
 from railyard.errors import RailyardError
-from railyard.gray import canary_serves, routes
+from railyard.gray_rules import canary_serves, routes
 from railyard.refreshed import Refreshed
 
 log = logging.getLogger("railyard.ranking")
@@ -126,7 +126,7 @@ class Ranker:
 
     def _read_share(self) -> float:
         with timed(self.metrics.online_store_seconds, "canary_share"):
-            share = gray_release.canary_share(self.store.client, self.model)
+            share = gray_state.canary_share(self.store.client, self.model)
         self.metrics.canary_share.set(share)
         return share
 
@@ -218,7 +218,7 @@ class Ranker:
 
     def _write_live(self, counts) -> None:
         with timed(self.metrics.online_store_seconds, "record"):
-            gray_release.add_live(self.store.client, self.model, counts)
+            gray_state.add_live(self.store.client, self.model, counts)
 
     def readiness(self) -> dict[str, str]:
         """What is not ready, and why (empty: ready)."""
