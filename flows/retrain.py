@@ -41,7 +41,7 @@ from railyard.settings import Settings
 from railyard.training import code_version as model_code_version
 from release import review_runs, traffic
 from release import state as release_state
-from release.reconcile import reconcile
+from release.reconcile import repair_release_state
 from tasks import (
     data,
     drift,
@@ -86,7 +86,7 @@ def report_interruption(flow, flow_run, state) -> None:
     ending = Ending(kind, f"its run {flow_run.name} {kind}: {state.message}")
     try:
         with release_state.release_lock(settings, f"{kind} hook of retrain run {flow_run.id}"):
-            said = reconcile(settings, start_serving=False, ended_run=(str(flow_run.id), ending))
+            said = repair_release_state(settings, start_serving=False, ended_run=(str(flow_run.id), ending))
     except Exception as error:  # noqa: BLE001 - announce the interruption even so
         said = [f"its release could not be concluded now ({error}); the next run or `railyard status` will"]
     details = "\n".join(f"- {line}" for line in said)
@@ -138,7 +138,7 @@ def retrain(
         summary = {"model_name": settings.model_name, "model_version": resumed}
         return finish_review(settings, resumed, prefect_run_id, summary, suspend=True)
     kind = load_kind(settings.model_kind)  # a kind that does not resolve is refused before any work
-    for line in release_steps.reconcile_task(settings, holder):
+    for line in release_steps.repair_under_lock(settings, holder):
         print(f"repaired: {line}")
 
     run_key = prefect_run_id or time.strftime("%Y%m%dT%H%M%S")

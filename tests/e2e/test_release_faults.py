@@ -182,7 +182,9 @@ def _roll_back_by_hand(world: World, version: int) -> None:
 
     settings = Settings(home=world.home)
     target = serving.serving_target.fn(settings)
-    release_steps.promote.fn(target, settings, version, actor="ops", reason="rollback by hand", flow_run_id=None)
+    release_steps.make_production.fn(
+        target, settings, version, actor="ops", reason="rollback by hand", flow_run_id=None
+    )
 
 
 def test_a_lost_tracking_database_is_refused_and_the_registry_can_be_restored(world):
