@@ -22,6 +22,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
+from railyard.configs import RANKING_MAX_CANDIDATES
 from railyard.errors import SEE_STATUS, RailyardError, Refused
 from railyard.runtime import prepare_environment
 
@@ -861,15 +862,23 @@ def _utc(timestamp: int) -> str:
 @app.command("rank-server")
 def rank_server(
     host: Annotated[
-        str, typer.Option(help="Address to listen on (loopback by default: the API has no authentication).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8600,
-    candidates: Annotated[
-        int,
+        str | None,
         typer.Option(
-            min=1, max=10_000, help="Candidates scored per recommendation (a request may ask for another number)."
+            help="Address to listen on [default: RAILYARD_RANKING_HOST, 127.0.0.1: the API has no authentication]."
         ),
-    ] = 100,
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port to listen on [default: RAILYARD_RANKING_PORT, 8600].")
+    ] = None,
+    candidates: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=RANKING_MAX_CANDIDATES,
+            help="Candidates scored per recommendation (a request may ask for another number) "
+            "[default: RAILYARD_RANKING_CANDIDATES, 100].",
+        ),
+    ] = None,
 ) -> None:
     """Run the ranking service in front of TF Serving: /v1/recommend, /v1/score, /healthz,
     /readyz, /metrics. Users go to `stable` or `canary` by the canary's share in the online store."""
@@ -879,6 +888,12 @@ def rank_server(
     from infra.online_store.store import connect
     from infra.ranking import create_app, serve
     from infra.rollout.deploy import resolve_target
+
+    host, port, candidates = (
+        host or settings.ranking_host,
+        port or settings.ranking_port,
+        candidates or settings.ranking_candidates,
+    )
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = resolve_target(settings)
@@ -890,13 +905,14 @@ def rank_server(
             fg=typer.colors.YELLOW,
             err=True,
         )
-    # A failing replica must not hold a request for long: two quick tries, then the next replica.
-    options = {"timeout_s": 5.0, "attempts": 2, "backoff_s": 0.05}
+    # A failing replica must not hold a request for long: quick tries, then the next replica.
+    options = settings.ranking_replica_options()
     with target.clients(**options) as clients:
         app_ = create_app(
             connect(settings),
             clients,
             settings.model_name,
+            settings.ranking_config(),
             candidates=candidates,
             locate_replicas=_replica_locator(settings, options),
         )
