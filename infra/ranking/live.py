@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from railyard.gray_rules import request_counters
 
 log = logging.getLogger("railyard.ranking")
-FLUSH_S = 0.25
 
 Counts = dict[tuple[str, int], Counter]  # (label, version) -> counter name -> sum
 
@@ -26,7 +25,7 @@ class LiveBuffer:
         self,
         write: Callable[[Mapping[tuple[str, int], Mapping[str, float]]], None],
         *,
-        flush_s: float = FLUSH_S,
+        flush_s: float,  # RAILYARD_RANKING_LIVE_FLUSH_S in a ranking service
         on_error: Callable[[Exception], None] = lambda error: None,
     ) -> None:
         """``write(counts)`` adds the counts to the store, all or nothing (``gray_state.add_live``)."""
