@@ -207,7 +207,7 @@ def test_the_commands_of_a_home_that_ran_up_use_its_platforms_prefect_and_mlflow
         [
             sys.executable,
             "-c",
-            "import os; from cli.main import _settings; s = _settings(); "
+            "import os; from cli.common import command_settings; s = command_settings(); "
             "print(os.environ['PREFECT_API_URL'], s.resolved_tracking_uri, s.shown_tracking_uri)",
         ],
         env=env | {"RAILYARD_HOME": str(tmp_path)},
