@@ -82,22 +82,24 @@ app.add_typer(online_store_app, name="online-store", rich_help_panel=PANEL)
 def online_store_start() -> None:
     """Start the embedded store in the background (or reuse the running one)."""
     settings = command_settings()
-    from infra.online_store import server
+    from infra.online_store import valkey_process
 
     if settings.online_store_url is not None:
         typer.echo("RAILYARD_ONLINE_STORE_URL is set: Railyard uses that server; nothing to start")
         return
-    state = server.ensure_running(settings)
-    typer.echo(f"online store pid {state.pid} on {server.HOST}:{state.port} (data in {server.server_dir(settings)})")
+    state = valkey_process.ensure_valkey(settings)
+    typer.echo(
+        f"online store pid {state.pid} on {valkey_process.HOST}:{state.port} (data in {valkey_process.server_dir(settings)})"
+    )
 
 
 @online_store_app.command("stop")
 def online_store_stop() -> None:
     """Stop the embedded store (its data stays on disk)."""
     settings = command_settings()
-    from infra.online_store import server
+    from infra.online_store import valkey_process
 
-    state = server.stop(settings)
+    state = valkey_process.stop(settings)
     typer.echo(f"stopped the online store (pid {state.pid})" if state else "the online store is not running")
 
 
@@ -116,10 +118,10 @@ def online_store_status(as_json: Annotated[bool, typer.Option("--json", help="On
 def online_store_state(settings) -> dict:
     """The online store's state, or ``{"running": False}`` when the embedded one is not running
     (never starts it: a status must not change anything) or the store does not answer."""
-    from infra.online_store import server
+    from infra.online_store import valkey_process
     from infra.online_store.store import OnlineStoreUnavailable, connect
 
-    if settings.online_store_url is None and server.running(server.server_dir(settings)) is None:
+    if settings.online_store_url is None and valkey_process.running(valkey_process.server_dir(settings)) is None:
         return {"running": False, "error": "not running (`railyard online-store start`)"}
     from infra.streaming.scorer import stream_state
 

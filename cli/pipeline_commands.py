@@ -93,9 +93,9 @@ def run(
     # store, at once, before Prefect and the flow start (the flow checks the serving ports too).
     refuse_taken_local_ports(settings)
     if settings.online_store_url is None:
-        from infra.online_store import server
+        from infra.online_store import valkey_process
 
-        server.ensure_running(settings)
+        valkey_process.ensure_valkey(settings)
     from flows.retrain import retrain
 
     parameters = {"data_dir": str(data.resolve()) if data else None, "epochs": epochs}

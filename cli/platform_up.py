@@ -89,7 +89,7 @@ def _free_port_besides(taken: set[int]) -> int:
 def services(settings: Settings, ports: dict[str, int]) -> list[dict]:
     """What `railyard up` runs, stage by stage (a stage starts once the ones before are healthy)."""
     from infra.local_server import background
-    from infra.online_store import server as online_server
+    from infra.online_store import valkey_process
     from infra.tfserving.model_config import ensure_config_file
     from infra.tfserving.protocol import CONFIG_FILE
 
@@ -161,7 +161,7 @@ def services(settings: Settings, ports: dict[str, int]) -> list[dict]:
         {
             "name": "online-store",
             "stage": 0,
-            "command": online_server.command(online_server.server_dir(settings), ports["online-store"]),
+            "command": valkey_process.command(valkey_process.server_dir(settings), ports["online-store"]),
             "cwd": str(REPO_ROOT),
             "port": ports["online-store"],
             "health": {"tcp": ports["online-store"]},
@@ -308,11 +308,11 @@ def _refuse_servers_started_alone(settings: Settings) -> None:
     """The home's local server or online store started on their own (`railyard serve
     --background`, `online-store start`, a run) would be started a second time on the same data."""
     from infra.local_server import background
-    from infra.online_store import server as online_server
+    from infra.online_store import valkey_process
 
     alone = {
         "the local serving process": ("railyard serve --stop", background.running(settings.local_serving_dir)),
-        "the online store": ("railyard online-store stop", online_server.running(online_server.server_dir(settings))),
+        "the online store": ("railyard online-store stop", valkey_process.running(valkey_process.server_dir(settings))),
     }
     running = {name: stop for name, (stop, state) in alone.items() if state is not None}
     if running:

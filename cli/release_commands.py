@@ -22,7 +22,7 @@ def _decide(version: int, decision: str, named: str | None, comment: str) -> Non
 
     from model_registry.stages import Stage
     from release.decision import REJECT, ReviewAnswer
-    from release.reconcile import reconcile
+    from release.reconcile import repair_release_state
     from release.state import registry, release_lock
 
     try:
@@ -37,7 +37,7 @@ def _decide(version: int, decision: str, named: str | None, comment: str) -> Non
             code=2,
         )
     with release_lock(settings, f"railyard {decision}"):
-        repaired = reconcile(settings, start_serving=False)
+        repaired = repair_release_state(settings, start_serving=False)
     for line in repaired:
         typer.echo(f"repaired: {line}")
     stages = registry(settings)
@@ -125,7 +125,7 @@ def status(
     from model_registry import LockTimeoutError
     from model_registry.history import HistoryMismatch
     from railyard.tracking import last_run as last_training_run
-    from release.reconcile import reconcile
+    from release.reconcile import repair_release_state
     from release.state import registry, release_lock
     from release.traffic import live_figures
 
@@ -137,7 +137,7 @@ def status(
 
     try:
         with release_lock(settings, "railyard status", wait_s=0):
-            repaired = reconcile(settings, start_serving=False)
+            repaired = repair_release_state(settings, start_serving=False)
     except LockTimeoutError as busy:
         repaired = [f"not reconciled: a release is in progress ({busy})"]
     versions = [version_story(entry) for entry in registry(settings).versions()]

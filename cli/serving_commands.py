@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from cli.common import command_settings, fail, log_to_terminal, serving_target
+from railyard.configs import RANKING_MAX_CANDIDATES
 
 PANEL = "Serving"
 app = typer.Typer()
@@ -77,7 +78,7 @@ def serve(
                 typer.echo(f"stopped local {replica_dir.name} (pid {state.pid})")
         return
 
-    def started(state: local.ServerState, name: str = "local server") -> None:
+    def started(state: local.LocalServerState, name: str = "local server") -> None:
         typer.echo(f"{name} pid {state.pid}: REST {state.rest_url}, gRPC {state.grpc_target}")
 
     if local.running(state_dir) is None:
@@ -86,10 +87,11 @@ def serve(
         settings.resolved_serving_model_root.mkdir(parents=True, exist_ok=True)
         for index in range(1, replicas):
             started(
-                local.ensure_running(local_replica_dir(settings, index), config_path, 0, 0), f"local replica-{index}"
+                local.ensure_local_server(local_replica_dir(settings, index), config_path, 0, 0),
+                f"local replica-{index}",
             )
         if background:
-            started(local.ensure_running(state_dir, config_path, rest, grpc))
+            started(local.ensure_local_server(state_dir, config_path, rest, grpc))
         else:
             try:
                 local.serve_foreground(state_dir, config_path, rest, grpc, on_started=started)
@@ -149,15 +151,23 @@ def score(
 @app.command("rank-server", rich_help_panel=PANEL)
 def rank_server(
     host: Annotated[
-        str, typer.Option(help="Address to listen on (loopback by default: the API has no authentication).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8600,
-    candidates: Annotated[
-        int,
+        str | None,
         typer.Option(
-            min=1, max=10_000, help="Candidates scored per recommendation (a request may ask for another number)."
+            help="Address to listen on (default: RAILYARD_RANKING_HOST, 127.0.0.1; loopback: the API has no authentication)."
         ),
-    ] = 100,
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port to listen on (default: RAILYARD_RANKING_PORT, 8600).")
+    ] = None,
+    candidates: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=RANKING_MAX_CANDIDATES,
+            help="Candidates scored per recommendation (a request may ask for another number) "
+            "(default: RAILYARD_RANKING_CANDIDATES, 100).",
+        ),
+    ] = None,
 ) -> None:
     """Run the ranking service in front of TF Serving: /v1/recommend, /v1/score, /healthz,
     /readyz, /metrics. Users go to `stable` or `canary` by the canary's share in the online store."""
@@ -166,6 +176,7 @@ def rank_server(
     from infra.online_store.store import connect
     from infra.ranking import create_app, serve
 
+    host, port = host or settings.ranking_host, port or settings.ranking_port
     log_to_terminal()
     target = serving_target(settings)
     if host not in ("127.0.0.1", "::1", "localhost"):
@@ -174,14 +185,15 @@ def rank_server(
             fg=typer.colors.YELLOW,
             err=True,
         )
-    # A failing replica must not hold a request for long: two quick tries, then the next replica.
-    options = {"timeout_s": 5.0, "attempts": 2, "backoff_s": 0.05}
+    # A failing replica must not hold a request for long: quick tries, then the next replica.
+    options = settings.ranking_replica_options()
     with target.clients(**options) as clients:
         app_ = create_app(
             connect(settings),
             clients,
             settings.model_name,
-            candidates=candidates,
+            settings.ranking_config(),
+            candidates=candidates or settings.ranking_candidates,
             locate_replicas=_replica_locator(settings, options),
         )
         grpc = ", ".join(replica.grpc for replica in target.replicas)

@@ -13,11 +13,11 @@ from railyard.settings import Settings
 from release import review_runs
 from release.decision import APPROVE, ReviewAnswer
 from release.state import registry, release_lock
-from tasks import deploy, release_steps
+from tasks import release_steps, serving
 
 
 @flow(name="promote", log_prints=True)
-def promote(
+def promote_staging_version(
     version: Annotated[int, Field(ge=1, description="Version to promote (must be in staging).")],
     reviewer: Annotated[str, Field(pattern=r"\S", description="Who approves (recorded in the audit trail).")],
     comment: Annotated[str, Field(description="Why.")] = "",
@@ -30,13 +30,13 @@ def promote(
         comment: why, recorded with the stage change.
     """
     settings = Settings()
-    target = deploy.serving_target(settings)
+    target = serving.serving_target(settings)
     run_id = str(flow_run.get_id()) if flow_run.get_id() else None
     with release_lock(settings, f"promote run {run_id}"):
         release_steps.apply_verdict(
             target, settings, version, release_verdict(Outcome.APPROVED, comment, actor=reviewer), run_id
         )
-    labels = deploy.serving_labels(target, settings)
+    labels = serving.serving_labels(target, settings)
     # The retrain run waiting for this review wakes up, finds the decision made and ends with it.
     waiting = registry(settings).lineage(version).get("review_run")
     if waiting:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from railyard.drift import Verdict, table_markdown
 from railyard.evaluation import SYMBOLS, GateDecision, side_by_side, side_by_side_markdown
-from railyard.gray import LiveFigures
+from railyard.gray_rules import LiveFigures
 from railyard.moments import when
 
 

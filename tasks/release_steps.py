@@ -15,7 +15,7 @@ from railyard.notify import notify
 from railyard.settings import Settings
 from release import review_runs, traffic
 from release.decision import REJECT, ReviewAnswer
-from release.reconcile import reconcile
+from release.reconcile import repair_release_state
 from release.state import IN_FLIGHT, REVIEW_RUN_TAG, model_store, record_rejection, registry, release_lock
 from tasks.common import MINUTES, railyard_task
 
@@ -23,9 +23,9 @@ log = logging.getLogger("railyard.release")
 
 
 @railyard_task(name="reconcile-release-state", timeout_seconds=30 * MINUTES)
-def reconcile_task(settings: Settings, holder: str) -> list[str]:
+def repair_under_lock(settings: Settings, holder: str) -> list[str]:
     with release_lock(settings, holder):
-        return reconcile(settings)
+        return repair_release_state(settings)
 
 
 # -- the steps of one release ----------------------------------------------------------------
@@ -106,7 +106,7 @@ def supersede(target: served.ServingTarget, settings: Settings, version: int, fl
 
 
 @railyard_task(name="promote-to-production", timeout_seconds=20 * MINUTES)
-def promote(
+def make_production(
     target: served.ServingTarget, settings: Settings, version: int, *, actor: str, reason: str, flow_run_id: str | None
 ) -> dict:
     """Checks the stage change is legal, serves the version as ``stable``, then records it.
@@ -155,7 +155,7 @@ def apply_verdict(
     if verdict.stage is Stage.REJECTED:
         reject(target, settings, version, ending=verdict.ending, **record)
     elif verdict.stage is Stage.PRODUCTION:
-        promote(target, settings, version, **record)
+        make_production(target, settings, version, **record)
         registry(settings).tag_release_ending(version, Outcome.APPROVED.value)  # not a rollback's promotion
     elif verdict.stage is Stage.STAGING:  # reached only through passed smoke tests
         record_stage(settings, version, Stage.STAGING.value, smoke_passed=True, **record)

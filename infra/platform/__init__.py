@@ -4,7 +4,7 @@
   identity, a detached start that waits until the server says it is up, health probes, a stop by
   the recorded pid: SIGTERM, then SIGKILL after a grace, the capped restart backoff). The local
   serving process (``infra/local_server/background.py``) and the online store
-  (``infra/online_store/server.py``) start and stop through it.
+  (``infra/online_store/valkey_process.py``) start and stop through it.
 - ``supervisor``: the process ``railyard up`` starts: it runs a home's services (a spec file the
   entry point wrote), restarts one that dies with capped backoff, counts and logs the restarts,
   and stops them all on SIGTERM (``railyard down``).

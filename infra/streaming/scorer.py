@@ -9,7 +9,7 @@ One user of the generic consumer (``infra.online_store.consumer``): group ``scor
   with its reason.
 - **Deadlines**: a request past its ``deadline_ms`` gets a ``deadline_exceeded`` result, not a
   late score (checked before scoring and again when its result is written).
-- **Route** each user as the ranking service does (``railyard.gray.routes``, the canary's share
+- **Route** each user as the ranking service does (``railyard.gray_rules.routes``, the canary's share
   from the online store, only while a canary other than stable's version is served; both read
   again every ``labels_ttl_s`` on a thread of their own); a canary call that fails is answered
   by ``stable``.
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import redis
 
-from infra.online_store import gray_release, keys
+from infra.online_store import gray_state, keys
 from infra.online_store.consumer import Consumer, Parsed, ValkeyStreams, Work, entry_time
 from infra.online_store.store import OnlineStore, OnlineStoreUnavailable, reachable
 from infra.scoring import Features, fresh_features, predict_routed
@@ -48,7 +48,7 @@ from infra.tfserving.protocol import CANARY, STABLE
 from infra.tfserving.replicas import ReplicaPool
 from railyard.configs import ScorerConfig
 from railyard.errors import RailyardError
-from railyard.gray import canary_serves, routes
+from railyard.gray_rules import canary_serves, routes
 from railyard.refreshed import Refreshed
 
 log = logging.getLogger("railyard.streaming")
@@ -329,7 +329,7 @@ class Scorer:
         return {label: version for label, version in versions.items() if version is not None}
 
     def _read_share(self) -> float:
-        return gray_release.canary_share(self.store.client, self.model)
+        return gray_state.canary_share(self.store.client, self.model)
 
     def _not_refreshed(self, what: str):
         def warn(error: Exception) -> None:

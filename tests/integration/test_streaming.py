@@ -26,7 +26,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from infra.online_store import gray_release, keys
+from infra.online_store import gray_state, keys
 from infra.online_store.store import connect_url
 from infra.scoring import predict_pairs, score_online
 from infra.streaming.http import serve_status
@@ -34,7 +34,7 @@ from infra.streaming.requests import ScoreRequest, read_result, request_fields
 from infra.streaming.scorer import Scorer, now_ms, publish_requests, replay_requests, stream_state
 from infra.tfserving.protocol import CANARY, STABLE
 from railyard.configs import ScorerConfig
-from railyard.gray import label_for
+from railyard.gray_rules import label_for
 from tests.support import REPO_ROOT
 from tests.support.online_store import movies_frame, railyard, ratings_frame
 from tests.support.serving_fixtures import MODEL_NAME, CanaryFails, client_for, model_config
@@ -133,7 +133,7 @@ def running(scorer: Scorer):
 def test_streamed_scores_equal_the_synchronous_path_for_each_users_label(store, serving):
     """Half the users on the canary: each result names the label its user routes to and the
     version that answered, and its scores are score_online's for that version (1e-6)."""
-    gray_release.set_canary_share(store.client, MODEL_NAME, 0.5)
+    gray_state.set_canary_share(store.client, MODEL_NAME, 0.5)
     requests = requests_of(200)
     publish_requests(store.client, requests)
     scorer_of(store, serving).run(until_idle=True)
@@ -497,7 +497,7 @@ def test_a_replayed_time_range_is_scored_again_under_new_ids(store, serving):
 
 
 def test_a_failing_canary_is_answered_by_stable(store, serving):
-    gray_release.set_canary_share(store.client, MODEL_NAME, 1.0)
+    gray_state.set_canary_share(store.client, MODEL_NAME, 1.0)
     requests = requests_of(20)
     publish_requests(store.client, requests)
     scorer = scorer_of(store, CanaryFails(serving))

@@ -4,7 +4,7 @@ from infra.rollout.smoke import SmokeCheck, SmokeReport
 from railyard.configs import GateThresholds
 from railyard.drift import Measure, Verdict
 from railyard.evaluation import gate
-from railyard.gray import LiveFigures
+from railyard.gray_rules import LiveFigures
 from railyard.moments import when
 from railyard.review import DataWindow, ReviewRequest, decision_line, review_markdown, waiting_line
 from release.review_runs import ApprovalDecision

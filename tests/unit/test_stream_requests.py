@@ -18,7 +18,7 @@ from infra.streaming.requests import (
     request_fields,
     result_fields,
 )
-from railyard.gray import canary_serves, label_for, routes
+from railyard.gray_rules import canary_serves, label_for, routes
 
 GOOD = {"id": "req-1", "userId": "6", "movieIds": "1,30, 7"}
 
