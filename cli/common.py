@@ -61,7 +61,7 @@ def utc(timestamp: int) -> str:
     return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
 
 
-def serving_target(settings):
+def running_serving(settings):
     """The serving the home's settings name, or the command ends: it needs a server that runs."""
     from infra.rollout.deploy import resolve_target
 

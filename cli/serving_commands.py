@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli.common import command_settings, fail, log_to_terminal, serving_target
+from cli.common import command_settings, fail, log_to_terminal, running_serving
 from railyard.configs import RANKING_MAX_CANDIDATES
 
 PANEL = "Serving"
@@ -137,7 +137,7 @@ def score(
     from infra.online_store.store import connect
     from infra.scoring import score_online
 
-    target = serving_target(settings)
+    target = running_serving(settings)
     with target.client() as client:
         store = connect(settings)
         scores = score_online(store, client, settings.model_name, [user_id] * len(movie_ids), movie_ids, label=label)
@@ -178,7 +178,7 @@ def rank_server(
 
     host, port = host or settings.ranking_host, port or settings.ranking_port
     log_to_terminal()
-    target = serving_target(settings)
+    target = running_serving(settings)
     if host not in ("127.0.0.1", "::1", "localhost"):
         typer.secho(
             f"warning: listening on {host}: the ranking service has no authentication; put a proxy that has in front",
@@ -238,7 +238,7 @@ def score_stream(
     from infra.tfserving.replicas import ReplicaPool
 
     log_to_terminal()
-    target = serving_target(settings)
+    target = running_serving(settings)
     config = settings.scorer_config()
     # One quick try per call and replica: the scorer's own loop waits for serving with backoff, requests pending.
     options = {"timeout_s": config.serving_timeout_s, "attempts": 1}

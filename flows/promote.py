@@ -17,7 +17,7 @@ from tasks import release_steps, serving
 
 
 @flow(name="promote", log_prints=True)
-def promote_staging_version(
+def promote(
     version: Annotated[int, Field(ge=1, description="Version to promote (must be in staging).")],
     reviewer: Annotated[str, Field(pattern=r"\S", description="Who approves (recorded in the audit trail).")],
     comment: Annotated[str, Field(description="Why.")] = "",

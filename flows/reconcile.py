@@ -14,7 +14,7 @@ from tasks import release_steps
 
 
 @flow(name="reconcile", log_prints=True)
-def reconcile_releases() -> list[str]:
+def reconcile() -> list[str]:
     """Reject reviews that timed out or whose run crashed or was cancelled, unload their canaries,
     end MLflow runs left RUNNING by killed processes, and put `stable` back on MLflow's
     production version; each repair is printed."""
