@@ -7,6 +7,7 @@ two scorers in one group run the real CLI (marked slow)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -210,6 +211,39 @@ def test_one_result_per_request_id_and_none_past_its_deadline(store, serving):
     assert client.ttl(keys.SCORE_DONE + "twice") > 3_000  # the marker expires (result_ttl_s)
     assert nothing_pending(client) and not letters(client)
     assert client.xlen(keys.SCORE_RESULTS) == 3
+
+
+class Crash(BaseException):
+    """The process dying where it stands: nothing in the scorer catches it."""
+
+
+def test_a_crash_with_the_next_batch_in_flight_acknowledges_neither_and_a_restart_answers_each_once(store, serving):
+    """Batches overlap: the next batch is read and scored while one's results are written. A
+    scorer that dies writing a batch's results, the next batch scored meanwhile, has acknowledged
+    neither; restarted, it answers every request exactly once."""
+    client = store.client
+    requests = requests_of(40, prefix="f")
+    publish_requests(client, requests)
+    config = dataclasses.replace(CONFIG, batch_size=8, flush_ms=0)
+    first = scorer_of(store, serving, config=config)
+    write, batches_written = first._write_results, []
+
+    def dies_writing_the_third_batch(results):
+        if len(batches_written) == 2:
+            raise Crash
+        write(results)
+        batches_written.append(len(results))
+
+    first._write_results = dies_writing_the_third_batch
+    with pytest.raises(Crash):
+        first.run(until_idle=True)
+    assert len(results_by_id(client)) == 16  # batches 1 and 2
+    assert client.xpending(keys.SCORE_REQUESTS, keys.SCORER_GROUP)["pending"] == 16  # batch 3, and 4 in flight
+
+    scorer_of(store, serving, config=config).run(until_idle=True)
+    results = results_by_id(client)
+    assert {request_id: len(found) for request_id, found in results.items()} == {r.request_id: 1 for r in requests}
+    assert nothing_pending(client) and not letters(client)
 
 
 @pytest.mark.parametrize("case", ["feature store down", "no features held"])
