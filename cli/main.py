@@ -436,7 +436,7 @@ def _decide(version: int, decision: str, named: str | None, comment: str) -> Non
     from release import review_runs  # Prefect's client: only for a review that can be answered
 
     try:
-        review_runs.answer(flow_run_id, answer)
+        review_runs.answer(flow_run_id, answer, settings.home)
     except Exception as error:  # noqa: BLE001 - NotPausedError, a refused answer, an unreachable API
         _fail(
             f"could not resume flow run {flow_run_id} for version {version}: {error}",
@@ -614,9 +614,9 @@ def restore_registry() -> None:
 
 def _with_name(text: str, named: str | None) -> str:
     """The text, with a name the user gave for the record (the recorded actor is the OS user)."""
-    if not named or not named.strip() or named == _os_user():
-        return text
-    return f"{text} [named: {named.strip()}]".strip()
+    from release.decision import with_name
+
+    return with_name(text, named, _os_user())
 
 
 def _os_user() -> str:
@@ -711,6 +711,51 @@ def ps(as_json: Annotated[bool, typer.Option("--json", help="One JSON list.")] =
     else:
         for line in platform_up.table(rows):
             typer.echo(line)
+
+
+users_app = typer.Typer(
+    help="The users the proxy in front of Prefect's UI and API authenticates (hashed, owner-only file).",
+    no_args_is_help=True,
+)
+app.add_typer(users_app, name="users")
+
+
+@users_app.command("add")
+def users_add(name: str) -> None:
+    """Add a user; the password is read from a prompt (or one line of stdin), never the command line."""
+    import getpass
+
+    from railyard import identity
+
+    settings = _settings()
+    if name in identity.read_users(settings.home):  # refused before a password is asked for
+        identity.add_user(settings.home, name, "")
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {name}: ")
+        if getpass.getpass("again: ") != password:
+            _fail("the two passwords differ: nothing was changed", f"`railyard users add {name}` again", code=2)
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    identity.add_user(settings.home, name, password)
+    typer.echo(f"added user {name}")
+
+
+@users_app.command("remove")
+def users_remove(name: str) -> None:
+    """Remove a user (the proxy refuses their credential from the next request on)."""
+    from railyard import identity
+
+    identity.remove_user(_settings().home, name)
+    typer.echo(f"removed user {name}")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """The users, one a line."""
+    from railyard import identity
+
+    users = sorted(identity.read_users(_settings().home))
+    typer.echo("\n".join(users) if users else "no users (`railyard users add NAME`)")
 
 
 # -- the online feature store and its event stream ------------------------------------------
