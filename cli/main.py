@@ -680,13 +680,18 @@ def up(as_json: Annotated[bool, typer.Option("--json", help="What runs, as one J
     from railyard.settings import load_settings
 
     platform_up.check_writable(load_settings())  # before anything is written under the home
-    started, rows = platform_up.up(_settings())
+    settings = _settings()
+    started, rows = platform_up.up(settings)
     if as_json:
         print(json.dumps(rows), flush=True)
         return
     typer.echo("the platform is up:" if started else "the platform was already up:")
     for line in platform_up.table(rows):
         typer.echo(line)
+    from railyard import identity
+
+    if not identity.read_users(settings.home):
+        typer.echo("nobody can sign in to the Prefect UI (the proxy's URL) yet: `railyard users add NAME`")
 
 
 @app.command()

@@ -107,8 +107,7 @@ def _refuse_unauthenticated(flow_run_id: str, model: str, version: int, decision
         f"{model} version {version} without passing the proxy: refused, nothing changed. Answer through the proxy's "
         f"URL (`railyard ps`) or with `railyard {decision.decision} {version}`; the review waits until its deadline"
     )
-    log.warning(said)
-    print(said)
+    print(said)  # the run's log (log_prints)
     post_artifact(flow_run_id, APPROVAL_ARTIFACT, f"## Refused: unauthenticated\n\n{said}", "unauthenticated answer")
 
 
