@@ -72,3 +72,12 @@ def test_a_record_proves_its_actor_only_for_its_run_and_its_answer(tmp_path):
     forged = json.loads(value) | {"actor": "mallory"}
     assert identity.verified_actor(key, RUN, ANSWER, [json.dumps(forged), "not json", "{}"]) is None
     assert identity.verified_actor(key, RUN, ANSWER, [json.dumps(forged), value]) == "alice"
+
+
+def test_a_typed_name_is_kept_beside_the_comment_of_the_authenticated_actor():
+    from release.decision import with_name
+
+    assert with_name("looks right", "Mallory", "alice") == "looks right [named: Mallory]"
+    assert with_name("looks right", " alice ", "alice") == "looks right"
+    assert with_name("", "Mallory", "alice") == "[named: Mallory]"
+    assert with_name("fine", None, "alice") == "fine"
