@@ -4,6 +4,10 @@ A run of a deployment *suspends*: its process exits and holds no worker, concurr
 lease while the reviewer takes their time; the answer reschedules the run, which starts again
 and finds its decision waiting (see docs/release.md). A run without a deployment (`railyard run`
 in a terminal) cannot be rescheduled, so it *pauses* in its own process.
+
+An answer counts only with a signed record of who sent it (``railyard.identity``: written by the
+proxy in front of Prefect, or by ``answer`` for the CLI); one without is refused and the review
+waits again until its deadline.
 """
 
 from __future__ import annotations
