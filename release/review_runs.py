@@ -86,7 +86,6 @@ def await_decision(
             return decision, actor
         if not suspend or _answered(pause_key(model, version, attempt + 1)) is None:  # not announced before
             _refuse_unauthenticated(flow_run_id, model, version, decision)
-    raise AssertionError("unreachable")
 
 
 def _answered(key: str) -> ApprovalDecision | None:
