@@ -31,8 +31,8 @@ KEY_FILE = "auth/record.key"
 RECORD_PREFIX = "railyard-actor"
 MIN_PASSWORD_LENGTH = 10
 USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
-# scrypt's cost: 16 MB and ~0.1-0.2 s per check on these machines (measured under load) (the proxy checks each request's
-# credential once, then remembers it; see ``Users.check``).
+# scrypt's cost: 16 MB and ~0.1-0.2 s per check on these machines (measured under load); the
+# proxy checks a credential once, then remembers it (``infra.platform.proxy.Users``).
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 ANSWER_FIELDS = ("decision", "reviewer", "comment")
 
