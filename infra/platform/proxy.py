@@ -52,13 +52,13 @@ DROPPED = {
 
 
 class Users:
-    """The users file, read again when it changes; a credential checked once (scrypt is slow on
-    purpose) is remembered by its hash until the file changes."""
+    """The users file, read again when it changes; a credential that proved a user (scrypt is slow
+    on purpose) is remembered by its hash until the file changes."""
 
     def __init__(self, home: Path):
         self.path, self.home = Path(home) / identity.USERS_FILE, Path(home)
         self.stamp: float | None = None
-        self.proven: dict[str, str | None] = {}
+        self.proven: dict[str, str] = {}
         self.users: dict[str, str] = {}
 
     def check(self, header: str | None) -> str | None:
@@ -71,9 +71,9 @@ class Users:
         if not header:
             return None
         seen = hashlib.sha256(header.encode()).hexdigest()
-        if seen not in self.proven:
-            self.proven[seen] = identity.basic_user(header, self.users)
-        return self.proven[seen]
+        if seen not in self.proven and (user := identity.basic_user(header, self.users)) is not None:
+            self.proven[seen] = user  # only what proved someone: wrong guesses do not fill it
+        return self.proven.get(seen)
 
 
 def make_app(home: Path, upstream: str, trusted: frozenset[str] = frozenset()) -> Starlette:
