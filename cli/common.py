@@ -44,9 +44,9 @@ def command_settings(*, store: bool = False):
 
 def with_name(text: str, named: str | None) -> str:
     """The text, with a name the user gave for the record (the recorded actor is the OS user)."""
-    if not named or not named.strip() or named == os_user():
-        return text
-    return f"{text} [named: {named.strip()}]".strip()
+    from release.decision import with_name as noted
+
+    return noted(text, named, os_user())
 
 
 def os_user() -> str:

@@ -26,7 +26,8 @@ SPEC_FILE = "spec.json"
 SUPERVISOR_LOG = "supervisor.log"
 # The tools' usual ports, used while free (RAILYARD_PLATFORM_USUAL_PORTS); the others get free ones.
 USUAL_PORTS = {
-    "prefect": 4200,
+    "prefect": 4201,  # its UI and API are opened through the proxy, on Prefect's usual port
+    "proxy": 4200,
     "mlflow": 5000,
     "serving-rest": 8501,
     "serving-grpc": 8500,
@@ -96,6 +97,7 @@ def services(settings: Settings, ports: dict[str, int]) -> list[dict]:
     home, python, here = settings.home, sys.executable, "127.0.0.1"
     pg = home / "postgres"
     prefect_url, mlflow_url = f"http://{here}:{ports['prefect']}", f"http://{here}:{ports['mlflow']}"
+    proxy_url = f"http://{here}:{ports['proxy']}"  # where people open Prefect: users authenticated
     if settings.platform_database == "postgresql":
         prefect_db = postgres.url(pg, ports["postgres"], "prefect", "+asyncpg")
         mlflow_db = postgres.url(pg, ports["postgres"], "mlflow")
@@ -174,15 +176,27 @@ def services(settings: Settings, ports: dict[str, int]) -> list[dict]:
             | {
                 "PREFECT_API_DATABASE_CONNECTION_URL": prefect_db,
                 "PREFECT_UI_ENABLED": "true",
-                # The UI calls the API of this server, not the default port's.
-                "PREFECT_UI_API_URL": f"{prefect_url}/api",
-                "PREFECT_SERVER_UI_API_URL": f"{prefect_url}/api",
+                # The UI calls this server's API through the proxy, not the default port's.
+                "PREFECT_UI_API_URL": f"{proxy_url}/api",
+                "PREFECT_SERVER_UI_API_URL": f"{proxy_url}/api",
                 "PREFECT_SERVER_API_HOST": here,
                 "PREFECT_SERVER_API_PORT": str(ports["prefect"]),
             },
             "port": ports["prefect"],
-            "url": prefect_url,
+            "url": proxy_url,
             "health": {"http": f"{prefect_url}/api/health"},
+        },
+        {
+            "name": "proxy",
+            "stage": 3,
+            "command": [
+                *(python, "-m", "infra.platform.proxy", str(home), prefect_url, str(ports["proxy"])),
+                settings.proxy_trusted_upstreams,
+            ],
+            "cwd": str(REPO_ROOT),
+            "port": ports["proxy"],
+            "url": proxy_url,
+            "health": {"http": f"{proxy_url}/"},  # it answers 401 without a user: it is up
         },
         {
             "name": "mlflow",

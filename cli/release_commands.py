@@ -57,7 +57,7 @@ def _decide(version: int, decision: str, named: str | None, comment: str) -> Non
     from release import review_runs  # Prefect's client: only for a review that can be answered
 
     try:
-        review_runs.answer(flow_run_id, answer)
+        review_runs.answer(flow_run_id, answer, settings.home)
     except Exception as error:  # noqa: BLE001 - NotPausedError, a refused answer, an unreachable API
         fail(
             f"could not resume flow run {flow_run_id} for version {version}: {error}",

@@ -41,7 +41,9 @@ def promote(
     waiting = registry(settings).lineage(version).get("review_run")
     if waiting:
         try:
-            review_runs.answer(waiting, ReviewAnswer(decision=APPROVE, reviewer=reviewer, comment=comment))
+            review_runs.answer(
+                waiting, ReviewAnswer(decision=APPROVE, reviewer=reviewer, comment=comment), settings.home
+            )
         except Exception as error:  # noqa: BLE001 - it is not waiting any more: nothing to wake
             print(f"the retrain run {waiting} was not waiting for this review ({error})")
     return {"model_name": settings.model_name, "version": version, "serving": labels}

@@ -435,13 +435,15 @@ def finish_review(
 ) -> State:
     """Wait for the decision (a suspended run ends here and starts again once answered), then
     apply it under the release lock unless someone decided meanwhile."""
-    decision = review_runs.await_decision(
-        settings.model_name, version, instructions, settings.approval_timeout_s, suspend=suspend
+    waiting = release_state.registry(settings).release_run(version) or {}
+    deadline = waiting.get("deadline") or time.time() + settings.approval_timeout_s
+    decision, actor = review_runs.await_decision(
+        settings.model_name, version, instructions, deadline, suspend=suspend, home=settings.home
     )
-    print(decision_line(settings.model_name, version, decision))
+    print(decision_line(settings.model_name, version, decision, actor))
     target = serving.serving_target(settings)
     with release_state.release_lock(settings, f"retrain run {prefect_run_id}"):
-        last = release_steps.conclude_review(target, settings, version, decision, prefect_run_id)
+        last = release_steps.conclude_review(target, settings, version, decision, actor, prefect_run_id)
     state = ending_state(settings, version, last, summary | serving_summary(target, settings))
     review_runs.cancel_deadline_check(
         release_state.registry(settings).lineage(version).get("deadline_run"), state.message

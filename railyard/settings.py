@@ -208,9 +208,12 @@ class Settings(BaseSettings):
     platform_restart_cap_s: float = Field(default=30.0, gt=0)
     platform_stop_grace_s: float = Field(default=15.0, gt=0)
     platform_start_timeout_s: float = Field(default=300.0, gt=0)
-    # Ports: the tools' usual ones (Prefect 4200, MLflow 5000, TF Serving 8501/8500, 6399, 8600)
+    # Ports: the tools' usual ones (the proxy in front of Prefect 4200, Prefect 4201, MLflow 5000, TF Serving 8501/8500, 6399, 8600)
     # while free, else free ones; false: free ones only. Either way the home records them.
     platform_usual_ports: bool = True
+    # The proxy in front of Prefect's UI and API (`railyard up`) authenticates `railyard users`; behind
+    # an OIDC proxy, list its addresses (comma-separated) to trust its X-Forwarded-User instead. Empty: off.
+    proxy_trusted_upstreams: str = ""
     # Prefect's and MLflow's databases under `railyard up`: the embedded PostgreSQL, or SQLite files.
     platform_database: Literal["postgresql", "sqlite"] = "postgresql"
     # Housekeeping: per-run scratch folders (runs/, reports/) kept, newest first.

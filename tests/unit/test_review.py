@@ -100,5 +100,10 @@ def test_the_log_says_who_waits_until_when_and_then_the_decision():
     )
     answer = ApprovalDecision(decision="reject", reviewer="bob", comment="odd scores")
     assert decision_line("recmodel", 5, answer) == "recmodel version 5: bob answered reject: odd scores"
+    # The signed record's user decides; the name typed in the form stays beside the comment.
+    assert decision_line("recmodel", 5, answer, "alice") == (
+        "recmodel version 5: alice answered reject: odd scores [named: bob]"
+    )
+    assert decision_line("recmodel", 5, answer, "bob") == "recmodel version 5: bob answered reject: odd scores"
     assert decision_line("recmodel", 5, None) == "recmodel version 5: no decision before the deadline"
     assert when(DEADLINE) == "2026-12-07 10:00:00 UTC"
