@@ -184,7 +184,17 @@ def test_a_deployment_run_waits_for_its_review_without_a_process_a_slot_or_a_lea
 
 def test_a_rejected_canary_is_unloaded_and_stable_keeps_serving(world):
     run = world.start_run(3)
-    world.wait_until_waiting(3, run)
+    flow_run_id = world.wait_until_waiting(3, run)["id"]
+    # An approval sent straight to Prefect's API carries no signed record of who sent it: Prefect
+    # resumes the run, the run refuses the answer and waits again; nothing reaches production.
+    direct = {"decision": "approve", "reviewer": "mallory", "comment": "trust me"}
+    assert world.api("POST", f"/flow_runs/{flow_run_id}/resume", {"run_input": direct})[1]["status"] == "ACCEPT"
+    world.wait_for(
+        lambda: world.flow_run(flow_run_id)["state"]["state_details"].get("pause_key", "").endswith("-2"),
+        "the review to wait again",
+        run,
+    )
+    assert world.stage(3) == "staging" and world.aliases()["production"] == 2
     refused = world.railyard("reject", "3", "--reviewer", "bob", check=False)
     assert refused.returncode == 2 and "a rejection needs a comment" in refused.stderr
     world.railyard("reject", "3", "--reviewer", "bob", "--comment", "odd scores for new users")
