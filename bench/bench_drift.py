@@ -89,10 +89,10 @@ def main() -> None:
             }
     finally:
         from infra.local_server import background
-        from infra.online_store import server as online_server
+        from infra.online_store import valkey_process
 
         background.stop(settings.local_serving_dir)
-        online_server.stop(settings)
+        valkey_process.stop(settings)
         shutil.rmtree(scratch, ignore_errors=True)
     RESULTS_DIR.mkdir(exist_ok=True)
     (RESULTS_DIR / f"drift-{args.size}.json").write_text(json.dumps(result, indent=1))

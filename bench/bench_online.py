@@ -3,7 +3,7 @@ side by side with a plain redis-py baseline doing the same work, in one run.
 
     uv run python -m bench.bench_online [--events 200000] [--rounds 3]
 
-It starts its own embedded Valkey (``server.ensure_running`` in a temporary RAILYARD_HOME on a
+It starts its own embedded Valkey (``valkey_process.ensure_valkey`` in a temporary RAILYARD_HOME on a
 free port, stopped at the end), draws a catalogue with genres and rating events with NumPy,
 and measures:
 
@@ -49,7 +49,7 @@ import numpy as np
 import polars as pl
 import redis
 
-from infra.online_store import keys, server
+from infra.online_store import keys, valkey_process
 from infra.online_store.consumer import POLL_S
 from infra.online_store.store import OnlineStore, model_inputs, namespace_commands
 from infra.online_store.stream import Ingester, publish
@@ -246,11 +246,11 @@ def targets(result: dict) -> dict:
 def embedded_valkey() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="railyard-bench-online-") as home:
         settings = Settings(home=Path(home), local_online_store_port=0)
-        state = server.ensure_running(settings)
+        state = valkey_process.ensure_valkey(settings)
         try:
-            yield server.url(server.server_dir(settings), state)
+            yield valkey_process.url(valkey_process.server_dir(settings), state)
         finally:
-            server.stop(settings)
+            valkey_process.stop(settings)
 
 
 def settle(client: redis.Redis) -> None:

@@ -69,7 +69,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from infra.local_server import background
-from infra.online_store import server as online_server
+from infra.online_store import valkey_process
 from infra.online_store.store import OnlineStore, connect
 from infra.rollout import deploy
 from infra.tfserving.client import ServingClient
@@ -132,7 +132,7 @@ def local_serving(settings: Settings, export: Path) -> Iterator[tuple[ServingTar
     model_root = settings.resolved_serving_model_root
     ensure_config_file(model_root / CONFIG_FILE)
     try:
-        state = background.ensure_running(settings.local_serving_dir, model_root / CONFIG_FILE, 0, 0)
+        state = background.ensure_local_server(settings.local_serving_dir, model_root / CONFIG_FILE, 0, 0)
         token = background.reload_token(settings.local_serving_dir)
         target = ServingTarget(state.grpc_target, state.rest_url, model_root, str(model_root), reload_token=token)
         shutil.copytree(export, model_root / MODEL / "1")
@@ -146,10 +146,10 @@ def local_serving(settings: Settings, export: Path) -> Iterator[tuple[ServingTar
 @contextmanager
 def embedded_valkey(settings: Settings) -> Iterator[tuple[str, int]]:
     try:
-        state = online_server.ensure_running(settings)
-        yield online_server.url(online_server.server_dir(settings), state), state.pid
+        state = valkey_process.ensure_valkey(settings)
+        yield valkey_process.url(valkey_process.server_dir(settings), state), state.pid
     finally:
-        online_server.stop(settings)
+        valkey_process.stop(settings)
 
 
 @contextmanager

@@ -19,7 +19,8 @@ For each setting (``SETTINGS``: batch size, flush ms), in that order:
 3. throughput: every request published at once (one pipeline), timed from the publish to the last
    result readable in the results stream: requests/s (the best of ``--rounds``), its ratio to
    direct, and where a batch's time went (the scorer's /metrics: mean batch size, the fresh
-   features' read, the Predict call, the results' Lua write, in ms per batch);
+   features' read, the Predict call, the results' Lua write, in ms per batch; and the CPU the
+   scorer, Valkey and the TF Serving stand-in each used per batch, from /proc);
 4. latency at a fixed offered load (``--rate``, default half of the default setting's measured
    maximum): a publisher adds requests every 2 ms at that rate for ``--seconds``; a reader
    blocks on the results stream and notes when each result is readable; publish → readable
@@ -130,7 +131,7 @@ def scorer_process(home: Path, store_url: str, target, batch_size: int, flush_ms
             if time.monotonic() > deadline:
                 raise TimeoutError(f"score-stream not ready:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.25)
-        yield port
+        yield port, child.pid
     finally:
         child.terminate()
         child.wait(60)
@@ -196,6 +197,12 @@ def per_batch(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """A process's user + system CPU seconds so far (Linux: /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def throughput(client: redis.Redis, requests: list[ScoreRequest]) -> float:
     reader = Reader(client)
     reader.start()
@@ -244,27 +251,35 @@ def bench(count: int, seconds: float, offered: float | None, rounds: int) -> dic
         settings = Settings(home=home, model_name=MODEL, local_online_store_port=0, local_serving_rest_port=0,
                             local_serving_grpc_port=0, epochs=2)  # fmt: skip
         data, export, model_info = train_and_export(settings, home / "work")
-        store_url, _ = stack.enter_context(embedded_valkey(settings))
+        store_url, valkey_pid = stack.enter_context(embedded_valkey(settings))
         store = connect(Settings(home=home, online_store_url=store_url))
         store.rebuild(data.ratings, data.movies)
-        target, _ = stack.enter_context(local_serving(settings, export))
+        target, serving_pid = stack.enter_context(local_serving(settings, export))
         client = stack.enter_context(target.client(timeout_s=30.0, attempts=1))
         requests = make_requests(data.ratings, count)
         for number, (batch_size, flush_ms) in enumerate(SETTINGS):
             direct, with_reads = direct_rates(store, client, requests, batch_size)
             store.client.delete(keys.SCORE_REQUESTS, keys.SCORE_RESULTS)
-            with scorer_process(home, store_url, target, batch_size, flush_ms) as port:
+            with scorer_process(home, store_url, target, batch_size, flush_ms) as (port, scorer_pid):
+                pids = {"scorer": scorer_pid, "valkey": valkey_pid, "serving": serving_pid}
                 warm = [ScoreRequest(f"w{number}-{r.request_id}", r.user_id, r.movie_ids, None) for r in requests[:200]]
                 throughput(store.client, warm)  # untimed: every path warm
                 runs = []
                 for attempt in range(rounds):  # the best of them: the machine is shared
                     store.client.delete(keys.SCORE_RESULTS)
-                    before = scorer_sums(port)
+                    before, cpu_before = scorer_sums(port), {name: cpu_seconds(pid) for name, pid in pids.items()}
                     tagged = [
                         ScoreRequest(f"t{number}.{attempt}-{r.request_id}", r.user_id, r.movie_ids, None)
                         for r in requests
                     ]
-                    runs.append((throughput(store.client, tagged), per_batch(before, scorer_sums(port))))
+                    rate = throughput(store.client, tagged)
+                    steps = per_batch(before, scorer_sums(port))
+                    batches = len(tagged) / steps["mean_batch"]
+                    steps |= {
+                        f"cpu_{name}_ms": round((cpu_seconds(pid) - cpu_before[name]) * 1000 / batches, 2)
+                        for name, pid in pids.items()
+                    }
+                    runs.append((rate, steps))
                 scored, steps = max(runs, key=lambda run: run[0])
                 store.client.delete(keys.SCORE_RESULTS)
                 offered = offered or scored / 2  # half the default setting's maximum, for every row
@@ -300,7 +315,8 @@ def format_table(result: dict) -> str:
     lines = [
         f"streaming scorer, {result['requests']:,} requests of {result['movies_per_request']} movies; {result['machine']}",
         f"{'batch':>6} {'flush ms':>9} {'direct rps':>11} {'+reads rps':>11} {'scorer rps':>11} {'vs direct':>10} "
-        f"{'offered rps':>12} {'p50 ms':>8} {'p99 ms':>8} | per batch: {'size':>5} {'features':>9} {'predict':>8} {'write':>6}",
+        f"{'offered rps':>12} {'p50 ms':>8} {'p99 ms':>8} | per batch: {'size':>5} {'features':>9} {'predict':>8} {'write':>6}"
+        f" | CPU ms per batch: {'scorer':>6} {'valkey':>6} {'serving':>7}",
     ]
     for row in result["rows"]:
         lines.append(
@@ -308,7 +324,8 @@ def format_table(result: dict) -> str:
             f"{row['direct_with_reads_rps']:>11,.0f} {row['scorer_rps']:>11,.0f} "
             f"{row['vs_direct']:>10.2f} {row['offered_rps']:>12,.0f} {row['p50_ms']:>8.1f} {row['p99_ms']:>8.1f} | "
             f"{'':>10} {row['mean_batch']:>5.1f} {row['read_pairs_ms']:>9.2f} {row['predict_ms']:>8.2f} "
-            f"{row['write_results_ms']:>6.2f}"
+            f"{row['write_results_ms']:>6.2f} | {'':>16} {row['cpu_scorer_ms']:>6.2f} {row['cpu_valkey_ms']:>6.2f} "
+            f"{row['cpu_serving_ms']:>7.2f}"
         )
     for name, check in result["targets"].items():
         lines.append(f"{name}: {check['measured']} (target {check['target']}): {'met' if check['met'] else 'NOT met'}")

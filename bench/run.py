@@ -101,23 +101,23 @@ def plain_pipeline(data_dir: Path, work: Path, settings) -> tuple[Stages, int]:
     empty) as a first run does.
     """
     from infra.local_server import background
-    from infra.online_store import server as online_server
+    from infra.online_store import valkey_process
     from infra.tfserving.protocol import CONFIG_FILE
     from infra.tfserving.target import ServingTarget
     from railyard.settings import Settings
 
     model_root = work / "serving" / "models"
     model_root.mkdir(parents=True)
-    server = background.ensure_running(work / "serving", model_root / CONFIG_FILE, rest_port=0, grpc_port=0)
+    server = background.ensure_local_server(work / "serving", model_root / CONFIG_FILE, rest_port=0, grpc_port=0)
     online = Settings(home=work)  # the environment's settings, with an online store of its own
     try:
-        online_server.ensure_running(online)
+        valkey_process.ensure_valkey(online)
         token = background.reload_token(work / "serving")
         target = ServingTarget(server.grpc_target, server.rest_url, model_root, str(model_root), reload_token=token)
         return plain_stages(data_dir, work, online, target)
     finally:
         background.stop(work / "serving")
-        online_server.stop(online)
+        valkey_process.stop(online)
 
 
 def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, int]:
@@ -249,7 +249,7 @@ def whole_flow(data_dir: Path, epochs: int, settings) -> tuple[float, float, dic
 
     from flows.retrain import retrain
     from infra.local_server import background
-    from infra.online_store import server as online_server
+    from infra.online_store import valkey_process
     from infra.rollout.deploy import resolve_target
     from railyard import tracking
 
@@ -260,7 +260,7 @@ def whole_flow(data_dir: Path, epochs: int, settings) -> tuple[float, float, dic
     warm_up()
     background.start_for(settings)
     resolve_target(settings)
-    online_server.ensure_running(settings)
+    valkey_process.ensure_valkey(settings)
     tracking.ensure_experiment(settings)
     reset_peak_rss()
     with timed_calls(MlflowClient) as mlflow_spent:
@@ -437,11 +437,11 @@ def main() -> None:
         plain_s = plain_seconds(best_plain)
     finally:
         from infra.local_server import background
-        from infra.online_store import server as online_server
+        from infra.online_store import valkey_process
 
         for world in worlds:
             background.stop(world.local_serving_dir)
-            online_server.stop(world)
+            valkey_process.stop(world)
         shutil.rmtree(scratch, ignore_errors=True)
 
     validation_s = stages.rows["validate_raw"]["seconds"] + stages.rows["validate_features"]["seconds"]

@@ -26,7 +26,8 @@ SPEC_FILE = "spec.json"
 SUPERVISOR_LOG = "supervisor.log"
 # The tools' usual ports, used while free (RAILYARD_PLATFORM_USUAL_PORTS); the others get free ones.
 USUAL_PORTS = {
-    "prefect": 4200,
+    "prefect": 4201,  # its UI and API are opened through the proxy, on Prefect's usual port
+    "proxy": 4200,
     "mlflow": 5000,
     "serving-rest": 8501,
     "serving-grpc": 8500,
@@ -89,13 +90,14 @@ def _free_port_besides(taken: set[int]) -> int:
 def services(settings: Settings, ports: dict[str, int]) -> list[dict]:
     """What `railyard up` runs, stage by stage (a stage starts once the ones before are healthy)."""
     from infra.local_server import background
-    from infra.online_store import server as online_server
+    from infra.online_store import valkey_process
     from infra.tfserving.model_config import ensure_config_file
     from infra.tfserving.protocol import CONFIG_FILE
 
     home, python, here = settings.home, sys.executable, "127.0.0.1"
     pg = home / "postgres"
     prefect_url, mlflow_url = f"http://{here}:{ports['prefect']}", f"http://{here}:{ports['mlflow']}"
+    proxy_url = f"http://{here}:{ports['proxy']}"  # where people open Prefect: users authenticated
     if settings.platform_database == "postgresql":
         prefect_db = postgres.url(pg, ports["postgres"], "prefect", "+asyncpg")
         mlflow_db = postgres.url(pg, ports["postgres"], "mlflow")
@@ -161,7 +163,7 @@ def services(settings: Settings, ports: dict[str, int]) -> list[dict]:
         {
             "name": "online-store",
             "stage": 0,
-            "command": online_server.command(online_server.server_dir(settings), ports["online-store"]),
+            "command": valkey_process.command(valkey_process.server_dir(settings), ports["online-store"]),
             "cwd": str(REPO_ROOT),
             "port": ports["online-store"],
             "health": {"tcp": ports["online-store"]},
@@ -174,15 +176,27 @@ def services(settings: Settings, ports: dict[str, int]) -> list[dict]:
             | {
                 "PREFECT_API_DATABASE_CONNECTION_URL": prefect_db,
                 "PREFECT_UI_ENABLED": "true",
-                # The UI calls the API of this server, not the default port's.
-                "PREFECT_UI_API_URL": f"{prefect_url}/api",
-                "PREFECT_SERVER_UI_API_URL": f"{prefect_url}/api",
+                # The UI calls this server's API through the proxy, not the default port's.
+                "PREFECT_UI_API_URL": f"{proxy_url}/api",
+                "PREFECT_SERVER_UI_API_URL": f"{proxy_url}/api",
                 "PREFECT_SERVER_API_HOST": here,
                 "PREFECT_SERVER_API_PORT": str(ports["prefect"]),
             },
             "port": ports["prefect"],
-            "url": prefect_url,
+            "url": proxy_url,
             "health": {"http": f"{prefect_url}/api/health"},
+        },
+        {
+            "name": "proxy",
+            "stage": 3,
+            "command": [
+                *(python, "-m", "infra.platform.proxy", str(home), prefect_url, str(ports["proxy"])),
+                settings.proxy_trusted_upstreams,
+            ],
+            "cwd": str(REPO_ROOT),
+            "port": ports["proxy"],
+            "url": proxy_url,
+            "health": {"http": f"{proxy_url}/"},  # it answers 401 without a user: it is up
         },
         {
             "name": "mlflow",
@@ -308,11 +322,11 @@ def _refuse_servers_started_alone(settings: Settings) -> None:
     """The home's local server or online store started on their own (`railyard serve
     --background`, `online-store start`, a run) would be started a second time on the same data."""
     from infra.local_server import background
-    from infra.online_store import server as online_server
+    from infra.online_store import valkey_process
 
     alone = {
         "the local serving process": ("railyard serve --stop", background.running(settings.local_serving_dir)),
-        "the online store": ("railyard online-store stop", online_server.running(online_server.server_dir(settings))),
+        "the online store": ("railyard online-store stop", valkey_process.running(valkey_process.server_dir(settings))),
     }
     running = {name: stop for name, (stop, state) in alone.items() if state is not None}
     if running:

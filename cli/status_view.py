@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from railyard.gray import LiveFigures
+from railyard.gray_rules import LiveFigures
 from railyard.moments import when
 
 WAITING_MODES = ("pause", "suspend")  # how a run waits for its review (release/state.release_owner)

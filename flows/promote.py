@@ -13,7 +13,7 @@ from railyard.settings import Settings
 from release import review_runs
 from release.decision import APPROVE, ReviewAnswer
 from release.state import registry, release_lock
-from tasks import deploy, release_steps
+from tasks import release_steps, serving
 
 
 @flow(name="promote", log_prints=True)
@@ -30,18 +30,20 @@ def promote(
         comment: why, recorded with the stage change.
     """
     settings = Settings()
-    target = deploy.serving_target(settings)
+    target = serving.serving_target(settings)
     run_id = str(flow_run.get_id()) if flow_run.get_id() else None
     with release_lock(settings, f"promote run {run_id}"):
         release_steps.apply_verdict(
             target, settings, version, release_verdict(Outcome.APPROVED, comment, actor=reviewer), run_id
         )
-    labels = deploy.serving_labels(target, settings)
+    labels = serving.serving_labels(target, settings)
     # The retrain run waiting for this review wakes up, finds the decision made and ends with it.
     waiting = registry(settings).lineage(version).get("review_run")
     if waiting:
         try:
-            review_runs.answer(waiting, ReviewAnswer(decision=APPROVE, reviewer=reviewer, comment=comment))
+            review_runs.answer(
+                waiting, ReviewAnswer(decision=APPROVE, reviewer=reviewer, comment=comment), settings.home
+            )
         except Exception as error:  # noqa: BLE001 - it is not waiting any more: nothing to wake
             print(f"the retrain run {waiting} was not waiting for this review ({error})")
     return {"model_name": settings.model_name, "version": version, "serving": labels}

@@ -19,7 +19,7 @@ def reconcile() -> list[str]:
     end MLflow runs left RUNNING by killed processes, and put `stable` back on MLflow's
     production version; each repair is printed."""
     settings = Settings()
-    repaired = release_steps.reconcile_task(settings, f"reconcile run {flow_run.get_id()}")
+    repaired = release_steps.repair_under_lock(settings, f"reconcile run {flow_run.get_id()}")
     for line in repaired or ["nothing to repair"]:
         print(line)
     return repaired

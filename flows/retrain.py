@@ -41,16 +41,16 @@ from railyard.settings import Settings
 from railyard.training import code_version as model_code_version
 from release import review_runs, traffic
 from release import state as release_state
-from release.reconcile import reconcile
+from release.reconcile import repair_release_state
 from tasks import (
     data,
-    deploy,
     drift,
     evaluation,
     features,
     online,
     publish,
     release_steps,
+    serving,
     smoke,
     training,
     validation,
@@ -86,7 +86,7 @@ def report_interruption(flow, flow_run, state) -> None:
     ending = Ending(kind, f"its run {flow_run.name} {kind}: {state.message}")
     try:
         with release_state.release_lock(settings, f"{kind} hook of retrain run {flow_run.id}"):
-            said = reconcile(settings, start_serving=False, ended_run=(str(flow_run.id), ending))
+            said = repair_release_state(settings, start_serving=False, ended_run=(str(flow_run.id), ending))
     except Exception as error:  # noqa: BLE001 - announce the interruption even so
         said = [f"its release could not be concluded now ({error}); the next run or `railyard status` will"]
     details = "\n".join(f"- {line}" for line in said)
@@ -138,7 +138,7 @@ def retrain(
         summary = {"model_name": settings.model_name, "model_version": resumed}
         return finish_review(settings, resumed, prefect_run_id, summary, suspend=True)
     kind = load_kind(settings.model_kind)  # a kind that does not resolve is refused before any work
-    for line in release_steps.reconcile_task(settings, holder):
+    for line in release_steps.repair_under_lock(settings, holder):
         print(f"repaired: {line}")
 
     run_key = prefect_run_id or time.strftime("%Y%m%dT%H%M%S")
@@ -255,7 +255,7 @@ def retrain(
         skew=tracking.run_metrics(settings, run_id, prefix=online.SKEW_METRIC_PREFIX),
         max_skew_share=settings.max_skew_share,
         deadline=time.time() + settings.approval_timeout_s,
-        live=traffic.live_figures(settings, deploy.serving_labels(target, settings)),
+        live=traffic.live_figures(settings, serving.serving_labels(target, settings)),
         drift=verdict,
     )
     instructions = request_review(settings, request, suspend)
@@ -358,7 +358,7 @@ def refuse(
         lock = nullcontext() if locked else release_state.release_lock(settings, f"retrain run {prefect_run_id}")
         with lock:
             release_steps.apply_verdict(
-                deploy.serving_target(settings), settings, existing.version, verdict, prefect_run_id
+                serving.serving_target(settings), settings, existing.version, verdict, prefect_run_id
             )
     raise ModelRejected(f"model not blessed, nothing published: {reason}")
 
@@ -368,14 +368,14 @@ def canary_release(
 ):
     """Under the release lock: older pending releases give way, canary, smoke tests, staging (and
     production at once with ``auto_approve``). The serving target and the smoke report."""
-    target = deploy.serving_target(settings)  # serving down: the version stays a candidate for a re-run
+    target = serving.serving_target(settings)  # serving down: the version stays a candidate for a re-run
     stages = release_state.registry(settings)
     stages.set_release_run(version, release_state.release_owner(prefect_run_id, "run"))
     for other in release_steps.supersede(target, settings, version, prefect_run_id):
         print(f"version {other} was superseded by version {version}")
     try:
         traffic.hold_canary(settings, version)  # no user reaches the new canary before its smoke tests pass
-        deploy.deploy_canary(target, settings, version)
+        serving.deploy_canary(target, settings, version)
     except ModelLoadError as error:  # the model itself is broken: it never becomes servable
         release_steps.apply_verdict(
             target, settings, version, release_verdict(Outcome.LOAD_FAILED, str(error)), prefect_run_id
@@ -435,13 +435,15 @@ def finish_review(
 ) -> State:
     """Wait for the decision (a suspended run ends here and starts again once answered), then
     apply it under the release lock unless someone decided meanwhile."""
-    decision = review_runs.await_decision(
-        settings.model_name, version, instructions, settings.approval_timeout_s, suspend=suspend
+    waiting = release_state.registry(settings).release_run(version) or {}
+    deadline = waiting.get("deadline") or time.time() + settings.approval_timeout_s
+    decision, actor = review_runs.await_decision(
+        settings.model_name, version, instructions, deadline, suspend=suspend, home=settings.home
     )
-    print(decision_line(settings.model_name, version, decision))
-    target = deploy.serving_target(settings)
+    print(decision_line(settings.model_name, version, decision, actor))
+    target = serving.serving_target(settings)
     with release_state.release_lock(settings, f"retrain run {prefect_run_id}"):
-        last = release_steps.conclude_review(target, settings, version, decision, prefect_run_id)
+        last = release_steps.conclude_review(target, settings, version, decision, actor, prefect_run_id)
     state = ending_state(settings, version, last, summary | serving_summary(target, settings))
     review_runs.cancel_deadline_check(
         release_state.registry(settings).lineage(version).get("deadline_run"), state.message
@@ -468,7 +470,7 @@ def ending_state(settings: Settings, version: int, last: dict, summary: dict) ->
 def nothing_new(settings: Settings, version: int, stage: str, summary: dict) -> State:
     message = f"nothing new to release: version {version} already holds this model (same data and code) and is {stage}"
     print(message)
-    target = deploy.serving_target(settings)
+    target = serving.serving_target(settings)
     return _ended(
         Completed, message, summary | {"model_version": version, "stage": stage} | serving_summary(target, settings)
     )
@@ -480,7 +482,7 @@ def _ended(state, message: str, summary: dict) -> State:
 
 
 def serving_summary(target: ServingTarget, settings: Settings) -> dict:
-    labels = deploy.serving_labels(target, settings)
+    labels = serving.serving_labels(target, settings)
     served_label = "stable" if "stable" in labels else "canary"
     return {
         "serving": {"rest": target.rest, "grpc": target.grpc, "labels": labels},

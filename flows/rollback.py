@@ -11,9 +11,9 @@ from pydantic import Field
 from railyard.errors import SEE_STATUS, Refused
 from railyard.settings import Settings
 from release import traffic
-from release.reconcile import reconcile
+from release.reconcile import repair_release_state
 from release.state import release_lock
-from tasks import deploy, release_steps
+from tasks import release_steps, serving
 
 
 class RollbackRefused(Refused):
@@ -39,15 +39,17 @@ def rollback(
         actor: who asks for the rollback.
     """
     settings = Settings()
-    target = deploy.serving_target(settings)
+    target = serving.serving_target(settings)
     run_id = str(flow_run.get_id()) if flow_run.get_id() else None
     with release_lock(settings, f"rollback run {run_id}"):
         version = to_version if to_version is not None else release_steps.previous_production_version(settings)
         if version is None:
             raise RollbackRefused(f"{settings.model_name} has no earlier production version to roll back to")
-        release_steps.promote(target, settings, version, actor=actor, reason=f"rollback: {reason}", flow_run_id=run_id)
+        release_steps.make_production(
+            target, settings, version, actor=actor, reason=f"rollback: {reason}", flow_run_id=run_id
+        )
         traffic.set_share(settings, 0.0)  # the ranking service sends everyone to stable
-        reconcile(settings)  # a version still under review gets its canary back
-    labels = deploy.serving_labels(target, settings)
+        repair_release_state(settings)  # a version still under review gets its canary back
+    labels = serving.serving_labels(target, settings)
     print(f"rolled {settings.model_name} back to version {version}; serving labels {labels}")
     return {"model_name": settings.model_name, "version": version, "serving": labels}

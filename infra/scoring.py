@@ -2,10 +2,14 @@
 round trip), then one gRPC predict call with the model's ``features`` signature; with no
 features (the store down or empty), the ids-only ``serving_default`` signature (degraded).
 
-This is the path a ranking service takes in front of TF Serving; the smoke tests, the replay
-check, ``railyard score``, the ranking service (``infra.ranking``) and the streaming scorer
-(``infra.streaming``) use it as it is: ``predict_routed`` is how both services ask a routed label,
-with the canary's fallback to stable.
+Who uses what: ``score_online`` (a store read, then ``predict_pairs``) is ``railyard score``'s
+path, and the reference the replay, ranking and streaming tests compare with; the streaming
+scorer (``infra.streaming``) takes ``fresh_features`` and ``predict_routed``; the ranking
+service (``infra.ranking``) takes ``predict_routed`` only, and reads the store itself (its
+features with its own degraded fallback, timed and counted in its metrics; a recommendation's
+candidates and their features in one read). ``predict_routed`` is how both services ask a routed
+label, with the canary's fallback to stable. The smoke tests do not come here: they send the
+golden requests through the serving client.
 """
 
 from __future__ import annotations

@@ -81,3 +81,16 @@ class ScorerConfig:
     max_movies: int  # movieIds per request
     serving_timeout_s: float  # per Predict call
     labels_ttl_s: float  # the served labels and the canary's share are read again at most this often
+
+
+RANKING_MAX_CANDIDATES = 10_000  # candidates one recommendation may score (a request's and the setting's bound)
+
+
+@dataclass(frozen=True)
+class RankingConfig:
+    """The ranking service's app (``railyard rank-server``)."""
+
+    candidates: int  # scored per recommendation when the request names no number
+    share_ttl_s: float  # the canary's share is read again at most this often (a change reaches a replica within it)
+    labels_ttl_s: float  # the served labels' versions are trusted this long
+    live_flush_s: float  # the live figures are written to the online store this often

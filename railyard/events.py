@@ -129,7 +129,10 @@ def _integer(name: str, value: str, kind: str) -> int:
 
 def parse_id(name: str, value: str) -> int:
     """``value`` (text) as the id ``name`` (userId, movieId), or ``MalformedEvent``."""
-    number = _integer(name, value, "id")
+    if value.isascii() and value.isdigit() and len(value) < _MAX_DIGITS:  # the usual id: no regex
+        number = int(value)
+    else:
+        number = _integer(name, value, "id")
     if not MIN_ID <= number <= MAX_ID:
         raise MalformedEvent("id_out_of_range", f"{name} {number} must be from {MIN_ID} to 2^63-1")
     return number

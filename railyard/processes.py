@@ -167,14 +167,26 @@ def listener(port: int) -> dict | None:
     if not inodes:
         return None
     for process in Path("/proc").iterdir():
-        if not process.name.isdigit():
-            continue
-        try:
-            if any(os.readlink(fd) in inodes for fd in (process / "fd").iterdir()):
-                return {"pid": int(process.name), "command": command_line(int(process.name))}
-        except OSError:  # gone meanwhile, or not ours to look at
-            continue
+        if process.name.isdigit() and any(_link(fd) in inodes for fd in _files(process)):
+            return {"pid": int(process.name), "command": command_line(int(process.name))}
     return None
+
+
+def _files(process: Path) -> list[Path]:
+    """The process's open file descriptors (none when it is gone or not ours to look at)."""
+    try:
+        return list((process / "fd").iterdir())
+    except OSError:
+        return []
+
+
+def _link(fd: Path) -> str:
+    """What the descriptor points at ('' when it was closed meanwhile: a busy process's threads open
+    and close files all the time, and one closed file must not hide the socket listed after it)."""
+    try:
+        return os.readlink(fd)
+    except OSError:
+        return ""
 
 
 def command_line(pid: int) -> str:

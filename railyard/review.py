@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from railyard.drift import Verdict, table_markdown
 from railyard.evaluation import SYMBOLS, GateDecision, side_by_side, side_by_side_markdown
-from railyard.gray import LiveFigures
+from railyard.gray_rules import LiveFigures
 from railyard.moments import when
 
 
@@ -151,10 +151,11 @@ def waiting_line(model: str, version: int, flow_run: str | None, deadline: float
     )
 
 
-def decision_line(model: str, version: int, decision) -> str:
+def decision_line(model: str, version: int, decision, actor: str | None = None) -> str:
     """What the run logs once its review is answered (``decision``: an ApprovalDecision, or None
-    when nobody answered in time)."""
+    when nobody answered in time; ``actor``: who a signed record proves sent it)."""
     if decision is None:
         return f"{model} version {version}: no decision before the deadline"
     comment = f": {decision.comment}" if decision.comment else ""
-    return f"{model} version {version}: {decision.reviewer} answered {decision.decision}{comment}"
+    named = f" [named: {decision.reviewer}]" if actor and decision.reviewer != actor else ""
+    return f"{model} version {version}: {actor or decision.reviewer} answered {decision.decision}{comment}{named}"

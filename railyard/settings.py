@@ -18,9 +18,11 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from railyard.configs import (
+    RANKING_MAX_CANDIDATES,
     BakeBudget,
     DriftThresholds,
     GateThresholds,
+    RankingConfig,
     ScorerConfig,
     SmokeBudget,
     TrainConfig,
@@ -137,6 +139,20 @@ class Settings(BaseSettings):
     scorer_serving_timeout_s: float = Field(default=5.0, gt=0)
     scorer_labels_ttl_s: float = Field(default=1.0, gt=0)
     scorer_metrics_port: int = Field(default=8610, ge=0, le=65535)
+    # The ranking service (`railyard rank-server`; its --host, --port, --candidates override the
+    # first three): where it listens (loopback: the API has no authentication), candidates scored
+    # per recommendation, how long one TF Serving replica may take (tries, and the pause between
+    # them) before the next replica answers, how often the canary's share and the served labels are
+    # read again, and how often the live figures are written to the online store.
+    ranking_host: str = Field(default="127.0.0.1", min_length=1)
+    ranking_port: int = Field(default=8600, ge=1, le=65535)
+    ranking_candidates: int = Field(default=100, ge=1, le=RANKING_MAX_CANDIDATES)
+    ranking_replica_timeout_s: float = Field(default=5.0, gt=0)
+    ranking_replica_attempts: int = Field(default=2, ge=1)
+    ranking_replica_backoff_s: float = Field(default=0.05, ge=0)
+    ranking_share_ttl_s: float = Field(default=0.5, ge=0)
+    ranking_labels_ttl_s: float = Field(default=1.0, ge=0)
+    ranking_live_flush_s: float = Field(default=0.25, gt=0)
     # Train/serve skew: entities sampled from the online store at each retrain, and the largest
     # share of them whose aggregates may differ from the offline ones before the run fails.
     skew_sample_size: int = Field(default=1_000, ge=1)
@@ -192,9 +208,12 @@ class Settings(BaseSettings):
     platform_restart_cap_s: float = Field(default=30.0, gt=0)
     platform_stop_grace_s: float = Field(default=15.0, gt=0)
     platform_start_timeout_s: float = Field(default=300.0, gt=0)
-    # Ports: the tools' usual ones (Prefect 4200, MLflow 5000, TF Serving 8501/8500, 6399, 8600)
+    # Ports: the tools' usual ones (the proxy in front of Prefect 4200, Prefect 4201, MLflow 5000, TF Serving 8501/8500, 6399, 8600)
     # while free, else free ones; false: free ones only. Either way the home records them.
     platform_usual_ports: bool = True
+    # The proxy in front of Prefect's UI and API (`railyard up`) authenticates `railyard users`; behind
+    # an OIDC proxy, list its addresses (comma-separated) to trust its X-Forwarded-User instead. Empty: off.
+    proxy_trusted_upstreams: str = ""
     # Prefect's and MLflow's databases under `railyard up`: the embedded PostgreSQL, or SQLite files.
     platform_database: Literal["postgresql", "sqlite"] = "postgresql"
     # Housekeeping: per-run scratch folders (runs/, reports/) kept, newest first.
@@ -318,6 +337,22 @@ class Settings(BaseSettings):
             serving_timeout_s=self.scorer_serving_timeout_s,
             labels_ttl_s=self.scorer_labels_ttl_s,
         )
+
+    def ranking_config(self) -> RankingConfig:
+        return RankingConfig(
+            candidates=self.ranking_candidates,
+            share_ttl_s=self.ranking_share_ttl_s,
+            labels_ttl_s=self.ranking_labels_ttl_s,
+            live_flush_s=self.ranking_live_flush_s,
+        )
+
+    def ranking_replica_options(self) -> dict:
+        """A ranking service's client options for each TF Serving replica."""
+        return {
+            "timeout_s": self.ranking_replica_timeout_s,
+            "attempts": self.ranking_replica_attempts,
+            "backoff_s": self.ranking_replica_backoff_s,
+        }
 
     def bake_budget(self) -> BakeBudget:
         return BakeBudget(

@@ -60,3 +60,10 @@ class ReviewAnswer(BaseModel):
     @property
     def approve(self) -> bool:
         return self.decision == APPROVE
+
+
+def with_name(text: str, named: str | None, actor: str) -> str:
+    """The text, with a name given for the record beside the recorded (authenticated) actor."""
+    if not named or not named.strip() or named.strip() == actor:
+        return text
+    return f"{text} [named: {named.strip()}]".strip()

@@ -45,7 +45,7 @@ class StoreMismatch(RegistryOutOfSync):
     )
 
 
-def reconcile(
+def repair_release_state(
     settings: Settings, *, start_serving: bool = True, ended_run: tuple[str, Ending] | None = None
 ) -> list[str]:
     """Bring the release state in line with what really happened; one sentence per repair.

@@ -4,13 +4,19 @@ A run of a deployment *suspends*: its process exits and holds no worker, concurr
 lease while the reviewer takes their time; the answer reschedules the run, which starts again
 and finds its decision waiting (see docs/release.md). A run without a deployment (`railyard run`
 in a terminal) cannot be rescheduled, so it *pauses* in its own process.
+
+An answer counts only with a signed record of who sent it (``railyard.identity``: written by the
+proxy in front of Prefect, or by ``answer`` for the CLI); one without is refused and the review
+waits again until its deadline.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
@@ -19,6 +25,7 @@ from prefect.flow_runs import pause_flow_run, resume_flow_run, suspend_flow_run
 from prefect.input import RunInput, keyset_from_base_key, read_flow_run_input
 
 from model_registry.release_rules import RunView
+from railyard import identity
 from release.decision import ReviewAnswer
 
 log = logging.getLogger("railyard.approval")
@@ -34,33 +41,77 @@ class ApprovalDecision(ReviewAnswer, RunInput):
     """The reviewer's answer as the Prefect run input the Resume form renders and the run reads."""
 
 
-def pause_key(model: str, version: int) -> str:
-    return f"approve-{model}-v{version}"
+def pause_key(model: str, version: int, attempt: int = 0) -> str:
+    """The pause of a review; an answer refused as unauthenticated is waited for again under the next."""
+    return f"approve-{model}-v{version}" + (f"-{attempt + 1}" if attempt else "")
 
 
 def await_decision(
-    model: str, version: int, instructions: str, timeout_s: int, *, suspend: bool
-) -> ApprovalDecision | None:
-    """The reviewer's decision; None when nobody answered within ``timeout_s``.
+    model: str, version: int, instructions: str, deadline: float, *, suspend: bool, home: Path
+) -> tuple[ApprovalDecision | None, str | None]:
+    """The reviewer's decision and who sent it, as a signed record proves (``answered_by``);
+    (None, None) when nobody answered by ``deadline``.
+
+    An answer without a valid record (sent to Prefect's API directly, not through the proxy or
+    the CLI) changes nothing: it is recorded as unauthenticated and refused, and the review waits
+    again, under the next pause key, until its deadline (docs/release.md).
 
     Must be called from the flow itself (Prefect pauses flow runs, not task runs). With
-    ``suspend`` the first call ends the process (Prefect's ``Pause``); when the run starts again
-    after the answer, the same call returns the decision at once.
+    ``suspend`` a wait ends the process (Prefect's ``Pause``); when the run starts again after
+    the answer, the same call finds the answers given so far at once.
     """
+    from prefect.runtime import flow_run
+
+    flow_run_id = str(flow_run.get_id())
     form = ApprovalDecision.with_initial_data(description=instructions)
-    key = pause_key(model, version)
-    if suspend:
-        # Started again after the answer: read it. Calling suspend_flow_run again would return it
-        # too, but would first log "Suspending flow run…" although the run is about to apply it.
-        answered = read_flow_run_input(keyset_from_base_key(f"suspended-{key}")["response"])
-        if answered is not None:
-            return ApprovalDecision(**answered)
-        return suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
-    try:
-        return pause_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
-    except FlowPauseTimeout:
-        _conclude_here()
-        return None
+    for attempt in itertools.count():
+        key = pause_key(model, version, attempt)
+        decision = _answered(key) if suspend else None
+        if decision is None:
+            timeout_s = int(deadline - time.time())
+            if timeout_s <= 0:
+                return None, None
+            if suspend:
+                # Ends this process (an answered key is read above: calling suspend_flow_run on it
+                # would return the answer too, but first log "Suspending flow run…").
+                decision = suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
+            else:
+                try:
+                    decision = pause_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
+                except FlowPauseTimeout:
+                    _conclude_here()
+                    return None, None
+        actor = answered_by(home, flow_run_id, decision)
+        if actor is not None:
+            return decision, actor
+        if not suspend or _answered(pause_key(model, version, attempt + 1)) is None:  # not announced before
+            _refuse_unauthenticated(flow_run_id, model, version, decision)
+
+
+def _answered(key: str) -> ApprovalDecision | None:
+    """The answer a suspended run received under ``key`` (None: not answered yet)."""
+    answered = read_flow_run_input(keyset_from_base_key(f"suspended-{key}")["response"])
+    return ApprovalDecision(**answered) if answered is not None else None
+
+
+def answered_by(home: Path, flow_run_id: str, decision: ReviewAnswer) -> str | None:
+    """Who a signed record (``railyard.identity``) says sent this answer to this run, or None."""
+    answer = decision.model_dump(include=set(identity.ANSWER_FIELDS))
+    with get_client(sync_client=True) as client:
+        records = client.filter_flow_run_input(
+            UUID(flow_run_id), key_prefix=identity.record_prefix(answer), limit=50, exclude_keys=set()
+        )
+    return identity.verified_actor(identity.record_key(home), flow_run_id, answer, [r.value for r in records])
+
+
+def _refuse_unauthenticated(flow_run_id: str, model: str, version: int, decision: ReviewAnswer) -> None:
+    said = (
+        f"an unauthenticated answer ({decision.decision}, typed name {decision.reviewer!r}) reached the review of "
+        f"{model} version {version} without passing the proxy: refused, nothing changed. Answer through the proxy's "
+        f"URL (`railyard ps`) or with `railyard {decision.decision} {version}`; the review waits until its deadline"
+    )
+    print(said)  # the run's log (log_prints)
+    post_artifact(flow_run_id, APPROVAL_ARTIFACT, f"## Refused: unauthenticated\n\n{said}", "unauthenticated answer")
 
 
 def _conclude_here() -> None:
@@ -79,13 +130,20 @@ def _conclude_here() -> None:
         )
 
 
-def answer(flow_run_id: str, decision: ReviewAnswer, *, attempts: int = RESUME_ATTEMPTS) -> None:
-    """Resume a waiting retrain run with a decision, through the Prefect API.
+def answer(
+    flow_run_id: str, decision: ReviewAnswer, home: Path, *, via: str = "cli", attempts: int = RESUME_ATTEMPTS
+) -> None:
+    """Resume a waiting retrain run with a decision, through the Prefect API, signed as sent by
+    ``decision.reviewer`` (the OS user of the CLI, or Railyard itself): only the home's owner
+    can read the key that signs it.
 
     A refusal (the run is not waiting, the answer does not fit the form) is final; anything else
     (an API that is restarting, SQLite's "database is locked") is tried again before it is raised.
     """
-    run_input = decision.model_dump(include={"decision", "reviewer", "comment"})
+    run_input = decision.model_dump(include=set(identity.ANSWER_FIELDS))
+    key, record = identity.signed_record(identity.record_key(home), flow_run_id, decision.reviewer, via, run_input)
+    with get_client(sync_client=True) as client:
+        client.create_flow_run_input(UUID(flow_run_id), key=key, value=record, sender=decision.reviewer)
     for attempt in range(1, attempts + 1):
         try:
             return resume_flow_run(flow_run_id, run_input=run_input)

@@ -5,12 +5,12 @@ Every function that changes the share says so in its name or docstring: it moves
 import logging
 import time
 
-from infra.online_store import gray_release
+from infra.online_store import gray_state
 from infra.online_store.store import OnlineStoreUnavailable, connect
 from infra.tfserving.protocol import CANARY, STABLE
 from model_registry.release_rules import canary_share_after
 from model_registry.stages import Stage
-from railyard.gray import LiveFigures, bake_verdict
+from railyard.gray_rules import LiveFigures, bake_verdict
 from railyard.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,8 +22,8 @@ def hold_canary(settings: Settings, version: int) -> None:
     start from zero. Raises when the store does not answer: a share left at 100 % from the last
     approval would send every user to a version nobody has tested yet."""
     client = connect(settings).client
-    gray_release.set_canary_share(client, settings.model_name, 0.0)
-    gray_release.reset_live(client, settings.model_name, CANARY, version)
+    gray_state.set_canary_share(client, settings.model_name, 0.0)
+    gray_state.reset_live(client, settings.model_name, CANARY, version)
 
 
 def set_share_for_stage(settings: Settings, stage: Stage | None) -> None:
@@ -36,7 +36,7 @@ def set_share_for_stage(settings: Settings, stage: Stage | None) -> None:
 
 def set_share(settings: Settings, share: float) -> None:
     try:
-        gray_release.set_canary_share(connect(settings).client, settings.model_name, share)
+        gray_state.set_canary_share(connect(settings).client, settings.model_name, share)
     except OnlineStoreUnavailable as error:
         log.warning("the canary's share of users could not be set to %s: %s", share, error)
 
@@ -50,7 +50,7 @@ def bake_canary(settings: Settings, version: int) -> str | None:
     client = connect(settings).client
     deadline = time.monotonic() + budget.seconds
     while True:
-        figures = gray_release.live(client, settings.model_name, CANARY, version)
+        figures = gray_state.live(client, settings.model_name, CANARY, version)
         if (reason := bake_verdict(figures, budget)) is not None:
             return f"{reason} ({figures.summary()})"
         remaining = deadline - time.monotonic()
@@ -65,7 +65,7 @@ def live_figures(settings: Settings, labels: dict[str, int]) -> list[LiveFigures
     try:
         client = connect(settings).client
         return [
-            gray_release.live(client, settings.model_name, label, version)
+            gray_state.live(client, settings.model_name, label, version)
             for label, version in sorted(labels.items(), key=lambda item: item[0] != STABLE)
         ]
     except OnlineStoreUnavailable:

@@ -14,8 +14,8 @@ from model_registry.stages import STAGE_TAG, Stage
 from railyard.notify import notify
 from railyard.settings import Settings
 from release import review_runs, traffic
-from release.decision import REJECT, ReviewAnswer
-from release.reconcile import reconcile
+from release.decision import REJECT, ReviewAnswer, with_name
+from release.reconcile import repair_release_state
 from release.state import IN_FLIGHT, REVIEW_RUN_TAG, model_store, record_rejection, registry, release_lock
 from tasks.common import MINUTES, railyard_task
 
@@ -23,9 +23,9 @@ log = logging.getLogger("railyard.release")
 
 
 @railyard_task(name="reconcile-release-state", timeout_seconds=30 * MINUTES)
-def reconcile_task(settings: Settings, holder: str) -> list[str]:
+def repair_under_lock(settings: Settings, holder: str) -> list[str]:
     with release_lock(settings, holder):
-        return reconcile(settings)
+        return repair_release_state(settings)
 
 
 # -- the steps of one release ----------------------------------------------------------------
@@ -98,7 +98,7 @@ def supersede(target: served.ServingTarget, settings: Settings, version: int, fl
         if waiting_run:
             decision = ReviewAnswer(decision=REJECT, reviewer=SYSTEM_ACTOR, comment=verdict.reason)
             try:
-                review_runs.answer(waiting_run, decision)
+                review_runs.answer(waiting_run, decision, settings.home, via="railyard")
             except Exception as error:  # noqa: BLE001 - the run is gone: reconcile closes its review
                 log.info("could not answer the review of flow run %s: %s", waiting_run, error)
         superseded.append(other)
@@ -106,7 +106,7 @@ def supersede(target: served.ServingTarget, settings: Settings, version: int, fl
 
 
 @railyard_task(name="promote-to-production", timeout_seconds=20 * MINUTES)
-def promote(
+def make_production(
     target: served.ServingTarget, settings: Settings, version: int, *, actor: str, reason: str, flow_run_id: str | None
 ) -> dict:
     """Checks the stage change is legal, serves the version as ``stable``, then records it.
@@ -132,16 +132,20 @@ def conclude_review(
     settings: Settings,
     version: int,
     decision: ReviewAnswer | None,
+    actor: str | None,
     flow_run_id: str | None,
 ) -> dict:
     """Apply the reviewer's decision (None: the approval window ran out) if the version still
-    awaits it; the last history entry either way (someone else may have decided meanwhile)."""
+    awaits it; the last history entry either way (someone else may have decided meanwhile).
+    ``actor`` is who a signed record proves sent it; the name typed in the form is kept only in
+    the reason."""
     stages = registry(settings)
     if stages.stage(version) is Stage.STAGING:
         if decision is None:
             verdict = release_verdict(Outcome.TIMED_OUT, f"{settings.approval_timeout_s} s")
         else:
-            verdict = release_verdict(review_outcome(decision.decision), decision.comment, actor=decision.reviewer)
+            reason = with_name(decision.comment, decision.reviewer, actor)
+            verdict = release_verdict(review_outcome(decision.decision), reason, actor=actor)
         apply_verdict(target, settings, version, verdict, flow_run_id)
     return stages.history(version)[-1]
 
@@ -155,7 +159,7 @@ def apply_verdict(
     if verdict.stage is Stage.REJECTED:
         reject(target, settings, version, ending=verdict.ending, **record)
     elif verdict.stage is Stage.PRODUCTION:
-        promote(target, settings, version, **record)
+        make_production(target, settings, version, **record)
         registry(settings).tag_release_ending(version, Outcome.APPROVED.value)  # not a rollback's promotion
     elif verdict.stage is Stage.STAGING:  # reached only through passed smoke tests
         record_stage(settings, version, Stage.STAGING.value, smoke_passed=True, **record)

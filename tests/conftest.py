@@ -31,7 +31,7 @@ os.environ.pop("PREFECT_API_URL", None)
 def railyard_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fully separate Railyard world for one test; the online store a flow starts in it (on a
     free port) is stopped afterwards."""
-    from infra.online_store import server
+    from infra.online_store import valkey_process
     from railyard.settings import Settings
 
     home = tmp_path / "home"
@@ -40,7 +40,7 @@ def railyard_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("RAILYARD_LOCAL_ONLINE_STORE_PORT", "0")
     scratch = os.environ.get("TMPDIR")
     yield home
-    server.stop(Settings.model_construct(home=home.resolve()))  # the test may have left a bad setting
+    valkey_process.stop(Settings.model_construct(home=home.resolve()))  # the test may have left a bad setting
     # A command run in this process pointed TMPDIR under this home (railyard/runtime.py): the next
     # test's processes (Chromium's socket among them) must not inherit it.
     if scratch is None:

@@ -3,7 +3,7 @@
     python -m infra.local_server --model_config_file PATH --state_dir DIR [--port N] [--rest_api_port N]
         [--monitoring_config_file PATH]
 
-``background.ensure_running`` starts this detached. Every path comes from the command line, not
+``background.ensure_local_server`` starts this detached. Every path comes from the command line, not
 from the child's own settings, so the server serves the config its caller asked for. A port left
 out is TF Serving's default (8500, 8501) when that is free, else any free port. A start that
 fails ends with one ``START_FAILED`` line saying why (its caller reads it from the log).

@@ -2,7 +2,7 @@
 
 The foreground server (``railyard serve``, or ``python -m infra.local_server``) writes a state
 file (pid, ports, config) once both ports listen and removes it when it stops: clients read the
-ports from there. ``ensure_running`` reuses a live server found through that file or starts
+ports from there. ``ensure_local_server`` reuses a live server found through that file or starts
 ``python -m infra.local_server`` detached with the config and state folder it was given, its log
 beside the state file; ``stop`` ends it. A port left unchosen (None) is TF Serving's default when
 that is free and any free port otherwise, so several homes share a machine; a chosen port that
@@ -40,7 +40,7 @@ LOG_FILE = "server.log"
 TOKEN_FILE = "reload.token"  # owner-only: whoever can read it may change what is served
 MONITORING_FILE = "monitoring.config"  # the default --monitoring_config_file
 START_TIMEOUT_S = 240.0  # the child imports TensorFlow (~20 s here) and loads the served versions
-# The last line a server that failed to start writes to its log (read by ensure_running).
+# The last line a server that failed to start writes to its log (read by ensure_local_server).
 START_FAILED = "local server start-up failed: "
 
 
@@ -51,7 +51,7 @@ class LocalServerError(RailyardError):
 
 
 @dataclass(frozen=True)
-class ServerState:
+class LocalServerState:
     pid: int
     rest_port: int
     grpc_port: int
@@ -69,7 +69,7 @@ class ServerState:
         return f"127.0.0.1:{self.grpc_port}"
 
 
-def write_state(state_dir: Path, state: ServerState) -> None:
+def write_state(state_dir: Path, state: LocalServerState) -> None:
     service.write_state(Path(state_dir) / STATE_FILE, state.__dict__)
 
 
@@ -78,14 +78,14 @@ def clear_state(state_dir: Path, pid: int) -> None:
     service.clear_state(Path(state_dir) / STATE_FILE, pid)
 
 
-def read_state(state_dir: Path) -> ServerState | None:
+def read_state(state_dir: Path) -> LocalServerState | None:
     try:
-        return ServerState(**(service.read_state(Path(state_dir) / STATE_FILE) or {}))
+        return LocalServerState(**(service.read_state(Path(state_dir) / STATE_FILE) or {}))
     except TypeError:  # missing, or not a server's state
         return None
 
 
-def running(state_dir: Path) -> ServerState | None:
+def running(state_dir: Path) -> LocalServerState | None:
     """The live server of this state folder, or None (a stale state file is removed). A state
     file naming another process than the folder's server that listens on its ports (an orphan,
     told by its command line) is written again for that server."""
@@ -128,13 +128,13 @@ def port_settings(settings: Settings) -> dict[str, int | None]:
     }
 
 
-def start_for(settings: Settings) -> ServerState:
+def start_for(settings: Settings) -> LocalServerState:
     """The home's local server for its model root: the one running, or one started in the
     background on the settings' ports (a port set that another program holds refused at once)."""
     if (state := running(settings.local_serving_dir)) is not None:
         return state
     check_ports_free(port_settings(settings))
-    return ensure_running(
+    return ensure_local_server(
         settings.local_serving_dir,
         settings.resolved_serving_model_root / CONFIG_FILE,
         settings.local_serving_rest_port,
@@ -142,13 +142,13 @@ def start_for(settings: Settings) -> ServerState:
     )
 
 
-def ensure_running(
+def ensure_local_server(
     state_dir: Path,
     config_path: Path,
     rest_port: int | None,
     grpc_port: int | None,
     monitoring_config: Path | None = None,
-) -> ServerState:
+) -> LocalServerState:
     """A live local server for ``config_path``: the one already running, or a new one (reading
     ``monitoring_config``, by default the state folder's). A port None is TF Serving's default
     when free, else any free one; 0 is any free one."""
@@ -216,10 +216,10 @@ def serve_foreground(
     grpc_port: int | None,
     host: str = "127.0.0.1",
     monitoring_config: Path | None = None,
-    on_started: Callable[[ServerState], None] | None = None,
+    on_started: Callable[[LocalServerState], None] | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM, announcing the server in the state folder while it runs (and
-    to ``on_started``). Ports as in ``ensure_running``.
+    to ``on_started``). Ports as in ``ensure_local_server``.
 
     Models the config lists with no version to serve are dropped from it first (TF Serving would
     wait for them forever). Fails (like TF Serving) when the config's models cannot be loaded or
@@ -248,7 +248,7 @@ def serve_foreground(
         monitoring_config_file=monitoring_config or default_monitoring_config(state_dir),
     ).start()
     state_dir.mkdir(parents=True, exist_ok=True)
-    state = ServerState(os.getpid(), server.rest_port, server.grpc_port, str(config_path), current_process())
+    state = LocalServerState(os.getpid(), server.rest_port, server.grpc_port, str(config_path), current_process())
     write_state(state_dir, state)
     if on_started is not None:
         on_started(state)
@@ -271,7 +271,7 @@ def reload_token(state_dir: Path) -> str:
         ) from None
 
 
-def stop(state_dir: Path, timeout_s: float = 30.0) -> ServerState | None:
+def stop(state_dir: Path, timeout_s: float = 30.0) -> LocalServerState | None:
     """Stop the background server (SIGTERM, then SIGKILL); the state it had, or None when no
     server of this folder runs. A stale state file is removed; its pid is never signalled
     unless it is still the very process that wrote the file (same pid and start time). The
@@ -287,7 +287,7 @@ def stop(state_dir: Path, timeout_s: float = 30.0) -> ServerState | None:
     return state
 
 
-def _adopt_orphan(state_dir: Path, stale: ServerState) -> ServerState | None:
+def _adopt_orphan(state_dir: Path, stale: LocalServerState) -> LocalServerState | None:
     """This folder's server listening on the ports of a state file that names another process
     (``python -m infra.local_server --state_dir <this folder>``): the file is written again for
     it. None when no such server listens there; another program there is never touched."""
@@ -297,7 +297,7 @@ def _adopt_orphan(state_dir: Path, stale: ServerState) -> ServerState | None:
             continue
         pid = found["pid"]
         config_path = _flag(pid, "--model_config_file", state_dir) or Path(stale.config_path)
-        adopted = ServerState(pid, stale.rest_port, stale.grpc_port, str(config_path), identity(pid))
+        adopted = LocalServerState(pid, stale.rest_port, stale.grpc_port, str(config_path), identity(pid))
         log.warning(
             "%s named pid %d, not the server of %s (pid %d): written again", STATE_FILE, stale.pid, state_dir, pid
         )
@@ -306,7 +306,7 @@ def _adopt_orphan(state_dir: Path, stale: ServerState) -> ServerState | None:
     return None
 
 
-def _is_server(state: ServerState) -> bool:
+def _is_server(state: LocalServerState) -> bool:
     """The process that wrote the state file still runs. Without /proc (no start times to
     compare) the pid must at least exist and the server answer on its REST port."""
     service.reap(state.pid)  # a dead child of this process is reaped, so it is gone

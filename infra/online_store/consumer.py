@@ -8,11 +8,18 @@ Streams. What the loop promises, whatever the work:
   ``batch_size`` reads on until the batch is full or ``flush_ms`` passed since its first entry
   came (flush at N entries or T milliseconds, whichever comes first).
 - **Pending first.** On start a consumer takes the entries it left pending (read from id 0 of
-  its own pending list), then new ones; before each new read it claims entries another
-  consumer of the group left pending longer than ``claim_idle_s`` (XAUTOCLAIM: that consumer
-  died).
+  its own pending list), then new ones; before a read of new entries, at most every
+  ``claim_idle_s / CLAIM_CHECKS``, it claims entries another consumer of the group left pending
+  longer than ``claim_idle_s`` (XAUTOCLAIM: that consumer died).
 - **Acknowledged after the effect.** A batch is acknowledged only once its work returned, so a
   crash leaves it pending, and the work must be idempotent (doing a batch twice is harmless).
+- **Overlapped batches** (a group's work with ``start``): the work of a batch of new entries is
+  started, and completed only after the next batch was read and started, so reading the next
+  batch overlaps with this one's work (the scorer's Predict). One batch is in flight at most; it is
+  completed before a read that may wait, before the loop returns and before this consumer's own
+  pending entries are read; it is acknowledged only after it is completed (a crash leaves it
+  pending). When its start or completion fails, the batch is done again with ``do`` (the rules
+  below apply).
 - **Dead letters.** An entry the work refuses (``Refusal``), or that anything fails on (a bug
   included), is recorded once in the dead-letter stream with a reason and acknowledged.
 - **No single entry stops it.** When a whole batch fails for a reason that is not
@@ -46,6 +53,8 @@ from railyard.errors import RailyardError
 
 log = logging.getLogger("railyard.consumer")
 
+# Idle entries are looked for this many times per claim_idle_s (not before every read: a round trip).
+CLAIM_CHECKS = 10
 POLL_S = 0.2  # how long an idle consumer blocks on the stream before checking its stop flag
 FIRST_RETRY_S, MAX_RETRY_S = 0.2, 5.0  # backoff while a dependency does not answer
 # A dead letter records at most this many of the entry's fields, each name and value cut to this
@@ -151,6 +160,9 @@ class Work:
 
     parse: Callable[[bytes, Fields], Any]
     do: Callable[[str, list[Parsed]], None]
+    # Optional: begin a batch's work and return what completes it (``do``'s effect), so the
+    # consumer reads and starts the next batch meanwhile; what fails is done again with ``do``.
+    start: Callable[[str, list[Parsed]], Callable[[], None]] | None = None
 
 
 def entry_time(entry_id: bytes) -> float:
@@ -174,6 +186,9 @@ class Consumer:
     on_dead_letter: Callable[[str], None] | None = None  # told each new dead letter's reason
     entries: dict[str, int] = field(init=False)  # entries done per group
     dead_letters: int = field(init=False, default=0)  # entries this consumer dead-lettered
+    # The batch started and not completed: group, entries, parsed entries, what completes it.
+    in_flight: tuple[str, list[Entry], list[Parsed], Callable[[], None]] | None = field(init=False, default=None)
+    _claim_at: dict[str, float] = field(init=False, default_factory=dict)  # no claim before (monotonic s)
 
     def __post_init__(self) -> None:
         self.name = self.name or f"{socket.gethostname()}-{os.getpid()}"
@@ -202,30 +217,39 @@ class Consumer:
             busy = [self.step(group, ">") for group in self.groups]
             if any(busy):
                 continue
+            self.complete()
             if until_idle and not any(self.retrying(lambda: self.transport.pending(g)) for g in self.groups):
                 break
             # Idle: block on the stream in the first group instead of sleeping, so a new entry
             # is handled within milliseconds, not a poll interval.
             self.step(self.groups[0], ">", block_ms=int(POLL_S * 1000))
+        self.complete()
 
     def step(self, group: str, start: str, block_ms: int | None = None) -> bool:
         """Handle one batch: ``start`` "0" for this consumer's own pending entries, ">" for
         entries idle long enough to claim, else new ones (waiting up to ``block_ms`` for them).
-        False when there was none."""
-        entries = self.retrying(lambda: self._next_batch(group, start, block_ms))
+        False when there was none. With a batch in flight, new entries are read without waiting
+        (none: the batch in flight is completed, then the read may wait)."""
+        entries = []
+        if start == ">" and self.in_flight is not None:
+            entries = self.retrying(lambda: self._next_batch(group, start, None, wait=False))
+        if not entries:
+            self.complete()  # the in-flight entries are this consumer's pending ones: never read twice
+            entries = self.retrying(lambda: self._next_batch(group, start, block_ms))
         if not entries:
             return False
-        self._handle(group, entries)
+        self._handle(group, entries, overlap=start == ">")
         return True
 
-    def _next_batch(self, group: str, start: str, block_ms: int | None) -> list[Entry]:
-        if start == ">":
+    def _next_batch(self, group: str, start: str, block_ms: int | None, wait: bool = True) -> list[Entry]:
+        if start == ">" and time.monotonic() >= self._claim_at.get(group, 0.0):
             claimed = self.transport.claim(group, self.name, int(self.claim_idle_s * 1000), self.batch_size)
             if claimed:
                 log.info("%s: claimed %d entries left pending by a stopped consumer", group, len(claimed))
                 return claimed
+            self._claim_at[group] = time.monotonic() + self.claim_idle_s / CLAIM_CHECKS
         entries = self.transport.read(group, self.name, start, self.batch_size, block_ms)
-        if start == ">" and entries and self.flush_ms > 0:
+        if start == ">" and entries and self.flush_ms > 0 and wait:
             entries = fill(entries, self._read_more(group), self.batch_size, self.flush_ms)
         return entries
 
@@ -238,7 +262,7 @@ class Consumer:
 
         return read
 
-    def _handle(self, group: str, entries: list[Entry]) -> None:
+    def _handle(self, group: str, entries: list[Entry], overlap: bool = False) -> None:
         work, parsed = self.work[group], []
         for entry_id, fields in entries:
             if fields is None:  # trimmed from the stream while pending: nothing left to do
@@ -249,8 +273,37 @@ class Consumer:
                 self.refuse(group, entry_id, fields, refused.reason, str(refused))
             except Exception as error:  # noqa: BLE001 - whatever fails on one entry refuses that entry only
                 self._refuse_unexpected(group, entry_id, fields, error)
+        started = self._start(group, parsed, work.start) if overlap and parsed and work.start else None
+        self.complete()  # the batch before this one, whose work overlapped with reading this one
+        if started is not None:
+            self.in_flight = (group, entries, parsed, started)
+            return
         if parsed:
             self._batch_or_one_by_one(group, parsed, work.do)
+        self._ack(group, entries)
+
+    def _start(self, group: str, parsed: list[Parsed], start: Callable) -> Callable[[], None] | None:
+        """What completes the batch's started work; None when starting failed (then ``do`` it)."""
+        try:
+            return start(group, parsed)
+        except Exception as error:  # noqa: BLE001 - done again with ``do``, whose failures are handled
+            log.info("%s: a batch could not be started (%r): done without overlap", group, error)
+            return None
+
+    def complete(self) -> None:
+        """Complete the batch in flight (if any; when that fails, ``do`` it), then acknowledge it."""
+        if self.in_flight is None:
+            return
+        group, entries, parsed, finish = self.in_flight
+        self.in_flight = None  # raised out of here: its entries stay pending, read again from "0"
+        try:
+            finish()
+        except Exception as error:  # noqa: BLE001 - done again with ``do``, whose failures are handled
+            log.info("%s: a started batch failed (%r): done again without overlap", group, error)
+            self._batch_or_one_by_one(group, parsed, self.work[group].do)
+        self._ack(group, entries)
+
+    def _ack(self, group: str, entries: list[Entry]) -> None:
         self.retrying(lambda: self.transport.ack(group, [entry_id for entry_id, _ in entries]))
         self.entries[group] += len(entries)
 

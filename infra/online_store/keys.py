@@ -44,11 +44,11 @@ The streaming scorer's streams (``infra.streaming``), not versioned either:
     railyard:scores:results                  stream: one result per request id (trimmed to a length)
     railyard:scores:done:<request id>        string, with a TTL: the request id has its result
 
-The gray release's state, read by every ranking-service replica (``gray_release``):
+The gray release's state, read by every ranking-service replica (``gray_state``):
 
     railyard:release:v1:<model>:canary-share        string: the share of users the canary serves
     railyard:release:v1:<model>:live:<label>:<v>    hash: requests, errors, scores, score_sum,
-                                                    latency_<i> (railyard.gray's buckets)
+                                                    latency_<i> (railyard.gray_rules's buckets)
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from infra.online_store import keys, scripts, server
+from infra.online_store import keys, scripts, valkey_process
 from railyard import feature_spec as spec
 from railyard.errors import RailyardError, Refused
 from railyard.events import RatingEvent
@@ -121,14 +121,14 @@ def connect(settings: Settings) -> OnlineStore:
     url = store_url(settings)
     if settings.online_store_url is not None:
         return connect_url(url)  # fixed: nothing to read again
-    return connect_url(url, connection_class=EmbeddedConnection, server_dir=server.server_dir(settings))
+    return connect_url(url, connection_class=EmbeddedConnection, server_dir=valkey_process.server_dir(settings))
 
 
 def store_url(settings: Settings) -> str:
     """RAILYARD_ONLINE_STORE_URL, or the embedded server's (started if needed); it may hold a password."""
     if settings.online_store_url is not None:
         return settings.online_store_url.get_secret_value()
-    return server.url(server.server_dir(settings), server.ensure_running(settings))
+    return valkey_process.url(valkey_process.server_dir(settings), valkey_process.ensure_valkey(settings))
 
 
 def connect_url(url: str, **options) -> OnlineStore:
@@ -148,7 +148,7 @@ class EmbeddedConnection(redis.Connection):
         super().__init__(**options)
 
     def _connect(self):
-        if (state := server.read_state(self.server_dir)) is not None:
+        if (state := valkey_process.read_state(self.server_dir)) is not None:
             self.port = state.port
         return super()._connect()
 
@@ -435,7 +435,7 @@ def checked_batch(ratings: pl.DataFrame) -> pl.DataFrame:
 def _address(client: redis.Redis) -> str:
     """host:port the client connects to (never the password): an embedded server's from its state."""
     options = client.connection_pool.connection_kwargs
-    state = server.read_state(options["server_dir"]) if "server_dir" in options else None
+    state = valkey_process.read_state(options["server_dir"]) if "server_dir" in options else None
     return f"{options['host']}:{state.port if state else options['port']}"
 
 

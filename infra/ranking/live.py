@@ -13,10 +13,9 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 
-from railyard.gray import request_counters
+from railyard.gray_rules import request_counters
 
 log = logging.getLogger("railyard.ranking")
-FLUSH_S = 0.25
 
 Counts = dict[tuple[str, int], Counter]  # (label, version) -> counter name -> sum
 
@@ -26,10 +25,10 @@ class LiveBuffer:
         self,
         write: Callable[[Mapping[tuple[str, int], Mapping[str, float]]], None],
         *,
-        flush_s: float = FLUSH_S,
+        flush_s: float,  # RAILYARD_RANKING_LIVE_FLUSH_S in a ranking service
         on_error: Callable[[Exception], None] = lambda error: None,
     ) -> None:
-        """``write(counts)`` adds the counts to the store, all or nothing (``gray_release.add_live``)."""
+        """``write(counts)`` adds the counts to the store, all or nothing (``gray_state.add_live``)."""
         self._write, self._flush_s, self._on_error = write, flush_s, on_error
         self._pending: Counts = {}
         self._lock = threading.Lock()

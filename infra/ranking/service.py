@@ -1,9 +1,10 @@
 """The ranking service's work, without HTTP: route a user to a label, read candidates and fresh
 features from the online store, ask TF Serving, fall back, and keep the live figures.
 
-- **Routing**: ``railyard.gray.routes`` (``label_for(userId, share)``), the share read from the online store
-  at most every ``share_ttl_s`` (so a change reaches every replica within that), and only while
-  TF Serving serves a ``canary`` label (the labels are read at most every ``labels_ttl_s``).
+- **Routing**: ``railyard.gray_rules.routes`` (``label_for(userId, share)``), the share read from the online store
+  at most every ``config.share_ttl_s`` (so a change reaches every replica within that), and only
+  while TF Serving serves a ``canary`` label (the labels are read at most every
+  ``config.labels_ttl_s``).
 - **Canary fallback**: a canary call that fails is counted against the canary (its live error
   rate is what the bake watches), then the same request goes to ``stable``.
 - **Degraded**: when the online store does not answer, scores come from the ids-only
@@ -26,22 +27,20 @@ import numpy as np
 import redis
 from prometheus_client import Histogram
 
-from infra.online_store import gray_release
+from infra.online_store import gray_state
 from infra.online_store.store import OnlineStore, OnlineStoreEmpty, OnlineStoreUnavailable
-from infra.ranking.live import FLUSH_S, LiveBuffer
+from infra.ranking.live import LiveBuffer
 from infra.ranking.metrics import RankingMetrics
 from infra.scoring import Features, predict_routed
 from infra.tfserving.client import ServingError, ServingUnavailableError
 from infra.tfserving.protocol import CANARY, STABLE
 from infra.tfserving.replicas import ReplicaPool
+from railyard.configs import RankingConfig
 from railyard.errors import RailyardError
-from railyard.gray import canary_serves, routes
+from railyard.gray_rules import canary_serves, routes
 from railyard.refreshed import Refreshed
 
 log = logging.getLogger("railyard.ranking")
-
-SHARE_TTL_S = 0.5  # a share change reaches this process within this (plus one request)
-LABELS_TTL_S = 1.0  # how long the served labels' versions are trusted
 
 
 class NoCandidates(RailyardError):
@@ -97,17 +96,14 @@ class Ranker:
     store: OnlineStore
     serving: ReplicaPool
     model: str
-    candidates: int = 100
+    config: RankingConfig
     metrics: RankingMetrics = field(default_factory=RankingMetrics)
-    share_ttl_s: float = SHARE_TTL_S
-    labels_ttl_s: float = LABELS_TTL_S
-    live_flush_s: float = FLUSH_S
 
     def __post_init__(self) -> None:
-        self.live = LiveBuffer(self._write_live, flush_s=self.live_flush_s, on_error=self._live_not_written)
+        self.live = LiveBuffer(self._write_live, flush_s=self.config.live_flush_s, on_error=self._live_not_written)
         errors = (RailyardError, redis.RedisError, ValueError)
-        self._share = Refreshed(self._read_share, self.share_ttl_s, 0.0, self._error("canary_share"), errors)
-        self._labels = Refreshed(self._read_labels, self.labels_ttl_s, {}, self._error("serving_labels"), errors)
+        self._share = Refreshed(self._read_share, self.config.share_ttl_s, 0.0, self._error("canary_share"), errors)
+        self._labels = Refreshed(self._read_labels, self.config.labels_ttl_s, {}, self._error("serving_labels"), errors)
 
     # -- routing ---------------------------------------------------------------------------
 
@@ -126,7 +122,7 @@ class Ranker:
 
     def _read_share(self) -> float:
         with timed(self.metrics.online_store_seconds, "canary_share"):
-            share = gray_release.canary_share(self.store.client, self.model)
+            share = gray_state.canary_share(self.store.client, self.model)
         self.metrics.canary_share.set(share)
         return share
 
@@ -169,7 +165,7 @@ class Ranker:
         (routed,) = self.routes([user_id])
         try:
             with timed(self.metrics.online_store_seconds, "candidates"):
-                found = self.store.read_candidates(user_id, candidates or self.candidates)
+                found = self.store.read_candidates(user_id, candidates or self.config.candidates)
         except (OnlineStoreUnavailable, OnlineStoreEmpty) as error:
             self._count_store_error(error)
             raise
@@ -211,14 +207,14 @@ class Ranker:
     # -- live figures and readiness --------------------------------------------------------
 
     def record_live(self, records: Sequence[LiveRecord], latency_ms: float) -> None:
-        """Add the request to each label's live figures (written to the store every ``live_flush_s``)."""
+        """Add the request to each label's live figures (written to the store every ``config.live_flush_s``)."""
         for item in records:
             if item.version is not None:
                 self.live.add(item.label, item.version, latency_ms, item.error, item.score)
 
     def _write_live(self, counts) -> None:
         with timed(self.metrics.online_store_seconds, "record"):
-            gray_release.add_live(self.store.client, self.model, counts)
+            gray_state.add_live(self.store.client, self.model, counts)
 
     def readiness(self) -> dict[str, str]:
         """What is not ready, and why (empty: ready)."""

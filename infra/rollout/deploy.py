@@ -139,7 +139,7 @@ def _local_reload_token(settings: Settings, grpc_endpoint: str) -> str | None:
     return None
 
 
-def _home_servers(settings: Settings) -> Iterator[tuple[Path, background.ServerState]]:
+def _home_servers(settings: Settings) -> Iterator[tuple[Path, background.LocalServerState]]:
     """The state folder and state of each local server of this home that runs, replica 0 first."""
     found = sorted(
         int(path.name.removeprefix("replica-"))

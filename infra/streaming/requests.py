@@ -34,6 +34,8 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ID_CHARS = 20  # an id of more characters (with its comma) is out of range anyway: bound the text first
 MAX_DEADLINE_DIGITS = 15  # milliseconds: until the year 33658
 OK, DEADLINE_EXCEEDED = "ok", "deadline_exceeded"
+# A result's fields in order (``result_fields``): a ``deadline_exceeded`` result has the first six.
+RESULT_FIELDS = ("id", "entry", "status", "userId", "movieIds", "latency_ms", "scores", "version", "label", "degraded")
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ One user of the generic consumer (``infra.online_store.consumer``): group ``scor
   with its reason.
 - **Deadlines**: a request past its ``deadline_ms`` gets a ``deadline_exceeded`` result, not a
   late score (checked before scoring and again when its result is written).
-- **Route** each user as the ranking service does (``railyard.gray.routes``, the canary's share
+- **Route** each user as the ranking service does (``railyard.gray_rules.routes``, the canary's share
   from the online store, only while a canary other than stable's version is served; both read
   again every ``labels_ttl_s`` on a thread of their own); a canary call that fails is answered
   by ``stable``.
@@ -31,40 +31,55 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import redis
 
-from infra.online_store import gray_release, keys
+from infra.online_store import gray_state, keys
 from infra.online_store.consumer import Consumer, Parsed, ValkeyStreams, Work, entry_time
 from infra.online_store.store import OnlineStore, OnlineStoreUnavailable, reachable
 from infra.scoring import Features, fresh_features, predict_routed
 from infra.streaming.metrics import ScorerMetrics
-from infra.streaming.requests import ScoreRequest, Scores, parse_request, request_fields, result_fields
+from infra.streaming.requests import (
+    RESULT_FIELDS,
+    ScoreRequest,
+    Scores,
+    parse_request,
+    request_fields,
+    result_fields,
+)
 from infra.tfserving.client import ServingClient, ServingError
 from infra.tfserving.protocol import CANARY, STABLE
 from infra.tfserving.replicas import ReplicaPool
 from railyard.configs import ScorerConfig
 from railyard.errors import RailyardError
-from railyard.gray import canary_serves, routes
+from railyard.gray_rules import canary_serves, routes
 from railyard.refreshed import Refreshed
 
 log = logging.getLogger("railyard.streaming")
 
 PUBLISH_CHUNK = 1_000  # XADDs per round trip
 
-# KEYS: results stream; ARGV: marker prefix, marker TTL (s), the stream's approximate length,
-# then per result: request id, n, its n field names and values. A result is written only with
-# its request id's marker, in the same atomic step; the reply says which were (1) or had one (0).
+# KEYS: results stream; ARGV: marker prefix, marker TTL (s), the stream's approximate length, the
+# number of field names m, the m names (``RESULT_FIELDS``), then per result: request id, n, the
+# values of its first n fields. A result is written only with its request id's marker, in the same
+# atomic step; the reply says which were (1) or had one (0). (Names once: fewer arguments to send.)
 WRITE_RESULTS = """
 local written = {}
-local i = 4
+local m = tonumber(ARGV[4])
+local i = 5 + m
 while i <= #ARGV do
   local n = tonumber(ARGV[i + 1])
   if redis.call('SET', ARGV[1] .. ARGV[i], '1', 'NX', 'EX', ARGV[2]) then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, i + 2, i + 1 + n))
+    local fields = {}
+    for j = 1, n do
+      fields[2 * j - 1] = ARGV[4 + j]
+      fields[2 * j] = ARGV[i + 1 + j]
+    end
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', unpack(fields))
     written[#written + 1] = 1
   else
     written[#written + 1] = 0
@@ -156,7 +171,7 @@ class Scorer:
         self.metrics = self.metrics or ScorerMetrics(lambda: stream_state(client))
         self.consumer = Consumer(
             requests_transport(client),
-            {keys.SCORER_GROUP: Work(self._parse, self._score)},
+            {keys.SCORER_GROUP: Work(self._parse, self._score, self._start)},
             name=self.consumer_name,
             batch_size=self.config.batch_size,
             claim_idle_s=self.config.claim_idle_s,
@@ -179,12 +194,16 @@ class Scorer:
         self._labels.get(), self._share.get()  # the first batch routes by what is served now
         refresher = threading.Thread(target=self._refresh_routing, args=(done,), name="scorer-routing", daemon=True)
         refresher.start()
+        # One thread scores a started batch (features, Predict) while the consumer's thread
+        # reads the next one and writes the last one's results.
+        self._scoring = ThreadPoolExecutor(1, thread_name_prefix="scorer-predict")
         try:
             self.consumer.start()
             self.consumer.run(until_idle)
         finally:
             done.set()
             refresher.join()
+            self._scoring.shutdown(wait=True)
 
     def _refresh_routing(self, done: threading.Event) -> None:
         """Read the served labels and the canary's share again twice per TTL on a thread of its
@@ -220,11 +239,30 @@ class Scorer:
     def _parse(self, entry_id: bytes, fields) -> ScoreRequest:
         return parse_request(fields, self.config.max_movies)
 
+    def _start(self, group: str, parsed: list[Parsed]) -> Callable[[], None]:
+        """Read the batch's features and Predict on the scoring thread (while the consumer reads
+        the next batch and writes the one before); what writes its results once they came. A
+        failure there (serving down included) is the consumer's to do again with ``_score``."""
+        now = now_ms()
+        due = [item for item in parsed if not item[2].expired(now)]
+        answers = self._scoring.submit(self._predict, [request for _, _, request in due])
+
+        def finish() -> None:
+            scored = {entry_id: answer for (entry_id, _, _), answer in zip(due, answers.result(), strict=True)}
+            self._write_answers(parsed, scored, now)
+
+        return finish
+
     def _score(self, group: str, parsed: list[Parsed]) -> None:
-        self.metrics.batch_size.observe(len(parsed))
         now = now_ms()
         due = [item for item in parsed if not item[2].expired(now)]
         scored = self._answers(group, due) if due else {}
+        self._write_answers(parsed, scored, now)
+
+    def _write_answers(self, parsed: list[Parsed], scored: dict[bytes, Scores], now: int) -> None:
+        """Each request's result: its scores, or "deadline exceeded" when its deadline passed
+        before ``now`` (the batch's start) or before the results are written."""
+        self.metrics.batch_size.observe(len(parsed))
         written_at = now_ms()
         results = []
         for entry_id, _, request in parsed:
@@ -309,8 +347,9 @@ class Scorer:
         if not results:
             return
         args: list[str | int] = [keys.SCORE_DONE, self.config.result_ttl_s, self.config.results_maxlen]
-        for request, fields, _ in results:
-            args += [request.request_id, 2 * len(fields), *(item for pair in fields.items() for item in pair)]
+        args += [len(RESULT_FIELDS), *RESULT_FIELDS]
+        for request, fields, _ in results:  # the fields are RESULT_FIELDS' first ones, in order
+            args += [request.request_id, len(fields), *fields.values()]
         with reachable(self.store.client), self.metrics.online_store_seconds.labels("write_results").time():
             written = self._write(keys=[keys.SCORE_RESULTS], args=args)
         for (_, fields, latency_ms), new in zip(results, written, strict=True):
@@ -329,7 +368,7 @@ class Scorer:
         return {label: version for label, version in versions.items() if version is not None}
 
     def _read_share(self) -> float:
-        return gray_release.canary_share(self.store.client, self.model)
+        return gray_state.canary_share(self.store.client, self.model)
 
     def _not_refreshed(self, what: str):
         def warn(error: Exception) -> None:

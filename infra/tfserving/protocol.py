@@ -73,7 +73,6 @@ def build_predict_request(
 ) -> PredictRequest:
     """A PredictRequest for row-format ``instances``, or for inputs already batched as one array
     per input (columnar, as a caller holding NumPy arrays has them)."""
-    import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2
 
     if version is not None and label is not None:
@@ -86,5 +85,29 @@ def build_predict_request(
     elif label is not None:
         request.model_spec.version_label = label
     for name, column in (instance_columns(instances) if isinstance(instances, Sequence) else instances).items():
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(column))
+        fill_tensor(request.inputs[name], column)
     return request
+
+
+def fill_tensor(proto, array) -> None:
+    """Write ``array`` into the TensorProto ``proto`` as ``tf.make_tensor_proto`` would: a numeric
+    array of more than one value as its dtype, shape and raw bytes (``tensor_content``), set
+    directly (make_tensor_proto's checks cost more than the copy, per micro-batch); anything
+    else through make_tensor_proto."""
+    import numpy as np
+
+    dtype = _RAW_DTYPES.get(np.dtype(array.dtype).str) if isinstance(array, np.ndarray) else None
+    if dtype is None or array.size <= 1:
+        import tensorflow as tf
+
+        proto.CopyFrom(tf.make_tensor_proto(array))
+        return
+    proto.dtype = dtype
+    for size in array.shape:
+        proto.tensor_shape.dim.add().size = size
+    proto.tensor_content = np.ascontiguousarray(array).tobytes()
+
+
+# Little-endian NumPy dtypes (``dtype.str``) sent as raw bytes, and their TF DataType numbers
+# (types.proto: DT_FLOAT 1, DT_DOUBLE 2, DT_INT32 3, DT_INT64 9), the byte order TF expects.
+_RAW_DTYPES = {"<f4": 1, "<f8": 2, "<i4": 3, "<i8": 9}

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from infra.tfserving.client import ServingError
-from railyard.gray import user_bucket
+from railyard.gray_rules import user_bucket
 from railyard.synthetic import generate_movielens
 
 pytestmark = pytest.mark.slow
@@ -61,14 +61,14 @@ def test_a_canary_over_its_error_budget_is_rolled_back_during_the_bake(gray_home
     from fastapi.testclient import TestClient
 
     from flows.retrain import retrain
-    from infra.online_store import gray_release
+    from infra.online_store import gray_state
     from infra.online_store.store import connect
     from infra.ranking import create_app
     from infra.tfserving.target import serving_labels
     from railyard.errors import CanaryRolledBack
     from railyard.settings import Settings
     from release.state import registry
-    from tasks.deploy import serving_target
+    from tasks.serving import serving_target
 
     data = tmp_path / "data"
     generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=300, seed=6)
@@ -76,7 +76,7 @@ def test_a_canary_over_its_error_budget_is_rolled_back_during_the_bake(gray_home
     assert first["stage"] == "production" and first["model_version"] == 1
     settings = Settings()
     client = connect(settings).client
-    assert gray_release.canary_share(client, "recmodel") == 1.0  # approved: canary and stable both v1
+    assert gray_state.canary_share(client, "recmodel") == 1.0  # approved: canary and stable both v1
 
     # A second model of the same data (another training config) bakes for 60 s. A ranking service
     # sends it the canary's users; 30 % of its calls to the canary fail (injected), and stable
@@ -89,9 +89,9 @@ def test_a_canary_over_its_error_budget_is_rolled_back_during_the_bake(gray_home
 
     def canary_traffic() -> None:
         deadline = time.monotonic() + 300
-        while gray_release.canary_share(client, "recmodel") != 0.25 and time.monotonic() < deadline:
+        while gray_state.canary_share(client, "recmodel") != 0.25 and time.monotonic() < deadline:
             time.sleep(0.05)  # the share is 0 from the canary's load until its smoke tests pass
-        seen_share.append(gray_release.canary_share(client, "recmodel"))
+        seen_share.append(gray_state.canary_share(client, "recmodel"))
         with serving_target(settings).clients(attempts=1) as clients:
             app = create_app(connect(settings), [FlakyCanary(client) for client in clients], "recmodel")
             with TestClient(app) as service:
@@ -107,7 +107,7 @@ def test_a_canary_over_its_error_budget_is_rolled_back_during_the_bake(gray_home
         retrain(data_dir=str(data), auto_approve=True)
     traffic.join()
     assert seen_share == [0.25] and time.monotonic() - started < 200  # rolled back well before the bake's end
-    assert gray_release.canary_share(client, "recmodel") == 0.0
+    assert gray_state.canary_share(client, "recmodel") == 0.0
     assert len(answers) == 60 and all(len(answer["predictions"]) == 1 for answer in answers)
     assert [answer["label"] for answer in answers].count("stable") == 18  # the failed canary calls
     target = serving_target(settings)
@@ -129,7 +129,7 @@ def test_a_release_lands_on_every_local_replica_and_serve_stop_stops_them(gray_h
     from infra.local_server import background
     from infra.rollout.deploy import local_replica_dir
     from railyard.settings import Settings
-    from tasks.deploy import serving_target
+    from tasks.serving import serving_target
 
     settings = Settings()
     runner = CliRunner()

@@ -1,8 +1,10 @@
 """`railyard up` / `ps` / `down` on a fresh home, real processes all the way: the embedded
-PostgreSQL from its wheel under Prefect's server (UI included) and MLflow's, the deployments, a
-worker, the local serving process, the online store, the ingester and the ranking service. One
-platform for the whole module (it is the slow part): up, up again, a kill -9 of PostgreSQL
-restarted and counted, down leaving no process (checked by pid)."""
+PostgreSQL from its wheel under Prefect's server (UI included, behind the authenticating proxy)
+and MLflow's, the deployments, a worker, the local serving process, the online store, the
+ingester and the ranking service. One platform for the whole module (it is the slow part): up,
+up again, a run started as the UI would, refused when answered straight to Prefect's API,
+approved through the proxy as alice, a kill -9 of PostgreSQL while it waits restarted and
+counted, down leaving no process (checked by pid)."""
 
 import json
 import os
@@ -21,16 +23,22 @@ import pytest
 
 from infra.platform import postgres
 from railyard.processes import descendants, identity, process_alive
+from railyard.synthetic import generate_movielens
 from tests.support import REPO_ROOT
 from tests.support.browser import screenshot, wait_for_text
+from tests.support.proxy import call as proxy_call
+from tests.support.proxy import credential
 
 pytestmark = pytest.mark.slow
+ALICE_PASSWORD = "alice-long-passphrase"
+ALICE = credential("alice", ALICE_PASSWORD)
 SERVICES = [
     "postgres",
     "databases",
     "serving",
     "online-store",
     "prefect",
+    "proxy",
     "mlflow",
     "deployments",
     "worker",
@@ -51,13 +59,31 @@ def platform():
         "RAILYARD_HOME": str(home),
         "RAILYARD_PLATFORM_USUAL_PORTS": "false",
         "RAILYARD_PLATFORM_RESTART_BASE_S": "0.5",
+        # The run started from the UI below trains on a small draw: its release is the point, not
+        # its model (as tests/support/release_world.py: no gate on progress or absolute bounds).
+        "RAILYARD_MAX_SKEW_SHARE": "1",
+        "RAILYARD_SMOKE_REQUESTS": "40",
+        "RAILYARD_SMOKE_P95_MS": "2000",
+        "RAILYARD_MIN_AUC": "0",
+        "RAILYARD_MIN_AUC_LIFT": "-1",
+        "RAILYARD_MAX_LOGLOSS": "10",
+        "RAILYARD_DRIFT_BLOCK": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",  # the worker picks up a resumed run sooner (default 10)
     }
 
-    def railyard(*args: str) -> subprocess.CompletedProcess:
+    def railyard(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "cli", *args], env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+            [sys.executable, "-m", "cli", *args],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            input=stdin,
         )
 
+    added = railyard("users", "add", "alice", stdin=ALICE_PASSWORD + "\n")
+    assert added.returncode == 0, added.stderr
     started = railyard("up", "--json")
     try:
         assert started.returncode == 0, started.stderr
@@ -176,9 +202,14 @@ def concurrent_resumes_and_creations(api: str, count: int = 50) -> dict[str, lis
     return lost
 
 
+def server(rows: dict) -> str:
+    """Prefect's server itself (people open it through the proxy: rows["prefect"]["url"])."""
+    return f"http://127.0.0.1:{rows['prefect']['port']}"
+
+
 def test_fifty_concurrent_review_answers_and_run_creations_lose_nothing_on_postgresql(platform):
     _, _, rows = platform
-    assert concurrent_resumes_and_creations(rows["prefect"]["url"] + "/api") == {
+    assert concurrent_resumes_and_creations(server(rows) + "/api") == {
         "calls": [],
         "not_resumed": [],
         "answers": [],
@@ -196,42 +227,57 @@ def test_the_same_against_prefects_sqlite_database_loses_writes(prefect_server):
 
 def test_the_uis_load_at_the_urls_up_printed_and_prefects_shows_the_deployments(platform, offline_browser):
     _, _, rows = platform
-    offline_browser.get(rows["prefect"]["url"] + "/deployments")
-    wait_for_text(offline_browser, "daily")  # the UI called this server's API (not port 4200's)
+    proxy = rows["prefect"]["url"]
+    assert proxy == rows["proxy"]["url"]
+    signed_in = proxy.replace("http://", f"http://alice:{ALICE_PASSWORD}@")  # the browser keeps it for the origin
+    offline_browser.get(signed_in + "/deployments")
+    wait_for_text(offline_browser, "daily")  # the UI called this server's API through the proxy
     screenshot(offline_browser, "platform-prefect-deployments")
     offline_browser.get(rows["mlflow"]["url"] + "/")
     wait_for_text(offline_browser, "Default")  # the experiment every MLflow database starts with
     screenshot(offline_browser, "platform-mlflow")
 
 
-def test_up_runs_every_service_on_loopback_on_postgresql_then_down_leaves_no_process(platform):
+def wait_for(what: str, check, timeout_s: float = 600):
+    deadline = time.monotonic() + timeout_s
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"waited {timeout_s:g} s for {what}"
+        time.sleep(1)
+    return found
+
+
+def test_a_run_started_as_the_ui_would_is_approved_through_the_proxy_as_alice(platform):
+    """The UI's path: alice starts `retrain/daily` through the proxy; it suspends for review.
+    PostgreSQL is killed -9 while the run waits: restarted, nothing lost. Alice approves through
+    the proxy, typing another name: the actor recorded is alice. (An answer sent straight to
+    Prefect's API, bypassing the proxy, is refused: tests/integration/test_approval_form.py.)"""
     home, railyard, rows = platform
-    assert list(rows) == SERVICES
-    assert {name: row["health"] for name, row in rows.items()} == {
-        name: "done" if name in ("databases", "deployments") else "healthy" for name in SERVICES
-    }
-    ports = [row["port"] for row in rows.values() if row["port"]]
-    assert len(set(ports)) == len(ports) == 7  # and the serving gRPC port, in ports.json
-    assert json.loads((home / "platform" / "ports.json").read_text())["prefect"] == rows["prefect"]["port"]
+    proxy, direct = rows["prefect"]["url"] + "/api", server(rows) + "/api"
+    data = home.parent / "data"
+    generate_movielens(data, users=150, movies=200, days=6, ratings_per_day=800, seed=1)
+    _, daily = proxy_call("GET", f"{proxy}/deployments/name/retrain/daily", auth=ALICE)
+    created, run = proxy_call(
+        "POST",
+        f"{proxy}/deployments/{daily['id']}/create_flow_run",
+        {"parameters": {"data_dir": str(data), "epochs": 1}},
+        auth=ALICE,
+    )
+    assert created == 201, run
+    run_id = run["id"]
 
-    # Prefect: its UI calls this server's API; the deployments are registered; its data is in PostgreSQL.
-    prefect = rows["prefect"]["url"]
-    assert json.loads(get(f"{prefect}/ui-settings")[1])["api_url"] == f"{prefect}/api"
-    assert get(f"{prefect}/api/deployments/name/retrain/daily")[0] == 200
-    assert get(rows["mlflow"]["url"] + "/health")[0] == 200
-    assert b"railyard_scorer" in get(rows["scorer"]["url"])[1]  # the streaming scorer's metrics
-    pg = home / "postgres"
-    assert (pg / "password").stat().st_mode & 0o077 == 0
-    for database, table in (("prefect", "flow_run"), ("mlflow", "experiments")):
-        with psycopg2.connect(postgres.url(pg, rows["postgres"]["port"], database)) as connection:
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT to_regclass(%s)", (table,))
-                assert cursor.fetchone()[0] == table
+    def state() -> dict:
+        return call("GET", f"{direct}/flow_runs/{run_id}")["state"]
 
-    again = railyard("up")
-    assert again.returncode == 0 and again.stdout.startswith("the platform was already up:"), again.stdout
+    def waits_under(key: str):
+        now = state()
+        assert now["type"] not in ("FAILED", "CRASHED", "COMPLETED", "CANCELLED"), now
+        return now["type"] == "PAUSED" and now["state_details"].get("pause_key") == key
 
-    # kill -9 of PostgreSQL: restarted, counted, shown; Prefect answers from it again.
+    wait_for("the run to suspend for its review", lambda: waits_under("approve-recmodel-v1"))
+    versions = lambda: {v["version"]: v for v in json.loads(railyard("status", "--json").stdout)["versions"]}  # noqa: E731
+    assert versions()[1]["stage"] == "staging"
+
+    # kill -9 of PostgreSQL while the run waits: restarted, counted, shown; Prefect answers again.
     os.kill(rows["postgres"]["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 120
     while True:
@@ -246,15 +292,63 @@ def test_up_runs_every_service_on_loopback_on_postgresql_then_down_leaves_no_pro
         in (home / "platform" / "supervisor.log").read_text()
     )
     deadline = time.monotonic() + 60
-    while status(f"{prefect}/api/ready") != 200:  # it reconnects to the restarted database
+    while status(f"{direct}/ready") != 200:  # it reconnects to the restarted database
         assert time.monotonic() < deadline
         time.sleep(0.5)
     shown = next(line.split() for line in railyard("ps").stdout.splitlines() if line.startswith("postgres "))
     assert shown[1:6] == [str(now["postgres"]["pid"]), str(now["postgres"]["port"]), "healthy", shown[4], "1"]
+    assert waits_under("approve-recmodel-v1") and versions()[1]["stage"] == "staging"  # the run still waits
 
+    # Alice, through the proxy, with another name typed in the form: the actor is alice.
+    typed = {"decision": "approve", "reviewer": "Mallory", "comment": "looks right"}
+    assert proxy_call("POST", f"{proxy}/flow_runs/{run_id}/resume", {"run_input": typed}, auth=ALICE)[0] == 201
+    wait_for("the run to end", lambda: state()["type"] in ("COMPLETED", "FAILED", "CRASHED"))
+    assert state()["message"] == "version 1 promoted to production by alice: looks right [named: Mallory]"
+    checked = railyard("status", "--json", "--verify-history")  # the transition log's hash chain too
+    assert checked.returncode == 0, checked.stderr
+    promoted = {v["version"]: v for v in json.loads(checked.stdout)["versions"]}[1]
+    assert (promoted["stage"], promoted["moved_by"], promoted["flow_run_id"]) == ("production", "alice", run_id)
+    # Nothing lost across the kill: the run's answers and its log are in Prefect's database.
+    inputs = call("POST", f"{direct}/flow_runs/{run_id}/input/filter", {"prefix": "suspended-", "limit": 20})
+    assert "suspended-approve-recmodel-v1-response" in {item["key"] for item in inputs}
+    logs = call("POST", f"{direct}/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+    assert any("alice answered approve: looks right [named: Mallory]" in log["message"] for log in logs)
+
+
+def test_up_runs_every_service_on_loopback_on_postgresql_then_down_leaves_no_process(platform):
+    home, railyard, rows = platform
+    assert list(rows) == SERVICES
+    assert {name: row["health"] for name, row in rows.items()} == {
+        name: "done" if name in ("databases", "deployments") else "healthy" for name in SERVICES
+    }
+    ports = [row["port"] for row in rows.values() if row["port"]]
+    assert len(set(ports)) == len(ports) == 8  # and the serving gRPC port, in ports.json
+    assert json.loads((home / "platform" / "ports.json").read_text())["prefect"] == rows["prefect"]["port"]
+
+    # Prefect: opened through the proxy (alice's credential), its UI calls the API through it too;
+    # the deployments are registered; its data is in PostgreSQL.
+    prefect = rows["prefect"]["url"]
+    assert prefect == f"http://127.0.0.1:{rows['proxy']['port']}"
+    assert proxy_call("GET", f"{prefect}/ui-settings")[0] == 401
+    assert proxy_call("GET", f"{prefect}/ui-settings", auth=ALICE)[1]["api_url"] == f"{prefect}/api"
+    assert get(f"{server(rows)}/api/deployments/name/retrain/daily")[0] == 200
+    assert get(rows["mlflow"]["url"] + "/health")[0] == 200
+    assert b"railyard_scorer" in get(rows["scorer"]["url"])[1]  # the streaming scorer's metrics
+    pg = home / "postgres"
+    assert (pg / "password").stat().st_mode & 0o077 == 0
+    for database, table in (("prefect", "flow_run"), ("mlflow", "experiments")):
+        with psycopg2.connect(postgres.url(pg, rows["postgres"]["port"], database)) as connection:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT to_regclass(%s)", (table,))
+                assert cursor.fetchone()[0] == table
+
+    again = railyard("up")
+    assert again.returncode == 0 and again.stdout.startswith("the platform was already up:"), again.stdout
+
+    now = {row["name"]: row for row in json.loads(railyard("ps", "--json").stdout)}  # after the kill -9 above
     said = railyard("status")  # on the platform's MLflow (the home's tracking moved there)
     assert said.returncode == 0, said.stderr
-    assert said.stdout.splitlines()[-1] == "platform: 11 services, all healthy; restarts: postgres 1 (`railyard ps`)"
+    assert said.stdout.splitlines()[-1] == "platform: 12 services, all healthy; restarts: postgres 1 (`railyard ps`)"
 
     supervisor = json.loads((home / "platform" / "supervisor.json").read_text())
     everything = [identity(supervisor["pid"])] + descendants(supervisor["pid"])

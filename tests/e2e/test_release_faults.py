@@ -178,11 +178,13 @@ def _mlflow_run(world: World, seed: int):
 
 def _roll_back_by_hand(world: World, version: int) -> None:
     from railyard.settings import Settings
-    from tasks import deploy, release_steps
+    from tasks import release_steps, serving
 
     settings = Settings(home=world.home)
-    target = deploy.serving_target.fn(settings)
-    release_steps.promote.fn(target, settings, version, actor="ops", reason="rollback by hand", flow_run_id=None)
+    target = serving.serving_target.fn(settings)
+    release_steps.make_production.fn(
+        target, settings, version, actor="ops", reason="rollback by hand", flow_run_id=None
+    )
 
 
 def test_a_lost_tracking_database_is_refused_and_the_registry_can_be_restored(world):

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from release.review_runs import DEADLINE_MARGIN_S
-from tests.support.prefect_server import LEASE_S
+from tests.support.prefect_server import LEASE_S, REAPER_S
 from tests.support.release_world import World, assert_serves_its_golden_answers, predict
 
 pytestmark = pytest.mark.slow
@@ -160,7 +160,8 @@ def test_a_deployment_run_waits_for_its_review_without_a_process_a_slot_or_a_lea
     assert state["type"] == "COMPLETED" and "nothing new to release: version 2" in state["message"]
     assert state["message"].endswith("is staging") and world.flow_run(flow_run_id)["state"]["type"] == "PAUSED"
 
-    time.sleep(max(0.0, 3 * LEASE_S - (time.monotonic() - suspended_at)))  # three lease periods at least
+    # Long enough for a lease held across the wait to have expired and been taken back.
+    time.sleep(max(0.0, LEASE_S + 3 * REAPER_S - (time.monotonic() - suspended_at)))
     world.railyard("approve", "2", "--reviewer", "alice", "--comment", "looks good")  # alice: a name beside ours
     world.railyard("worker", "--run-once")  # a third worker process resumes it
     state = world.flow_run(flow_run_id)["state"]
@@ -183,7 +184,17 @@ def test_a_deployment_run_waits_for_its_review_without_a_process_a_slot_or_a_lea
 
 def test_a_rejected_canary_is_unloaded_and_stable_keeps_serving(world):
     run = world.start_run(3)
-    world.wait_until_waiting(3, run)
+    flow_run_id = world.wait_until_waiting(3, run)["id"]
+    # An approval sent straight to Prefect's API carries no signed record of who sent it: Prefect
+    # resumes the run, the run refuses the answer and waits again; nothing reaches production.
+    direct = {"decision": "approve", "reviewer": "mallory", "comment": "trust me"}
+    assert world.api("POST", f"/flow_runs/{flow_run_id}/resume", {"run_input": direct})[1]["status"] == "ACCEPT"
+    world.wait_for(
+        lambda: world.flow_run(flow_run_id)["state"]["state_details"].get("pause_key", "").endswith("-2"),
+        "the review to wait again",
+        run,
+    )
+    assert world.stage(3) == "staging" and world.aliases()["production"] == 2
     refused = world.railyard("reject", "3", "--reviewer", "bob", check=False)
     assert refused.returncode == 2 and "a rejection needs a comment" in refused.stderr
     world.railyard("reject", "3", "--reviewer", "bob", "--comment", "odd scores for new users")

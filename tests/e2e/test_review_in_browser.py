@@ -1,6 +1,7 @@
 """The review as a reviewer sees it: a real `railyard run` waits for its review on a real Prefect
 server with its UI, and a headless Chromium with no network beyond this machine opens the run's
-Resume form. Screenshots: test-artifacts/screenshots/review-*.png."""
+Resume form through Railyard's authenticating proxy, signed in as erin (an answer that does not
+pass the proxy is refused: docs/release.md). Screenshots: test-artifacts/screenshots/review-*.png."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 
+from railyard import identity
 from tests.support.browser import screenshot, wait_for_text
+from tests.support.proxy import running_proxy
 from tests.support.release_world import MODEL, World, kill
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -23,6 +26,13 @@ def world(tmp_path, prefect_ui_server):
     world = World(tmp_path / "world", prefect_ui_server)
     yield world
     world.stop_services()
+
+
+@pytest.fixture
+def world_proxy(world):
+    """The proxy in front of the world's Prefect UI, for the world's users."""
+    with running_proxy(world.home, world.api_url.removesuffix("/api")) as url:
+        yield url
 
 
 def _field(driver, label: str, tag: str):
@@ -52,8 +62,10 @@ def test_the_resume_form_shows_the_figures_and_refuses_a_rejection_without_a_com
     metrics = mlflow.get_run(mlflow.get_model_version(MODEL, "1").run_id).data.metrics
     deadline = json.loads(world.tags(1)["railyard.release_run"])["deadline"]
 
+    identity.add_user(world.home, "erin", "erin-long-passphrase")
+    proxy = request.getfixturevalue("world_proxy")
     browser = offline_browser
-    browser.get(f"{world.api_url.removesuffix('/api')}/runs/flow-run/{flow_run['id']}")
+    browser.get(proxy.replace("http://", "http://erin:erin-long-passphrase@") + f"/runs/flow-run/{flow_run['id']}")
     wait_for_text(browser, "Resume")
     _click_button(browser, "Resume")
     wait_for_text(browser, "Comment: required to reject")

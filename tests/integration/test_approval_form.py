@@ -14,13 +14,17 @@ from pydantic import ValidationError
 from release.review_runs import ApprovalDecision
 
 WAITING_FLOW = """
+import os, time
+from pathlib import Path
 from prefect import flow
 from release.review_runs import await_decision
 
 @flow
 def waits():
-    decision = await_decision("recmodel", 1, "review me", 300, suspend=False)
-    print("DECISION", decision.model_dump_json(include={"decision", "reviewer", "comment"}), flush=True)
+    decision, actor = await_decision(
+        "recmodel", 1, "review me", time.time() + 300, suspend=False, home=Path(os.environ["RAILYARD_HOME"])
+    )
+    print("DECISION", actor, decision.model_dump_json(include={"decision", "reviewer", "comment"}), flush=True)
 
 waits()
 """
@@ -53,7 +57,9 @@ def _flow_run(api_url: str, run_id: str) -> dict:
 
 
 def test_a_real_prefect_server_refuses_bad_answers_and_resumes_with_a_good_one(prefect_server, tmp_path):
-    env = os.environ | {"PREFECT_API_URL": prefect_server}
+    """Bad answers are refused by the server; an answer sent straight to the API (no signed record
+    of who sent it) is refused by the run, which waits again; the CLI's signed answer counts."""
+    env = os.environ | {"PREFECT_API_URL": prefect_server, "RAILYARD_HOME": str(tmp_path / "home")}
     env.pop("PREFECT_HOME", None)
     waiting = subprocess.Popen(
         [sys.executable, "-c", WAITING_FLOW],
@@ -80,7 +86,7 @@ def test_a_real_prefect_server_refuses_bad_answers_and_resumes_with_a_good_one(p
             {"decision": "approve", "reviewer": "   ", "comment": ""},
             {"decision": "reject", "reviewer": "bob", "comment": ""},
         ]
-        client_env = {"PREFECT_API_URL": prefect_server}
+        client_env = {"PREFECT_API_URL": prefect_server, "RAILYARD_HOME": str(tmp_path / "home")}
         for answer in bad:
             result = subprocess.run(
                 [
@@ -96,12 +102,30 @@ def test_a_real_prefect_server_refuses_bad_answers_and_resumes_with_a_good_one(p
             assert result.returncode != 0 and "Validation failed" in result.stderr, result.stderr[-2000:]
             assert _flow_run(prefect_server, run_id)["state"]["type"] == "PAUSED"
 
+        # Straight to Prefect's API, as a script bypassing the proxy would: the run refuses it,
+        # says so, and waits again under its next pause key.
+        direct = {"decision": "approve", "reviewer": "alice", "comment": "trust me"}
+        resume = f"from prefect.flow_runs import resume_flow_run; resume_flow_run({run_id!r}, run_input={direct!r})"
+        sent = subprocess.run(
+            [sys.executable, "-c", resume], env=os.environ | client_env, capture_output=True, text=True, timeout=120
+        )
+        assert sent.returncode == 0, sent.stderr[-2000:]
+        deadline = time.monotonic() + 60
+        while (state := _flow_run(prefect_server, run_id)["state"])["state_details"].get("pause_key") != (
+            "approve-recmodel-v1-2"
+        ):
+            assert time.monotonic() < deadline, state
+            time.sleep(0.5)
+        assert state["type"] == "PAUSED"
+
         good = subprocess.run(
             [
                 sys.executable,
                 "-c",
                 "from release.review_runs import ApprovalDecision, answer; "
-                f"answer({run_id!r}, ApprovalDecision(decision='reject', reviewer='bob', comment='odd scores'))",
+                "from railyard.settings import Settings; "
+                f"answer({run_id!r}, ApprovalDecision(decision='reject', reviewer='bob', comment='odd scores'), "
+                "Settings().home)",
             ],
             env=os.environ | client_env,
             capture_output=True,
@@ -110,7 +134,8 @@ def test_a_real_prefect_server_refuses_bad_answers_and_resumes_with_a_good_one(p
         )
         assert good.returncode == 0, good.stderr[-2000:]
         output, _ = waiting.communicate(timeout=120)
-        assert 'DECISION {"decision":"reject","reviewer":"bob","comment":"odd scores"}' in output
+        assert "an unauthenticated answer (approve, typed name 'alice') reached the review" in output
+        assert 'DECISION bob {"decision":"reject","reviewer":"bob","comment":"odd scores"}' in output
     finally:
         waiting.kill()
         waiting.wait()

@@ -16,7 +16,7 @@ import time
 import polars as pl
 import pytest
 
-from infra.online_store import keys, server
+from infra.online_store import keys, valkey_process
 from infra.online_store.store import OnlineStoreUnavailable, connect
 from infra.online_store.stream import Ingester, publish, rebuild_from_batch
 from railyard.events import RatingEvent
@@ -199,7 +199,7 @@ def test_an_outage_loses_nothing_and_the_ingester_resumes(tmp_path, railyard_hom
     the ingester retries with backoff, and once the store is back every event counts once."""
     ratings, movies = batch
     settings = Settings(home=tmp_path / "own", local_online_store_port=0)
-    state = server.ensure_running(settings)
+    state = valkey_process.ensure_valkey(settings)
     try:
         store = connect(settings)
         store.rebuild(ratings, movies)
@@ -207,7 +207,7 @@ def test_an_outage_loses_nothing_and_the_ingester_resumes(tmp_path, railyard_hom
         publish(store, as_events(fresh))
         # A consumer read ten entries, then the store went away.
         store.client.xreadgroup(keys.ONLINE_GROUP, "worker", {keys.STREAM: ">"}, count=10)
-        server.stop(settings)
+        valkey_process.stop(settings)
         with pytest.raises(OnlineStoreUnavailable, match="does not answer"):
             store.read_pairs([1], [1])
 
@@ -218,7 +218,7 @@ def test_an_outage_loses_nothing_and_the_ingester_resumes(tmp_path, railyard_hom
         runner.start()
         _wait_for(lambda: "retrying in" in caplog.text)
         assert runner.is_alive()
-        server.ensure_running(Settings(home=settings.home, local_online_store_port=state.port))
+        valkey_process.ensure_valkey(Settings(home=settings.home, local_online_store_port=state.port))
         runner.join(60)
         assert outcome["report"].entries == {"online": 60} and outcome["report"].applied == 60
         assert "entries stay pending in the stream" in caplog.text
@@ -226,7 +226,7 @@ def test_an_outage_loses_nothing_and_the_ingester_resumes(tmp_path, railyard_hom
         assert store.state()["groups"]["online"]["pending"] == 0
         store.client.close()
     finally:
-        server.stop(settings)
+        valkey_process.stop(settings)
 
 
 def test_a_store_out_of_memory_is_waited_for_and_nothing_is_dead_lettered(online_store, batch, railyard_home, caplog):
@@ -428,7 +428,7 @@ def test_a_running_ingest_follows_the_embedded_store_to_its_new_port(railyard_ho
     port (the any-free-port setting): it re-reads the address from the store's state."""
     ratings, movies = batch
     settings = Settings(home=railyard_home, local_online_store_port=0)
-    before = server.ensure_running(settings)
+    before = valkey_process.ensure_valkey(settings)
     log = (tmp_path / "ingest.log").open("w")
     ingest = subprocess.Popen(
         [sys.executable, "-m", "cli", "ingest", "--group", "online"],
@@ -444,11 +444,11 @@ def test_a_running_ingest_follows_the_embedded_store_to_its_new_port(railyard_ho
         publish(store, as_events(first))
         _wait_for(lambda: _settled(store, keys.ONLINE_GROUP))
 
-        server.stop(settings)
-        after = server.ensure_running(settings)
+        valkey_process.stop(settings)
+        after = valkey_process.ensure_valkey(settings)
         while after.port == before.port:  # the point is another port
-            server.stop(settings)
-            after = server.ensure_running(settings)
+            valkey_process.stop(settings)
+            after = valkey_process.ensure_valkey(settings)
         store = connect(settings)
         second = ratings_frame(70, users=30, movies=45, seed=19, start_ts=1_790_000_000)
         publish(store, as_events(second))
@@ -459,5 +459,5 @@ def test_a_running_ingest_follows_the_embedded_store_to_its_new_port(railyard_ho
         ingest.send_signal(signal.SIGTERM)
         ingest.wait(30)
         log.close()
-        server.stop(settings)
+        valkey_process.stop(settings)
     assert ingest.returncode == 0, (tmp_path / "ingest.log").read_text()

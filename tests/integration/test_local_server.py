@@ -388,16 +388,16 @@ def test_a_background_server_serves_the_config_it_was_given_and_is_reused_then_s
     config_path = served_model_root(model_root, tmp_path / "models") / "models.config"
     write_config_atomically(config_path, model_config(config_path.parent, {1}, {}))
     state_dir = tmp_path / "state"
-    state = background.ensure_running(state_dir, config_path, rest_port=0, grpc_port=0)
+    state = background.ensure_local_server(state_dir, config_path, rest_port=0, grpc_port=0)
     try:
         assert Path(state.config_path) == config_path
         served = SimpleNamespace(rest_url=state.rest_url)
         assert rest(served, "GET", MODEL_PATH) == (200, {"model_version_status": [ok(1, "AVAILABLE")]})
-        assert background.ensure_running(state_dir, config_path, rest_port=0, grpc_port=0) == state
+        assert background.ensure_local_server(state_dir, config_path, rest_port=0, grpc_port=0) == state
         with pytest.raises(background.LocalServerError, match="stop it with `railyard serve --stop`"):
-            background.ensure_running(state_dir, tmp_path / "other.config", rest_port=0, grpc_port=0)
+            background.ensure_local_server(state_dir, tmp_path / "other.config", rest_port=0, grpc_port=0)
         # TF Serving's metrics by default (the state folder's monitoring config); the liveness
-        # probes of ensure_running are not counted, the status call above is.
+        # probes of ensure_local_server are not counted, the status call above is.
         assert read_monitoring_config(state_dir / background.MONITORING_FILE) == METRICS_PATH
         assert request_counts(scrape(state.rest_url)) == {(MODEL_NAME, "OK"): 1}
     finally:
@@ -412,7 +412,7 @@ def test_stop_never_signals_a_process_that_merely_reuses_a_stale_pid(tmp_path):
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         wrong_start = {"host": socket.gethostname(), "pid": bystander.pid, "start": 1}  # not its start time
-        background.write_state(tmp_path, background.ServerState(bystander.pid, 1, 2, "models.config", wrong_start))
+        background.write_state(tmp_path, background.LocalServerState(bystander.pid, 1, 2, "models.config", wrong_start))
         assert background.stop(tmp_path, timeout_s=1) is None
         assert bystander.poll() is None, "the bystander was signalled"
         assert not (tmp_path / background.STATE_FILE).exists()  # the stale file is gone
@@ -433,7 +433,7 @@ def test_a_server_started_by_an_older_railyard_is_still_stopped(model_root, tmp_
     config_path = served_model_root(model_root, tmp_path / "models") / "models.config"
     write_config_atomically(config_path, model_config(config_path.parent, {1}, {}))
     state_dir = tmp_path / "state"
-    state = background.ensure_running(state_dir, config_path, rest_port=0, grpc_port=0)
+    state = background.ensure_local_server(state_dir, config_path, rest_port=0, grpc_port=0)
     legacy = json.loads((state_dir / background.STATE_FILE).read_text())
     del legacy["process"]
     (state_dir / background.STATE_FILE).write_text(json.dumps(legacy))
@@ -452,7 +452,7 @@ def test_railyards_server_reloads_only_with_its_token_and_only_inside_its_model_
     config_path = root / "models.config"
     write_config_atomically(config_path, model_config(root, {1}, {"stable": 1}))
     state_dir = tmp_path / "state"
-    state = background.ensure_running(state_dir, config_path, rest_port=0, grpc_port=0)
+    state = background.ensure_local_server(state_dir, config_path, rest_port=0, grpc_port=0)
     try:
         token_file = state_dir / background.TOKEN_FILE
         assert token_file.stat().st_mode & 0o777 == 0o600

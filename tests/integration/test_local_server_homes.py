@@ -53,7 +53,7 @@ class Home:
             cwd=self.path,
         )
 
-    def state(self) -> background.ServerState | None:
+    def state(self) -> background.LocalServerState | None:
         return background.read_state(self.serving)
 
     def serve_version_1(self, source_root: Path) -> None:
@@ -157,7 +157,7 @@ def test_a_server_that_cannot_listen_says_why_on_one_line(model_root, tmp_path):
     config_path = tmp_path / "models" / "models.config"
     with held(0) as (port,):
         with pytest.raises(background.LocalServerError) as error:
-            background.ensure_running(tmp_path / "state", config_path, rest_port=port, grpc_port=0)
+            background.ensure_local_server(tmp_path / "state", config_path, rest_port=port, grpc_port=0)
     message = str(error.value)
     assert message.startswith(
         f"the local serving process exited: cannot listen for REST on 127.0.0.1:{port}: "
@@ -225,7 +225,7 @@ def test_a_stale_state_file_never_touches_another_program_on_its_ports(homes):
     with held(0) as (port,):
         home.serving.mkdir(parents=True)
         stale = {"host": socket.gethostname(), "pid": _finished_pid(), "start": 1}
-        background.write_state(home.serving, background.ServerState(stale["pid"], port, port, "x", stale))
+        background.write_state(home.serving, background.LocalServerState(stale["pid"], port, port, "x", stale))
         stopped = home.railyard("serve", "--stop")
         assert stopped.returncode == 0 and stopped.stdout.splitlines() == ["no local server is running"]
         assert home.state() is None  # and this process, holding the port, was not signalled
@@ -263,7 +263,7 @@ def test_runs_reach_their_homes_foreground_server_through_configured_endpoints(h
     assert home.state() is None
 
 
-def _started(home: Home, server: subprocess.Popen, timeout_s: float = 300) -> background.ServerState:
+def _started(home: Home, server: subprocess.Popen, timeout_s: float = 300) -> background.LocalServerState:
     """The state file of ``server`` once both its ports listen."""
     deadline = time.monotonic() + timeout_s
     while (state := home.state()) is None or state.pid != server.pid:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infra.online_store import keys, server
+from infra.online_store import keys, valkey_process
 from infra.online_store.store import (
     Applied,
     OnlineStore,
@@ -231,26 +231,26 @@ def test_an_unreachable_store_is_one_clear_error(railyard_home, monkeypatch):
 
 def test_the_embedded_server_is_reused_owner_only_and_survives_a_restart(tmp_path):
     settings = Settings(home=tmp_path / "home", local_online_store_port=0)
-    directory = server.server_dir(settings)
+    directory = valkey_process.server_dir(settings)
     try:
-        state = server.ensure_running(settings)
-        assert server.ensure_running(settings) == state  # reused, not a second server
-        for name in (server.PASSWORD_FILE, server.CONFIG_FILE):
+        state = valkey_process.ensure_valkey(settings)
+        assert valkey_process.ensure_valkey(settings) == state  # reused, not a second server
+        for name in (valkey_process.PASSWORD_FILE, valkey_process.CONFIG_FILE):
             assert (directory / name).stat().st_mode & 0o077 == 0
         assert (directory / "data").stat().st_mode & 0o077 == 0
-        password = server.password(directory)
+        password = valkey_process.password(directory)
         assert password.encode() not in Path(f"/proc/{state.pid}/cmdline").read_bytes()
         store = connect(settings)
         store.rebuild(ratings_frame(20, users=3, movies=4, seed=7), None)
 
-        assert server.stop(settings) == state and server.running(directory) is None
-        assert server.stop(settings) is None
-        restarted = server.ensure_running(Settings(home=settings.home, local_online_store_port=state.port))
+        assert valkey_process.stop(settings) == state and valkey_process.running(directory) is None
+        assert valkey_process.stop(settings) is None
+        restarted = valkey_process.ensure_valkey(Settings(home=settings.home, local_online_store_port=state.port))
         assert restarted.pid != state.pid
         assert connect(settings).state()["events_applied"] == 20  # the append-only file kept it
         store.client.close()
     finally:
-        server.stop(settings)
+        valkey_process.stop(settings)
 
 
 def test_a_taken_port_that_was_set_is_refused_naming_the_setting(tmp_path):
@@ -259,17 +259,19 @@ def test_a_taken_port_that_was_set_is_refused_naming_the_setting(tmp_path):
         other.listen()
         port = other.getsockname()[1]
         settings = Settings(home=tmp_path / "home", local_online_store_port=port)
-        with pytest.raises(server.PortTaken, match=f"127.0.0.1:{port}\\b.*RAILYARD_LOCAL_ONLINE_STORE_PORT") as taken:
-            server.ensure_running(settings)
+        with pytest.raises(
+            valkey_process.PortTaken, match=f"127.0.0.1:{port}\\b.*RAILYARD_LOCAL_ONLINE_STORE_PORT"
+        ) as taken:
+            valkey_process.ensure_valkey(settings)
     assert taken.value.exit_code == 2 and "RAILYARD_LOCAL_ONLINE_STORE_PORT" in taken.value.next_step
-    assert server.running(server.server_dir(settings)) is None
+    assert valkey_process.running(valkey_process.server_dir(settings)) is None
 
 
 def test_the_port_setting_tells_unset_from_the_default_port(monkeypatch):
     monkeypatch.delenv("RAILYARD_LOCAL_ONLINE_STORE_PORT", raising=False)
     assert Settings().local_online_store_port is None  # the default port, or any free one when it is taken
-    monkeypatch.setenv("RAILYARD_LOCAL_ONLINE_STORE_PORT", str(server.DEFAULT_PORT))
-    assert Settings().local_online_store_port == server.DEFAULT_PORT  # that port or nothing
+    monkeypatch.setenv("RAILYARD_LOCAL_ONLINE_STORE_PORT", str(valkey_process.DEFAULT_PORT))
+    assert Settings().local_online_store_port == valkey_process.DEFAULT_PORT  # that port or nothing
 
 
 def test_two_homes_on_one_machine_each_start_their_store_with_no_settings(tmp_path, monkeypatch):
@@ -284,7 +286,7 @@ def test_two_homes_on_one_machine_each_start_their_store_with_no_settings(tmp_pa
         for home in homes:
             started = railyard("online-store", "start", env={"RAILYARD_HOME": str(home)})
             assert started.returncode == 0, started.stderr
-        first, second = (server.read_state(home / "online-store") for home in homes)
+        first, second = (valkey_process.read_state(home / "online-store") for home in homes)
         assert first.port != second.port
         assert f"on 127.0.0.1:{second.port}" in started.stdout
 
@@ -301,7 +303,7 @@ def test_two_homes_on_one_machine_each_start_their_store_with_no_settings(tmp_pa
         assert states[1]["events_applied"] == 30 and states[1]["key_prefix"] == keys.PREFIX
     finally:
         for home in homes:
-            server.stop(Settings.model_construct(home=home.resolve()))
+            valkey_process.stop(Settings.model_construct(home=home.resolve()))
 
 
 def test_railyard_run_refuses_a_taken_port_that_was_set_before_any_work(railyard_home):
@@ -321,10 +323,10 @@ def test_railyard_run_refuses_a_taken_port_that_was_set_before_any_work(railyard
 
 def test_a_password_file_others_can_read_is_refused(tmp_path):
     directory = tmp_path / "online-store"
-    server.password(directory)
-    (directory / server.PASSWORD_FILE).chmod(0o644)
-    with pytest.raises(server.OnlineStoreServerError, match="readable by others"):
-        server.password(directory)
+    valkey_process.password(directory)
+    (directory / valkey_process.PASSWORD_FILE).chmod(0o644)
+    with pytest.raises(valkey_process.OnlineStoreServerError, match="readable by others"):
+        valkey_process.password(directory)
 
 
 def test_the_cli_starts_reports_and_stops_the_embedded_store(railyard_home, monkeypatch):

@@ -173,11 +173,11 @@ def test_up_in_a_home_that_cannot_be_written_is_refused(tmp_path):
 
 
 def test_up_refuses_a_home_whose_online_store_was_started_alone(tmp_path):
-    from infra.online_store import server
+    from infra.online_store import valkey_process
     from railyard.errors import Refused
 
     settings = Settings(home=tmp_path, local_online_store_port=0)
-    server.ensure_running(settings)
+    valkey_process.ensure_valkey(settings)
     try:
         with pytest.raises(
             Refused, match="^already running outside the platform in this home: the online store; nothing was started$"
@@ -186,7 +186,7 @@ def test_up_refuses_a_home_whose_online_store_was_started_alone(tmp_path):
         assert refused.value.next_step.startswith("stop them (`railyard online-store stop`)")
         assert platform_up.supervisor_state(settings) is None
     finally:
-        server.stop(settings)
+        valkey_process.stop(settings)
 
 
 def test_the_commands_of_a_home_that_ran_up_use_its_platforms_prefect_and_mlflow(tmp_path):
@@ -207,7 +207,7 @@ def test_the_commands_of_a_home_that_ran_up_use_its_platforms_prefect_and_mlflow
         [
             sys.executable,
             "-c",
-            "import os; from cli.main import _settings; s = _settings(); "
+            "import os; from cli.common import command_settings; s = command_settings(); "
             "print(os.environ['PREFECT_API_URL'], s.resolved_tracking_uri, s.shown_tracking_uri)",
         ],
         env=env | {"RAILYARD_HOME": str(tmp_path)},

@@ -179,3 +179,33 @@ def test_status_still_concludes_what_needs_mlflow(versions, tmp_path, monkeypatc
     assert done.returncode == 2 and not opened_mlflow
     assert "the tracking database was lost or replaced" in done.stderr
     assert "next: restore the MLflow database, or run `railyard restore-registry`" in done.stderr
+
+
+def test_users_add_reads_the_password_from_stdin_and_refusals_change_nothing(railyard_home, capsys, monkeypatch):
+    import io
+
+    from railyard import identity
+
+    def users(*args: str, password: str = "") -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(password + "\n"))
+        with pytest.raises(SystemExit) as ended:
+            main(["users", *args])
+        said = capsys.readouterr()
+        return ended.value.code or 0, said.out, said.err
+
+    assert users("list")[1].strip() == "no users (`railyard users add NAME`)"
+    assert users("add", "alice", password="correct horse battery")[:2] == (0, "added user alice\n")
+    (stored,) = identity.read_users(railyard_home).values()
+    assert identity.password_matches("correct horse battery", stored)
+    before = (railyard_home / identity.USERS_FILE).read_text()
+    for args, password, said in [
+        (("add", "alice"), "another long password", "error: user alice already exists: nothing was changed"),
+        (("add", "bob"), "", "error: the password is empty: nothing was changed"),
+        (("add", "bob"), "short", "error: the password is too short (at least 10 characters)"),
+        (("remove", "carol"), "", "error: there is no user carol: nothing was changed"),
+    ]:
+        code, _, err = users(*args, password=password)
+        assert code == 2 and err.startswith(said) and "\nnext: " in err, err
+    assert (railyard_home / identity.USERS_FILE).read_text() == before
+    assert users("list")[1].split() == ["alice"]
+    assert users("remove", "alice")[0] == 0 and users("list")[1].startswith("no users")

@@ -24,12 +24,12 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from infra.online_store import gray_release, keys, server
+from infra.online_store import gray_state, keys, valkey_process
 from infra.online_store.store import connect
 from infra.ranking import create_app
 from infra.scoring import score_online
 from railyard.contract import CANARY, STABLE
-from railyard.gray import label_for, user_bucket
+from railyard.gray_rules import label_for, user_bucket
 from railyard.settings import Settings, load_settings
 from tests.support.browser import computed, screenshot, wait_for_text
 from tests.support.online_store import as_events, movies_frame, railyard, ratings_frame
@@ -165,14 +165,14 @@ def test_score_with_fresh_features_equals_score_online_and_routes_each_user(stor
         expected = score_online(store, serving, MODEL_NAME, users, movies, label=STABLE)
         np.testing.assert_allclose([p for (p,) in answer["predictions"]], expected, rtol=1e-6)
 
-        gray_release.set_canary_share(store.client, MODEL_NAME, 1.0)
+        gray_state.set_canary_share(store.client, MODEL_NAME, 1.0)
         everyone = client.post("/v1/score", json={"instances": instances}).json()
         assert everyone["label"] == CANARY and everyone["model_version"] == 2
         expected = score_online(store, serving, MODEL_NAME, users, movies, label=CANARY)
         np.testing.assert_allclose([p for (p,) in everyone["predictions"]], expected, rtol=1e-6)
 
         # Half the users: each instance is scored by its user's label, one call per label.
-        gray_release.set_canary_share(store.client, MODEL_NAME, 0.5)
+        gray_state.set_canary_share(store.client, MODEL_NAME, 0.5)
         mixed = client.post("/v1/score", json={"instances": instances}).json()
         routes = {route["label"]: route for route in mixed["routes"]}
         assert mixed["label"] == "mixed" and set(routes) == {STABLE, CANARY}, [user_bucket(u) for u in users]
@@ -238,7 +238,7 @@ def test_the_split_gives_the_canary_its_share_of_users(share):
 
 
 def test_one_user_gets_one_label_on_every_request_of_every_instance(store, serving):
-    gray_release.set_canary_share(store.client, MODEL_NAME, 0.5)
+    gray_state.set_canary_share(store.client, MODEL_NAME, 0.5)
     users = range(1, 41)
     with make_app(store, serving) as first, make_app(connect(load_settings()), serving) as second:
         for user in users:
@@ -259,11 +259,11 @@ def test_a_share_change_reaches_another_instance_within_a_second(store, serving)
     with make_app(store, serving) as first, make_app(other_store, serving) as second:
         assert second.post("/v1/score", json=request).json()["label"] == STABLE  # share 0, cached
         changed = time.monotonic()
-        gray_release.set_canary_share(first.app.state.ranker.store.client, MODEL_NAME, 0.3)
+        gray_state.set_canary_share(first.app.state.ranker.store.client, MODEL_NAME, 0.3)
         while second.post("/v1/score", json=request).json()["label"] != CANARY:
             assert time.monotonic() - changed < 1.0, "the share change did not arrive within a second"
             time.sleep(0.02)
-        gray_release.set_canary_share(store.client, MODEL_NAME, 0.0)
+        gray_state.set_canary_share(store.client, MODEL_NAME, 0.0)
         changed = time.monotonic()
         while second.post("/v1/score", json=request).json()["label"] != STABLE:
             assert time.monotonic() - changed < 1.0, "the share change did not arrive within a second"
@@ -272,7 +272,7 @@ def test_a_share_change_reaches_another_instance_within_a_second(store, serving)
 
 
 def test_live_figures_are_recorded_per_label_and_metrics_are_exposed(store, serving):
-    gray_release.set_canary_share(store.client, MODEL_NAME, 0.5)
+    gray_state.set_canary_share(store.client, MODEL_NAME, 0.5)
     on_canary = [u for u in range(1, 200) if label_for(u, 0.5) == CANARY][:6]
     on_stable = [u for u in range(1, 200) if label_for(u, 0.5) == STABLE][:4]
     scores = {STABLE: [], CANARY: []}
@@ -283,8 +283,8 @@ def test_live_figures_are_recorded_per_label_and_metrics_are_exposed(store, serv
         assert client.app.state.ranker.live.flush()  # what its thread does every live_flush_s
         samples = metric_samples(client)
 
-    canary = gray_release.live(store.client, MODEL_NAME, CANARY, 2)
-    stable = gray_release.live(store.client, MODEL_NAME, STABLE, 1)
+    canary = gray_state.live(store.client, MODEL_NAME, CANARY, 2)
+    stable = gray_state.live(store.client, MODEL_NAME, STABLE, 1)
     assert (canary.requests, canary.errors, stable.requests, stable.errors) == (6, 0, 4, 0)
     assert canary.mean_score == pytest.approx(np.mean(scores[CANARY]))
     assert stable.mean_score == pytest.approx(np.mean(scores[STABLE]))
@@ -305,22 +305,22 @@ def test_live_figures_are_recorded_per_label_and_metrics_are_exposed(store, serv
 
 
 def test_a_failing_canary_is_counted_against_it_and_stable_answers(store, serving):
-    gray_release.set_canary_share(store.client, MODEL_NAME, 1.0)
+    gray_state.set_canary_share(store.client, MODEL_NAME, 1.0)
     with make_app(store, CanaryFails(serving), share_ttl_s=0) as client:
         answer = client.get("/v1/recommend", params={"userId": USER, "k": 3}).json()
         assert answer["label"] == STABLE and answer["model_version"] == 1 and len(answer["recommendations"]) == 3
         scored = client.post("/v1/score", json={"instances": [{"userId": USER, "movieId": 1}]}).json()
         assert scored["label"] == STABLE and scored["model_version"] == 1
         # Users of both labels: the canary's users fall back to stable, one answer from stable.
-        gray_release.set_canary_share(store.client, MODEL_NAME, 0.5)
+        gray_state.set_canary_share(store.client, MODEL_NAME, 0.5)
         users = [next(u for u in range(1, 100) if label_for(u, 0.5) == label) for label in (CANARY, STABLE)]
         both = client.post("/v1/score", json={"instances": [{"userId": u, "movieId": 1} for u in users]}).json()
         assert both["label"] == STABLE and both["routes"] == [
             {"label": STABLE, "model_version": 1, "instances": [0, 1]}
         ]
         samples = metric_samples(client)
-    canary = gray_release.live(store.client, MODEL_NAME, CANARY, 2)
-    stable = gray_release.live(store.client, MODEL_NAME, STABLE, 1)
+    canary = gray_state.live(store.client, MODEL_NAME, CANARY, 2)
+    stable = gray_state.live(store.client, MODEL_NAME, STABLE, 1)
     assert (canary.requests, canary.errors, stable.requests, stable.errors) == (3, 3, 4, 0)
     assert samples[("railyard_ranking_errors_total", (("kind", "canary_fallback"),))] == 3
 
@@ -329,7 +329,7 @@ def test_without_a_canary_label_everyone_gets_stable_and_serving_down_is_a_json_
     online_store, batch, model_root, start_server
 ):
     online_store.rebuild(*batch)
-    gray_release.set_canary_share(online_store.client, MODEL_NAME, 1.0)  # a share left over: no canary served
+    gray_state.set_canary_share(online_store.client, MODEL_NAME, 1.0)  # a share left over: no canary served
     own = start_server(model_config(model_root, {1}, {STABLE: 1}))
     request = {"instances": [{"userId": USER, "movieId": 1}, {"userId": 2, "movieId": 3}]}
     with client_for(own, attempts=1, timeout_s=2) as serving, make_app(online_store, serving) as client:
@@ -353,7 +353,7 @@ def test_without_a_canary_label_everyone_gets_stable_and_serving_down_is_a_json_
         samples[("railyard_ranking_requests_total", (("endpoint", "score"), ("label", "none"), ("status", "503")))] == 1
     )
     assert samples[("railyard_ranking_errors_total", (("kind", "tfserving_unavailable"),))] == 2
-    stable = gray_release.live(online_store.client, MODEL_NAME, STABLE, 1)
+    stable = gray_state.live(online_store.client, MODEL_NAME, STABLE, 1)
     assert (stable.requests, stable.errors) == (3, 2)
 
 
@@ -361,17 +361,17 @@ def test_with_the_online_store_down_scores_are_degraded_and_candidates_a_json_50
     tmp_path, railyard_home, batch, serving
 ):
     settings = Settings(home=tmp_path / "own", local_online_store_port=0)
-    server.ensure_running(settings)
+    valkey_process.ensure_valkey(settings)
     try:
         store = connect(settings)
         store.rebuild(*batch)
-        gray_release.set_canary_share(store.client, MODEL_NAME, 1.0)
+        gray_state.set_canary_share(store.client, MODEL_NAME, 1.0)
         request = {"instances": [{"userId": USER, "movieId": 1}, {"userId": 20, "movieId": 7}]}
         with make_app(store, serving, share_ttl_s=0.1) as client:
             assert client.get("/readyz").status_code == 200
             assert client.post("/v1/score", json=request).json()["degraded"] is False
 
-            server.stop(settings)
+            valkey_process.stop(settings)
             time.sleep(0.2)  # past the share's refresh: the last share read stays in force
             ready = client.get("/readyz")
             assert ready.status_code == 503 and set(ready.json()["not_ready"]) == {"online_store"}
@@ -388,7 +388,7 @@ def test_with_the_online_store_down_scores_are_degraded_and_candidates_a_json_50
         assert samples[("railyard_ranking_errors_total", (("kind", "live_record"),))] >= 1
         store.client.close()
     finally:
-        server.stop(settings)
+        valkey_process.stop(settings)
 
 
 @contextmanager
@@ -420,7 +420,7 @@ def test_a_real_uvicorn_server_answers_on_loopback(store, serving):
         assert answer["label"] == STABLE and len(answer["recommendations"]) == 3
         with urllib.request.urlopen(f"{base}/healthz", timeout=10) as response:
             assert response.status == 200
-    assert gray_release.live(store.client, MODEL_NAME, STABLE, 1).requests == 1
+    assert gray_state.live(store.client, MODEL_NAME, STABLE, 1).requests == 1
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
@@ -513,7 +513,7 @@ def test_the_rank_server_process_balances_two_replicas_and_follows_a_share_chang
         assert (grpc_predictions(contract_server) - before[0], grpc_predictions(second) - before[1]) == (2, 2)
 
         for share, expected in ((0.3, CANARY), (0.0, STABLE)):
-            gray_release.set_canary_share(store.client, MODEL_NAME, share)
+            gray_state.set_canary_share(store.client, MODEL_NAME, share)
             changed = time.monotonic()
             while post_score(base, user)["label"] != expected:
                 assert time.monotonic() - changed < 1.0, "the share change did not arrive within a second"
@@ -557,7 +557,7 @@ def test_the_rank_server_process_follows_the_homes_store_and_local_server_to_new
     write_config_atomically(served / CONFIG_FILE, model_config(served, {1}, {STABLE: 1}))
 
     def start_serving():
-        return background.ensure_running(settings.local_serving_dir, served / CONFIG_FILE, 0, 0)
+        return background.ensure_local_server(settings.local_serving_dir, served / CONFIG_FILE, 0, 0)
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -574,7 +574,7 @@ def test_the_rank_server_process_follows_the_homes_store_and_local_server_to_new
     base, log_path = f"http://127.0.0.1:{port}", tmp_path / "rank-server.log"
     process = None
     try:
-        store_before, serving_before = server.ensure_running(settings), start_serving()
+        store_before, serving_before = valkey_process.ensure_valkey(settings), start_serving()
         connect(settings).rebuild(*batch)
         with log_path.open("w") as log:
             process = subprocess.Popen(
@@ -584,9 +584,9 @@ def test_the_rank_server_process_follows_the_homes_store_and_local_server_to_new
         fresh = post_score(base, USER)
         assert fresh["degraded"] is False
 
-        server.stop(settings)
-        while server.ensure_running(settings).port == store_before.port:  # the point is another port
-            server.stop(settings)
+        valkey_process.stop(settings)
+        while valkey_process.ensure_valkey(settings).port == store_before.port:  # the point is another port
+            valkey_process.stop(settings)
         wait_until(lambda: ready(base) and post_score(base, USER)["degraded"] is False, process, log_path)
         assert post_score(base, USER)["predictions"] == fresh["predictions"]
 
@@ -603,7 +603,7 @@ def test_the_rank_server_process_follows_the_homes_store_and_local_server_to_new
             process.terminate()
             process.wait(30)
         background.stop(settings.local_serving_dir)
-        server.stop(settings)
+        valkey_process.stop(settings)
 
 
 def wait_until(condition, process, log_path, timeout_s: float = 120.0) -> None:

@@ -128,7 +128,7 @@ def test_resolve_target_finds_every_running_local_replica(tmp_path, start_server
     for index, server in zip((0, 2), servers, strict=True):
         state_dir = deploy.local_replica_dir(settings, index)
         state_dir.mkdir(parents=True, exist_ok=True)
-        state = background.ServerState(
+        state = background.LocalServerState(
             os.getpid(), server.rest_port, server.grpc_port, str(config_path), current_process()
         )
         background.write_state(state_dir, state)

@@ -10,7 +10,7 @@ import pytest
 from infra.rollout import labels
 from infra.tfserving import client as S
 from infra.tfserving.model_config import read_config, served_versions
-from infra.tfserving.protocol import VersionStatus
+from infra.tfserving.protocol import VersionStatus, fill_tensor
 from infra.tfserving.warmup import WARMUP_FILE, read_warmup_requests, write_warmup_requests
 from tests.support.serving_fixtures import (
     CORRUPT_VERSION,
@@ -160,6 +160,7 @@ def test_rollback_then_redeploy_then_promote(start_server, model_root):
 
 def test_warmup_file_parses_back_and_is_replayed_at_load(start_server, model_root, tmp_path):
     import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2
 
     root = tmp_path / "models"
     shutil.copytree(model_root / MODEL_NAME / "1", root / MODEL_NAME / "1")
@@ -169,6 +170,11 @@ def test_warmup_file_parses_back_and_is_replayed_at_load(start_server, model_roo
     assert (request.model_spec.name, request.model_spec.signature_name) == (MODEL_NAME, "serving_default")
     assert tf.make_ndarray(request.inputs["userId"]).tolist() == [row["userId"] for row in GOLDEN_INSTANCES]
     assert tf.make_ndarray(request.inputs["movieId"]).dtype == np.int64
+    # Inputs are set directly, exactly as tf.make_tensor_proto makes them (it is slower per batch).
+    for array in (np.arange(5), np.ones((3, 4), np.float32), np.ones((2, 3))[:, ::2], np.array([7]), np.zeros((0, 2))):
+        proto = tensor_pb2.TensorProto()
+        fill_tensor(proto, array)
+        assert proto == tf.make_tensor_proto(array)
 
     # A warmup request that does not fit the signature fails the load, as in TF Serving.
     shutil.copytree(root / MODEL_NAME / "1", root / MODEL_NAME / "2")

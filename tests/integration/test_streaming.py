@@ -7,6 +7,7 @@ two scorers in one group run the real CLI (marked slow)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -26,7 +27,7 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from infra.online_store import gray_release, keys
+from infra.online_store import gray_state, keys
 from infra.online_store.store import connect_url
 from infra.scoring import predict_pairs, score_online
 from infra.streaming.http import serve_status
@@ -34,7 +35,7 @@ from infra.streaming.requests import ScoreRequest, read_result, request_fields
 from infra.streaming.scorer import Scorer, now_ms, publish_requests, replay_requests, stream_state
 from infra.tfserving.protocol import CANARY, STABLE
 from railyard.configs import ScorerConfig
-from railyard.gray import label_for
+from railyard.gray_rules import label_for
 from tests.support import REPO_ROOT
 from tests.support.online_store import movies_frame, railyard, ratings_frame
 from tests.support.serving_fixtures import MODEL_NAME, CanaryFails, client_for, model_config
@@ -133,7 +134,7 @@ def running(scorer: Scorer):
 def test_streamed_scores_equal_the_synchronous_path_for_each_users_label(store, serving):
     """Half the users on the canary: each result names the label its user routes to and the
     version that answered, and its scores are score_online's for that version (1e-6)."""
-    gray_release.set_canary_share(store.client, MODEL_NAME, 0.5)
+    gray_state.set_canary_share(store.client, MODEL_NAME, 0.5)
     requests = requests_of(200)
     publish_requests(store.client, requests)
     scorer_of(store, serving).run(until_idle=True)
@@ -210,6 +211,39 @@ def test_one_result_per_request_id_and_none_past_its_deadline(store, serving):
     assert client.ttl(keys.SCORE_DONE + "twice") > 3_000  # the marker expires (result_ttl_s)
     assert nothing_pending(client) and not letters(client)
     assert client.xlen(keys.SCORE_RESULTS) == 3
+
+
+class Crash(BaseException):
+    """The process dying where it stands: nothing in the scorer catches it."""
+
+
+def test_a_crash_with_the_next_batch_in_flight_acknowledges_neither_and_a_restart_answers_each_once(store, serving):
+    """Batches overlap: the next batch is read and scored while one's results are written. A
+    scorer that dies writing a batch's results, the next batch scored meanwhile, has acknowledged
+    neither; restarted, it answers every request exactly once."""
+    client = store.client
+    requests = requests_of(40, prefix="f")
+    publish_requests(client, requests)
+    config = dataclasses.replace(CONFIG, batch_size=8, flush_ms=0)
+    first = scorer_of(store, serving, config=config)
+    write, batches_written = first._write_results, []
+
+    def dies_writing_the_third_batch(results):
+        if len(batches_written) == 2:
+            raise Crash
+        write(results)
+        batches_written.append(len(results))
+
+    first._write_results = dies_writing_the_third_batch
+    with pytest.raises(Crash):
+        first.run(until_idle=True)
+    assert len(results_by_id(client)) == 16  # batches 1 and 2
+    assert client.xpending(keys.SCORE_REQUESTS, keys.SCORER_GROUP)["pending"] == 16  # batch 3, and 4 in flight
+
+    scorer_of(store, serving, config=config).run(until_idle=True)
+    results = results_by_id(client)
+    assert {request_id: len(found) for request_id, found in results.items()} == {r.request_id: 1 for r in requests}
+    assert nothing_pending(client) and not letters(client)
 
 
 @pytest.mark.parametrize("case", ["feature store down", "no features held"])
@@ -497,7 +531,7 @@ def test_a_replayed_time_range_is_scored_again_under_new_ids(store, serving):
 
 
 def test_a_failing_canary_is_answered_by_stable(store, serving):
-    gray_release.set_canary_share(store.client, MODEL_NAME, 1.0)
+    gray_state.set_canary_share(store.client, MODEL_NAME, 1.0)
     requests = requests_of(20)
     publish_requests(store.client, requests)
     scorer = scorer_of(store, CanaryFails(serving))

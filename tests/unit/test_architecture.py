@@ -105,7 +105,7 @@ def within(module: str, prefix: str) -> bool:
 
 
 def test_the_graph_was_read():
-    assert "cli.main" in GRAPH and "flows.retrain" in GRAPH["cli.main"]
+    assert "cli.pipeline_commands" in GRAPH and "flows.retrain" in GRAPH["cli.pipeline_commands"]
     assert "infra.tfserving.protocol" in GRAPH["infra.tfserving.client"]
 
 
@@ -142,7 +142,7 @@ def test_only_the_cli_and_its_benchmark_import_the_scorer():
         for module, targets in GRAPH.items()
         if not within(module, "infra.streaming") and any(within(t, "infra.streaming") for t in targets)
     )
-    assert importers == ["bench.bench_streaming", "cli.main"]
+    assert importers == ["bench.bench_streaming", "cli.online_commands", "cli.serving_commands"]
 
 
 def test_the_store_base_knows_no_backend():

@@ -18,7 +18,7 @@ class Store:
 
 def test_requests_are_summed_per_label_and_version_and_written_together():
     store = Store()
-    live = LiveBuffer(store.write)
+    live = LiveBuffer(store.write, flush_s=60)  # not started: flush() and close() write
     live.add("canary", 2, 3.0, False, 0.5)
     live.add("canary", 2, 30.0, True, None)
     live.add("stable", 1, 3.0, False, 0.25)
@@ -33,7 +33,7 @@ def test_requests_are_summed_per_label_and_version_and_written_together():
 
 def test_a_failed_write_keeps_its_counts_for_the_next_and_close_writes_the_rest():
     store, errors = Store(), []
-    live = LiveBuffer(store.write, on_error=errors.append)
+    live = LiveBuffer(store.write, flush_s=60, on_error=errors.append)  # not started
     store.down = True
     live.add("canary", 2, 3.0, False, 0.5)
     assert not live.flush() and len(errors) == 1 and store.writes == []

@@ -4,7 +4,7 @@ from infra.rollout.smoke import SmokeCheck, SmokeReport
 from railyard.configs import GateThresholds
 from railyard.drift import Measure, Verdict
 from railyard.evaluation import gate
-from railyard.gray import LiveFigures
+from railyard.gray_rules import LiveFigures
 from railyard.moments import when
 from railyard.review import DataWindow, ReviewRequest, decision_line, review_markdown, waiting_line
 from release.review_runs import ApprovalDecision
@@ -100,5 +100,10 @@ def test_the_log_says_who_waits_until_when_and_then_the_decision():
     )
     answer = ApprovalDecision(decision="reject", reviewer="bob", comment="odd scores")
     assert decision_line("recmodel", 5, answer) == "recmodel version 5: bob answered reject: odd scores"
+    # The signed record's user decides; the name typed in the form stays beside the comment.
+    assert decision_line("recmodel", 5, answer, "alice") == (
+        "recmodel version 5: alice answered reject: odd scores [named: bob]"
+    )
+    assert decision_line("recmodel", 5, answer, "bob") == "recmodel version 5: bob answered reject: odd scores"
     assert decision_line("recmodel", 5, None) == "recmodel version 5: no decision before the deadline"
     assert when(DEADLINE) == "2026-12-07 10:00:00 UTC"

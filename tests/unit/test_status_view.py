@@ -1,7 +1,7 @@
 """`railyard status`'s lines: the story of each version, what serves, live figures."""
 
 from cli.status_view import distinct_labels, serving_line, status_lines, version_line, version_story
-from railyard.gray import LiveFigures
+from railyard.gray_rules import LiveFigures
 
 
 def _entry(version: int, stage: str, history: list[tuple[str, str, str]], release_run: dict | None = None) -> dict:

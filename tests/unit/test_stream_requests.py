@@ -9,6 +9,7 @@ import pytest
 
 from infra.online_store.consumer import Refusal, fill
 from infra.streaming.requests import (
+    RESULT_FIELDS,
     RequestFileError,
     ScoreRequest,
     Scores,
@@ -18,7 +19,7 @@ from infra.streaming.requests import (
     request_fields,
     result_fields,
 )
-from railyard.gray import canary_serves, label_for, routes
+from railyard.gray_rules import canary_serves, label_for, routes
 
 GOOD = {"id": "req-1", "userId": "6", "movieIds": "1,30, 7"}
 
@@ -79,8 +80,11 @@ def test_results_carry_exact_scores_and_name_their_version():
         "label": "canary",
         "degraded": False,
     }
-    late = read_result({k.encode(): v.encode() for k, v in result_fields(request, b"1-0", None, 80.0).items()})
+    late_fields = result_fields(request, b"1-0", None, 80.0)
+    late = read_result({k.encode(): v.encode() for k, v in late_fields.items()})
     assert late["status"] == "deadline_exceeded" and "scores" not in late
+    # The scorer sends the names once (RESULT_FIELDS) and each result's values in that order.
+    assert tuple(fields) == RESULT_FIELDS and tuple(late_fields) == RESULT_FIELDS[: len(late_fields)]
 
 
 def test_a_requests_file_is_published_whole_or_not_at_all(tmp_path):

@@ -9,7 +9,7 @@ import redis
 
 from infra.online_store import keys
 from infra.online_store.store import reachable
-from railyard.gray import LiveFigures, live_figures
+from railyard.gray_rules import LiveFigures, live_figures
 
 
 def set_canary_share(client: redis.Redis, model: str, share: float) -> None:
@@ -27,7 +27,7 @@ def canary_share(client: redis.Redis, model: str) -> float:
 
 
 def add_live(client: redis.Redis, model: str, counts: Mapping[tuple[str, int], Mapping[str, float]]) -> None:
-    """Add counters (``railyard.gray.request_counters``, summed) to each (label, version)'s live
+    """Add counters (``railyard.gray_rules.request_counters``, summed) to each (label, version)'s live
     figures: one transaction, so a failed write adds nothing and can be retried whole."""
     pipe = client.pipeline(transaction=True)
     for (label, version), counters in counts.items():

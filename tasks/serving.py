@@ -1,3 +1,6 @@
+"""The serving steps as tasks: the serving target a run uses (starting the local server when it
+is the target), the canary's deployment (infra/rollout/deploy.py), the labels served."""
+
 from infra.local_server import background
 from infra.rollout import deploy
 from infra.tfserving import target as served

@@ -10,9 +10,9 @@ Everything lives under ``settings.home / "online-store"``:
   a restart.
 - ``server.json`` (pid, port, process identity while it runs) and ``server.log``.
 
-``ensure_running`` reuses the live server of that folder or starts one detached (it outlives
+``ensure_valkey`` reuses the live server of that folder or starts one detached (it outlives
 the command that started it); ``stop`` ends it. The child runs ``python -m
-infra.online_store.server``, which records its own identity and then execs valkey-server: same
+infra.online_store.valkey_process``, which records its own identity and then execs valkey-server: same
 pid, same start time, so the identity recorded is the server's.
 
 Its port: the one RAILYARD_LOCAL_ONLINE_STORE_PORT sets (refused at once when another program
@@ -60,7 +60,7 @@ class OnlineStoreServerError(RailyardError):
 
 
 @dataclass(frozen=True)
-class ServerState:
+class ValkeyState:
     pid: int
     port: int
     process: dict  # host, pid and start time (railyard.processes): a reused pid is not the server
@@ -70,18 +70,18 @@ def server_dir(settings: Settings) -> Path:
     return settings.home / "online-store"
 
 
-def url(directory: Path, state: ServerState) -> str:
+def url(directory: Path, state: ValkeyState) -> str:
     return f"redis://:{password(directory)}@{HOST}:{state.port}/0"
 
 
-def read_state(directory: Path) -> ServerState | None:
+def read_state(directory: Path) -> ValkeyState | None:
     try:
-        return ServerState(**(service.read_state(Path(directory) / STATE_FILE) or {}))
+        return ValkeyState(**(service.read_state(Path(directory) / STATE_FILE) or {}))
     except TypeError:  # missing, or not a server's state
         return None
 
 
-def running(directory: Path) -> ServerState | None:
+def running(directory: Path) -> ValkeyState | None:
     """The server of this folder while its process lives (it may still be loading), or None; a
     stale state file is removed."""
     state = read_state(directory)
@@ -91,7 +91,7 @@ def running(directory: Path) -> ServerState | None:
     return state
 
 
-def ensure_running(settings: Settings) -> ServerState:
+def ensure_valkey(settings: Settings) -> ValkeyState:
     """The live embedded server: the one already running for this home, or a new one (on the
     port the module's docstring tells)."""
     directory = server_dir(settings)
@@ -110,7 +110,7 @@ def ensure_running(settings: Settings) -> ServerState:
                     raise
 
 
-def stop(settings: Settings, timeout_s: float = 30.0) -> ServerState | None:
+def stop(settings: Settings, timeout_s: float = 30.0) -> ValkeyState | None:
     """Stop the embedded server (SIGTERM: it syncs its append-only file, then SIGKILL); the state
     it had, or None when none runs. Only the very process that wrote the state is signalled."""
     directory = server_dir(settings)
@@ -156,7 +156,7 @@ def _port_taken(port: int) -> PortTaken:
     )
 
 
-def _start(directory: Path, port: int) -> tuple[ServerState, subprocess.Popen]:
+def _start(directory: Path, port: int) -> tuple[ValkeyState, subprocess.Popen]:
     child, _ = service.start_detached(command(directory, port), directory / LOG_FILE)
 
     state = service.wait_started(
@@ -180,7 +180,7 @@ def command(directory: Path, port: int) -> list[str]:
     descriptor = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as out:
         out.write(_config(directory, port))
-    return [sys.executable, "-m", "infra.online_store.server", str(get_binary_path()), str(config), str(port)]
+    return [sys.executable, "-m", "infra.online_store.valkey_process", str(get_binary_path()), str(config), str(port)]
 
 
 def _config(directory: Path, port: int) -> str:
@@ -199,7 +199,7 @@ def _config(directory: Path, port: int) -> str:
     return "".join(f"{key} {value}\n" for key, value in lines.items())
 
 
-def _wait_until_answering(directory: Path, state: ServerState, child: subprocess.Popen | None) -> None:
+def _wait_until_answering(directory: Path, state: ValkeyState, child: subprocess.Popen | None) -> None:
     import redis
 
     client = redis.Redis(host=HOST, port=state.port, password=password(directory), socket_timeout=0.5, retry=None)
@@ -259,7 +259,7 @@ def _start_lock(directory: Path):
 def _exec_server(binary: str, config: str, port: int) -> None:
     """Record this process as the server, then become valkey-server (same pid and start time)."""
     directory = Path(config).parent
-    service.write_state(directory / STATE_FILE, ServerState(os.getpid(), port, current_process()).__dict__)
+    service.write_state(directory / STATE_FILE, ValkeyState(os.getpid(), port, current_process()).__dict__)
     os.execv(binary, [binary, config])
 
 
