@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from prefect import flow
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
 from model_registry.release_rules import Outcome, release_verdict
 from railyard.settings import Settings
 from release import review_runs
-from release.decision import APPROVE, ReviewAnswer
+from release.decision import APPROVE, ReviewAnswer, with_name
 from release.state import registry, release_lock
 from tasks import release_steps, serving
 
@@ -26,24 +26,28 @@ def promote(
 
     Args:
         version: the model version to promote; it must be in staging (smoke tests passed).
-        reviewer: who approves, recorded in the audit trail.
+        reviewer: who approves, recorded in the audit trail; a run started from the deployment
+            records the user the proxy authenticated instead, and this name beside the comment.
         comment: why, recorded with the stage change.
     """
     settings = Settings()
-    target = serving.serving_target(settings)
     run_id = str(flow_run.get_id()) if flow_run.get_id() else None
+    # Started from the deployment: the user the proxy authenticated; the typed name is kept as a note.
+    actor = reviewer
+    if deployment.get_id():
+        actor = review_runs.who_started(settings.home, run_id, settings.started_record_wait_s)
+        comment = with_name(comment, reviewer, actor)
+    target = serving.serving_target(settings)
     with release_lock(settings, f"promote run {run_id}"):
         release_steps.apply_verdict(
-            target, settings, version, release_verdict(Outcome.APPROVED, comment, actor=reviewer), run_id
+            target, settings, version, release_verdict(Outcome.APPROVED, comment, actor=actor), run_id
         )
     labels = serving.serving_labels(target, settings)
     # The retrain run waiting for this review wakes up, finds the decision made and ends with it.
     waiting = registry(settings).lineage(version).get("review_run")
     if waiting:
         try:
-            review_runs.answer(
-                waiting, ReviewAnswer(decision=APPROVE, reviewer=reviewer, comment=comment), settings.home
-            )
+            review_runs.answer(waiting, ReviewAnswer(decision=APPROVE, reviewer=actor, comment=comment), settings.home)
         except Exception as error:  # noqa: BLE001 - it is not waiting any more: nothing to wake
             print(f"the retrain run {waiting} was not waiting for this review ({error})")
     return {"model_name": settings.model_name, "version": version, "serving": labels}

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from prefect import flow
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
 from railyard.errors import SEE_STATUS, Refused
 from railyard.settings import Settings
-from release import traffic
+from release import review_runs, traffic
+from release.decision import with_name
 from release.reconcile import repair_release_state
 from release.state import release_lock
 from tasks import release_steps, serving
@@ -36,11 +37,15 @@ def rollback(
         to_version: the version to restore; empty = the production version before the current one.
             It must have been in production before and must still be in the model store.
         reason: why, recorded in the audit trail.
-        actor: who asks for the rollback.
+        actor: who asks for the rollback; a run started from the deployment records the user the
+            proxy authenticated instead, and this name beside the reason.
     """
     settings = Settings()
-    target = serving.serving_target(settings)
     run_id = str(flow_run.get_id()) if flow_run.get_id() else None
+    if deployment.get_id():  # from the UI: the user the proxy authenticated, the typed name a note
+        user = review_runs.who_started(settings.home, run_id, settings.started_record_wait_s)
+        actor, reason = user, with_name(reason, actor, user)
+    target = serving.serving_target(settings)
     with release_lock(settings, f"rollback run {run_id}"):
         version = to_version if to_version is not None else release_steps.previous_production_version(settings)
         if version is None:

@@ -8,6 +8,9 @@ answered a review.
   a run input of that flow run. The signature is an HMAC with the home's owner-only key over the
   flow run id, the actor and the answer's hash, so a record proves who sent *this* answer to
   *this* run; the release takes its actor from it (docs/release.md).
+- The same record for a run started from a deployment (the UI's Run button, through the proxy):
+  what it signs is the deployment and the parameters the run was created with
+  (``started_run``), so a promote or rollback run knows who asked for it.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 # proxy checks a credential once, then remembers it (``infra.platform.proxy.Users``).
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 ANSWER_FIELDS = ("decision", "reviewer", "comment")
+STARTED = "started"  # the one field of what a run's start record signs
 
 
 class UnknownUser(Refused):
@@ -134,9 +138,18 @@ def record_key(home: Path) -> bytes:
         return bytes.fromhex(path.read_text().strip())
 
 
+def started_run(deployment_id: str, parameters: dict) -> dict:
+    """What the record of a deployment run's start signs: its deployment and its parameters as
+    Prefect stored them (the proxy reads them from the created run, the run from the API)."""
+    return {STARTED: json.dumps({"deployment_id": str(deployment_id), "parameters": parameters}, sort_keys=True)}
+
+
 def answer_sha256(answer: dict) -> str:
-    """The hash of a review answer's fields, as the server stores them and the run reads them."""
-    fields = {name: str(answer.get(name) or "").strip() for name in ANSWER_FIELDS}
+    """The hash of a review answer's fields (or of a run's start, ``started_run``), as the server
+    stores them and the run reads them."""
+    fields = {
+        name: str(answer.get(name) or "").strip() for name in ((STARTED,) if STARTED in answer else ANSWER_FIELDS)
+    }
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 

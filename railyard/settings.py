@@ -214,6 +214,9 @@ class Settings(BaseSettings):
     # The proxy in front of Prefect's UI and API (`railyard up`) authenticates `railyard users`; behind
     # an OIDC proxy, list its addresses (comma-separated) to trust its X-Forwarded-User instead. Empty: off.
     proxy_trusted_upstreams: str = ""
+    # How long a promote or rollback run started from a deployment waits for the proxy's record of
+    # who started it (the proxy writes it just after Prefect created the run).
+    started_record_wait_s: float = Field(default=10.0, gt=0)
     # Prefect's and MLflow's databases under `railyard up`: the embedded PostgreSQL, or SQLite files.
     platform_database: Literal["postgresql", "sqlite"] = "postgresql"
     # Housekeeping: per-run scratch folders (runs/, reports/) kept, newest first.

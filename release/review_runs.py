@@ -26,6 +26,7 @@ from prefect.input import RunInput, keyset_from_base_key, read_flow_run_input
 
 from model_registry.release_rules import RunView
 from railyard import identity
+from railyard.errors import Refused
 from release.decision import ReviewAnswer
 
 log = logging.getLogger("railyard.approval")
@@ -234,3 +235,35 @@ def cancel_deadline_check(flow_run_id: str | None, why: str) -> None:
                 client.set_flow_run_state(run.id, Cancelled(message=why), force=True)
     except Exception as error:  # noqa: BLE001 - it would find nothing to do at the deadline anyway
         log.warning("could not cancel the deadline check %s: %s", flow_run_id, error)
+
+
+class UnauthenticatedRun(Refused):
+    """A promote or rollback run of a deployment that nobody proved they started."""
+
+    next_step = (
+        "start it from the Prefect UI at the proxy's URL (`railyard ps`), signed in as a user of "
+        "`railyard users`, or from a shell: `railyard approve VERSION` / `railyard rollback`"
+    )
+
+
+def who_started(home: Path, flow_run_id: str, wait_s: float) -> str:
+    """The user a signed record says started this deployment run through the proxy, with the
+    parameters it runs with; refused (``UnauthenticatedRun``) when no record proves anyone
+    within ``wait_s`` (a run created straight through Prefect's API, or by the schedule)."""
+    key = identity.record_key(home)
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(UUID(flow_run_id))
+        started = identity.started_run(str(run.deployment_id), run.parameters)
+        deadline = time.monotonic() + wait_s
+        while True:
+            records = client.filter_flow_run_input(
+                UUID(flow_run_id), key_prefix=identity.record_prefix(started), limit=50, exclude_keys=set()
+            )
+            if (actor := identity.verified_actor(key, flow_run_id, started, [r.value for r in records])) is not None:
+                return actor
+            if time.monotonic() >= deadline:
+                raise UnauthenticatedRun(
+                    f"flow run {flow_run_id} was not started through the proxy in front of Prefect: nobody "
+                    "proved who asked for it, so it changes nothing in production"
+                )
+            time.sleep(0.5)

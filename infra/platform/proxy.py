@@ -5,7 +5,9 @@ name. The proxy asks every request for a user of ``railyard users`` (HTTP Basic;
 sends it again on the UI's own calls and websockets), forwards HTTP and websockets to the server
 with ``X-Forwarded-User`` set, and before it forwards a review's answer (``POST
 /api/flow_runs/{id}/resume``) writes the signed record of who sent it (``railyard.identity``)
-as a run input of that run: the release takes its actor from that record.
+as a run input of that run: the release takes its actor from that record. A run created from a
+deployment (the UI's Run button) gets the same record of who started it, with what parameters:
+a promote or rollback run takes its actor from it.
 
 Production option: behind an OIDC proxy, trust its ``X-Forwarded-User`` from the addresses
 listed in ``RAILYARD_PROXY_TRUSTED_UPSTREAMS`` (off by default).
@@ -36,6 +38,7 @@ from railyard import identity
 USER_HEADER = "x-forwarded-user"
 REALM = 'Basic realm="Railyard", charset="UTF-8"'
 RESUME = re.compile(r"^/api/flow_runs/([0-9a-fA-F-]{36})/resume$")
+START = re.compile(r"^/api/deployments/([0-9a-fA-F-]{36})/create_flow_run$")
 # Not forwarded either way: hop-by-hop headers, the length httpx recomputes, the credential.
 DROPPED = {
     "host",
@@ -106,6 +109,11 @@ def make_app(home: Path, upstream: str, trusted: frozenset[str] = frozenset()) -
             request.method, request.url.path, params=request.url.query, content=body, headers=headers
         )
         content = answer.content
+        if request.method == "POST" and START.match(request.url.path) and answer.status_code == 201:
+            created = answer.json()
+            started = identity.started_run(created["deployment_id"], created.get("parameters") or {})
+            if (refused := await write_record(created["id"], user, started)) is not None:
+                return refused  # the run exists, but without the record it refuses to act when it starts
         if request.url.path == "/ui-settings" and answer.status_code == 200:
             # The UI calls the API its settings name: this proxy's, whatever the server was told.
             settings = answer.json() | {"api_url": f"{request.base_url}".rstrip("/") + "/api"}
@@ -121,13 +129,18 @@ def make_app(home: Path, upstream: str, trusted: frozenset[str] = frozenset()) -
             answer = {}
         if not isinstance(answer, dict):
             answer = {}
-        record_key, value = identity.signed_record(key, flow_run_id, user, "proxy", answer)
+        return await write_record(flow_run_id, user, answer)
+
+    async def write_record(flow_run_id: str, user: str, sent: dict) -> Response | None:
+        """The signed record that ``user`` sent ``sent`` to this run; a refusal when it cannot be written."""
+        record_key, value = identity.signed_record(key, flow_run_id, user, "proxy", sent)
         written = await client.post(
             f"/api/flow_runs/{flow_run_id}/input", json={"key": record_key, "value": value, "sender": user}
         )
         if written.status_code >= 300:
             return Response(
-                f"the answer was not forwarded: its record could not be written ({written.status_code})\n",
+                f"the record of who sent this to flow run {flow_run_id} could not be written "
+                f"({written.status_code}): an answer is not forwarded; a started run refuses to act\n",
                 status_code=502 if written.status_code >= 500 else written.status_code,
             )
         return None

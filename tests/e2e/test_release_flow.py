@@ -18,13 +18,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from railyard import identity
 from release.review_runs import DEADLINE_MARGIN_S
 from tests.support.prefect_server import LEASE_S, REAPER_S
+from tests.support.proxy import call, credential, running_proxy
 from tests.support.release_world import World, assert_serves_its_golden_answers, predict
 
 pytestmark = pytest.mark.slow
 # The reviewer recorded for a CLI decision: whoever runs the command.
 ME = getpass.getuser()
+PASSWORD = "correct horse battery"  # alice's, for the proxy in front of Prefect
 
 
 @pytest.fixture(scope="module")
@@ -279,19 +282,32 @@ def test_rollback_restores_the_previous_production_version_and_refuses_others(wo
 
 
 def test_the_promote_deployment_approves_a_waiting_review(world):
-    """The promote flow, started from the UI: the version reaches production, and the run waiting
-    for its review wakes up and ends with that decision."""
+    """The promote flow, started from the UI through the proxy by alice (a name typed in the
+    form): the version reaches production as hers, and the run waiting for its review wakes up and
+    ends with that decision. The same form sent straight to Prefect's API proves nobody: refused."""
     run = world.start_run(6)
     world.wait_until_waiting(6, run)
     parameters = {"version": 6, "reviewer": "dana", "comment": "approved from the promote form"}
-    promote_run = world.start_deployment_run(parameters, deployment="promote/promote")
-    world.railyard("worker", "--run-once")
-    assert world.flow_run(promote_run)["state"]["type"] == "COMPLETED"
+    identity.add_user(world.home, "alice", PASSWORD)
+    _, promote = world.api("GET", "/deployments/name/promote/promote")
+    unproven = world.start_deployment_run(parameters, deployment="promote/promote")
+    with running_proxy(world.home, world.api_url.removesuffix("/api")) as proxy:
+        status, created = call(
+            "POST",
+            f"{proxy}/api/deployments/{promote['id']}/create_flow_run",
+            {"parameters": parameters},
+            auth=credential("alice", PASSWORD),
+        )
+    assert status == 201, created
+    world.railyard("worker", "--run-once", env={"RAILYARD_STARTED_RECORD_WAIT_S": "2"})
+    refused = world.flow_run(unproven)["state"]
+    assert refused["type"] == "FAILED" and "was not started through the proxy" in refused["message"], refused
+    assert world.flow_run(created["id"])["state"]["type"] == "COMPLETED"
     summary = world.finish(run)
     assert summary["stage"] == "production" and summary["serving"]["labels"] == {"stable": 6, "canary": 6}
-    assert (summary["decided_by"], summary["reason"]) == ("dana", "approved from the promote form")
+    assert (summary["decided_by"], summary["reason"]) == ("alice", "approved from the promote form [named: dana]")
     promoted = world.history(6)[-1]
-    assert (promoted["stage"], promoted["actor"], promoted["flow_run_id"]) == ("production", "dana", promote_run)
+    assert (promoted["stage"], promoted["actor"], promoted["flow_run_id"]) == ("production", "alice", created["id"])
     assert world.aliases() == {"production": 6, "champion": 6}
     assert world.tags(1)["railyard.stage"] == "archived"
     assert_serves_its_golden_answers(world, "stable", 6)

@@ -54,7 +54,9 @@ def test_no_credential_or_a_wrong_one_is_refused_and_the_user_is_named_to_the_up
         )
 
 
-def test_a_resume_through_the_proxy_carries_a_signed_record_of_its_user_and_websockets_pass(tmp_path, prefect_server):
+def test_a_resume_or_a_deployment_run_through_the_proxy_carries_a_signed_record_of_its_user_and_websockets_pass(
+    tmp_path, prefect_server
+):
     identity.add_user(tmp_path, "alice", PASSWORD)
     upstream = prefect_server.removesuffix("/api")
     with running_proxy(tmp_path, upstream) as proxy:
@@ -72,6 +74,21 @@ def test_a_resume_through_the_proxy_carries_a_signed_record_of_its_user_and_webs
         filtered = {"prefix": identity.record_prefix(answer), "limit": 10}
         records = [i["value"] for i in call("POST", f"{prefect_server}/flow_runs/{run}/input/filter", filtered)[1]]
         assert identity.verified_actor(identity.record_key(tmp_path), run, answer, records) == "alice"
+
+        # A run started from a deployment (the UI's Run button) carries the record of who started
+        # it, with the parameters Prefect stored; one created straight through the API carries none.
+        deployment = call("POST", f"{prefect_server}/deployments/", {"name": "promote", "flow_id": flow})[1]["id"]
+        started = {"parameters": {"version": 3, "reviewer": "Mallory"}}
+        status, created = call("POST", f"{api}/deployments/{deployment}/create_flow_run", started, auth=ALICE)
+        assert status == 201, created
+        direct = call("POST", f"{prefect_server}/deployments/{deployment}/create_flow_run", started)[1]
+        for run_id, who in ((created["id"], "alice"), (direct["id"], None)):
+            what = identity.started_run(deployment, created["parameters"])
+            filtered = {"prefix": identity.record_prefix(what), "limit": 10}
+            records = [
+                i["value"] for i in call("POST", f"{prefect_server}/flow_runs/{run_id}/input/filter", filtered)[1]
+            ]
+            assert identity.verified_actor(identity.record_key(tmp_path), run_id, what, records) == who
 
         async def events_socket() -> dict:
             ws_url = proxy.replace("http", "ws", 1) + "/api/events/out"
