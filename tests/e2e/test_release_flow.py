@@ -193,7 +193,7 @@ def test_a_rejected_canary_is_unloaded_and_stable_keeps_serving(world):
     direct = {"decision": "approve", "reviewer": "mallory", "comment": "trust me"}
     assert world.api("POST", f"/flow_runs/{flow_run_id}/resume", {"run_input": direct})[1]["status"] == "ACCEPT"
     world.wait_for(
-        lambda: world.flow_run(flow_run_id)["state"]["state_details"].get("pause_key", "").endswith("-2"),
+        lambda: (world.flow_run(flow_run_id)["state"]["state_details"].get("pause_key") or "").endswith("-2"),
         "the review to wait again",
         run,
     )
