@@ -290,7 +290,12 @@ def test_the_promote_deployment_approves_a_waiting_review(world):
     parameters = {"version": 6, "reviewer": "dana", "comment": "approved from the promote form"}
     identity.add_user(world.home, "alice", PASSWORD)
     _, promote = world.api("GET", "/deployments/name/promote/promote")
+    # One promote at a time (the deployment's concurrency limit): first the run nobody proved.
     unproven = world.start_deployment_run(parameters, deployment="promote/promote")
+    world.railyard("worker", "--run-once", env={"RAILYARD_STARTED_RECORD_WAIT_S": "2"})
+    refused = world.flow_run(unproven)["state"]
+    assert refused["type"] == "FAILED" and "was not started through the proxy" in refused["message"], refused
+    assert world.stage(6) == "staging"
     with running_proxy(world.home, world.api_url.removesuffix("/api")) as proxy:
         status, created = call(
             "POST",
@@ -299,9 +304,7 @@ def test_the_promote_deployment_approves_a_waiting_review(world):
             auth=credential("alice", PASSWORD),
         )
     assert status == 201, created
-    world.railyard("worker", "--run-once", env={"RAILYARD_STARTED_RECORD_WAIT_S": "2"})
-    refused = world.flow_run(unproven)["state"]
-    assert refused["type"] == "FAILED" and "was not started through the proxy" in refused["message"], refused
+    world.railyard("worker", "--run-once")
     assert world.flow_run(created["id"])["state"]["type"] == "COMPLETED"
     summary = world.finish(run)
     assert summary["stage"] == "production" and summary["serving"]["labels"] == {"stable": 6, "canary": 6}
