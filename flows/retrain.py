@@ -438,7 +438,13 @@ def finish_review(
     waiting = release_state.registry(settings).release_run(version) or {}
     deadline = waiting.get("deadline") or time.time() + settings.approval_timeout_s
     decision, actor = review_runs.await_decision(
-        settings.model_name, version, instructions, deadline, suspend=suspend, home=settings.home
+        settings.model_name,
+        version,
+        instructions,
+        deadline,
+        suspend=suspend,
+        home=settings.home,
+        poll_s=settings.review_poll_s,
     )
     print(decision_line(settings.model_name, version, decision, actor))
     target = serving.serving_target(settings)

@@ -194,6 +194,9 @@ class Settings(BaseSettings):
 
     # Human approval of a smoke-tested canary (seconds; timeout = rejected).
     approval_timeout_s: int = Field(default=86_400, gt=0)
+    # How often a run paused in its own process (`railyard run`) asks Prefect whether its review was
+    # answered (Prefect's own default: 10 s). A suspended deployment run is started again instead.
+    review_poll_s: int = Field(default=10, ge=1)
     # One release at a time per model, through a lock in the model store. An S3 lock is a lease
     # renewed every lease/3 while held, so a crashed holder frees it after at most one lease.
     release_lock_lease_s: float = Field(default=120.0, gt=0)

@@ -48,7 +48,7 @@ def pause_key(model: str, version: int, attempt: int = 0) -> str:
 
 
 def await_decision(
-    model: str, version: int, instructions: str, deadline: float, *, suspend: bool, home: Path
+    model: str, version: int, instructions: str, deadline: float, *, suspend: bool, home: Path, poll_s: int
 ) -> tuple[ApprovalDecision | None, str | None]:
     """The reviewer's decision and who sent it, as a signed record proves (``answered_by``);
     (None, None) when nobody answered by ``deadline``.
@@ -78,7 +78,7 @@ def await_decision(
                 decision = suspend_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
             else:
                 try:
-                    decision = pause_flow_run(wait_for_input=form, timeout=timeout_s, key=key)
+                    decision = pause_flow_run(wait_for_input=form, timeout=timeout_s, key=key, poll_interval=poll_s)
                 except FlowPauseTimeout:
                     _conclude_here()
                     return None, None

@@ -22,6 +22,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+# A paused run notices its answer within a second, not Prefect's 10 s (the setting, set short).
+os.environ.setdefault("RAILYARD_REVIEW_POLL_S", "1")
 # One Prefect world per test session, never the developer's ~/.prefect.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="railyard-prefect-")
 os.environ.pop("PREFECT_API_URL", None)

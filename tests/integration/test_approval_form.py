@@ -22,7 +22,7 @@ from release.review_runs import await_decision
 @flow
 def waits():
     decision, actor = await_decision(
-        "recmodel", 1, "review me", time.time() + 300, suspend=False, home=Path(os.environ["RAILYARD_HOME"])
+        "recmodel", 1, "review me", time.time() + 300, suspend=False, home=Path(os.environ["RAILYARD_HOME"]), poll_s=1
     )
     print("DECISION", actor, decision.model_dump_json(include={"decision", "reviewer", "comment"}), flush=True)
 
