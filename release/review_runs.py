@@ -99,10 +99,15 @@ def answered_by(home: Path, flow_run_id: str, decision: ReviewAnswer) -> str | N
     """Who a signed record (``railyard.identity``) says sent this answer to this run, or None."""
     answer = decision.model_dump(include=set(identity.ANSWER_FIELDS))
     with get_client(sync_client=True) as client:
-        records = client.filter_flow_run_input(
-            UUID(flow_run_id), key_prefix=identity.record_prefix(answer), limit=50, exclude_keys=set()
-        )
-    return identity.verified_actor(identity.record_key(home), flow_run_id, answer, [r.value for r in records])
+        return _signed_by(client, identity.record_key(home), flow_run_id, answer)
+
+
+def _signed_by(client, key: bytes, flow_run_id: str, sent: dict) -> str | None:
+    """The actor of a valid signed record of ``sent`` among this run's inputs, or None."""
+    records = client.filter_flow_run_input(
+        UUID(flow_run_id), key_prefix=identity.record_prefix(sent), limit=50, exclude_keys=set()
+    )
+    return identity.verified_actor(key, flow_run_id, sent, [record.value for record in records])
 
 
 def _refuse_unauthenticated(flow_run_id: str, model: str, version: int, decision: ReviewAnswer) -> None:
@@ -256,10 +261,7 @@ def who_started(home: Path, flow_run_id: str, wait_s: float) -> str:
         started = identity.started_run(str(run.deployment_id), run.parameters)
         deadline = time.monotonic() + wait_s
         while True:
-            records = client.filter_flow_run_input(
-                UUID(flow_run_id), key_prefix=identity.record_prefix(started), limit=50, exclude_keys=set()
-            )
-            if (actor := identity.verified_actor(key, flow_run_id, started, [r.value for r in records])) is not None:
+            if (actor := _signed_by(client, key, flow_run_id, started)) is not None:
                 return actor
             if time.monotonic() >= deadline:
                 raise UnauthenticatedRun(
