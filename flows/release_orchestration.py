@@ -86,29 +86,29 @@ def canary_release(
     for other in release_steps.supersede(target, settings, version, prefect_run_id):
         print(f"version {other} was superseded by version {version}")
 
-    def conclude(outcome: Outcome, reason: str, **by) -> None:
+    def carry_out(outcome: Outcome, reason: str, **by) -> None:
         apply_verdict_and_set_share(target, settings, version, release_verdict(outcome, reason, **by), prefect_run_id)
 
     try:
         traffic.hold_canary(settings, version)  # no user reaches the new canary before its smoke tests pass
         serving.deploy_canary(target, settings, version)
     except ModelLoadError as error:  # the model itself is broken: it never becomes servable
-        conclude(Outcome.LOAD_FAILED, str(error))
+        carry_out(Outcome.LOAD_FAILED, str(error))
         raise
     except BaseException as error:  # serving or the store down, a timeout: the version waits for a re-run
-        conclude(Outcome.SERVING_DOWN, str(error))
+        carry_out(Outcome.SERVING_DOWN, str(error))
         raise
     report = smoke.smoke_tests(target, settings, version, run_id)
     failed = "; ".join(f"{c.name}: {c.detail}" for c in report.failures())
-    conclude(Outcome.SMOKE_PASSED if report.passed else Outcome.SMOKE_FAILED, failed)
+    carry_out(Outcome.SMOKE_PASSED if report.passed else Outcome.SMOKE_FAILED, failed)
     if not report.passed:
         raise SmokeTestsFailed(report.summary())
     # Its share of users now goes to the canary (staging called for it); over budget: rolled back.
     if (over_budget := release_steps.bake(settings, version)) is not None:
-        conclude(Outcome.BAKE_FAILED, over_budget)
+        carry_out(Outcome.BAKE_FAILED, over_budget)
         raise CanaryRolledBack(f"version {version} rolled back during the bake: {over_budget}")
     if auto_approve:
-        conclude(Outcome.APPROVED, gate_reason, actor=f"{SYSTEM_ACTOR} (auto_approve)")
+        carry_out(Outcome.APPROVED, gate_reason, actor=f"{SYSTEM_ACTOR} (auto_approve)")
     return target, report
 
 

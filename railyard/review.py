@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from railyard.drift import Verdict, table_markdown
 from railyard.evaluation import SYMBOLS, GateDecision, side_by_side, side_by_side_markdown
@@ -27,7 +28,7 @@ class DataWindow:
     fingerprint: str
 
     @classmethod
-    def of(cls, source: object, feature_set: FeatureSet, holdout_rows: int) -> DataWindow:
+    def of(cls, source: str | Path, feature_set: FeatureSet, holdout_rows: int) -> DataWindow:
         """The window a feature set was built from: its source, cutoff and newest holdout rating."""
         holdout = feature_set.holdout
         last = int(holdout["timestamp"].max()) if "timestamp" in holdout.columns and holdout.height else None
