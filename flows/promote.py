@@ -8,12 +8,13 @@ from prefect import flow
 from prefect.runtime import deployment, flow_run
 from pydantic import Field
 
+from flows.release_orchestration import apply_verdict_and_set_share
 from model_registry.release_rules import Outcome, release_verdict
 from railyard.settings import Settings
 from release import review_runs
 from release.decision import APPROVE, ReviewAnswer, with_name
 from release.state import registry, release_lock
-from tasks import release_steps, serving
+from tasks import serving
 
 
 @flow(name="promote", log_prints=True)
@@ -39,7 +40,7 @@ def promote(
         comment = with_name(comment, reviewer, actor)
     target = serving.serving_target(settings)
     with release_lock(settings, f"promote run {run_id}"):
-        release_steps.apply_verdict(
+        apply_verdict_and_set_share(
             target, settings, version, release_verdict(Outcome.APPROVED, comment, actor=actor), run_id
         )
     labels = serving.serving_labels(target, settings)

@@ -12,49 +12,39 @@ docs/release.md tells how a release ends in every case.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
-from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import deployment, flow_run
-from prefect.states import Completed, State
+from prefect.states import State
 from pydantic import Field
 
-from infra.tfserving.client import ModelLoadError
-from infra.tfserving.target import ServingTarget
-from model_registry import Manifest
-from model_registry.release_rules import SYSTEM_ACTOR, Ending, Outcome, release_verdict
-from railyard import contract, errors, tracking
-from railyard.drift import DataDrift, Verdict, write_statistics
+from flows.release_orchestration import (
+    canary_release,
+    ending_state,
+    finish_review,
+    nothing_new,
+    refuse,
+    request_review,
+    serving_summary,
+)
+from model_registry.release_rules import Ending
+from railyard import errors, tracking
+from railyard.drift import DataDrift, Verdict, verdict_lineage, write_statistics
 from railyard.errors import CanaryRolledBack, ModelRejected, SmokeTestsFailed
 from railyard.evaluation import GateDecision
 from railyard.features import FeatureSet
 from railyard.kinds.registry import load_kind
 from railyard.locations import Location
-from railyard.moments import when
 from railyard.notify import notify
-from railyard.review import DataWindow, ReviewRequest, decision_line, review_markdown, waiting_line
+from railyard.review import DataWindow, ReviewRequest
 from railyard.settings import Settings
 from railyard.training import code_version as model_code_version
 from release import review_runs, traffic
 from release import state as release_state
-from release.reconcile import repair_release_state
-from tasks import (
-    data,
-    drift,
-    evaluation,
-    features,
-    online,
-    publish,
-    release_steps,
-    serving,
-    smoke,
-    training,
-    validation,
-)
+from release.reconcile import conclude_ended_run
+from tasks import data, drift, evaluation, features, online, publish, release_steps, serving, training, validation
 
 SUMMARY_METRICS = ("auc", "auc_frozen", "baseline_auc", "fresh_baseline_auc", "pr_auc", "logloss", "accuracy")
 # The Custom run form shows these (the settings where the deployment was registered): an empty
@@ -82,13 +72,8 @@ def report_interruption(flow, flow_run, state) -> None:
     """Crash and cancellation hook (also run by the worker when the run's process died): the
     run's release is concluded as crashed or cancelled, then announced like a failure."""
     kind = "cancelled" if state.is_cancelled() else "crashed"
-    settings = Settings()
     ending = Ending(kind, f"its run {flow_run.name} {kind}: {state.message}")
-    try:
-        with release_state.release_lock(settings, f"{kind} hook of retrain run {flow_run.id}"):
-            said = repair_release_state(settings, start_serving=False, ended_run=(str(flow_run.id), ending))
-    except Exception as error:  # noqa: BLE001 - announce the interruption even so
-        said = [f"its release could not be concluded now ({error}); the next run or `railyard status` will"]
+    said = conclude_ended_run(Settings(), f"{kind} hook of retrain run {flow_run.id}", str(flow_run.id), ending)
     details = "\n".join(f"- {line}" for line in said)
     _announce_failure(
         flow_run, f"retrain run {flow_run.name} {kind}: {state.message}\n\n{details}", kind, INTERRUPTED_NEXT_STEP
@@ -133,7 +118,7 @@ def retrain(
     )
     prefect_run_id = str(flow_run.get_id()) if flow_run.get_id() else None
     holder = f"retrain run {prefect_run_id}"
-    resumed = release_steps.version_in_review_by(settings, prefect_run_id)
+    resumed = release_state.version_in_review_by(settings, prefect_run_id)
     if resumed is not None:  # the run was suspended for its review and now starts again
         summary = {"model_name": settings.model_name, "model_version": resumed}
         return finish_review(settings, resumed, prefect_run_id, summary, suspend=True)
@@ -169,7 +154,7 @@ def retrain(
         }
         # The same data and code as a stored version: that version is the model (no new training).
         existing = publish.find_published(settings, feature_set.fingerprint, code_version)
-        if existing is not None and (stage := release_steps.stage_of(settings, existing.version)) != "candidate":
+        if existing is not None and (stage := release_state.stage_of(settings, existing.version)) != "candidate":
             tracking.rename_run(settings, run_id, f"{model}-unchanged-v{existing.version}")
             return nothing_new(settings, existing.version, stage, summary)
         if existing is None:
@@ -224,11 +209,11 @@ def retrain(
                     "model_kind": kind.name,
                     "code_version": code_version,
                 }
-                | drift_lineage(verdict),
+                | verdict_lineage(verdict),
             )
             tracking.rename_run(settings, run_id, f"{model}-v{version}")
             summary |= {"model_version": version, "store_uri": store_uri, "mlflow_model_version": str(version)}
-            if (stage := release_steps.stage_of(settings, version)) != "candidate":  # another run released it meanwhile
+            if (stage := release_state.stage_of(settings, version)) != "candidate":  # another run released it meanwhile
                 return nothing_new(settings, version, stage, summary)
             target, report = canary_release(settings, version, run_id, prefect_run_id, auto_approve, decision.reason)
     summary |= {"smoke": {"passed": report.passed, "latency_ms": report.latency_ms, "requests": report.requests}}
@@ -248,7 +233,7 @@ def retrain(
         model_kind=kind.name,
         kind_spec=kind.spec,
         code_version=code_version,
-        window=data_window(source, feature_set, metrics),
+        window=DataWindow.of(source, feature_set, int(metrics["rows"])),
         metrics=metrics,
         decision=decision,
         smoke=report,
@@ -260,19 +245,6 @@ def retrain(
     )
     instructions = request_review(settings, request, suspend)
     return finish_review(settings, version, prefect_run_id, summary, suspend=suspend, instructions=instructions)
-
-
-def drift_lineage(verdict: Verdict | None) -> dict[str, str]:
-    """What the version's lineage records of the drift check (an override and its reason included)."""
-    if verdict is None:
-        return {"drift": "unchecked"}
-    return {"drift": verdict.level} | ({"drift_override": verdict.override} if verdict.override else {})
-
-
-def data_window(source: Path, feature_set: FeatureSet, metrics: dict) -> DataWindow:
-    holdout = feature_set.holdout
-    last = int(holdout["timestamp"].max()) if "timestamp" in holdout.columns and holdout.height else None
-    return DataWindow(str(source), feature_set.cutoff_ts, last, int(metrics["rows"]), feature_set.fingerprint)
 
 
 def validated_features(
@@ -338,159 +310,3 @@ def compare_with_production(
         else None
     )
     return evaluation.gate(metrics, settings, run_id, production_metrics, production_version, drift_verdict)
-
-
-def refuse(
-    settings: Settings,
-    reason: str,
-    existing: Manifest | None,
-    run_id: str,
-    prefect_run_id: str | None,
-    *,
-    locked: bool = False,
-) -> None:
-    """The gate said no: nothing is published (a stored, never released version is rejected,
-    under the release lock, which the caller holds when ``locked``)."""
-    tracking.set_tags(settings, run_id, {"railyard.stage": "rejected", "railyard.rejected_reason": reason})
-    tracking.rename_run(settings, run_id, f"{settings.model_name}-not-blessed")
-    if existing is not None:
-        verdict = release_verdict(Outcome.NOT_BLESSED, reason)
-        lock = nullcontext() if locked else release_state.release_lock(settings, f"retrain run {prefect_run_id}")
-        with lock:
-            release_steps.apply_verdict(
-                serving.serving_target(settings), settings, existing.version, verdict, prefect_run_id
-            )
-    raise ModelRejected(f"model not blessed, nothing published: {reason}")
-
-
-def canary_release(
-    settings: Settings, version: int, run_id: str, prefect_run_id: str | None, auto_approve: bool, gate_reason: str
-):
-    """Under the release lock: older pending releases give way, canary, smoke tests, staging (and
-    production at once with ``auto_approve``). The serving target and the smoke report."""
-    target = serving.serving_target(settings)  # serving down: the version stays a candidate for a re-run
-    stages = release_state.registry(settings)
-    stages.set_release_run(version, release_state.release_owner(prefect_run_id, "run"))
-    for other in release_steps.supersede(target, settings, version, prefect_run_id):
-        print(f"version {other} was superseded by version {version}")
-    try:
-        traffic.hold_canary(settings, version)  # no user reaches the new canary before its smoke tests pass
-        serving.deploy_canary(target, settings, version)
-    except ModelLoadError as error:  # the model itself is broken: it never becomes servable
-        release_steps.apply_verdict(
-            target, settings, version, release_verdict(Outcome.LOAD_FAILED, str(error)), prefect_run_id
-        )
-        raise
-    except BaseException as error:  # serving or the store down, a timeout: the version waits for a re-run
-        release_steps.apply_verdict(
-            target, settings, version, release_verdict(Outcome.SERVING_DOWN, str(error)), prefect_run_id
-        )
-        raise
-    report = smoke.smoke_tests(target, settings, version, run_id)
-    failed = "; ".join(f"{c.name}: {c.detail}" for c in report.failures())
-    outcome = Outcome.SMOKE_PASSED if report.passed else Outcome.SMOKE_FAILED
-    release_steps.apply_verdict(target, settings, version, release_verdict(outcome, failed), prefect_run_id)
-    if not report.passed:
-        raise SmokeTestsFailed(report.summary())
-    # Its share of users now goes to the canary (apply_verdict set it); over budget: rolled back.
-    if (over_budget := release_steps.bake(settings, version)) is not None:
-        release_steps.apply_verdict(
-            target, settings, version, release_verdict(Outcome.BAKE_FAILED, over_budget), prefect_run_id
-        )
-        raise CanaryRolledBack(f"version {version} rolled back during the bake: {over_budget}")
-    if auto_approve:
-        approved = release_verdict(Outcome.APPROVED, gate_reason, actor=f"{SYSTEM_ACTOR} (auto_approve)")
-        release_steps.apply_verdict(target, settings, version, approved, prefect_run_id)
-    return target, report
-
-
-def request_review(settings: Settings, request: ReviewRequest, suspend: bool) -> str:
-    """Record how this run waits, ask for a review; the instructions shown with the form."""
-    model, version, flow_run_id = request.model, request.version, request.flow_run
-    stages = release_state.registry(settings)
-    mode = "suspend" if suspend else "pause"
-    stages.set_release_run(version, release_state.release_owner(flow_run_id, mode, request.deadline))
-    stages.set_lineage(version, review_run=str(flow_run_id))
-    instructions = review_markdown(request)
-    create_markdown_artifact(
-        key=review_runs.APPROVAL_ARTIFACT,
-        markdown=instructions,
-        description=f"{model} v{version}: approval needed by {when(request.deadline)}",
-    )
-    notify(settings, "approval_needed", f"{model} version {version} awaits approval", version=version)
-    if suspend and (deadline_run := review_runs.schedule_deadline_check(request.deadline)) is not None:
-        stages.set_lineage(version, deadline_run=deadline_run)
-    print(waiting_line(model, version, flow_run_id, request.deadline))
-    return instructions
-
-
-def finish_review(
-    settings: Settings,
-    version: int,
-    prefect_run_id: str | None,
-    summary: dict,
-    *,
-    suspend: bool,
-    instructions: str = "",
-) -> State:
-    """Wait for the decision (a suspended run ends here and starts again once answered), then
-    apply it under the release lock unless someone decided meanwhile."""
-    waiting = release_state.registry(settings).release_run(version) or {}
-    deadline = waiting.get("deadline") or time.time() + settings.approval_timeout_s
-    decision, actor = review_runs.await_decision(
-        settings.model_name,
-        version,
-        instructions,
-        deadline,
-        suspend=suspend,
-        home=settings.home,
-        poll_s=settings.review_poll_s,
-    )
-    print(decision_line(settings.model_name, version, decision, actor))
-    target = serving.serving_target(settings)
-    with release_state.release_lock(settings, f"retrain run {prefect_run_id}"):
-        last = release_steps.conclude_review(target, settings, version, decision, actor, prefect_run_id)
-    state = ending_state(settings, version, last, summary | serving_summary(target, settings))
-    review_runs.cancel_deadline_check(
-        release_state.registry(settings).lineage(version).get("deadline_run"), state.message
-    )
-    create_markdown_artifact(
-        key=review_runs.APPROVAL_ARTIFACT,
-        markdown=f"## Decided\n\n{state.message}",
-        description=f"{settings.model_name} v{version}: {last['stage']} ({last['actor']})",
-    )
-    return state
-
-
-def ending_state(settings: Settings, version: int, last: dict, summary: dict) -> State:
-    """The run's final state says how the release ended: promoted, or rejected by whom and why."""
-    stage, actor, reason = last["stage"], last["actor"], last["reason"]
-    summary = summary | {"stage": stage, "decided_by": actor, "reason": reason}
-    if stage == "production":
-        return _ended(Completed, f"version {version} promoted to production by {actor}: {reason}", summary)
-    if stage == "rejected":
-        return _ended(partial(Completed, name="Rejected"), f"version {version} rejected by {actor}: {reason}", summary)
-    return _ended(Completed, f"version {version} is {stage}", summary)
-
-
-def nothing_new(settings: Settings, version: int, stage: str, summary: dict) -> State:
-    message = f"nothing new to release: version {version} already holds this model (same data and code) and is {stage}"
-    print(message)
-    target = serving.serving_target(settings)
-    return _ended(
-        Completed, message, summary | {"model_version": version, "stage": stage} | serving_summary(target, settings)
-    )
-
-
-def _ended(state, message: str, summary: dict) -> State:
-    """A final state whose message is also the summary's ``outcome`` (the CLI prints it)."""
-    return state(message=message, data=summary | {"outcome": message})
-
-
-def serving_summary(target: ServingTarget, settings: Settings) -> dict:
-    labels = serving.serving_labels(target, settings)
-    served_label = "stable" if "stable" in labels else "canary"
-    return {
-        "serving": {"rest": target.rest, "grpc": target.grpc, "labels": labels},
-        "curl": contract.curl_line(target.rest, settings.model_name, served_label) if labels else None,
-    }

@@ -5,8 +5,8 @@ A release spans processes and hours: the run that carries a version through cana
 tests and review can be killed, cancelled or forgotten by its reviewer. Every run, ``railyard
 status`` and the CLI's approve/reject look at the facts (MLflow stages, the store, the serving
 config, the Prefect run states, whether recorded processes still exist) and these functions say
-what must change. They do no I/O, so each rule has a unit test; ``release/`` and
-``tasks/release_steps.py`` gather the facts and apply the answers.
+what must change. They do no I/O, so each rule has a unit test; ``release/`` gathers the facts
+and applies the answers (``release.verdicts``), driven by ``flows/release_orchestration.py``.
 """
 
 from __future__ import annotations

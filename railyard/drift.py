@@ -353,6 +353,13 @@ class Verdict:
         }
 
 
+def verdict_lineage(verdict: Verdict | None) -> dict[str, str]:
+    """What a version's lineage records of the drift check (an override and its reason included)."""
+    if verdict is None:
+        return {"drift": "unchecked"}
+    return {"drift": verdict.level} | ({"drift_override": verdict.override} if verdict.override else {})
+
+
 class DataDrift(Refused):
     """The new window's data drifted past a block threshold: nothing was trained or published."""
 

@@ -12,12 +12,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from railyard import features as F
 from railyard.configs import GateThresholds
+
+if TYPE_CHECKING:
+    from railyard.drift import Verdict
 
 FRESH_BASELINE = "user + movie baseline"
 LIFT = "auc_lift_vs_fresh_baseline"
@@ -236,6 +240,31 @@ def gate(
 def _failure(check: ThresholdCheck) -> str:
     said = f"{check.name}={check.value:.4f} fails {check.direction} {check.threshold}"
     return said if check.compared_with == "threshold" else f"{said} ({check.compared_with})"
+
+
+def gate_table(decision: GateDecision, drift_verdict: Verdict | None = None) -> list[dict]:
+    """The gate's checks, one row each saying what it compares with; below them, the drift
+    check's crossed thresholds, which the gate does not decide on (the Prefect UI's table)."""
+    return [
+        {
+            "check": c.name,
+            "value": round(c.value, 5),
+            "threshold": f"{SYMBOLS[c.direction]} {c.threshold}",
+            "passed": c.passed,
+            "compared with": c.compared_with,
+        }
+        for c in decision.checks
+    ] + [
+        {
+            "check": f"data drift: {m.feature} ({m.kind})",
+            "value": round(m.distance, 5),
+            "threshold": f"warn {m.warn}, block {m.block}",
+            "passed": f"{m.level} (not gated)"
+            + (f", overridden: {drift_verdict.override}" if m.level == "block" else ""),
+            "compared with": drift_verdict.reference,
+        }
+        for m in (drift_verdict.crossed() if drift_verdict is not None else [])
+    ]
 
 
 def side_by_side(

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from railyard.drift import Verdict, table_markdown
 from railyard.evaluation import SYMBOLS, GateDecision, side_by_side, side_by_side_markdown
+from railyard.features import FeatureSet
 from railyard.gray_rules import LiveFigures
 from railyard.moments import when
 
@@ -24,6 +26,13 @@ class DataWindow:
     last_ts: int | None  # the newest holdout rating
     holdout_rows: int
     fingerprint: str
+
+    @classmethod
+    def of(cls, source: str | Path, feature_set: FeatureSet, holdout_rows: int) -> DataWindow:
+        """The window a feature set was built from: its source, cutoff and newest holdout rating."""
+        holdout = feature_set.holdout
+        last = int(holdout["timestamp"].max()) if "timestamp" in holdout.columns and holdout.height else None
+        return cls(str(source), feature_set.cutoff_ts, last, holdout_rows, feature_set.fingerprint)
 
     def markdown(self) -> str:
         newest = "" if self.last_ts is None else f" to {when(self.last_ts)}"

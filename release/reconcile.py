@@ -24,7 +24,7 @@ from railyard import tracking
 from railyard.fsutil import prune_oldest
 from railyard.processes import describe, process_alive
 from railyard.settings import Settings
-from release.state import IN_FLIGHT, model_store, record_rejection, registry
+from release.state import IN_FLIGHT, model_store, record_rejection, registry, release_lock
 
 log = logging.getLogger("railyard.release")
 
@@ -94,6 +94,16 @@ def repair_release_state(
     for line in said:
         log.warning("reconciled %s: %s", settings.model_name, line)
     return said
+
+
+def conclude_ended_run(settings: Settings, holder: str, flow_run_id: str, ending: Ending) -> list[str]:
+    """Under the release lock, conclude the release of a flow run known to be over (its crash or
+    cancellation hook says how it ended); what was done, or why it could not be done now."""
+    try:
+        with release_lock(settings, holder):
+            return repair_release_state(settings, start_serving=False, ended_run=(flow_run_id, ending))
+    except Exception as error:  # noqa: BLE001 - the hook announces the interruption even so
+        return [f"its release could not be concluded now ({error}); the next run or `railyard status` will"]
 
 
 def tidy(settings: Settings) -> list[str]:

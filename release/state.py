@@ -38,6 +38,18 @@ def release_lock(settings: Settings, holder: str, *, wait_s: float | None = None
         yield lease
 
 
+def stage_of(settings: Settings, version: int) -> str:
+    return registry(settings).stage(version).value
+
+
+def version_in_review_by(settings: Settings, flow_run_id: str | None) -> int | None:
+    """The version this flow run put up for review (it is being resumed after suspending)."""
+    if flow_run_id is None:
+        return None
+    found = [v for v, tags in registry(settings).all_tags().items() if tags.get(REVIEW_RUN_TAG) == flow_run_id]
+    return max(found, default=None)
+
+
 def release_owner(flow_run_id: str | None, mode: str, deadline: float | None = None) -> dict:
     """What a run records on a version it carries: ``mode`` "run" (working on it), "pause" (waits
     for its review in this process) or "suspend" (waits without a process)."""

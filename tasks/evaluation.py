@@ -42,8 +42,7 @@ def gate(
     production_version: int | None,
     drift_verdict: drift.Verdict | None = None,
 ) -> evaluation.GateDecision:
-    """The gate's checks as a table (each saying what it compares with; below them, the drift
-    check's warnings, which the gate does not decide on), and beside it the model, both
+    """The gate's decision, its table (``evaluation.gate_table``) and beside it the model, both
     baselines and production on the same holdout rows, in the Prefect UI and in MLflow."""
     decision = evaluation.gate(
         metrics, settings.gate_thresholds(), baseline_metrics=production_metrics, baseline_version=production_version
@@ -54,27 +53,7 @@ def gate(
     tracking.set_tags(settings, run_id, {"railyard.blessed": str(decision.blessed).lower()})
     create_table_artifact(
         key="evaluation-gate",
-        table=[
-            {
-                "check": c.name,
-                "value": round(c.value, 5),
-                "threshold": f"{evaluation.SYMBOLS[c.direction]} {c.threshold}",
-                "passed": c.passed,
-                "compared with": c.compared_with,
-            }
-            for c in decision.checks
-        ]
-        + [
-            {
-                "check": f"data drift: {m.feature} ({m.kind})",
-                "value": round(m.distance, 5),
-                "threshold": f"warn {m.warn}, block {m.block}",
-                "passed": f"{m.level} (not gated)"
-                + (f", overridden: {drift_verdict.override}" if m.level == "block" else ""),
-                "compared with": drift_verdict.reference,
-            }
-            for m in (drift_verdict.crossed() if drift_verdict is not None else [])
-        ],
+        table=evaluation.gate_table(decision, drift_verdict),
         description=f"blessed={decision.blessed}: {decision.reason}",
     )
     create_table_artifact(

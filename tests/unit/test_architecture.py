@@ -145,6 +145,18 @@ def test_only_the_cli_and_its_benchmark_import_the_scorer():
     assert importers == ["bench.bench_streaming", "cli.online_commands", "cli.serving_commands"]
 
 
+def test_flows_share_only_the_release_orchestration():
+    """One module per flow: a flow imports no other flow, only the steps they share."""
+    wrong = sorted(
+        f"{module} -> {target}"
+        for module, targets in GRAPH.items()
+        if within(module, "flows")
+        for target in targets
+        if within(target, "flows") and target != "flows.release_orchestration"
+    )
+    assert wrong == [] and "flows.release_orchestration" in GRAPH["flows.retrain"]
+
+
 def test_the_store_base_knows_no_backend():
     assert (
         GRAPH["model_registry.store"] & {"model_registry.local", "model_registry.s3", "model_registry.factory"} == set()
