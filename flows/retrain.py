@@ -27,7 +27,7 @@ from infra.tfserving.client import ModelLoadError
 from infra.tfserving.target import ServingTarget
 from model_registry import Manifest
 from model_registry.release_rules import SYSTEM_ACTOR, Ending, Outcome, release_verdict
-from railyard import contract, errors, tracking
+from railyard import contract, errors, tracking, warm_start
 from railyard.drift import DataDrift, Verdict, write_statistics
 from railyard.errors import CanaryRolledBack, ModelRejected, SmokeTestsFailed
 from railyard.evaluation import GateDecision
@@ -173,8 +173,9 @@ def retrain(
             tracking.rename_run(settings, run_id, f"{model}-unchanged-v{existing.version}")
             return nothing_new(settings, existing.version, stage, summary)
         if existing is None:
-            trained = training.train(feature_dir, settings, kind, run_id)
-            export_dir = training.export(trained, feature_set, run_dir / "export", settings, run_id)
+            plan = training.plan_start(settings, kind, feature_set.cutoff_ts, verdict.level if verdict else None)
+            trained = training.train(feature_dir, settings, kind, run_id, plan, run_dir)
+            export_dir = training.export(trained, feature_set, run_dir / "export", settings, run_id, plan)
             write_statistics(statistics, export_dir)  # kept with the version, under its manifest
         else:
             print(
@@ -224,7 +225,8 @@ def retrain(
                     "model_kind": kind.name,
                     "code_version": code_version,
                 }
-                | drift_lineage(verdict),
+                | drift_lineage(verdict)
+                | warm_start.read_lineage(export_dir),
             )
             tracking.rename_run(settings, run_id, f"{model}-v{version}")
             summary |= {"model_version": version, "store_uri": store_uri, "mlflow_model_version": str(version)}
@@ -248,6 +250,7 @@ def retrain(
         model_kind=kind.name,
         kind_spec=kind.spec,
         code_version=code_version,
+        training=warm_start.describe(warm_start.read_lineage(export_dir)),
         window=data_window(source, feature_set, metrics),
         metrics=metrics,
         decision=decision,
