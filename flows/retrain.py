@@ -15,7 +15,7 @@ import time
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
@@ -115,6 +115,9 @@ def retrain(
     ] = None,
     epochs: Annotated[int | None, Field(ge=1, le=200, json_schema_extra={"default": _DEFAULTS.epochs})] = None,
     model_kind: Annotated[str | None, Field(json_schema_extra={"default": _DEFAULTS.model_kind})] = None,
+    training_start: Annotated[
+        Literal["full", "warm", "auto"] | None, Field(json_schema_extra={"default": _DEFAULTS.training_start})
+    ] = None,
     auto_approve: bool = False,
 ) -> State:
     """Retrain the recommender on fresh data and release it through canary, smoke tests and review.
@@ -126,10 +129,16 @@ def retrain(
         epochs: Maximum training epochs; early stopping may end sooner (RAILYARD_EPOCHS).
         model_kind: The model kind to train: a registered name (fresh_wd, neural_cf) or package.module:object
             (RAILYARD_MODEL_KIND; its own settings are RAILYARD_<KIND>_* where the run runs).
+        training_start: full (from scratch), warm (from the production version's weights, on the
+            ratings since its cut-off and a replay sample) or auto (RAILYARD_TRAINING_START).
         auto_approve: Promote without a reviewer when every check passes (off for the schedule).
     """
     settings = settings_for_run(
-        data_dir=data_dir, holdout_fraction=holdout_fraction, epochs=epochs, model_kind=model_kind
+        data_dir=data_dir,
+        holdout_fraction=holdout_fraction,
+        epochs=epochs,
+        model_kind=model_kind,
+        training_start=training_start,
     )
     prefect_run_id = str(flow_run.get_id()) if flow_run.get_id() else None
     holder = f"retrain run {prefect_run_id}"

@@ -78,7 +78,7 @@ Optional members (Railyard's defaults in brackets):
     line: ``previous.carry(model, context, id_tables={"user_embedding/embeddings": "user"})``
     copies every weight and, in tables indexed by a vocabulary, the rows of ids both versions
     know (new ids keep their fresh initial rows) and returns figures (rows carried and new per
-    entity), logged to MLflow as ``warm_<figure>``. A kind without it is trained from scratch
+    entity), logged to MLflow as ``kind_warm_<figure>``. A kind without it is trained from scratch
     every run (``RAILYARD_TRAINING_START``, ``railyard.warm_start``).
 
 ``metrics(model, context, config) -> dict[str, float]`` [the trainable parameters]
