@@ -299,7 +299,7 @@ def training_input_baseline(feature_dir: Path, settings) -> dict:
         )
 
     def timed_fit(fit) -> float:
-        fitted, _, _ = training.new_model(feature_dir, config, kind)
+        fitted, _, _, _ = training.new_model(feature_dir, config, kind)
         started = time.perf_counter()
         fit(fitted)
         return time.perf_counter() - started

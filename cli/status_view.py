@@ -36,6 +36,7 @@ def version_story(entry: Mapping) -> dict:
         "rejected_by": last.get("actor") if entry.get("stage") == "rejected" else None,
         "review": None,
         "drift_override": entry.get("drift_override"),
+        "warm_from": entry.get("warm_from"),
     }
     owner = entry.get("release_run") or {}
     if entry.get("stage") == "staging" and owner.get("mode") in WAITING_MODES:
@@ -73,17 +74,19 @@ def version_line(story: Mapping) -> str:
             f"deadline {deadline}"
         )
     if story.get("moved_by") is None:
-        return head + _drift_note(story)
+        return head + _notes(story)
     reason = f": {story['reason']}" if story.get("reason") else ""
     move = MOVES.get(story["stage"], story["stage"])
-    return f"{head}  {move} by {story['moved_by']} at {_moment(story['since'])}{reason}{_drift_note(story)}"
+    return f"{head}  {move} by {story['moved_by']} at {_moment(story['since'])}{reason}{_notes(story)}"
 
 
-def _drift_note(story: Mapping) -> str:
-    """A version trained on data that drifted: warned, or a block overridden (and why)."""
+def _notes(story: Mapping) -> str:
+    """A version warm-started from another; trained on data that drifted: warned, or a block
+    overridden (and why)."""
+    warm = f"; warm-started from v{story['warm_from']}" if story.get("warm_from") else ""
     if story.get("drift_override"):
-        return f"; data drift block overridden: {story['drift_override']}"
-    return "; data drift warned" if story.get("drift") == "warn" else ""
+        return f"{warm}; data drift block overridden: {story['drift_override']}"
+    return warm + ("; data drift warned" if story.get("drift") == "warn" else "")
 
 
 def drift_run_line(run: Mapping | None) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from prefect import flow
 from prefect.runtime import deployment, flow_run
@@ -30,7 +30,7 @@ from flows.release_orchestration import (
     serving_summary,
 )
 from model_registry.release_rules import Ending
-from railyard import errors, tracking
+from railyard import errors, tracking, warm_start
 from railyard.drift import DataDrift, Verdict, verdict_lineage, write_statistics
 from railyard.errors import CanaryRolledBack, ModelRejected, SmokeTestsFailed
 from railyard.evaluation import GateDecision
@@ -100,6 +100,9 @@ def retrain(
     ] = None,
     epochs: Annotated[int | None, Field(ge=1, le=200, json_schema_extra={"default": _DEFAULTS.epochs})] = None,
     model_kind: Annotated[str | None, Field(json_schema_extra={"default": _DEFAULTS.model_kind})] = None,
+    training_start: Annotated[
+        Literal["full", "warm", "auto"] | None, Field(json_schema_extra={"default": _DEFAULTS.training_start})
+    ] = None,
     auto_approve: bool = False,
 ) -> State:
     """Retrain the recommender on fresh data and release it through canary, smoke tests and review.
@@ -111,10 +114,16 @@ def retrain(
         epochs: Maximum training epochs; early stopping may end sooner (RAILYARD_EPOCHS).
         model_kind: The model kind to train: a registered name (fresh_wd, neural_cf) or package.module:object
             (RAILYARD_MODEL_KIND; its own settings are RAILYARD_<KIND>_* where the run runs).
+        training_start: full (from scratch), warm (from the production version's weights, on the
+            ratings since its cut-off and a replay sample) or auto (RAILYARD_TRAINING_START).
         auto_approve: Promote without a reviewer when every check passes (off for the schedule).
     """
     settings = settings_for_run(
-        data_dir=data_dir, holdout_fraction=holdout_fraction, epochs=epochs, model_kind=model_kind
+        data_dir=data_dir,
+        holdout_fraction=holdout_fraction,
+        epochs=epochs,
+        model_kind=model_kind,
+        training_start=training_start,
     )
     prefect_run_id = str(flow_run.get_id()) if flow_run.get_id() else None
     holder = f"retrain run {prefect_run_id}"
@@ -158,8 +167,9 @@ def retrain(
             tracking.rename_run(settings, run_id, f"{model}-unchanged-v{existing.version}")
             return nothing_new(settings, existing.version, stage, summary)
         if existing is None:
-            trained = training.train(feature_dir, settings, kind, run_id)
-            export_dir = training.export(trained, feature_set, run_dir / "export", settings, run_id)
+            plan = training.plan_start(settings, kind, feature_set.cutoff_ts, verdict.level if verdict else None)
+            trained = training.train(feature_dir, settings, kind, run_id, plan, run_dir)
+            export_dir = training.export(trained, feature_set, run_dir / "export", settings, run_id, plan)
             write_statistics(statistics, export_dir)  # kept with the version, under its manifest
         else:
             print(
@@ -209,7 +219,8 @@ def retrain(
                     "model_kind": kind.name,
                     "code_version": code_version,
                 }
-                | verdict_lineage(verdict),
+                | verdict_lineage(verdict)
+                | warm_start.read_lineage(export_dir),
             )
             tracking.rename_run(settings, run_id, f"{model}-v{version}")
             summary |= {"model_version": version, "store_uri": store_uri, "mlflow_model_version": str(version)}
@@ -233,6 +244,7 @@ def retrain(
         model_kind=kind.name,
         kind_spec=kind.spec,
         code_version=code_version,
+        training=warm_start.describe(warm_start.read_lineage(export_dir)),
         window=DataWindow.of(source, feature_set, int(metrics["rows"])),
         metrics=metrics,
         decision=decision,

@@ -381,6 +381,7 @@ class StageRegistry:
                     "release_run": json.loads(tags.get(RELEASE_RUN_TAG) or "null"),
                     "drift": tags.get(f"{TAG_PREFIX}drift"),
                     "drift_override": tags.get(f"{TAG_PREFIX}drift_override"),
+                    "warm_from": tags.get(f"{TAG_PREFIX}warm_from"),
                 }
             )
         return result

@@ -14,6 +14,10 @@ The three windows, all cut by time (ties always on one side):
 - the **fit rows**: the training rows before the validation window. The id vocabularies of a kind
   come from them, so a user first seen in the validation window is as unknown there as a new user
   is in the holdout.
+
+A warm start (``railyard.warm_start``) trains on the rows since the previous version's cut-off
+and a replay sample of the older ones (``replayed``: a fixed share, the same rows every epoch):
+both windows are then cut from those rows, so the validation window is the newest of them.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from railyard import feature_spec as spec
@@ -66,10 +71,34 @@ def _arrow_to_inputs(table) -> tuple[dict[str, np.ndarray], np.ndarray]:
     return feature_inputs(frame), labels
 
 
+@dataclass(frozen=True)
+class Warm:
+    """Which training rows a warm start reads: those at or after ``since`` (the previous
+    version's cut-off) and the ``replay`` share of the older ones."""
+
+    since: int
+    replay: float
+    seed: int
+
+    def keeps(self, users: np.ndarray, movies: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+        return (timestamps >= self.since) | replayed(users, movies, timestamps, self.replay, self.seed)
+
+
+def replayed(users: np.ndarray, movies: np.ndarray, timestamps: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """A fixed pseudo-random ``share`` of the rows, by a hash of each rating's identity (the same
+    rows every epoch and every time, whatever the order or the sharding)."""
+    mixed = np.uint64(seed * 0x9E3779B97F4A7C15 % 2**64)  # arrays wrap silently; scalars would warn
+    for column, factor in ((users, 0xBF58476D1CE4E5B9), (movies, 0x94D049BB133111EB), (timestamps, 0xD6E8FEB86659FD93)):
+        mixed = (mixed ^ column.astype(np.uint64)) * np.uint64(factor)
+        mixed ^= mixed >> np.uint64(31)
+    return (mixed >> np.uint64(11)) < np.uint64(share * 2.0**53)
+
+
 @dataclass(frozen=True, eq=False)
 class Windows:
-    """The training split cut in two by time: rows before ``validation_from`` are fit on, the
-    rest (the newest share of the training rows, ties on one side) is the validation window."""
+    """The training split (a warm start's rows of it: ``warm``) cut in two by time: rows before
+    ``validation_from`` are fit on, the rest (the newest share, ties on one side) is the
+    validation window."""
 
     train_dir: Location
     validation_from: int  # the first timestamp of the validation window
@@ -77,27 +106,49 @@ class Windows:
     validation_rows: int
     user_ids: np.ndarray  # the fit rows' distinct ids, sorted: a kind's id vocabularies
     movie_ids: np.ndarray
+    warm: Warm | None = None
 
     def fit_dataset(self, batch_size: int, seed: int, damaged: list | None = None):
         """The fit rows, re-shuffled every epoch."""
-        keep = _timestamp_mask(lambda ts: pc.less(ts, self.validation_from))
+        keep = self._mask(lambda ts: pc.less(ts, self.validation_from))
         return _dataset(self.train_dir, batch_size, seed, damaged, keep, self.fit_rows)
 
     def validation_dataset(self, batch_size: int, damaged: list | None = None):
         """The validation window, in order."""
-        keep = _timestamp_mask(lambda ts: pc.greater_equal(ts, self.validation_from))
+        keep = self._mask(lambda ts: pc.greater_equal(ts, self.validation_from))
         return _dataset(self.train_dir, batch_size, None, damaged, keep, self.validation_rows)
+
+    def all_dataset(self, batch_size: int, seed: int, damaged: list | None = None):
+        """Both windows together (every training row, or a warm start's), re-shuffled every epoch."""
+        keep = None if self.warm is None else self._mask(pc.is_valid)
+        return _dataset(self.train_dir, batch_size, seed, damaged, keep, self.fit_rows + self.validation_rows)
+
+    def _mask(self, by_time):
+        if self.warm is None:
+            return lambda table: by_time(table["timestamp"])
+        warm = self.warm
+
+        def keep(table):
+            kept = warm.keeps(*(table[name].to_numpy() for name in ("userId", "movieId", "timestamp")))
+            return pc.and_(by_time(table["timestamp"]), pa.array(kept))
+
+        return keep
 
 
 class NoValidationWindow(ValueError):
     """The training rows cannot be cut by time (fewer than two distinct timestamps)."""
 
 
-def carve_validation(train_dir: Location | Path | str, fraction: float) -> Windows:
-    """The validation window: the last ``fraction`` of the training rows by time, ties on one side
-    (the holdout's rule, ``features.split_cutoff``), so it is never empty and never everything."""
+def carve_validation(train_dir: Location | Path | str, fraction: float, warm: Warm | None = None) -> Windows:
+    """The validation window: the last ``fraction`` of the training rows (a warm start's, with
+    ``warm``) by time, ties on one side (the holdout's rule, ``features.split_cutoff``), so it is
+    never empty and never everything."""
     train_dir = Location.of(train_dir)
     rows = read_parquet(F.shards(train_dir), columns=["userId", "movieId", "timestamp"])
+    if warm is not None:
+        rows = rows.filter(
+            warm.keeps(*(rows.get_column(name).to_numpy() for name in ("userId", "movieId", "timestamp")))
+        )
     try:
         cutoff = F.split_cutoff(rows.get_column("timestamp"), fraction)
     except ValueError as error:
@@ -110,11 +161,8 @@ def carve_validation(train_dir: Location | Path | str, fraction: float) -> Windo
         validation_rows=len(rows) - len(fit),
         user_ids=np.sort(fit.get_column("userId").unique().to_numpy()).astype(np.int64),
         movie_ids=np.sort(fit.get_column("movieId").unique().to_numpy()).astype(np.int64),
+        warm=warm,
     )
-
-
-def _timestamp_mask(condition):
-    return lambda table: condition(table["timestamp"])
 
 
 def _row_groups(split_dir: Location, rng: np.random.Generator | None, keep=None) -> Iterator:

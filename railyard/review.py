@@ -53,6 +53,7 @@ class ReviewRequest:
     model_kind: str
     kind_spec: str  # where the kind is defined (railyard.kinds.registry)
     code_version: str
+    training: str  # how it was trained: from scratch or warm-started, and why (``warm_start.describe``)
     window: DataWindow
     metrics: Mapping[str, float]
     decision: GateDecision
@@ -132,7 +133,8 @@ def review_markdown(request: ReviewRequest) -> str:
             f"## {request.model} version {request.version} awaits your review",
             f"Serving as `canary`; decide by **{when(request.deadline)}**: without an answer by then the canary "
             "is unloaded and the version rejected (timed out).",
-            f"Model kind `{request.model_kind}` (`{request.kind_spec}`), code `{request.code_version}`.",
+            f"Model kind `{request.model_kind}` (`{request.kind_spec}`), code `{request.code_version}`"
+            + (f"; {request.training}." if request.training else "."),
             request.window.markdown(),
             drift_section(request.drift),
             f"### Evaluation gate: {'passed' if request.decision.blessed else 'FAILED'}",

@@ -246,6 +246,12 @@ class Settings(BaseSettings):
     early_stopping_patience: int = 2
     # Early stopping and any selection use the newest share of the training rows, never the holdout.
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)
+    # Warm starts (railyard/warm_start.py): full, warm or auto (warm unless it cannot be done, the
+    # drift check warned or blocked, or this many days of data passed since the last full retrain);
+    # a warm start trains on the ratings since production's cut-off and this share of the older ones.
+    training_start: Literal["full", "warm", "auto"] = "auto"
+    full_retrain_days: int = Field(default=7, ge=1)
+    warm_replay_share: float = Field(default=0.1, ge=0, le=1)
 
     @field_validator("model_name")
     @classmethod

@@ -2,8 +2,10 @@
 
 ``train_model`` carves the validation window from the end of the training period
 (``model_input.carve_validation``), builds the kind's network (``railyard.kinds.base``),
-compiles it and fits it: with the kind's own ``fit`` when it has one, else ``keras_fit``
-(early stopping on the validation window's AUC). The holdout is never read here.
+compiles it, warm-starts it from the previous version when asked (``WarmStart``: the kind's
+``warm_start`` over the rows since that version's cut-off and a replay sample) and fits it: with
+the kind's own ``fit`` when it has one, else ``keras_fit`` (early stopping on the validation
+window's AUC). The holdout is never read here.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import polars as pl
 from railyard import __version__, model_input
 from railyard import features as F
 from railyard.configs import TrainConfig
-from railyard.kinds.base import FitData, KindContext
+from railyard.kinds.base import FitData, KindContext, Previous
 from railyard.kinds.registry import LoadedKind
 from railyard.locations import Location
 
@@ -39,28 +41,57 @@ class TrainResult:
     validation_rows: int = 0
     validation_from: int = 0  # the first timestamp of the validation window
     figures: dict[str, float] = field(default_factory=dict)  # what the kind reports about its network
+    # The id vocabularies the network was built over: a later warm start maps its tables by them.
+    user_ids: np.ndarray = field(default_factory=lambda: np.array([], np.int64))
+    movie_ids: np.ndarray = field(default_factory=lambda: np.array([], np.int64))
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """Start from ``previous`` (the production version) and train on ``rows`` of the training split."""
+
+    previous: Previous
+    rows: model_input.Warm
 
 
 def code_version(config: TrainConfig, kind: LoadedKind) -> str:
     """What produced a model besides the data: Railyard, the feature code, the kind, the training
     settings, the kind's settings, what it reads and serves, and its module's source."""
-    identity = {
-        "train": asdict(config),
+    digest = _digest({"train": asdict(config), **_kind_identity(kind)})
+    return f"railyard-{__version__}+features-{F.FEATURE_CODE_VERSION}+{kind.name}-{digest}"
+
+
+def kind_fingerprint(kind: LoadedKind) -> str:
+    """The kind's part of ``code_version`` (not the training loop's settings): a warm start needs
+    the same network, while epochs or the learning rate may differ from run to run."""
+    return f"{kind.name}-{_digest(_kind_identity(kind))}"
+
+
+def _kind_identity(kind: LoadedKind) -> dict:
+    return {
         "kind": kind.name,
         "settings": kind.settings(),
         "reads": list(kind.kind.reads),
         "output": kind.output,
         "source": hashlib.sha256(kind.source().encode()).hexdigest(),
     }
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
-    return f"railyard-{__version__}+features-{F.FEATURE_CODE_VERSION}+{kind.name}-{digest}"
 
 
-def context_for(windows: model_input.Windows, priors: dict[str, float], config: TrainConfig) -> KindContext:
+def _digest(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def context_for(
+    windows: model_input.Windows, priors: dict[str, float], config: TrainConfig, previous: Previous | None = None
+) -> KindContext:
+    """What the kind builds over; a warm start's vocabularies also keep the previous version's ids."""
     layout = {entity: model_input.layout(entity) for entity in model_input.VECTORS}
+    user_ids, movie_ids = windows.user_ids, windows.movie_ids
+    if previous is not None:
+        user_ids, movie_ids = np.union1d(user_ids, previous.user_ids), np.union1d(movie_ids, previous.movie_ids)
     return KindContext(
-        user_ids=windows.user_ids,
-        movie_ids=windows.movie_ids,
+        user_ids=user_ids,
+        movie_ids=movie_ids,
         priors=priors,
         layout=layout,
         widths={entity: max(where.stop for where in positions.values()) for entity, positions in layout.items()},
@@ -68,14 +99,17 @@ def context_for(windows: model_input.Windows, priors: dict[str, float], config: 
     )
 
 
-def new_model(feature_dir: Location | Path | str, config: TrainConfig, kind: LoadedKind):
-    """A freshly seeded, compiled, untrained network of ``kind`` for a feature folder, with the
-    validation window it is fit beside and the context it was built in."""
+def new_model(feature_dir: Location | Path | str, config: TrainConfig, kind: LoadedKind, warm: WarmStart | None = None):
+    """A freshly seeded, compiled network of ``kind`` for a feature folder (with ``warm``: started
+    from the previous version's weights), the validation window it is fit beside, the context it
+    was built in and what the warm start reported."""
     import keras
 
     feature_dir = Location.of(feature_dir)
-    windows = model_input.carve_validation(feature_dir / "train", config.validation_fraction)
-    context = context_for(windows, F.read_priors(feature_dir), config)
+    rows = warm.rows if warm is not None else None
+    windows = model_input.carve_validation(feature_dir / "train", config.validation_fraction, rows)
+    previous = warm.previous if warm is not None else None
+    context = context_for(windows, F.read_priors(feature_dir), config, previous)
     keras.utils.set_random_seed(config.seed)
     model = kind.kind.build(context, kind.config)
     check_network(model, kind)
@@ -88,7 +122,8 @@ def new_model(feature_dir: Location | Path | str, config: TrainConfig, kind: Loa
         # CPU time at 1M ratings. Epoch-end callbacks (early stopping, MLflow) are not affected.
         steps_per_execution=STEPS_PER_EXECUTION,
     )
-    return model, windows, context
+    started = kind.kind.warm_start(model, previous, context, kind.config) if previous is not None else None
+    return model, windows, context, {f"warm_{name}": value for name, value in (started or {}).items()}
 
 
 class BadNetwork(ValueError):
@@ -136,11 +171,13 @@ def train_model(
     config: TrainConfig,
     kind: LoadedKind,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    warm: WarmStart | None = None,
 ) -> TrainResult:
-    """Fit ``kind``'s network on the training shards before the validation window, stopping on it."""
+    """Fit ``kind``'s network on the training shards before the validation window, stopping on it
+    (with ``warm``: started from the previous version, on the rows since its cut-off and a replay)."""
     import keras
 
-    model, windows, context = new_model(feature_dir, config, kind)
+    model, windows, context, started = new_model(feature_dir, config, kind, warm)
     callbacks = []
     if on_epoch_end is not None:
         callbacks.append(
@@ -162,9 +199,10 @@ def train_model(
     history = {key: [float(value) for value in values] for key, values in (history or {}).items()}
     best_epoch = int(np.argmax(history["val_auc"])) if history.get("val_auc") else len(history.get("loss", [1])) - 1
     if getattr(kind.config, "refit", False):
-        model = refit(feature_dir, config, kind, epochs=best_epoch + 1)
+        model = refit(feature_dir, config, kind, epochs=best_epoch + 1, warm=warm)
     report = getattr(kind.kind, "metrics", None)
     figures = report(model, context, kind.config) if report else {"trainable_params": _trainable_params(model)}
+    figures |= started
     return TrainResult(
         model=model,
         kind=kind,
@@ -174,18 +212,21 @@ def train_model(
         validation_rows=windows.validation_rows,
         validation_from=windows.validation_from,
         figures={name: float(value) for name, value in figures.items()},
+        user_ids=context.user_ids,
+        movie_ids=context.movie_ids,
     )
 
 
-def refit(feature_dir: Location | Path | str, config: TrainConfig, kind: LoadedKind, *, epochs: int):
-    """A fresh network of ``kind`` (the same seed, vocabularies and priors) trained on every
-    training row, the validation window included, for the ``epochs`` early stopping chose: the
-    newest ratings before the cut-off are the most telling ones. The holdout is never read."""
-    model, _, _ = new_model(feature_dir, config, kind)
+def refit(
+    feature_dir: Location | Path | str, config: TrainConfig, kind: LoadedKind, *, epochs: int, warm: WarmStart | None
+):
+    """A fresh network of ``kind`` (the same seed, vocabularies and priors; warm-started again
+    with ``warm``) trained on every training row (a warm start's), the validation window
+    included, for the ``epochs`` early stopping chose: the newest ratings before the cut-off are
+    the most telling ones. The holdout is never read."""
+    model, windows, _, _ = new_model(feature_dir, config, kind, warm)
     damaged = []
-    everything = model_input.make_dataset(
-        Location.of(feature_dir) / "train", config.batch_size, shuffle_seed=config.seed, damaged=damaged
-    )
+    everything = windows.all_dataset(config.batch_size, config.seed, damaged)
     with _naming_damaged_shards(damaged):
         model.fit(everything, epochs=epochs, shuffle=False, verbose=0)
     return model

@@ -1,11 +1,12 @@
-"""A trained model as TF Serving gets it: the SavedModel and its contract, golden requests, warm-up records."""
+"""A trained model as TF Serving gets it: the SavedModel and its contract, golden requests, warm-up
+records, and the vocabularies a later warm start maps its tables by."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from infra.tfserving.warmup import write_warmup_requests
-from railyard import export
+from railyard import export, warm_start
 from railyard.features import FeatureSet
 from railyard.training import TrainResult
 
@@ -21,4 +22,5 @@ def export_for_serving(
     export.write_golden_requests(export_dir, feature_set, instances)
     # TF Serving replays these while loading, so the first real request does not pay for warm-up.
     write_warmup_requests(export_dir, model_name, instances)
+    warm_start.write_state(export_dir, trained.user_ids, trained.movie_ids)
     return export_dir

@@ -71,6 +71,16 @@ Optional members (Railyard's defaults in brackets):
     the validation window included, for that many epochs with Railyard's own ``model.fit``; that
     network is the version. The newest ratings before the cut-off are often the most telling ones.
 
+``warm_start(model, previous, context, config) -> dict[str, int] | None`` [none: always from scratch]
+    Start ``model`` (freshly built and compiled, over vocabularies that are the previous
+    version's ids and the new fit rows' ids) from ``previous``: the production version's
+    trained weights (``Previous.weights``, by variable path) and its vocabularies. Usually one
+    line: ``previous.carry(model, context, id_tables={"user_embedding/embeddings": "user"})``
+    copies every weight and, in tables indexed by a vocabulary, the rows of ids both versions
+    know (new ids keep their fresh initial rows) and returns figures (rows carried and new per
+    entity), logged to MLflow as ``kind_warm_<figure>``. A kind without it is trained from scratch
+    every run (``RAILYARD_TRAINING_START``, ``railyard.warm_start``).
+
 ``metrics(model, context, config) -> dict[str, float]`` [the trainable parameters]
     Figures the kind reports about its trained network, logged to MLflow as ``kind_<figure>``.
 
@@ -114,6 +124,7 @@ takes one through the whole release)::
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -171,6 +182,62 @@ class FitData:
     train_rows: int
     validation_rows: int
     callbacks: list = field(default_factory=list)  # Railyard's Keras callbacks: pass them to model.fit
+
+
+class WarmStartMismatch(ValueError):
+    """The previous version's weights do not fit the network being warm-started."""
+
+
+@dataclass(frozen=True, eq=False)
+class Previous:
+    """The version a run warm-starts from: its trained weights by variable path and the id
+    vocabularies its tables were indexed by."""
+
+    version: int
+    weights: dict[str, np.ndarray]
+    user_ids: np.ndarray  # sorted, as ``KindContext.user_ids`` was when it was trained
+    movie_ids: np.ndarray
+
+    def carry(self, model, context: KindContext, id_tables: Mapping[str, str]) -> dict[str, int]:
+        """Set every trainable weight of ``model`` to the previous one of the same path. A table
+        in ``id_tables`` (variable path -> "user" or "movie") has one row per vocabulary id after
+        its out-of-vocabulary rows: those rows and the rows of ids both vocabularies hold are
+        carried, new ids keep the rows the network was built with. How many rows were carried
+        and how many are new, per entity."""
+        figures: dict[str, int] = {}
+        for variable in model.trainable_weights:
+            old = self.weights.get(variable.path)
+            if old is None:
+                raise WarmStartMismatch(f"version {self.version} has no weight {variable.path!r}")
+            entity = id_tables.get(variable.path)
+            if entity is None:
+                if old.shape != tuple(variable.shape):
+                    raise WarmStartMismatch(
+                        f"weight {variable.path!r}: {tuple(variable.shape)} now, {old.shape} in version {self.version}"
+                    )
+                variable.assign(old)
+                continue
+            new_ids, old_ids = _vocabulary(context, entity), _vocabulary(self, entity)
+            oov = variable.shape[0] - len(new_ids)
+            if oov < 0 or old.shape != (len(old_ids) + oov, *variable.shape[1:]):
+                raise WarmStartMismatch(
+                    f"table {variable.path!r} does not have one row per {entity} id after {oov} out-of-vocabulary rows"
+                )
+            table = np.array(variable.numpy())
+            table[:oov] = old[:oov]
+            place = np.minimum(np.searchsorted(old_ids, new_ids), max(len(old_ids) - 1, 0))
+            known = np.flatnonzero(old_ids[place] == new_ids) if len(old_ids) else np.array([], np.intp)
+            table[oov + known] = old[oov + place[known]]
+            variable.assign(table)
+            figures[f"{entity}_rows_carried"] = len(known)
+            figures[f"{entity}_rows_new"] = len(new_ids) - len(known)
+        return figures
+
+
+def _vocabulary(holder, entity: str) -> np.ndarray:
+    if entity not in ("user", "movie"):
+        raise ValueError(f"an id table is indexed by user or movie ids, not {entity!r}")
+    return holder.user_ids if entity == "user" else holder.movie_ids
 
 
 class Kind(Protocol):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 
 from railyard import features as F
-from railyard.kinds.base import KindConfig, KindContext
+from railyard.kinds.base import KindConfig, KindContext, Previous
 from railyard.kinds.layers import id_dropout, logit
 
 _LOG_COUNT_SCALE = 5.0  # log1p(counts) reach ~5-10 on MovieLens; keep inputs near unit scale
@@ -164,6 +164,11 @@ class FreshWideDeep:
         joined = keras.layers.Add(name="wide_and_deep")([wide_logit, deep_logit])
         score = keras.layers.Activation("sigmoid", name="score")(joined)
         return keras.Model(inputs=inputs, outputs=score, name="fresh_wd")
+
+    def warm_start(
+        self, model, previous: Previous, context: KindContext, config: FreshWideDeepConfig
+    ) -> dict[str, int]:
+        return previous.carry(model, context, id_tables={"user_embedding/embeddings": "user"})
 
 
 def _logit_of(probability: float) -> float:

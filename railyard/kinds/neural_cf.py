@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from railyard import features as F
-from railyard.kinds.base import KindConfig, KindContext
+from railyard.kinds.base import KindConfig, KindContext, Previous
 from railyard.kinds.layers import id_dropout
 
 _LOG_COUNT_SCALE = 5.0  # log1p(counts) reach ~5-10 on MovieLens; keep inputs near unit scale
@@ -144,6 +144,10 @@ class NeuralCF:
         joined = keras.layers.Concatenate(name="neumf")([gmf, mlp])
         score = keras.layers.Dense(1, activation="sigmoid", name="score")(joined)
         return keras.Model(inputs=inputs, outputs=score, name="neumf")
+
+    def warm_start(self, model, previous: Previous, context: KindContext, config: NeuralCFConfig) -> dict[str, int]:
+        tables = {f"{entity}_{tower}/embeddings": entity for entity in ("user", "movie") for tower in ("gmf", "mlp")}
+        return previous.carry(model, context, id_tables=tables)
 
     def optimizer(self, context: KindContext, config: NeuralCFConfig):
         return row_sparse_adam()(context.train.learning_rate)

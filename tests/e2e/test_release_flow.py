@@ -2,7 +2,8 @@
 
 One world for the module, in order: deployments registered; run 1 started through the API (as
 the UI's Run button does), picked up by a worker and auto-approved to production; a re-run on the
-same data has nothing new to release; run 2 of the deployment suspends for its review, holding
+same data has nothing new to release; run 2 of the deployment, on the next day's data, starts from
+version 1's weights (a warm start) and suspends for its review, holding
 no worker and no concurrency slot while the worker restarts, a second run goes through and
 several lease periods pass, then it is approved and reaches production; run 3 is rejected; run 4
 times out; run 5 fails its smoke tests; then rollbacks; run 6 is approved by the promote deployment.
@@ -50,7 +51,8 @@ def test_deploy_registers_every_deployment_with_schedule_and_typed_parameters(wo
     assert daily["enforce_parameter_schema"] is True and daily["global_concurrency_limit"]["limit"] == 1
     assert daily["concurrency_options"]["collision_strategy"] == "ENQUEUE"
     properties = daily["parameter_openapi_schema"]["properties"]
-    assert set(properties) == {"data_dir", "holdout_fraction", "epochs", "model_kind", "auto_approve"}
+    assert set(properties) == {"data_dir", "holdout_fraction", "epochs", "model_kind", "training_start", "auto_approve"}
+    assert properties["training_start"]["default"] == "auto"
     assert (
         properties["model_kind"]["default"] == "fresh_wd"
         and "RAILYARD_MODEL_KIND" in properties["model_kind"]["description"]
@@ -137,12 +139,34 @@ def test_a_rerun_on_unchanged_data_has_nothing_new_to_release(world):
 
 
 def test_a_deployment_run_waits_for_its_review_without_a_process_a_slot_or_a_lease(world):
-    flow_run_id = world.start_deployment_run({"data_dir": str(world.data(2)), "epochs": 2})
+    # Warm, asked for in the run's form: on data this small every day drifts, and `auto` would
+    # train from scratch.
+    parameters = {"data_dir": str(world.next_day(1)), "epochs": 2, "training_start": "warm"}
+    flow_run_id = world.start_deployment_run(parameters)
     world.railyard("worker", "--run-once")  # the worker runs it until it suspends, then exits
     suspended_at = time.monotonic()
     run = world.flow_run(flow_run_id)
     assert (run["state"]["type"], run["state"]["name"]) == ("PAUSED", "Suspended")
     assert world.stage(2) == "staging" and world.tags(2)["railyard.review_run"] == flow_run_id
+    # The next day's version started from production's weights, on the day's ratings and a replay,
+    # and was gated against production on the same fresh holdout rows.
+    tags = world.tags(2)
+    assert (tags["railyard.training_start"], tags["railyard.warm_from"]) == ("warm", "1"), tags
+    assert int(tags["railyard.train_cutoff"]) > int(world.tags(1)["railyard.train_cutoff"])
+    assert tags["railyard.full_trained_at"] == world.tags(1)["railyard.train_cutoff"]  # v1 was the full retrain
+    training_run = world.mlflow().get_run(tags["railyard.mlflow_run_id"])
+    assert (
+        training_run.data.params["training_start"] == "warm"
+        and training_run.data.metrics["kind_warm_user_rows_carried"] > 0
+    )
+    holdout_rows = int(training_run.data.metrics["rows"])
+    assert training_run.data.metrics["production_rows"] == holdout_rows  # production scored on the same rows
+    review = world.api(
+        "POST",
+        "/artifacts/filter",
+        {"artifacts": {"key": {"any_": ["approval-needed"]}}, "flow_runs": {"id": {"any_": [flow_run_id]}}},
+    )[1]
+    assert any("warm-started from version 1" in str(artifact["data"]) for artifact in review)
     _, daily = world.api("GET", "/deployments/name/retrain/daily")
     limit = world.api("GET", f"/v2/concurrency_limits/{daily['global_concurrency_limit']['id']}")[1]
     assert limit["active_slots"] == 0  # the suspended run holds no slot
@@ -157,7 +181,7 @@ def test_a_deployment_run_waits_for_its_review_without_a_process_a_slot_or_a_lea
 
     # The next scheduled run is not blocked: a new worker runs it at once. Same data: its model is
     # the one under review, so it has nothing new to release and leaves the review alone.
-    second = world.start_deployment_run({"data_dir": str(world.data(2)), "epochs": 2})
+    second = world.start_deployment_run({"data_dir": str(world.next_day(1)), "epochs": 2})
     world.railyard("worker", "--run-once")
     state = world.flow_run(second)["state"]
     assert state["type"] == "COMPLETED" and "nothing new to release: version 2" in state["message"]

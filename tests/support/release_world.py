@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 from railyard.synthetic import generate_movielens
@@ -71,6 +73,21 @@ class World:
         path = self.root / f"data-{seed}"
         if not path.exists():
             generate_movielens(path, users=150, movies=200, days=6, ratings_per_day=800, seed=seed)
+        return path
+
+    def next_day(self, seed: int) -> Path:
+        """``data(seed)`` and one more day of ratings after it: the next daily run's data."""
+        path = self.root / f"data-{seed}-next-day"
+        if not path.exists():
+            later = self.root / f"data-{seed}-seven-days"
+            generate_movielens(later, users=150, movies=200, days=7, ratings_per_day=800, seed=seed)
+            before = pl.read_csv(self.data(seed) / "ratings.csv")
+            added = pl.read_csv(later / "ratings.csv").filter(
+                pl.col("timestamp") > before.get_column("timestamp").max()
+            )
+            path.mkdir()
+            pl.concat([before, added]).write_csv(path / "ratings.csv")
+            shutil.copy(self.data(seed) / "movies.csv", path / "movies.csv")
         return path
 
     def railyard(self, *args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:

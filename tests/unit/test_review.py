@@ -34,6 +34,8 @@ def _request(live=(), drift=None) -> ReviewRequest:
         model_kind="fresh_wd",
         kind_spec="railyard.kinds.fresh_wd:KIND",
         code_version="abc123",
+        training="warm-started from version 4 (RAILYARD_TRAINING_START=auto: the ratings since 1796200000 and a replay "
+        "sample of the older ones)",
         window=DataWindow("/data/ratings", 1796300000, 1796600000, 18000, "f" * 64),
         metrics=METRICS,
         decision=decision,
@@ -50,7 +52,8 @@ def test_the_request_shows_every_figure_a_reviewer_decides_from():
     markdown = review_markdown(_request())
     for shown in (
         "## recmodel version 5 awaits your review",
-        "Model kind `fresh_wd` (`railyard.kinds.fresh_wd:KIND`), code `abc123`.",
+        "Model kind `fresh_wd` (`railyard.kinds.fresh_wd:KIND`), code `abc123`; warm-started from version 4 "
+        "(RAILYARD_TRAINING_START=auto: the ratings since 1796200000 and a replay sample of the older ones).",
         "decide by **2026-12-07 10:00:00 UTC**",
         "| auc | +0.8312 | ≥ 0.7 | threshold | yes |",
         "| logloss | +0.5123 | ≤ 0.65 | threshold | yes |",

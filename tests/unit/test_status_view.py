@@ -55,6 +55,8 @@ def test_a_promoted_version_says_by_whom_and_no_metric_reads_none():
     line = version_line(version_story(_entry(9, "production", history)))
     assert line == "v9    production  fresh_wd     auc -       promoted by alice at 2026-12-03 10:00:00 UTC: better"
     assert "None" not in line
+    warm = version_story(_entry(9, "production", history) | {"warm_from": "8"})
+    assert version_line(warm) == line + "; warm-started from v8" and warm["warm_from"] == "8"
 
 
 def test_serving_names_each_version_once_and_never_none():

@@ -179,9 +179,65 @@ def test_fresh_wd_starts_as_the_fresh_baseline_so_a_short_fit_cannot_score_worse
     """Before any step the network is the fresh baseline: the user's and the movie's rate logits
     summed (less the prior's), the deep part silent; training learns what it adds to them."""
     feature_dir, feature_set = folder
-    untrained, _, _ = training.new_model(feature_dir, CONFIG, load_kind("fresh_wd"))
+    untrained, _, _, _ = training.new_model(feature_dir, CONFIG, load_kind("fresh_wd"))
     holdout = feature_set.holdout
     scores = training.predict_core(untrained, holdout).astype(np.float64)
     baseline = evaluation.baseline_scores(holdout, feature_set.priors)[evaluation.FRESH_BASELINE]
     offset = np.log(scores) - np.log1p(-scores) - baseline
     assert np.ptp(offset) < 1e-3
+
+
+@pytest.mark.parametrize("kind_name", ["fresh_wd", "neural_cf"])
+def test_a_warm_start_keeps_the_rows_of_known_ids_and_scores_new_users_and_movies(kind_name, tmp_path):
+    """Yesterday's version trained on days 1-5 without some users and movies; today's starts from
+    it on day 6 (and a replay of the older days), where those users and movies appear."""
+    from infra.tfserving.export import export_for_serving
+    from railyard import warm_start
+
+    generate_movielens(tmp_path / "all", users=80, movies=120, days=6, ratings_per_day=500, seed=4)
+    everything = load_dataset(tmp_path / "all")
+    ratings = everything.ratings
+    day_6 = int(ratings.get_column("timestamp").max()) // 86_400 * 86_400
+    last_day = ratings.filter(pl.col("timestamp") >= day_6)
+    new_users = last_day.get_column("userId").unique().sort().head(4).to_list()
+    new_movies = last_day.get_column("movieId").unique().sort().head(4).to_list()
+    before = ratings.filter(
+        (pl.col("timestamp") < day_6) & ~pl.col("userId").is_in(new_users) & ~pl.col("movieId").is_in(new_movies)
+    )
+    (tmp_path / "before").mkdir()
+    before.write_csv(tmp_path / "before" / "ratings.csv")
+    shutil.copy(tmp_path / "all" / "movies.csv", tmp_path / "before" / "movies.csv")
+    kind = load_kind(kind_name)
+
+    yesterday = features.build_feature_set(load_dataset(tmp_path / "before"), holdout_fraction=0.1)
+    features.write_feature_set(yesterday, tmp_path / "f1")
+    base = training.train_model(tmp_path / "f1", CONFIG, kind)
+    base_dir = export_for_serving(base, yesterday, tmp_path / "v1", "recmodel", seed=1)
+    assert not set(new_users) & set(base.user_ids.tolist())
+
+    today = features.build_feature_set(everything, holdout_fraction=0.1)
+    features.write_feature_set(today, tmp_path / "f2")
+    previous = warm_start.load_previous(base_dir, 1)
+    assert np.array_equal(previous.user_ids, base.user_ids) and np.array_equal(previous.movie_ids, base.movie_ids)
+    rows = model_input.Warm(since=yesterday.cutoff_ts, replay=0.2, seed=1)
+    warm = training.WarmStart(previous, rows)
+
+    started, windows, context, figures = training.new_model(tmp_path / "f2", CONFIG, kind, warm)
+    assert set(new_users) <= set(context.user_ids.tolist()) and set(base.user_ids.tolist()) <= set(
+        context.user_ids.tolist()
+    )
+    assert windows.fit_rows + windows.validation_rows < len(today.train)  # the new rows and a replay, not all
+    assert figures["warm_user_rows_new"] >= len(new_users) and figures["warm_user_rows_carried"] == len(base.user_ids)
+    table = "user_embedding/embeddings" if kind_name == "fresh_wd" else "user_gmf/embeddings"
+    before_fit = {variable.path: variable.numpy() for variable in base.model.trainable_weights}[table]
+    after_carry = {variable.path: variable.numpy() for variable in started.trainable_weights}[table]
+    known = 1 + np.searchsorted(context.user_ids, base.user_ids)
+    assert np.array_equal(after_carry[known], before_fit[1:]) and np.array_equal(after_carry[0], before_fit[0])
+
+    result = training.train_model(tmp_path / "f2", CONFIG, kind, warm=warm)
+    served = export_for_serving(result, today, tmp_path / "v2", "recmodel", seed=1)
+    new_pairs = today.holdout.filter(pl.col("userId").is_in(new_users) | pl.col("movieId").is_in(new_movies))
+    assert new_pairs.height
+    scores = export.predict_saved_model(served, new_pairs.get_column("userId"), new_pairs.get_column("movieId"))
+    assert np.isfinite(scores).all() and ((scores > 0) & (scores < 1)).all()
+    assert evaluation.evaluate_saved_model(served, today.holdout, today.priors).metrics["auc"] > 0.5
