@@ -176,6 +176,7 @@ def retrain(
                 f"version {existing.version} holds a model of this data and code that was never released: releasing it"
             )
             export_dir = publish.fetch(settings, existing.version, run_dir / "stored")
+        trained_how = warm_start.read_lineage(export_dir)  # from scratch or warm, and why: kept with the version
         metrics, decision = evaluate_against_production(
             settings, export_dir, feature_set, run_id, run_dir, report_dir, verdict
         )
@@ -220,7 +221,7 @@ def retrain(
                     "code_version": code_version,
                 }
                 | verdict_lineage(verdict)
-                | warm_start.read_lineage(export_dir),
+                | trained_how,
             )
             tracking.rename_run(settings, run_id, f"{model}-v{version}")
             summary |= {"model_version": version, "store_uri": store_uri, "mlflow_model_version": str(version)}
@@ -244,7 +245,7 @@ def retrain(
         model_kind=kind.name,
         kind_spec=kind.spec,
         code_version=code_version,
-        training=warm_start.describe(warm_start.read_lineage(export_dir)),
+        training=warm_start.describe(trained_how),
         window=DataWindow.of(source, feature_set, int(metrics["rows"])),
         metrics=metrics,
         decision=decision,
