@@ -68,16 +68,20 @@ def main() -> None:
     everything = load_dataset(data_dir)
     kind, config = load_kind(args.kind), settings.train_config()
 
-    def version(day: int, data_end: int, warm_from=None) -> dict:
-        """Features of the data before ``data_end``, a version trained on them (warm from
-        ``warm_from``: (previous, its cut-off)), exported and scored on the holdout."""
+    def day_features(day: int, data_end: int):
+        """The features of the data before ``data_end``, built and written once per day, for both sides."""
         ratings = everything.ratings.filter(pl.col("timestamp") < data_end)
         feature_set = features.build_feature_set(
             dataclasses.replace(everything, ratings=ratings), settings.holdout_fraction
         )
+        features.write_feature_set(feature_set, scratch / f"features-{day}")
+        return ratings.height, feature_set.without_training_rows()
+
+    def version(day: int, built, warm_from=None) -> dict:
+        """A version trained on the day's features (``built``; warm from ``warm_from``: (previous,
+        its cut-off)), exported and scored on the holdout."""
+        ratings, feature_set = built
         folder = scratch / f"features-{day}"
-        if not folder.exists():
-            features.write_feature_set(feature_set, folder)
         warm = None
         if warm_from is not None:
             previous, since = warm_from
@@ -88,7 +92,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         metrics = evaluation.evaluate_saved_model(out, feature_set.holdout, feature_set.priors).metrics
         return {
-            "ratings": ratings.height,
+            "ratings": ratings,
             "fit_rows": result.train_rows,
             "holdout_rows": int(metrics["rows"]),
             "auc": metrics["auc"],
@@ -99,13 +103,14 @@ def main() -> None:
         }
 
     ends = window_ends(everything.ratings, args.days, args.window_days)
-    production = version(0, ends[0])
+    production = version(0, day_features(0, ends[0]))
     print(f"day 0: {production['ratings']:,} ratings, full AUC {production['auc']:.4f} ({production['seconds']:.1f} s)")
     rows = []
     for day, end in enumerate(ends[1:], start=1):
         previous = (warm_start.load_previous(production["dir"], day - 1), production["cutoff"])
         order = ("full", "warm") if day % 2 else ("warm", "full")
-        done = {side: version(day, end, previous if side == "warm" else None) for side in order}
+        built = day_features(day, end)
+        done = {side: version(day, built, previous if side == "warm" else None) for side in order}
         full, warm = done["full"], done["warm"]
         rows.append(
             {"day": day, "first": order[0]}
