@@ -45,8 +45,11 @@ class FeatureSet:
     fingerprint: str
 
     def without_training_rows(self) -> FeatureSet:
-        """The same set with an empty ``train`` (same schema), for steps that need only the rest."""
-        return replace(self, train=self.train.clear())
+        """The same set with an empty ``train`` (same schema), for steps that need only the rest.
+        The holdout is copied into buffers of its own: as a slice of the whole build it would keep
+        every training row alive (``rechunk`` and ``filter`` may share buffers too)."""
+        holdout = self.holdout.select(pl.all().gather(pl.int_range(pl.len())))
+        return replace(self, train=self.train.clear(), holdout=holdout)
 
 
 def write_feature_set(feature_set: FeatureSet, out_dir: Location | Path | str) -> Location:
