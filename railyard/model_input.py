@@ -16,28 +16,31 @@ The three windows, all cut by time (ties always on one side):
   is in the holdout.
 
 A warm start (``railyard.warm_start``) trains on the rows since the previous version's cut-off
-and a replay sample of the older ones (``replayed``: a fixed share, the same rows every epoch):
-both windows are then cut from those rows, so the validation window is the newest of them.
+and a replay sample of the older ones (``replayed``: a fixed share, the same rows every epoch),
+filtered once into a split of their own (``write_warm_rows``): both windows are then cut from
+those rows, so the validation window is the newest of them.
 """
 
 from __future__ import annotations
 
 import ctypes
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from railyard import feature_spec as spec
 from railyard import features as F
 from railyard import parquet_io
+from railyard.feature_folder import SHARD_WRITERS, write_shard
 from railyard.locations import Location, parquet_file, read_parquet
 
 INPUT_NAMES = ("userId", "movieId", "user_features", "movie_features")
+WARM_SPLIT = "warm"  # beside a feature folder's train/ and holdout/: the rows a warm start reads
 VECTORS = ("user", "movie")  # the entities whose declared aggregates are an input vector each
 
 
@@ -96,7 +99,7 @@ def replayed(users: np.ndarray, movies: np.ndarray, timestamps: np.ndarray, shar
 
 @dataclass(frozen=True, eq=False)
 class Windows:
-    """The training split (a warm start's rows of it: ``warm``) cut in two by time: rows before
+    """The training split (or a warm start's rows of it) cut in two by time: rows before
     ``validation_from`` are fit on, the rest (the newest share, ties on one side) is the
     validation window."""
 
@@ -106,49 +109,31 @@ class Windows:
     validation_rows: int
     user_ids: np.ndarray  # the fit rows' distinct ids, sorted: a kind's id vocabularies
     movie_ids: np.ndarray
-    warm: Warm | None = None
 
     def fit_dataset(self, batch_size: int, seed: int, damaged: list | None = None):
         """The fit rows, re-shuffled every epoch."""
-        keep = self._mask(lambda ts: pc.less(ts, self.validation_from))
-        return _dataset(self.train_dir, batch_size, seed, damaged, keep, self.fit_rows)
+        return _dataset(self.train_dir, batch_size, seed, damaged, self._rows(validation=False), self.fit_rows)
 
-    def validation_dataset(self, batch_size: int, damaged: list | None = None):
-        """The validation window, in order."""
-        keep = self._mask(lambda ts: pc.greater_equal(ts, self.validation_from))
-        return _dataset(self.train_dir, batch_size, None, damaged, keep, self.validation_rows)
+    def validation_dataset(self, batch_size: int, damaged: list | None = None, seed: int | None = None):
+        """The validation window: in order, or re-shuffled every epoch with ``seed``."""
+        return _dataset(self.train_dir, batch_size, seed, damaged, self._rows(validation=True), self.validation_rows)
 
-    def all_dataset(self, batch_size: int, seed: int, damaged: list | None = None):
-        """Both windows together (every training row, or a warm start's), re-shuffled every epoch."""
-        keep = None if self.warm is None else self._mask(pc.is_valid)
-        return _dataset(self.train_dir, batch_size, seed, damaged, keep, self.fit_rows + self.validation_rows)
-
-    def _mask(self, by_time):
-        if self.warm is None:
-            return lambda table: by_time(table["timestamp"])
-        warm = self.warm
-
-        def keep(table):
-            kept = warm.keeps(*(table[name].to_numpy() for name in ("userId", "movieId", "timestamp")))
-            return pc.and_(by_time(table["timestamp"]), pa.array(kept))
-
-        return keep
+    def _rows(self, validation: bool):
+        """A row mask of a table: the validation window's rows, or the fit rows."""
+        compare = pc.greater_equal if validation else pc.less
+        return lambda table: compare(table["timestamp"], self.validation_from)
 
 
 class NoValidationWindow(ValueError):
     """The training rows cannot be cut by time (fewer than two distinct timestamps)."""
 
 
-def carve_validation(train_dir: Location | Path | str, fraction: float, warm: Warm | None = None) -> Windows:
-    """The validation window: the last ``fraction`` of the training rows (a warm start's, with
-    ``warm``) by time, ties on one side (the holdout's rule, ``features.split_cutoff``), so it is
+def carve_validation(train_dir: Location | Path | str, fraction: float) -> Windows:
+    """The validation window: the last ``fraction`` of the training rows (or of a warm start's
+    rows) by time, ties on one side (the holdout's rule, ``features.split_cutoff``), so it is
     never empty and never everything."""
     train_dir = Location.of(train_dir)
     rows = read_parquet(F.shards(train_dir), columns=["userId", "movieId", "timestamp"])
-    if warm is not None:
-        rows = rows.filter(
-            warm.keeps(*(rows.get_column(name).to_numpy() for name in ("userId", "movieId", "timestamp")))
-        )
     try:
         cutoff = F.split_cutoff(rows.get_column("timestamp"), fraction)
     except ValueError as error:
@@ -161,8 +146,32 @@ def carve_validation(train_dir: Location | Path | str, fraction: float, warm: Wa
         validation_rows=len(rows) - len(fit),
         user_ids=np.sort(fit.get_column("userId").unique().to_numpy()).astype(np.int64),
         movie_ids=np.sort(fit.get_column("movieId").unique().to_numpy()).astype(np.int64),
-        warm=warm,
     )
+
+
+def write_warm_rows(feature_dir: Location | Path | str, warm: Warm) -> Location:
+    """The training rows ``warm`` keeps, filtered once into shards of their own beside the
+    training split (in its order): every pass of the warm start reads only them (at 25M ratings,
+    2.1M of 18M rows) instead of filtering the whole split again."""
+    feature_dir = Location.of(feature_dir)
+    out = feature_dir / WARM_SPLIT
+    out.remove()  # what an earlier attempt left
+
+    def keep(numbered: tuple[int, Location]) -> int:
+        number, shard = numbered
+        with parquet_io.reading(shard):
+            frame = read_parquet([shard])
+        kept = frame.filter(
+            warm.keeps(*(frame.get_column(name).to_numpy() for name in ("userId", "movieId", "timestamp")))
+        )
+        if kept.height:
+            write_shard(kept, feature_dir, WARM_SPLIT, number)
+        return kept.height
+
+    with ThreadPoolExecutor(SHARD_WRITERS) as pool:
+        if not sum(pool.map(keep, enumerate(F.shards(feature_dir / "train")))):
+            raise NoValidationWindow("a warm start has no training rows: none since the cut-off, none replayed")
+    return out
 
 
 def _row_groups(split_dir: Location, rng: np.random.Generator | None, keep=None) -> Iterator:

@@ -66,10 +66,9 @@ Optional members (Railyard's defaults in brackets):
     and any selection a kind makes use the validation window, never the holdout.
 
 ``Config.refit: bool`` [``False``]
-    With ``True``, once the kind's fit chose the epochs (the best epoch of ``val_auc``), Railyard
-    builds a fresh network (same seed, vocabularies and priors) and trains it on every training row,
-    the validation window included, for that many epochs with Railyard's own ``model.fit``; that
-    network is the version. The newest ratings before the cut-off are often the most telling ones.
+    With ``True``, once the kind's fit is done (with early stopping, the best epoch's weights),
+    Railyard makes one more pass over the validation window, shuffled, with ``model.fit``: the
+    newest ratings before the cut-off are often the most telling ones.
 
 ``warm_start(model, previous, context, config) -> dict[str, int] | None`` [none: always from scratch]
     Start ``model`` (freshly built and compiled, over vocabularies that are the previous

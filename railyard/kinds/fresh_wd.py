@@ -11,9 +11,8 @@ the ids to it. In training a share of rows is shown as a brand-new user (zero us
 the unknown id): what the ids-only signature shows for a user unknown at the cut-off. The score
 is sigmoid(wide + deep). Every transformation is a layer, with the training priors frozen in.
 
-After early stopping on the validation window chose the epochs, the kind is trained again on
-every training row for that many epochs (``refit``, Railyard's training loop): the newest
-ratings are the most telling ones. Settings: ``RAILYARD_FRESH_WD_*`` (``Config``).
+After early stopping on the validation window, the kind makes one more pass over that window
+(``refit``, Railyard's training loop): the newest ratings are the most telling ones. Settings: ``RAILYARD_FRESH_WD_*`` (``Config``).
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ class FreshWideDeepConfig(KindConfig):
     user_embedding_dim: int = 8  # 0: no user embedding
     user_id_dropout: float = 0.5  # share of training ids sent to the unknown-id row
     cold_user_rate: float = 0.1  # share of training rows shown as a brand-new user
-    refit: bool = True  # train again on every training row for the epochs early stopping chose
+    refit: bool = True  # after early stopping, one more pass over the validation window (the newest rows)
 
 
 def _layers():

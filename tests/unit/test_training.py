@@ -13,6 +13,7 @@ from railyard import contract, evaluation, export, features, model_input, traini
 from railyard.kinds.base import KindConfig
 from railyard.kinds.registry import load_kind
 from railyard.loaders import load_dataset
+from railyard.locations import read_parquet
 from railyard.settings import Settings
 from railyard.synthetic import generate_movielens
 
@@ -147,16 +148,25 @@ class Refitted(Rates):
         return model
 
 
-def test_a_kind_asking_for_a_refit_is_trained_again_on_every_training_row_for_the_chosen_epochs(folder, tmp_path):
+def test_a_kind_asking_for_a_refit_gets_one_more_pass_over_the_validation_window(folder, tmp_path):
+    """From the weights early stopping kept, the same network: no second training from scratch."""
     feature_dir, _ = folder
     without_holdout = tmp_path / "features"  # the refit never reads the holdout either
     shutil.copytree(feature_dir, without_holdout)
     shutil.rmtree(without_holdout / "holdout")
+    Refitted.built.clear()
     result = training.train_model(without_holdout, CONFIG, load_kind(f"{__name__}:Refitted"))
-    assert len(Refitted.built) == 2 and result.model is Refitted.built[-1]  # a fresh network, then trained
-    every_row = result.train_rows + result.validation_rows
-    steps = -(-every_row // CONFIG.batch_size) * (result.best_epoch + 1)
+    assert len(Refitted.built) == 1 and result.model is Refitted.built[0]
+    epochs_run = len(result.history["loss"])
+    steps = -(-result.train_rows // CONFIG.batch_size) * epochs_run + -(-result.validation_rows // CONFIG.batch_size)
     assert int(result.model.optimizer.iterations.numpy()) == steps
+
+
+def test_a_warm_start_with_no_rows_to_train_on_is_refused_in_words(folder):
+    feature_dir, _ = folder
+    nothing = model_input.Warm(since=2**62, replay=0.0, seed=1)
+    with pytest.raises(model_input.NoValidationWindow, match="none since the cut-off, none replayed"):
+        model_input.write_warm_rows(feature_dir, nothing)
 
 
 def test_fresh_wd_serves_fresh_and_frozen_features_and_unknown_ids(folder, tmp_path):
@@ -227,6 +237,11 @@ def test_a_warm_start_keeps_the_rows_of_known_ids_and_scores_new_users_and_movie
         context.user_ids.tolist()
     )
     assert windows.fit_rows + windows.validation_rows < len(today.train)  # the new rows and a replay, not all
+    kept = today.train.filter(
+        rows.keeps(*(today.train.get_column(c).to_numpy() for c in ("userId", "movieId", "timestamp")))
+    )
+    assert read_parquet(features.shards(windows.train_dir)).equals(kept)  # filtered once, in order
+    assert windows.fit_rows + windows.validation_rows == kept.height
     assert figures["warm_user_rows_new"] >= len(new_users) and figures["warm_user_rows_carried"] == len(base.user_ids)
     table = "user_embedding/embeddings" if kind_name == "fresh_wd" else "user_gmf/embeddings"
     before_fit = {variable.path: variable.numpy() for variable in base.model.trainable_weights}[table]
