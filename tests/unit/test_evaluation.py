@@ -1,7 +1,7 @@
 import numpy as np
 import polars as pl
 import pytest
-from sklearn.metrics import log_loss
+from sklearn.metrics import average_precision_score, log_loss, roc_auc_score, roc_curve
 
 from railyard.configs import GateThresholds
 from railyard.evaluation import (
@@ -10,6 +10,7 @@ from railyard.evaluation import (
     evaluate_scores,
     gate,
     plot_roc,
+    roc,
     side_by_side,
     side_by_side_markdown,
 )
@@ -24,6 +25,20 @@ def test_metrics_match_reference_definitions():
     assert metrics["auc"] == pytest.approx(8 / 9)
     assert metrics["logloss"] == pytest.approx(log_loss(labels, scores))
     assert metrics["accuracy"] == pytest.approx(4 / 6)
+
+
+@pytest.mark.parametrize("distinct", [3, 50, 100_000])  # many ties, some, almost none
+def test_one_sort_gives_sklearns_roc_curve_auc_and_average_precision(distinct):
+    rng = np.random.default_rng(distinct)
+    scores = rng.integers(0, distinct, 20_000) / distinct
+    labels = (rng.random(20_000) < 0.3 + 0.4 * scores).astype(np.float32)
+    curve = roc(labels, scores)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(curve.fpr, fpr)
+    np.testing.assert_allclose(curve.tpr, tpr)
+    assert curve.auc == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert curve.average_precision == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+    assert classification_metrics(labels, scores)["auc"] == pytest.approx(curve.auc, abs=1e-12)
 
 
 def test_extreme_scores_keep_log_loss_finite():
