@@ -278,8 +278,8 @@ def validated_features(
             statistics = drift.window_statistics(dataset, settings)
             online.check_skew(dataset, settings, run_id)
             feature_set = features.build_features(dataset, settings, feature_dir)
+            del dataset  # from here on the features are the data: the raw ratings go before the validation's copies
             validation.validate_features(feature_set, settings, report_dir)
-            del dataset  # from here on the features are the data: let the raw ratings go
     finally:
         if report_dir.exists():
             tracking.log_artifact(settings, run_id, report_dir, "validation")

@@ -50,17 +50,24 @@ def offline_samples(
 
 
 def seen_rows(ratings: pl.DataFrame, last_event_ts: int | None) -> pl.DataFrame:
-    """The ratings the store has applied, as far as time tells (those up to its last event), labelled."""
-    seen = ratings.filter(pl.col("timestamp") <= last_event_ts) if last_event_ts is not None else ratings.clear()
-    return F.labelled(seen)
+    """The ratings the store has applied, as far as time tells (those up to its last event)."""
+    return ratings.filter(pl.col("timestamp") <= last_event_ts) if last_event_ts is not None else ratings.clear()
 
 
 def user_sample(rows: pl.DataFrame, genres: pl.DataFrame, size: int, seed: int) -> pl.DataFrame:
-    return skew.sample_totals(F.user_totals(rows, genres), "userId", size, seed)
+    return _sampled_totals(rows, "userId", F.user_totals, genres, size, seed)
 
 
 def movie_sample(rows: pl.DataFrame, genres: pl.DataFrame, size: int, seed: int) -> pl.DataFrame:
-    return skew.sample_totals(F.movie_totals(rows, genres), "movieId", size, seed)
+    return _sampled_totals(rows, "movieId", F.movie_totals, genres, size, seed)
+
+
+def _sampled_totals(rows: pl.DataFrame, key: str, totals, genres: pl.DataFrame, size: int, seed: int) -> pl.DataFrame:
+    """``skew.sample_totals`` of the entities' totals over ``rows``, computed for the sampled
+    entities alone: an entity's totals need only its own rows (at 25M ratings, every user's
+    and movie's totals took 8 s of the skew check)."""
+    drawn = skew.sample_totals(rows.select(pl.col(key).unique()), key, size, seed).get_column(key)
+    return totals(F.labelled(rows.filter(pl.col(key).is_in(drawn.implode()))), genres)
 
 
 def compare_with_store(

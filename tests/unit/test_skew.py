@@ -4,6 +4,8 @@ import numpy as np
 import polars as pl
 
 from railyard import features, skew
+from railyard.loaders import load_dataset
+from railyard.synthetic import generate_movielens
 from tests.unit.test_features import MOVIES, TIED
 
 
@@ -41,3 +43,19 @@ def test_the_sample_is_reproducible_uniform_and_the_same_drawn_whole_or_from_par
 
     users, _ = features.aggregate_totals(TIED, MOVIES)
     assert skew.sample_totals(users, "userId", 10, seed=3).get_column("userId").to_list() == [1, 2, 3]
+
+
+def test_the_sampled_totals_are_the_sample_of_every_entitys_totals(tmp_path):
+    """The skew check totals only the sampled entities' rows: the same figures as the sample of
+    every entity's totals."""
+    from infra.online_store.consistency import offline_samples
+
+    generate_movielens(tmp_path, users=40, movies=30, days=3, ratings_per_day=100, seed=2)
+    dataset = load_dataset(tmp_path)
+    ratings, genres = dataset.ratings, features.movie_genres(dataset.movies)
+    last = int(ratings.get_column("timestamp").sort()[len(ratings) // 2])
+    users, movies = offline_samples(ratings, genres, last, 10, seed=5)
+    seen = features.labelled(ratings.filter(pl.col("timestamp") <= last))
+    assert users.equals(skew.sample_totals(features.user_totals(seen, genres), "userId", 10, seed=5))
+    assert movies.equals(skew.sample_totals(features.movie_totals(seen, genres), "movieId", 10, seed=5))
+    assert users.height == movies.height == 10 < min(seen["userId"].n_unique(), seen["movieId"].n_unique())
