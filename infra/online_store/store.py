@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import hiredis
 import numpy as np
 import redis
 from redis.backoff import ExponentialBackoff
@@ -287,10 +288,18 @@ class OnlineStore:
             self._execute(chunk)
 
     def _execute(self, commands: list[tuple]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        pipe.execute()
+        """One round trip: ``commands`` packed by hiredis in one call each (redis-py's pipeline
+        packs each argument in Python: a third of a fill's time), every reply read, the first error
+        raised. A broken connection is tried again (RETRY): the commands write the same values."""
+        packed = b"".join([hiredis.pack_command(command) for command in commands])
+        pool = self.client.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.retry.call_with_retry(
+                lambda: _round_trip(connection, packed, len(commands)), lambda _error: connection.disconnect()
+            )
+        finally:
+            pool.release(connection)
 
     def state(self) -> dict:
         """What the store holds and how far the stream's consumers are."""
@@ -462,6 +471,18 @@ def _address(client: redis.Redis) -> str:
     options = client.connection_pool.connection_kwargs
     state = valkey_process.read_state(options["server_dir"]) if "server_dir" in options else None
     return f"{options['host']}:{state.port if state else options['port']}"
+
+
+def _round_trip(connection: redis.Connection, packed: bytes, replies: int) -> None:
+    connection.send_packed_command([packed])
+    errors = []
+    for _ in range(replies):  # all of them, so the connection is left clean for the next chunk
+        try:
+            connection.read_response()
+        except redis.ResponseError as error:
+            errors.append(error)
+    if errors:
+        raise errors[0]
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:
