@@ -269,7 +269,7 @@ class OnlineStore:
         of a namespace commute (distinct keys, fields and members), except that the last chunk (the
         meta command closes ``namespace_commands``) runs once every other one succeeded. A chunk that
         fails fails the write, after the chunks in flight end; at most 2 x WRITE_CONNECTIONS chunks
-        are held at once."""
+        wait in flight (memory stays flat)."""
         with reachable(self.client), ThreadPoolExecutor(WRITE_CONNECTIONS, "online-store-write") as pool:
             in_flight: deque[Future] = deque()
             try:

@@ -251,6 +251,29 @@ def test_a_write_sends_the_next_chunk_while_the_server_works_on_one(online_store
     assert online_store.client.get("last") == b"1"
 
 
+def test_a_write_whose_connection_the_server_closes_sends_that_chunk_again(online_store, monkeypatch):
+    """The server closes the connection of a chunk in flight (CLIENT KILL): that chunk is sent
+    again on a new connection (its commands write the same values) and the write succeeds."""
+    monkeypatch.setattr(store, "PIPELINE_CHUNK", 1)
+    writing = threading.Thread(
+        target=online_store.write, args=([("BLPOP", "waits", 4), ("SET", "after", 1)],), daemon=True
+    )
+    writing.start()
+    waiting = []
+    for _ in range(1_000):
+        waiting = [client for client in online_store.client.client_list() if client["cmd"] == "blpop"]
+        if waiting:
+            break
+        threading.Event().wait(0.01)
+    assert waiting, "the write's BLPOP never reached the server"
+    online_store.client.client_kill_filter(_id=waiting[0]["id"])
+    online_store.client.rpush("waits", "item")  # for the BLPOP sent again
+    writing.join(10)
+    assert not writing.is_alive()
+    assert online_store.client.llen("waits") == 0  # the chunk was sent again and popped it
+    assert online_store.client.get("after") == b"1"
+
+
 def test_a_chunk_the_server_rejects_fails_the_rebuild_and_the_current_namespace_stays(online_store, monkeypatch):
     """One command the server rejects, in the middle of a rebuild written in many chunks at once,
     fails the rebuild: the new namespace is dropped (the chunks in flight ended first), the
