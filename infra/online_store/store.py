@@ -23,14 +23,18 @@ service) do not pay for it.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import hiredis
 import numpy as np
 import redis
 from redis.backoff import ExponentialBackoff
@@ -51,6 +55,7 @@ SOCKET_TIMEOUT_S = 5.0
 # (apply is idempotent, so a retried batch still counts once).
 RETRY = Retry(ExponentialBackoff(cap=0.5, base=0.05), 2)
 PIPELINE_CHUNK = 1_000  # commands per round trip when a namespace is written
+WRITE_CONNECTIONS = 2  # round trips in flight at once when a namespace is written
 MEMBERS_CHUNK = 10_000  # members (or fields) per SADD (HSET)
 REBUILD_LOCK_S = 3_600  # a crashed rebuild frees the lock after this
 # Replies of a server that cannot do the work now, whatever it is (out of memory, a replica, its
@@ -258,14 +263,43 @@ class OnlineStore:
                 lock.release()
 
     def write(self, commands: Iterable[tuple]) -> None:
-        """Run ``commands`` (a namespace's, from the functions below) in pipelined round trips."""
-        with reachable(self.client):
-            pipe = self.client.pipeline(transaction=False)
-            for count, command in enumerate(commands, start=1):
-                pipe.execute_command(*command)
-                if count % PIPELINE_CHUNK == 0:
-                    pipe.execute()
-            pipe.execute()
+        """Run ``commands`` (a namespace's, from the functions below) in pipelined round trips on
+        WRITE_CONNECTIONS connections at once, so the server works on one chunk while this process
+        builds and packs the next (a thread waiting on its socket lets the others run). The commands
+        of a namespace commute (distinct keys, fields and members), except that the last chunk (the
+        meta command closes ``namespace_commands``) runs once every other one succeeded. A chunk that
+        fails fails the write, after the chunks in flight end; at most 2 x WRITE_CONNECTIONS chunks
+        wait in flight (memory stays flat)."""
+        with reachable(self.client), ThreadPoolExecutor(WRITE_CONNECTIONS, "online-store-write") as pool:
+            in_flight: deque[Future] = deque()
+            try:
+                chunks = _chunks(commands, PIPELINE_CHUNK)
+                chunk = next(chunks, [])
+                for following in chunks:
+                    if len(in_flight) == 2 * WRITE_CONNECTIONS:
+                        in_flight.popleft().result()
+                    in_flight.append(pool.submit(self._execute, chunk))
+                    chunk = following
+                while in_flight:
+                    in_flight.popleft().result()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # the chunks not started yet: the write failed
+                raise
+            self._execute(chunk)
+
+    def _execute(self, commands: list[tuple]) -> None:
+        """One round trip: ``commands`` packed by hiredis in one call each (redis-py's pipeline
+        packs each argument in Python: a third of a fill's time), every reply read, the first error
+        raised. A broken connection is tried again (RETRY): the commands write the same values."""
+        packed = b"".join([hiredis.pack_command(command) for command in commands])
+        pool = self.client.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.retry.call_with_retry(
+                lambda: _round_trip(connection, packed, len(commands)), lambda _error: connection.disconnect()
+            )
+        finally:
+            pool.release(connection)
 
     def state(self) -> dict:
         """What the store holds and how far the stream's consumers are."""
@@ -348,10 +382,10 @@ def user_commands(namespace: str, rows: pl.DataFrame, genres: pl.DataFrame) -> I
     marks = rows.group_by("userId").agg(
         pl.format("{}:{}", "movieId", "timestamp").alias("events"), pl.col("rating").cast(pl.String)
     )
-    for user, events, ratings in marks.iter_rows():
+    for user, events, ratings in marks.iter_rows():  # a user's events are distinct (``checked_batch``)
         for start in range(0, len(events), MEMBERS_CHUNK):
-            chunk = dict(zip(events[start : start + MEMBERS_CHUNK], ratings[start : start + MEMBERS_CHUNK]))
-            yield ("HSET", keys.applied_key(namespace, user), *_flat(chunk))
+            chunk = slice(start, start + MEMBERS_CHUNK)
+            yield ("HSET", keys.applied_key(namespace, user), *_interleaved(events[chunk], ratings[chunk]))
     rated = rows.group_by("userId").agg(pl.col("movieId").unique())  # a user's candidates exclude these
     for user, movie_ids in rated.iter_rows():
         for start in range(0, len(movie_ids), MEMBERS_CHUNK):
@@ -364,7 +398,7 @@ def movie_commands(namespace: str, rows: pl.DataFrame, genres: pl.DataFrame) -> 
     from railyard.features import movie_totals
 
     yield from aggregate_commands(namespace, "movie", rows, movie_totals(rows, genres))
-    counts = [item for movie, n in rows.group_by("movieId").len().iter_rows() for item in (n, movie)]
+    counts = rows.group_by("movieId").len().select("len", "movieId").to_numpy().ravel().tolist()  # score, member, ...
     for start in range(0, len(counts), 2 * MEMBERS_CHUNK):
         yield ("ZADD", keys.popularity_key(namespace), *counts[start : start + 2 * MEMBERS_CHUNK])
 
@@ -437,6 +471,31 @@ def _address(client: redis.Redis) -> str:
     options = client.connection_pool.connection_kwargs
     state = valkey_process.read_state(options["server_dir"]) if "server_dir" in options else None
     return f"{options['host']}:{state.port if state else options['port']}"
+
+
+def _round_trip(connection: redis.Connection, packed: bytes, replies: int) -> None:
+    connection.send_packed_command([packed])
+    errors = []
+    for _ in range(replies):  # all of them, so the connection is left clean for the next chunk
+        try:
+            connection.read_response()
+        except redis.ResponseError as error:
+            errors.append(error)
+    if errors:
+        raise errors[0]
+
+
+def _chunks(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _interleaved(names: list, values: list) -> list:
+    """[name, value, name, value, ...], as HSET takes fields (slice assignment: no per-item Python)."""
+    flat = [None] * (2 * len(names))
+    flat[::2], flat[1::2] = names, values
+    return flat
 
 
 def _flat(fields: dict) -> list:

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import redis
 
-from infra.online_store import keys, valkey_process
+from infra.online_store import keys, store, valkey_process
 from infra.online_store.store import (
     Applied,
     OnlineStore,
@@ -21,6 +22,7 @@ from infra.online_store.store import (
     RebuildRefused,
     checked_batch,
     connect,
+    namespace_commands,
     user_commands,
 )
 from railyard import feature_spec as spec
@@ -34,6 +36,7 @@ from tests.support.online_store import (
     assert_store_matches,
     declare,
     movies_frame,
+    namespace_dump,
     railyard,
     ratings_frame,
     ratings_of,
@@ -211,6 +214,94 @@ def test_a_rebuild_that_fails_midway_is_dropped_and_readers_keep_the_current_fea
     assert _same(online_store.read_pairs([1, 2], [3, 4]), before)
     with online_store.rebuilding():  # the lock was released
         pass
+
+
+def test_a_rebuild_written_in_many_chunks_holds_each_event_exactly(online_store, monkeypatch):
+    """``write`` runs chunks on several connections at once: a rebuild in chunks of 7 commands
+    (of at most 3 members) holds exactly what one in the default chunks holds, and each event's
+    marker, each user's rated movies and each movie's ratings count as the batch gives them."""
+    movies = movies_frame(30)
+    batch = ratings_frame(600, users=12, movies=35, seed=3)
+    default = namespace_dump(online_store, online_store.rebuild(batch, movies))
+    monkeypatch.setattr(store, "PIPELINE_CHUNK", 7)
+    monkeypatch.setattr(store, "MEMBERS_CHUNK", 3)
+    chunked = namespace_dump(online_store, online_store.rebuild(batch, movies))
+    assert_store_matches(online_store, batch, movies)
+
+    for dump in (default, chunked):
+        assert dump.pop("meta").keys() == {b"events", b"built_at", b"candidates", b"last_ts"}
+    assert chunked == default
+    for user, events in batch.group_by("userId"):
+        assert chunked[f"a:{user[0]}"] == {
+            f"{movie}:{timestamp}".encode(): str(rating).encode()
+            for movie, rating, timestamp in events.select("movieId", "rating", "timestamp").iter_rows()
+        }
+        assert chunked[f"r:{user[0]}"] == {str(movie).encode() for movie in events.get_column("movieId")}
+    counts = batch.group_by("movieId").len().iter_rows()
+    assert chunked["pop"] == {str(movie).encode(): float(count) for movie, count in counts}
+
+
+def test_a_write_sends_the_next_chunk_while_the_server_works_on_one(online_store, monkeypatch):
+    """The round trips of a write overlap: a chunk waiting on the server (a BLPOP) does not hold
+    back the next one (the RPUSH it waits for). Written one round trip after the other, the BLPOP
+    would time out and the pushed item stay."""
+    monkeypatch.setattr(store, "PIPELINE_CHUNK", 1)
+    online_store.write([("BLPOP", "waits", 4), ("RPUSH", "waits", "item"), ("SET", "last", 1)])
+    assert online_store.client.llen("waits") == 0
+    assert online_store.client.get("last") == b"1"
+
+
+def test_a_write_whose_connection_the_server_closes_sends_that_chunk_again(online_store, monkeypatch):
+    """The server closes the connection of a chunk in flight (CLIENT KILL): that chunk is sent
+    again on a new connection (its commands write the same values) and the write succeeds."""
+    monkeypatch.setattr(store, "PIPELINE_CHUNK", 1)
+    writing = threading.Thread(
+        target=online_store.write, args=([("BLPOP", "waits", 4), ("SET", "after", 1)],), daemon=True
+    )
+    writing.start()
+    waiting = []
+    for _ in range(1_000):
+        waiting = [client for client in online_store.client.client_list() if client["cmd"] == "blpop"]
+        if waiting:
+            break
+        threading.Event().wait(0.01)
+    assert waiting, "the write's BLPOP never reached the server"
+    online_store.client.client_kill_filter(_id=waiting[0]["id"])
+    online_store.client.rpush("waits", "item")  # for the BLPOP sent again
+    writing.join(10)
+    assert not writing.is_alive()
+    assert online_store.client.llen("waits") == 0  # the chunk was sent again and popped it
+    assert online_store.client.get("after") == b"1"
+
+
+def test_a_chunk_the_server_rejects_fails_the_rebuild_and_the_current_namespace_stays(online_store, monkeypatch):
+    """One command the server rejects, in the middle of a rebuild written in many chunks at once,
+    fails the rebuild: the new namespace is dropped (the chunks in flight ended first), the
+    current one still answers, and the rebuild's last command (its meta) was never run."""
+    movies = movies_frame(20)
+    online_store.rebuild(ratings_frame(200, users=10, movies=20, seed=1), movies)
+    current, before = online_store.namespace(), online_store.read_pairs([1, 2], [3, 4])
+    monkeypatch.setattr(store, "PIPELINE_CHUNK", 5)
+    written = []
+
+    def rejected_midway(namespace, ratings, movies):
+        commands = list(namespace_commands(namespace, ratings, movies))
+        middle = len(commands) // 2
+        written.append(namespace)
+        return [*commands[:middle], ("HSET", keys.meta_key(namespace), "odd"), *commands[middle:]]
+
+    monkeypatch.setattr(store, "namespace_commands", rejected_midway)
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+        online_store.rebuild(ratings_frame(500, users=10, movies=20, seed=2), movies)
+    assert online_store.namespace() == current
+    assert not online_store.client.keys(keys.namespace_prefix(written[0]) + "*")
+    assert _same(online_store.read_pairs([1, 2], [3, 4]), before)
+
+    commands = rejected_midway("loose", ratings_frame(500, users=10, movies=20, seed=2), movies)
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+        online_store.write(commands)
+    assert online_store.client.keys(keys.namespace_prefix("loose") + "*")  # chunks before it were written
+    assert not online_store.client.exists(keys.meta_key("loose"))  # the last chunk waits for every other
 
 
 def _same(a, b) -> bool:

@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from infra.online_store import valkey_process
+from infra.online_store import keys, valkey_process
 from infra.online_store.store import OnlineStore, connect
 from railyard import feature_spec as spec
 from railyard.events import RatingEvent
@@ -161,3 +161,21 @@ def railyard(*args: str, env: dict[str, str] | None = None, faults_at: str | Non
     return subprocess.run(
         command, env=os.environ | (env or {}), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
     )
+
+
+def namespace_dump(store: OnlineStore, namespace: str) -> dict:
+    """Everything ``namespace`` holds, keyed by key without the namespace (comparable across
+    namespaces): a hash's fields, a set's members, a sorted set's (member, score) pairs."""
+    prefix = keys.namespace_prefix(namespace)
+    dump = {}
+    for key in store.client.scan_iter(match=prefix + "*", count=1_000):
+        kind = store.client.type(key)
+        if kind == b"hash":
+            value = store.client.hgetall(key)
+        elif kind == b"set":
+            value = store.client.smembers(key)
+        else:
+            assert kind == b"zset", (key, kind)
+            value = dict(store.client.zrange(key, 0, -1, withscores=True))
+        dump[key.decode().removeprefix(prefix)] = value
+    return dump
