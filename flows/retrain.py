@@ -1,7 +1,8 @@
 """The daily retraining flow, from raw ratings to a reviewed production release.
 
-data → validation → online store skew check → features → validation → drift check of the
-window's statistics against production's (a block stops the run here) → training (or the stored
+data → validation → online store skew check → drift check of the window's statistics against
+production's (a block stops the run here) → the training plan (from scratch or warm) → features
+(the training rows the plan reads, and the holdout) → validation → training (or the stored
 version, when this data and code were released before) → evaluation against thresholds and
 against the production model on the same holdout → under the release lock: the gate again if
 production changed meanwhile, publish, register, canary, smoke tests (rollback on failure) →
@@ -34,13 +35,14 @@ from railyard import errors, tracking, warm_start
 from railyard.drift import DataDrift, Verdict, verdict_lineage, write_statistics
 from railyard.errors import CanaryRolledBack, ModelRejected, SmokeTestsFailed
 from railyard.evaluation import GateDecision
-from railyard.features import FeatureSet
-from railyard.kinds.registry import load_kind
+from railyard.features import FeatureSet, holdout_cutoff, read_feature_set
+from railyard.kinds.registry import LoadedKind, load_kind
 from railyard.locations import Location
 from railyard.notify import notify
 from railyard.review import DataWindow, ReviewRequest
 from railyard.settings import Settings
 from railyard.training import code_version as model_code_version
+from railyard.warm_start import StartPlan
 from release import review_runs, traffic
 from release import state as release_state
 from release.reconcile import conclude_ended_run
@@ -151,8 +153,9 @@ def retrain(
     with tracking.mlflow_run(
         settings, f"{model}-training", tags, finished_on=(ModelRejected, SmokeTestsFailed, CanaryRolledBack, DataDrift)
     ) as run_id:
-        feature_set, statistics = validated_features(settings, source, feature_dir, run_dir, report_dir, run_id)
-        verdict = drift.check(statistics, settings, run_id, run_dir)  # a block stops the run here
+        feature_set, statistics, verdict, plan = validated_features(
+            settings, kind, source, feature_dir, run_dir, report_dir, run_id
+        )
         summary = {
             "model_name": model,
             "model_kind": kind.name,
@@ -167,7 +170,6 @@ def retrain(
             tracking.rename_run(settings, run_id, f"{model}-unchanged-v{existing.version}")
             return nothing_new(settings, existing.version, stage, summary)
         if existing is None:
-            plan = training.plan_start(settings, kind, feature_set.cutoff_ts, verdict.level if verdict else None)
             trained = training.train(feature_dir, settings, kind, run_id, plan, run_dir)
             export_dir = training.export(trained, feature_set, run_dir / "export", settings, run_id, plan)
             write_statistics(statistics, export_dir)  # kept with the version, under its manifest
@@ -261,31 +263,52 @@ def retrain(
 
 
 def validated_features(
-    settings: Settings, source: Path, feature_dir: Location, run_dir: Path, report_dir: Path, run_id: str
-) -> tuple[FeatureSet, dict]:
-    """Raw data → validation → point-in-time features → validation; the features without the
-    training rows (training streams them from the shards written to ``feature_dir``), and the
-    window's statistics (railyard/drift.py). The suites' reports go to the MLflow run
-    (``validation/``), whether they passed or not."""
+    settings: Settings,
+    kind: LoadedKind,
+    source: Path,
+    feature_dir: Location,
+    run_dir: Path,
+    report_dir: Path,
+    run_id: str,
+) -> tuple[FeatureSet, dict, Verdict | None, StartPlan]:
+    """Raw data → validation → point-in-time features → validation, with the drift check of the
+    window's statistics (railyard/drift.py; a block stops the run) and the training plan (from
+    scratch or warm) made as soon as they can be: with Polars, before the build, which then
+    writes only the training rows the plan reads. The features come back without the training
+    rows (training streams them from the shards written to ``feature_dir``), with the window's
+    statistics. The suites' reports go to the MLflow run (``validation/``), whether they passed or
+    not."""
+
+    def checked_and_planned(statistics: dict, cutoff_ts: int) -> tuple[Verdict | None, StartPlan]:
+        verdict = drift.check(statistics, settings, run_id, run_dir)  # a block stops the run here
+        return verdict, training.plan_start(settings, kind, cutoff_ts, verdict.level if verdict else None)
+
     try:
         if settings.feature_engine == "dask":  # on the cluster, validation, skew and statistics too
             feature_set, statistics = features.build_features_on_cluster(
                 source, settings, feature_dir, run_dir, report_dir, run_id
             )
+            verdict, plan = checked_and_planned(statistics, feature_set.cutoff_ts)
         else:
             dataset = data.load_data(source)
             validation.validate_raw(dataset.ratings, settings, report_dir)
             statistics = drift.window_statistics(dataset, settings)
             online.check_skew(dataset, settings, run_id)
-            feature_set = features.build_features(dataset, settings, feature_dir)
+            verdict, plan = checked_and_planned(statistics, holdout_cutoff(dataset.ratings, settings.holdout_fraction))
+            rows = plan.rows(settings.warm_replay_share, settings.seed)
+            feature_set = features.build_features(dataset, settings, feature_dir, rows)
             del dataset  # from here on the features are the data: the raw ratings go before the validation's copies
             validation.validate_features(feature_set, settings, report_dir)
+            # Read back without the training rows, once every row is let go: a copy of the holdout
+            # beside the table it was cut from was the run's largest resident set (25M: +1.5 GB).
+            del feature_set
+            feature_set = read_feature_set(feature_dir, with_training_rows=False)
     finally:
         if report_dir.exists():
             tracking.log_artifact(settings, run_id, report_dir, "validation")
     tags = {"railyard.data_fingerprint": feature_set.fingerprint, "railyard.features": str(feature_dir)}
     tracking.set_tags(settings, run_id, tags)
-    return feature_set.without_training_rows(), statistics
+    return feature_set, statistics, verdict, plan
 
 
 def evaluate_against_production(

@@ -140,16 +140,22 @@ def labelled(ratings: pl.DataFrame) -> pl.DataFrame:
     ).sort("timestamp", "userId", "movieId")
 
 
+def holdout_cutoff(ratings: pl.DataFrame, holdout_fraction: float) -> int:
+    """The first timestamp of the holdout ``build_features`` cuts from ``ratings``."""
+    return split_cutoff(ratings.get_column("timestamp"), holdout_fraction)
+
+
 def build_features(
     ratings: pl.DataFrame, movies: pl.DataFrame | None, holdout_fraction: float, fingerprint: str = ""
 ) -> FeatureSet:
-    cutoff = split_cutoff(ratings.get_column("timestamp"), holdout_fraction)
+    cutoff = holdout_cutoff(ratings, holdout_fraction)
     genres = movie_genres(movies)
     rows = labelled(ratings)
     training_rows = int((rows.get_column("timestamp") < cutoff).sum())  # in time order they come first
     train = rows.head(training_rows)
-    per_row = with_movie_history(with_user_history(rows, genres), genres).select(*feature_columns())
+    # The snapshots first: their sums need memory of their own, and the per-row table is the largest.
     user_snapshot, movie_snapshot = snapshots(user_totals(train, genres), movie_totals(train, genres), genres)
+    per_row = with_movie_history(with_user_history(rows, genres), genres).select(*feature_columns())
     return FeatureSet(
         train=per_row.head(training_rows),
         holdout=per_row.slice(training_rows),

@@ -86,6 +86,12 @@ class Warm:
     def keeps(self, users: np.ndarray, movies: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
         return (timestamps >= self.since) | replayed(users, movies, timestamps, self.replay, self.seed)
 
+    def of(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The rows of ``frame`` (ids and timestamps among its columns) it keeps, in order."""
+        return frame.filter(
+            self.keeps(*(frame.get_column(name).to_numpy() for name in ("userId", "movieId", "timestamp")))
+        )
+
 
 def replayed(users: np.ndarray, movies: np.ndarray, timestamps: np.ndarray, share: float, seed: int) -> np.ndarray:
     """A fixed pseudo-random ``share`` of the rows, by a hash of each rating's identity (the same
@@ -161,9 +167,7 @@ def write_warm_rows(feature_dir: Location | Path | str, warm: Warm) -> Location:
         number, shard = numbered
         with parquet_io.reading(shard):
             frame = read_parquet([shard])
-        kept = frame.filter(
-            warm.keeps(*(frame.get_column(name).to_numpy() for name in ("userId", "movieId", "timestamp")))
-        )
+        kept = warm.of(frame)
         if kept.height:
             write_shard(kept, feature_dir, WARM_SPLIT, number)
         return kept.height

@@ -28,6 +28,7 @@ import numpy as np
 
 from railyard.errors import Refused
 from railyard.kinds.base import Previous
+from railyard.model_input import Warm
 
 CHOICES = ("full", "warm", "auto")
 STATE_FILE = "assets.extra/railyard_vocabularies.npz"  # the ids a version's tables are indexed by
@@ -58,6 +59,10 @@ class StartPlan:
     full_trained_at: int  # the training cut-off of the last full retrain (this one's, when full)
     base_version: int | None = None  # warm: the production version it starts from
     since: int | None = None  # warm: that version's training cut-off; rows from it on are new
+
+    def rows(self, replay_share: float, seed: int) -> Warm | None:
+        """The training rows a warm start reads (None: from scratch, every training row)."""
+        return Warm(self.since, replay_share, seed) if self.mode == "warm" else None
 
     def how(self) -> dict[str, str]:
         """How the version is trained, as its lineage says (``describe`` puts it in words)."""

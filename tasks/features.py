@@ -6,15 +6,21 @@ from infra.online_store.store import connect_url, store_url
 from railyard import drift, features, loaders
 from railyard.loaders import RawDataset
 from railyard.locations import Location
+from railyard.model_input import Warm
 from railyard.settings import Settings
 from tasks.common import MINUTES, railyard_task
 from tasks.online import record_skew
 
 
 @railyard_task(name="build-features", timeout_seconds=60 * MINUTES)
-def build_features(dataset: RawDataset, settings: Settings, out_dir: Location) -> features.FeatureSet:
-    """The feature folder ``out_dir`` (local or S3), built here with Polars."""
+def build_features(
+    dataset: RawDataset, settings: Settings, out_dir: Location, rows: Warm | None = None
+) -> features.FeatureSet:
+    """The feature folder ``out_dir`` (local or S3), built here with Polars; with ``rows`` (a warm
+    start's), only those training rows are written (and validated): no other is read."""
     feature_set = features.build_feature_set(dataset, settings.holdout_fraction)
+    if rows is not None:
+        feature_set = replace(feature_set, train=rows.of(feature_set.train))
     features.write_feature_set(feature_set, out_dir)
     return feature_set
 

@@ -2,7 +2,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from infra.tfserving.export import export_for_serving
-from railyard import model_input, tracking, training, warm_start
+from railyard import tracking, training, warm_start
 from railyard.feature_spec import FEATURE_CODE_VERSION
 from railyard.features import FeatureSet
 from railyard.kinds.registry import LoadedKind
@@ -29,7 +29,6 @@ def plan_start(settings: Settings, kind: LoadedKind, cutoff_ts: int, drift_level
         drift_level=drift_level,
         full_retrain_days=settings.full_retrain_days,
     )
-    print(f"training: {warm_start.describe(plan.how())}")
     return plan
 
 
@@ -37,11 +36,11 @@ def plan_start(settings: Settings, kind: LoadedKind, cutoff_ts: int, drift_level
 def train(
     feature_dir: Location, settings: Settings, kind: LoadedKind, run_id: str, plan: StartPlan, work_dir: Path
 ) -> training.TrainResult:
+    print(f"training: {warm_start.describe(plan.how())}")  # here: a run with nothing new to train plans too
     config = settings.train_config()
     warm = None
-    if plan.mode == "warm":
+    if (rows := plan.rows(settings.warm_replay_share, config.seed)) is not None:
         base = model_store(settings).download(settings.model_name, plan.base_version, work_dir / "warm-start")
-        rows = model_input.Warm(plan.since, settings.warm_replay_share, config.seed)
         warm = training.WarmStart(warm_start.load_previous(base, plan.base_version), rows)
     started = {"training_start": plan.mode, "warm_replay_share": settings.warm_replay_share}
     started |= {"warm_from": plan.base_version} if plan.mode == "warm" else {}

@@ -15,11 +15,14 @@ import os
 import re
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from railyard import identity
+from railyard.loaders import load_dataset
+from railyard.model_input import split_rows
 from release.review_runs import DEADLINE_MARGIN_S
 from tests.support.prefect_server import LEASE_S, REAPER_S
 from tests.support.proxy import call, credential, running_proxy
@@ -161,6 +164,10 @@ def test_a_deployment_run_waits_for_its_review_without_a_process_a_slot_or_a_lea
     )
     holdout_rows = int(training_run.data.metrics["rows"])
     assert training_run.data.metrics["production_rows"] == holdout_rows  # production scored on the same rows
+    # The feature build wrote (and validated) as training rows only those the warm start reads.
+    written = split_rows(Path(training_run.data.tags["railyard.features"]) / "train")
+    trained_on = training_run.data.metrics["fit_rows"] + training_run.data.metrics["validation_rows"]
+    assert written == trained_on < load_dataset(world.next_day(1)).ratings.height - holdout_rows
     review = world.api(
         "POST",
         "/artifacts/filter",

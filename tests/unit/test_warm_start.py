@@ -4,6 +4,7 @@ which rows a warm start reads, and what a kind's tables carry over."""
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 
 from railyard import model_input
@@ -98,6 +99,14 @@ def test_the_replay_sample_is_a_fixed_share_of_the_older_ratings_whatever_their_
     assert model_input.replayed(users, movies, times, 1.0, seed=7).all()
     warm = model_input.Warm(since=9 * DAY_S, replay=0.1, seed=7)
     assert np.array_equal(warm.keeps(users, movies, times), (times >= 9 * DAY_S) | picked)
+    frame = pl.DataFrame({"userId": users, "movieId": movies, "timestamp": times, "row": np.arange(len(users))})
+    assert warm.of(frame).get_column("row").to_list() == np.flatnonzero(warm.keeps(users, movies, times)).tolist()
+
+
+def test_a_plan_says_which_training_rows_it_reads():
+    plan = _plan()
+    assert plan.rows(0.1, seed=7) == model_input.Warm(since=BASE_CUTOFF, replay=0.1, seed=7)
+    assert _plan("full").rows(0.1, seed=7) is None  # every training row
 
 
 class _Variable:
