@@ -12,8 +12,10 @@ store stopped after it (so no step competes with what an earlier one left):
 2. ``after, day 0, full``: the same with this checkout;
 3. ``after, day 1, warm``: this checkout's home of step 2, the next day, ``RAILYARD_TRAINING_START=auto``
    (warm from version 1 unless a reason says otherwise: the run's log says which);
-4. ``after, day 1, full``: a copy of step 2's home as it was before step 3, the next day,
-   ``RAILYARD_TRAINING_START=full``: the full retrain the warm start is measured against;
+4. ``after, day 0, full, again`` and ``after, day 1, full``: a second fresh home, day 0 as in step
+   2 (a second sample of it), then the next day with ``RAILYARD_TRAINING_START=full``: the full
+   retrain the warm start is measured against (a copy of step 2's home would not do: a home's
+   serving configuration names its own folders);
 5. ``before, day 1``: step 1's home, the next day, with the earlier code's own default.
 
 Per step: wall seconds, the largest resident set of any of its processes (the command's, and the
@@ -29,7 +31,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -90,6 +91,7 @@ def run_step(name: str, code: Path, home: Path, data: Path, epochs: int, start: 
         env["RAILYARD_TRAINING_START"] = start
     command = [sys.executable, "-m", "cli", "run", "--data", str(data), "--epochs", str(epochs), "--auto-approve"]
     log_path = home.parent / f"{name.replace(', ', '-').replace(' ', '_')}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     peak: dict[int, float] = {}
     with open(log_path, "w") as log:
         began = time.perf_counter()
@@ -132,11 +134,6 @@ def stop_services(code: Path, env: dict) -> None:
         subprocess.run([sys.executable, "-m", "cli", *command], cwd=code, env=env, capture_output=True, check=False)
 
 
-def copy_home(source: Path, target: Path) -> None:
-    """A home as it is (its services stopped), without the runs' feature folders (a run builds its own)."""
-    shutil.copytree(source, target, symlinks=True, ignore=shutil.ignore_patterns("features"))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--day0", type=Path, required=True)
@@ -155,8 +152,8 @@ def main() -> None:
     if args.before:
         step("before, day 0, full", args.before.resolve(), scratch / "before" / "home", args.day0)
     step("after, day 0, full", REPO, scratch / "after" / "home", args.day0)
-    copy_home(scratch / "after" / "home", scratch / "after-full" / "home")
     step("after, day 1, warm", REPO, scratch / "after" / "home", args.day1, "auto")
+    step("after, day 0, full, again", REPO, scratch / "after-full" / "home", args.day0)
     step("after, day 1, full", REPO, scratch / "after-full" / "home", args.day1, "full")
     if args.before:
         step("before, day 1", args.before.resolve(), scratch / "before" / "home", args.day1)
