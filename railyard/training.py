@@ -224,7 +224,8 @@ def fit_newest(model, windows: model_input.Windows, config: TrainConfig, damaged
     weights early stopping kept: the newest ratings before the cut-off are the most telling ones.
     (Training a fresh network on every row for the chosen epochs instead cost as much again as
     the fit: 230 s of a 25M run, for the same AUC: bench/README.md.) The holdout is never read."""
-    model.fit(windows.validation_dataset(config.batch_size, damaged, seed=config.seed), epochs=1, verbose=0)
+    newest = windows.validation_dataset(config.batch_size, damaged, seed=config.seed)
+    model.fit(newest, epochs=1, shuffle=False, verbose=0)  # the dataset shuffles itself
 
 
 @contextmanager
