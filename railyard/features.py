@@ -24,7 +24,7 @@ The feature folder these are written to and read from is ``railyard.feature_fold
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import reduce
@@ -48,6 +48,8 @@ EVENT_COLUMNS = ("userId", "movieId", "timestamp", "rating", "label")
 HISTORY_SLICE_ROWS = 100_000  # bounds the memory of the per-user genre sums; small arrays stay in cache
 HISTORY_THREADS = min(4, os.cpu_count() or 1)  # each slice in flight holds ~100 MB
 
+# Which training rows to build, from their ids and timestamps: a row mask (``model_input.Warm.keeps``).
+KeepRows = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 _GENRE_COLUMNS = tuple(f"genre_{i}" for i in range(len(GENRES)))
 _GENRE_ARRAY = pl.Array(pl.Float32, len(GENRES))
 
@@ -146,8 +148,15 @@ def holdout_cutoff(ratings: pl.DataFrame, holdout_fraction: float) -> int:
 
 
 def build_features(
-    ratings: pl.DataFrame, movies: pl.DataFrame | None, holdout_fraction: float, fingerprint: str = ""
+    ratings: pl.DataFrame,
+    movies: pl.DataFrame | None,
+    holdout_fraction: float,
+    fingerprint: str = "",
+    keep: KeepRows | None = None,
 ) -> FeatureSet:
+    """The feature set of ``ratings``: every holdout row, and the training rows ``keep`` picks
+    (a warm start's; None: all of them). The aggregates still go over every rating, but only
+    the kept rows' are written out: the per-row table is the build's largest part."""
     cutoff = holdout_cutoff(ratings, holdout_fraction)
     genres = movie_genres(movies)
     rows = labelled(ratings)
@@ -155,7 +164,12 @@ def build_features(
     train = rows.head(training_rows)
     # The snapshots first: their sums need memory of their own, and the per-row table is the largest.
     user_snapshot, movie_snapshot = snapshots(user_totals(train, genres), movie_totals(train, genres), genres)
-    per_row = with_movie_history(with_user_history(rows, genres), genres).select(*feature_columns())
+    kept = None
+    if keep is not None:
+        kept = np.ones(len(rows), bool)
+        kept[:training_rows] = keep(*(train.get_column(name).to_numpy() for name in ("userId", "movieId", "timestamp")))
+        training_rows = int(kept[:training_rows].sum())
+    per_row = _with_histories(rows, genres, kept).select(*feature_columns())
     return FeatureSet(
         train=per_row.head(training_rows),
         holdout=per_row.slice(training_rows),
@@ -176,6 +190,17 @@ def training_sums(train: pl.DataFrame) -> tuple[int, float, float]:
 def priors_of(rows: int, rating_sum: float, positives: float) -> dict[str, float]:
     """The mean rating and positive rate of the training rows."""
     return {"mean": rating_sum / rows, "pos": positives / rows}
+
+
+def _with_histories(rows: pl.DataFrame, genres: pl.DataFrame, kept: np.ndarray | None) -> pl.DataFrame:
+    """The ``kept`` rows of ``rows`` (a row mask; None: all) with their user and movie
+    aggregates over every earlier row of ``rows``, and their movies' genres."""
+    values = _EventValues(rows, genres)
+    out = True if kept is None else kept
+    users, _ = _key_aggregates(rows, "user", values, per_row=out)
+    movies, _ = _key_aggregates(rows, "movie", values, per_row=out)
+    genre_flags = pl.DataFrame({spec.MOVIE_GENRES: values.genres_of_rows(kept)})
+    return pl.concat([rows if kept is None else rows.filter(kept), users, movies, genre_flags], how="horizontal")
 
 
 def with_user_history(rows: pl.DataFrame, genres: pl.DataFrame) -> pl.DataFrame:
@@ -211,10 +236,11 @@ def snapshots(users: pl.DataFrame, movies: pl.DataFrame, genres: pl.DataFrame) -
     return users.with_columns(_as_row_dtypes(spec.names("user"))).sort("userId"), _movie_snapshot(movies, genres)
 
 
-def build_feature_set(dataset: RawDataset, holdout_fraction: float) -> FeatureSet:
-    """Features of a loaded data set, fingerprinted by its files, the feature code and the split."""
+def build_feature_set(dataset: RawDataset, holdout_fraction: float, keep: KeepRows | None = None) -> FeatureSet:
+    """Features of a loaded data set, fingerprinted by its files, the feature code and the split
+    (``keep``: which training rows, as ``build_features``)."""
     fingerprint = feature_fingerprint(dataset.source_files, holdout_fraction)
-    return build_features(dataset.ratings, dataset.movies, holdout_fraction, fingerprint)
+    return build_features(dataset.ratings, dataset.movies, holdout_fraction, fingerprint, keep)
 
 
 def feature_fingerprint(source_files: Sequence[Path], holdout_fraction: float) -> str:
@@ -267,8 +293,9 @@ class _EventValues:
         # (genre, movie): a slice's genres come out row-contiguous
         self._genres_by_column = np.ascontiguousarray(self._genre_table.T, dtype=np.int32)
 
-    def genres_of_rows(self) -> np.ndarray:
-        return self._genre_table.take(self._genre_rows, axis=0)
+    def genres_of_rows(self, kept: np.ndarray | None = None) -> np.ndarray:
+        """Each row's genre flags (only the ``kept`` rows', with a row mask)."""
+        return self._genre_table.take(self._genre_rows if kept is None else self._genre_rows[kept], axis=0)
 
     def of(self, aggregates: tuple[Aggregate, ...], rows: np.ndarray) -> Values:
         """Each aggregate's value for each of ``rows`` (row numbers), an array of its own (the
@@ -303,10 +330,11 @@ Values = dict[str, np.ndarray]  # name -> values with one entry per row (or per 
 
 
 def _key_aggregates(
-    rows: pl.DataFrame, entity: str, values: _EventValues, *, per_row: bool
+    rows: pl.DataFrame, entity: str, values: _EventValues, *, per_row: bool | np.ndarray
 ) -> tuple[pl.DataFrame | None, pl.DataFrame]:
     """The entity's declared aggregates per row, over its key's rows with an earlier timestamp
-    (in the feature rows' dtypes; only with ``per_row``), and per key over all its rows.
+    (in the feature rows' dtypes; only with ``per_row``: True for every row, or a row mask for
+    those rows alone, in their order), and per key over all its rows.
 
     ``rows`` are in ``labelled``'s order (timestamp, userId, movieId), so a stable sort by key
     puts each key's rows in (timestamp, the other id) order: the order ``latest`` goes by.
@@ -317,11 +345,15 @@ def _key_aggregates(
     order = _stable_order(rows.get_column(key).to_numpy())
     keys, timestamps = (rows.get_column(column).to_numpy().take(order) for column in (key, "timestamp"))
     shapes = {name: part.shape[:-1] for name, part in values.of(declared, order[:0]).items()}
-    before = None
-    if per_row:
+    before, out_row = None, None  # out_row: each row's place among the kept rows (-1: not kept)
+    if per_row is not False:
+        if per_row is not True:
+            out_row = np.cumsum(per_row) - 1
+            out_row[~per_row] = -1
         before = {
             aggregate.name: np.empty(
-                (len(rows), *shapes[aggregate.name]), np.int64 if aggregate.is_time else np.float32
+                (len(rows) if out_row is None else int(per_row.sum()), *shapes[aggregate.name]),
+                np.int64 if aggregate.is_time else np.float32,
             )
             for aggregate in declared
         }
@@ -329,6 +361,11 @@ def _key_aggregates(
     def slice_aggregates(bounds: tuple[int, int]) -> pl.DataFrame:
         part = slice(bounds[0], sum(bounds))
         runs = _KeyRuns.of(keys[part], timestamps[part])
+        targets, chosen = order[part], slice(None)
+        if out_row is not None:
+            targets = out_row.take(targets)
+            chosen = targets >= 0
+            targets = targets[chosen]
         totals = {}
         for aggregate, (name, events) in zip(declared, values.of(declared, order[part]).items()):
             if aggregate.kind == "latest" and before is None:
@@ -341,7 +378,7 @@ def _key_aggregates(
                 at_rows, totals[name] = runs.sums(events)
             if before is not None:
                 # slices hold disjoint rows: safe across threads
-                _put_rows(before[name], order[part], np.ascontiguousarray(at_rows.T, dtype=before[name].dtype))
+                _put_rows(before[name], targets, np.ascontiguousarray(at_rows[..., chosen].T, dtype=before[name].dtype))
         wide = {
             name: total.T.astype(np.float64 if total.dtype.kind == "f" else np.int64) for name, total in totals.items()
         }

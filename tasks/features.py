@@ -18,9 +18,7 @@ def build_features(
 ) -> features.FeatureSet:
     """The feature folder ``out_dir`` (local or S3), built here with Polars; with ``rows`` (a warm
     start's), only those training rows are written (and validated): no other is read."""
-    feature_set = features.build_feature_set(dataset, settings.holdout_fraction)
-    if rows is not None:
-        feature_set = replace(feature_set, train=rows.of(feature_set.train))
+    feature_set = features.build_feature_set(dataset, settings.holdout_fraction, rows.keeps if rows else None)
     features.write_feature_set(feature_set, out_dir)
     return feature_set
 

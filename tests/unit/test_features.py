@@ -9,6 +9,7 @@ import pytest
 from railyard import features
 from railyard.features import GENRES
 from railyard.loaders import RATINGS_SCHEMA, load_dataset
+from railyard.model_input import Warm
 from railyard.synthetic import generate_movielens
 
 
@@ -246,3 +247,21 @@ def test_the_holdout_owns_its_buffers_so_the_training_rows_can_be_freed():
         for chunk in column.chunks:
             if pa.types.is_primitive(chunk.type):
                 assert chunk.offset == 0 and chunk.buffers()[1].size == len(chunk) * chunk.type.bit_width // 8, column
+
+
+@pytest.mark.parametrize("slice_rows", [features.HISTORY_SLICE_ROWS, 7])
+def test_building_only_the_kept_training_rows_gives_those_rows_of_the_whole_build(tmp_path, monkeypatch, slice_rows):
+    """A warm start builds the rows it reads (and the whole holdout), their aggregates still over
+    every earlier rating: the same values as those rows of a build of every row."""
+    monkeypatch.setattr(features, "HISTORY_SLICE_ROWS", slice_rows)
+    generate_movielens(tmp_path / "data", users=40, movies=30, days=4, ratings_per_day=150, seed=6)
+    dataset = load_dataset(tmp_path / "data")
+    whole = features.build_features(dataset.ratings, dataset.movies, holdout_fraction=0.25)
+    since = int(whole.train["timestamp"].quantile(0.7))
+    warm = Warm(since=since, replay=0.2, seed=3)
+    kept = features.build_features(dataset.ratings, dataset.movies, holdout_fraction=0.25, keep=warm.keeps)
+    assert 0 < kept.train.height < whole.train.height and kept.train["timestamp"].min() < since  # new rows and replay
+    assert kept.train.equals(warm.of(whole.train))
+    for part in ("holdout", "user_snapshot", "movie_snapshot"):
+        assert getattr(kept, part).equals(getattr(whole, part)), part
+    assert (kept.cutoff_ts, kept.priors) == (whole.cutoff_ts, whole.priors)
