@@ -91,11 +91,13 @@ def run(
     load_kind(settings.model_kind)
     # The run needs its serving ports and its online store: refuse a taken port set, or start the
     # store, at once, before Prefect and the flow start (the flow checks the serving ports too).
+    # The store loads its data (25M ratings' features: 12 s) while the flow loads and validates
+    # the ratings; the skew check waits for it to answer.
     refuse_taken_local_ports(settings)
     if settings.online_store_url is None:
         from infra.online_store import valkey_process
 
-        valkey_process.ensure_valkey(settings)
+        valkey_process.ensure_valkey(settings, answering=False)
     from flows.retrain import retrain
 
     parameters = {"data_dir": str(data.resolve()) if data else None, "epochs": epochs}

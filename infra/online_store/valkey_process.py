@@ -91,19 +91,22 @@ def running(directory: Path) -> ValkeyState | None:
     return state
 
 
-def ensure_valkey(settings: Settings) -> ValkeyState:
+def ensure_valkey(settings: Settings, answering: bool = True) -> ValkeyState:
     """The live embedded server: the one already running for this home, or a new one (on the
-    port the module's docstring tells)."""
+    port the module's docstring tells). With ``answering`` (the default), once it answers; without,
+    as soon as its process runs, while it may still be loading its data (a later call waits)."""
     directory = server_dir(settings)
     setting = settings.local_online_store_port
     with _start_lock(directory):  # two commands starting at once must not start two servers
         if (state := running(directory)) is not None:
-            _wait_until_answering(directory, state, None)
+            if answering:
+                _wait_until_answering(directory, state, None)
             return state
         for attempt in itertools.count(1):
             try:
                 state, child = _start(directory, _port(setting))
-                _wait_until_answering(directory, state, child)
+                if answering:
+                    _wait_until_answering(directory, state, child)
                 return state
             except PortTaken:
                 if setting or attempt == START_ATTEMPTS:  # a port set is that port or nothing

@@ -344,6 +344,33 @@ def test_the_embedded_server_is_reused_owner_only_and_survives_a_restart(tmp_pat
         valkey_process.stop(settings)
 
 
+def test_a_server_started_without_waiting_loads_its_data_and_a_later_call_waits_for_it(tmp_path):
+    """`railyard run` starts the store and goes on while it loads its append-only file (12 s
+    for 25M ratings' features); the flow's first use waits until it answers, with every key."""
+    settings = Settings(home=tmp_path / "home", local_online_store_port=0)
+    directory = valkey_process.server_dir(settings)
+    try:
+        state = valkey_process.ensure_valkey(settings)
+        client = redis.Redis(port=state.port, password=valkey_process.password(directory))
+        for start in range(0, 300_000, 50_000):  # ~0.5 s of loading
+            pipe = client.pipeline(transaction=False)
+            for key in range(start, start + 50_000):
+                pipe.hset(f"k{key}", mapping={"a": key, "b": "x" * 20})
+            pipe.execute()
+        client.close()
+        valkey_process.stop(settings)
+
+        started = valkey_process.ensure_valkey(settings, answering=False)
+        with pytest.raises((redis.BusyLoadingError, redis.ConnectionError)):  # still loading (or not yet listening)
+            redis.Redis(port=started.port, password=valkey_process.password(directory), retry=None).ping()
+        assert valkey_process.ensure_valkey(settings) == started  # waits for that server; no second one
+        answering = redis.Redis(port=started.port, password=valkey_process.password(directory))
+        assert answering.dbsize() == 300_000 and answering.hget("k299999", "a") == b"299999"
+        answering.close()
+    finally:
+        valkey_process.stop(settings)
+
+
 def test_a_taken_port_that_was_set_is_refused_naming_the_setting(tmp_path):
     with socket.socket() as other:  # another service on this machine holds the port
         other.bind(("127.0.0.1", 0))

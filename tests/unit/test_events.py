@@ -99,3 +99,9 @@ def test_first_wins_keeps_the_first_rating_of_each_event_and_counts_what_it_drop
     kept = first_wins(pl.DataFrame(rows, schema=RATINGS_SCHEMA, orient="row"))
     assert kept.ratings.rows() == [(1, 10, 4.0, 100), (2, 10, 3.5, 101)]
     assert (kept.repeats, kept.conflicts) == (2, 1)
+
+
+def test_first_wins_keeps_every_row_when_no_event_repeats():
+    rows = [(1, 10, 4.0, 100), (1, 10, 4.0, 101), (1, 11, 4.0, 100), (2, 10, 4.0, 100)]  # each differs in one key
+    kept = first_wins(pl.DataFrame(rows, schema=RATINGS_SCHEMA, orient="row"))
+    assert kept.ratings.rows() == rows and (kept.repeats, kept.conflicts) == (0, 0)
