@@ -90,7 +90,9 @@ def main() -> None:
         result = training.train_model(folder, config, kind, warm=warm)
         out = export_for_serving(result, feature_set, scratch / f"v{day}-{'warm' if warm else 'full'}", "recmodel", 1)
         seconds = time.perf_counter() - started
-        metrics = evaluation.evaluate_saved_model(out, feature_set.holdout, feature_set.priors).metrics
+        metrics = evaluation.evaluate_saved_model(
+            out, evaluation.Holdout.of(feature_set.holdout, feature_set.priors)
+        ).metrics
         return {
             "ratings": ratings,
             "fit_rows": result.train_rows,

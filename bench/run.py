@@ -163,7 +163,7 @@ def plain_stages(data_dir: Path, work: Path, settings, target) -> tuple[Stages, 
         export_dir = export_for_serving(trained, feature_set, work / "export", MODEL, settings.seed)
     holdout = feature_set.holdout
     with stages.stage("evaluation", len(holdout)):
-        evaluated = evaluation.evaluate_saved_model(export_dir, holdout, feature_set.priors)
+        evaluated = evaluation.evaluate_saved_model(export_dir, evaluation.Holdout.of(holdout, feature_set.priors))
         evaluation.plot_roc(evaluated, work / "roc.png", title="bench")
         metrics = evaluated.metrics
     store = open_store((work / "store").as_uri())

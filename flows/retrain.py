@@ -34,7 +34,7 @@ from model_registry.release_rules import Ending
 from railyard import errors, tracking, warm_start
 from railyard.drift import DataDrift, Verdict, verdict_lineage, write_statistics
 from railyard.errors import CanaryRolledBack, ModelRejected, SmokeTestsFailed
-from railyard.evaluation import GateDecision
+from railyard.evaluation import GateDecision, Holdout
 from railyard.features import FeatureSet, holdout_cutoff, read_feature_set
 from railyard.kinds.registry import LoadedKind, load_kind
 from railyard.locations import Location
@@ -179,8 +179,9 @@ def retrain(
             )
             export_dir = publish.fetch(settings, existing.version, run_dir / "stored")
         trained_how = warm_start.read_lineage(export_dir)  # from scratch or warm, and why: kept with the version
+        holdout = evaluation.prepare_holdout(feature_set)
         metrics, decision = evaluate_against_production(
-            settings, export_dir, feature_set, run_id, run_dir, report_dir, verdict
+            settings, export_dir, holdout, run_id, run_dir, report_dir, verdict
         )
         summary |= {
             "metrics": {name: metrics[name] for name in SUMMARY_METRICS},
@@ -198,7 +199,7 @@ def retrain(
                     f"production is version {production} now, not {decision.baseline_version} as at the gate: "
                     "comparing again on the same holdout"
                 )
-                decision = compare_with_production(settings, metrics, feature_set, run_id, run_dir, verdict)
+                decision = compare_with_production(settings, metrics, holdout, run_id, run_dir, verdict)
                 summary["gate"] = decision.as_dict()
                 if not decision.blessed:
                     refuse(settings, decision.reason, existing, run_id, prefect_run_id, locked=True)
@@ -314,22 +315,21 @@ def validated_features(
 def evaluate_against_production(
     settings: Settings,
     export_dir: Path,
-    feature_set: FeatureSet,
+    holdout: Holdout,
     run_id: str,
     run_dir: Path,
     report_dir: Path,
     drift_verdict: Verdict | None,
 ) -> tuple[dict, GateDecision]:
     """The SavedModel that would ship and the production model, on the same holdout; the gate."""
-    holdout, priors = feature_set.holdout, feature_set.priors
-    metrics = evaluation.evaluate(export_dir, holdout, priors, settings, run_id, report_dir / "roc.png")
-    return metrics, compare_with_production(settings, metrics, feature_set, run_id, run_dir, drift_verdict)
+    metrics = evaluation.evaluate(export_dir, holdout, settings, run_id, report_dir / "roc.png")
+    return metrics, compare_with_production(settings, metrics, holdout, run_id, run_dir, drift_verdict)
 
 
 def compare_with_production(
     settings: Settings,
     metrics: dict,
-    feature_set: FeatureSet,
+    holdout: Holdout,
     run_id: str,
     run_dir: Path,
     drift_verdict: Verdict | None,
@@ -339,9 +339,7 @@ def compare_with_production(
     check's warnings shown beside its checks."""
     production_version = release_steps.production_version(settings)
     production_metrics = (
-        evaluation.evaluate_production(
-            production_version, feature_set.holdout, feature_set.priors, settings, run_id, run_dir
-        )
+        evaluation.evaluate_production(production_version, holdout, settings, run_id, run_dir)
         if production_version is not None
         else None
     )

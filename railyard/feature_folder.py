@@ -52,9 +52,13 @@ class FeatureSet:
         return replace(self, train=self.train.clear(), holdout=holdout)
 
 
-def write_feature_set(feature_set: FeatureSet, out_dir: Location | Path | str) -> Location:
+def write_feature_set(
+    feature_set: FeatureSet, out_dir: Location | Path | str, train_selection: dict | None = None
+) -> Location:
     """Parquet shards (``SHARD_ROWS`` each, written in parallel) and snapshots, plus
-    ``meta.json`` (written last: a folder without it is incomplete), at a local path or an S3 prefix."""
+    ``meta.json`` (written last: a folder without it is incomplete), at a local path or an S3
+    prefix. ``train_selection`` says which training rows alone the set holds (a warm start's
+    ``model_input.Warm``, as a dict; None: all)."""
     out = clear_folder(out_dir)
     shards = [
         (frame.slice(start, SHARD_ROWS), out, split, number)
@@ -65,7 +69,7 @@ def write_feature_set(feature_set: FeatureSet, out_dir: Location | Path | str) -
         list(pool.map(lambda shard: write_shard(*shard), shards))
     write_snapshots(feature_set.user_snapshot, feature_set.movie_snapshot, out)
     rows = {"train": len(feature_set.train), "holdout": len(feature_set.holdout)}
-    return write_meta(out, feature_set.cutoff_ts, feature_set.priors, feature_set.fingerprint, rows)
+    return write_meta(out, feature_set.cutoff_ts, feature_set.priors, feature_set.fingerprint, rows, train_selection)
 
 
 def clear_folder(out_dir: Location | Path | str) -> Location:
@@ -97,7 +101,12 @@ def shards(split_dir: Location | Path | str) -> list[Location]:
 
 
 def write_meta(
-    out_dir: Location | Path | str, cutoff_ts: int, priors: dict[str, float], fingerprint: str, rows: dict[str, int]
+    out_dir: Location | Path | str,
+    cutoff_ts: int,
+    priors: dict[str, float],
+    fingerprint: str,
+    rows: dict[str, int],
+    train_selection: dict | None = None,
 ) -> Location:
     """``meta.json``, the mark of a complete feature folder: written last, whole."""
     meta = {
@@ -107,10 +116,16 @@ def write_meta(
         "fingerprint": fingerprint,
         "genres": list(GENRES),
         "rows": rows,
+        "train_selection": train_selection,
     }
     out = Location.of(out_dir)
     (out / "meta.json").write_text(json.dumps(meta, indent=1))
     return out
+
+
+def read_train_selection(out_dir: Location | Path | str) -> dict | None:
+    """Which training rows alone the folder holds (``write_feature_set``'s ``train_selection``)."""
+    return _read_meta(Location.of(out_dir)).get("train_selection")
 
 
 def read_priors(out_dir: Location | Path | str) -> dict[str, float]:

@@ -17,8 +17,9 @@ The three windows, all cut by time (ties always on one side):
 
 A warm start (``railyard.warm_start``) trains on the rows since the previous version's cut-off
 and a replay sample of the older ones (``replayed``: a fixed share, the same rows every epoch),
-filtered once into a split of their own (``write_warm_rows``): both windows are then cut from
-those rows, so the validation window is the newest of them.
+written alone by the feature build, or else filtered once into a split of their own
+(``warm_rows``): both windows are then cut from those rows, so the validation window is the
+newest of them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ import pyarrow.compute as pc
 from railyard import feature_spec as spec
 from railyard import features as F
 from railyard import parquet_io
-from railyard.feature_folder import SHARD_WRITERS, write_shard
+from railyard.feature_folder import SHARD_WRITERS, read_train_selection, write_shard
 from railyard.locations import Location, parquet_file, read_parquet
 
 INPUT_NAMES = ("userId", "movieId", "user_features", "movie_features")
@@ -153,6 +154,15 @@ def carve_validation(train_dir: Location | Path | str, fraction: float) -> Windo
         user_ids=np.sort(fit.get_column("userId").unique().to_numpy()).astype(np.int64),
         movie_ids=np.sort(fit.get_column("movieId").unique().to_numpy()).astype(np.int64),
     )
+
+
+def warm_rows(feature_dir: Location | Path | str, warm: Warm) -> Location:
+    """The split of exactly the training rows ``warm`` keeps: the training split itself when
+    the build wrote those rows alone (its ``meta.json`` says so), else ``write_warm_rows``."""
+    feature_dir = Location.of(feature_dir)
+    if read_train_selection(feature_dir) == asdict(warm):
+        return feature_dir / "train"
+    return write_warm_rows(feature_dir, warm)
 
 
 def write_warm_rows(feature_dir: Location | Path | str, warm: Warm) -> Location:

@@ -107,7 +107,7 @@ def new_model(feature_dir: Location | Path | str, config: TrainConfig, kind: Loa
     import keras
 
     feature_dir = Location.of(feature_dir)
-    train_dir = feature_dir / "train" if warm is None else model_input.write_warm_rows(feature_dir, warm.rows)
+    train_dir = feature_dir / "train" if warm is None else model_input.warm_rows(feature_dir, warm.rows)
     windows = model_input.carve_validation(train_dir, config.validation_fraction)
     previous = warm.previous if warm is not None else None
     context = context_for(windows, F.read_priors(feature_dir), config, previous)

@@ -1,20 +1,26 @@
 from pathlib import Path
 
-import polars as pl
 from prefect.artifacts import create_table_artifact
 
 from railyard import drift, evaluation, tracking
+from railyard.features import FeatureSet
 from railyard.settings import Settings
 from release.state import model_store
 from tasks.common import MINUTES, railyard_task
 
 
+@railyard_task(name="prepare-holdout", timeout_seconds=30 * MINUTES)
+def prepare_holdout(feature_set: FeatureSet) -> evaluation.Holdout:
+    """The holdout as the candidate and production are both scored on it: inputs and baselines once."""
+    holdout = evaluation.Holdout.of(feature_set.holdout, feature_set.priors)
+    holdout.inputs  # computed here, in the task that says so, not inside the first evaluation
+    return holdout
+
+
 @railyard_task(name="evaluate", timeout_seconds=60 * MINUTES)
-def evaluate(
-    export_dir: Path, holdout: pl.DataFrame, priors: dict, settings: Settings, run_id: str, plot_path: Path
-) -> dict:
+def evaluate(export_dir: Path, holdout: evaluation.Holdout, settings: Settings, run_id: str, plot_path: Path) -> dict:
     """The exported SavedModel itself, scored on the holdout: what is measured is what ships."""
-    result = evaluation.evaluate_saved_model(export_dir, holdout, priors)
+    result = evaluation.evaluate_saved_model(export_dir, holdout)
     tracking.log_metrics(settings, run_id, result.metrics)
     evaluation.plot_roc(result, plot_path, title=f"{settings.model_name}: holdout ROC")
     tracking.log_artifact(settings, run_id, plot_path, "evaluation")
@@ -23,12 +29,12 @@ def evaluate(
 
 @railyard_task(name="evaluate-production", timeout_seconds=60 * MINUTES, retries=2, retry_delay_seconds=[10, 60])
 def evaluate_production(
-    version: int, holdout: pl.DataFrame, priors: dict, settings: Settings, run_id: str, work_dir: Path
+    version: int, holdout: evaluation.Holdout, settings: Settings, run_id: str, work_dir: Path
 ) -> dict:
     """The production model, fetched verified from the store, scored on the same fresh holdout."""
     store = model_store(settings)
     local = store.download(settings.model_name, version, work_dir / f"production-{version}")
-    metrics = evaluation.evaluate_saved_model(local, holdout, priors).metrics
+    metrics = evaluation.evaluate_saved_model(local, holdout).metrics
     tracking.log_metrics(settings, run_id, {f"production_{name}": value for name, value in metrics.items()})
     return metrics
 

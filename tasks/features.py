@@ -1,4 +1,4 @@
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from infra.online_store.consistency import check_store_partitioned
@@ -19,7 +19,7 @@ def build_features(
     """The feature folder ``out_dir`` (local or S3), built here with Polars; with ``rows`` (a warm
     start's), only those training rows are written (and validated): no other is read."""
     feature_set = features.build_feature_set(dataset, settings.holdout_fraction, rows.keeps if rows else None)
-    features.write_feature_set(feature_set, out_dir)
+    features.write_feature_set(feature_set, out_dir, asdict(rows) if rows else None)
     return feature_set
 
 

@@ -6,6 +6,7 @@ from sklearn.metrics import average_precision_score, log_loss, roc_auc_score, ro
 from railyard.configs import GateThresholds
 from railyard.evaluation import (
     LIFT,
+    Holdout,
     classification_metrics,
     evaluate_scores,
     gate,
@@ -65,7 +66,9 @@ def _holdout() -> pl.DataFrame:
 
 def test_baselines_score_the_fresh_smoothed_rates():
     priors = {"mean": 3.5, "pos": 0.5}
-    result = evaluate_scores(_holdout(), np.array([0.9, 0.1, 0.8, 0.2]), np.array([0.9, 0.8, 0.1, 0.2]), priors)
+    result = evaluate_scores(
+        Holdout.of(_holdout(), priors), np.array([0.9, 0.1, 0.8, 0.2]), np.array([0.9, 0.8, 0.1, 0.2])
+    )
     assert result.metrics["auc"] == 1.0 and result.metrics["auc_frozen"] == 0.5
     # Popularity: the movie's smoothed positive rate, (9+2.5)/15 > (8+2.5)/15 > (2+2.5)/15 > (1+2.5)/15.
     assert result.metrics["baseline_auc"] == pytest.approx(3 / 4)  # 2/10 < 8/10 is the miss
@@ -81,7 +84,9 @@ def test_baselines_score_the_fresh_smoothed_rates():
 
 def test_roc_plot_is_a_png(tmp_path):
     scores = np.array([0.9, 0.1, 0.8, 0.2])
-    path = plot_roc(evaluate_scores(_holdout(), scores, scores, {"mean": 3.5, "pos": 0.5}), tmp_path / "roc.png", "t")
+    path = plot_roc(
+        evaluate_scores(Holdout.of(_holdout(), {"mean": 3.5, "pos": 0.5}), scores, scores), tmp_path / "roc.png", "t"
+    )
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

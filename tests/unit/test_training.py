@@ -4,6 +4,7 @@ holdout), a kind's own output name through the export, its own fit, and networks
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 import polars as pl
@@ -169,6 +170,27 @@ def test_a_warm_start_with_no_rows_to_train_on_is_refused_in_words(folder):
         model_input.write_warm_rows(feature_dir, nothing)
 
 
+def test_a_folder_built_with_a_warm_starts_rows_alone_is_read_as_it_is(tmp_path):
+    """A warm start's feature build writes the rows it reads and says so in meta.json: training
+    reads that split as it is; a folder of every row gets the same rows filtered into a split."""
+    generate_movielens(tmp_path / "data", users=30, movies=25, days=5, ratings_per_day=120, seed=5)
+    dataset = load_dataset(tmp_path / "data")
+    whole = features.build_feature_set(dataset, holdout_fraction=0.1)
+    rows = model_input.Warm(since=int(whole.train["timestamp"].quantile(0.6)), replay=0.2, seed=1)
+    features.write_feature_set(whole, tmp_path / "all")
+    kept = features.build_feature_set(dataset, holdout_fraction=0.1, keep=rows.keeps)
+    features.write_feature_set(kept, tmp_path / "kept", asdict(rows))
+
+    filtered, as_built = (model_input.warm_rows(tmp_path / name, rows) for name in ("all", "kept"))
+    assert (
+        as_built.local_path == tmp_path / "kept" / "train" and not (tmp_path / "kept" / model_input.WARM_SPLIT).exists()
+    )
+    assert filtered.local_path == tmp_path / "all" / model_input.WARM_SPLIT
+    assert read_parquet(features.shards(as_built)).equals(read_parquet(features.shards(filtered)))
+    other = model_input.Warm(since=rows.since, replay=0.5, seed=1)  # not what the build kept: filtered again
+    assert model_input.warm_rows(tmp_path / "kept", other).local_path == tmp_path / "kept" / model_input.WARM_SPLIT
+
+
 def test_fresh_wd_serves_fresh_and_frozen_features_and_unknown_ids(folder, tmp_path):
     feature_dir, feature_set = folder
     kind = load_kind("fresh_wd")
@@ -255,4 +277,6 @@ def test_a_warm_start_keeps_the_rows_of_known_ids_and_scores_new_users_and_movie
     assert new_pairs.height
     scores = export.predict_saved_model(served, new_pairs.get_column("userId"), new_pairs.get_column("movieId"))
     assert np.isfinite(scores).all() and ((scores > 0) & (scores < 1)).all()
-    assert evaluation.evaluate_saved_model(served, today.holdout, today.priors).metrics["auc"] > 0.5
+    assert (
+        evaluation.evaluate_saved_model(served, evaluation.Holdout.of(today.holdout, today.priors)).metrics["auc"] > 0.5
+    )
