@@ -292,7 +292,7 @@ def validated_features(
             verdict, plan = checked_and_planned(statistics, feature_set.cutoff_ts)
         else:
             dataset = data.load_data(source)
-            validation.validate_raw(dataset.ratings, settings, report_dir)
+            validation.validate_raw(dataset, settings, report_dir)
             statistics = drift.window_statistics(dataset, settings)
             online.check_skew(dataset, settings, run_id)
             verdict, plan = checked_and_planned(statistics, holdout_cutoff(dataset.ratings, settings.holdout_fraction))

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow.parquet as pq
 
 from railyard import parquet_io
 from railyard.errors import DataLoadError
@@ -48,6 +49,9 @@ class RawDataset:
     source_files: tuple[Path, ...]  # every input file read, sorted
     duplicates_dropped: int = 0  # rows of an event an earlier row holds (first wins)
     conflicts_dropped: int = 0  # of which rate it with another value than the first
+    # The ratings files in the order of their rows, each with its row count, when every row read
+    # is kept (none dropped): which rows each file holds. Empty when rows were dropped.
+    file_rows: tuple[tuple[Path, int], ...] = ()
 
     def fingerprint(self, *extra: str) -> str:
         """sha256 over each source file's name (relative to their common folder) and bytes, then ``extra``.
@@ -109,11 +113,13 @@ def load_movielens_dir(path: Path) -> RawDataset:
         )
     movies_file = path / "movies.csv"
     movies = read_movies(movies_file) if movies_file.is_file() else None
+    ratings = _read_csv(ratings_file, RATINGS_SCHEMA)
     return _one_row_per_event(
         path,
-        _read_csv(ratings_file, RATINGS_SCHEMA),
+        ratings,
         movies,
         [ratings_file] + ([movies_file] if movies is not None else []),
+        ((ratings_file, ratings.height),),
     )
 
 
@@ -121,17 +127,25 @@ def load_parquet_partitions(path: Path) -> RawDataset:
     """``<path>/ratings/date=YYYY-MM-DD/*.parquet`` (or the partitions right under ``path``) and an
     optional ``movies.csv`` or ``movies.parquet`` at ``path``."""
     ratings_files, movies_file = parquet_layout(path)
+    ratings = read_parquet_files(ratings_files, RATINGS_SCHEMA)
     return _one_row_per_event(
         path,
-        read_parquet_files(ratings_files, RATINGS_SCHEMA),
+        ratings,
         read_movies(movies_file) if movies_file else None,
         ratings_files + ([movies_file] if movies_file else []),
+        tuple((file, pq.read_metadata(file).num_rows) for file in ratings_files),
     )
 
 
-def _one_row_per_event(path: Path, ratings: pl.DataFrame, movies: pl.DataFrame | None, files: list[Path]) -> RawDataset:
-    """The data set with the first row of each event (``ratings`` in stream order); what was
-    dropped is counted and logged."""
+def _one_row_per_event(
+    path: Path,
+    ratings: pl.DataFrame,
+    movies: pl.DataFrame | None,
+    files: list[Path],
+    file_rows: tuple[tuple[Path, int], ...],
+) -> RawDataset:
+    """The data set with the first row of each event (``ratings`` in stream order, read from
+    ``file_rows``: each ratings file and its row count); what was dropped is counted and logged."""
     kept = first_wins(ratings)
     dropped = kept.repeats + kept.conflicts
     if dropped:
@@ -143,7 +157,7 @@ def _one_row_per_event(path: Path, ratings: pl.DataFrame, movies: pl.DataFrame |
             kept.repeats,
             kept.conflicts,
         )
-    return RawDataset(kept.ratings, movies, tuple(sorted(files)), dropped, kept.conflicts)
+    return RawDataset(kept.ratings, movies, tuple(sorted(files)), dropped, kept.conflicts, () if dropped else file_rows)
 
 
 def _stream_order(file: Path) -> tuple:

@@ -435,6 +435,11 @@ class Settings(BaseSettings):
     def reports_dir(self) -> Path:
         return self.home / "reports"
 
+    @cached_property
+    def raw_validation_record(self) -> Path:
+        """The ratings files that last passed the raw suite: the next run checks the others row by row."""
+        return self.home / "validation" / "raw_ratings.json"
+
     def feature_folder(self, run_key: str) -> Location:
         """Where run ``run_key`` builds its features: under RAILYARD_FEATURES_URI, else its work folder."""
         if self.features_uri:

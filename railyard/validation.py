@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import html
+import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cache
@@ -34,7 +36,7 @@ import polars as pl
 from railyard import events as rules
 from railyard.configs import ValidationBounds
 from railyard.errors import Refused
-from railyard.fsutil import atomic_write_text
+from railyard.fsutil import atomic_write_text, sha256_file
 
 _EXAMPLES = 5
 SLICE_ROWS = 2_000_000  # rows GX's pandas engine holds at a time
@@ -74,9 +76,15 @@ class ValidationReport:
     rows: int
     failures: list[ExpectationFailure]
     html_report: Path
+    passed_before: int = 0  # the first rows, which passed the row-level expectations in an earlier run
 
     def summary(self) -> str:
         head = f"suite {self.suite}: {self.evaluated - len(self.failures)}/{self.evaluated} expectations passed on {self.rows} rows"
+        if self.passed_before:
+            head += (
+                f" (row by row on the last {self.rows - self.passed_before}: the first {self.passed_before}, "
+                "from files unchanged since, passed in an earlier run)"
+            )
         return "\n".join([head, *(f"  FAILED {failure.line()}" for failure in self.failures)])
 
 
@@ -186,8 +194,59 @@ def feature_expectations(bounds: ValidationBounds, side: str, cutoff_ts: int) ->
     ]
 
 
-def validate_ratings(ratings: pl.DataFrame, bounds: ValidationBounds, report_dir: Path) -> ValidationReport:
-    return run_suite("raw_ratings", ratings, ratings_expectations(bounds, now_ts=int(time.time())), report_dir)
+def validate_ratings(
+    ratings: pl.DataFrame, bounds: ValidationBounds, report_dir: Path, passed_before: int = 0
+) -> ValidationReport:
+    """The raw ratings' suite over ``ratings``; the first ``passed_before`` rows passed it in an
+    earlier run, so only the whole-table expectations read them."""
+    expectations = ratings_expectations(bounds, now_ts=int(time.time()))
+    return run_suite("raw_ratings", ratings, expectations, report_dir, passed_before=passed_before)
+
+
+def validate_new_ratings(
+    ratings: pl.DataFrame,
+    file_rows: Sequence[tuple[Path, int]],
+    bounds: ValidationBounds,
+    report_dir: Path,
+    record: Path,
+) -> ValidationReport:
+    """``validate_ratings``, row by row only from the first file (in ``file_rows``: the files
+    the rows came from, in order, with their row counts) that ``record`` does not list as passed
+    with the same bytes, under the same suite: date partitions that grow by a new day get the
+    new day checked, as a data set validated batch by batch is. Every row when the files are
+    not known (``file_rows`` empty). A passing suite records the files as passed."""
+    files = [(sha256_file(path), rows) for path, rows in file_rows]
+    suite = raw_suite_key(bounds)
+    known = _read_record(record)
+    passed_before = 0
+    if known.get("suite") == suite:
+        for file, passed in zip(files, known.get("files", [])):
+            if list(file) != passed:
+                break
+            passed_before += file[1]
+    report = validate_ratings(ratings, bounds, report_dir, passed_before)
+    if report.success and files:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps({"suite": suite, "files": files}))
+    return report
+
+
+def raw_suite_key(bounds: ValidationBounds) -> str:
+    """The raw ratings' suite as a digest (the present time aside): rows that passed another
+    suite, or another Great Expectations, are checked again."""
+    import great_expectations as gx
+
+    described = [(type(e).__name__, e.json()) for e in ratings_expectations(bounds, now_ts=0)]  # GX: pydantic v1
+    return hashlib.sha256(json.dumps([gx.__version__, described]).encode()).hexdigest()
+
+
+def _read_record(record: Path) -> dict:
+    """The files that last passed (``validate_new_ratings``); nothing when missing or unreadable."""
+    try:
+        known = json.loads(Path(record).read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
 
 
 def validate_features(
@@ -227,6 +286,7 @@ def run_suite(
     view=lambda frame: frame,
     first_row: int = 1,
     run_name: str | None = None,
+    passed_before: int = 0,
 ) -> ValidationReport:
     """Every expectation over every row of ``frame`` (seen through ``view``), with GX's pandas
     engine never holding more than ``SLICE_ROWS`` rows of it at once.
@@ -237,7 +297,8 @@ def run_suite(
     of its first row). Rows a compound-uniqueness check compares are hashed into the same slice,
     so duplicates are found across the whole table. Whole-table expectations (row count, column
     mean/min/max) run once, on only the columns they name. The report names the run
-    ``run_name`` (default: the report folder's name, the run's key).
+    ``run_name`` (default: the report folder's name, the run's key). The first ``passed_before``
+    rows passed the row-level expectations before: only the whole-table ones read them.
     """
     import great_expectations as gx
     import pandas as pd
@@ -281,7 +342,7 @@ def run_suite(
         # GX reports unexpected rows by index: make it the row's data-row number.
         sliced = [
             check(view(rows).to_pandas().set_index("_row").rename_axis(None))
-            for rows in _row_slices(frame, per_slice, first_row)
+            for rows in _row_slices(frame.slice(passed_before), per_slice, first_row + passed_before)
         ]
         outcomes |= {key: _merged([outcome[key] for outcome in sliced]) for key in map(id, per_slice)}
     results = [outcomes[id(expectation)] for expectation in expectations]
@@ -302,7 +363,7 @@ def run_suite(
     atomic_write_text(html_path, _render_html(outcome))
     _write_index(report_dir)
     failures = [_failure(result) for result in results if not result.success]
-    return ValidationReport(name, not failures, len(results), len(frame), failures, html_path)
+    return ValidationReport(name, not failures, len(results), len(frame), failures, html_path, passed_before)
 
 
 def row_level(expectations: list) -> list:

@@ -4,6 +4,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from railyard import validation
 from railyard.features import FeatureSet
+from railyard.loaders import RawDataset
 from railyard.settings import Settings
 from tasks.common import MINUTES, railyard_task
 
@@ -20,8 +21,10 @@ def _publish(reports: tuple[validation.ValidationReport, ...]) -> None:
 
 
 @railyard_task(name="validate-raw-data", timeout_seconds=30 * MINUTES)
-def validate_raw(dataset_ratings, settings: Settings, report_dir: Path) -> None:
-    _publish((validation.validate_ratings(dataset_ratings, settings.validation_bounds(), report_dir),))
+def validate_raw(dataset: RawDataset, settings: Settings, report_dir: Path) -> None:
+    """The raw ratings' suite, row by row on the files that did not pass it before (``validation.validate_new_ratings``)."""
+    bounds, record = settings.validation_bounds(), settings.raw_validation_record
+    _publish((validation.validate_new_ratings(dataset.ratings, dataset.file_rows, bounds, report_dir, record),))
 
 
 @railyard_task(name="validate-features", timeout_seconds=30 * MINUTES)

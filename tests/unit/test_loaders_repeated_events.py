@@ -27,6 +27,15 @@ def test_exact_repeats_across_files_are_dropped_and_counted(tmp_path, caplog):
         (4, 12, 5.0, 103),
     ]
     assert "2 repeated it in all four columns, 0 rated an event an earlier row rated differently" in caplog.text
+    assert dataset.file_rows == ()  # rows were dropped: which file each kept row came from is not kept
+
+
+def test_with_no_row_dropped_the_data_set_says_which_rows_each_file_holds(tmp_path):
+    _write(tmp_path, "2026-01-01", "part-a.parquet", [(1, 10, 4.0, 100), (2, 10, 3.5, 101)])
+    _write(tmp_path, "2026-01-02", "part-a.parquet", [(3, 11, 1.0, 202)])
+    dataset = load_dataset(tmp_path)
+    day_1, day_2 = (tmp_path / "ratings" / f"date=2026-01-0{day}" / "part-a.parquet" for day in (1, 2))
+    assert dataset.file_rows == ((day_1, 2), (day_2, 1)) and dataset.ratings.height == 3
 
 
 def test_a_conflicting_repeat_keeps_the_first_rating_in_stream_order(tmp_path, caplog):

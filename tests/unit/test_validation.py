@@ -262,3 +262,47 @@ def test_home_leads_to_an_index_of_the_runs_reports(tmp_path):
     assert sorted(links) == ["features_holdout.html", "features_train.html", "raw_ratings.html"]
     assert all(Path(tmp_path, link).exists() for link in links)
     assert [url for url in _assets(index) if not url.startswith("data:")] == []
+
+
+def _partitions(root: Path, days: list[pl.DataFrame]) -> Path:
+    for day, frame in enumerate(days):
+        folder = root / "ratings" / f"date=2020-09-{day + 13:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(folder / "part-0.parquet")
+    return root
+
+
+def test_partitions_that_passed_before_unchanged_are_not_checked_row_by_row_again(tmp_path, slice_rows):
+    """A data set of date partitions grows by a day: the new day is checked row by row (a bad
+    row there is found, numbered in the whole table); a changed old partition, another suite or
+    a failed run means every row from there is checked again."""
+    from railyard.loaders import load_dataset
+
+    clean = _clean(300)
+    days = [clean.slice(0, 100), clean.slice(100, 100), clean.slice(200, 100)]
+    record = tmp_path / "validation" / "raw_ratings.json"
+
+    def validate(data: Path, bounds: ValidationBounds = BOUNDS) -> validation.ValidationReport:
+        dataset = load_dataset(data)
+        return validation.validate_new_ratings(dataset.ratings, dataset.file_rows, bounds, tmp_path / "r", record)
+
+    first = validate(_partitions(tmp_path / "d", days[:2]))
+    assert first.success and first.passed_before == 0 and record.is_file()
+    grown = validate(_partitions(tmp_path / "d", days))
+    assert grown.success and grown.passed_before == 200 and grown.rows == 300
+    assert "row by row on the last 100" in grown.summary()
+
+    # A bad row in the new day is found, at its row of the whole table; the record stays as it was.
+    bad_day = _replace_row(days[2], 5, rating=7.0)
+    failed = validate(_partitions(tmp_path / "d", [*days[:2], bad_day]))
+    assert not failed.success and failed.passed_before == 200
+    assert "rating within 0.5..5.0: 1 unexpected rows (data rows 206), e.g. [7.0]" in failed.summary()
+    assert all(failure.column == "rating" for failure in failed.failures)
+
+    # A bad row written into an old day after it passed: its file's bytes changed, so it is checked.
+    changed = validate(_partitions(tmp_path / "e", [_replace_row(days[0], 7, rating=9.0), *days[1:]]))
+    assert not changed.success and changed.passed_before == 0
+    assert validate(_partitions(tmp_path / "f", days)).passed_before == 300  # all three passed last: none checked again
+    # Another suite (other bounds) checks every row.
+    other = ValidationBounds(min_rows=10, max_rows=10_000, min_positive_rate=0.1, max_positive_rate=0.9)
+    assert validate(tmp_path / "f", other).passed_before == 0
