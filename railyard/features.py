@@ -162,14 +162,21 @@ def build_features(
     rows = labelled(ratings)
     training_rows = int((rows.get_column("timestamp") < cutoff).sum())  # in time order they come first
     train = rows.head(training_rows)
-    # The snapshots first: their sums need memory of their own, and the per-row table is the largest.
-    user_snapshot, movie_snapshot = snapshots(user_totals(train, genres), movie_totals(train, genres), genres)
     kept = None
     if keep is not None:
         kept = np.ones(len(rows), bool)
         kept[:training_rows] = keep(*(train.get_column(name).to_numpy() for name in ("userId", "movieId", "timestamp")))
         training_rows = int(kept[:training_rows].sum())
-    per_row = _with_histories(rows, genres, kept).select(*feature_columns())
+    values, out = _EventValues(rows, genres), True if kept is None else kept
+    # One pass an entity: the kept rows' aggregates, and each key's totals over the training rows.
+    (user_rows, users), (movie_rows, movies) = (
+        _key_aggregates(rows, entity, values, per_row=out, totals_before=cutoff) for entity in ("user", "movie")
+    )
+    genre_flags = pl.DataFrame({spec.MOVIE_GENRES: values.genres_of_rows(kept)})
+    per_row = pl.concat(
+        [rows if kept is None else rows.filter(kept), user_rows, movie_rows, genre_flags], how="horizontal"
+    ).select(*feature_columns())
+    user_snapshot, movie_snapshot = snapshots(users, movies, genres)
     return FeatureSet(
         train=per_row.head(training_rows),
         holdout=per_row.slice(training_rows),
@@ -190,17 +197,6 @@ def training_sums(train: pl.DataFrame) -> tuple[int, float, float]:
 def priors_of(rows: int, rating_sum: float, positives: float) -> dict[str, float]:
     """The mean rating and positive rate of the training rows."""
     return {"mean": rating_sum / rows, "pos": positives / rows}
-
-
-def _with_histories(rows: pl.DataFrame, genres: pl.DataFrame, kept: np.ndarray | None) -> pl.DataFrame:
-    """The ``kept`` rows of ``rows`` (a row mask; None: all) with their user and movie
-    aggregates over every earlier row of ``rows``, and their movies' genres."""
-    values = _EventValues(rows, genres)
-    out = True if kept is None else kept
-    users, _ = _key_aggregates(rows, "user", values, per_row=out)
-    movies, _ = _key_aggregates(rows, "movie", values, per_row=out)
-    genre_flags = pl.DataFrame({spec.MOVIE_GENRES: values.genres_of_rows(kept)})
-    return pl.concat([rows if kept is None else rows.filter(kept), users, movies, genre_flags], how="horizontal")
 
 
 def with_user_history(rows: pl.DataFrame, genres: pl.DataFrame) -> pl.DataFrame:
@@ -330,11 +326,17 @@ Values = dict[str, np.ndarray]  # name -> values with one entry per row (or per 
 
 
 def _key_aggregates(
-    rows: pl.DataFrame, entity: str, values: _EventValues, *, per_row: bool | np.ndarray
+    rows: pl.DataFrame,
+    entity: str,
+    values: _EventValues,
+    *,
+    per_row: bool | np.ndarray,
+    totals_before: int | None = None,
 ) -> tuple[pl.DataFrame | None, pl.DataFrame]:
     """The entity's declared aggregates per row, over its key's rows with an earlier timestamp
     (in the feature rows' dtypes; only with ``per_row``: True for every row, or a row mask for
-    those rows alone, in their order), and per key over all its rows.
+    those rows alone, in their order), and per key over all its rows, or with ``totals_before``
+    (and ``per_row``) over its rows before that timestamp (keys without such rows left out).
 
     ``rows`` are in ``labelled``'s order (timestamp, userId, movieId), so a stable sort by key
     puts each key's rows in (timestamp, the other id) order: the order ``latest`` goes by.
@@ -367,6 +369,11 @@ def _key_aggregates(
             chosen = targets >= 0
             targets = targets[chosen]
         totals = {}
+        if totals_before is not None:
+            earlier = np.add.reduceat((timestamps[part] < totals_before).astype(np.int64), runs.key_starts)
+            first_later = runs.key_starts + earlier  # each key's first row at or after it, or its end
+            with_later = first_later < np.append(runs.key_starts[1:], bounds[1])
+            first_later = first_later[with_later]
         for aggregate, (name, events) in zip(declared, values.of(declared, order[part]).items()):
             if aggregate.kind == "latest" and before is None:
                 totals[name] = runs.last(events)
@@ -379,10 +386,13 @@ def _key_aggregates(
             if before is not None:
                 # slices hold disjoint rows: safe across threads
                 _put_rows(before[name], targets, np.ascontiguousarray(at_rows[..., chosen].T, dtype=before[name].dtype))
+            if totals_before is not None:  # a key's total before it: what its first row at or after it saw
+                totals[name][..., with_later] = at_rows[..., first_later]
         wide = {
             name: total.T.astype(np.float64 if total.dtype.kind == "f" else np.int64) for name, total in totals.items()
         }
-        return pl.DataFrame({key: keys[part][runs.key_starts]} | wide)
+        per_key = pl.DataFrame({key: keys[part][runs.key_starts]} | wide)
+        return per_key if totals_before is None else per_key.filter(earlier > 0)
 
     # NumPy releases the GIL in these array operations, so threads use every core.
     with ThreadPoolExecutor(HISTORY_THREADS) as pool:

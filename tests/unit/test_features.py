@@ -265,3 +265,23 @@ def test_building_only_the_kept_training_rows_gives_those_rows_of_the_whole_buil
     for part in ("holdout", "user_snapshot", "movie_snapshot"):
         assert getattr(kept, part).equals(getattr(whole, part)), part
     assert (kept.cutoff_ts, kept.priors) == (whole.cutoff_ts, whole.priors)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_snapshots_are_each_keys_totals_over_the_training_rows(tmp_path, monkeypatch, keep):
+    """The build reads each key's training totals off the pass that gives the rows their
+    aggregates: the same as summing the training rows on their own (keys seen only in the
+    holdout left out; ties at the cut-off on the holdout's side)."""
+    monkeypatch.setattr(features, "HISTORY_SLICE_ROWS", 11)
+    generate_movielens(tmp_path / "data", users=40, movies=30, days=4, ratings_per_day=150, seed=8)
+    dataset = load_dataset(tmp_path / "data")
+    rows, genres = features.labelled(dataset.ratings), features.movie_genres(dataset.movies)
+    keeps = Warm(since=int(rows["timestamp"].quantile(0.6)), replay=0.1, seed=2).keeps if keep else None
+    built = features.build_features(dataset.ratings, dataset.movies, holdout_fraction=0.25, keep=keeps)
+    train = rows.filter(pl.col("timestamp") < built.cutoff_ts)
+    users, movies = features.snapshots(
+        features.user_totals(train, genres), features.movie_totals(train, genres), genres
+    )
+    assert built.user_snapshot.equals(users) and built.movie_snapshot.equals(movies)
+    holdout_only = set(built.holdout["userId"].to_list()) - set(train["userId"].to_list())
+    assert holdout_only and not holdout_only & set(built.user_snapshot["userId"].to_list())
