@@ -4,19 +4,23 @@
 
 ``--day0`` holds the data up to one day, ``--day1`` the same and the next day (MovieLens format or
 date-partitioned Parquet). Each step is the whole command, ``railyard run --epochs N
---auto-approve``, in a process of its own with a home of its own, its serving process and online
-store stopped after it (so no step competes with what an earlier one left):
+--auto-approve``, in a process of its own, its serving process and online store stopped after it
+(so no step competes with what an earlier one left):
 
-1. ``before, day 0, full``: the checkout ``--before`` (its code run by this environment's Python) on
-   a fresh home: the first daily run, the empty online store filled, version 1 trained from scratch;
-2. ``after, day 0, full``: the same with this checkout;
-3. ``after, day 1, warm``: this checkout's home of step 2, the next day, ``RAILYARD_TRAINING_START=auto``
-   (warm from version 1 unless a reason says otherwise: the run's log says which);
-4. ``after, day 0, full, again`` and ``after, day 1, full``: a second fresh home, day 0 as in step
-   2 (a second sample of it), then the next day with ``RAILYARD_TRAINING_START=full``: the full
-   retrain the warm start is measured against (a copy of step 2's home would not do: a home's
-   serving configuration names its own folders);
-5. ``before, day 1``: step 1's home, the next day, with the earlier code's own default.
+1. ``after, day 0, full``: this checkout on a fresh home: the first daily run, the empty online
+   store filled, version 1 trained from scratch. The home is then copied aside, so each next-day
+   step below starts from this very home, restored at its own path (a home names its folders);
+2. ``after, day 1, warm``: the next day, ``RAILYARD_TRAINING_START=auto`` (warm from version 1
+   unless a reason says otherwise: the run's log says which), on a machine where nothing runs:
+   the run starts the online store (loading its data) and the serving process;
+3. ``after, day 1, warm, services running``: the same, with the serving process and the online
+   store started before the command, as a daily schedule finds them (`railyard run` leaves them
+   running; `railyard up` supervises them); their processes are not among the step's;
+4. ``before, day 1, warm`` (with ``--before``): the earlier checkout's code (run by this
+   environment's Python) on the same restored home, as step 2;
+5. ``after, day 0, full, again`` and ``after, day 1, full``: a second fresh home, day 0 as in step
+   1 (a second sample of it), then the next day with ``RAILYARD_TRAINING_START=full``: the full
+   retrain the warm start is measured against.
 
 Per step: wall seconds, the largest resident set of any of its processes (the command's, and the
 serving process and online store it starts, sampled every 0.2 s from /proc), the holdout AUC, how
@@ -31,6 +35,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -134,6 +139,19 @@ def stop_services(code: Path, env: dict) -> None:
         subprocess.run([sys.executable, "-m", "cli", *command], cwd=code, env=env, capture_output=True, check=False)
 
 
+def start_services(home: Path) -> None:
+    """The home's serving process and online store, started and answering."""
+    env = os.environ | {"RAILYARD_HOME": str(home), "PYTHONPATH": str(REPO)}
+    for command in (["serve", "--background"], ["online-store", "start"]):
+        subprocess.run([sys.executable, "-m", "cli", *command], cwd=REPO, env=env, capture_output=True, check=True)
+
+
+def restore(home: Path, saved: Path) -> None:
+    """``home`` as it was when copied to ``saved`` (at the same path: a home names its folders)."""
+    shutil.rmtree(home, ignore_errors=True)
+    shutil.copytree(saved, home, symlinks=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--day0", type=Path, required=True)
@@ -149,14 +167,18 @@ def main() -> None:
         steps.append(run_step(name, code, home, data.resolve(), args.epochs, start))
         print(json.dumps({key: value for key, value in steps[-1].items() if key != "tasks_s"}), flush=True)
 
+    home, day0_home = scratch / "after" / "home", scratch / "after" / "home-day0"
+    step("after, day 0, full", REPO, home, args.day0)
+    shutil.copytree(home, day0_home, symlinks=True)
+    step("after, day 1, warm", REPO, home, args.day1, "auto")
+    restore(home, day0_home)
+    start_services(home)
+    step("after, day 1, warm, services running", REPO, home, args.day1, "auto")
     if args.before:
-        step("before, day 0, full", args.before.resolve(), scratch / "before" / "home", args.day0)
-    step("after, day 0, full", REPO, scratch / "after" / "home", args.day0)
-    step("after, day 1, warm", REPO, scratch / "after" / "home", args.day1, "auto")
+        restore(home, day0_home)
+        step("before, day 1, warm", args.before.resolve(), home, args.day1, "auto")
     step("after, day 0, full, again", REPO, scratch / "after-full" / "home", args.day0)
     step("after, day 1, full", REPO, scratch / "after-full" / "home", args.day1, "full")
-    if args.before:
-        step("before, day 1", args.before.resolve(), scratch / "before" / "home", args.day1)
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {"machine": platform.node(), "cpus": os.cpu_count(), "epochs": args.epochs, "steps": steps}
