@@ -169,14 +169,14 @@ def build_features(
         training_rows = int(kept[:training_rows].sum())
     values, out = _EventValues(rows, genres), True if kept is None else kept
     # One pass an entity: the kept rows' aggregates, and each key's totals over the training rows.
-    (user_rows, users), (movie_rows, movies) = (
+    (user_rows, user_sums), (movie_rows, movie_sums) = (
         _key_aggregates(rows, entity, values, per_row=out, totals_before=cutoff) for entity in ("user", "movie")
     )
     genre_flags = pl.DataFrame({spec.MOVIE_GENRES: values.genres_of_rows(kept)})
     per_row = pl.concat(
         [rows if kept is None else rows.filter(kept), user_rows, movie_rows, genre_flags], how="horizontal"
     ).select(*feature_columns())
-    user_snapshot, movie_snapshot = snapshots(users, movies, genres)
+    user_snapshot, movie_snapshot = snapshots(user_sums, movie_sums, genres)
     return FeatureSet(
         train=per_row.head(training_rows),
         holdout=per_row.slice(training_rows),
