@@ -8,8 +8,8 @@ data up to its end, its features built once (the holdout: the newest RAILYARD_HO
 and two versions trained on it, taking turns at going first:
 
 - **full**: from scratch on every training row (what every run did before warm starts);
-- **warm**: from the production version, on the rows since its training cut-off and the replay
-  share of the older ones (``railyard.warm_start``); the warm version becomes production, as a
+- **warm**: from the production version, on the rows since its training cut-off and a replay of
+  the older ones sized as a run sizes it (``railyard.warm_start.Replay``); the warm version becomes production, as a
   daily ``auto`` schedule keeps it between full retrains.
 
 Each is exported (the served SavedModel and its warm-start state, as a run exports it) and scored
@@ -75,17 +75,18 @@ def main() -> None:
             dataclasses.replace(everything, ratings=ratings), settings.holdout_fraction
         )
         features.write_feature_set(feature_set, scratch / f"features-{day}")
-        return ratings.height, feature_set.without_training_rows()
+        return ratings.height, feature_set.without_training_rows(), feature_set.train.get_column("timestamp").to_numpy()
 
     def version(day: int, built, warm_from=None) -> dict:
         """A version trained on the day's features (``built``; warm from ``warm_from``: (previous,
         its cut-off)), exported and scored on the holdout."""
-        ratings, feature_set = built
+        ratings, feature_set, train_timestamps = built
         folder = scratch / f"features-{day}"
-        warm = None
+        warm, replay_share = None, 0.0
         if warm_from is not None:
             previous, since = warm_from
-            warm = training.WarmStart(previous, model_input.Warm(since, settings.warm_replay_share, config.seed))
+            replay_share = warm_start.Replay.of(settings).share(train_timestamps, since)
+            warm = training.WarmStart(previous, model_input.Warm(since, replay_share, config.seed))
         started = time.perf_counter()
         result = training.train_model(folder, config, kind, warm=warm)
         out = export_for_serving(result, feature_set, scratch / f"v{day}-{'warm' if warm else 'full'}", "recmodel", 1)
@@ -96,6 +97,7 @@ def main() -> None:
         return {
             "ratings": ratings,
             "fit_rows": result.train_rows,
+            "replay_share": replay_share,
             "holdout_rows": int(metrics["rows"]),
             "auc": metrics["auc"],
             "logloss": metrics["logloss"],
@@ -131,7 +133,7 @@ def main() -> None:
         "kind": args.kind,
         "epochs": args.epochs,
         "window_days": args.window_days,
-        "replay_share": settings.warm_replay_share,
+        "replay": dataclasses.asdict(warm_start.Replay.of(settings)),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "days": rows,
         "auc_difference_median": float(np.median([row["warm_auc"] - row["full_auc"] for row in rows])),

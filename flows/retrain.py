@@ -31,7 +31,7 @@ from flows.release_orchestration import (
     serving_summary,
 )
 from model_registry.release_rules import Ending
-from railyard import errors, tracking, warm_start
+from railyard import errors, model_input, tracking, warm_start
 from railyard.drift import DataDrift, Verdict, verdict_lineage, write_statistics
 from railyard.errors import CanaryRolledBack, ModelRejected, SmokeTestsFailed
 from railyard.evaluation import GateDecision, Holdout
@@ -42,7 +42,7 @@ from railyard.notify import notify
 from railyard.review import DataWindow, ReviewRequest
 from railyard.settings import Settings
 from railyard.training import code_version as model_code_version
-from railyard.warm_start import StartPlan
+from railyard.warm_start import Replay, StartPlan
 from release import review_runs, traffic
 from release import state as release_state
 from release.reconcile import conclude_ended_run
@@ -280,23 +280,29 @@ def validated_features(
     statistics. The suites' reports go to the MLflow run (``validation/``), whether they passed or
     not."""
 
-    def checked_and_planned(statistics: dict, cutoff_ts: int) -> tuple[Verdict | None, StartPlan]:
+    def checked_and_planned(statistics: dict, cutoff_ts: int, train_timestamps) -> tuple[Verdict | None, StartPlan]:
+        """``train_timestamps()``: the training rows' timestamps, read for a warm start's replay."""
         verdict = drift.check(statistics, settings, run_id, run_dir)  # a block stops the run here
-        return verdict, training.plan_start(settings, kind, cutoff_ts, verdict.level if verdict else None)
+        plan = training.plan_start(settings, kind, cutoff_ts, verdict.level if verdict else None)
+        return verdict, plan.sized(train_timestamps(), Replay.of(settings)) if plan.mode == "warm" else plan
 
     try:
         if settings.feature_engine == "dask":  # on the cluster, validation, skew and statistics too
             feature_set, statistics = features.build_features_on_cluster(
                 source, settings, feature_dir, run_dir, report_dir, run_id
             )
-            verdict, plan = checked_and_planned(statistics, feature_set.cutoff_ts)
+            verdict, plan = checked_and_planned(
+                statistics, feature_set.cutoff_ts, lambda: model_input.split_timestamps(feature_dir / "train")
+            )
         else:
             dataset = data.load_data(source)
             validation.validate_raw(dataset, settings, report_dir)
             statistics = drift.window_statistics(dataset, settings)
             online.check_skew(dataset, settings, run_id)
-            verdict, plan = checked_and_planned(statistics, holdout_cutoff(dataset.ratings, settings.holdout_fraction))
-            rows = plan.rows(settings.warm_replay_share, settings.seed)
+            cutoff = holdout_cutoff(dataset.ratings, settings.holdout_fraction)
+            times = dataset.ratings.get_column("timestamp")
+            verdict, plan = checked_and_planned(statistics, cutoff, lambda: times.filter(times < cutoff).to_numpy())
+            rows = plan.rows(settings.seed)
             feature_set = features.build_features(dataset, settings, feature_dir, rows)
             del dataset  # from here on the features are the data: the raw ratings go before the validation's copies
             validation.validate_features(feature_set, settings, report_dir)

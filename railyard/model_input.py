@@ -16,8 +16,8 @@ The three windows, all cut by time (ties always on one side):
   is in the holdout.
 
 A warm start (``railyard.warm_start``) trains on the rows since the previous version's cut-off
-and a replay sample of the older ones (``replayed``: a fixed share, the same rows every epoch),
-written alone by the feature build, or else filtered once into a split of their own
+and a replay sample of the older ones (``replayed``: a share sized to the new rows, the same rows
+every epoch), written alone by the feature build, or else filtered once into a split of their own
 (``warm_rows``): both windows are then cut from those rows, so the validation window is the
 newest of them.
 """
@@ -154,6 +154,11 @@ def carve_validation(train_dir: Location | Path | str, fraction: float) -> Windo
         user_ids=np.sort(fit.get_column("userId").unique().to_numpy()).astype(np.int64),
         movie_ids=np.sort(fit.get_column("movieId").unique().to_numpy()).astype(np.int64),
     )
+
+
+def split_timestamps(split_dir: Location | Path | str) -> np.ndarray:
+    """A split's timestamps (what a warm start's replay is sized by)."""
+    return read_parquet(F.shards(Location.of(split_dir)), columns=["timestamp"]).get_column("timestamp").to_numpy()
 
 
 def warm_rows(feature_dir: Location | Path | str, warm: Warm) -> Location:

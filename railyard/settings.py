@@ -248,10 +248,13 @@ class Settings(BaseSettings):
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)
     # Warm starts (railyard/warm_start.py): full, warm or auto (warm unless it cannot be done, the
     # drift check warned or blocked, or this many days of data passed since the last full retrain);
-    # a warm start trains on the ratings since production's cut-off and this share of the older ones.
+    # a warm start trains on the ratings since production's cut-off and a replay of the older ones:
+    # this many per new rating, at least the floor, at most the share (railyard.warm_start.Replay).
     training_start: Literal["full", "warm", "auto"] = "auto"
     full_retrain_days: int = Field(default=7, ge=1)
     warm_replay_share: float = Field(default=0.1, ge=0, le=1)
+    warm_replay_per_new_row: float = Field(default=1.0, ge=0)
+    warm_replay_min_rows: int = Field(default=100_000, ge=0)
 
     @field_validator("model_name")
     @classmethod

@@ -5,8 +5,9 @@
 - ``full``: from scratch on every training row;
 - ``warm``: from the production version's weights (the kind's ``warm_start``: known ids keep
   their rows, new ids get fresh ones) on the rows since that version's training cut-off and a
-  replay sample of the older ones (``RAILYARD_WARM_REPLAY_SHARE``); refused when it cannot be
-  done (no production version, another kind or feature code, no new rows, ...);
+  replay sample of the older ones (``Replay``: sized to the new rows, so a day's warm start costs
+  the same whatever the history); refused when it cannot be done (no production version, another
+  kind or feature code, no new rows, ...);
 - ``auto`` (the default): warm, unless it cannot be done or the drift check warned or blocked
   (an overridden block), or ``RAILYARD_FULL_RETRAIN_DAYS`` days of data passed since the
   training cut-off of the last full retrain the production version descends from: then full.
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -53,16 +54,46 @@ class WarmStartRefused(Refused):
 
 
 @dataclass(frozen=True)
+class Replay:
+    """How many of the older training rows a warm start replays beside the new ones:
+    ``per_new_row`` for each new row, at least ``least_rows``, at most ``most_share`` of them
+    (``RAILYARD_WARM_REPLAY_*``). Sized to the new rows, a warm day costs the same whatever the
+    history (a fixed 10 % of 24M older ratings was 1.96M replayed rows beside 0.4M new ones); the
+    floor keeps a small day (a hundred ratings) from pulling the model towards it alone."""
+
+    most_share: float
+    per_new_row: float
+    least_rows: int
+
+    @classmethod
+    def of(cls, settings) -> Replay:
+        return cls(settings.warm_replay_share, settings.warm_replay_per_new_row, settings.warm_replay_min_rows)
+
+    def share(self, train_timestamps: np.ndarray, since: int) -> float:
+        """The share of the training rows older than ``since`` to replay."""
+        new = int(np.count_nonzero(train_timestamps >= since))
+        older = len(train_timestamps) - new
+        if older == 0:
+            return 0.0
+        return min(self.most_share, max(self.least_rows, self.per_new_row * new) / older)
+
+
+@dataclass(frozen=True)
 class StartPlan:
     mode: str  # "full" or "warm"
     reason: str
     full_trained_at: int  # the training cut-off of the last full retrain (this one's, when full)
     base_version: int | None = None  # warm: the production version it starts from
     since: int | None = None  # warm: that version's training cut-off; rows from it on are new
+    replay_share: float = 0.0  # warm: the share of the older training rows replayed (``sized``)
 
-    def rows(self, replay_share: float, seed: int) -> Warm | None:
+    def sized(self, train_timestamps: np.ndarray, replay: Replay) -> StartPlan:
+        """The plan with its replay share, from the training rows' timestamps (full: as it is)."""
+        return replace(self, replay_share=replay.share(train_timestamps, self.since)) if self.mode == "warm" else self
+
+    def rows(self, seed: int) -> Warm | None:
         """The training rows a warm start reads (None: from scratch, every training row)."""
-        return Warm(self.since, replay_share, seed) if self.mode == "warm" else None
+        return Warm(self.since, self.replay_share, seed) if self.mode == "warm" else None
 
     def how(self) -> dict[str, str]:
         """How the version is trained, as its lineage says (``describe`` puts it in words)."""

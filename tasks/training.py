@@ -39,10 +39,10 @@ def train(
     print(f"training: {warm_start.describe(plan.how())}")  # here: a run with nothing new to train plans too
     config = settings.train_config()
     warm = None
-    if (rows := plan.rows(settings.warm_replay_share, config.seed)) is not None:
+    if (rows := plan.rows(config.seed)) is not None:
         base = model_store(settings).download(settings.model_name, plan.base_version, work_dir / "warm-start")
         warm = training.WarmStart(warm_start.load_previous(base, plan.base_version), rows)
-    started = {"training_start": plan.mode, "warm_replay_share": settings.warm_replay_share}
+    started = {"training_start": plan.mode, "warm_replay_share": plan.replay_share}
     started |= {"warm_from": plan.base_version} if plan.mode == "warm" else {}
     tracking.log_params(settings, run_id, asdict(config) | kind.params() | started)
 

@@ -162,6 +162,8 @@ def test_a_deployment_run_waits_for_its_review_without_a_process_a_slot_or_a_lea
         training_run.data.params["training_start"] == "warm"
         and training_run.data.metrics["kind_warm_user_rows_carried"] > 0
     )
+    # A small history: the replay is its largest share (RAILYARD_WARM_REPLAY_SHARE), not the floor.
+    assert float(training_run.data.params["warm_replay_share"]) == 0.1
     holdout_rows = int(training_run.data.metrics["rows"])
     assert training_run.data.metrics["production_rows"] == holdout_rows  # production scored on the same rows
     # The feature build wrote (and validated) as training rows only those the warm start reads.

@@ -189,6 +189,8 @@ def test_a_folder_built_with_a_warm_starts_rows_alone_is_read_as_it_is(tmp_path)
     assert read_parquet(features.shards(as_built)).equals(read_parquet(features.shards(filtered)))
     other = model_input.Warm(since=rows.since, replay=0.5, seed=1)  # not what the build kept: filtered again
     assert model_input.warm_rows(tmp_path / "kept", other).local_path == tmp_path / "kept" / model_input.WARM_SPLIT
+    # What a partitioned build's warm start sizes its replay by: the written split's timestamps, in order.
+    assert model_input.split_timestamps(tmp_path / "all" / "train").tolist() == whole.train["timestamp"].to_list()
 
 
 def test_fresh_wd_serves_fresh_and_frozen_features_and_unknown_ids(folder, tmp_path):

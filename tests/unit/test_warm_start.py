@@ -9,7 +9,7 @@ import pytest
 
 from railyard import model_input
 from railyard.kinds.base import Previous, WarmStartMismatch
-from railyard.warm_start import DAY_S, WarmStartRefused, describe, plan_start
+from railyard.warm_start import DAY_S, Replay, WarmStartRefused, describe, plan_start
 
 CUTOFF = 1_800_000_000
 BASE_CUTOFF = CUTOFF - DAY_S
@@ -104,9 +104,32 @@ def test_the_replay_sample_is_a_fixed_share_of_the_older_ratings_whatever_their_
 
 
 def test_a_plan_says_which_training_rows_it_reads():
-    plan = _plan()
-    assert plan.rows(0.1, seed=7) == model_input.Warm(since=BASE_CUTOFF, replay=0.1, seed=7)
-    assert _plan("full").rows(0.1, seed=7) is None  # every training row
+    older, new = np.full(900_000, BASE_CUTOFF - DAY_S), np.full(50_000, BASE_CUTOFF)
+    plan = _plan().sized(np.concatenate([older, new]), Replay(most_share=0.5, per_new_row=2.0, least_rows=0))
+    assert plan.rows(seed=7) == model_input.Warm(since=BASE_CUTOFF, replay=100_000 / 900_000, seed=7)
+    full = _plan("full")
+    assert full.sized(older, Replay(0.5, 2.0, 0)) == full and full.rows(seed=7) is None  # every training row
+
+
+def _replayed_rows(older: int, new: int, replay: Replay) -> float:
+    timestamps = np.concatenate([np.zeros(older, np.int64), np.full(new, BASE_CUTOFF)])
+    return replay.share(timestamps, BASE_CUTOFF) * older
+
+
+@pytest.mark.parametrize(
+    ("older", "new", "replayed", "why"),
+    [
+        (24_000_000, 400_000, 400_000, "one replayed row per new row: the history's size does not matter"),
+        (2_400_000, 400_000, 240_000, "at most 10 % of the older rows"),
+        (24_000_000, 100, 100_000, "at least the floor, for a small day"),
+        (50_000, 100, 5_000, "the share caps the floor on a small history"),
+        (0, 400_000, 0, "nothing older to replay"),
+    ],
+)
+def test_the_replay_follows_the_new_rows_between_a_floor_and_a_share_of_the_history(older, new, replayed, why):
+    assert _replayed_rows(older, new, Replay(most_share=0.1, per_new_row=1.0, least_rows=100_000)) == pytest.approx(
+        replayed
+    ), why
 
 
 class _Variable:
