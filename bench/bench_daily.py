@@ -16,11 +16,12 @@ date-partitioned Parquet). Each step is the whole command, ``railyard run --epoc
 3. ``after, day 1, warm, services running``: the same, with the serving process and the online
    store started before the command, as a daily schedule finds them (`railyard run` leaves them
    running; `railyard up` supervises them); their processes are not among the step's;
-4. ``before, day 1, warm`` (with ``--before``): the earlier checkout's code (run by this
-   environment's Python) on the same restored home, as step 2;
+4. ``before, day 1, warm`` and ``before, day 0, full`` (with ``--before``): the earlier
+   checkout's code (run by this environment's Python) on the same restored home, as step 2, and
+   on a fresh home, as step 1;
 5. ``after, day 0, full, again`` and ``after, day 1, full``: a second fresh home, day 0 as in step
-   1 (a second sample of it), then the next day with ``RAILYARD_TRAINING_START=full``: the full
-   retrain the warm start is measured against.
+   1 (a second sample of it, after the earlier code's), then the next day with
+   ``RAILYARD_TRAINING_START=full``: the full retrain the warm start is measured against.
 
 Per step: wall seconds, the largest resident set of any of its processes (the command's, and the
 serving process and online store it starts, sampled every 0.2 s from /proc), the holdout AUC, how
@@ -177,6 +178,7 @@ def main() -> None:
     if args.before:
         restore(home, day0_home)
         step("before, day 1, warm", args.before.resolve(), home, args.day1, "auto")
+        step("before, day 0, full", args.before.resolve(), scratch / "before" / "home", args.day0)
     step("after, day 0, full, again", REPO, scratch / "after-full" / "home", args.day0)
     step("after, day 1, full", REPO, scratch / "after-full" / "home", args.day1, "full")
 

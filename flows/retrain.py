@@ -13,6 +13,7 @@ docs/release.md tells how a release ends in every case.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -30,6 +31,7 @@ from flows.release_orchestration import (
     request_review,
     serving_summary,
 )
+from infra.online_store.background_fill import BackgroundFill
 from model_registry.release_rules import Ending
 from railyard import errors, model_input, tracking, warm_start
 from railyard.drift import DataDrift, Verdict, verdict_lineage, write_statistics
@@ -150,12 +152,24 @@ def retrain(
         "prefect.flow_run_id": str(prefect_run_id),
         "railyard.data": str(source),
     }
-    with tracking.mlflow_run(
-        settings, f"{model}-training", tags, finished_on=(ModelRejected, SmokeTestsFailed, CanaryRolledBack, DataDrift)
-    ) as run_id:
-        feature_set, statistics, verdict, plan = validated_features(
-            settings, kind, source, feature_dir, run_dir, report_dir, run_id
+    with (
+        tracking.mlflow_run(
+            settings,
+            f"{model}-training",
+            tags,
+            finished_on=(ModelRejected, SmokeTestsFailed, CanaryRolledBack, DataDrift),
+        ) as run_id,
+        ExitStack() as on_exit,  # a run that ends early stops its online store fill
+    ):
+        feature_set, statistics, verdict, plan, fill = validated_features(
+            settings, kind, source, feature_dir, run_dir, report_dir, run_id, on_exit
         )
+
+        def skew_checked() -> None:
+            """An empty store's fill ended and its skew recorded (it ran while the run trained)."""
+            if fill is not None:
+                online.await_fill(fill, settings, run_id)
+
         summary = {
             "model_name": model,
             "model_kind": kind.name,
@@ -168,6 +182,7 @@ def retrain(
         existing = publish.find_published(settings, feature_set.fingerprint, code_version)
         if existing is not None and (stage := release_state.stage_of(settings, existing.version)) != "candidate":
             tracking.rename_run(settings, run_id, f"{model}-unchanged-v{existing.version}")
+            skew_checked()
             return nothing_new(settings, existing.version, stage, summary)
         if existing is None:
             trained = training.train(feature_dir, settings, kind, run_id, plan, run_dir)
@@ -180,6 +195,7 @@ def retrain(
             export_dir = publish.fetch(settings, existing.version, run_dir / "stored")
         trained_how = warm_start.read_lineage(export_dir)  # from scratch or warm, and why: kept with the version
         holdout = evaluation.prepare_holdout(feature_set)
+        skew_checked()  # before the gate: a skewed store stops the release
         metrics, decision = evaluate_against_production(
             settings, export_dir, holdout, run_id, run_dir, report_dir, verdict
         )
@@ -271,14 +287,16 @@ def validated_features(
     run_dir: Path,
     report_dir: Path,
     run_id: str,
-) -> tuple[FeatureSet, dict, Verdict | None, StartPlan]:
+    on_exit: ExitStack,
+) -> tuple[FeatureSet, dict, Verdict | None, StartPlan, BackgroundFill | None]:
     """Raw data → validation → point-in-time features → validation, with the drift check of the
     window's statistics (railyard/drift.py; a block stops the run) and the training plan (from
     scratch or warm) made as soon as they can be: with Polars, before the build, which then
     writes only the training rows the plan reads. The features come back without the training
     rows (training streams them from the shards written to ``feature_dir``), with the window's
-    statistics. The suites' reports go to the MLflow run (``validation/``), whether they passed or
-    not."""
+    statistics, and an empty online store's fill, started in the background (stopped by
+    ``on_exit`` unless it ended). The suites' reports go to the MLflow run (``validation/``),
+    whether they passed or not."""
 
     def checked_and_planned(statistics: dict, cutoff_ts: int, train_timestamps) -> tuple[Verdict | None, StartPlan]:
         """``train_timestamps()``: the training rows' timestamps, read for a warm start's replay."""
@@ -286,6 +304,7 @@ def validated_features(
         plan = training.plan_start(settings, kind, cutoff_ts, verdict.level if verdict else None)
         return verdict, plan.sized(train_timestamps(), Replay.of(settings)) if plan.mode == "warm" else plan
 
+    fill = None
     try:
         if settings.feature_engine == "dask":  # on the cluster, validation, skew and statistics too
             feature_set, statistics = features.build_features_on_cluster(
@@ -298,10 +317,15 @@ def validated_features(
             dataset = data.load_data(source)
             validation.validate_raw(dataset, settings, report_dir)
             statistics = drift.window_statistics(dataset, settings)
-            online.check_skew(dataset, settings, run_id)
+            if (fill := online.check_skew(dataset, settings, run_id, run_dir)) is not None:
+                on_exit.callback(fill.stop)
             cutoff = holdout_cutoff(dataset.ratings, settings.holdout_fraction)
-            times = dataset.ratings.get_column("timestamp")
-            verdict, plan = checked_and_planned(statistics, cutoff, lambda: times.filter(times < cutoff).to_numpy())
+
+            def train_timestamps():
+                times = dataset.ratings.get_column("timestamp")
+                return times.filter(times < cutoff).to_numpy()
+
+            verdict, plan = checked_and_planned(statistics, cutoff, train_timestamps)
             rows = plan.rows(settings.seed)
             feature_set = features.build_features(dataset, settings, feature_dir, rows)
             del dataset  # from here on the features are the data: the raw ratings go before the validation's copies
@@ -315,7 +339,7 @@ def validated_features(
             tracking.log_artifact(settings, run_id, report_dir, "validation")
     tags = {"railyard.data_fingerprint": feature_set.fingerprint, "railyard.features": str(feature_dir)}
     tracking.set_tags(settings, run_id, tags)
-    return feature_set, statistics, verdict, plan
+    return feature_set, statistics, verdict, plan, fill
 
 
 def evaluate_against_production(

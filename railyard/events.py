@@ -104,11 +104,20 @@ def first_wins(ratings: pl.DataFrame) -> FirstWins:
     their rows) with the first row of each event only."""
     import polars as pl  # not at the top: the serving client reads the id rule without Polars
 
-    if ratings.select(pl.struct(KEY).hash().n_unique()).item() == ratings.height:
-        return FirstWins(ratings, 0, 0)  # distinct hashes, distinct events: the usual case, 10x faster
+    if all_distinct(ratings):
+        return FirstWins(ratings, 0, 0)
     kept = ratings.filter(pl.struct(KEY).is_first_distinct())
     repeats = ratings.height - ratings.n_unique()
     return FirstWins(kept, repeats, ratings.height - kept.height - repeats)
+
+
+def all_distinct(ratings: pl.DataFrame) -> bool:
+    """Whether every row is another event, by a hash of each row's event: the usual case, found
+    10x faster than the rows that repeat one (distinct hashes are distinct events; a collision
+    only sends the caller down the exact way)."""
+    import polars as pl
+
+    return ratings.select(pl.struct(KEY).hash().n_unique()).item() == ratings.height
 
 
 def _text(value: bytes | str) -> str:

@@ -43,7 +43,7 @@ from redis.retry import Retry
 from infra.online_store import keys, scripts, valkey_process
 from railyard import feature_spec as spec
 from railyard.errors import RailyardError, Refused
-from railyard.events import RatingEvent
+from railyard.events import RatingEvent, all_distinct
 
 if TYPE_CHECKING:
     import polars as pl
@@ -454,9 +454,12 @@ def checked_batch(ratings: pl.DataFrame) -> pl.DataFrame:
     (the store counts an event once: it could not hold both)."""
     import polars as pl
 
-    ratings = ratings.select("userId", "movieId", "rating", "timestamp").unique(maintain_order=True)
+    ratings = ratings.select("userId", "movieId", "rating", "timestamp")
     if ratings.null_count().sum_horizontal().item():
         raise RebuildRefused("the batch data has ratings with missing values")
+    if all_distinct(ratings):
+        return ratings
+    ratings = ratings.unique(maintain_order=True)
     conflicting = ratings.filter(pl.struct("userId", "movieId", "timestamp").is_duplicated())
     if conflicting.height:
         user, movie, _, timestamp = conflicting.row(0)

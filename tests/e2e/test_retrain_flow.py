@@ -218,6 +218,62 @@ def test_unblessed_model_is_not_published(flow_home, tmp_path, monkeypatch):
     assert _store_versions(flow_home) == []
 
 
+def test_a_run_that_fails_while_a_new_store_fills_stops_the_fill_and_the_next_run_fills_it(
+    flow_home, tmp_path, monkeypatch
+):
+    """A new home's empty online store is filled by a process of its own while the run trains. A
+    run that fails first stops it (here the fill still waits for another rebuild's lock, so it is
+    certainly running): no process is left, the rows it was handed are removed, the store stays
+    empty. The next run fills it and records the fill's skew check."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.retrain import retrain
+    from infra.local_server import background
+    from infra.online_store import keys
+    from infra.online_store.store import connect
+    from railyard import training
+    from railyard.loaders import load_dataset
+    from railyard.settings import Settings
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("training broke")
+
+    data = tmp_path / "data"
+    generate_movielens(data, users=60, movies=80, days=4, ratings_per_day=300, seed=6)
+    store, ratings = connect(Settings()), load_dataset(data).ratings.height
+    other_rebuild = store.client.lock(keys.REBUILD_LOCK, timeout=600)
+    assert other_rebuild.acquire(blocking=False)
+    with monkeypatch.context() as patched:
+        patched.setattr(training, "train_model", broken)
+        with pytest.raises(RuntimeError, match="training broke"):
+            retrain(data_dir=str(data))
+    (fill,) = flow_home.glob("runs/*/online-fill")
+    assert (fill / "fill.log").exists() and not list(fill.glob("*.parquet"))
+    running = [pid for pid in os.listdir("/proc") if pid.isdigit() and str(fill) in _command_line(pid)]
+    assert running == []
+    assert store.namespace() is None and not store.client.keys(keys.NAMESPACES + "*")
+    other_rebuild.release()
+
+    relaxed = {"MIN_AUC": "0", "MIN_AUC_LIFT": "-1", "MAX_LOGLOSS": "10"}  # the subject is the store, not the model
+    for name, value in (relaxed | {"LOCAL_SERVING_REST_PORT": "0", "LOCAL_SERVING_GRPC_PORT": "0"}).items():
+        monkeypatch.setenv(f"RAILYARD_{name}", value)
+    try:
+        summary = retrain(data_dir=str(data), auto_approve=True)
+    finally:
+        background.stop(Settings().local_serving_dir)
+    assert store.state()["events_applied"] == ratings
+    run = MlflowClient(f"sqlite:///{flow_home / 'mlflow.db'}").get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["online_skew_share_users"] == 0 == run.data.metrics["online_skew_share_movies"]
+    assert run.data.metrics["online_events_applied"] == ratings
+
+
+def _command_line(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def test_serving_down_fails_clearly_and_leaves_a_candidate(flow_home, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
