@@ -26,10 +26,8 @@ def check_store(
 ) -> tuple[bool, tuple[skew.SkewReport, skew.SkewReport]]:
     """What a retrain does with the online store: build it from the (validated) batch data when
     it holds nothing yet, then measure the skew. Whether it was built, and the two reports."""
-    empty = store.namespace() is None
-    if empty:
-        store.rebuild(ratings, movies)
-    return empty, measure_skew(store, ratings, movies, sample_size, seed)
+    built = store.namespace() is None and store.rebuild(ratings, movies, if_empty=True) is not None
+    return built, measure_skew(store, ratings, movies, sample_size, seed)
 
 
 def measure_skew(

@@ -233,18 +233,22 @@ class OnlineStore:
         pairs = zip(conflicts[::2], conflicts[1::2])
         return Applied(int(new), [(int(place) - 1, float(rating)) for place, rating in pairs])
 
-    def rebuild(self, ratings: pl.DataFrame, movies: pl.DataFrame | None) -> str:
+    def rebuild(self, ratings: pl.DataFrame, movies: pl.DataFrame | None, if_empty: bool = False) -> str | None:
         """Materialize the aggregates of ``ratings`` (every event marked applied) and the movie
-        catalogue into a fresh namespace, switch to it, drop the others; the new namespace."""
+        catalogue into a fresh namespace, switch to it, drop the others; the new namespace. With
+        ``if_empty``, only when the store holds none, as seen under the rebuild lock (None: it did)."""
         ratings = checked_batch(ratings)
-        with self.rebuilding() as namespace:
-            self.write(namespace_commands(namespace, ratings, movies))
+        with self.rebuilding(if_empty) as namespace:
+            if namespace is not None:
+                self.write(namespace_commands(namespace, ratings, movies))
         return namespace
 
     @contextmanager
-    def rebuilding(self) -> Iterator[str]:
+    def rebuilding(self, if_empty: bool = False) -> Iterator[str | None]:
         """A fresh namespace to write (``write``, from any process) while readers keep the current
-        one; switched to when the block ends, dropped when it fails. One rebuild at a time."""
+        one; switched to when the block ends, dropped when it fails. One rebuild at a time. With
+        ``if_empty``, None when the store holds a namespace by the time the lock is held (a run
+        that found the store empty may find another run's fill switched in meanwhile)."""
         namespace = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
         lock = self.client.lock(keys.REBUILD_LOCK, timeout=REBUILD_LOCK_S, blocking=False)
         with reachable(self.client):
@@ -252,6 +256,9 @@ class OnlineStore:
                 raise RebuildRunning("another rebuild of the online store is running")
             try:
                 current = self.namespace()
+                if if_empty and current is not None:
+                    yield None
+                    return
                 try:
                     yield namespace
                 except BaseException:

@@ -14,6 +14,7 @@ import pytest
 import redis
 
 from infra.online_store import keys, store, valkey_process
+from infra.online_store.consistency import check_store
 from infra.online_store.store import (
     Applied,
     OnlineStore,
@@ -160,6 +161,20 @@ def test_a_rebuild_refuses_an_event_rated_twice_differently(online_store):
     assert online_store.namespace() is None
     online_store.rebuild(batch.vstack(batch.head(3)), None)  # exact repeats are one event each
     assert online_store.state()["events_applied"] == 10
+
+
+def test_a_store_found_empty_is_filled_once_when_another_fill_switched_in_before_the_lock(online_store, monkeypatch):
+    """The emptiness a run saw may be stale by the time it holds the rebuild lock: another run's
+    fill switched in between (CI found it with two background fills of one new store). It is
+    looked at again under the lock: the other fill stands, nothing is filled twice."""
+    first, second = ratings_frame(300, users=20, movies=30, seed=1), ratings_frame(300, users=20, movies=30, seed=2)
+    online_store.rebuild(first, None)
+    current, real = online_store.namespace(), online_store.namespace
+    stale = [None]  # what the run saw before the other fill switched
+    monkeypatch.setattr(online_store, "namespace", lambda: stale.pop() if stale else real())
+    built, _ = check_store(online_store, second, None, sample_size=20, seed=1)
+    assert not built and real() == current
+    assert_store_matches(online_store, first, None)
 
 
 def test_a_reader_never_sees_a_half_switched_store(online_store):
