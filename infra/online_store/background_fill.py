@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from infra.online_store.store import RebuildRunning, connect
+from railyard import parquet_io
 from railyard.errors import RailyardError
 from railyard.skew import SkewReport
 
@@ -52,9 +53,9 @@ class BackgroundFill:
         cls, ratings: pl.DataFrame, movies: pl.DataFrame | None, folder: Path, sample_size: int, seed: int
     ) -> BackgroundFill:
         folder.mkdir(parents=True, exist_ok=True)
-        ratings.write_parquet(folder / RATINGS, compression="lz4")
+        parquet_io.write(ratings, folder / RATINGS, compression="lz4")
         if movies is not None:
-            movies.write_parquet(folder / MOVIES, compression="lz4")
+            parquet_io.write(movies, folder / MOVIES, compression="lz4")
         with open(folder / LOG, "wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", __name__, str(folder), str(sample_size), str(seed)],
@@ -101,16 +102,14 @@ class BackgroundFill:
 
 
 def main(folder: Path, sample_size: int, seed: int) -> None:
-    import polars as pl
-
     from infra.online_store.consistency import check_store
     from railyard.settings import Settings
 
     os.nice(NICENESS)
     # SystemExit unwinds ``OnlineStore.rebuilding``: the half-written namespace is dropped, the lock freed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    ratings = pl.read_parquet(folder / RATINGS)
-    movies = pl.read_parquet(folder / MOVIES) if (folder / MOVIES).exists() else None
+    ratings = parquet_io.read(folder / RATINGS)
+    movies = parquet_io.read(folder / MOVIES) if (folder / MOVIES).exists() else None
     store = connect(Settings())
     while True:
         try:
